@@ -1,0 +1,89 @@
+"""Flat recipe configs: one dataclass per recipe, YAML files are overrides.
+
+Every field carries a docstring (the line after it, as in CleanRL). Unknown keys are
+errors with a suggestion, types are checked and coerced from YAML/CLI strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alignkit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(name, value, args[0]) if len(args) == 1 else value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{name}': expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        out = [_coerce(name, v, inner) for v in value]
+        return out if origin is list else tuple(out)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "false", "0", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        raise ConfigError(f"config key '{name}': expected true/false, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"config key '{name}': expected {tp.__name__}, got {value!r}"
+            ) from None
+    return value
+
+
+def apply_overrides(cfg: T, overrides: dict[str, Any], *, source: str = "overrides") -> T:
+    """Return a copy of dataclass ``cfg`` with ``overrides`` applied (checked, coerced)."""
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
+        changes[key] = _coerce(key, value, hints[key])
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
+    """Build ``cls()`` then apply a YAML file's keys, then keyword overrides (None = unset)."""
+    cfg = cls()
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
+        cfg = apply_overrides(cfg, data, source=str(p))
+    return apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
