@@ -21,9 +21,11 @@ def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     """log softmax(logits)[labels] without materialising the full log-softmax.
 
     Shapes: logits ``(B, T, V)``, labels ``(B, T)`` → ``(B, T)`` in float32.
-    Uses log p = z_y − logsumexp(z), computed in float32 for bf16/fp16 logits.
+    Uses log p = z_y − logsumexp(z); bf16/fp16 logits are upcast to float32, float64
+    stays float64.
     """
-    logits = logits.float()
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
