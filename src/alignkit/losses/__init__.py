@@ -1,1 +1,20 @@
-
+from alignkit.losses.dpo import (  # noqa: F401  (policy helper)
+    cdpo_loss,
+    dpo_loss,
+    implicit_rewards,
+    ipo_loss,
+    normalized_gradient_dpo_loss,
+    per_example_grad_norms,
+)
+from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3  # noqa: F401
+from alignkit.losses.ppo import (  # noqa: F401
+    a2c_policy_loss,
+    explained_variance,
+    gae,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_var,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)

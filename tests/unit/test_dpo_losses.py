@@ -1,0 +1,143 @@
+"""DPO family losses: hand-computed values and properties."""
+
+import math
+
+import pytest
+import torch
+
+from alignkit.losses.dpo import (
+    cdpo_loss,
+    dpo_loss,
+    ipo_loss,
+    normalized_gradient_dpo_loss,
+    per_example_grad_norms,
+)
+
+# One pair used in the hand computations below:
+#   log π(y_w) = −1, log π(y_l) = −2, log π_ref(y_w) = log π_ref(y_l) = −1.5, β = 0.5
+#   h = 0.5 · ((−1 + 1.5) − (−2 + 1.5)) = 0.5 · (0.5 + 0.5) = 0.5
+PAIR = [torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5])]
+NEG_LOGSIG_HALF = math.log1p(math.exp(-0.5))  # −log σ(0.5) = log(1 + e^−0.5) = 0.474077
+
+
+def test_dpo_policy_equals_reference_is_log2():
+    """h = 0 ⇒ −log σ(0) = log 2, for any β and any soft label."""
+    lp = torch.randn(7)
+    for mu in (None, 0.3, torch.rand(7)):
+        loss, m = dpo_loss(lp, lp - 1, lp, lp - 1, beta=0.37, mu=mu)
+        assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+        assert m["reward/margin"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dpo_hand_computed():
+    """−log σ(0.5) = log(1 + e^−0.5) = log 1.606531 = 0.474077."""
+    loss, m = dpo_loss(*PAIR, beta=0.5)
+    assert loss.item() == pytest.approx(0.474077, abs=1e-6)
+    assert m["reward/chosen"].item() == pytest.approx(0.25)  # 0.5 · (−1 + 1.5)
+    assert m["reward/rejected"].item() == pytest.approx(-0.25)
+    assert m["reward/accuracy"].item() == 1.0
+
+
+def test_dpo_soft_label_hand_computed():
+    """μ = 0.8: 0.8 · 0.474077 + 0.2 · (−log σ(−0.5)); −log σ(−h) = −log σ(h) + h = 0.974077.
+    Total 0.379262 + 0.194815 = 0.574077."""
+    loss, _ = dpo_loss(*PAIR, beta=0.5, mu=0.8)
+    assert loss.item() == pytest.approx(0.574077, abs=1e-6)
+
+
+def test_cdpo_is_dpo_with_smoothed_label():
+    """cDPO with ε = 0.2 is DPO with μ = 0.8: 0.574077 (same arithmetic as above)."""
+    loss, m = cdpo_loss(*PAIR, beta=0.5, label_smoothing=0.2)
+    assert loss.item() == pytest.approx(0.574077, abs=1e-6)
+    assert "loss/cdpo" in m
+    with pytest.raises(ValueError):
+        cdpo_loss(*PAIR, beta=0.5, label_smoothing=0.7)
+
+
+def test_ipo_hand_computed():
+    """g = (−1 + 1.5) − (−2 + 1.5) = 1.
+    β = 0.5: target 1/(2·0.5) = 1 ⇒ (1 − 1)² = 0.
+    β = 0.25: target 2 ⇒ (1 − 2)² = 1.
+    β = 0.25, μ = 0.75: target (0.75 − 0.5)/0.25 = 1 ⇒ 0.
+    β = 0.25, μ = 0.5 (tie): target 0 ⇒ 1² = 1."""
+    assert ipo_loss(*PAIR, beta=0.5)[0].item() == pytest.approx(0.0, abs=1e-7)
+    assert ipo_loss(*PAIR, beta=0.25)[0].item() == pytest.approx(1.0)
+    assert ipo_loss(*PAIR, beta=0.25, mu=0.75)[0].item() == pytest.approx(0.0, abs=1e-7)
+    assert ipo_loss(*PAIR, beta=0.25, mu=0.5)[0].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mu", [0.5, 0.7, 0.95])
+def test_dpo_soft_label_minimiser_is_logit_mu(mu):
+    """∂L/∂h = σ(h) − μ vanishes at h = logit(μ); a tie (μ = ½) pulls the margin to 0."""
+    h_star = math.log(mu / (1 - mu))
+    for h0, sign in ((h_star - 0.3, -1.0), (h_star, 0.0), (h_star + 0.3, 1.0)):
+        c = torch.tensor([h0], requires_grad=True)
+        loss, _ = dpo_loss(c, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=1.0, mu=mu)
+        loss.backward()
+        g = c.grad.item()
+        assert g == pytest.approx(torch.sigmoid(torch.tensor(h0)).item() - mu, abs=1e-6)
+        if sign == 0.0:
+            assert abs(g) < 1e-6
+        else:
+            assert g * sign > 0
+
+
+def test_dpo_mu_zero_is_swapped_pair():
+    lp = torch.randn(4, 5)
+    a = dpo_loss(lp[0], lp[1], lp[2], lp[3], beta=0.2, mu=0.0)[0]
+    b = dpo_loss(lp[1], lp[0], lp[3], lp[2], beta=0.2)[0]
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+
+
+def _bandit_pair(seed=0, k=6):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(k, generator=g, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(k, generator=g), -1)
+    w, l = torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])
+    return theta, ref, w, l
+
+
+def test_normalized_gradient_matches_stated_update():
+    """∇L = −β/B Σ_b σ(r̂_l − r̂_w)(∇log π_w/‖∇log π_w‖ − ∇log π_l/‖∇log π_l‖) by autograd."""
+    beta = 0.3
+    theta, ref, w, l = _bandit_pair()
+    logp = torch.log_softmax(theta, -1)
+    cw, cl = logp[w], logp[l]
+    nw = per_example_grad_norms(cw, [theta])
+    nl = per_example_grad_norms(cl, [theta])
+    loss, m = normalized_gradient_dpo_loss(cw, cl, ref[w], ref[l], beta, nw, nl)
+    (grad,) = torch.autograd.grad(loss, theta, retain_graph=True)
+
+    expected = torch.zeros_like(theta)
+    for b in range(3):
+        gw = torch.autograd.grad(cw[b], theta, retain_graph=True)[0]
+        gl = torch.autograd.grad(cl[b], theta, retain_graph=True)[0]
+        weight = torch.sigmoid(beta * ((cl[b] - ref[l][b]) - (cw[b] - ref[w][b]))).detach()
+        expected += -beta * weight * (gw / gw.norm() - gl / gl.norm()) / 3
+    torch.testing.assert_close(grad, expected)
+    # the reported value is plain DPO
+    assert loss.item() == pytest.approx(dpo_loss(cw, cl, ref[w], ref[l], beta)[0].item(), abs=1e-6)
+    assert m["diag/grad_norm_chosen"].item() > 0
+
+
+def test_normalized_gradient_components_have_unit_norm():
+    """For one pair, the chosen and rejected parts of the update each have norm β·σ(r̂_l − r̂_w):
+    the direction components are unit vectors whatever the size of ∇log π."""
+    beta = 0.5
+    theta, ref, w, l = _bandit_pair(seed=3)
+    for scale in (1.0, 25.0):  # sharper logits ⇒ very different raw gradient norms
+        th = (theta.detach() * scale).requires_grad_(True)
+        logp = torch.log_softmax(th, -1)
+        cw, cl = logp[w[:1]], logp[l[:1]]
+        nw, nl = per_example_grad_norms(cw, [th]), per_example_grad_norms(cl, [th])
+        weight = torch.sigmoid(beta * ((cl - ref[l[:1]]) - (cw - ref[w[:1]]))).item()
+        only_w, _ = normalized_gradient_dpo_loss(cw, cl.detach(), ref[w[:1]], ref[l[:1]], beta, nw, nl)
+        only_l, _ = normalized_gradient_dpo_loss(cw.detach(), cl, ref[w[:1]], ref[l[:1]], beta, nw, nl)
+        gw = torch.autograd.grad(only_w, th, retain_graph=True)[0]
+        gl = torch.autograd.grad(only_l, th, retain_graph=True)[0]
+        assert gw.norm().item() == pytest.approx(beta * weight, rel=1e-5)
+        assert gl.norm().item() == pytest.approx(beta * weight, rel=1e-5)
+        # and plain DPO's chosen component is NOT unit-norm-scaled
+        plain, _ = dpo_loss(cw, cl.detach(), ref[w[:1]], ref[l[:1]], beta)
+        gp = torch.autograd.grad(plain, th, retain_graph=True)[0]
+        assert gp.norm().item() == pytest.approx(beta * weight * nw.item(), rel=1e-5)
