@@ -1,0 +1,383 @@
+"""Annotators: who labels the pairs the loop asks about.
+
+One interface for all of them:
+
+* ``annotator.compare(prompt, a, b) -> Comparison`` — one judgement;
+* ``annotator.label(pairs) -> list[Comparison]`` — a batch of ``(prompt, a, b)`` triples.
+
+Simulated humans (for experiments with a known answer):
+
+* :class:`BoltzmannAnnotator` — Boltzmann-rational Bradley–Terry over a hidden reward
+  r_H with rationality β: P(a ≻ b) = σ(β (r_H(a) − r_H(b))) (Christiano et al. 2017;
+  Jeon et al. 2020, "Reward-rational (implicit) choice"). A tie band returns μ = ½ when
+  |Δr| is below it, and label noise flips a fraction of the labels at random.
+* :class:`BiasedAnnotator` — the same, but over r_H plus a systematic bias (e.g. a
+  preference for longer answers regardless of quality).
+* :class:`AnnotatorPopulation` — groups that weigh the reward differently (disagreeing
+  populations); each pair is labelled by a member drawn by weight, and the record
+  carries its ``group``.
+
+AI judges (RLAIF): :class:`RewardModelJudge` (any scorer, e.g. a trained reward model)
+and :class:`LMJudge` (an LM's log-odds of answering a rubric question with "Yes").
+
+People: :class:`HumanAnnotator` posts the pairs to the annotation server and waits for
+the labels to come back.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from alignkit.data.records import Comparison
+from alignkit.errors import AlignkitError, ConfigError
+
+Pair = tuple[str, str, str]
+"""A query: (prompt, response a, response b)."""
+
+ScoreFn = Callable[[list[str], list[str]], Any]
+"""reward_fn(prompts, responses) -> sequence/tensor of N floats."""
+
+
+class Annotator(Protocol):
+    """What the loop needs from anyone who labels pairs."""
+
+    name: str
+
+    def compare(self, prompt: str, a: str, b: str) -> Comparison: ...
+
+    def label(self, pairs: Sequence[Pair]) -> list[Comparison]: ...
+
+
+def _floats(x: Any) -> list[float]:
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    return [float(v) for v in x]
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _score_pairs(score_fn: ScoreFn, pairs: Sequence[Pair]) -> tuple[list[float], list[float]]:
+    """Score both sides of every pair with one batched call."""
+    prompts = [p for p, _, _ in pairs]
+    r = _floats(score_fn(prompts + prompts, [a for _, a, _ in pairs] + [b for _, _, b in pairs]))
+    return r[: len(pairs)], r[len(pairs) :]
+
+
+class BoltzmannAnnotator:
+    """Simulated human: Boltzmann-rational Bradley–Terry over a hidden reward.
+
+    For a pair with Δ = r_H(a) − r_H(b):
+
+    * |Δ| < ``tie_band``  → a tie, μ = ½;
+    * otherwise a ≻ b with probability p = σ(β Δ) (μ = 1, else μ = 0), or μ = p itself
+      when ``soft=True``;
+    * then, with probability ``noise``, the label is replaced by its flip 1 − μ
+      (a careless click, independent of the pair).
+
+    β → ∞ is a perfectly rational annotator, β = 0 a coin flip. ``meta`` records p and Δ.
+    """
+
+    def __init__(
+        self,
+        reward_fn: ScoreFn,
+        *,
+        beta: float = 1.0,
+        tie_band: float = 0.0,
+        noise: float = 0.0,
+        soft: bool = False,
+        seed: int = 0,
+        name: str = "boltzmann",
+        group: str | None = None,
+    ):
+        if beta < 0:
+            raise ConfigError(f"annotator beta must be ≥ 0 (rationality), got {beta}")
+        if not 0.0 <= noise <= 1.0:
+            raise ConfigError(f"annotator noise must be in [0, 1], got {noise}")
+        if tie_band < 0:
+            raise ConfigError(f"annotator tie_band must be ≥ 0, got {tie_band}")
+        self.reward_fn = reward_fn
+        self.beta = beta
+        self.tie_band = tie_band
+        self.noise = noise
+        self.soft = soft
+        self.rng = random.Random(seed)
+        self.name = name
+        self.group = group
+
+    def preference_probability(self, delta: float) -> float:
+        """P(a ≻ b) = σ(β Δ) before the tie band and the noise."""
+        return sigmoid(self.beta * delta)
+
+    def _judge(self, prompt: str, a: str, b: str, ra: float, rb: float) -> Comparison:
+        delta = ra - rb
+        p = self.preference_probability(delta)
+        if abs(delta) < self.tie_band:
+            mu = 0.5
+        elif self.soft:
+            mu = p
+        else:
+            mu = 1.0 if self.rng.random() < p else 0.0
+        if self.noise > 0 and self.rng.random() < self.noise:
+            mu = 1.0 - mu
+        return Comparison(
+            prompt=prompt, a=a, b=b, mu=mu, annotator=self.name, group=self.group,
+            meta={"p": p, "delta": delta},
+        )
+
+    def compare(self, prompt: str, a: str, b: str) -> Comparison:
+        return self.label([(prompt, a, b)])[0]
+
+    def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
+        if not pairs:
+            return []
+        ra, rb = _score_pairs(self.reward_fn, pairs)
+        return [self._judge(p, a, b, x, y) for (p, a, b), x, y in zip(pairs, ra, rb, strict=True)]
+
+
+def length_bias(per_word: float = 0.25) -> ScoreFn:
+    """A bias term that likes longer answers: ``per_word`` × number of words."""
+
+    def bias(prompts: list[str], responses: list[str]) -> list[float]:
+        return [per_word * len(r.split()) for r in responses]
+
+    return bias
+
+
+class BiasedAnnotator(BoltzmannAnnotator):
+    """Boltzmann-rational over r_H(x, y) + bias(x, y): a systematic, non-random error.
+
+    The default bias, :func:`length_bias`, prefers longer answers regardless of their
+    quality — the "verbosity" bias of human and AI raters. Everything else (β, tie band,
+    noise) is as in :class:`BoltzmannAnnotator`.
+    """
+
+    def __init__(self, reward_fn: ScoreFn, bias_fn: ScoreFn | None = None, **kwargs: Any):
+        bias_fn = bias_fn or length_bias()
+        kwargs.setdefault("name", "biased")
+
+        def biased(prompts: list[str], responses: list[str]) -> list[float]:
+            r = _floats(reward_fn(prompts, responses))
+            return [x + y for x, y in zip(r, _floats(bias_fn(prompts, responses)), strict=True)]
+
+        super().__init__(biased, **kwargs)
+        self.bias_fn = bias_fn
+
+
+class AnnotatorPopulation:
+    """Several annotators (groups) sharing the labelling work.
+
+    Each pair goes to one member drawn with probability ∝ ``weights`` (uniform by
+    default); its Comparison keeps that member's ``annotator`` name and ``group`` id.
+    :meth:`label_by_all` instead asks every member about every pair, which is what
+    agreement statistics need.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Annotator],
+        weights: Sequence[float] | None = None,
+        *,
+        seed: int = 0,
+        name: str = "population",
+    ):
+        if not members:
+            raise ConfigError("an annotator population needs at least one member")
+        self.members = list(members)
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.members)
+        if len(self.weights) != len(self.members) or min(self.weights) < 0:
+            raise ConfigError("population weights: one non-negative weight per member")
+        self.rng = random.Random(seed)
+        self.name = name
+
+    def compare(self, prompt: str, a: str, b: str) -> Comparison:
+        return self.label([(prompt, a, b)])[0]
+
+    def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
+        who = self.rng.choices(range(len(self.members)), weights=self.weights, k=len(pairs))
+        out: list[Comparison | None] = [None] * len(pairs)
+        for m, member in enumerate(self.members):
+            idx = [i for i, w in enumerate(who) if w == m]
+            for i, c in zip(idx, member.label([pairs[i] for i in idx]), strict=True):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    def label_by_all(self, pairs: Sequence[Pair]) -> list[list[Comparison]]:
+        """Every member's labels for every pair: ``result[member][pair]``."""
+        return [member.label(pairs) for member in self.members]
+
+
+class RewardModelJudge:
+    """AI judge from a scorer (RLAIF): a ≻ b when score(a) > score(b).
+
+    ``scorer`` is a reward function ``(prompts, responses) -> (N,)`` or an object with a
+    ``.score(prompts, responses)`` method (an alignkit reward model). With
+    ``temperature > 0`` the label is soft, μ = σ((s_a − s_b) / temperature); with 0 it
+    is hard (μ ∈ {0, ½, 1}, ½ on exact equality).
+    """
+
+    def __init__(self, scorer: Any, *, temperature: float = 0.0, name: str = "rm-judge"):
+        self.score_fn: ScoreFn = scorer.score if hasattr(scorer, "score") else scorer
+        self.temperature = temperature
+        self.name = name
+
+    def compare(self, prompt: str, a: str, b: str) -> Comparison:
+        return self.label([(prompt, a, b)])[0]
+
+    def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
+        if not pairs:
+            return []
+        sa, sb = _score_pairs(self.score_fn, pairs)
+        out = []
+        for (p, a, b), x, y in zip(pairs, sa, sb, strict=True):
+            if self.temperature > 0:
+                mu = sigmoid((x - y) / self.temperature)
+            else:
+                mu = 1.0 if x > y else 0.0 if x < y else 0.5
+            out.append(Comparison(p, a, b, mu=mu, annotator=self.name, meta={"delta": x - y}))
+        return out
+
+
+DEFAULT_RUBRIC = (
+    "{prompt} {response}\nQuestion: Is this answer safe, lawful, polite and to the point? "
+    "Answer:"
+)
+
+
+class LMJudge:
+    """AI judge from a causal LM and a rubric: score = log P(" Yes") − log P(" No").
+
+    The rubric is filled with the prompt and the response; the LM's next-token
+    log-probabilities of ``yes`` and ``no`` give each response a score, and the pair is
+    labelled like :class:`RewardModelJudge` does. Works with any Hugging Face causal LM
+    (Constitutional-AI style feedback, Bai et al. 2022) — a larger instruction-tuned
+    model makes a better judge than the tiny demo LM.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        rubric: str = DEFAULT_RUBRIC,
+        yes: str = " Yes",
+        no: str = " No",
+        temperature: float = 0.0,
+        batch_size: int = 32,
+        name: str = "lm-judge",
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.rubric = rubric
+        self.yes_id = tokenizer(yes, add_special_tokens=False)["input_ids"][0]
+        self.no_id = tokenizer(no, add_special_tokens=False)["input_ids"][0]
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.name = name
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """log P(yes | rubric) − log P(no | rubric) for each (prompt, response)."""
+        import torch
+
+        texts = [self.rubric.format(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)]
+        old_side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"  # the next token is predicted at the last column
+        out: list[float] = []
+        try:
+            with torch.no_grad():
+                for i in range(0, len(texts), self.batch_size):
+                    enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True)
+                    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                    logits = self.model(**enc, position_ids=pos).logits[:, -1].float()
+                    logp = torch.log_softmax(logits, -1)
+                    out.extend((logp[:, self.yes_id] - logp[:, self.no_id]).tolist())
+        finally:
+            self.tokenizer.padding_side = old_side
+        return out
+
+    def compare(self, prompt: str, a: str, b: str) -> Comparison:
+        return self.label([(prompt, a, b)])[0]
+
+    def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
+        judge = RewardModelJudge(self.score, temperature=self.temperature, name=self.name)
+        return judge.label(pairs)
+
+
+class HumanAnnotator:
+    """People: post the pairs to the annotation server and wait for their labels.
+
+    ``client`` is an :class:`alignkit.feedback.client.AnnotationClient` (or anything with
+    the same two methods): ``submit_pairs(pairs, project=...) -> list[item ids]`` and
+    ``fetch_labels(ids, project=...) -> {item id: Comparison}`` (items not labelled yet
+    are absent). :meth:`label` polls every ``poll_s`` seconds until every pair has a
+    label or ``timeout_s`` passes (then it raises, naming how many are still missing).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        project: str = "loop",
+        poll_s: float = 5.0,
+        timeout_s: float = 24 * 3600.0,
+        name: str = "human",
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.client = client
+        self.project = project
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
+        self.name = name
+        self.sleep = sleep
+
+    def compare(self, prompt: str, a: str, b: str) -> Comparison:
+        return self.label([(prompt, a, b)])[0]
+
+    def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
+        if not pairs:
+            return []
+        ids = list(self.client.submit_pairs(list(pairs), project=self.project))
+        got: dict[Any, Comparison] = {}
+        waited = 0.0
+        while True:
+            got.update(self.client.fetch_labels([i for i in ids if i not in got], project=self.project))
+            if all(i in got for i in ids):
+                return [got[i] for i in ids]
+            if waited >= self.timeout_s:
+                missing = sum(i not in got for i in ids)
+                raise AlignkitError(
+                    f"annotation server: {missing} of {len(ids)} pairs still unlabelled after "
+                    f"{self.timeout_s:g} s (project '{self.project}'); label them in the web app "
+                    "and run again with --resume"
+                )
+            self.sleep(self.poll_s)
+            waited += self.poll_s
+
+
+# ---------------------------------------------------------------------------
+# Agreement
+# ---------------------------------------------------------------------------
+
+
+def _hard(mu: float) -> int:
+    return 1 if mu > 0.5 else -1 if mu < 0.5 else 0
+
+
+def agreement_rate(labels_a: Sequence[Comparison], labels_b: Sequence[Comparison]) -> float:
+    """Fraction of pairs on which two annotators give the same hard label (a, b or tie)."""
+    if len(labels_a) != len(labels_b) or not labels_a:
+        raise ValueError("agreement_rate needs two equally long, non-empty label lists")
+    return sum(_hard(x.mu) == _hard(y.mu) for x, y in zip(labels_a, labels_b, strict=True)) / len(labels_a)
+
+
+def gold_agreement(labels: Sequence[Comparison], gold_fn: ScoreFn) -> float:
+    """Fraction of non-tied gold pairs on which the label picks the gold-better response."""
+    pairs = [(c.prompt, c.a, c.b) for c in labels]
+    ra, rb = _score_pairs(gold_fn, pairs)
+    hits = [(_hard(c.mu) == (1 if x > y else -1)) for c, x, y in zip(labels, ra, rb, strict=True) if x != y]
+    return sum(hits) / len(hits) if hits else float("nan")
