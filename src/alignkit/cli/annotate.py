@@ -1,0 +1,218 @@
+"""``alignkit annotate``: the annotation web app and its store, from the command line.
+
+    alignkit annotate import   --db feedback.db --project demo items.jsonl
+    alignkit annotate add-user --db feedback.db alice --group fr
+    alignkit annotate serve    --db feedback.db --project demo
+    alignkit annotate stats    --db feedback.db --project demo
+    alignkit annotate export   --db feedback.db --project demo --format trl --out prefs.jsonl
+
+``--db`` takes a SQLite path or a ``postgresql://`` URL. fastapi/sqlalchemy are imported
+inside the commands (the ``app`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from alignkit.errors import AlignkitError, DataError
+
+DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db URL."
+PROJECT_HELP = "Project name (items, settings and labels are kept per project)."
+
+
+def _store(db: str):
+    try:
+        from alignkit.feedback.store import FeedbackStore
+    except ModuleNotFoundError as e:
+        raise AlignkitError(
+            f"`alignkit annotate` needs the app extra ({e.name} is missing): "
+            "pip install 'alignkit[app]'"
+        ) from None
+    return FeedbackStore(db)
+
+
+def read_item_file(path: Path) -> list:
+    """Item dicts (rows with ``responses``) or alignkit/TRL/HH records from ``path``."""
+    from alignkit.data import load_records, read_rows
+
+    if not path.exists():
+        raise DataError("no such file", path=str(path))
+    rows = list(read_rows(path))
+    if not rows:
+        raise DataError("no items (the file is empty)", path=str(path))
+    first = rows[0][1]
+    if isinstance(first, dict) and "responses" in first and "kind" not in first:
+        out = []
+        for line, row in rows:
+            if not isinstance(row, dict):
+                raise DataError("expected a JSON object", path=str(path), line=line)
+            out.append(row)
+        return out
+    return load_records(path, keep_incomparable=True).records
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help="Collect human feedback: annotation web app, annotators, agreement, export.",
+        no_args_is_help=True,
+    )
+    app.add_typer(group, name="annotate")
+
+    @group.command("serve")
+    def serve(
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
+        port: int = typer.Option(8000, help="TCP port."),
+        secure_cookies: bool = typer.Option(
+            False, "--secure-cookies", help="Mark cookies Secure (when served behind HTTPS)."
+        ),
+    ):
+        """Run the annotation web app (HTML for people, /api/v1 for bots)."""
+        import uvicorn
+
+        from alignkit.app.server import create_app
+
+        store = _store(db)
+        if not store.list_users():
+            typer.echo(
+                "warning: no accounts yet; create one with "
+                f"`alignkit annotate add-user --db {db} NAME --role admin`",
+                err=True,
+            )
+        web = create_app(store.url, project, secure_cookies=secure_cookies, store=store)
+        typer.echo(f"alignkit annotate: project {project!r} on http://{host}:{port}/", err=True)
+        uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+
+    @group.command("import")
+    def import_(
+        file: Path = typer.Argument(..., help="JSONL/Parquet/HF dataset of items or records."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        gold: bool = typer.Option(
+            False, "--gold", help="The records' labels are known answers: import as gold items."
+        ),
+    ):
+        """Import items: prompt + responses (pairwise, ranking, rating), or data-layer records.
+
+        Item rows: {"type": "pairwise"|"ranking"|"rating", "prompt": text or
+        [{"role", "content"}, ...], "responses": [...], "id"?, "gold"?, "meta"?}.
+        Records (alignkit, TRL, HH): a comparison becomes a pairwise item, a ranking a
+        ranking item, a rating a rating item. Importing the same file twice adds nothing.
+        """
+        entries = read_item_file(file)
+        store = _store(db)
+        store.ensure_project(project)
+        try:
+            result = store.add_items(project, entries, gold=gold)
+        except DataError as e:
+            raise DataError(e.reason, path=str(file), line=e.line, field=e.field) from None
+        typer.echo(
+            f"imported {result.added} items into project {project!r} "
+            f"({result.skipped} already present)"
+        )
+
+    @group.command("project")
+    def project_(
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        guidelines: Path | None = typer.Option(None, help="Text file shown in the guidelines panel."),
+        overlap: int | None = typer.Option(None, help="Annotators per item (k)."),
+        tags: str | None = typer.Option(None, help="Extra comma-separated tags for this project."),
+        gold_every: int | None = typer.Option(
+            None, help="Serve an unseen gold item every n-th task (0: only when nothing else)."
+        ),
+    ):
+        """Create a project or change its settings."""
+        text = None
+        if guidelines is not None:
+            if not guidelines.is_file():
+                raise AlignkitError(f"--guidelines: no such file {guidelines}")
+            text = guidelines.read_text(encoding="utf-8")
+        store = _store(db)
+        p = store.ensure_project(
+            project,
+            guidelines=text,
+            overlap=overlap,
+            tags=tags.split(",") if tags is not None else None,
+            gold_every=gold_every,
+        )
+        typer.echo(
+            f"project {p.name!r}: overlap {p.overlap}, gold every {p.gold_every}, "
+            f"tags {', '.join(p.all_tags)}"
+        )
+
+    @group.command("add-user")
+    def add_user(
+        name: str = typer.Argument(..., help="Login name."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        role: str = typer.Option("annotator", help="annotator or admin."),
+        group_: str | None = typer.Option(
+            None, "--group", help="The annotator's group (e.g. country) for per-group rates."
+        ),
+        password: bool = typer.Option(True, "--password/--no-password", help="Create a password."),
+        token: bool = typer.Option(True, "--token/--no-token", help="Create an API token."),
+    ):
+        """Create an account and print its one-time password and API token (shown once)."""
+        store = _store(db)
+        new = store.add_user(name, role=role, group=group_, password=password, token=token)
+        typer.echo(f"created {new.user.role} {new.user.name!r}; these secrets are shown only once:")
+        if new.password:
+            typer.echo(f"password: {new.password}")
+        if new.token:
+            typer.echo(f"token:    {new.token}")
+
+    @group.command("stats")
+    def stats(
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    ):
+        """Agreement (Cohen's κ, Fleiss' κ, Krippendorff's α), gold accuracy, group rates."""
+        from alignkit.feedback.store import format_stat, json_safe
+
+        s = _store(db).stats(project)
+        if as_json:
+            typer.echo(json.dumps(json_safe(s), indent=2))
+            return
+        fs = format_stat
+        typer.echo(
+            f"project {s['project']}: {s['items']} items ({s['gold_items']} gold), "
+            f"{s['votes']} labels, overlap {s['overlap']}"
+        )
+        for kind, a in s["agreement"].items():
+            typer.echo(
+                f"{kind}: {a['n_units']} units, {a['n_annotators']} annotators, "
+                f"Krippendorff α {fs(a['krippendorff_alpha'])}, Fleiss κ {fs(a['fleiss_kappa'])} "
+                f"({a['fleiss_units']} units × {a['fleiss_raters']} raters)"
+            )
+            for p in a["cohen_kappa"]:
+                typer.echo(f"  Cohen κ {p['a']} / {p['b']}: {fs(p['kappa'])} on {p['n']} units")
+        for u in s["annotators"]:
+            gold = (
+                f"gold accuracy {fs(u['gold_accuracy'])} on {u['gold_n']}" if u["gold_n"] else "no gold"
+            )
+            typer.echo(
+                f"annotator {u['annotator']} ({u['group'] or '-'}): {u['votes']} labels, "
+                f"median {fs(u['median_time_ms'])} ms, {gold}"
+            )
+        for g, r in s["groups"].items():
+            rates = ", ".join(f"{k} {v:.2f}" for k, v in r["rates"].items() if not math.isnan(v))
+            typer.echo(f"group {g}: {r['n']} pairwise labels: {rates}")
+
+    @group.command("export")
+    def export(
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        format: str = typer.Option(
+            "trl", "--format", help="trl | comparisons | rankings | ratings | corrections | raw"
+        ),
+        out: Path = typer.Option(..., "--out", help="Output JSONL file (written atomically)."),
+    ):
+        """Export labels: TRL prompt/chosen/rejected (+ mu for ties), records, or raw votes."""
+        n = _store(db).export(project, format, out)
+        typer.echo(f"wrote {n} rows ({format}) to {out}")
