@@ -18,3 +18,9 @@ from alignkit.losses.ppo import (  # noqa: F401
     ppo_value_loss,
     whiten,
 )
+from alignkit.losses.preference import (  # noqa: F401  (reward helper)
+    bradley_terry_loss,
+    plackett_luce_loss,
+    ranking_to_comparisons,
+    reward_centering_loss,
+)

@@ -1,0 +1,148 @@
+"""Preference losses for reward modelling: Bradley–Terry and Plackett–Luce.
+
+A reward model r̂_θ explains human choices through the Bradley–Terry model (Bradley &
+Terry 1952; Luce 1959's choice rule restricted to pairs):
+
+    P(a ≻ b) = σ(r̂(a) − r̂(b)).
+
+Fitting r̂ is then maximum likelihood on the recorded choices (Christiano et al. 2017,
+eq. 1; Ouyang et al. 2022, eq. 1). Every function here is a pure function of tensors and
+returns ``(loss, metrics)``; metrics are detached scalars namespaced ``loss/``/``reward/``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from alignkit.data.records import Comparison, Ranking
+
+__all__ = [
+    "bradley_terry_loss",
+    "plackett_luce_loss",
+    "ranking_to_comparisons",
+    "reward_centering_loss",
+]
+
+
+def bradley_terry_loss(
+    r_a: torch.Tensor,
+    r_b: torch.Tensor,
+    mu: torch.Tensor | float = 1.0,
+    *,
+    margin: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley–Terry negative log-likelihood with a soft label μ = P(a ≻ b).
+
+        Δ = r_a − r_b − m·(2μ − 1)
+        L = −mean[ μ log σ(Δ) + (1 − μ) log σ(−Δ) ]
+
+    μ = 1 is "a preferred", μ = 0 "b preferred", μ = ½ a tie: the tie's gradient
+    σ(Δ) − ½ pulls the two rewards together. The optional margin m ≥ 0 (Touvron et al.
+    2023, Llama 2, eq. 2) asks the preferred response to win by at least m; it is pushed
+    towards the preferred side, scaled by 2μ − 1, so ties get no margin.
+
+    Shapes: ``r_a``, ``r_b`` ``(B,)``; ``mu`` and ``margin`` ``(B,)`` or scalars.
+    Metrics: ``loss/bt``, ``reward/accuracy`` (sign of r_a − r_b agrees with μ, ties
+    excluded; NaN when the batch has only ties), ``reward/margin`` (mean r_a − r_b),
+    ``reward/mean`` (mean of all rewards).
+    """
+    mu = torch.as_tensor(mu, dtype=r_a.dtype, device=r_a.device)
+    delta = r_a - r_b
+    logits = delta
+    if margin is not None:
+        margin = torch.as_tensor(margin, dtype=r_a.dtype, device=r_a.device)
+        logits = delta - margin * (2 * mu - 1)
+    nll = -(mu * F.logsigmoid(logits) + (1 - mu) * F.logsigmoid(-logits))
+    loss = nll.mean()
+    with torch.no_grad():
+        mu_b = mu.expand_as(delta)
+        decided = mu_b != 0.5
+        correct = ((delta > 0) == (mu_b > 0.5)) & decided
+        accuracy = correct.sum() / decided.sum() if decided.any() else delta.new_tensor(float("nan"))
+        metrics = {
+            "loss/bt": loss.detach(),
+            "reward/accuracy": accuracy.to(delta.dtype),
+            "reward/margin": delta.mean(),
+            "reward/mean": torch.cat([r_a, r_b]).mean(),
+        }
+    return loss, metrics
+
+
+def plackett_luce_loss(
+    rewards: torch.Tensor,
+    order: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Plackett–Luce negative log-likelihood of K-way rankings (strict orders).
+
+    The ranking is built by choosing the best remaining item with a Luce choice at each
+    stage (Plackett 1975; Luce 1959):
+
+        P(o) = Π_{j=1..K} exp(r_{o_j}) / Σ_{l=j..K} exp(r_{o_l})
+        L = mean_b Σ_j [ logsumexp_{l≥j} r_{o_l} − r_{o_j} ]
+
+    For K = 2 this is exactly Bradley–Terry with μ = 1.
+
+    Shapes: ``rewards`` ``(B, K)`` (reward of each item), ``order`` ``(B, K)`` long,
+    item indices best first; ``mask`` ``(B, K)`` bool over *positions in order*, True
+    for real items — rankings shorter than K put their padding at the end of ``order``.
+    Metrics: ``loss/pl``, ``reward/top1_accuracy`` (the ranked-first item has the
+    highest reward among the real items).
+    """
+    ranked = rewards.gather(1, order)
+    if mask is None:
+        mask = torch.ones_like(ranked, dtype=torch.bool)
+    # a very negative (finite, so gradients stay finite) reward removes padding from the sums
+    fill = torch.finfo(ranked.dtype).min / 4
+    ranked_filled = ranked.masked_fill(~mask, fill)
+    # logsumexp over the items still in play at each stage j (positions j..K)
+    tail_lse = torch.logcumsumexp(ranked_filled.flip(1), dim=1).flip(1)
+    stage_nll = (tail_lse - ranked_filled) * mask
+    loss = stage_nll.sum(1).mean()
+    with torch.no_grad():
+        best = ranked_filled.argmax(1)
+        metrics = {
+            "loss/pl": loss.detach(),
+            "reward/top1_accuracy": (best == 0).to(rewards.dtype).mean(),
+        }
+    return loss, metrics
+
+
+def reward_centering_loss(
+    rewards: torch.Tensor, reg_lambda: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Centring regulariser λ·mean(r̂²).
+
+    Bradley–Terry only sees reward differences, so r̂ + c fits as well as r̂; this term
+    picks the solution with rewards near zero (Eisenstein et al. 2023, "Helping or
+    Herding?", reward centring), which keeps rewards on a comparable scale across runs and
+    ensemble members. Shapes: ``rewards`` any shape. Metrics: ``loss/centering``.
+    """
+    loss = reg_lambda * rewards.pow(2).mean()
+    return loss, {"loss/centering": loss.detach()}
+
+
+def ranking_to_comparisons(ranking: Ranking) -> list[Comparison]:
+    """Decompose a K-way ranking into its K-choose-2 pairs (Ouyang et al. 2022, §3.5).
+
+    Each pair puts the better-ranked response in ``a`` with μ = 1; responses in the same
+    tied group become a μ = ½ pair. Annotator, group and meta are carried over.
+    """
+    tier = ranking.tier()
+    pairs = []
+    for i, j in itertools.combinations(ranking.order, 2):  # i is ranked above (or tied with) j
+        pairs.append(
+            Comparison(
+                prompt=ranking.prompt,
+                a=ranking.responses[i],
+                b=ranking.responses[j],
+                mu=0.5 if tier[i] == tier[j] else 1.0,
+                annotator=ranking.annotator,
+                group=ranking.group,
+                meta=dict(ranking.meta),
+            )
+        )
+    return pairs
