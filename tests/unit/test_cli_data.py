@@ -64,7 +64,17 @@ def test_inspect_table_output(capsys, trl_file):
     assert "utf-8 bytes" in out
 
 
-def test_inspect_with_tokenizer_counts_tokens(capsys, tmp_path, tiny_lm_dir):
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """Only a tokenizer (the tiny byte-level BPE), no model: cheaper than tiny_lm_dir."""
+    from alignkit.models import build_tokenizer
+
+    path = tmp_path_factory.mktemp("tok")
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_inspect_with_tokenizer_counts_tokens(capsys, tmp_path, tokenizer_dir):
     from alignkit.models import load_tokenizer
 
     text = "the cat sat on the mat " * 5
@@ -76,14 +86,14 @@ def test_inspect_with_tokenizer_counts_tokens(capsys, tmp_path, tiny_lm_dir):
         str(tmp_path / "d.jsonl"),
         "--json",
         "--tokenizer",
-        str(tiny_lm_dir),
+        str(tokenizer_dir),
     )
     assert code == 0
     s = json.loads(out)
-    expected = len(load_tokenizer(tiny_lm_dir)(text, add_special_tokens=False)["input_ids"])
+    expected = len(load_tokenizer(tokenizer_dir)(text, add_special_tokens=False)["input_ids"])
     assert s["lengths"]["prompt_tokens"]["max"] == expected
     assert s["lengths"]["prompt_tokens"]["max"] < len(text)  # merges make it shorter
-    assert str(tiny_lm_dir) in s["token_counter"]
+    assert str(tokenizer_dir) in s["token_counter"]
 
 
 @pytest.mark.parametrize("out_name", ["out.jsonl", "out.jsonl.gz", "out.parquet", "out_dir"])

@@ -327,8 +327,18 @@ def _write_file_atomic(rows: list[dict[str, Any]], p: Path, container: str, fmt:
 
 
 def _write_jsonl(rows: list[dict[str, Any]], f) -> None:
-    for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    for i, row in enumerate(rows, start=1):
+        f.write(_dumps(row, i).encode("utf-8") + b"\n")
+
+
+def _dumps(row: dict[str, Any], i: int) -> str:
+    """One row as strict JSON (no NaN/Infinity), checked to be encodable as UTF-8."""
+    try:
+        text = json.dumps(row, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        raise DataError(f"record {i}: cannot be written as JSON: {e}") from None
+    return text
 
 
 def _columnar(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
@@ -338,12 +348,12 @@ def _columnar(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     for row in rows:
         columns.update(dict.fromkeys(row))
     out = []
-    for row in rows:
+    for i, row in enumerate(rows, start=1):
         r = {c: row.get(c) for c in columns}
         if fmt == "alignkit":
             for name in ("meta", "segment_a", "segment_b"):
                 if r.get(name) is not None:
-                    r[name] = json.dumps(r[name], ensure_ascii=False)
+                    r[name] = _dumps(r[name], i)
         out.append(r)
     return out
 

@@ -15,7 +15,6 @@ Every record carries optional ``annotator`` and ``group`` ids and free ``meta``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +35,26 @@ __all__ = [
 def _check_text(value: Any, name: str) -> None:
     if not isinstance(value, str):
         raise DataError(f"expected a string, got {type(value).__name__}", field=name)
+
+
+def _check_common(record: Any) -> None:
+    """annotator / group are strings or None; meta is a dict."""
+    for name in ("annotator", "group"):
+        value = getattr(record, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(record, name, str(value))  # numeric ids (e.g. from a database)
+        elif value is not None and not isinstance(value, str):
+            raise DataError(f"expected a string or null, got {value!r}", field=name)
+    if not isinstance(record.meta, dict):
+        raise DataError(f"expected an object, got {type(record.meta).__name__}", field="meta")
+
+
+def _check_mu(mu: Any) -> float:
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)):
+        raise DataError(f"expected a number in [0, 1], got {mu!r}", field="mu")
+    if not (0.0 <= float(mu) <= 1.0):  # also rejects NaN
+        raise DataError(f"expected a number in [0, 1], got {mu!r}", field="mu")
+    return float(mu)
 
 
 @dataclass
@@ -61,11 +80,14 @@ class Comparison:
     def __post_init__(self) -> None:
         for name in ("prompt", "a", "b"):
             _check_text(getattr(self, name), name)
-        if isinstance(self.mu, bool) or not isinstance(self.mu, (int, float)):
-            raise DataError(f"expected a number in [0, 1], got {self.mu!r}", field="mu")
-        if not (0.0 <= float(self.mu) <= 1.0) or math.isnan(float(self.mu)):
-            raise DataError(f"expected a number in [0, 1], got {self.mu!r}", field="mu")
-        self.mu = float(self.mu)
+        self.mu = _check_mu(self.mu)
+        if not isinstance(self.incomparable, bool):
+            raise DataError(
+                f"expected true or false, got {self.incomparable!r}", field="incomparable"
+            )
+        if self.strength is not None and not isinstance(self.strength, str):
+            raise DataError(f"expected a string or null, got {self.strength!r}", field="strength")
+        _check_common(self)
 
     @property
     def is_tie(self) -> bool:
@@ -106,19 +128,30 @@ class Ranking:
         for r in self.responses:
             _check_text(r, "responses")
         k = len(self.responses)
+        if not isinstance(self.order, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in self.order
+        ):
+            raise DataError(
+                f"expected a list of response indices, got {self.order!r}", field="order"
+            )
         if sorted(self.order) != list(range(k)):
             raise DataError(
                 f"expected a permutation of 0..{k - 1}, got {self.order!r}", field="order"
             )
         pos = {idx: i for i, idx in enumerate(self.order)}
+        if not isinstance(self.ties, list) or not all(isinstance(g, list) for g in self.ties):
+            raise DataError(f"expected a list of index lists, got {self.ties!r}", field="ties")
+        seen: set = set()
         for group in self.ties:
-            if len(group) < 2 or any(g not in pos for g in group):
+            if len(group) < 2 or any(g not in pos or g in seen for g in group):
                 raise DataError(
                     f"expected groups of ≥2 valid response indices, got {group!r}", field="ties"
                 )
+            seen.update(group)
             spots = sorted(pos[g] for g in group)
             if spots != list(range(spots[0], spots[0] + len(spots))):
                 raise DataError(f"tied group {group!r} is not contiguous in order", field="ties")
+        _check_common(self)
 
     def tier(self) -> list[int]:
         """Rank tier of each response (0 = best; tied responses share a tier)."""
@@ -154,13 +187,24 @@ class Rating:
     def __post_init__(self) -> None:
         _check_text(self.prompt, "prompt")
         _check_text(self.response, "response")
-        lo, hi = (float(x) for x in self.scale)
+        scale = self.scale
+        if (
+            not isinstance(scale, (list, tuple))
+            or len(scale) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scale)
+            or not float(scale[0]) < float(scale[1])
+        ):
+            raise DataError(f"expected [low, high] with low < high, got {scale!r}", field="scale")
+        lo, hi = float(scale[0]), float(scale[1])
         self.scale = (lo, hi)
         if isinstance(self.score, bool) or not isinstance(self.score, (int, float)):
             raise DataError(f"expected a number, got {self.score!r}", field="score")
         if not lo <= self.score <= hi:
-            raise DataError(f"expected a number in [{lo:g}, {hi:g}], got {self.score!r}", field="score")
+            raise DataError(
+                f"expected a number in [{lo:g}, {hi:g}], got {self.score!r}", field="score"
+            )
         self.score = float(self.score)
+        _check_common(self)
 
 
 @dataclass
@@ -179,6 +223,7 @@ class Correction:
     def __post_init__(self) -> None:
         for name in ("prompt", "response", "edited"):
             _check_text(getattr(self, name), name)
+        _check_common(self)
 
 
 @dataclass
@@ -203,9 +248,8 @@ class TrajectoryPair:
             seg = getattr(self, name)
             if not isinstance(seg, dict) or "obs" not in seg or "actions" not in seg:
                 raise DataError("expected a mapping with 'obs' and 'actions'", field=name)
-        if not (0.0 <= float(self.mu) <= 1.0):
-            raise DataError(f"expected a number in [0, 1], got {self.mu!r}", field="mu")
-        self.mu = float(self.mu)
+        self.mu = _check_mu(self.mu)
+        _check_common(self)
 
 
 Record = Comparison | Ranking | Rating | Correction | TrajectoryPair
@@ -225,8 +269,10 @@ def record_to_dict(record: Record) -> dict[str, Any]:
 
 def record_from_dict(d: dict[str, Any]) -> Record:
     """Inverse of :func:`record_to_dict` (raises :class:`DataError` on bad fields)."""
+    if not isinstance(d, dict):
+        raise DataError(f"expected an object, got {type(d).__name__}")
     kind = d.get("kind", "comparison")
-    cls = _KINDS.get(kind)
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DataError(f"expected one of {sorted(_KINDS)}, got {kind!r}", field="kind")
     names = set(cls.__dataclass_fields__)
@@ -237,7 +283,7 @@ def record_from_dict(d: dict[str, Any]) -> Record:
         if f.name not in args and f.default is MISSING and f.default_factory is MISSING
     ]
     if missing:
-        raise DataError("missing (required field)", field=missing[0])
+        raise DataError(f"missing (required for a {kind})", field=missing[0])
     try:
         return cls(**args)
     except TypeError as e:
