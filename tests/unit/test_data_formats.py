@@ -147,6 +147,13 @@ def test_trl_writer_refuses_non_comparisons():
         record_to_row(Rating("p", "r", 3.0), "trl")
 
 
+def test_hh_writer_needs_an_assistant_prompt():
+    row = record_to_row(Comparison(f"{H} q{A}", " a", " b"), "hh")
+    assert row == {"chosen": f"{H} q{A} a", "rejected": f"{H} q{A} b"}
+    with pytest.raises(DataError, match="field 'prompt': expected an HH prompt"):
+        record_to_row(Comparison("plain prompt", "a", "b"), "hh")
+
+
 def test_implicit_prompt_is_common_prefix_at_word_boundary():
     rec = row_to_record(
         {"chosen": "The sky is blue", "rejected": "The sky is black"}, "trl_implicit"

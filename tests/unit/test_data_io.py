@@ -67,7 +67,7 @@ def test_alignkit_round_trip_every_record_kind(tmp_path, name):
 
 
 @pytest.mark.parametrize("fmt", ["trl", "trl_implicit", "hh", "trl_conversational"])
-@pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.parquet"])
+@pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.parquet", "d_dataset"])
 def test_trl_family_round_trip(tmp_path, fmt, name):
     # Replies differ from their first character, so the implicit formats (which
     # recover the prompt as a shared prefix) split exactly where we joined.
@@ -119,6 +119,18 @@ def test_hf_dataset_dict_train_split_is_read(tmp_path):
     datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
     result = load_records(tmp_path / "dd")
     assert (result.container, result.format, len(result.records)) == ("hf-dataset", "trl", 1)
+
+
+def test_utf8_bom_and_crlf_are_accepted(tmp_path):
+    row = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"})
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + (row + "\r\n" + row + "\r\n").encode())
+    assert len(load_records(tmp_path / "d.jsonl").records) == 2
+
+
+def test_not_utf8_is_a_data_error(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b'{"prompt": "\xff"}\n')
+    with pytest.raises(DataError, match="d.jsonl: cannot read as UTF-8"):
+        load_records(tmp_path / "d.jsonl")
 
 
 def test_json_array_file_is_read(tmp_path):

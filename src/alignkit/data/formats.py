@@ -285,6 +285,11 @@ def record_to_row(record: Record, fmt: str) -> dict[str, Any]:
     if fmt == "trl":
         row: dict[str, Any] = {"prompt": record.prompt, "chosen": chosen, "rejected": rejected}
     elif fmt in ("trl_implicit", "hh"):
+        if fmt == "hh" and not record.prompt.endswith(HH_ASSISTANT):
+            raise DataError(
+                f"expected an HH prompt ending in {HH_ASSISTANT!r}, got ...{record.prompt[-30:]!r}",
+                field="prompt",
+            )
         row = {"chosen": record.prompt + chosen, "rejected": record.prompt + rejected}
     elif fmt == "trl_conversational":
         meta = record.meta

@@ -125,13 +125,13 @@ def read_rows(path: str | os.PathLike, container: str | None = None) -> Iterator
 
 def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
     try:
-        f = gzip.open(p, "rt", encoding="utf-8") if gz else open(p, encoding="utf-8")
+        f = gzip.open(p, "rt", encoding="utf-8-sig") if gz else open(p, encoding="utf-8-sig")
         with f:
             first = True
             for i, line in enumerate(f, start=1):
                 if first:
                     first = False
-                    stripped = line.lstrip("\ufeff").lstrip()
+                    stripped = line.lstrip()
                     if stripped.startswith("["):  # a .json file holding one array
                         text = line + f.read()
                         yield from _read_json_array(p, text)
