@@ -110,7 +110,7 @@ def create_app(
     async def on_problem(request: Request, exc: HTTPProblem):
         if is_api(request):
             return JSONResponse({"detail": exc.message}, exc.status, headers=exc.headers)
-        return page("error.html", exc.status, message=exc.message, status=exc.status)
+        return page("error.html", exc.status, message=exc.message, code=exc.status)
 
     @app.exception_handler(AlignkitError)
     async def on_user_error(request: Request, exc: AlignkitError):

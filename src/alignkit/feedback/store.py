@@ -295,7 +295,9 @@ def normalise_db_url(url_or_path: str | os.PathLike) -> str:
     """A SQLAlchemy URL; a plain path means a SQLite file (``feedback.db`` → sqlite:///…)."""
     s = str(url_or_path)
     if "://" in s:
-        if not s.startswith(("sqlite://", "postgresql://", "postgresql+psycopg2://")):
+        if s.startswith("postgresql://"):  # the app extra ships psycopg2
+            return "postgresql+psycopg2://" + s[len("postgresql://"):]
+        if not s.startswith(("sqlite://", "postgresql+psycopg2://", "postgresql+psycopg://")):
             raise AlignkitError(f"--db: expected a SQLite path or a postgresql:// URL, got {s!r}")
         return s
     return "sqlite:///" + str(Path(s).expanduser().resolve())
