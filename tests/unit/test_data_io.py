@@ -140,6 +140,17 @@ def test_json_array_file_is_read(tmp_path):
     assert len(load_records(tmp_path / "d.json").records) == 2
 
 
+def test_never_replaces_a_directory_that_is_not_a_dataset(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="refusing to replace"):
+        save_records([Comparison("p", "a", "b")], tmp_path / "results")
+    assert (tmp_path / "results" / "precious.txt").read_text() == "keep me"
+    (tmp_path / "plainfile").write_text("x")
+    with pytest.raises(DataError, match="refusing to replace"):
+        save_records([Comparison("p", "a", "b")], tmp_path / "plainfile")
+
+
 def test_overwriting_an_hf_dataset_directory(tmp_path):
     save_records([Comparison("p", "a", "b")], tmp_path / "ds")
     save_records([Comparison("q", "a", "b"), Comparison("r", "a", "b")], tmp_path / "ds")
@@ -376,3 +387,40 @@ def test_shared_hh_file_converts_to_trl_and_back(tmp_path):
     assert back.format == "trl"
     triples = [(r.prompt, r.a, r.b) for r in result.records]
     assert [(r.prompt, r.chosen, r.rejected) for r in back.records] == triples
+
+
+def test_import_alignkit_data_stays_stdlib_only():
+    """pyarrow / datasets / torch are imported only when a Parquet file or dataset is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, alignkit.data, alignkit.data.stats\n"
+        "print([m for m in ('pyarrow', 'datasets', 'torch', 'transformers', 'numpy') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_failed_dataset_write_keeps_old_dataset(tmp_path, monkeypatch, fail_at):
+    """Replacing a dataset directory takes two renames (old aside, new in); a failure at
+    either leaves the old dataset in place and no temporary directories behind."""
+    import alignkit.data.io as io
+
+    target = tmp_path / "ds"
+    save_records([Comparison("old", "a", "b")], target)
+    real_replace, calls = io.os.replace, {"n": 0}
+
+    def flaky_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise OSError("rename failed (simulated)")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="simulated"):
+        save_records([Comparison("new", "a", "b")], target)
+    monkeypatch.undo()
+    assert [r.prompt for r in load_records(target).records] == ["old"]
+    assert sorted(os.listdir(tmp_path)) == ["ds"]

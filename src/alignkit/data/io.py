@@ -72,7 +72,7 @@ def detect_container(path: str | os.PathLike) -> str:
     if not p.exists():
         raise DataError("no such file or directory", path=str(p))
     if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
+        if _is_dataset_dir(p):
             return "hf-dataset"
         raise DataError(
             "expected a file, or a dataset directory written by datasets' save_to_disk "
@@ -86,6 +86,10 @@ def detect_container(path: str | os.PathLike) -> str:
     if head == _PARQUET_MAGIC:
         return "parquet"
     return "jsonl"
+
+
+def _is_dataset_dir(p: Path) -> bool:
+    return (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
 
 
 def _container_for_output(path: Path) -> str:
@@ -299,6 +303,12 @@ def save_records(
     if not p.parent.exists():
         raise DataError("the output directory does not exist", path=str(p.parent))
     if container == "hf-dataset":
+        if p.exists() and not (p.is_dir() and _is_dataset_dir(p)):
+            raise DataError(
+                "exists and is not a saved dataset; refusing to replace it "
+                "(give a new directory name, or a .jsonl/.jsonl.gz/.parquet file)",
+                path=str(p),
+            )
         _write_hf_atomic(rows, p, format)
     else:
         _write_file_atomic(rows, p, container, format)
