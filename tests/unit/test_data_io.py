@@ -304,6 +304,11 @@ def test_forced_format_and_unknown_format(tmp_path):
         load_records(path, format="csv")
 
 
+def test_save_creates_missing_parent_directories(tmp_path):
+    save_records([Comparison("p", "a", "b")], tmp_path / "new" / "sub" / "d.jsonl")
+    assert len(load_records(tmp_path / "new" / "sub" / "d.jsonl")) == 1
+
+
 def test_save_rejects_bad_output_name_and_empty(tmp_path):
     with pytest.raises(DataError, match=r"\.jsonl, \.jsonl\.gz or \.parquet"):
         save_records([Comparison("p", "a", "b")], tmp_path / "x.csv")

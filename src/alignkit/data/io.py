@@ -100,7 +100,7 @@ def _container_for_output(path: Path) -> str:
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
-    if path.is_dir() or "." not in name or str(path).endswith(os.sep):
+    if path.is_dir() or "." not in name:
         return "hf-dataset"
     raise DataError(
         "expected an output name ending in .jsonl, .jsonl.gz or .parquet, "
@@ -300,8 +300,12 @@ def save_records(
             ) from None
     if not rows:
         raise DataError("no records to write", path=str(p))
-    if not p.parent.exists():
-        raise DataError("the output directory does not exist", path=str(p.parent))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot create the output directory: {e.strerror}", path=str(p.parent)
+        ) from None
     if container == "hf-dataset":
         if p.exists() and not (p.is_dir() and _is_dataset_dir(p)):
             raise DataError(
