@@ -151,9 +151,11 @@ class _CachedLM:
         self.cache = None
 
     @torch.no_grad()
-    def next_logps(self, new_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # attention_mask covers the whole sequence so far; new_ids are its last tokens.
-        positions = position_ids_from_mask(attention_mask)[:, -new_ids.shape[1] :]
+    def next_logps(
+        self, new_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        # attention_mask covers the whole sequence so far; new_ids (and their positions,
+        # derived from the mask so left padding is skipped) are its last tokens.
         out = self.model(
             input_ids=new_ids,
             attention_mask=attention_mask,
@@ -277,9 +279,9 @@ def mix_generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens: list[torch.Tensor] = []
     all_logps: list[torch.Tensor] = []
-    step_input = ids
+    step_input, positions = ids, position_ids_from_mask(mask)
     for step in range(max_new_tokens):
-        logps = mix_logprobs([lm.next_logps(step_input, mask) for lm in lms], weights)
+        logps = mix_logprobs([lm.next_logps(step_input, mask, positions) for lm in lms], weights)
         if return_logps:
             all_logps.append(logps)
         if step < min_new_tokens and eos is not None:
@@ -298,7 +300,7 @@ def mix_generate(
             done |= _hits_stop(tokenizer, torch.stack(new_tokens, 1), done, stop)
         if bool(done.all()):
             break
-        step_input = token[:, None]
+        step_input, positions = token[:, None], positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
 
     gen = torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in range(B)]
@@ -369,11 +371,12 @@ class MixLogitsProcessor:
         mask = self.prompt_mask.to(input_ids.device)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], grown)], dim=1)
         new_ids = input_ids[:, self._seen :]
+        positions = position_ids_from_mask(mask)[:, self._seen :]
         self._seen = input_ids.shape[1]
         driver = scores[:, :vocab]
         driver = torch.log_softmax(driver if driver.dtype == torch.float64 else driver.float(), -1)
         banned = torch.isneginf(driver)
-        logps = [driver.masked_fill(banned, 0.0), *(lm.next_logps(new_ids, mask) for lm in self._lms)]
+        logps = [driver.masked_fill(banned, 0.0), *(lm.next_logps(new_ids, mask, positions) for lm in self._lms)]
         mixed = mix_logprobs(logps, self.weights).masked_fill(banned, -math.inf)
         out = torch.full_like(scores, -math.inf, dtype=mixed.dtype)
         out[:, :vocab] = torch.log_softmax(mixed, dim=-1)
