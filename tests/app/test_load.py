@@ -1,0 +1,174 @@
+"""A real uvicorn server under load, and killed with SIGKILL mid-load.
+
+The server runs as `alignkit annotate serve` in a subprocess on 127.0.0.1 (free port);
+annotator clients are threads using :class:`AnnotationClient` (httpx). Every loop is
+bounded and every request has a timeout.
+"""
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from alignkit.errors import AlignkitError
+from alignkit.feedback.client import AnnotationClient, ApiError
+from alignkit.feedback.store import FeedbackStore
+
+N_CLIENTS, N_ITEMS, OVERLAP = 50, 1000, 2  # → exactly 2,000 labels
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`alignkit annotate serve` in a subprocess; .kill() sends SIGKILL."""
+
+    def __init__(self, db, project, log_path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "ab")
+        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "annotate", "serve",
+               "--db", str(db), "--project", project, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start within 60 s; see {log_path}")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+def setup_store(db, project, n_items, n_users, overlap):
+    store = FeedbackStore(db)
+    store.ensure_project(project, overlap=overlap, gold_every=0)
+    store.add_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(n_items)])
+    tokens = [store.add_user(f"u{i:02d}", group="g" + str(i % 3), password=False).token for i in range(n_users)]
+    admin = store.add_user("admin", role="admin", password=False).token
+    return store, tokens, admin
+
+
+def annotate_until_done(url, token, acked, errors, stop, max_labels=200):
+    """One annotator: take tasks and label them until none is left (or the server dies)."""
+    try:
+        with AnnotationClient(url, token, timeout=60) as client:
+            for _ in range(max_labels):
+                if stop.is_set():
+                    return
+                task = client.next_task()
+                if task is None:
+                    return
+                choice = "AB"[task["assignment_id"] % 2]
+                result = client.submit(task["assignment_id"], choice=choice)
+                acked.append((task["assignment_id"], result["vote_id"]))
+    except (httpx.HTTPError, ApiError) as e:
+        errors.append(repr(e))
+
+
+def run_clients(url, tokens, stop=None):
+    acked, errors, stop = [], [], stop or threading.Event()
+    threads = [
+        threading.Thread(target=annotate_until_done, args=(url, t, acked, errors, stop), daemon=True)
+        for t in tokens
+    ]
+    for t in threads:
+        t.start()
+    return threads, acked, errors
+
+
+@pytest.mark.timeout(240)
+def test_50_clients_2000_labels_none_lost_or_duplicated(tmp_path):
+    db = tmp_path / "load.db"
+    store, tokens, _ = setup_store(db, "load", N_ITEMS, N_CLIENTS, OVERLAP)
+    server = Server(db, "load", tmp_path / "server.log")
+    try:
+        threads, acked, errors = run_clients(server.url, tokens)
+        for t in threads:
+            t.join(timeout=200)
+        assert not any(t.is_alive() for t in threads), "clients still running after 200 s"
+    finally:
+        server.stop()
+    assert errors == []
+    assert len(acked) == N_ITEMS * OVERLAP == 2000
+    raw = store.raw_votes("load")
+    assert len(raw) == 2000
+    assert len({v["assignment_id"] for v in raw}) == 2000
+    assert {vid for _, vid in acked} == {v["id"] for v in raw}
+    per_item = Counter(v["item_id"] for v in raw)
+    assert set(per_item.values()) == {OVERLAP} and len(per_item) == N_ITEMS
+    pairs = {(v["item_id"], v["annotator"]) for v in raw}
+    assert len(pairs) == 2000  # never the same annotator twice on an item
+    store.close()
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_mid_load_keeps_every_acknowledged_label(tmp_path):
+    db = tmp_path / "kill.db"
+    n_clients = 20
+    store, tokens, admin = setup_store(db, "kill", 2000, n_clients, 1)
+    server = Server(db, "kill", tmp_path / "server.log")
+    stop = threading.Event()
+    try:
+        threads, acked, errors = run_clients(server.url, tokens, stop)
+        deadline = time.monotonic() + 120
+        while len(acked) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(acked) >= 300, f"only {len(acked)} labels in 120 s; errors: {errors[:3]}"
+        server.kill()  # SIGKILL while the clients are still sending
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        server.stop()
+    assert errors, "the clients should have seen the server die"
+    got = {v["assignment_id"]: v["id"] for v in store.raw_votes("kill")}
+    missing = [(a, v) for a, v in acked if got.get(a) != v]
+    assert missing == [], f"{len(missing)} acknowledged labels lost"
+    assert len(got) <= len(acked) + n_clients  # at most one unacknowledged commit per client
+
+    # Restarted on the same file, the server carries on where it stopped.
+    server = Server(db, "kill", tmp_path / "server2.log")
+    try:
+        with AnnotationClient(server.url, tokens[0]) as client:
+            task = client.next_task()
+            client.submit(task["assignment_id"], choice="tie")
+            assert client.submit(task["assignment_id"], choice="tie")["duplicate"] is True
+        with AnnotationClient(server.url, admin) as boss:
+            rows = boss.export("raw")
+            assert len(rows) == len(got) + 1
+            ids = boss.submit_pairs([("new q", "x", "y"), ("q0", "a0", "b0")], project="kill")
+            assert ids[1] == 1 and ids[0] > 2000  # q0 already existed: its id comes back
+            labels = boss.fetch_labels([ids[0], task["item_id"]], project="kill")
+            assert list(labels) == [task["item_id"]] and labels[task["item_id"]].mu == 0.5
+            with pytest.raises(AlignkitError, match="serves project 'kill'"):
+                boss.fetch_labels(ids, project="other")
+            assert boss.stats()["votes"] == len(got) + 1
+    finally:
+        server.stop()
+    store.close()
