@@ -188,6 +188,17 @@ def test_conversational_implicit_prompt_is_shared_messages():
     assert (rec.a, rec.b) == ("hello", "go away")
 
 
+def test_conversational_with_text_prompt_and_full_conversations():
+    # UltraFeedback-binarized layout: prompt text, chosen/rejected hold the user turn too.
+    user = [{"role": "user", "content": "hi"}]
+    row = {"prompt": "hi", "chosen": user + MSG_C, "rejected": user + MSG_R}
+    rec = row_to_record(row, "trl_conversational")
+    assert (rec.prompt, rec.a, rec.b) == ("user: hi", "hello", "go away")
+    # ... and with only the replies in chosen/rejected, the text is the user turn.
+    rec = row_to_record({"prompt": "hi", "chosen": MSG_C, "rejected": MSG_R}, "trl_conversational")
+    assert rec.meta["prompt_messages"] == user and rec.a == "hello"
+
+
 def test_conversational_bad_message_is_named():
     with pytest.raises(DataError, match="field 'chosen'.*message 0"):
         row_to_record(

@@ -220,16 +220,27 @@ def _split_implicit(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:n], chosen[n:], rejected[n:]
 
 
+def _shared_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """Split off the leading messages both share (at least one completion message stays)."""
+    k = 0
+    while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+        k += 1
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
 def _conversational_from_row(row: dict[str, Any]) -> Comparison:
     chosen = _check_messages(row.get("chosen"), "chosen")
     rejected = _check_messages(row.get("rejected"), "rejected")
-    if "prompt" in row and row["prompt"] is not None:
-        prompt = _check_messages(row["prompt"], "prompt")
-    else:  # implicit prompt: the shared leading messages
-        k = 0
-        while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
-            k += 1
-        prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+    raw_prompt = row.get("prompt")
+    if raw_prompt is None:  # implicit prompt: the shared leading messages
+        prompt, chosen, rejected = _shared_messages(chosen, rejected)
+    elif isinstance(raw_prompt, str):
+        # A text prompt beside whole conversations (as in UltraFeedback-binarized): the
+        # shared leading messages are the prompt; if none, the text is the user turn.
+        prompt, chosen, rejected = _shared_messages(chosen, rejected)
+        prompt = prompt or [{"role": "user", "content": raw_prompt}]
+    else:
+        prompt = _check_messages(raw_prompt, "prompt")
     if not chosen:
         raise DataError("expected at least one completion message", field="chosen")
     if not rejected:
