@@ -2,7 +2,13 @@
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 
 PG_URL = os.environ.get("ALIGNKIT_TEST_PG_URL")
@@ -38,3 +44,62 @@ def store(db_url):
     s = FeedbackStore(db_url, shuffle=False)
     yield s
     s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`alignkit annotate serve` in a subprocess; .kill() sends SIGKILL."""
+
+    def __init__(self, db, project, log_path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "ab")
+        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "annotate", "serve",
+               "--db", str(db), "--project", project, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start within 60 s; see {log_path}")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.log.closed:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory: ``start_server(db, project)`` → a running :class:`Server`; all stopped at teardown."""
+    started = []
+
+    def start(db, project):
+        server = Server(db, project, tmp_path / f"server{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -5,10 +5,6 @@ annotator clients are threads using :class:`AnnotationClient` (httpx). Every loo
 bounded and every request has a timeout.
 """
 
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,48 +17,6 @@ from alignkit.feedback.client import AnnotationClient, ApiError
 from alignkit.feedback.store import FeedbackStore
 
 N_CLIENTS, N_ITEMS, OVERLAP = 50, 1000, 2  # → exactly 2,000 labels
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`alignkit annotate serve` in a subprocess; .kill() sends SIGKILL."""
-
-    def __init__(self, db, project, log_path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "ab")
-        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "annotate", "serve",
-               "--db", str(db), "--project", project, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not start within 60 s; see {log_path}")
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
 
 
 def setup_store(db, project, n_items, n_users, overlap):
@@ -103,10 +57,10 @@ def run_clients(url, tokens, stop=None):
 
 
 @pytest.mark.timeout(240)
-def test_50_clients_2000_labels_none_lost_or_duplicated(tmp_path):
+def test_50_clients_2000_labels_none_lost_or_duplicated(tmp_path, start_server):
     db = tmp_path / "load.db"
     store, tokens, _ = setup_store(db, "load", N_ITEMS, N_CLIENTS, OVERLAP)
-    server = Server(db, "load", tmp_path / "server.log")
+    server = start_server(db, "load")
     try:
         threads, acked, errors = run_clients(server.url, tokens)
         for t in threads:
@@ -128,11 +82,11 @@ def test_50_clients_2000_labels_none_lost_or_duplicated(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_sigkill_mid_load_keeps_every_acknowledged_label(tmp_path):
+def test_sigkill_mid_load_keeps_every_acknowledged_label(tmp_path, start_server):
     db = tmp_path / "kill.db"
     n_clients = 20
     store, tokens, admin = setup_store(db, "kill", 2000, n_clients, 1)
-    server = Server(db, "kill", tmp_path / "server.log")
+    server = start_server(db, "kill")
     stop = threading.Event()
     try:
         threads, acked, errors = run_clients(server.url, tokens, stop)
@@ -153,7 +107,7 @@ def test_sigkill_mid_load_keeps_every_acknowledged_label(tmp_path):
     assert len(got) <= len(acked) + n_clients  # at most one unacknowledged commit per client
 
     # Restarted on the same file, the server carries on where it stopped.
-    server = Server(db, "kill", tmp_path / "server2.log")
+    server = start_server(db, "kill")
     try:
         with AnnotationClient(server.url, tokens[0]) as client:
             task = client.next_task()

@@ -162,6 +162,10 @@ def create_app(
     def healthz():
         return {"ok": True}
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/")
     def root():
         return RedirectResponse("/annotate", 303)
