@@ -12,12 +12,11 @@ returns ``(loss, metrics)``; metrics are detached scalars namespaced ``loss/``/`
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 
 from alignkit.data.records import Comparison, Ranking
+from alignkit.data.transforms import ranking_pairs
 
 __all__ = [
     "bradley_terry_loss",
@@ -129,20 +128,8 @@ def ranking_to_comparisons(ranking: Ranking) -> list[Comparison]:
     """Decompose a K-way ranking into its K-choose-2 pairs (Ouyang et al. 2022, §3.5).
 
     Each pair puts the better-ranked response in ``a`` with μ = 1; responses in the same
-    tied group become a μ = ½ pair. Annotator, group and meta are carried over.
+    tied group become a μ = ½ pair. Annotator and group are carried over. (The data
+    layer's :func:`alignkit.data.transforms.ranking_pairs`, exposed here next to the
+    Plackett–Luce loss it approximates.)
     """
-    tier = ranking.tier()
-    pairs = []
-    for i, j in itertools.combinations(ranking.order, 2):  # i is ranked above (or tied with) j
-        pairs.append(
-            Comparison(
-                prompt=ranking.prompt,
-                a=ranking.responses[i],
-                b=ranking.responses[j],
-                mu=0.5 if tier[i] == tier[j] else 1.0,
-                annotator=ranking.annotator,
-                group=ranking.group,
-                meta=dict(ranking.meta),
-            )
-        )
-    return pairs
+    return ranking_pairs(ranking)

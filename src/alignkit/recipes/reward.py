@@ -1,0 +1,398 @@
+"""Recipe: fit a reward model to human preferences (step 2 of the RLHF loop).
+
+    alignkit reward train --model PATH --data FILE --out DIR
+
+Reads top to bottom: load records → turn them into comparisons (rankings as their
+K-choose-2 pairs, ratings as pairs within a prompt when asked) → split train/eval by
+prompt → for each ensemble member: build r̂_θ on the backbone, minimise the
+Bradley–Terry loss (plus optional centring), evaluate every epoch, keep the best epoch
+(lowest held-out log-loss) → save a ``load_reward_model`` directory. With ``per_group``
+one model per annotator group is trained next to the pooled one and a disagreement table
+is written. Speed: a and b go through the backbone in one forward pass of 2B rows, padded
+to the batch's longest sequence; evaluation runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.data import Comparison, Rating, Record, load_records, to_comparisons, train_eval_split
+from alignkit.errors import ConfigError, DataError
+
+__all__ = [
+    "RewardConfig",
+    "RewardTrainResult",
+    "evaluate_reward_model",
+    "length_baseline_accuracy",
+    "train_reward",
+]
+
+
+@dataclass
+class RewardConfig:
+    """Configuration of ``alignkit reward train`` (YAML keys = field names)."""
+
+    model: str = "minilm"
+    """Backbone: a save_pretrained directory, or ``minilm`` for the packaged all-MiniLM-L6-v2."""
+    data: str = ""
+    """Feedback file (any format alignkit.data reads); ignored when records are passed in."""
+    out: str = "runs/reward"
+    """Output directory: the best model, metrics.jsonl, tb/, checkpoint/, eval.json."""
+    epochs: int = 2
+    """Passes over the training pairs."""
+    lr: float = 3e-5
+    """Peak AdamW learning rate."""
+    lr_schedule: str = "linear"
+    """``linear`` (warm-up then linear decay to 0) or ``constant`` (after warm-up)."""
+    warmup_fraction: float = 0.1
+    """Fraction of all steps spent warming the learning rate up from 0."""
+    batch_size: int = 16
+    """Comparisons per optimiser step (2× this many sequences per forward pass)."""
+    eval_batch_size: int = 64
+    """Sequences per forward pass when evaluating."""
+    max_length: int = 256
+    """Tokens per prompt+response; the prompt is cut from the left."""
+    eval_fraction: float = 0.1
+    """Fraction of prompts held out for evaluation (0 = no eval; the last epoch is kept)."""
+    seed: int = 0
+    """Seed for the split, head init, shuffling and bootstraps."""
+    reg_lambda: float = 0.0
+    """Centring regulariser weight λ in λ·mean(r̂²)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (on weight matrices, not biases or norms)."""
+    margin: float = 0.0
+    """Bradley–Terry margin m: the preferred response should win by at least m."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    ensemble: int = 1
+    """Number of independently trained members (different seeds; see ``bootstrap``)."""
+    bootstrap: bool = True
+    """Ensembles only: each member trains on a bootstrap resample of the training pairs."""
+    lora: bool = False
+    """Train LoRA adapters (plus the head) instead of the whole backbone."""
+    lora_r: int = 8
+    """LoRA rank when ``lora`` is on."""
+    freeze_backbone: bool = False
+    """Train only the linear head on frozen features."""
+    pooling: str = "auto"
+    """Head input: ``auto``, ``last`` (decoders), ``mean`` (sentence encoders), ``cls``."""
+    sequence_classifier: bool = False
+    """Use AutoModelForSequenceClassification(num_labels=1) instead of backbone + head."""
+    disable_dropout: bool = True
+    """Switch dropout off while training (rewards should not be noisy functions)."""
+    ratings_to_pairs: bool = False
+    """Turn ratings of responses to the same prompt into comparisons (else ratings are dropped)."""
+    per_group: bool = False
+    """Also train one model per annotator group and write a disagreement table."""
+    resume: bool = False
+    """Continue from ``out/checkpoint`` (written at the end of every epoch)."""
+    log_every: int = 10
+    """Optimiser steps between training-metric lines."""
+    tensorboard: bool = True
+    """Write TensorBoard event files next to metrics.jsonl."""
+
+
+@dataclass
+class RewardTrainResult:
+    """What ``train_reward`` returns: the model directory and the final metrics."""
+
+    out_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def length_baseline_accuracy(pairs: list[Comparison]) -> float:
+    """Accuracy of "the longer response wins" (characters; equal lengths count ½)."""
+    import torch
+
+    from alignkit.diagnostics.calibration import pairwise_accuracy
+
+    delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
+    mu = torch.tensor([p.mu for p in pairs])
+    return pairwise_accuracy(delta, mu)
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+def evaluate_reward_model(rm, pairs: list[Comparison], batch_size: int = 64) -> dict[str, Any]:
+    """accuracy, log_loss, ece, tie_log_loss, count (and ``reward_std`` for ensembles)
+    of σ(r̂(a) − r̂(b)) against the labels of ``pairs``."""
+    import torch
+
+    from alignkit.diagnostics.calibration import preference_metrics
+
+    prompts = [p.prompt for p in pairs]
+    texts_a, texts_b = [p.a for p in pairs], [p.b for p in pairs]
+    mu = torch.tensor([p.mu for p in pairs])
+    extra = {}
+    if hasattr(rm, "score_with_std"):
+        r_a, s_a = rm.score_with_std(prompts, texts_a, batch_size)
+        r_b, s_b = rm.score_with_std(prompts, texts_b, batch_size)
+        extra["reward_std"] = torch.cat([s_a, s_b]).mean().item()
+    else:
+        both = rm.score(prompts + prompts, texts_a + texts_b, batch_size)
+        r_a, r_b = both[: len(pairs)], both[len(pairs) :]
+    return {**preference_metrics(r_a - r_b, mu), **extra}
+
+
+def _eval_encoded(model, enc_a, enc_b, mu, batch_size) -> dict[str, Any]:
+    from alignkit.diagnostics.calibration import preference_metrics
+
+    rewards = model.score_encoded(enc_a + enc_b, batch_size)
+    return preference_metrics(rewards[: len(enc_a)] - rewards[len(enc_a) :], mu)
+
+
+# -- training one model ----------------------------------------------------------------
+
+
+def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path, seed: int) -> dict[str, Any]:
+    """Train one reward model on ``train``; keep the best epoch in ``out``."""
+    import torch
+
+    from alignkit.losses.preference import bradley_terry_loss, reward_centering_loss
+    from alignkit.models.loading import LoraSpec
+    from alignkit.models.reward import RewardModel
+    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.utils.progress import track
+
+    model = RewardModel.from_backbone(
+        cfg.model,
+        pooling=cfg.pooling,
+        sequence_classifier=cfg.sequence_classifier,
+        lora=LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r) if cfg.lora else None,
+        max_length=cfg.max_length,
+        seed=seed,
+    )
+    if cfg.freeze_backbone:
+        for name, p in model.backbone.named_parameters():
+            p.requires_grad_(cfg.sequence_classifier and ("score" in name or "classifier" in name))
+    if cfg.disable_dropout:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+
+    # tokenise everything once; batches only pad and stack
+    enc_a = model.encode([p.prompt for p in train], [p.a for p in train])
+    enc_b = model.encode([p.prompt for p in train], [p.b for p in train])
+    mu = torch.tensor([p.mu for p in train])
+    ev_a = model.encode([p.prompt for p in evals], [p.a for p in evals])
+    ev_b = model.encode([p.prompt for p in evals], [p.b for p in evals])
+    ev_mu = torch.tensor([p.mu for p in evals])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_fraction * total)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint" / "state.pt"
+    start_epoch, step, best = 0, 0, {"log_loss": math.inf}
+    if cfg.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best"]
+    elif cfg.resume:
+        raise ConfigError(f"{ckpt}: no checkpoint to resume from")
+
+    logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=start_epoch > 0)
+    summary: dict[str, Any] = {}
+    if evals and start_epoch == 0:
+        untrained = _eval_encoded(model, ev_a, ev_b, ev_mu, cfg.eval_batch_size)
+        logger.log({f"eval/{k}": v for k, v in untrained.items()}, step)
+        summary["baseline/untrained_accuracy"] = untrained["accuracy"]
+        summary["baseline/untrained_log_loss"] = untrained["log_loss"]
+
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        # seeding per epoch makes a resumed run replay the same order as an uninterrupted one
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        torch.manual_seed(seed * 1000 + epoch)
+        perm = torch.randperm(len(train), generator=gen).tolist()
+        running: dict[str, float] = defaultdict(float)
+        n_running = 0
+        batches = range(0, len(perm), cfg.batch_size)
+        for s in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
+            idx = perm[s : s + cfg.batch_size]
+            batch = model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx])
+            rewards = model(**batch)
+            r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
+            loss, metrics = bradley_terry_loss(r_a, r_b, mu[idx], margin=cfg.margin or None)
+            if cfg.reg_lambda:
+                reg, reg_metrics = reward_centering_loss(rewards, cfg.reg_lambda)
+                loss = loss + reg
+                metrics.update(reg_metrics)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for k, v in metrics.items():
+                running[k] += v.item() if math.isfinite(v.item()) else 0.0
+            n_running += 1
+            if step % cfg.log_every == 0:
+                logger.log({**{k: v / n_running for k, v in running.items()}, "lr": scheduler.get_last_lr()[0], "epoch": epoch}, step)
+                running.clear()
+                n_running = 0
+
+        eval_metrics = _eval_encoded(model, ev_a, ev_b, ev_mu, cfg.eval_batch_size) if evals else {}
+        if eval_metrics:
+            logger.log({f"eval/{k}": v for k, v in eval_metrics.items()} | {"epoch": epoch + 1}, step)
+        improved = not evals or eval_metrics["log_loss"] < best["log_loss"]
+        if improved:
+            best = {**eval_metrics, "epoch": epoch + 1} if evals else {"log_loss": math.inf, "epoch": epoch + 1}
+            model.save_pretrained(out, extra={"base_model": str(cfg.model), "best_epoch": epoch + 1})
+        ckpt.parent.mkdir(exist_ok=True)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "best": best,
+        }
+        torch.save(state, ckpt.with_suffix(".tmp"))
+        ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: an interrupted save keeps the old one
+    logger.close()
+    summary.update({f"best/{k}": v for k, v in best.items() if k != "log_loss" or math.isfinite(v)})
+    return summary
+
+
+# -- the recipe ------------------------------------------------------------------------
+
+
+def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path) -> dict[str, Any]:
+    """A single model in ``out``, or ``cfg.ensemble`` members in ``out/member_i``."""
+    import torch
+
+    from alignkit.models.reward import load_reward_model
+
+    if cfg.ensemble <= 1:
+        summary = _fit_member(cfg, train, evals, out, cfg.seed)
+    else:
+        summary = {}
+        for i in range(cfg.ensemble):
+            seed = cfg.seed + 1 + i
+            member_train = train
+            if cfg.bootstrap:
+                g = torch.Generator().manual_seed(seed)
+                member_train = [train[j] for j in torch.randint(len(train), (len(train),), generator=g).tolist()]
+            member = _fit_member(cfg, member_train, evals, out / f"member_{i}", seed)
+            summary.update({f"member_{i}/{k}": v for k, v in member.items()})
+        manifest = {
+            "format": "alignkit-reward",
+            "version": 1,
+            "kind": "ensemble",
+            "members": [f"member_{i}" for i in range(cfg.ensemble)],
+            "base_model": str(cfg.model),
+        }
+        (out / "alignkit_reward.json").write_text(json.dumps(manifest, indent=2))
+    if evals:
+        final = evaluate_reward_model(load_reward_model(out), evals, cfg.eval_batch_size)
+        summary.update({f"eval/{k}": v for k, v in final.items()})
+        summary["baseline/longer_wins_accuracy"] = length_baseline_accuracy(evals)
+    return summary
+
+
+def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> RewardTrainResult:
+    """Train a reward model (or ensemble, or per-group models) as ``cfg`` says.
+
+    ``records`` (in memory) take precedence over ``cfg.data``. Returns the output
+    directory (loadable with ``load_reward_model``) and the final metrics, which are also
+    written to ``out/eval.json``.
+    """
+    if cfg.ensemble < 1:
+        raise ConfigError(f"ensemble: expected ≥ 1 members, got {cfg.ensemble}")
+    if not 0 <= cfg.eval_fraction < 1:
+        raise ConfigError(f"eval_fraction: expected a number in [0, 1), got {cfg.eval_fraction}")
+    if cfg.lr_schedule not in ("linear", "constant"):
+        raise ConfigError(f"lr_schedule: expected 'linear' or 'constant', got {cfg.lr_schedule!r}")
+    if records is None:
+        if not cfg.data:
+            raise ConfigError("no data: pass --data FILE")
+        records = load_records(cfg.data).records
+    where = cfg.data or "records"
+    pairs = to_comparisons(records, ratings_to_pairs=cfg.ratings_to_pairs)
+    if not pairs:
+        hint = " (ratings are only used with --ratings-to-pairs)" if any(isinstance(r, Rating) for r in records) else ""
+        raise DataError(f"no comparisons to train on{hint}", path=where)
+    train, evals = train_eval_split(pairs, cfg.eval_fraction, cfg.seed)
+    if not train:
+        raise DataError("no training pairs left after the eval split", path=where)
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.resume:
+        for stale in ("checkpoint", "groups", "metrics.jsonl", "tb"):
+            target = out / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    metrics: dict[str, Any] = {"data/train_pairs": len(train), "data/eval_pairs": len(evals)}
+    metrics.update(_fit(cfg, train, evals, out))
+
+    if cfg.per_group:
+        groups = sorted({p.group for p in pairs if p.group is not None})
+        if len(groups) < 2:
+            raise DataError(
+                f"--per-group needs records from at least 2 annotator groups, found {len(groups)}",
+                path=where,
+                field="group",
+            )
+        metrics["disagreement"] = _per_group(cfg, train, evals, groups, out)
+
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return RewardTrainResult(out_dir=out, metrics=metrics)
+
+
+def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path) -> dict[str, Any]:
+    """One model per group; table[model][labels] = accuracy of that group's model (or the
+    pooled one) on every group's held-out labels."""
+    from alignkit.models.reward import load_reward_model
+
+    models = {"pooled": out}
+    for g in groups:
+        g_train = [p for p in train if p.group == g]
+        if not g_train:
+            raise DataError(f"group {g!r} has no training pairs after the eval split", field="group")
+        g_out = out / "groups" / _safe_name(g)
+        _fit(cfg, g_train, [p for p in evals if p.group == g], g_out)
+        models[g] = g_out
+    table: dict[str, dict[str, float]] = {}
+    for name, path in models.items():
+        rm = load_reward_model(path)
+        table[name] = {}
+        for g in groups:
+            g_eval = [p for p in evals if p.group == g]
+            table[name][g] = evaluate_reward_model(rm, g_eval, cfg.eval_batch_size)["accuracy"] if g_eval else math.nan
+    (out / "disagreement.json").write_text(json.dumps({"accuracy": table, "groups": groups}, indent=2))
+    return table
+
+
+def _safe_name(group: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in group) or "_"
