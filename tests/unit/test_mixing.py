@@ -162,9 +162,14 @@ def test_stop_string_cuts_text_and_stops_the_row(tok):
     text = free.texts[0]
     stop = text[6:8]
     assert stop and text.index(stop) >= 1
-    cut = mix_generate([model], [1.0], PROMPTS[:1], tokenizer=tok, max_new_tokens=20, stop=[stop])
+    cut = mix_generate([model], [1.0], PROMPTS, tokenizer=tok, max_new_tokens=20, stop=[stop])
     assert cut.texts[0] == text[: text.index(stop)]
-    assert len(cut.token_ids[0]) < len(free.token_ids[0])
+    n = len(cut.token_ids[0])
+    assert n < len(free.token_ids[0]) and cut.token_ids[0] == free.token_ids[0][:n]
+    assert stop in tok.decode(cut.token_ids[0]) and stop not in tok.decode(cut.token_ids[0][:-1])
+    # the other rows ran on, unaffected by the first row stopping
+    alone = mix_generate([model], [1.0], PROMPTS[1:], tokenizer=tok, max_new_tokens=20, stop=[stop])
+    assert cut.token_ids[1:] == alone.token_ids and cut.texts[1:] == alone.texts
 
 
 def test_mix_logprobs_hand_computed():
@@ -214,3 +219,5 @@ def test_user_errors_are_clear(tok):
         mix_generate([model, other], [1.0, 1.0], ["hi"], tokenizer=tok)
     with pytest.raises(ConfigError, match="one weight per model"):
         mix_generate([model], [1.0, 2.0], ["hi"], tokenizer=tok)
+    with pytest.raises(ConfigError, match="prompt 1 is empty"):
+        mix_generate([model], [1.0], ["hi", ""], tokenizer=tok)

@@ -199,7 +199,8 @@ class MixOutput:
     """Result of :func:`mix_generate`.
 
     ``texts``: decoded completions (cut at the first stop string, EOS not included);
-    ``token_ids``: generated ids per prompt (up to and including EOS when it was produced);
+    ``token_ids``: generated ids per prompt, up to and including the EOS or the token that
+    completed a stop string;
     ``step_logps``: ``(B, steps, V)`` mixed log-probs before temperature/top-k/top-p,
     only when ``return_logps=True`` (rows that had finished keep being filled).
     """
@@ -266,6 +267,9 @@ def mix_generate(
         tokenizer.padding_side = side
     ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
+    empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ConfigError(f"prompt {empty[0]} is empty: give every prompt at least one token")
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     generator = None
@@ -277,6 +281,7 @@ def mix_generate(
         m.eval()
     B = ids.shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # tokens kept per row
     new_tokens: list[torch.Tensor] = []
     all_logps: list[torch.Tensor] = []
     step_input, positions = ids, position_ids_from_mask(mask)
@@ -298,6 +303,7 @@ def mix_generate(
             done |= token == eos
         if stop:
             done |= _hits_stop(tokenizer, torch.stack(new_tokens, 1), done, stop)
+        length = torch.where(done & (length == max_new_tokens), step + 1, length)
         if bool(done.all()):
             break
         step_input, positions = token[:, None], positions[:, -1:] + 1
@@ -305,12 +311,8 @@ def mix_generate(
 
     gen = torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in range(B)]
     texts, token_ids = [], []
-    for row in gen:
-        kept = []
-        for t in row:
-            kept.append(t)
-            if t == eos:
-                break
+    for row, n in zip(gen, length.tolist(), strict=True):
+        kept = row[:n]
         text = tokenizer.decode([t for t in kept if t != eos], skip_special_tokens=False)
         for s in stop:
             if s in text:
