@@ -219,5 +219,25 @@ def test_user_errors_are_clear(tok):
         mix_generate([model, other], [1.0, 1.0], ["hi"], tokenizer=tok)
     with pytest.raises(ConfigError, match="one weight per model"):
         mix_generate([model], [1.0, 2.0], ["hi"], tokenizer=tok)
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        mix_generate([model], [0.0], ["hi"], tokenizer=tok)
     with pytest.raises(ConfigError, match="prompt 1 is empty"):
         mix_generate([model], [1.0], ["hi", ""], tokenizer=tok)
+
+
+class _MustNotRun(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.w = config, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, **kw):
+        raise AssertionError("a weight-0 model was run")
+
+
+def test_weight_zero_models_are_skipped(tok):
+    """multi_objective with weights summing to 1 gives the reference weight 0: no forward."""
+    m1, m2 = spiky_lm(tok, 1), spiky_lm(tok, 2)
+    mix = multi_objective(_MustNotRun(m1.config), [m1, m2], [0.25, 0.75])
+    assert mix.weights[0] == 0.0
+    got = mix_generate(*mix, PROMPTS, tokenizer=tok, max_new_tokens=5)
+    assert got.token_ids == mix_generate([m1, m2], [0.25, 0.75], PROMPTS, tokenizer=tok, max_new_tokens=5).token_ids

@@ -276,9 +276,13 @@ def mix_generate(
     if do_sample and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
 
-    lms = [_CachedLM(m, vocab) for m in models]
-    for m in models:
-        m.eval()
+    # a weight-0 model changes nothing (e.g. the reference in a multi-objective mix whose
+    # weights sum to 1): skip its forward passes
+    active = [(m, float(w)) for m, w in zip(models, weights, strict=True) if w != 0.0]
+    if not active:
+        raise ConfigError("every weight is 0: give at least one model a non-zero weight")
+    lms = [_CachedLM(m.eval(), vocab) for m, _ in active]
+    weights = [w for _, w in active]
     B = ids.shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # tokens kept per row
