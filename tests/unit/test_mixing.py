@@ -11,6 +11,7 @@ import torch
 from alignkit.decoding.mixing import (
     MixLogitsProcessor,
     beta_rescale,
+    check_shared_tokenizer,
     mix_generate,
     mix_logprobs,
     multi_objective,
@@ -217,6 +218,9 @@ def test_user_errors_are_clear(tok):
     other = build_tiny_lm(small, seed=0)
     with pytest.raises(ConfigError, match="share one tokenizer"):
         mix_generate([model, other], [1.0, 1.0], ["hi"], tokenizer=tok)
+    check_shared_tokenizer([tok, build_tokenizer()], ["a", "b"])  # same texts → same tokenizer
+    with pytest.raises(ConfigError, match="b: its tokenizer differs from a's"):
+        check_shared_tokenizer([tok, small], ["a", "b"])
     with pytest.raises(ConfigError, match="one weight per model"):
         mix_generate([model], [1.0, 2.0], ["hi"], tokenizer=tok)
     with pytest.raises(ConfigError, match="every weight is 0"):

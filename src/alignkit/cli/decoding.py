@@ -55,6 +55,7 @@ def read_prompts(path: Path) -> list[str]:
 def load_shared_tokenizer(paths: list[str]):
     """The tokenizer of the first model, after checking every model directory holds the
     same vocabulary and special tokens (mixing needs one token space)."""
+    from alignkit.decoding.mixing import check_shared_tokenizer
     from alignkit.models import load_tokenizer
 
     toks = []
@@ -63,18 +64,8 @@ def load_shared_tokenizer(paths: list[str]):
             toks.append(load_tokenizer(p))
         except (OSError, ValueError) as e:
             raise ConfigError(f"{p}: no tokenizer found here ({type(e).__name__})") from None
-    first = toks[0]
-    for p, tok in zip(paths[1:], toks[1:], strict=True):
-        same = (
-            tok.get_vocab() == first.get_vocab()
-            and tok.eos_token_id == first.eos_token_id
-            and tok.pad_token_id == first.pad_token_id
-        )
-        if not same:
-            raise ConfigError(
-                f"{p}: its tokenizer differs from {paths[0]}'s; mixed models must share one tokenizer"
-            )
-    return first
+    check_shared_tokenizer(toks, paths)
+    return toks[0]
 
 
 def _device(name: str):

@@ -210,6 +210,22 @@ class MixOutput:
     step_logps: torch.Tensor | None = None
 
 
+def check_shared_tokenizer(tokenizers: Sequence[Any], names: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless all tokenizers have the same vocabulary (token →
+    id) and the same EOS/pad ids: mixing adds log-probs of the *same* token ids."""
+    first = tokenizers[0]
+    for name, tok in zip(names[1:], tokenizers[1:], strict=True):
+        same = (
+            tok.get_vocab() == first.get_vocab()
+            and tok.eos_token_id == first.eos_token_id
+            and tok.pad_token_id == first.pad_token_id
+        )
+        if not same:
+            raise ConfigError(
+                f"{name}: its tokenizer differs from {names[0]}'s; mixed models must share one tokenizer"
+            )
+
+
 def _check_models(models: Sequence[torch.nn.Module], weights: Sequence[float], tokenizer) -> int:
     if not models:
         raise ConfigError("mix_generate needs at least one model")
