@@ -1,0 +1,89 @@
+"""Value head for PPO: a small linear head on the policy's last hidden states.
+
+:func:`policy_forward` runs the policy once and returns, aligned with ``input_ids``
+like :func:`alignkit.models.sequence_logps`:
+
+* ``logps[b, t]``  = log π(input_ids[b, t] | input_ids[b, :t])
+* ``values[b, t]`` = V(state before token t) = head(h[b, t − 1])
+* ``entropy[b, t]`` = H(π(· | input_ids[b, :t])) (only when asked; it needs the full softmax)
+
+all ``(B, T)``, 0 where ``completion_mask`` is 0 and at t = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alignkit.models.logprobs import gather_token_logps, position_ids_from_mask
+
+
+class ValueHead(nn.Module):
+    """V(h) = w·h + b on the policy's hidden size (dropout-free, small init)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.proj.weight, std=1.0 / (hidden_size + 1) ** 0.5 * 0.1)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1)
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def for_model(cls, model) -> ValueHead:
+        cfg = model.config
+        size = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or cfg.d_model
+        return cls(size)
+
+
+@dataclass
+class PolicyOutput:
+    logps: torch.Tensor
+    values: torch.Tensor | None
+    entropy: torch.Tensor | None
+
+
+def policy_forward(
+    model,
+    value_head: ValueHead | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> PolicyOutput:
+    """One forward pass: token log-probs, values and (optionally) entropies, all ``(B, T)``."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        output_hidden_states=value_head is not None,
+    )
+    logits = out.logits[:, :-1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    mask = (completion_mask[:, 1:] * attention_mask[:, 1:]).to(torch.float32)
+    b, t = input_ids.shape
+    logps = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
+    logps[:, 1:] = gather_token_logps(logits, input_ids[:, 1:]).float() * mask
+    values = None
+    if value_head is not None:
+        values = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
+        values[:, 1:] = value_head(out.hidden_states[-1][:, :-1]).float() * mask
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            z = logits.float()
+            logp_all = torch.log_softmax(z, -1)
+            entropy = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
+            entropy[:, 1:] = -(logp_all.exp() * logp_all).sum(-1) * mask
+    return PolicyOutput(logps, values, entropy)

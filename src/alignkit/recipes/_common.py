@@ -1,0 +1,200 @@
+"""Plumbing shared by the policy recipes (SFT, DPO, PPO, best-of-n): reading prompt
+files, tokenising prompt/completion pairs, padding, loading/saving policies, checkpoints.
+
+The training math is not here (see :mod:`alignkit.losses`); this is the boring part each
+recipe would otherwise copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.errors import ConfigError, DataError
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def require(value: str, option: str) -> str:
+    if not value:
+        raise ConfigError(f"missing required option '{option}'")
+    return value
+
+
+# ------------------------------------------------------------------------- prompts
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a JSONL file (a ``"prompt"`` field per row) or plain text (one a line).
+
+    Blank lines are skipped. Raises :class:`DataError` naming the file and line.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError("prompts file not found", path=str(p))
+    prompts: list[str] = []
+    with p.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            s = line.strip()
+            if not s:
+                continue
+            if s.startswith("{"):
+                try:
+                    row = json.loads(s)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"not valid JSON ({e.msg})", path=str(p), line=i) from None
+                prompt = row.get("prompt") if isinstance(row, dict) else None
+                if not isinstance(prompt, str):
+                    raise DataError("missing or not a string (expected the prompt text)",
+                                    path=str(p), line=i, field="prompt")
+                prompts.append(prompt)
+            else:
+                prompts.append(line.rstrip("\n"))
+    if not prompts:
+        raise DataError("no prompts (the file is empty)", path=str(p))
+    return prompts
+
+
+def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
+    """Wrap ``prompt`` in the tokenizer's chat template (as a user turn) when it has one."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+# --------------------------------------------------------------------- tokenising
+
+
+@dataclass
+class Example:
+    """Token ids of prompt + completion; the first ``n_prompt`` ids are the prompt."""
+
+    ids: list[int]
+    n_prompt: int
+
+
+def tokenize_example(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bool = True) -> Example:
+    """Tokenise prompt and completion separately (so the boundary is exact) and join them.
+
+    EOS ends the completion. Too-long examples keep the end of the prompt and the start of
+    the completion (at least one completion token survives when possible).
+    """
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        c_ids = c_ids + [tokenizer.eos_token_id]
+    if len(p_ids) + len(c_ids) > max_length:
+        keep_prompt = max(min(len(p_ids), max_length - min(len(c_ids), max_length // 2)), 0)
+        p_ids = p_ids[len(p_ids) - keep_prompt :]
+        c_ids = c_ids[: max_length - len(p_ids)]
+    return Example(p_ids + c_ids, len(p_ids))
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: ``input_ids``, ``attention_mask``,
+    ``completion_mask`` (1 on completion tokens), all ``(B, T)``."""
+    t = max(len(e.ids) for e in examples)
+    b = len(examples)
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, t), dtype=torch.long)
+    completion_mask = torch.zeros((b, t), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids)
+        input_ids[i, :n] = torch.tensor(e.ids, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        completion_mask[i, e.n_prompt : n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def batches(n: int, batch_size: int, *, shuffle: bool, seed: int) -> list[list[int]]:
+    """Index batches over ``range(n)`` (the last may be short)."""
+    idx = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(idx)
+    return [idx[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+# ------------------------------------------------------------------------ models
+
+
+def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_targets: list[str] | None, device):
+    """Load a causal LM by path (optionally with fresh LoRA adapters) and its tokenizer."""
+    from alignkit.models import LoraSpec, load_causal_lm, load_tokenizer
+
+    spec = LoraSpec(r=lora_r, alpha=lora_alpha, target_modules=lora_targets or None) if lora else None
+    model = load_causal_lm(path, lora=spec).to(device)
+    tokenizer = load_tokenizer(path)
+    return model, tokenizer
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def save_policy(model, tokenizer, out_dir: str | os.PathLike, *, merge_lora: bool = True) -> Path:
+    """``save_pretrained`` the policy and tokenizer into ``out_dir`` (LoRA merged by default,
+    so the directory loads as a plain HF model)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_peft(model) and merge_lora:
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically ``torch.save`` a training state (write to a temp file, then rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    state = {**state, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+    torch.save(state, tmp)
+    os.replace(tmp, p)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The saved training state, or None when there is no checkpoint yet (RNG restored)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    state = torch.load(p, map_location="cpu", weights_only=False)
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    return state
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class NullLogger:
+    """Stands in for :class:`~alignkit.utils.metrics.MetricsLogger` when ``out`` is unset."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """Detach tensors into floats for logging."""
+    return {k: (v.item() if hasattr(v, "item") else float(v)) for k, v in metrics.items()}

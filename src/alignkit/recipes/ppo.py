@@ -1,0 +1,315 @@
+"""PPO (or A2C) against a reward model with a KL leash to the reference policy.
+
+Objective: maximise E[r̂(x, y)] − β KL(π_θ ‖ π_ref), in the max-entropy form where every
+token pays r_t = −β (log π_θ(y_t) − log π_ref(y_t)) and the last token also gets r̂(x, y).
+One iteration, read top to bottom:
+
+1. **Rollout**: sample responses with the KV-cached ``generate`` (left-padded prompts).
+2. **Score**: r̂ = ``reward_fn(prompts, responses)``.
+3. **Evaluate** (no grad): old log-probs + values (policy), reference log-probs
+   (frozen copy, or the same weights with LoRA adapters disabled), entropy.
+4. **Advantages**: per-token KL-penalised rewards → GAE(γ, λ) → whitening.
+5. **Update**: ``ppo_epochs`` × minibatches of the clipped surrogate + clipped value
+   loss (A2C: one pass, no clipping).
+6. **KL controller**: fixed β or the adaptive controller towards ``kl_target``.
+
+All maths lives in :mod:`alignkit.losses`; this file is the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import ConfigError
+
+ALGOS = ("ppo", "a2c")
+
+
+@dataclass
+class PPOConfig:
+    policy: str = ""
+    """Path to the starting policy (usually the SFT model); a frozen copy is the reference."""
+    reward: str = ""
+    """Reward-model directory (alignkit.models.reward.load_reward_model); unused when a
+    reward_fn is passed in Python."""
+    prompts: str = ""
+    """Prompts file: JSONL with a "prompt" field, or plain text, one prompt a line."""
+    out: str = "runs/ppo"
+    """Output directory: the trained policy, value_head.pt, metrics.jsonl, tb/, checkpoint.pt."""
+    algo: str = "ppo"
+    """ppo (clipped surrogate, several epochs) or a2c (no clipping, one pass per batch)."""
+    steps: int = 20
+    """Number of rollout/update iterations."""
+    rollout_batch_size: int = 8
+    """Prompts per iteration (one response each)."""
+    num_minibatches: int = 1
+    """Minibatches per PPO epoch."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch (PPO only; A2C uses 1)."""
+    max_new_tokens: int = 32
+    """Response length limit."""
+    max_prompt_tokens: int = 128
+    """Longer prompts keep their last tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs are computed at the same temperature)."""
+    top_k: int = 0
+    """Top-k sampling filter (0 = off; note that filtering biases the KL estimate)."""
+    top_p: float = 1.0
+    """Nucleus sampling filter (1 = off)."""
+    lr: float = 1e-5
+    """AdamW learning rate (policy and value head)."""
+    kl_coef: float = 0.05
+    """β: weight of the per-token KL penalty (initial value when adaptive)."""
+    adaptive_kl: bool = False
+    """Adapt β towards ``kl_target`` (Ziegler et al. 2019) instead of keeping it fixed."""
+    kl_target: float = 6.0
+    """Target per-sequence KL for the adaptive controller (nats)."""
+    kl_horizon: int = 10000
+    """Adaptive controller horizon (samples)."""
+    gamma: float = 1.0
+    """Discount γ."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    clip_eps: float = 0.2
+    """PPO ratio clip ε."""
+    clip_eps_value: float = 0.2
+    """Value clip (0 = unclipped value loss)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance per batch."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    use_chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one."""
+    lora: bool = False
+    """Train LoRA adapters; the reference is then the same weights with adapters off."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha (scale = alpha / r)."""
+    lora_targets: list[str] = field(default_factory=list)
+    """Modules to adapt (empty = peft's default)."""
+    seed: int = 0
+    """Random seed (prompt order, sampling)."""
+    save_every: int = 0
+    """Write checkpoint.pt every this many iterations (0 = only at the end)."""
+    save_checkpoints: bool = True
+    """Write checkpoint.pt at all."""
+    save_model: bool = True
+    """save_pretrained the final policy into ``out``."""
+    resume: bool = False
+    """Continue from ``out/checkpoint.pt`` when it exists."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to ``out/tb``."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``, ..."""
+
+
+@dataclass
+class PPOResult:
+    out_dir: Path
+    """Directory holding the trained policy (``save_pretrained``), tokenizer and value head."""
+    metrics: dict[str, float]
+    """Last iteration's metrics plus ``steps``."""
+    history: list[dict[str, float]]
+    """Metrics of every iteration."""
+    model: Any = None
+    """The trained policy object."""
+
+
+RewardFn = Callable[[list[str], list[str]], Any]
+
+
+def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[str] | None = None) -> PPOResult:
+    """Optimise ``cfg.policy`` against ``reward_fn(prompts, responses) -> Tensor(N,)``
+    (default: the reward model in ``cfg.reward``) on ``prompts`` (default: ``cfg.prompts``)."""
+    import torch
+
+    from alignkit.decoding.sampling import generate_ids
+    from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
+    from alignkit.losses.ppo import (
+        a2c_policy_loss,
+        explained_variance,
+        gae,
+        kl_penalized_rewards,
+        masked_mean,
+        ppo_policy_loss,
+        ppo_value_loss,
+        whiten,
+    )
+    from alignkit.models.value import ValueHead, policy_forward
+    from alignkit.recipes._common import (
+        NullLogger,
+        is_peft,
+        load_checkpoint,
+        load_policy,
+        pick_device,
+        read_prompts,
+        require,
+        save_checkpoint,
+        save_policy,
+        scalars,
+        write_json,
+    )
+    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.utils.progress import track
+    from alignkit.utils.seed import set_seed
+
+    # --- setup ------------------------------------------------------------------------
+    if cfg.algo not in ALGOS:
+        raise ConfigError(f"algo: expected one of {ALGOS}, got {cfg.algo!r}")
+    if cfg.kl_coef < 0:
+        raise ConfigError(f"kl_coef: expected ≥ 0, got {cfg.kl_coef}")
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    if prompts is None:
+        prompts = read_prompts(require(cfg.prompts, "prompts"))
+    if not prompts:
+        raise ConfigError("no prompts given")
+    if reward_fn is None:
+        from alignkit.models.reward import load_reward_model
+
+        reward_fn = load_reward_model(require(cfg.reward, "reward")).score
+    model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
+                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
+    ref_model = None
+    if not cfg.lora:  # without adapters to switch off, the reference is a frozen copy
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    value_head = ValueHead.for_model(model).to(device)
+    params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, eps=1e-6)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    from alignkit.recipes._common import format_prompt
+
+    text_prompts = [format_prompt(tok, p, cfg.use_chat_template) for p in prompts]
+    epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)
+    clip_v = cfg.clip_eps_value if (cfg.algo == "ppo" and cfg.clip_eps_value > 0) else None
+
+    step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if cfg.resume and (state := load_checkpoint(ckpt_path)) is not None:
+        model.load_state_dict(state["model"])
+        value_head.load_state_dict(state["value_head"])
+        opt.load_state_dict(state["optimizer"])
+        kl_ctl.value = state["kl_coef"]
+        step = state["step"]
+    logger = NullLogger()
+    if cfg.out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "alignkit_config.json", vars(cfg))
+        logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "value_head": value_head.state_dict(),
+                                    "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step})
+
+    history: list[dict[str, float]] = []
+    for _ in track(range(step, cfg.steps), cfg.algo, total=cfg.steps - step):
+        # --- 1. rollout ---------------------------------------------------------------
+        while len(order) < cfg.rollout_batch_size:
+            perm = list(range(len(prompts)))
+            rng.shuffle(perm)
+            order += perm
+        idx, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
+        model.eval()
+        gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                           max_prompt_tokens=cfg.max_prompt_tokens)
+        P = gen.prompt_len
+        ids, attn = gen.input_ids, gen.attention_mask
+        comp = torch.zeros_like(attn)
+        comp[:, P:] = gen.response_mask
+        mask = gen.response_mask.float()  # (B, R): response tokens up to EOS
+        texts = tok.batch_decode(gen.response_ids.masked_fill(gen.response_mask == 0, tok.pad_token_id),
+                                 skip_special_tokens=True)
+
+        # --- 2. score -----------------------------------------------------------------
+        scores = torch.as_tensor(reward_fn([prompts[i] for i in idx], texts), dtype=torch.float32)
+        scores = scores.reshape(-1).to(device)
+
+        # --- 3. evaluate: old log-probs, values, reference log-probs ------------------
+        with torch.inference_mode():
+            old = policy_forward(model, value_head, ids, attn, comp, temperature=cfg.temperature,
+                                 with_entropy=True)
+            if ref_model is None:
+                with model.disable_adapter():
+                    ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature)
+            else:
+                ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature)
+        old_logps, old_values = old.logps[:, P:].clone(), old.values[:, P:].clone()
+        ref_logps = ref.logps[:, P:].clone()
+
+        # --- 4. advantages -------------------------------------------------------------
+        beta = kl_ctl.value
+        rewards = kl_penalized_rewards(old_logps, ref_logps, scores, mask, beta)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask)
+
+        # --- 5. update -----------------------------------------------------------------
+        model.train()
+        stats: dict[str, list[float]] = {}
+        n = ids.shape[0]
+        for _epoch in range(epochs):
+            perm = torch.randperm(n)
+            for mb in perm.chunk(minibatches):
+                new = policy_forward(model, value_head, ids[mb], attn[mb], comp[mb], temperature=cfg.temperature)
+                logps, values = new.logps[:, P:], new.values[:, P:]
+                if cfg.algo == "ppo":
+                    pg_loss, pg_m = ppo_policy_loss(logps, old_logps[mb], advantages[mb], mask[mb], cfg.clip_eps)
+                else:
+                    pg_loss, pg_m = a2c_policy_loss(logps, advantages[mb], mask[mb])
+                vf_loss, vf_m = ppo_value_loss(values, old_values[mb], returns[mb], mask[mb], clip_v)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                opt.step()
+                for k, v in {**pg_m, **vf_m, "diag/grad_norm": gn}.items():
+                    stats.setdefault(k, []).append(float(v))
+
+        # --- 6. KL controller and metrics -------------------------------------------
+        seq_kl = (kl_k1(old_logps, ref_logps) * mask).sum(1)
+        kl_ctl.update(float(seq_kl.mean()), n)
+        metrics = {
+            "reward/score": scores.mean(),
+            "reward/score_std": scores.std() if n > 1 else torch.zeros(()),
+            "reward/total": (rewards * mask).sum(1).mean(),
+            "kl/k1": seq_kl.mean(),
+            "kl/k3": (kl_k3(old_logps, ref_logps) * mask).sum(1).mean(),
+            "kl/coef": beta,
+            "diag/entropy": masked_mean(old.entropy[:, P:], mask),
+            "diag/explained_variance": explained_variance(old_values, returns, mask),
+            "diag/response_len": mask.sum(1).mean(),
+            **{k: sum(v) / len(v) for k, v in stats.items()},
+        }
+        metrics = scalars(metrics)
+        step += 1
+        history.append({"step": float(step), **metrics})
+        logger.log(metrics, step)
+        if not math.isfinite(metrics["loss/policy"]):
+            raise FloatingPointError(f"{cfg.algo} loss became {metrics['loss/policy']} at step {step}; lower lr")
+        if cfg.save_checkpoints and cfg.out and cfg.save_every > 0 and step % cfg.save_every == 0:
+            checkpoint()
+
+    # --- save -------------------------------------------------------------------------
+    if cfg.save_checkpoints and cfg.out:
+        checkpoint()
+    logger.close()
+    if cfg.save_model and cfg.out:
+        save_policy(model, tok, out)
+        value_head.save(out / "value_head.pt")
+    _ = is_peft
+    last = history[-1] if history else {}
+    return PPOResult(out_dir=out, metrics={**last, "steps": float(step)}, history=history, model=model)

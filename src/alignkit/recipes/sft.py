@@ -1,0 +1,266 @@
+"""Supervised fine-tuning: maximise log π_θ(completion | prompt), prompt tokens masked out.
+
+Read top to bottom: config → data → model → loop → save. The per-token log-probs come
+from :func:`alignkit.models.sequence_logps`; the loss is the mean negative log-likelihood
+over all completion tokens of the (accumulated) batch.
+
+Data rows (JSONL, .jsonl.gz, Parquet or a saved HF dataset): ``{"prompt", "completion"}``
+(or ``"response"``), ``{"text"}`` (everything is trained), ``{"messages": [...]}`` (the last
+message is the completion) or preference rows (``"chosen"`` is the completion).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import DataError
+
+
+@dataclass
+class SFTConfig:
+    model: str = ""
+    """Path to the causal LM to fine-tune (any HF ``save_pretrained`` directory)."""
+    data: str = ""
+    """Training data file (see the module docstring for accepted rows)."""
+    out: str = "runs/sft"
+    """Output directory: the fine-tuned model, metrics.jsonl, tb/, checkpoint.pt."""
+    max_length: int = 256
+    """Longest tokenised prompt + completion; longer rows keep the end of the prompt."""
+    batch_size: int = 8
+    """Sequences per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step (loss normalised by the total completion tokens)."""
+    epochs: int = 1
+    """Passes over the data."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs)."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+    packing: bool = False
+    """Concatenate examples (EOS-separated) into full ``max_length`` blocks."""
+    use_chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one."""
+    lora: bool = False
+    """Train LoRA adapters instead of all weights (merged into the saved model)."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha (scale = alpha / r)."""
+    lora_targets: list[str] = field(default_factory=list)
+    """Modules to adapt (empty = peft's default for the architecture)."""
+    seed: int = 0
+    """Random seed (shuffling, initialisation)."""
+    save_every: int = 0
+    """Write checkpoint.pt every this many steps (0 = only at the end)."""
+    save_checkpoints: bool = True
+    """Write checkpoint.pt at all (off for quick in-memory runs)."""
+    resume: bool = False
+    """Continue from ``out/checkpoint.pt`` when it exists."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to ``out/tb``."""
+    log_every: int = 1
+    """Log metrics every this many steps."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``, ..."""
+
+
+@dataclass
+class SFTResult:
+    out_dir: Path
+    """Directory holding the fine-tuned model (``save_pretrained``) and tokenizer."""
+    metrics: dict[str, float]
+    """Last logged metrics plus ``steps``."""
+    model: Any = None
+    """The trained model object (for in-process callers)."""
+
+
+def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}", **where)
+    if "text" in row and "prompt" not in row:
+        if not isinstance(row["text"], str):
+            raise DataError("expected a string", field="text", **where)
+        return "", row["text"]
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
+            raise DataError("expected a non-empty list of {'role', 'content'} messages", field="messages", **where)
+        from alignkit.data import render_messages
+
+        return (render_messages(msgs[:-1]) + "\n" if len(msgs) > 1 else ""), msgs[-1]["content"]
+    for key in ("completion", "response", "chosen"):
+        if key in row:
+            prompt, completion = row.get("prompt", ""), row[key]
+            if isinstance(completion, list):  # conversational
+                completion = "\n".join(m.get("content", "") for m in completion if isinstance(m, dict))
+            if not isinstance(prompt, str):
+                raise DataError("expected a string", field="prompt", **where)
+            if not isinstance(completion, str):
+                raise DataError("expected a string", field=key, **where)
+            return prompt, completion
+    raise DataError("expected fields 'prompt' + 'completion' (or 'text', or 'messages')", **where)
+
+
+def load_sft_pairs(path: str) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from a data file; :class:`DataError` names file/line/field."""
+    from alignkit.data import read_rows
+
+    if not Path(path).exists():
+        raise DataError("data file not found", path=path)
+    pairs = [_row_to_pair(row, {"path": path, "line": line}) for line, row in read_rows(path)]
+    if not pairs:
+        raise DataError("no training rows (the file is empty)", path=path)
+    return pairs
+
+
+def records_to_pairs(records: list[Any]) -> list[tuple[str, str]]:
+    """(prompt, completion) from in-memory data: tuples, dicts, Comparison (the preferred
+    response) or Correction (the edited response)."""
+    from alignkit.data import Comparison, Correction
+
+    out = []
+    for i, r in enumerate(records):
+        if isinstance(r, tuple) and len(r) == 2:
+            out.append((r[0], r[1]))
+        elif isinstance(r, Comparison):
+            out.append((r.prompt, r.chosen))
+        elif isinstance(r, Correction):
+            out.append((r.prompt, r.edited))
+        else:
+            out.append(_row_to_pair(r, {"line": i + 1}))
+    return out
+
+
+def _pack(examples, max_length: int):
+    """Concatenate all examples into one stream and cut it into ``max_length`` blocks."""
+    from alignkit.recipes._common import Example
+
+    ids: list[int] = []
+    comp: list[int] = []
+    for e in examples:
+        ids += e.ids
+        comp += [0] * e.n_prompt + [1] * (len(e.ids) - e.n_prompt)
+    blocks = []
+    for s in range(0, len(ids), max_length):
+        blocks.append((Example(ids[s : s + max_length], 0), comp[s : s + max_length]))
+    return blocks
+
+
+def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
+    """Fine-tune ``cfg.model`` on ``records`` (in memory) or ``cfg.data``; see :class:`SFTConfig`."""
+    import torch
+
+    from alignkit.models import sequence_logps
+    from alignkit.recipes._common import (
+        batches,
+        collate,
+        format_prompt,
+        load_checkpoint,
+        load_policy,
+        pick_device,
+        require,
+        save_checkpoint,
+        save_policy,
+        scalars,
+        tokenize_example,
+        write_json,
+    )
+    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.utils.progress import track
+    from alignkit.utils.seed import set_seed
+
+    # --- setup ------------------------------------------------------------------------
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    pairs = records_to_pairs(records) if records is not None else load_sft_pairs(require(cfg.data, "data"))
+    if not pairs:
+        raise DataError("no training examples")
+    model, tok = load_policy(require(cfg.model, "model"), lora=cfg.lora, lora_r=cfg.lora_r,
+                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
+    examples = [
+        tokenize_example(tok, format_prompt(tok, p, cfg.use_chat_template) if p else "", c, cfg.max_length)
+        for p, c in pairs
+    ]
+    packed = _pack(examples, cfg.max_length) if cfg.packing else None
+    n_items = len(packed) if packed is not None else len(examples)
+
+    steps_per_epoch = math.ceil(math.ceil(n_items / cfg.batch_size) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps > 0:
+        total_steps = min(total_steps, cfg.max_steps) if cfg.epochs > 0 else cfg.max_steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+
+    step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if cfg.resume and (state := load_checkpoint(ckpt_path)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "alignkit_config.json", vars(cfg))
+    logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+
+    def micro_batch(idx):
+        if packed is None:
+            return collate([examples[i] for i in idx], tok.pad_token_id)
+        b = collate([packed[i][0] for i in idx], tok.pad_token_id)
+        for row, i in enumerate(idx):
+            comp = packed[i][1]
+            b["completion_mask"][row, : len(comp)] = torch.tensor(comp)
+        return b
+
+    # --- loop -------------------------------------------------------------------------
+    model.train()
+    metrics: dict[str, float] = {}
+    progress = track(range(step, total_steps), "sft", total=total_steps - step)
+    it = iter(progress)
+    while step < total_steps:
+        epoch, k = divmod(step, steps_per_epoch)
+        order = batches(n_items, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
+        group = [micro_batch(i) for i in order[k * cfg.grad_accum : (k + 1) * cfg.grad_accum]]
+        # normalise by the completion tokens of the whole accumulated batch, so that
+        # grad_accum × batch_size gives the same gradient as one big batch
+        n_tokens = sum(float((b["completion_mask"][:, 1:] * b["attention_mask"][:, 1:]).sum()) for b in group)
+        total_nll = 0.0
+        for b in group:
+            b = {key: v.to(device) for key, v in b.items()}
+            lp = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+            loss = -lp.sum.sum() / max(n_tokens, 1.0)
+            loss.backward()
+            total_nll += float(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        next(it, None)
+        metrics = scalars({"loss/sft": total_nll, "diag/perplexity": math.exp(min(total_nll, 50.0)),
+                           "diag/grad_norm": grad_norm, "diag/tokens": n_tokens, "diag/lr": sched.get_last_lr()[0]})
+        if not math.isfinite(total_nll):
+            raise FloatingPointError(f"SFT loss became {total_nll} at step {step}; lower lr")
+        if step % cfg.log_every == 0 or step == total_steps:
+            logger.log(metrics, step)
+        if cfg.save_checkpoints and cfg.save_every > 0 and step % cfg.save_every == 0:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "step": step})
+
+    # --- save -------------------------------------------------------------------------
+    if cfg.save_checkpoints:
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "step": step})
+    logger.close()
+    save_policy(model, tok, out)
+    return SFTResult(out_dir=out, metrics={**metrics, "steps": float(step)}, model=model)
