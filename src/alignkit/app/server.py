@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from starlette.datastructures import MutableHeaders
 
 from alignkit.data.records import record_to_dict
 from alignkit.errors import AlignkitError
@@ -60,6 +61,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_BODY = 32 * 2**20  # bytes of JSON in one API request
 
 
 class HTTPProblem(Exception):
@@ -68,6 +70,29 @@ class HTTPProblem(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` (and no-store outside /static)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        static = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    headers.setdefault(k, v)
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(
@@ -88,14 +113,7 @@ def create_app(
     app.state.store, app.state.project = store, project
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        if not request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     def is_api(request: Request) -> bool:
         return request.url.path.startswith("/api/")
@@ -374,8 +392,14 @@ def create_app(
         return json_safe(store.stats(project))
 
     async def json_body(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY:
+            raise HTTPProblem(413, f"request body over {MAX_BODY // 2**20} MiB; send fewer items at once")
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise HTTPProblem(413, f"request body over {MAX_BODY // 2**20} MiB")
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise HTTPProblem(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
