@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--n-embd", type=int, default=128)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mix_overhead.json"))
     args = ap.parse_args()
-    repeats, new_tokens = (3, 16) if args.quick else (9, 64)
+    repeats, new_tokens = (3, 16) if args.quick else (15, 64)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # shared 2-core machine: one thread gives steadier timings
@@ -97,17 +97,22 @@ def main() -> None:
     variants = {"mix_generate": run_mix, "two_generate_calls": run_generate, "k_forward_floor": run_floor}
     for fn in variants.values():  # warm-up
         fn()
+    # wall-clock and this process's CPU time (one torch thread on CPU): on a loaded shared
+    # machine the CPU time is the steadier measure of the work each variant does
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
 
     tokens = len(PROMPTS) * new_tokens  # generated tokens per prompt set (per model for generate)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     result = {
         "workload": {
             "models": 2, "weights": weights, "n_layer": args.n_layer, "n_embd": args.n_embd,
@@ -123,12 +128,28 @@ def main() -> None:
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "ratio_mix_over_two_generate": med["mix_generate"] / med["two_generate_calls"],
         "overhead_vs_k_forwards": med["mix_generate"] / med["k_forward_floor"] - 1.0,
+        # each repeat times the three variants back to back: the median of per-repeat
+        # ratios is less sensitive to load drifting on a shared machine than a ratio of medians
+        "paired_median_overhead_vs_k_forwards": statistics.median(
+            m / f - 1.0 for m, f in zip(times["mix_generate"], times["k_forward_floor"], strict=True)
+        ),
+        "paired_median_ratio_mix_over_two_generate": statistics.median(
+            m / g for m, g in zip(times["mix_generate"], times["two_generate_calls"], strict=True)
+        ),
+        "median_cpu_seconds": med_cpu,
+        "cpu_ratio_mix_over_two_generate": med_cpu["mix_generate"] / med_cpu["two_generate_calls"],
+        "cpu_overhead_vs_k_forwards": med_cpu["mix_generate"] / med_cpu["k_forward_floor"] - 1.0,
         "target_overhead": 0.10,
         "all_seconds": times,
+        "all_cpu_seconds": cpu,
         "quick": args.quick,
     }
     print(json.dumps({k: result[k] for k in ("device", "median_seconds", "tokens_per_s",
-                                             "ratio_mix_over_two_generate", "overhead_vs_k_forwards")}, indent=2))
+                                             "ratio_mix_over_two_generate", "overhead_vs_k_forwards",
+                                             "paired_median_overhead_vs_k_forwards",
+                                             "paired_median_ratio_mix_over_two_generate",
+                                             "median_cpu_seconds", "cpu_ratio_mix_over_two_generate",
+                                             "cpu_overhead_vs_k_forwards")}, indent=2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(out.read_text()) if out.exists() else {}
