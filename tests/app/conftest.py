@@ -59,8 +59,19 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "ab")
-        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "annotate", "serve",
-               "--db", str(db), "--project", project, "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from alignkit.cli import main; main()",
+            "annotate",
+            "serve",
+            "--db",
+            str(db),
+            "--project",
+            project,
+            "--port",
+            str(self.port),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

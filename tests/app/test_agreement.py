@@ -43,8 +43,16 @@ def test_fleiss_kappa_worked_example():
     P̄ = 0.378, p_j = (0.143, 0.200, 0.279, 0.150, 0.229), P̄_e = 0.213, κ = 0.210.
     """
     table = [
-        [0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-        [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7],
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
     ]
     assert fleiss_kappa(table) == pytest.approx(0.2099307, abs=1e-6)
     assert round(fleiss_kappa(table), 3) == 0.210
@@ -80,7 +88,9 @@ def test_krippendorff_alpha_perfect_and_undefined():
     assert math.isnan(krippendorff_alpha_nominal([(1,), (2, None)]))  # nothing pairable
 
 
-labels = st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("abc")), min_size=2, max_size=30)
+labels = st.lists(
+    st.tuples(st.sampled_from("abc"), st.sampled_from("abc")), min_size=2, max_size=30
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -115,9 +125,14 @@ def test_two_rater_fleiss_matches_alpha_small_sample_correction(pairs):
 
 def test_agreement_summary_and_group_rates():
     triples = [
-        (1, "ann", "a"), (1, "bob", "a"), (1, "cy", "b"),
-        (2, "ann", "b"), (2, "bob", "b"), (2, "cy", "b"),
-        (3, "ann", "a"), (3, "bob", "b"),
+        (1, "ann", "a"),
+        (1, "bob", "a"),
+        (1, "cy", "b"),
+        (2, "ann", "b"),
+        (2, "bob", "b"),
+        (2, "cy", "b"),
+        (3, "ann", "a"),
+        (3, "bob", "b"),
     ]
     s = agreement_summary(triples)
     assert s["n_units"] == 3 and s["n_annotators"] == 3

@@ -38,7 +38,8 @@ def csrf_of(html):
 def login(client, name, password):
     token = csrf_of(client.get("/login").text)
     return client.post(
-        "/login", data={"username": name, "password": password, "csrf_token": token},
+        "/login",
+        data={"username": name, "password": password, "csrf_token": token},
         follow_redirects=False,
     )
 
@@ -55,13 +56,23 @@ def test_every_task_type_through_the_api(env):
     seen = []
     while (r := client.get("/api/v1/tasks/next", headers=bearer(ann))).status_code == 200:
         task = r.json()
-        assert set(task) >= {"assignment_id", "item_id", "type", "prompt", "responses", "display_order"}
+        assert set(task) >= {
+            "assignment_id",
+            "item_id",
+            "type",
+            "prompt",
+            "responses",
+            "display_order",
+        }
         seen.append(task["type"])
         url = f"/api/v1/assignments/{task['assignment_id']}/label"
         r = client.post(url, json=answers[task["type"]], headers=bearer(ann))
         assert r.status_code == 201, r.text
         again = client.post(url, json=answers[task["type"]], headers=bearer(ann))
-        assert again.status_code == 200 and again.json() == {"vote_id": r.json()["vote_id"], "duplicate": True}
+        assert again.status_code == 200 and again.json() == {
+            "vote_id": r.json()["vote_id"],
+            "duplicate": True,
+        }
         if task["type"] == "pairwise":
             assert client.post(url, json={"choice": "B"}, headers=bearer(ann)).status_code == 409
     assert r.status_code == 204 and sorted(seen) == ["pairwise", "ranking", "rating"]
@@ -79,7 +90,10 @@ def test_every_task_type_through_the_api(env):
     assert len(export("ratings")) == 2
     assert len(export("corrections")) == 1
     assert len(export("raw")) == 3
-    assert client.get("/api/v1/export", params={"format": "xml"}, headers=bearer(admin)).status_code == 404
+    assert (
+        client.get("/api/v1/export", params={"format": "xml"}, headers=bearer(admin)).status_code
+        == 404
+    )
     stats = client.get("/api/v1/stats", headers=bearer(admin)).json()
     assert stats["votes"] == 3 and stats["agreement"]["pairwise"]["krippendorff_alpha"] is None
 
@@ -93,7 +107,12 @@ def test_invalid_answers_and_skip(env):
     assert client.post(url + "/label", content=b"{not json", headers=bearer(ann)).status_code == 400
     assert client.post(url + "/skip", headers=bearer(ann)).status_code == 200
     assert client.get("/api/v1/tasks/next", headers=bearer(ann)).status_code == 204
-    assert client.post("/api/v1/assignments/999/label", json={"choice": "A"}, headers=bearer(ann)).status_code == 404
+    assert (
+        client.post(
+            "/api/v1/assignments/999/label", json={"choice": "A"}, headers=bearer(ann)
+        ).status_code
+        == 404
+    )
     assert store.count_votes("proj") == 0
 
 
@@ -102,7 +121,11 @@ def test_requests_without_valid_credentials_write_nothing(env):
     store.add_items("proj", ITEMS)
     task = client.get("/api/v1/tasks/next", headers=bearer(ann)).json()
     url = f"/api/v1/assignments/{task['assignment_id']}/label"
-    for headers in ({}, {"Authorization": "Bearer akt_forged"}, {"Authorization": f"Basic {ann.token}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer akt_forged"},
+        {"Authorization": f"Basic {ann.token}"},
+    ):
         r = client.post(url, json={"choice": "A"}, headers=headers)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert client.get("/api/v1/tasks/next", headers=headers).status_code == 401
@@ -115,7 +138,9 @@ def test_requests_without_valid_credentials_write_nothing(env):
     ]:
         assert client.request(method, path, json=body, headers=bearer(ann)).status_code == 403
     # HTML forms without a session, or with a forged CSRF token
-    assert client.post(f"/annotate/{task['assignment_id']}", data={"choice": "A"}).status_code == 401
+    assert (
+        client.post(f"/annotate/{task['assignment_id']}", data={"choice": "A"}).status_code == 401
+    )
     assert client.get("/annotate", follow_redirects=False).headers["location"] == "/login"
     assert login(client, "ann", ann.password).status_code == 303
     page = client.get("/annotate").text
@@ -144,7 +169,9 @@ def test_login_needs_csrf_and_right_password(env):
     # logging out ends the session server-side
     csrf = csrf_of(client.get("/annotate").text)
     sid = client.cookies.get("ak_session")
-    assert client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    assert (
+        client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    )
     assert store.session(sid) is None
 
 
@@ -199,7 +226,9 @@ def test_security_headers_and_no_cors(env):
         r = client.get(path, headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
         csp = r.headers["content-security-policy"]
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert (
+            "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        )
         assert r.headers["x-content-type-options"] == "nosniff"
     pre = client.options(
         "/api/v1/tasks/next",
@@ -212,12 +241,19 @@ def test_security_headers_and_no_cors(env):
 def test_admin_page_and_user_creation(env):
     store, client, admin, ann = env
     r = client.post("/api/v1/users", json={"name": "bot1", "group": "sim"}, headers=bearer(admin))
-    assert r.status_code == 201 and r.json()["token"].startswith("akt_") and r.json()["password"] is None
+    assert (
+        r.status_code == 201
+        and r.json()["token"].startswith("akt_")
+        and r.json()["password"] is None
+    )
     bot_token = r.json()["token"]
     store.add_items("proj", ITEMS[:1])
     task = client.get("/api/v1/tasks/next", headers={"Authorization": f"Bearer {bot_token}"}).json()
-    client.post(f"/api/v1/assignments/{task['assignment_id']}/label", json={"choice": "tie"},
-                headers={"Authorization": f"Bearer {bot_token}"})
+    client.post(
+        f"/api/v1/assignments/{task['assignment_id']}/label",
+        json={"choice": "tie"},
+        headers={"Authorization": f"Bearer {bot_token}"},
+    )
     boss = store.add_user("chief", role="admin")
     r = login(client, "chief", boss.password)
     assert r.headers["location"] == "/admin"

@@ -23,7 +23,7 @@ CHROMIUM_ARGS = [
 ]
 XSS = [
     "<script>window.__xss = 1; alert('script')</script>",
-    '<img src=x onerror="window.__xss = 2; alert(\'img\')">',
+    "<img src=x onerror=\"window.__xss = 2; alert('img')\">",
     "</textarea><script>window.__xss = 3; alert('textarea')</script>",
     "[click me](javascript:alert('md-link')) <a href=\"javascript:alert('a')\">link</a>",
     "**bold** <b onmouseover=\"alert('hover')\">hover</b> <svg onload=\"alert('svg')\"></svg>",
@@ -37,7 +37,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
         yield b
         b.close()
 
@@ -70,6 +72,7 @@ def next_page(page, action):
         action()
 
 
+@pytest.mark.timeout(180)
 def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start_server):
     db = tmp_path / "web.db"
     store = FeedbackStore(db)
@@ -79,10 +82,15 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
         [
             {"prompt": "Click: which is kinder?", "responses": ["kind", "rude"]},
             {"prompt": "Keyboard: which is kinder?", "responses": ["kind", "rude"]},
-            {"type": "ranking", "prompt": [{"role": "user", "content": "Rank these"},
-                                           {"role": "assistant", "content": "Sure?"},
-                                           {"role": "user", "content": "Go"}],
-             "responses": ["best", "middle", "worst"]},
+            {
+                "type": "ranking",
+                "prompt": [
+                    {"role": "user", "content": "Rank these"},
+                    {"role": "assistant", "content": "Sure?"},
+                    {"role": "user", "content": "Go"},
+                ],
+                "responses": ["best", "middle", "worst"],
+            },
             {"type": "rating", "prompt": "Rate these", "responses": ["great", "awful"]},
             {"prompt": "Skip me", "responses": ["x", "y"]},
         ],
@@ -117,7 +125,9 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
         assert page.locator(".turn").count() == 3
         ranks = {"best": "1", "middle": "2", "worst": "3"}
         for letter in "ABC":
-            page.select_option(f"#rank-{letter}", ranks[page.inner_text(f"#response-{letter} .text")])
+            page.select_option(
+                f"#rank-{letter}", ranks[page.inner_text(f"#response-{letter} .text")]
+            )
         mid = next(x for x in "ABC" if page.inner_text(f"#response-{x} .text") == "middle")
         page.click(f"#edit-toggle-{mid}")
         page.fill(f"#edit-{mid}", "middle, corrected")
@@ -146,7 +156,11 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
     raw = {v["prompt"]: v for v in store.raw_votes("web")}
     assert len(raw) == 4
     click = raw["Click: which is kinder?"]["answer"]
-    assert click["choice"] == "b" and click["strength"] == "much" and click["tags"] == [[], ["harmful"]]
+    assert (
+        click["choice"] == "b"
+        and click["strength"] == "much"
+        and click["tags"] == [[], ["harmful"]]
+    )
     kb = raw["Keyboard: which is kinder?"]
     assert kb["answer"]["choice"] == ("a" if left_text == "kind" else "b")
     rk = raw["user: Rank these\nassistant: Sure?\nuser: Go"]["answer"]
@@ -159,6 +173,7 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
     store.close()
 
 
+@pytest.mark.timeout(180)
 def test_untrusted_text_runs_no_script(browser, tmp_path, start_server):
     db = tmp_path / "xss.db"
     store = FeedbackStore(db)
@@ -167,8 +182,11 @@ def test_untrusted_text_runs_no_script(browser, tmp_path, start_server):
         "xss",
         [
             {"prompt": XSS[0] + XSS[3], "responses": [XSS[1], XSS[2]]},
-            {"type": "ranking", "prompt": [{"role": XSS[2], "content": XSS[4]}],
-             "responses": XSS[4:7]},
+            {
+                "type": "ranking",
+                "prompt": [{"role": XSS[2], "content": XSS[4]}],
+                "responses": XSS[4:7],
+            },
         ],
     )
     ann = store.add_user("ann")
@@ -185,7 +203,10 @@ def test_untrusted_text_runs_no_script(browser, tmp_path, start_server):
                 el.click()
             page.wait_for_timeout(200)
             assert page.evaluate("window.__xss") is None
-            assert page.locator("main script, main img, main svg, main iframe, main style").count() == 0
+            assert (
+                page.locator("main script, main img, main svg, main iframe, main style").count()
+                == 0
+            )
             assert page.locator("a[href^='javascript']").count() == 0
             assert page.locator("main b").count() == 0
             n = len(page.locator(".response").all())

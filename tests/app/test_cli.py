@@ -22,20 +22,39 @@ def test_import_add_user_label_stats_export(tmp_path, capsys):
     db = str(tmp_path / "f.db")
     items = tmp_path / "items.jsonl"
     items.write_text(
-        json.dumps({"prompt": "p1", "responses": ["a", "b"]}) + "\n"
-        + json.dumps({"type": "ranking", "prompt": "p2", "responses": ["x", "y", "z"]}) + "\n"
+        json.dumps({"prompt": "p1", "responses": ["a", "b"]})
+        + "\n"
+        + json.dumps({"type": "ranking", "prompt": "p2", "responses": ["x", "y", "z"]})
+        + "\n"
     )
     gold = tmp_path / "gold.jsonl"
     gold.write_text(json.dumps({"prompt": "g", "chosen": "good", "rejected": "bad"}) + "\n")
     assert run(["annotate", "import", "--db", db, "--project", "cli", str(items)], capsys)[0] == 0
     code, out, _ = run(["annotate", "import", "--db", db, "--project", "cli", str(items)], capsys)
     assert code == 0 and "imported 0 items" in out and "2 already present" in out
-    code, out, _ = run(["annotate", "import", "--db", db, "--project", "cli", "--gold", str(gold)], capsys)
+    code, out, _ = run(
+        ["annotate", "import", "--db", db, "--project", "cli", "--gold", str(gold)], capsys
+    )
     assert "imported 1 items" in out
     guide = tmp_path / "guide.txt"
     guide.write_text("Be fair.")
-    code, out, _ = run(["annotate", "project", "--db", db, "--project", "cli", "--overlap", "2",
-                        "--tags", "verbose,offtopic", "--guidelines", str(guide)], capsys)
+    code, out, _ = run(
+        [
+            "annotate",
+            "project",
+            "--db",
+            db,
+            "--project",
+            "cli",
+            "--overlap",
+            "2",
+            "--tags",
+            "verbose,offtopic",
+            "--guidelines",
+            str(guide),
+        ],
+        capsys,
+    )
     assert code == 0 and "overlap 2" in out and "verbose" in out
     code, out, _ = run(["annotate", "add-user", "--db", db, "ann", "--group", "fr"], capsys)
     assert code == 0 and "shown only once" in out
@@ -57,8 +76,21 @@ def test_import_add_user_label_stats_export(tmp_path, capsys):
     assert json.loads(out)["agreement"]["pairwise"]["krippendorff_alpha"] is None
     for fmt, n in [("trl", 2), ("rankings", 1), ("raw", 3), ("comparisons", 2)]:
         out_file = tmp_path / f"{fmt}.jsonl"
-        code, out, _ = run(["annotate", "export", "--db", db, "--project", "cli",
-                            "--format", fmt, "--out", str(out_file)], capsys)
+        code, out, _ = run(
+            [
+                "annotate",
+                "export",
+                "--db",
+                db,
+                "--project",
+                "cli",
+                "--format",
+                fmt,
+                "--out",
+                str(out_file),
+            ],
+            capsys,
+        )
         assert code == 0 and len(out_file.read_text().splitlines()) == n
 
 
@@ -69,8 +101,12 @@ def test_import_records_and_user_errors(tmp_path, capsys):
     code, out, _ = run(["annotate", "import", "--db", db, str(recs)], capsys)
     assert code == 0 and "imported 1 items into project 'default'" in out
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n"
-                   + json.dumps({"prompt": "p", "responses": "ab"}) + "\n")
+    bad.write_text(
+        json.dumps({"prompt": "p", "responses": ["a", "b"]})
+        + "\n"
+        + json.dumps({"prompt": "p", "responses": "ab"})
+        + "\n"
+    )
     code, _, err = run(["annotate", "import", "--db", db, str(bad)], capsys)
     assert code == 2 and err.startswith("error: ") and "bad.jsonl:2" in err and "responses" in err
     code, _, err = run(["annotate", "export", "--db", db, "--format", "xml", "--out", "x"], capsys)
@@ -90,3 +126,24 @@ def test_core_library_does_not_import_the_web_stack():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_trl_conversational_shows_turns(tmp_path, capsys):
+    db = str(tmp_path / "f.db")
+    f = tmp_path / "conv.jsonl"
+    row = {
+        "prompt": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Joke?"},
+        ],
+        "chosen": [{"role": "assistant", "content": "A pun."}],
+        "rejected": [{"role": "assistant", "content": "No."}],
+    }
+    f.write_text(json.dumps(row) + "\n")
+    assert run(["annotate", "import", "--db", db, str(f)], capsys)[0] == 0
+    store = FeedbackStore(db)
+    user = store.add_user("ann", password=False).user
+    task = store.next_task("default", user)
+    assert task.turns == row["prompt"] and sorted(task.responses) == ["A pun.", "No."]
+    store.close()

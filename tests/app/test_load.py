@@ -22,8 +22,13 @@ N_CLIENTS, N_ITEMS, OVERLAP = 50, 1000, 2  # → exactly 2,000 labels
 def setup_store(db, project, n_items, n_users, overlap):
     store = FeedbackStore(db)
     store.ensure_project(project, overlap=overlap, gold_every=0)
-    store.add_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(n_items)])
-    tokens = [store.add_user(f"u{i:02d}", group="g" + str(i % 3), password=False).token for i in range(n_users)]
+    store.add_items(
+        project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(n_items)]
+    )
+    tokens = [
+        store.add_user(f"u{i:02d}", group="g" + str(i % 3), password=False).token
+        for i in range(n_users)
+    ]
     admin = store.add_user("admin", role="admin", password=False).token
     return store, tokens, admin
 
@@ -48,7 +53,9 @@ def annotate_until_done(url, token, acked, errors, stop, max_labels=200):
 def run_clients(url, tokens, stop=None):
     acked, errors, stop = [], [], stop or threading.Event()
     threads = [
-        threading.Thread(target=annotate_until_done, args=(url, t, acked, errors, stop), daemon=True)
+        threading.Thread(
+            target=annotate_until_done, args=(url, t, acked, errors, stop), daemon=True
+        )
         for t in tokens
     ]
     for t in threads:

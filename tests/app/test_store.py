@@ -31,9 +31,9 @@ def test_pairwise_choice_maps_display_to_original():
     ans = canonical_answer("pairwise", ["x", "y"], [1, 0], {"choice": "A", "strength": "much"})
     assert ans["choice"] == "b" and ans["strength"] == "much"
     assert canonical_answer("pairwise", ["x", "y"], [0, 1], {"choice": "A"})["choice"] == "a"
-    assert canonical_answer("pairwise", ["x", "y"], [1, 0], {"choice": "tie", "strength": "much"}) == {
-        "choice": "tie", "strength": None, "tags": [[], []], "comment": "", "edits": [None, None]
-    }
+    assert canonical_answer(
+        "pairwise", ["x", "y"], [1, 0], {"choice": "tie", "strength": "much"}
+    ) == {"choice": "tie", "strength": None, "tags": [[], []], "comment": "", "edits": [None, None]}
 
 
 def test_ranking_ranks_with_ties_map_to_order():
@@ -45,8 +45,15 @@ def test_ranking_ranks_with_ties_map_to_order():
 
 def test_rating_tags_edits_map_to_original():
     ans = canonical_answer(
-        "rating", ["r0", "r1"], [1, 0],
-        {"ratings": [7, 2], "tags": [["harmful"], []], "edits": [None, "fixed r0"], "comment": "ok"},
+        "rating",
+        ["r0", "r1"],
+        [1, 0],
+        {
+            "ratings": [7, 2],
+            "tags": [["harmful"], []],
+            "edits": [None, "fixed r0"],
+            "comment": "ok",
+        },
     )
     assert ans["scores"] == [2, 7]
     assert ans["tags"] == [[], ["harmful"]]
@@ -226,8 +233,11 @@ def test_ranking_rating_tags_edits_comment_and_exports(store, tmp_path):
 
 def test_transcripts_keep_turns_and_export_conversational(store, tmp_path):
     store.ensure_project("p")
-    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-             {"role": "user", "content": "joke?"}]
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "joke?"},
+    ]
     store.add_items("p", [{"prompt": turns, "responses": ["pun", "none"]}])
     u = bot(store, "ann")
     task = store.next_task("p", u)

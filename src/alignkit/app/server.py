@@ -163,7 +163,8 @@ def create_app(
         user = store.user_by_token(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             raise HTTPProblem(
-                401, "missing or invalid API token (send 'Authorization: Bearer <token>')",
+                401,
+                "missing or invalid API token (send 'Authorization: Bearer <token>')",
                 {"WWW-Authenticate": "Bearer"},
             )
         return user
@@ -207,7 +208,9 @@ def create_app(
             return resp
         sid, _ = store.create_session(user)
         resp = RedirectResponse("/admin" if user.is_admin else "/annotate", 303)
-        resp.set_cookie(SESSION_COOKIE, sid, max_age=int(store.session_ttl), **cookie_flags(request))
+        resp.set_cookie(
+            SESSION_COOKIE, sid, max_age=int(store.session_ttl), **cookie_flags(request)
+        )
         resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
         return resp
 
@@ -284,8 +287,9 @@ def create_app(
         user, csrf = s
         if not user.is_admin:
             raise HTTPProblem(403, "the admin page needs an admin account")
-        return page("admin.html", user=user, csrf=csrf, stats=store.stats(project),
-                    formats=EXPORT_FORMATS)
+        return page(
+            "admin.html", user=user, csrf=csrf, stats=store.stats(project), formats=EXPORT_FORMATS
+        )
 
     @app.get("/admin/export/{fmt}")
     def admin_export(request: Request, fmt: str):
@@ -296,7 +300,9 @@ def create_app(
 
     def jsonl_response(fmt: str) -> Response:
         if fmt not in EXPORT_FORMATS:
-            raise HTTPProblem(404, f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+            raise HTTPProblem(
+                404, f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}"
+            )
         rows = store.export_rows(project, fmt)
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         return Response(
@@ -376,8 +382,13 @@ def create_app(
             token=True,
         )
         return JSONResponse(
-            {"name": new.user.name, "role": new.user.role, "group": new.user.group,
-             "token": new.token, "password": new.password},
+            {
+                "name": new.user.name,
+                "role": new.user.role,
+                "group": new.user.group,
+                "token": new.token,
+                "password": new.password,
+            },
             201,
         )
 
@@ -394,7 +405,9 @@ def create_app(
     async def json_body(request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > MAX_BODY:
-            raise HTTPProblem(413, f"request body over {MAX_BODY // 2**20} MiB; send fewer items at once")
+            raise HTTPProblem(
+                413, f"request body over {MAX_BODY // 2**20} MiB; send fewer items at once"
+            )
         raw = await request.body()
         if len(raw) > MAX_BODY:
             raise HTTPProblem(413, f"request body over {MAX_BODY // 2**20} MiB")

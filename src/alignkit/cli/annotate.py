@@ -120,7 +120,9 @@ def register(app: typer.Typer) -> None:
     def project_(
         db: str = typer.Option(..., "--db", help=DB_HELP),
         project: str = typer.Option("default", "--project", help=PROJECT_HELP),
-        guidelines: Path | None = typer.Option(None, help="Text file shown in the guidelines panel."),
+        guidelines: Path | None = typer.Option(
+            None, help="Text file shown in the guidelines panel."
+        ),
         overlap: int | None = typer.Option(None, help="Annotators per item (k)."),
         tags: str | None = typer.Option(None, help="Extra comma-separated tags for this project."),
         gold_every: int | None = typer.Option(
@@ -194,7 +196,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  Cohen κ {p['a']} / {p['b']}: {fs(p['kappa'])} on {p['n']} units")
         for u in s["annotators"]:
             gold = (
-                f"gold accuracy {fs(u['gold_accuracy'])} on {u['gold_n']}" if u["gold_n"] else "no gold"
+                f"gold accuracy {fs(u['gold_accuracy'])} on {u['gold_n']}"
+                if u["gold_n"]
+                else "no gold"
             )
             typer.echo(
                 f"annotator {u['annotator']} ({u['group'] or '-'}): {u['votes']} labels, "

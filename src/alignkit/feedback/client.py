@@ -84,7 +84,9 @@ class AnnotationClient:
 
     # admin ---------------------------------------------------------------
 
-    def import_items(self, items: list[dict[str, Any] | Record], *, gold: bool = False) -> dict[str, Any]:
+    def import_items(
+        self, items: list[dict[str, Any] | Record], *, gold: bool = False
+    ) -> dict[str, Any]:
         """Add items (item dicts or alignkit records) to the server's project (admin)."""
         payload = [x if isinstance(x, dict) else record_to_dict(x) for x in items]
         return self._call("POST", "/api/v1/items", json={"items": payload, "gold": gold}).json()
@@ -118,7 +120,9 @@ class AnnotationClient:
                 f"start it with `alignkit annotate serve --project {project}`"
             )
 
-    def add_user(self, name: str, *, role: str = "annotator", group: str | None = None) -> dict[str, Any]:
+    def add_user(
+        self, name: str, *, role: str = "annotator", group: str | None = None
+    ) -> dict[str, Any]:
         """Create an account (admin); the reply holds its one-time token."""
         body = {"name": name, "role": role, "group": group}
         return self._call("POST", "/api/v1/users", json=body).json()

@@ -297,7 +297,7 @@ def normalise_db_url(url_or_path: str | os.PathLike) -> str:
     s = str(url_or_path)
     if "://" in s:
         if s.startswith("postgresql://"):  # the app extra ships psycopg2
-            return "postgresql+psycopg2://" + s[len("postgresql://"):]
+            return "postgresql+psycopg2://" + s[len("postgresql://") :]
         if not s.startswith(("sqlite://", "postgresql+psycopg2://", "postgresql+psycopg://")):
             raise AlignkitError(f"--db: expected a SQLite path or a postgresql:// URL, got {s!r}")
         return s
@@ -344,7 +344,15 @@ def canonical_answer(
     if not isinstance(submitted, dict):
         raise InvalidAnswer("expected a JSON object with the answer")
     k = len(responses)
-    unknown = set(submitted) - {"choice", "strength", "ranks", "ratings", "tags", "comment", "edits"}
+    unknown = set(submitted) - {
+        "choice",
+        "strength",
+        "ranks",
+        "ratings",
+        "tags",
+        "comment",
+        "edits",
+    }
     if unknown:
         raise InvalidAnswer(f"unknown answer field(s): {', '.join(sorted(unknown))}")
 
@@ -353,7 +361,9 @@ def canonical_answer(
         if value is None:
             return [default] * k
         if not isinstance(value, list) or len(value) != k:
-            raise InvalidAnswer(f"field '{name}': expected a list with one entry per response ({k})")
+            raise InvalidAnswer(
+                f"field '{name}': expected a list with one entry per response ({k})"
+            )
         return [value[display_order.index(orig)] for orig in range(k)]  # → original order
 
     answer: dict[str, Any] = {}
@@ -365,9 +375,7 @@ def canonical_answer(
         elif choice.lower() in ("tie", "both_bad", "incomparable"):
             choice = choice.lower()
         else:
-            raise InvalidAnswer(
-                "field 'choice': expected one of A, B, tie, both_bad, incomparable"
-            )
+            raise InvalidAnswer("field 'choice': expected one of A, B, tie, both_bad, incomparable")
         strength = submitted.get("strength") or None
         if strength is not None:
             if strength not in STRENGTHS:
@@ -388,7 +396,9 @@ def canonical_answer(
         scores = per_response("ratings", None)
         lo, hi = LIKERT
         if any(isinstance(s, bool) or not isinstance(s, int) or not lo <= s <= hi for s in scores):
-            raise InvalidAnswer(f"field 'ratings': expected an integer {lo}..{hi} for every response")
+            raise InvalidAnswer(
+                f"field 'ratings': expected an integer {lo}..{hi} for every response"
+            )
         answer["scores"] = scores
     else:  # pragma: no cover - items are validated on import
         raise InvalidAnswer(f"unknown task type {item_type!r}")
@@ -432,9 +442,9 @@ def _gold_score(item_type: str, gold: dict[str, Any], answer: dict[str, Any]) ->
         gt, at = g.tier(), a.tier()
         pairs = [(i, j) for i in range(len(gt)) for j in range(len(gt)) if gt[i] < gt[j]]
         return sum(at[i] < at[j] for i, j in pairs) / len(pairs) if pairs else 1.0
-    return sum(abs(x - y) <= 1 for x, y in zip(answer["scores"], gold["scores"], strict=True)) / len(
-        gold["scores"]
-    )
+    return sum(
+        abs(x - y) <= 1 for x, y in zip(answer["scores"], gold["scores"], strict=True)
+    ) / len(gold["scores"])
 
 
 # --------------------------------------------------------------------------- store
@@ -565,7 +575,9 @@ class FeedbackStore:
                 f"no project named {name!r}; import items with `alignkit annotate import "
                 f"--project {name} FILE` first"
             )
-        return Project(row.id, row.name, row.guidelines, tuple(row.tags), row.overlap, row.gold_every)
+        return Project(
+            row.id, row.name, row.guidelines, tuple(row.tags), row.overlap, row.gold_every
+        )
 
     # ------------------------------------------------------------------ users
 
@@ -640,7 +652,9 @@ class FeedbackStore:
             conn.execute(delete(sessions).where(sessions.c.expires_at < now))
             conn.execute(
                 insert(sessions).values(
-                    id_hash=hash_token(sid), user_id=user.id, csrf=csrf,
+                    id_hash=hash_token(sid),
+                    user_id=user.id,
+                    csrf=csrf,
                     expires_at=now + self.session_ttl,
                 )
             )
@@ -693,7 +707,9 @@ class FeedbackStore:
                 if row["key"] in present:
                     result.skipped += 1
                 else:
-                    present[row["key"]] = conn.execute(insert(items).values(**row)).inserted_primary_key[0]
+                    present[row["key"]] = conn.execute(
+                        insert(items).values(**row)
+                    ).inserted_primary_key[0]
                     result.added += 1
                 result.item_ids.append(present[row["key"]])
         return result
@@ -707,19 +723,39 @@ class FeedbackStore:
             except DataError as e:
                 raise DataError(e.reason, line=n, field=e.field) from None
         if isinstance(entry, Comparison):
-            kind, prompt, responses, meta = "pairwise", entry.prompt, [entry.a, entry.b], dict(entry.meta)
+            kind, prompt, responses, meta = (
+                "pairwise",
+                entry.prompt,
+                [entry.a, entry.b],
+                dict(entry.meta),
+            )
             if gold_flag:
                 choice = (
-                    "incomparable" if entry.incomparable
-                    else "tie" if entry.mu == 0.5 else "a" if entry.mu > 0.5 else "b"
+                    "incomparable"
+                    if entry.incomparable
+                    else "tie"
+                    if entry.mu == 0.5
+                    else "a"
+                    if entry.mu > 0.5
+                    else "b"
                 )
                 gold_answer = {"choice": choice}
         elif isinstance(entry, Ranking):
-            kind, prompt, responses, meta = "ranking", entry.prompt, list(entry.responses), dict(entry.meta)
+            kind, prompt, responses, meta = (
+                "ranking",
+                entry.prompt,
+                list(entry.responses),
+                dict(entry.meta),
+            )
             if gold_flag:
                 gold_answer = {"order": list(entry.order), "ties": [list(t) for t in entry.ties]}
         elif isinstance(entry, Rating):
-            kind, prompt, responses, meta = "rating", entry.prompt, [entry.response], dict(entry.meta)
+            kind, prompt, responses, meta = (
+                "rating",
+                entry.prompt,
+                [entry.response],
+                dict(entry.meta),
+            )
             if gold_flag:
                 gold_answer = {"scores": [int(round(entry.score))]}
         elif isinstance(entry, dict):
@@ -736,7 +772,9 @@ class FeedbackStore:
                 line=n,
             )
         if kind not in TASK_TYPES:
-            raise DataError(f"expected one of {', '.join(TASK_TYPES)}, got {kind!r}", line=n, field="type")
+            raise DataError(
+                f"expected one of {', '.join(TASK_TYPES)}, got {kind!r}", line=n, field="type"
+            )
         turns = None
         for name in ("turns", "prompt_messages"):  # prompt_messages: TRL conversational rows
             if isinstance(meta.get(name), list):
@@ -745,10 +783,14 @@ class FeedbackStore:
             turns, prompt = prompt, None
         if turns is not None:
             if not all(
-                isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), str)
+                isinstance(t, dict)
+                and isinstance(t.get("role"), str)
+                and isinstance(t.get("content"), str)
                 for t in turns
             ):
-                raise DataError("expected turns as [{'role': str, 'content': str}, ...]", line=n, field="prompt")
+                raise DataError(
+                    "expected turns as [{'role': str, 'content': str}, ...]", line=n, field="prompt"
+                )
             turns = [{"role": t["role"], "content": t["content"]} for t in turns]
             prompt = prompt if isinstance(prompt, str) else _flatten_turns(turns)
         if not isinstance(prompt, str):
@@ -761,7 +803,9 @@ class FeedbackStore:
             or (kind == "pairwise" and len(responses) != 2)
         ):
             want = "exactly 2" if kind == "pairwise" else f"{lo}..26"
-            raise DataError(f"expected a list of {want} strings for a {kind} item", line=n, field="responses")
+            raise DataError(
+                f"expected a list of {want} strings for a {kind} item", line=n, field="responses"
+            )
         if gold_answer is not None:
             try:  # validate the gold answer in original terms (identity display order)
                 k = len(responses)
@@ -769,12 +813,18 @@ class FeedbackStore:
                     c = gold_answer.get("choice")
                     sub = {"choice": {"a": "A", "b": "B"}.get(c, c)}
                 elif kind == "ranking":
-                    r = Ranking(prompt, responses, gold_answer["order"], gold_answer.get("ties", []))
+                    r = Ranking(
+                        prompt, responses, gold_answer["order"], gold_answer.get("ties", [])
+                    )
                     sub = {"ranks": [t + 1 for t in r.tier()]}
                 else:
                     sub = {"ratings": gold_answer["scores"]}
                 full = canonical_answer(kind, responses, list(range(k)), sub)
-                keep = {"pairwise": ("choice",), "ranking": ("order", "ties"), "rating": ("scores",)}
+                keep = {
+                    "pairwise": ("choice",),
+                    "ranking": ("order", "ties"),
+                    "rating": ("scores",),
+                }
                 gold_answer = {key: full[key] for key in keep[kind]}
             except (StoreError, DataError, KeyError, TypeError, AttributeError) as e:
                 raise DataError(f"bad gold answer: {e}", line=n, field="gold") from None
@@ -801,7 +851,9 @@ class FeedbackStore:
                 select(func.count()).select_from(items).where(items.c.project_id == proj.id)
             ).scalar_one()
             gold = conn.execute(
-                select(func.count()).select_from(items).where(items.c.project_id == proj.id, items.c.is_gold)
+                select(func.count())
+                .select_from(items)
+                .where(items.c.project_id == proj.id, items.c.is_gold)
             ).scalar_one()
         return {"items": total, "gold": gold}
 
@@ -809,7 +861,9 @@ class FeedbackStore:
 
     def _task(self, a, it) -> Task:
         shown = [it.responses[i] for i in a.display_order]
-        return Task(a.id, it.id, it.type, it.prompt, it.turns, shown, list(a.display_order), a.status)
+        return Task(
+            a.id, it.id, it.type, it.prompt, it.turns, shown, list(a.display_order), a.status
+        )
 
     def next_task(self, project: str, user: User) -> Task | None:
         """The user's open assignment, or a new one; None when nothing is left for them.
@@ -822,7 +876,9 @@ class FeedbackStore:
         now = _now()
         with self._write() as conn:
             if not self.is_sqlite:  # serialise assignment per project (SQLite: BEGIN IMMEDIATE)
-                conn.execute(select(projects.c.id).where(projects.c.id == proj.id).with_for_update())
+                conn.execute(
+                    select(projects.c.id).where(projects.c.id == proj.id).with_for_update()
+                )
             mine = (
                 select(assignments, items.c.type)
                 .join(items, items.c.id == assignments.c.item_id)
@@ -843,14 +899,21 @@ class FeedbackStore:
                         break
                 if item_id is None:
                     return None
-                k = len(conn.execute(select(items.c.responses).where(items.c.id == item_id)).scalar_one())
+                k = len(
+                    conn.execute(
+                        select(items.c.responses).where(items.c.id == item_id)
+                    ).scalar_one()
+                )
                 order = list(range(k))
                 if self.shuffle:
                     self._rng.shuffle(order)
                 aid = conn.execute(
                     insert(assignments).values(
-                        item_id=item_id, user_id=user.id, display_order=order,
-                        status="open", created_at=now,
+                        item_id=item_id,
+                        user_id=user.id,
+                        display_order=order,
+                        status="open",
+                        created_at=now,
                     )
                 ).inserted_primary_key[0]
                 current = conn.execute(select(assignments).where(assignments.c.id == aid)).first()
@@ -865,7 +928,10 @@ class FeedbackStore:
                 assignments.c.item_id == items.c.id,
                 or_(
                     assignments.c.status == "done",
-                    and_(assignments.c.status == "open", assignments.c.created_at > now - self.assignment_ttl),
+                    and_(
+                        assignments.c.status == "open",
+                        assignments.c.created_at > now - self.assignment_ttl,
+                    ),
                 ),
             )
             .correlate(items)
@@ -883,7 +949,9 @@ class FeedbackStore:
         """One of the user's own assignments (404 for anyone else's)."""
         with self._read() as conn:
             row = conn.execute(
-                select(assignments).where(assignments.c.id == assignment_id, assignments.c.user_id == user.id)
+                select(assignments).where(
+                    assignments.c.id == assignment_id, assignments.c.user_id == user.id
+                )
             ).first()
             if row is None:
                 raise NotFound(f"no assignment {assignment_id} for user {user.name!r}")
@@ -926,7 +994,9 @@ class FeedbackStore:
             ).first()
             if row is None:
                 raise NotFound(f"no assignment {assignment_id} for user {user.name!r}")
-            tags = conn.execute(select(projects.c.tags).where(projects.c.id == row.project_id)).scalar_one()
+            tags = conn.execute(
+                select(projects.c.tags).where(projects.c.id == row.project_id)
+            ).scalar_one()
         allowed = DEFAULT_TAGS + tuple(tags)
         answer = canonical_answer(row.type, row.responses, row.display_order, submitted, allowed)
         try:
@@ -1041,7 +1111,9 @@ class FeedbackStore:
                     common["meta"]["both_bad"] = True
                 out.append(
                     Comparison(
-                        v["prompt"], responses[0], responses[1],
+                        v["prompt"],
+                        responses[0],
+                        responses[1],
                         mu=_mu(choice) if choice != "incomparable" else 0.5,
                         incomparable=choice == "incomparable",
                         strength=ans.get("strength"),
@@ -1049,21 +1121,36 @@ class FeedbackStore:
                     )
                 )
             elif kind == "rankings" and v["type"] == "ranking":
-                out.append(Ranking(v["prompt"], list(responses), ans["order"], ans["ties"], **common))
+                out.append(
+                    Ranking(v["prompt"], list(responses), ans["order"], ans["ties"], **common)
+                )
             elif kind == "ratings" and v["type"] == "rating":
                 for i, score in enumerate(ans["scores"]):
                     meta = dict(common["meta"], response_index=i)
                     out.append(
-                        Rating(v["prompt"], responses[i], float(score), scale=(1.0, 7.0),
-                               annotator=v["annotator"], group=v["group_name"], meta=meta)
+                        Rating(
+                            v["prompt"],
+                            responses[i],
+                            float(score),
+                            scale=(1.0, 7.0),
+                            annotator=v["annotator"],
+                            group=v["group_name"],
+                            meta=meta,
+                        )
                     )
             elif kind == "corrections":
                 for i, edited in enumerate(ans.get("edits") or []):
                     if edited is not None:
                         meta = dict(common["meta"], response_index=i)
                         out.append(
-                            Correction(v["prompt"], responses[i], edited,
-                                       annotator=v["annotator"], group=v["group_name"], meta=meta)
+                            Correction(
+                                v["prompt"],
+                                responses[i],
+                                edited,
+                                annotator=v["annotator"],
+                                group=v["group_name"],
+                                meta=meta,
+                            )
                         )
             elif kind not in ("comparisons", "rankings", "ratings", "corrections"):
                 raise AlignkitError(f"unknown record kind {kind!r}")
@@ -1109,7 +1196,9 @@ class FeedbackStore:
         * ``raw``: one row per vote with everything stored.
         """
         if fmt not in EXPORT_FORMATS:
-            raise AlignkitError(f"--format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+            raise AlignkitError(
+                f"--format: expected one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}"
+            )
         if fmt == "raw":
             rows = []
             for v in self.raw_votes(project):
@@ -1223,9 +1312,7 @@ class FeedbackStore:
             "gold_items": counts["gold"],
             "votes": len(raw),
             "overlap": proj.overlap,
-            "agreement": {
-                t: agreement.agreement_summary(tr) for t, tr in triples.items() if tr
-            },
+            "agreement": {t: agreement.agreement_summary(tr) for t, tr in triples.items() if tr},
             "annotators": annotators,
             "groups": agreement.group_rates(group_pairs),
         }
