@@ -126,12 +126,12 @@ def test_generate_warpers_act_on_the_mixture(tok):
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(tok):
     models, weights = [spiky_lm(tok, 1), spiky_lm(tok, 2)], [0.6, 0.4]
-    a = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=8, do_sample=True, seed=3)
-    b = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=8, do_sample=True, seed=3)
-    c = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=8, do_sample=True, seed=4)
+    a = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=6, do_sample=True, seed=3)
+    b = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=6, do_sample=True, seed=3)
+    c = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=6, do_sample=True, seed=4)
     assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
-    k1 = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=8, do_sample=True, top_k=1, seed=5)
-    greedy = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=8)
+    k1 = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=6, do_sample=True, top_k=1, seed=5)
+    greedy = mix_generate(models, weights, PROMPTS, tokenizer=tok, max_new_tokens=6)
     assert k1.token_ids == greedy.token_ids
 
 
@@ -159,17 +159,17 @@ def test_eos_and_min_new_tokens(tok):
 
 def test_stop_string_cuts_text_and_stops_the_row(tok):
     model = spiky_lm(tok, 1)
-    free = mix_generate([model], [1.0], PROMPTS[:1], tokenizer=tok, max_new_tokens=20)
+    free = mix_generate([model], [1.0], PROMPTS[:1], tokenizer=tok, max_new_tokens=12)
     text = free.texts[0]
     stop = text[6:8]
     assert stop and text.index(stop) >= 1
-    cut = mix_generate([model], [1.0], PROMPTS, tokenizer=tok, max_new_tokens=20, stop=[stop])
+    cut = mix_generate([model], [1.0], PROMPTS, tokenizer=tok, max_new_tokens=12, stop=[stop])
     assert cut.texts[0] == text[: text.index(stop)]
     n = len(cut.token_ids[0])
     assert n < len(free.token_ids[0]) and cut.token_ids[0] == free.token_ids[0][:n]
     assert stop in tok.decode(cut.token_ids[0]) and stop not in tok.decode(cut.token_ids[0][:-1])
     # the other rows ran on, unaffected by the first row stopping
-    alone = mix_generate([model], [1.0], PROMPTS[1:], tokenizer=tok, max_new_tokens=20, stop=[stop])
+    alone = mix_generate([model], [1.0], PROMPTS[1:], tokenizer=tok, max_new_tokens=12, stop=[stop])
     assert cut.token_ids[1:] == alone.token_ids and cut.texts[1:] == alone.texts
 
 
