@@ -5,6 +5,7 @@ annotator clients are threads using :class:`AnnotationClient` (httpx). Every loo
 bounded and every request has a timeout.
 """
 
+import os
 import threading
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from alignkit.errors import AlignkitError
 from alignkit.feedback.client import AnnotationClient, ApiError
 from alignkit.feedback.store import FeedbackStore
 
+PG_URL = os.environ.get("ALIGNKIT_TEST_PG_URL")
 N_CLIENTS, N_ITEMS, OVERLAP = 50, 1000, 2  # → exactly 2,000 labels
 
 
@@ -64,8 +66,18 @@ def run_clients(url, tokens, stop=None):
 
 
 @pytest.mark.timeout(240)
-def test_50_clients_2000_labels_none_lost_or_duplicated(tmp_path, start_server):
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
+)
+def test_50_clients_2000_labels_none_lost_or_duplicated(tmp_path, start_server, backend):
     db = tmp_path / "load.db"
+    if backend == "postgres":  # opt-in (--runslow): the store tests already cover PostgreSQL
+        if not PG_URL:
+            pytest.skip("ALIGNKIT_TEST_PG_URL is not set")
+        fresh = FeedbackStore(PG_URL, create=False)
+        fresh.drop_all()
+        fresh.close()
+        db = PG_URL
     store, tokens, _ = setup_store(db, "load", N_ITEMS, N_CLIENTS, OVERLAP)
     server = start_server(db, "load")
     try:

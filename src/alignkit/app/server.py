@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def create_app(
     env.filters["stat"] = format_stat
     app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.project = store, project
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", project)[:80]  # for download file names
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     app.add_middleware(SecurityHeaders)
@@ -308,7 +310,7 @@ def create_app(
         return Response(
             body,
             media_type="application/x-ndjson",
-            headers={"Content-Disposition": f'attachment; filename="{project}-{fmt}.jsonl"'},
+            headers={"Content-Disposition": f'attachment; filename="{safe_name}-{fmt}.jsonl"'},
         )
 
     # ------------------------------------------------------------------ JSON API

@@ -86,7 +86,9 @@ def register(app: typer.Typer) -> None:
             )
         web = create_app(store.url, project, secure_cookies=secure_cookies, store=store)
         typer.echo(f"alignkit annotate: project {project!r} on http://{host}:{port}/", err=True)
-        uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(
+            web, host=host, port=port, log_level="warning", access_log=False, server_header=False
+        )
 
     @group.command("import")
     def import_(
