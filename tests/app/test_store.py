@@ -321,3 +321,16 @@ def test_sqlite_is_durable_wal(tmp_path):
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     store.close()
+
+
+def test_abandoned_assignment_frees_its_slot_after_the_ttl(store):
+    store.ensure_project("p", overlap=1)
+    store.add_items("p", [PAIR])
+    ann, bob = bot(store, "ann"), bot(store, "bob")
+    held = store.next_task("p", ann)
+    assert store.next_task("p", bob) is None
+    store.assignment_ttl = 0.0  # ann's open assignment no longer holds the slot
+    given = store.next_task("p", bob)
+    assert given is not None and given.item_id == held.item_id
+    store.record_vote(held.assignment_id, ann, {"choice": "A"})  # ann may still answer
+    assert store.count_votes("p") == 1
