@@ -132,11 +132,12 @@ def test_dpo_runs_starts_at_log2_and_reloads(tiny_lm_dir, tmp_path, lora):
         assert _same_weights(reloaded, res.model)
 
 
-@pytest.mark.parametrize("loss", ["ipo", "cdpo"])
+@pytest.mark.parametrize("loss", ["ipo", "cdpo", "normalized_dpo"])
 def test_dpo_variants_run(tiny_lm_dir, tmp_path, loss):
     from alignkit.recipes.dpo import DPOConfig, train_dpo
 
-    cfg = DPOConfig(policy=str(tiny_lm_dir), out="", batch_size=4, max_steps=2, loss=loss, lr=1e-3,
+    cfg = DPOConfig(policy=str(tiny_lm_dir), out="", batch_size=4, max_steps=2, lr=1e-3,
+                    loss=loss.replace("_dpo", ""),
                     save_model=False)
     res = train_dpo(cfg, records=COMPS)
     assert math.isfinite(res.metrics[f"loss/{loss}"])

@@ -22,7 +22,7 @@ from typing import Any
 
 from alignkit.errors import ConfigError, DataError
 
-LOSSES = ("dpo", "ipo", "cdpo")
+LOSSES = ("dpo", "ipo", "cdpo", "normalized")
 
 
 @dataclass
@@ -36,7 +36,8 @@ class DPOConfig:
     beta: float = 0.1
     """KL weight β: implicit reward r̂ = β log(π_θ/π_ref)."""
     loss: str = "dpo"
-    """Objective: dpo (soft labels μ), ipo, or cdpo (label smoothing)."""
+    """Objective: dpo (soft labels μ), ipo, cdpo (label smoothing), or normalized (pairwise-
+    normalised gradients; costs 2 × batch_size extra backward passes per step)."""
     label_smoothing: float = 0.1
     """cDPO's assumed label-flip rate ε (only for loss=cdpo)."""
     max_length: int = 256
@@ -110,7 +111,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     import torch
 
     from alignkit.data import to_comparisons
-    from alignkit.losses.dpo import cdpo_loss, dpo_loss, ipo_loss
+    from alignkit.losses.dpo import (
+        cdpo_loss,
+        dpo_loss,
+        ipo_loss,
+        normalized_gradient_dpo_loss,
+        per_example_grad_norms,
+    )
     from alignkit.models import sequence_logps
     from alignkit.recipes._common import (
         NullLogger,
@@ -217,8 +224,11 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
             loss, m = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
         elif cfg.loss == "ipo":
             loss, m = ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-        else:
+        elif cfg.loss == "cdpo":
             loss, m = cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
+        else:  # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
+            norms = per_example_grad_norms(policy_logps, params)
+            loss, m = normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         opt.step()

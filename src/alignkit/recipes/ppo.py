@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
 
     history: list[dict[str, float]] = []
     for _ in track(range(step, cfg.steps), cfg.algo, total=cfg.steps - step):
+        t_step = time.perf_counter()
         # --- 1. rollout ---------------------------------------------------------------
         while len(order) < cfg.rollout_batch_size:
             perm = list(range(len(prompts)))
@@ -295,6 +297,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
         metrics = scalars(metrics)
+        metrics["diag/step_seconds"] = time.perf_counter() - t_step
         step += 1
         history.append({"step": float(step), **metrics})
         logger.log(metrics, step)

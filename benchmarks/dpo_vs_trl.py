@@ -1,0 +1,143 @@
+"""DPO training throughput and peak memory: alignkit ``train_dpo`` vs TRL ``DPOTrainer``.
+
+Same GPT-2 configs (2 layers/64 wide "tiny", 6/384 "small"), same tokenizer, same
+synthetic prompt/chosen/rejected data, batch 8, max length 128, β = 0.1, CPU. Each
+measurement runs in a fresh subprocess (so peak RSS is its own); repeats are interleaved
+(ours, TRL, ours, TRL, ...) and medians reported.
+
+Timed: the training call only (alignkit: reference log-prob pass + all steps; TRL:
+``trainer.train()``, which runs its reference model every step). Model loading and
+tokenisation are outside the timer for both.
+
+    .venv/bin/python benchmarks/dpo_vs_trl.py           # 3 repeats, both sizes
+    .venv/bin/python benchmarks/dpo_vs_trl.py --quick   # 1 repeat, tiny only, fewer pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6)}
+WORDS = ("the a quick brown fox jumps over lazy dog please help me write short polite reply to my "
+         "neighbour thank you for asking here is safe and helpful answer bake bread mix flour water "
+         "yeast salt then knead capital of france paris numbers punctuation").split()
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+
+    def text(lo, hi):
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    return [{"prompt": "Human: " + text(6, 14) + " Assistant:", "chosen": " " + text(6, 18),
+             "rejected": " " + text(6, 18)} for _ in range(n)]
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(impl: str, model_dir: str, n_pairs: int) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
+    rows = make_rows(n_pairs)
+    if impl == "alignkit":
+        sys.path.insert(0, str(ROOT.parent / "src"))
+        from alignkit.data import Comparison
+        from alignkit.recipes.dpo import DPOConfig, train_dpo
+
+        records = [Comparison(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+        cfg = DPOConfig(policy=model_dir, out="", batch_size=8, max_length=128, beta=0.1, lr=5e-5,
+                        epochs=1, save_model=False, save_checkpoints=False, tensorboard=False,
+                        use_chat_template=False, device="cpu")
+        res = train_dpo(cfg, records=records)
+        return {"pairs_per_s": res.metrics["pairs_per_s"], "peak_rss_mb": peak_rss_mb()}
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=8, max_length=128, beta=0.1,
+                         learning_rate=5e-5, num_train_epochs=1, report_to=[], save_strategy="no",
+                         logging_steps=10_000, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        t = time.perf_counter()
+        trainer.train()
+        elapsed = time.perf_counter() - t
+    return {"pairs_per_s": n_pairs / elapsed, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_worker(impl: str, model_dir: str, n_pairs: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only, 32 pairs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--worker", choices=["alignkit", "trl"])
+    ap.add_argument("--model")
+    ap.add_argument("--pairs", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "results" / "dpo_vs_trl.json"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.pairs)))
+        return
+
+    sys.path.insert(0, str(ROOT.parent / "src"))
+    from alignkit.models import make_tiny_lm_dir
+
+    sizes = ["tiny"] if args.quick else list(SIZES)
+    repeats = 1 if args.quick else args.repeats
+    pairs = {"tiny": 32 if args.quick else 128, "small": 64}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            n_layer, n_embd, n_head = SIZES[size]
+            model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+            runs = {"alignkit": [], "trl": []}
+            for r in range(repeats):
+                for impl in ("alignkit", "trl"):
+                    runs[impl].append(run_worker(impl, model_dir, pairs[size]))
+                    print(size, r, impl, runs[impl][-1], flush=True)
+            med = {impl: {k: statistics.median(x[k] for x in v) for k in v[0]} for impl, v in runs.items()}
+            results[size] = {
+                "config": {"n_layer": n_layer, "n_embd": n_embd, "pairs": pairs[size], "batch_size": 8,
+                           "max_length": 128},
+                "median": med,
+                "runs": runs,
+                "speedup": med["alignkit"]["pairs_per_s"] / med["trl"]["pairs_per_s"],
+                "rss_ratio": med["alignkit"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"],
+            }
+            print(size, "speedup", round(results[size]["speedup"], 2), "rss ratio",
+                  round(results[size]["rss_ratio"], 2), flush=True)
+    import torch
+    import trl
+
+    meta = {"torch": torch.__version__, "trl": trl.__version__, "threads": torch.get_num_threads(),
+            "repeats": repeats, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
+    if not args.quick:
+        Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(json.dumps({s: {"speedup": r["speedup"], "rss_ratio": r["rss_ratio"]} for s, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Seconds per on-policy RL step: alignkit PPO vs TRL's RLOOTrainer (beta > 0, a KL term).
+
+Same GPT-2 configs (2/64 "tiny", 6/384 "small"), tokenizer and prompts, CPU, 32 new
+tokens, KL coefficient 0.05, a cheap Python reward (response length), one gradient
+update per rollout batch for both (alignkit: ppo_epochs=1, one minibatch; TRL:
+num_iterations=1). TRL's RLOO needs ≥ 2 samples per prompt, so it generates 8 prompts × 2
+= 16 responses per step. alignkit is measured on the issue's workload (8 prompts, 8
+responses) and on the same 16 responses (8 prompts × 2 copies) — the second is the
+like-for-like ratio.
+
+A step = generation + reward + log-probs (policy, reference) + update. Per-step wall times
+are taken inside each run (TRL: a callback; alignkit: ``diag/step_seconds``); the first
+step is dropped as warm-up and the median of the rest kept. Each run is a fresh
+subprocess; repeats are interleaved; medians of the run medians are reported.
+
+    .venv/bin/python benchmarks/rl_step_vs_trl.py           # 3 repeats, both sizes
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --quick   # 1 repeat, tiny only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6)}
+PROMPTS = [
+    "Human: How do I bake bread? Assistant:",
+    "Human: What is the capital of France? Assistant:",
+    "Please help me write a short, polite reply to my neighbour.",
+    "The quick brown fox",
+    "Human: Tell me a number. Assistant:",
+    "Thank you for asking! Here is",
+    "Human: Can you help me? Assistant:",
+    "Numbers: 0 1 2",
+]
+NEW_TOKENS, KL, STEPS = 32, 0.05, 5
+
+
+def worker(impl: str, model_dir: str, copies: int) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
+    if impl == "alignkit":
+        sys.path.insert(0, str(ROOT.parent / "src"))
+        import torch
+
+        from alignkit.recipes.ppo import PPOConfig, train_ppo
+
+        def reward_fn(prompts, responses):
+            return torch.tensor([len(r) / 50.0 for r in responses])
+
+        prompts = [p for p in PROMPTS for _ in range(copies)]
+        cfg = PPOConfig(policy=model_dir, out="", steps=STEPS, rollout_batch_size=len(prompts),
+                        ppo_epochs=1, num_minibatches=1, max_new_tokens=NEW_TOKENS, kl_coef=KL, lr=1e-5,
+                        save_model=False, save_checkpoints=False, tensorboard=False,
+                        use_chat_template=False, device="cpu")
+        res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
+        times = [h["diag/step_seconds"] for h in res.history]
+    else:
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+        from trl import RLOOConfig, RLOOTrainer
+
+        times = []
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                self.t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                times.append(time.perf_counter() - self.t)
+
+        def reward_fn(completions, **kwargs):
+            return [len(c) / 50.0 for c in completions]
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            args = RLOOConfig(output_dir=tmp, per_device_train_batch_size=16, num_generations=2,
+                              max_completion_length=NEW_TOKENS, beta=KL, learning_rate=1e-5,
+                              max_steps=STEPS, report_to=[], save_strategy="no", logging_steps=10_000,
+                              use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+            trainer = RLOOTrainer(model=model, reward_funcs=reward_fn, args=args,
+                                  train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS * 8]),
+                                  processing_class=tok, callbacks=[Timer()])
+            trainer.train()
+    return {"s_per_step": statistics.median(times[1:]), "steps": times}
+
+
+def run_worker(impl: str, model_dir: str, copies: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
+                          "--copies", str(copies)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--worker", choices=["alignkit", "trl"])
+    ap.add_argument("--model")
+    ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.copies)))
+        return
+
+    sys.path.insert(0, str(ROOT.parent / "src"))
+    from alignkit.models import make_tiny_lm_dir
+
+    sizes = ["tiny"] if args.quick else list(SIZES)
+    repeats = 1 if args.quick else args.repeats
+    variants = {"alignkit_8": ("alignkit", 1), "alignkit_16": ("alignkit", 2), "trl_rloo_16": ("trl", 1)}
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            n_layer, n_embd, n_head = SIZES[size]
+            model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+            runs = {v: [] for v in variants}
+            for r in range(repeats):
+                for name, (impl, copies) in variants.items():
+                    runs[name].append(run_worker(impl, model_dir, copies))
+                    print(size, r, name, round(runs[name][-1]["s_per_step"], 3), flush=True)
+            med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
+            results[size] = {
+                "config": {"n_layer": n_layer, "n_embd": n_embd, "prompts": 8, "new_tokens": NEW_TOKENS,
+                           "kl_coef": KL, "steps_per_run": STEPS},
+                "median_s_per_step": med,
+                "runs": runs,
+                "speedup_same_responses_16": med["trl_rloo_16"] / med["alignkit_16"],
+                "speedup_issue_workload_8_prompts": med["trl_rloo_16"] / med["alignkit_8"],
+            }
+            print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")}, flush=True)
+    import torch
+    import trl
+
+    meta = {"torch": torch.__version__, "trl": trl.__version__, "threads": torch.get_num_threads(),
+            "repeats": repeats, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
+    if not args.quick:
+        Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(json.dumps({s: {k: v for k, v in r.items() if k.startswith("speedup")} for s, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
