@@ -33,6 +33,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -466,6 +467,7 @@ class FeedbackStore:
         self.session_ttl = 12 * 3600.0
         self.engine = self._make_engine()
         self._writer = self.engine.execution_options(alignkit_write=True)
+        self._write_lock = threading.Lock()
         if create:
             metadata.create_all(self.engine)
 
@@ -502,8 +504,15 @@ class FeedbackStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._writer.begin() as conn:
-            yield conn
+        if self.is_sqlite:
+            # One writer at a time in this process: threads queue on a lock instead of
+            # SQLite's busy handler, which sleeps up to 100 ms per retry under contention.
+            # (Other processes, e.g. the CLI while serving, still wait via busy_timeout.)
+            with self._write_lock, self._writer.begin() as conn:
+                yield conn
+        else:
+            with self._writer.begin() as conn:
+                yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
