@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignkit.data import load_records
 from alignkit.data.records import Comparison, Ranking, Rating
@@ -334,3 +336,37 @@ def test_abandoned_assignment_frees_its_slot_after_the_ttl(store):
     assert given is not None and given.item_id == held.item_id
     store.record_vote(held.assignment_id, ann, {"choice": "A"})  # ann may still answer
     assert store.count_votes("p") == 1
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 9)
+    | st.text(max_size=5)
+    | st.sampled_from(["A", "B", "tie", "much", "harmful"]),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+answer_dicts = st.dictionaries(
+    st.sampled_from(["choice", "strength", "ranks", "ratings", "tags", "comment", "edits", "x"]),
+    json_values,
+    max_size=5,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["pairwise", "ranking", "rating"]), answer_dicts | json_values)
+def test_any_json_answer_is_accepted_or_refused_cleanly(kind, submitted):
+    """Arbitrary JSON never crashes validation: a valid canonical answer or InvalidAnswer."""
+    k = 2 if kind != "ranking" else 3
+    try:
+        ans = canonical_answer(kind, ["x"] * k, list(range(k))[::-1], submitted)
+    except InvalidAnswer:
+        return
+    assert len(ans["tags"]) == k and len(ans["edits"]) == k
+    if kind == "ranking":
+        Ranking("p", ["x"] * k, ans["order"], ans["ties"])
+    elif kind == "pairwise":
+        assert ans["choice"] in ("a", "b", "tie", "both_bad", "incomparable")

@@ -407,7 +407,7 @@ def canonical_answer(
     allowed = set(allowed_tags)
     tags = per_response("tags", [])
     for t in tags:
-        if not isinstance(t, list) or any(x not in allowed for x in t):
+        if not isinstance(t, list) or any(not isinstance(x, str) or x not in allowed for x in t):
             raise InvalidAnswer(f"field 'tags': expected lists of tags from {sorted(allowed)}")
     answer["tags"] = [sorted(set(t)) for t in tags]
     comment = submitted.get("comment") or ""
@@ -604,6 +604,8 @@ class FeedbackStore:
             raise AlignkitError(
                 f"user name {name!r}: use 1–64 letters, digits and _ . @ - characters"
             )
+        if group is not None and (not isinstance(group, str) or len(group) > 64):
+            raise AlignkitError(f"group must be text of at most 64 characters, got {group!r}")
         if role not in ROLES:
             raise AlignkitError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if not (password or token):
