@@ -96,6 +96,7 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
         ],
     )
     ann = store.add_user("ann", group="uk")
+    boss = store.add_user("boss", role="admin")
     server = start_server(db, "web")
     dialogs, console = [], []
     context, page = open_page(browser, server.url, dialogs, console)
@@ -149,6 +150,21 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
         assert page.is_visible("#all-done")
         assert page.inner_text("#progress").startswith("4 labelled · 1 skipped · 5 items")
         page.screenshot(path=str(ARTIFACTS / "annotate-done.png"), full_page=True)
+    finally:
+        context.close()
+    # the admin page shows the quality statistics
+    context, page = open_page(browser, server.url, dialogs, console)
+    try:
+        page.goto(server.url + "/login")
+        page.fill("#username", "boss")
+        page.fill("#password", boss.password)
+        next_page(page, lambda: page.click("#login-submit"))
+        assert page.url == server.url + "/admin"
+        assert "Krippendorff" in page.inner_text("#agreement")
+        row = page.inner_text("#annotators")
+        assert "ann" in row and "uk" in row
+        assert "uk" in page.inner_text("#groups")
+        page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
     finally:
         context.close()
     assert dialogs == [] and not [c for c in console if "error" in c.lower()], console
