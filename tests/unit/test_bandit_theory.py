@@ -19,6 +19,15 @@ from alignkit.losses.ppo import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These are thousands of tiny tensor ops: intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tv(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * (p - q).abs().sum().item()
 

@@ -140,6 +140,15 @@ def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_tar
     return model, tokenizer
 
 
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0: with dropout, the log-probs of the update pass
+    would differ from those of the rollout/reference pass (PPO ratio ≠ 1, DPO ≠ log 2 at
+    the start) for no benefit in these objectives."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 

@@ -59,8 +59,6 @@ def run_bon(
     prompts: list[str] | None = None,
 ) -> BoNRun:
     """Best-of-``cfg.n`` on every prompt; see :class:`BoNConfig`."""
-    import torch
-
     from alignkit.decoding.best_of_n import best_of_n
     from alignkit.decoding.sampling import generate
     from alignkit.recipes._common import (
@@ -106,5 +104,4 @@ def run_bon(
             for p, r, s in zip(res.prompts, res.responses, res.rewards.tolist(), strict=True):
                 f.write(json.dumps({"prompt": p, "response": r, "reward": s}) + "\n")
         write_json(out / "summary.json", {**metrics, "n": cfg.n, "prompts": len(prompts)})
-    _ = torch
     return BoNRun(result=res, metrics=metrics, out_dir=out)

@@ -123,8 +123,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         NullLogger,
         batches,
         collate,
+        disable_dropout,
         format_prompt,
-        is_peft,
         load_checkpoint,
         load_policy,
         pick_device,
@@ -152,6 +152,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         raise DataError("no comparisons to train on")
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
+    disable_dropout(model)
     chosen, rejected = [], []
     for c in comps:
         prompt = format_prompt(tok, c.prompt, cfg.use_chat_template)
@@ -251,7 +252,5 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     logger.close()
     if cfg.save_model and cfg.out:
         save_policy(model, tok, out)
-    if is_peft(model):
-        pass  # adapters stay on the returned model; the saved directory is merged
     return DPOResult(out_dir=out, metrics={**metrics, "steps": float(step),
                                            "pairs_per_s": pairs_done / max(elapsed, 1e-9)}, model=model)

@@ -148,7 +148,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     from alignkit.models.value import ValueHead, policy_forward
     from alignkit.recipes._common import (
         NullLogger,
-        is_peft,
+        disable_dropout,
+        format_prompt,
         load_checkpoint,
         load_policy,
         pick_device,
@@ -181,6 +182,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         reward_fn = load_reward_model(require(cfg.reward, "reward")).score
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
+    disable_dropout(model)
     ref_model = None
     if not cfg.lora:  # without adapters to switch off, the reference is a frozen copy
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
@@ -189,8 +191,6 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, eps=1e-6)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
-    from alignkit.recipes._common import format_prompt
-
     text_prompts = [format_prompt(tok, p, cfg.use_chat_template) for p in prompts]
     epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)
     clip_v = cfg.clip_eps_value if (cfg.algo == "ppo" and cfg.clip_eps_value > 0) else None
@@ -313,6 +313,5 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     if cfg.save_model and cfg.out:
         save_policy(model, tok, out)
         value_head.save(out / "value_head.pt")
-    _ = is_peft
     last = history[-1] if history else {}
     return PPOResult(out_dir=out, metrics={**last, "steps": float(step)}, history=history, model=model)
