@@ -84,6 +84,9 @@ class RewardConfig:
     """Head input: ``auto``, ``last`` (decoders), ``mean`` (sentence encoders), ``cls``."""
     sequence_classifier: bool = False
     """Use AutoModelForSequenceClassification(num_labels=1) instead of backbone + head."""
+    group_by_length: bool = True
+    """Batch pairs of similar length together (sorted within shuffled windows of 50
+    batches, batch order shuffled) so little compute goes to padding."""
     disable_dropout: bool = True
     """Switch dropout off while training (rewards should not be noisy functions)."""
     ratings_to_pairs: bool = False
@@ -154,8 +157,27 @@ def _eval_encoded(model, enc_a, enc_b, mu, batch_size) -> dict[str, Any]:
 # -- training one model ----------------------------------------------------------------
 
 
+def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
+    """Shuffled batches of pair indices; with ``group_by_length`` each window of 50
+    batches is sorted by length before it is cut, then the batch order is shuffled."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=gen).tolist()
+    if not group_by_length:
+        return [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
+    window = 50 * batch_size
+    batches = []
+    for w in range(0, len(perm), window):
+        part = sorted(perm[w : w + window], key=lambda i: lengths[i])
+        batches += [part[s : s + batch_size] for s in range(0, len(part), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path, seed: int) -> dict[str, Any]:
     """Train one reward model on ``train``; keep the best epoch in ``out``."""
+    import time
+
     import torch
 
     from alignkit.losses.preference import bradley_terry_loss, reward_centering_loss
@@ -184,6 +206,7 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
     enc_a = model.encode([p.prompt for p in train], [p.a for p in train])
     enc_b = model.encode([p.prompt for p in train], [p.b for p in train])
     mu = torch.tensor([p.mu for p in train])
+    lengths = [max(len(x.ids), len(y.ids)) for x, y in zip(enc_a, enc_b, strict=True)]
     ev_a = model.encode([p.prompt for p in evals], [p.a for p in evals])
     ev_b = model.encode([p.prompt for p in evals], [p.b for p in evals])
     ev_mu = torch.tensor([p.mu for p in evals])
@@ -230,16 +253,15 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
         summary["baseline/untrained_log_loss"] = untrained["log_loss"]
 
     model.train()
+    train_seconds, pairs_seen = 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):
         # seeding per epoch makes a resumed run replay the same order as an uninterrupted one
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         torch.manual_seed(seed * 1000 + epoch)
-        perm = torch.randperm(len(train), generator=gen).tolist()
+        batches = _epoch_batches(lengths, cfg.batch_size, seed * 1000 + epoch, cfg.group_by_length)
         running: dict[str, float] = defaultdict(float)
         n_running = 0
-        batches = range(0, len(perm), cfg.batch_size)
-        for s in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
-            idx = perm[s : s + cfg.batch_size]
+        started = time.perf_counter()
+        for idx in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
             batch = model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx])
             rewards = model(**batch)
             r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
@@ -262,6 +284,8 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
                 logger.log({**{k: v / n_running for k, v in running.items()}, "lr": scheduler.get_last_lr()[0], "epoch": epoch}, step)
                 running.clear()
                 n_running = 0
+        train_seconds += time.perf_counter() - started
+        pairs_seen += len(train)
 
         eval_metrics = _eval_encoded(model, ev_a, ev_b, ev_mu, cfg.eval_batch_size) if evals else {}
         if eval_metrics:
@@ -282,6 +306,8 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: an interrupted save keeps the old one
     logger.close()
+    if pairs_seen:
+        summary["perf/train_pairs_per_s"] = pairs_seen / train_seconds
     summary.update({f"best/{k}": v for k, v in best.items() if k != "log_loss" or math.isfinite(v)})
     return summary
 

@@ -1,0 +1,148 @@
+"""`alignkit reward train/eval` on a tiny GPT-2: learns an easy preference, keeps the best
+epoch, resumes exactly, trains ensembles and per-group models, fails cleanly on bad data."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from alignkit.cli import main
+from alignkit.data import Comparison, Ranking, Rating
+from alignkit.errors import ConfigError, DataError
+from alignkit.models.reward import RewardEnsemble, load_reward_model
+from alignkit.recipes.reward import RewardConfig, train_reward
+from alignkit.utils.metrics import read_metrics
+
+
+def _pairs(n, *, seed=0, group=None, flip=False, offset=0):
+    """'good' answers beat 'bad' ones (or the reverse when flip), lengths random."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        good = " good" * rng.randint(1, 4)
+        bad = " bad" * rng.randint(1, 4)
+        out.append(Comparison(prompt=f"Q{i + offset}:", a=good, b=bad, mu=0.0 if flip else 1.0, group=group))
+    return out
+
+
+def _cfg(tiny_lm_dir, out, **kw):
+    base = dict(
+        model=str(tiny_lm_dir), out=str(out), epochs=2, lr=1e-3, batch_size=8, max_length=32,
+        eval_fraction=0.2, log_every=2, tensorboard=False,
+    )
+    return RewardConfig(**(base | kw))
+
+
+def test_train_learns_and_beats_baselines(tiny_lm_dir, tmp_path):
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "rm"), _pairs(120))
+    m = res.metrics
+    assert m["data/train_pairs"] == 96 and m["eval/count"] == 24
+    assert m["eval/accuracy"] >= 0.9
+    assert m["eval/accuracy"] > m["baseline/untrained_accuracy"]
+    assert m["eval/accuracy"] > m["baseline/longer_wins_accuracy"]
+    evals = [r for r in read_metrics(res.out_dir / "metrics.jsonl") if "eval/accuracy" in r]
+    assert len(evals) == 3  # untrained + one per epoch
+    assert any("loss/bt" in r for r in read_metrics(res.out_dir / "metrics.jsonl"))
+    assert json.loads((res.out_dir / "eval.json").read_text())["eval/accuracy"] == m["eval/accuracy"]
+    rm = load_reward_model(res.out_dir)
+    good, bad = rm.score(["Q999:", "Q999:"], [" good good", " bad bad"])
+    assert good > bad
+
+
+def test_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
+    pairs = _pairs(24)
+    kw = dict(lr_schedule="constant", warmup_fraction=0.0, lr=3e-4, max_length=16)
+    full = train_reward(_cfg(tiny_lm_dir, tmp_path / "full", **kw), pairs)
+    train_reward(_cfg(tiny_lm_dir, tmp_path / "cut", epochs=1, **kw), pairs)
+    resumed = train_reward(_cfg(tiny_lm_dir, tmp_path / "cut", resume=True, **kw), pairs)
+    state_full = torch.load(full.out_dir / "checkpoint" / "state.pt", weights_only=False)["model"]
+    state_res = torch.load(resumed.out_dir / "checkpoint" / "state.pt", weights_only=False)["model"]
+    for k in state_full:
+        assert torch.allclose(state_full[k], state_res[k], atol=1e-6), k
+
+
+def test_ensemble_rankings_and_ratings(tiny_lm_dir, tmp_path):
+    records = _pairs(40) + [
+        Ranking(prompt="R1:", responses=[" bad", " good", " good good"], order=[2, 1, 0], ties=[[2, 1]]),
+        Rating(prompt="S1:", response=" good", score=6),
+        Rating(prompt="S1:", response=" bad", score=2),
+    ]
+    res = train_reward(
+        _cfg(tiny_lm_dir, tmp_path / "ens", epochs=1, ensemble=2, ratings_to_pairs=True), records
+    )
+    assert res.metrics["data/train_pairs"] + res.metrics["data/eval_pairs"] == 40 + 3 + 1
+    rm = load_reward_model(res.out_dir)
+    assert isinstance(rm, RewardEnsemble) and len(rm) == 2
+    assert (res.out_dir / "member_1" / "alignkit_reward.json").exists()
+    assert res.metrics["eval/reward_std"] > 0
+
+
+def test_per_group_disagreement_table(tiny_lm_dir, tmp_path):
+    """Group A prefers 'good', group B prefers 'bad': each group's model agrees with its
+    own held-out labels and disagrees with the other group's."""
+    records = _pairs(40, seed=1, group="A") + _pairs(40, seed=2, group="B", flip=True, offset=1000)
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "pg", per_group=True, max_length=16), records)
+    table = json.loads((res.out_dir / "disagreement.json").read_text())["accuracy"]
+    assert set(table) == {"pooled", "A", "B"}
+    assert table["A"]["A"] >= 0.8 and table["B"]["B"] >= 0.8
+    assert table["A"]["B"] <= 0.2 and table["B"]["A"] <= 0.2
+    assert (res.out_dir / "groups" / "A" / "alignkit_reward.json").exists()
+
+
+def test_bad_inputs_raise_user_errors(tiny_lm_dir, tmp_path):
+    with pytest.raises(DataError, match="no comparisons"):
+        train_reward(_cfg(tiny_lm_dir, tmp_path / "x"), [Rating(prompt="p", response="r", score=3)])
+    with pytest.raises(DataError, match="at least 2 annotator groups"):
+        train_reward(_cfg(tiny_lm_dir, tmp_path / "x", per_group=True, epochs=1), _pairs(10, group="A"))
+    with pytest.raises(ConfigError, match="ensemble"):
+        train_reward(_cfg(tiny_lm_dir, tmp_path / "x", ensemble=0), _pairs(10))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train_reward(_cfg(tiny_lm_dir, tmp_path / "fresh", resume=True), _pairs(10))
+
+
+@pytest.mark.parametrize("content", ["", '{"prompt": 3}\n', "not json\n"])
+def test_cli_malformed_or_empty_data_exits_2(tiny_lm_dir, tmp_path, capsys, content):
+    data = tmp_path / "d.jsonl"
+    data.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        main(["reward", "train", "--model", str(tiny_lm_dir), "--data", str(data), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_cli_train_then_eval_writes_json(tiny_lm_dir, tmp_path, capsys):
+    data = tmp_path / "toy.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": c.prompt, "chosen": c.a, "rejected": c.b}) + "\n" for c in _pairs(40))
+    )
+    out = tmp_path / "rm"
+    with pytest.raises(SystemExit) as e:
+        main(["reward", "train", "--model", str(tiny_lm_dir), "--data", str(data), "--out", str(out),
+              "--epochs", "1", "--lr", "1e-3", "--batch-size", "8", "--max-length", "32",
+              "--set", "tensorboard=false"])
+    assert e.value.code == 0
+    assert "held-out" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["reward", "eval", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "e.json")])
+    assert e.value.code == 0
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert metrics["count"] == 40
+    assert {"accuracy", "log_loss", "ece", "tie_log_loss"} <= set(metrics)
+
+
+def test_length_grouped_batches_cover_every_pair_once():
+    from alignkit.recipes.reward import _epoch_batches
+
+    lengths = [random.Random(i).randint(1, 100) for i in range(203)]
+    for grouped in (False, True):
+        batches = _epoch_batches(lengths, 8, seed=3, group_by_length=grouped)
+        flat = sorted(i for b in batches for i in b)
+        assert flat == list(range(203)) and max(len(b) for b in batches) == 8
+    # grouped batches waste less on padding than random ones
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(_epoch_batches(lengths, 8, 3, True)) < 0.5 * padding(_epoch_batches(lengths, 8, 3, False))
+    assert _epoch_batches(lengths, 8, 3, True) == _epoch_batches(lengths, 8, 3, True)  # seeded
