@@ -1,0 +1,396 @@
+"""Recipe: ``alignkit demo`` — the embedded task end to end, with a report.
+
+    alignkit demo [--out runs/demo] [--seeds 0,1,2] [--quick]
+
+Reads top to bottom. Once: build (or reuse) the base policy, a tiny GPT-2 pre-trained on
+the task's corpus, and sample the base policy's evaluation responses. Then per seed:
+
+1. sample pairs from the base policy; two simulated annotator groups label them
+   (β-noisy Boltzmann on the gold reward; one group flattered by politeness);
+2. fit the reward model (the proxy) on those labels;
+3. PPO against the proxy for each KL leash β of the sweep, DPO on the labelled pairs,
+   best-of-n with the proxy (n of the sweep read off one pool of samples, exactly);
+4. evaluate every policy: gold, proxy, KL to the base policy, win rate against the base
+   policy judged by the gold reward; the reward model's held-out accuracy and ECE;
+   annotator agreement;
+5. the query-selection experiment: labels needed to reach the same reward-model accuracy
+   with random vs ensemble-disagreement queries.
+
+Then the iterated loop (:mod:`alignkit.recipes.loop`) for a few rounds of PPO on the
+first seed (per-round curves), and the report: ``OUT/summary.json``, ``OUT/report.html``
+with its PNGs, and the method table in the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import ConfigError
+
+
+@dataclass
+class DemoConfig:
+    """Configuration of ``alignkit demo`` (``--quick`` shrinks every size)."""
+
+    out: str = "runs/demo"
+    """Output directory: base/, seed_S/, loop/, summary.json, report.html, *.png."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds (annotator labels, reward model, optimisation); the base policy is shared."""
+    quick: bool = False
+    """Tiny sizes for a smoke test (seconds, not minutes); the numbers mean little."""
+    pairs: int = 384
+    """Labelled pairs per seed (sampled from the base policy)."""
+    heldout_pairs: int = 128
+    """Held-out labelled pairs per seed (reward-model accuracy, ECE, agreement)."""
+    annotator_beta: float = 2.0
+    """Simulated annotators' rationality β."""
+    annotator_noise: float = 0.05
+    """Simulated annotators' label-flip rate."""
+    tie_band: float = 0.25
+    """Simulated annotators call a tie when |Δr| is below this."""
+    biased_fraction: float = 0.5
+    """Share of pairs labelled by the politeness-flattered group."""
+    flattery_bias: float = 1.0
+    """That group's extra reward per polite word."""
+    reward_epochs: int = 2
+    """Reward-model epochs."""
+    reward_lr: float = 1e-3
+    """Reward-model learning rate."""
+    ppo_betas: list[float] = field(default_factory=lambda: [0.3, 0.1, 0.03, 0.0])
+    """KL leash sweep for PPO (run on the first seed, or on all with sweep_all_seeds)."""
+    ppo_beta: float = 0.1
+    """PPO's β for the method comparison (run on every seed; must be in ppo_betas)."""
+    sweep_all_seeds: bool = False
+    """Run the whole PPO sweep on every seed (slower)."""
+    ppo_steps: int = 40
+    """PPO iterations."""
+    ppo_lr: float = 3e-4
+    """PPO learning rate."""
+    ppo_batch_size: int = 48
+    """PPO rollouts per iteration."""
+    dpo_beta: float = 0.1
+    """DPO β."""
+    dpo_lr: float = 3e-4
+    """DPO learning rate."""
+    dpo_epochs: int = 2
+    """DPO epochs."""
+    bon_n: int = 16
+    """Best-of-n's n for the method comparison."""
+    bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    """n values of the best-of-n sweep (pool: max(bon_sweep) samples per prompt)."""
+    eval_samples_per_prompt: int = 4
+    """Evaluation responses per prompt (48 prompts)."""
+    max_new_tokens: int = 32
+    """Response length limit."""
+    loop_rounds: int = 2
+    """Rounds of the iterated PPO loop on the first seed (0 = skip)."""
+    al_pool: int = 600
+    """Query-selection experiment: candidate pairs."""
+    al_budget: int = 240
+    """Query-selection experiment: label budget."""
+    al_batch: int = 20
+    """Query-selection experiment: labels per batch."""
+
+
+def quick_config(cfg: DemoConfig) -> DemoConfig:
+    """Tiny sizes for the smoke test."""
+    return replace(
+        cfg, seeds=cfg.seeds[:1], pairs=64, heldout_pairs=32, reward_epochs=1, ppo_betas=[0.1, 0.0],
+        ppo_beta=0.1, ppo_steps=2, ppo_batch_size=16, dpo_epochs=1, bon_n=4, bon_sweep=[1, 2, 4, 8],
+        eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, al_pool=80, al_budget=40, al_batch=10,
+    )
+
+
+def _mean_std(xs: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0,
+            "per_seed": xs}
+
+
+def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
+    """Run the demo and write the report; returns the summary dict."""
+    import torch
+
+    from alignkit.decoding.best_of_n import best_of_n, lm_sampler
+    from alignkit.diagnostics.overoptimization import best_of_n_curve, best_of_n_kl, divergence
+    from alignkit.feedback.agreement import cohen_kappa
+    from alignkit.feedback.annotators import agreement_rate, gold_agreement
+    from alignkit.models import load_causal_lm, load_tokenizer
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+    from alignkit.recipes.loop import (
+        LoopConfig,
+        PolicySamples,
+        collect_pairs,
+        evaluate_reward,
+        fit_reward_model,
+        run_loop,
+        sample_for_eval,
+        sample_responses,
+        score_samples,
+        simulated_population,
+    )
+    from alignkit.recipes.ppo import PPOConfig, train_ppo
+    from alignkit.tasks.assistant import GOLD, PROMPTS, BasePolicySpec, build_base_policy
+    from alignkit.utils.seed import set_seed
+
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    if not cfg.seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if cfg.ppo_beta not in cfg.ppo_betas:
+        raise ConfigError(f"ppo_beta {cfg.ppo_beta} must be one of ppo_betas {cfg.ppo_betas}")
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # --- once: the base policy and its evaluation samples -------------------------------
+    spec = BasePolicySpec(steps=60, corpus_size=800) if cfg.quick else BasePolicySpec()
+    base_dir = build_base_policy(out / "base", spec)
+    tok = load_tokenizer(base_dir)
+    ref = load_causal_lm(base_dir).eval()
+    eval_prompts = [p for p in PROMPTS for _ in range(cfg.eval_samples_per_prompt)]
+    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=12345)
+    base_gold = GOLD.scores(eval_prompts, base_samples.responses)
+    timings["base_policy"] = time.time() - t0
+
+    per_seed: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        t_seed = time.time()
+        sdir = out / f"seed_{seed}"
+        set_seed(seed)
+        # 1. feedback on base samples from two annotator groups
+        annotators = simulated_population(cfg, seed)
+        labels = annotators.label(collect_pairs(ref, tok, PROMPTS, cfg.pairs, cfg.max_new_tokens, seed))
+        heldout_pairs = collect_pairs(ref, tok, PROMPTS, cfg.heldout_pairs, cfg.max_new_tokens, seed + 500)
+        heldout = annotators.label(heldout_pairs)
+        by_group = annotators.label_by_all(heldout_pairs)
+        hard = [[1 if c.mu > 0.5 else -1 if c.mu < 0.5 else 0 for c in g] for g in by_group]
+        agreement = {
+            "careful_vs_flattered": agreement_rate(by_group[0], by_group[1]),
+            "cohen_kappa": cohen_kappa(hard[0], hard[1]),
+            "careful_vs_gold": gold_agreement(by_group[0], GOLD),
+            "flattered_vs_gold": gold_agreement(by_group[1], GOLD),
+            "pooled_vs_gold": gold_agreement(heldout, GOLD),
+        }
+        # 2. the proxy reward model
+        rm = fit_reward_model(base_dir, labels, sdir / "rm", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
+                              batch_size=32, seed=seed)
+        rm_eval = evaluate_reward(rm, heldout)
+        results: dict[str, dict[str, float]] = {"base": score_samples(base_samples, rm, base_gold, kl=0.0)}
+
+        # 3a. PPO at every leash of the sweep
+        betas = cfg.ppo_betas if (seed == cfg.seeds[0] or cfg.sweep_all_seeds) else [cfg.ppo_beta]
+        ppo_sweep = []
+        for beta in betas:
+            res = train_ppo(
+                PPOConfig(policy=str(base_dir), out=str(sdir / f"ppo_beta{beta:g}"), steps=cfg.ppo_steps,
+                          rollout_batch_size=cfg.ppo_batch_size, kl_coef=beta, lr=cfg.ppo_lr,
+                          max_new_tokens=cfg.max_new_tokens, seed=seed, tensorboard=False,
+                          save_checkpoints=False, save_model=False),
+                reward_fn=rm.score, prompts=PROMPTS)
+            pol = res.model.eval()
+            m = score_samples(sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=777),
+                              rm, base_gold)
+            ppo_sweep.append({"label": f"β={beta:g}", "beta": beta, **m})
+            if beta == cfg.ppo_beta:
+                results["ppo"] = m
+        # 3b. DPO on the labelled pairs (ties carry no preference to learn from)
+        res = train_dpo(DPOConfig(policy=str(base_dir), out=str(sdir / "dpo"), beta=cfg.dpo_beta, lr=cfg.dpo_lr,
+                                  epochs=cfg.dpo_epochs, batch_size=16, seed=seed, max_length=96,
+                                  tensorboard=False, save_checkpoints=False, save_model=False),
+                        records=[c for c in labels if c.mu != 0.5])
+        results["dpo"] = score_samples(
+            sample_for_eval(res.model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=777), rm, base_gold)
+        # 3c. best-of-n: the method's own samples, and the sweep from one pool
+        torch.manual_seed(seed)
+        bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
+        results["best_of_n"] = score_samples(
+            PolicySamples(eval_prompts, [r.strip() for r in bon.responses], []), rm, base_gold,
+            kl=best_of_n_kl(cfg.bon_n))
+        k = max(cfg.bon_sweep)
+        pool_prompts = [p for p in PROMPTS for _ in range(k)]
+        pool = sample_responses(ref, tok, pool_prompts, cfg.max_new_tokens, seed=seed * 31 + 7)
+        proxy = rm.score(pool_prompts, pool).reshape(len(PROMPTS), k).numpy()
+        gold = torch.tensor(GOLD.scores(pool_prompts, pool)).reshape(len(PROMPTS), k).numpy()
+        bon_sweep = [{"label": f"n={p['n']}", **p} for p in best_of_n_curve(proxy, gold, cfg.bon_sweep)]
+        # 5. query selection: labels needed for the same reward accuracy
+        al = _active_learning(cfg, pool_prompts, pool, seed)
+        per_seed.append({"seed": seed, "methods": results, "rm": rm_eval, "agreement": agreement,
+                         "sweep": {"ppo": ppo_sweep, "best_of_n": bon_sweep} if len(betas) > 1
+                         else {"best_of_n": bon_sweep}, "active_learning": al})
+        timings[f"seed_{seed}"] = time.time() - t_seed
+
+    # --- the iterated loop (per-round curves) --------------------------------------------
+    rounds: list[dict[str, Any]] = []
+    if cfg.loop_rounds > 0:
+        t_loop = time.time()
+        loop_cfg = LoopConfig(
+            out=str(out / "loop"), policy=str(base_dir), rounds=cfg.loop_rounds, method="ppo",
+            pairs_per_round=max(cfg.pairs // 2, 16), annotator_beta=cfg.annotator_beta,
+            annotator_noise=cfg.annotator_noise, tie_band=cfg.tie_band, biased_fraction=cfg.biased_fraction,
+            flattery_bias=cfg.flattery_bias, reward_epochs=cfg.reward_epochs, reward_lr=cfg.reward_lr,
+            ppo_steps=max(cfg.ppo_steps // 2, 1), ppo_kl_coef=cfg.ppo_beta, ppo_lr=cfg.ppo_lr,
+            ppo_batch_size=cfg.ppo_batch_size, max_new_tokens=cfg.max_new_tokens,
+            eval_samples_per_prompt=max(1, cfg.eval_samples_per_prompt // 2), heldout_pairs=cfg.heldout_pairs,
+            seed=cfg.seeds[0], resume=True,
+        )
+        rounds = run_loop(loop_cfg)["rounds"]
+        timings["loop"] = time.time() - t_loop
+
+    summary = _summarise(cfg, per_seed, rounds, divergence)
+    summary["timings_s"] = timings
+    summary["wall_s"] = time.time() - t0
+    _write_report(summary, out, print_table=print_table)
+    return summary
+
+
+def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
+    """Random vs disagreement queries on pairs of base samples (bag-of-words BT ensemble)."""
+    import random
+
+    from alignkit.feedback.query import BowRewardEnsemble, active_learning_curve
+    from alignkit.recipes.loop import simulated_population
+    from alignkit.tasks.assistant import GOLD
+
+    rng = random.Random(seed)
+    by_prompt: dict[str, list[str]] = {}
+    for p, r in zip(prompts, responses, strict=True):
+        by_prompt.setdefault(p, []).append(r)
+    keys = sorted(by_prompt)
+
+    def draw(n: int) -> list[tuple[str, str, str]]:
+        out = []
+        while len(out) < n:
+            p = rng.choice(keys)
+            a, b = rng.sample(by_prompt[p], 2)
+            if GOLD.score_one(a, p) != GOLD.score_one(b, p):
+                out.append((p, a, b))
+        return out
+
+    pool, test = draw(cfg.al_pool), draw(max(cfg.al_pool // 2, 20))
+    prefs = [1 if GOLD.score_one(a, p) > GOLD.score_one(b, p) else -1 for p, a, b in test]
+    texts = responses
+    curves = {}
+    for strategy in ("random", "disagreement"):
+        annot = simulated_population(cfg, seed + 100)  # same annotators for both strategies
+        curves[strategy] = [
+            {"n_labels": pt.n_labels, "accuracy": pt.accuracy}
+            for pt in active_learning_curve(
+                pool, annot.label, test, prefs, strategy=strategy,
+                make_ensemble=lambda: BowRewardEnsemble.from_texts(texts, n_members=5, seed=seed),
+                initial=cfg.al_batch, batch=cfg.al_batch, budget=cfg.al_budget, seed=seed)
+        ]
+    return curves
+
+
+def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dict[str, Any]], divergence) -> dict[str, Any]:
+    from alignkit.feedback.query import CurvePoint, labels_to_reach
+
+    methods = {}
+    for name in ("base", "ppo", "dpo", "best_of_n"):
+        methods[name] = {key: _mean_std([s["methods"][name][key] for s in per_seed])
+                         for key in ("gold", "proxy", "kl", "win_rate", "length")}
+    beats = {}
+    base_gold = [s["methods"]["base"]["gold"] for s in per_seed]
+    for name in ("ppo", "dpo", "best_of_n"):
+        gains = [s["methods"][name]["gold"] - b for s, b in zip(per_seed, base_gold, strict=True)]
+        spread = methods[name]["gold"]["std"]
+        margin = statistics.fmean(gains)
+        beats[name] = {"margin": margin, "spread": spread, "ok": bool(margin > spread)}
+    # the sweep: mean over the seeds that ran it
+    sweep: dict[str, list[dict[str, Any]]] = {}
+    for method in ("ppo", "best_of_n"):
+        runs = [s["sweep"][method] for s in per_seed if method in s["sweep"]]
+        if not runs:
+            continue
+        pts = []
+        for i, first in enumerate(runs[0]):
+            pt = {k: v for k, v in first.items() if not isinstance(v, float)}
+            for key in ("kl", "proxy", "gold", "win_rate", "length"):
+                if key in first:
+                    pt[key] = statistics.fmean(r[i][key] for r in runs)
+            pts.append(pt)
+        sweep[method] = pts
+    overopt = {m: divergence(pts) for m, pts in sweep.items()}
+    # active learning: labels to reach the accuracy both strategies reach
+    al_seeds = [s["active_learning"] for s in per_seed]
+    finals = [c[-1]["accuracy"] for a in al_seeds for c in a.values()]
+    target = round(min(finals) - 0.01, 3)
+    strategies = {}
+    for strategy in ("random", "disagreement"):
+        needed = [labels_to_reach([CurvePoint(**p) for p in a[strategy]], target) for a in al_seeds]
+        strategies[strategy] = {
+            "labels_needed": statistics.fmean(n for n in needed if n is not None) if any(needed) else None,
+            "labels_needed_per_seed": needed,
+            "final_accuracy": statistics.fmean(a[strategy][-1]["accuracy"] for a in al_seeds),
+            "curve": [{"n_labels": p["n_labels"],
+                       "accuracy": statistics.fmean(a[strategy][i]["accuracy"] for a in al_seeds)}
+                      for i, p in enumerate(al_seeds[0][strategy])],
+        }
+    rm = {
+        "model": "tiny GPT-2 backbone + linear head (alignkit.recipes.reward)",
+        "heldout_accuracy": statistics.fmean(s["rm"]["accuracy"] for s in per_seed),
+        "heldout_accuracy_per_seed": [s["rm"]["accuracy"] for s in per_seed],
+        "ece": statistics.fmean(s["rm"]["ece"] for s in per_seed),
+        "ece_per_seed": [s["rm"]["ece"] for s in per_seed],
+        "gold_accuracy": statistics.fmean(s["rm"]["gold_accuracy"] for s in per_seed),
+        "calibration_bins": per_seed[0]["rm"]["bins"],
+    }
+    agreement = {k: statistics.fmean(s["agreement"][k] for s in per_seed) for k in per_seed[0]["agreement"]}
+    return {
+        "task": "assistant (embedded; gold r_H = θ·φ(safety, efficiency, law, courtesy))",
+        "seeds": list(cfg.seeds),
+        "quick": cfg.quick,
+        "config": asdict(cfg),
+        "methods": methods,
+        "beats_base": beats,
+        "sweep": sweep,
+        "overoptimization": overopt,
+        "rounds": rounds,
+        "reward_model": rm,
+        "annotators": {"groups": ["careful", "flattered"], "beta": cfg.annotator_beta,
+                       "noise": cfg.annotator_noise, "biased_fraction": cfg.biased_fraction,
+                       "agreement": agreement},
+        "active_learning": {"target_accuracy": target, "model": "bag-of-words Bradley–Terry ensemble (5 members)",
+                            "strategies": strategies},
+        "per_seed": [{k: v for k, v in s.items() if k != "rm"} | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"}}
+                     for s in per_seed],
+    }
+
+
+def _write_report(summary: dict[str, Any], out: Path, *, print_table: bool) -> None:
+    from alignkit.report import plots
+    from alignkit.report.html import print_method_table, render_report
+
+    figs: dict[str, Path] = {}
+    if summary["sweep"]:
+        figs["Gold and proxy reward vs KL per method (KL leash sweep)"] = plots.plot_reward_vs_kl(
+            summary["sweep"], out / "reward_vs_kl.png")
+    figs["Gold reward by method"] = plots.plot_methods(summary["methods"], out / "methods.png")
+    if summary["rounds"]:
+        figs["Per-round curves of the iterated loop"] = plots.plot_rounds(summary["rounds"], out / "rounds.png")
+    rm = summary["reward_model"]
+    figs["Reward-model calibration"] = plots.plot_calibration(rm["calibration_bins"], rm["ece"], out / "calibration.png")
+    figs["Annotator agreement"] = plots.plot_agreement(summary["annotators"]["agreement"], out / "agreement.png")
+    al = summary["active_learning"]
+    figs["Labels needed: random vs disagreement"] = plots.plot_active_learning(
+        {k: v["curve"] for k, v in al["strategies"].items()}, al["target_accuracy"], out / "active_learning.png")
+    summary["plots"] = {caption: p.name for caption, p in figs.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    render_report(summary, figs, out / "report.html")
+    if print_table:
+        print_method_table(summary)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)

@@ -1,0 +1,147 @@
+"""The run report: one self-contained HTML file (PNGs embedded as data URIs) and the
+same method-comparison table in the terminal (rich).
+
+The HTML needs no network: no scripts, no CDN, inline CSS, images as base64 data URIs
+(the PNG files are also written next to it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+METHOD_COLUMNS = [
+    ("method", "method"),
+    ("gold", "gold reward"),
+    ("proxy", "proxy (RM) reward"),
+    ("kl", "KL to ref"),
+    ("win_rate", "win rate vs base (gold)"),
+    ("beats_base", "beats base by > spread"),
+]
+
+
+def _fmt(stat: Any) -> str:
+    if isinstance(stat, dict) and "mean" in stat:
+        return f"{stat['mean']:.3f} ± {stat.get('std', 0.0):.3f}"
+    if isinstance(stat, bool):
+        return "yes" if stat else "no"
+    if isinstance(stat, float):
+        return f"{stat:.3f}"
+    return "–" if stat is None else str(stat)
+
+
+def method_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The method-comparison table as strings, one row per method (base first)."""
+    rows = []
+    beats = summary.get("beats_base", {})
+    for name, m in summary["methods"].items():
+        verdict = beats.get(name, {}).get("ok") if name != "base" else None
+        rows.append([
+            name, _fmt(m["gold"]), _fmt(m["proxy"]), _fmt(m["kl"]), _fmt(m["win_rate"]),
+            "–" if verdict is None else _fmt(verdict),
+        ])
+    return rows
+
+
+def print_method_table(summary: dict[str, Any], console: Any = None) -> None:
+    """Print the method-comparison table with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    n_seeds = len(summary.get("seeds", [])) or 1
+    table = Table(title=f"alignkit demo — methods on the gold reward ({n_seeds} seed(s), mean ± std)")
+    for _, title in METHOD_COLUMNS:
+        table.add_column(title, justify="left" if title == "method" else "right")
+    for row in method_rows(summary):
+        table.add_row(*row)
+    (console or Console()).print(table)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f'<figure><img class="plot" alt="{html.escape(alt)}" data-file="{Path(path).name}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c) if not isinstance(c, str) else c)}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:4px 8px;font-size:.9em}
+th{background:#f3f3f3} td{text-align:right} td:first-child{text-align:left}
+figure{display:inline-block;margin:.5em} img.plot{max-width:100%;border:1px solid #eee}
+.ok{color:#2a7a2a;font-weight:bold} .bad{color:#b22;font-weight:bold} code{background:#f6f6f6;padding:1px 4px}
+"""
+
+
+def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Path) -> Path:
+    """Write ``out_path`` (report.html) from ``summary`` and the PNGs in ``plots``.
+
+    ``plots`` maps a caption to a PNG path. Sections: method table, KL sweep and its
+    over-optimisation verdict, per-round curves, reward model, annotators, active
+    learning, and the raw summary.
+    """
+    s = summary
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>alignkit report</title>"
+             f"<style>{CSS}</style></head><body>"]
+    parts.append("<h1>alignkit demo report</h1>")
+    parts.append(
+        f"<p>Task <code>{html.escape(str(s.get('task', '')))}</code>, seeds {s.get('seeds')}, "
+        f"wall time {s.get('wall_s', 0):.0f} s. Every number below is in <code>summary.json</code>.</p>"
+    )
+    parts.append("<h2>Methods</h2>")
+    parts.append(_table([t for _, t in METHOD_COLUMNS], method_rows(s), "method-table"))
+
+    if "sweep" in s:
+        parts.append("<h2>KL leash sweep (over-optimisation)</h2>")
+        for method, pts in s["sweep"].items():
+            rows = [[str(p["label"]), p["kl"], p["proxy"], p["gold"]] for p in pts]
+            parts.append(f"<h3>{html.escape(method)}</h3>")
+            parts.append(_table(["leash", "KL", "proxy", "gold"], rows, f"sweep-{method}"))
+            d = s.get("overoptimization", {}).get(method)
+            if d:
+                cls = "ok" if d["diverges"] else "bad"
+                parts.append(
+                    f"<p class='{cls}'>gold peaks at {html.escape(str(pts[d['peak_index']]['label']))} "
+                    f"(gold {d['peak_gold']:.3f}, proxy {d['peak_proxy']:.3f}); at the loosest leash "
+                    f"{html.escape(str(pts[d['loosest_index']]['label']))} proxy {d['loosest_proxy']:.3f}, "
+                    f"gold {d['loosest_gold']:.3f} — divergence: {'yes' if d['diverges'] else 'no'}</p>"
+                )
+    if "active_learning" in s:
+        al = s["active_learning"]
+        parts.append("<h2>Query selection: labels needed</h2>")
+        rows = [[k, str(v["labels_needed"]), v["final_accuracy"]] for k, v in al["strategies"].items()]
+        parts.append(f"<p>Target accuracy {al['target_accuracy']:.3f} on gold preferences "
+                     f"({html.escape(al.get('model', ''))}).</p>")
+        parts.append(_table(["strategy", "labels to reach target", "final accuracy"], rows, "active-learning"))
+    if "reward_model" in s:
+        rm = s["reward_model"]
+        parts.append("<h2>Reward model</h2>")
+        parts.append(_table(["model", "held-out accuracy", "ECE"],
+                            [[rm.get("model", "pooled"), rm["heldout_accuracy"], rm["ece"]]], "rm-table"))
+    if "annotators" in s:
+        parts.append("<h2>Annotators</h2>")
+        ag = s["annotators"].get("agreement", {})
+        parts.append(_table(["statistic", "value"], [[k, v] for k, v in ag.items()], "agreement-table"))
+    parts.append("<h2>Plots</h2>")
+    for caption, path in plots.items():
+        parts.append(_img(path, caption))
+    parts.append("<h2>summary.json</h2><details><summary>show</summary><pre>")
+    parts.append(html.escape(json.dumps(s, indent=1)[:200_000]))
+    parts.append("</pre></details></body></html>")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("".join(parts), encoding="utf-8")
+    return out_path

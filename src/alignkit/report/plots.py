@@ -1,0 +1,137 @@
+"""PNG plots for the run report (matplotlib, Agg backend: no display needed).
+
+Each function takes plain numbers out of ``summary.json`` and writes one PNG, returning
+its path. Nothing here trains or scores anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COLORS = {"ppo": "#1f77b4", "dpo": "#2ca02c", "best_of_n": "#d62728", "base": "#7f7f7f",
+          "random": "#7f7f7f", "disagreement": "#9467bd"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+    return path
+
+
+def plot_reward_vs_kl(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Gold (solid) and proxy (dashed) reward against KL to the reference, per method.
+
+    ``sweeps[method]`` = list of points with ``kl``, ``gold``, ``proxy`` and a ``label``
+    (the leash setting, e.g. β = 0.1 or n = 16). Proxy and gold live on different scales,
+    so each gets its own panel.
+    """
+    plt = _plt()
+    fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
+    for method, pts in sweeps.items():
+        pts = sorted(pts, key=lambda p: p["kl"])
+        kl = [p["kl"] for p in pts]
+        c = COLORS.get(method)
+        ax_g.plot(kl, [p["gold"] for p in pts], "o-", color=c, label=method)
+        ax_p.plot(kl, [p["proxy"] for p in pts], "s--", color=c, label=method)
+        for p in pts:
+            ax_g.annotate(str(p.get("label", "")), (p["kl"], p["gold"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    ax_g.set(title="Gold reward vs KL (peaks, then falls)", xlabel="KL(π ‖ π_ref) [nats]", ylabel="gold reward r_H")
+    ax_p.set(title="Proxy (reward-model) reward vs KL", xlabel="KL(π ‖ π_ref) [nats]", ylabel="proxy reward r̂")
+    for ax in (ax_g, ax_p):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_rounds(rounds: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Per-round curves of the iterated loop: gold, proxy, KL and RM accuracy."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    r = [x["round"] for x in rounds]
+    axes[0].plot(r, [x["gold"] for x in rounds], "o-", label="gold")
+    axes[0].plot(r, [x["proxy"] for x in rounds], "s--", label="proxy")
+    axes[0].set(title="Reward per round", xlabel="round")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(r, [x["kl"] for x in rounds], "o-", color="#ff7f0e")
+    axes[1].set(title="KL to the reference", xlabel="round")
+    axes[2].plot(r, [x["rm_accuracy"] for x in rounds], "o-", color="#2ca02c")
+    axes[2].set(title="RM held-out accuracy", xlabel="round", ylim=(0.4, 1.0))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_xticks(r)
+    return _save(fig, path)
+
+
+def plot_calibration(bins: Sequence[dict[str, Any]], ece: float, path: Path) -> Path:
+    """Reliability diagram: predicted P(a ≻ b) = σ(r̂_a − r̂_b) vs the empirical rate."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    full = [b for b in bins if b["count"] > 0]
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect")
+    ax.plot([b["confidence"] for b in full], [b["frequency"] for b in full], "o-", label="reward model")
+    for b in full:
+        ax.annotate(str(b["count"]), (b["confidence"], b["frequency"]), fontsize=6,
+                    textcoords="offset points", xytext=(3, -8))
+    ax.set(title=f"RM calibration (ECE = {ece:.3f})", xlabel="predicted P(a ≻ b)",
+           ylabel="empirical frequency a ≻ b", xlim=(0, 1), ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_agreement(agreement: dict[str, float], path: Path) -> Path:
+    """Bar chart of annotator agreement statistics (each in [0, 1] or κ in [−1, 1])."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    names = list(agreement)
+    ax.bar(range(len(names)), [agreement[n] for n in names], color="#9467bd")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    for i, n in enumerate(names):
+        ax.text(i, agreement[n] + 0.02, f"{agreement[n]:.2f}", ha="center", fontsize=8)
+    ax.set(title="Annotator agreement", ylim=(min(0.0, *agreement.values()), 1.1))
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_active_learning(curves: dict[str, Sequence[dict[str, Any]]], target: float, path: Path) -> Path:
+    """RM accuracy vs number of labels for each query-selection strategy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, pts in curves.items():
+        ax.plot([p["n_labels"] for p in pts], [p["accuracy"] for p in pts], "o-", ms=3,
+                color=COLORS.get(name), label=name)
+    ax.axhline(target, ls=":", color="black", label=f"target {target:.2f}")
+    ax.set(title="Labels needed: random vs disagreement queries", xlabel="labels",
+           ylabel="RM accuracy vs gold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_methods(methods: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Gold reward per method, mean ± seed-to-seed std."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    names = list(methods)
+    means = [methods[m]["gold"]["mean"] for m in names]
+    stds = [methods[m]["gold"]["std"] for m in names]
+    ax.bar(range(len(names)), means, yerr=stds, capsize=4,
+           color=[COLORS.get(m, "#8c564b") for m in names])
+    ax.set_xticks(range(len(names)), names)
+    ax.set(title="Gold reward by method (mean ± std over seeds)", ylabel="gold reward r_H")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
