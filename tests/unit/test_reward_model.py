@@ -123,3 +123,17 @@ def test_loading_errors_are_one_line_config_errors(tiny_lm_dir, tmp_path):
         load_reward_model(tiny_lm_dir)
     with pytest.raises(ConfigError, match="not found"):
         RewardModel.from_backbone(tmp_path / "missing")
+
+
+def test_fused_gelu_matches_gpt2_gelu_new(rm, tiny_lm_dir):
+    """The backbone swaps GPT-2's gelu_new for torch's fused tanh GELU: same function."""
+    from transformers import AutoModel
+
+    assert rm.backbone.config.activation_function == "gelu_pytorch_tanh"
+    reference = AutoModel.from_pretrained(tiny_lm_dir).eval()
+    assert reference.config.activation_function == "gelu_new"
+    batch = rm.collate(rm.encode(["Q: hello there"], [" general kenobi"]))
+    with torch.no_grad():
+        ours = rm.backbone(**batch).last_hidden_state
+        theirs = reference(**batch).last_hidden_state
+    assert torch.allclose(ours, theirs, atol=1e-5)

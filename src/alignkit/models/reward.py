@@ -209,7 +209,12 @@ class RewardModel(nn.Module):
                 backbone.config.pad_token_id = tokenizer.pad_token_id
             head, pooling = None, "seqcls"
         else:
-            backbone = AutoModel.from_pretrained(path)
+            fast = {}
+            if getattr(config, "activation_function", None) == "gelu_new":
+                # GPT-2's gelu_new is the tanh GELU written as 5 Python-level ops; torch's
+                # fused F.gelu(approximate="tanh") is the same function, one kernel
+                fast["activation_function"] = "gelu_pytorch_tanh"
+            backbone = AutoModel.from_pretrained(path, **fast)
             pooling = _auto_pooling(path, config) if pooling == "auto" else pooling
             hidden = backbone.config.hidden_size
             head = nn.Linear(hidden, 1)
