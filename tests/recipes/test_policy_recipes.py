@@ -260,3 +260,25 @@ def test_cli_sft_and_one_line_errors(tiny_lm_dir, tmp_path, capsys):
         main(["ppo", "--policy", str(tiny_lm_dir), "--prompts", str(data), "--set", "lrr=1"])
     assert e.value.code == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+def test_shared_prompt_logps_equal_full_sequences(tiny_lm_dir):
+    """Running the prompt once (KV cache shared by both completions) gives the same
+    log-probs and the same gradients as the full concatenated forward."""
+    from alignkit.models import load_tokenizer
+    from alignkit.recipes.dpo import collate_pairs, pair_logps, tokenize_pair
+
+    tok = load_tokenizer(tiny_lm_dir)
+    pairs = [tokenize_pair(tok, c.prompt, c.a, c.b, max_length=64) for c in COMPS]
+    pairs.append(tokenize_pair(tok, "", " empty prompt", " x", max_length=64))
+    results = []
+    for shared in (True, False):
+        model = load_causal_lm(tiny_lm_dir)
+        lp = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, shared=shared))
+        (lp * torch.linspace(-1, 1, len(lp))).sum().backward()
+        results.append((lp.detach(), model.transformer.h[0].attn.c_attn.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+    # truncation keeps the same prompt for both completions and respects max_length
+    long = tokenize_pair(tok, "Human: " * 40, " a b c d e f g", " h", max_length=24)
+    assert len(long.prompt) + len(long.chosen) <= 24 and long.rejected[-1] == tok.eos_token_id

@@ -56,6 +56,9 @@ class DPOConfig:
     """Gradient-norm clip (0 = off)."""
     use_chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template when it has one."""
+    share_prompt: bool = True
+    """Run each prompt once and let chosen and rejected attend to its KV cache (same
+    numbers, fewer FLOPs); off = one forward over full concatenated sequences."""
     lora: bool = False
     """Train LoRA adapters; the reference is then the same weights with adapters off."""
     lora_r: int = 8
@@ -92,6 +95,96 @@ class DPOResult:
     """The trained model object."""
 
 
+@dataclass
+class PairTokens:
+    """Token ids of one comparison: the shared prompt and the two completions (EOS-ended)."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int) -> PairTokens:
+    """Tokenise a comparison; too-long pairs keep the end of the prompt and the start of the
+    completions (the same prompt tokens for both). An empty prompt becomes a single EOS so
+    the first completion token has a context."""
+    eos = tokenizer.eos_token_id
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    c = tokenizer(chosen, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+    r = tokenizer(rejected, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+    longest = max(len(c), len(r))
+    if len(p) + longest > max_length:
+        keep = max(min(len(p), max_length - min(longest, max_length // 2)), 1)
+        p = p[len(p) - keep :]
+        c, r = c[: max_length - len(p)], r[: max_length - len(p)]
+    if not p:
+        p = [eos if eos is not None else tokenizer.pad_token_id]
+    return PairTokens(p, c, r)
+
+
+def collate_pairs(pairs: list[PairTokens], pad_id: int, *, shared: bool) -> dict:
+    """Tensors for :func:`pair_logps`.
+
+    ``shared=True``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
+    ``completion_ids``/``completion_mask`` ``(2B, C)`` right-padded, rows interleaved
+    (chosen_1, rejected_1, chosen_2, ...). ``shared=False``: full sequences ``(2B, T)``
+    right-padded, rows [chosen_1..B, rejected_1..B], as :func:`~alignkit.recipes._common.collate`.
+    """
+    from alignkit.recipes._common import Example, collate
+
+    if not shared:
+        seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
+        seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
+        return collate(seqs, pad_id)
+    import torch
+
+    b, p_len = len(pairs), max(len(x.prompt) for x in pairs)
+    comps = [c for x in pairs for c in (x.chosen, x.rejected)]
+    c_len = max(len(c) for c in comps)
+    prompt_ids = torch.full((b, p_len), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((b, p_len), dtype=torch.long)
+    for i, x in enumerate(pairs):
+        prompt_ids[i, p_len - len(x.prompt) :] = torch.tensor(x.prompt)
+        prompt_mask[i, p_len - len(x.prompt) :] = 1
+    completion_ids = torch.full((2 * b, c_len), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((2 * b, c_len), dtype=torch.long)
+    for i, c in enumerate(comps):
+        completion_ids[i, : len(c)] = torch.tensor(c)
+        completion_mask[i, : len(c)] = 1
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids, "completion_mask": completion_mask}
+
+
+def pair_logps(model, batch: dict):
+    """Sequence log-probs of the completions, ``(2B,)`` = [chosen_1..B, rejected_1..B].
+
+    With a shared-prompt batch the prompt runs once (its KV cache repeated for the two
+    completions), so prompt tokens cost one forward per pair instead of two; the result
+    equals :func:`alignkit.models.sequence_logps` on the full sequences (tested).
+    """
+    import torch
+
+    from alignkit.models import gather_token_logps, sequence_logps
+    from alignkit.models.logprobs import position_ids_from_mask
+
+    if "prompt_ids" not in batch:
+        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
+    pm, cm = batch["prompt_mask"], batch["completion_mask"]
+    # only the prompt's last position needs logits (it predicts the first completion token)
+    out = model(input_ids=batch["prompt_ids"], attention_mask=pm,
+                position_ids=position_ids_from_mask(pm), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(2)  # row i of the prompts serves completions 2i and 2i+1
+    pm2 = pm.repeat_interleave(2, dim=0)
+    positions = pm2.sum(1, keepdim=True) + torch.arange(cm.shape[1], device=cm.device)[None]
+    out_c = model(input_ids=batch["completion_ids"], attention_mask=torch.cat([pm2, cm], 1),
+                  position_ids=positions, past_key_values=cache, use_cache=False)
+    # the first completion token is predicted by the prompt's last position
+    logits = torch.cat([out.logits[:, -1:].repeat_interleave(2, dim=0), out_c.logits[:, :-1]], 1)
+    sums = (gather_token_logps(logits, batch["completion_ids"]) * cm).sum(1)
+    return torch.cat([sums[0::2], sums[1::2]])
+
+
 def load_comparisons(path: str):
     """Comparisons from any supported file; other record kinds are converted or dropped."""
     from alignkit.data import load_records, to_comparisons
@@ -118,11 +211,9 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         normalized_gradient_dpo_loss,
         per_example_grad_norms,
     )
-    from alignkit.models import sequence_logps
     from alignkit.recipes._common import (
         NullLogger,
         batches,
-        collate,
         disable_dropout,
         format_prompt,
         load_checkpoint,
@@ -132,7 +223,6 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         save_checkpoint,
         save_policy,
         scalars,
-        tokenize_example,
         write_json,
     )
     from alignkit.utils.metrics import MetricsLogger
@@ -153,20 +243,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
     disable_dropout(model)
-    chosen, rejected = [], []
-    for c in comps:
-        prompt = format_prompt(tok, c.prompt, cfg.use_chat_template)
-        chosen.append(tokenize_example(tok, prompt, c.a, cfg.max_length))
-        rejected.append(tokenize_example(tok, prompt, c.b, cfg.max_length))
+    pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, cfg.use_chat_template), c.a, c.b, cfg.max_length)
+             for c in comps]
     mu = torch.tensor([c.mu for c in comps])
 
     def pair_batch(idx):
-        """One right-padded batch: rows [chosen_idx..., rejected_idx...]."""
-        b = collate([chosen[i] for i in idx] + [rejected[i] for i in idx], tok.pad_token_id)
+        b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, shared=cfg.share_prompt)
         return {k: v.to(device) for k, v in b.items()}
-
-    def logps(m, b):
-        return sequence_logps(m, b["input_ids"], b["attention_mask"], b["completion_mask"]).sum
 
     t_start = time.perf_counter()
     # --- reference log-probs: once, up front (no second model copy) -------------------
@@ -175,8 +258,11 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         ref_logps = torch.zeros(2, len(comps))
         model.eval()
         with torch.inference_mode():
-            for idx in batches(len(comps), max(cfg.batch_size, 16), shuffle=False, seed=0):
-                s = logps(model, pair_batch(idx)).float().cpu()
+            # order does not matter here: batch pairs of similar length to waste less padding
+            by_len = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen))
+            size = max(cfg.batch_size, 16)
+            for idx in [by_len[i : i + size] for i in range(0, len(by_len), size)]:
+                s = pair_logps(model, pair_batch(idx)).float().cpu()
                 ref_logps[0, idx], ref_logps[1, idx] = s[: len(idx)], s[len(idx) :]
 
     steps_per_epoch = math.ceil(len(comps) / cfg.batch_size)
@@ -213,10 +299,10 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         idx = batches(len(comps), cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)[k]
         b = pair_batch(idx)
         n = len(idx)
-        policy_logps = logps(model, b)  # one forward for chosen and rejected
+        policy_logps = pair_logps(model, b)  # chosen and rejected in one pass
         if cfg.lora:
             with torch.inference_mode(), model.disable_adapter():
-                ref = logps(model, b).clone()
+                ref = pair_logps(model, b).clone()
             ref_c, ref_r = ref[:n], ref[n:]
         else:
             ref_c, ref_r = ref_logps[0, idx].to(device), ref_logps[1, idx].to(device)
