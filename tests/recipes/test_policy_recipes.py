@@ -282,3 +282,16 @@ def test_shared_prompt_logps_equal_full_sequences(tiny_lm_dir):
     # truncation keeps the same prompt for both completions and respects max_length
     long = tokenize_pair(tok, "Human: " * 40, " a b c d e f g", " h", max_length=24)
     assert len(long.prompt) + len(long.chosen) <= 24 and long.rejected[-1] == tok.eos_token_id
+
+
+def test_ppo_single_pass_is_on_policy(tiny_lm_dir):
+    """With 1 epoch × 1 minibatch the rollout forward doubles as the update forward: the
+    ratio is exactly 1 and nothing is clipped."""
+    from alignkit.recipes.ppo import PPOConfig, train_ppo
+
+    cfg = PPOConfig(policy=str(tiny_lm_dir), out="", steps=2, rollout_batch_size=4, max_new_tokens=6,
+                    lr=1e-3, ppo_epochs=1, num_minibatches=1, save_model=False, save_checkpoints=False)
+    res = train_ppo(cfg, reward_fn=length_reward, prompts=PROMPTS)
+    for h in res.history:
+        assert h["diag/ratio"] == pytest.approx(1.0, abs=1e-6)
+        assert h["diag/clipfrac"] == 0.0 and math.isfinite(h["loss/policy"])

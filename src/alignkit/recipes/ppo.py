@@ -241,15 +241,21 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         scores = scores.reshape(-1).to(device)
 
         # --- 3. evaluate: old log-probs, values, reference log-probs ------------------
-        with torch.inference_mode():
+        # With a single update pass over the whole batch (A2C, or PPO with 1 epoch × 1
+        # minibatch) the rollout policy *is* the policy being updated, so its forward pass
+        # (with grad) doubles as the "old" evaluation: one policy forward per step, not two.
+        single_pass = epochs == 1 and minibatches == 1
+        model.train()
+        with torch.set_grad_enabled(single_pass):
             old = policy_forward(model, value_head, ids, attn, comp, temperature=cfg.temperature,
                                  with_entropy=True)
+        with torch.inference_mode():
             if ref_model is None:
                 with model.disable_adapter():
                     ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature)
             else:
                 ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature)
-        old_logps, old_values = old.logps[:, P:].clone(), old.values[:, P:].clone()
+        old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
         ref_logps = ref.logps[:, P:].clone()
 
         # --- 4. advantages -------------------------------------------------------------
@@ -260,13 +266,16 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             advantages = whiten(advantages, mask)
 
         # --- 5. update -----------------------------------------------------------------
-        model.train()
         stats: dict[str, list[float]] = {}
         n = ids.shape[0]
         for _epoch in range(epochs):
-            perm = torch.randperm(n)
+            perm = torch.arange(n) if single_pass else torch.randperm(n)
             for mb in perm.chunk(minibatches):
-                new = policy_forward(model, value_head, ids[mb], attn[mb], comp[mb], temperature=cfg.temperature)
+                if single_pass:
+                    new = old
+                else:
+                    new = policy_forward(model, value_head, ids[mb], attn[mb], comp[mb],
+                                         temperature=cfg.temperature)
                 logps, values = new.logps[:, P:], new.values[:, P:]
                 if cfg.algo == "ppo":
                     pg_loss, pg_m = ppo_policy_loss(logps, old_logps[mb], advantages[mb], mask[mb], cfg.clip_eps)
