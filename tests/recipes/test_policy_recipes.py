@@ -188,14 +188,19 @@ def test_ppo_runs_and_reloads(tiny_lm_dir, tmp_path, algo, lora, adaptive):
     assert len(read_metrics(res.out_dir / "metrics.jsonl")) == 2
 
 
-def test_ppo_resume(tiny_lm_dir, tmp_path):
+def test_ppo_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
     from alignkit.recipes.ppo import PPOConfig, train_ppo
 
-    common = dict(policy=str(tiny_lm_dir), out=str(tmp_path / "r"), rollout_batch_size=2, ppo_epochs=1,
-                  max_new_tokens=4, lr=1e-3, tensorboard=False)
-    train_ppo(PPOConfig(steps=1, **common), reward_fn=length_reward, prompts=PROMPTS)
-    res = train_ppo(PPOConfig(steps=2, resume=True, **common), reward_fn=length_reward, prompts=PROMPTS)
+    common = dict(policy=str(tiny_lm_dir), rollout_batch_size=3, ppo_epochs=1, max_new_tokens=4,
+                  lr=1e-3, tensorboard=False)
+    full = train_ppo(PPOConfig(out=str(tmp_path / "full"), steps=2, **common),
+                     reward_fn=length_reward, prompts=PROMPTS)
+    train_ppo(PPOConfig(out=str(tmp_path / "r"), steps=1, **common), reward_fn=length_reward, prompts=PROMPTS)
+    res = train_ppo(PPOConfig(out=str(tmp_path / "r"), steps=2, resume=True, **common),
+                    reward_fn=length_reward, prompts=PROMPTS)
     assert res.metrics["steps"] == 2 and len(res.history) == 1
+    assert res.metrics["reward/score"] == pytest.approx(full.metrics["reward/score"])
+    assert _same_weights(res.model, full.model)
 
 
 def test_ppo_bad_algo(tiny_lm_dir):

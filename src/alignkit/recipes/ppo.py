@@ -196,6 +196,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     clip_v = cfg.clip_eps_value if (cfg.algo == "ppo" and cfg.clip_eps_value > 0) else None
 
     step = 0
+    rng = random.Random(cfg.seed)  # prompt order: shuffled passes over the prompts
+    prompt_rng_state, order = rng.getstate(), []
     ckpt_path = out / "checkpoint.pt"
     if cfg.resume and (state := load_checkpoint(ckpt_path)) is not None:
         model.load_state_dict(state["model"])
@@ -203,17 +205,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         opt.load_state_dict(state["optimizer"])
         kl_ctl.value = state["kl_coef"]
         step = state["step"]
+        prompt_rng_state, order = state["prompt_rng"], state["prompt_order"]
     logger = NullLogger()
     if cfg.out:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "alignkit_config.json", vars(cfg))
         logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
+    rng.setstate(prompt_rng_state)
 
     def checkpoint():
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "value_head": value_head.state_dict(),
-                                    "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step})
+                                    "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step,
+                                    "prompt_rng": rng.getstate(), "prompt_order": order})
 
     history: list[dict[str, float]] = []
     for _ in track(range(step, cfg.steps), cfg.algo, total=cfg.steps - step):
