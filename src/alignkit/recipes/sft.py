@@ -63,6 +63,8 @@ class SFTConfig:
     """Write checkpoint.pt every this many steps (0 = only at the end)."""
     save_checkpoints: bool = True
     """Write checkpoint.pt at all (off for quick in-memory runs)."""
+    save_model: bool = True
+    """save_pretrained the final model into ``out`` (``out=""`` writes nothing at all)."""
     resume: bool = False
     """Continue from ``out/checkpoint.pt`` when it exists."""
     tensorboard: bool = True
@@ -161,6 +163,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
 
     from alignkit.models import sequence_logps
     from alignkit.recipes._common import (
+        NullLogger,
         batches,
         collate,
         format_prompt,
@@ -209,9 +212,15 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "alignkit_config.json", vars(cfg))
-    logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+    logger = NullLogger()
+    if cfg.out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "alignkit_config.json", vars(cfg))
+        logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "step": step})
 
     def micro_batch(idx):
         if packed is None:
@@ -225,9 +234,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     # --- loop -------------------------------------------------------------------------
     model.train()
     metrics: dict[str, float] = {}
-    progress = track(range(step, total_steps), "sft", total=total_steps - step)
-    it = iter(progress)
-    while step < total_steps:
+    for _ in track(range(step, total_steps), "sft", total=total_steps - step):
         epoch, k = divmod(step, steps_per_epoch)
         order = batches(n_items, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
         group = [micro_batch(i) for i in order[k * cfg.grad_accum : (k + 1) * cfg.grad_accum]]
@@ -246,21 +253,19 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        next(it, None)
         metrics = scalars({"loss/sft": total_nll, "diag/perplexity": math.exp(min(total_nll, 50.0)),
                            "diag/grad_norm": grad_norm, "diag/tokens": n_tokens, "diag/lr": sched.get_last_lr()[0]})
         if not math.isfinite(total_nll):
             raise FloatingPointError(f"SFT loss became {total_nll} at step {step}; lower lr")
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(metrics, step)
-        if cfg.save_checkpoints and cfg.save_every > 0 and step % cfg.save_every == 0:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                        "scheduler": sched.state_dict(), "step": step})
+        if cfg.save_checkpoints and cfg.out and cfg.save_every > 0 and step % cfg.save_every == 0:
+            checkpoint()
 
     # --- save -------------------------------------------------------------------------
-    if cfg.save_checkpoints:
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "step": step})
+    if cfg.save_checkpoints and cfg.out:
+        checkpoint()
     logger.close()
-    save_policy(model, tok, out)
+    if cfg.save_model and cfg.out:
+        save_policy(model, tok, out)
     return SFTResult(out_dir=out, metrics={**metrics, "steps": float(step)}, model=model)
