@@ -300,3 +300,18 @@ def test_ppo_single_pass_is_on_policy(tiny_lm_dir):
     for h in res.history:
         assert h["diag/ratio"] == pytest.approx(1.0, abs=1e-6)
         assert h["diag/clipfrac"] == 0.0 and math.isfinite(h["loss/policy"])
+
+
+def test_fused_gelu_gives_the_same_logps(tiny_lm_dir):
+    from alignkit.models import sequence_logps
+    from alignkit.recipes._common import load_policy
+
+    stock = load_causal_lm(tiny_lm_dir)
+    fused, _ = load_policy(str(tiny_lm_dir), lora=False, lora_r=8, lora_alpha=16, lora_targets=None, device="cpu")
+    assert stock.config.activation_function == "gelu_new"
+    assert fused.config.activation_function == "gelu_pytorch_tanh"
+    ids = torch.randint(0, 500, (2, 12))
+    mask = torch.ones_like(ids)
+    a = sequence_logps(stock, ids, mask, mask).token
+    b = sequence_logps(fused, ids, mask, mask).token
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -136,8 +136,24 @@ def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_tar
 
     spec = LoraSpec(r=lora_r, alpha=lora_alpha, target_modules=lora_targets or None) if lora else None
     model = load_causal_lm(path, lora=spec).to(device)
+    use_fused_gelu(model)
     tokenizer = load_tokenizer(path)
     return model, tokenizer
+
+
+def use_fused_gelu(model) -> None:
+    """Swap GPT-2's ``gelu_new`` (the tanh GELU written as five Python-level tensor ops)
+    for torch's fused ``F.gelu(approximate="tanh")``: the same function in one kernel.
+    The config is updated too, so a saved model loads with the fused version."""
+    config = getattr(model, "config", None)
+    if getattr(config, "activation_function", None) != "gelu_new":
+        return
+    from transformers.activations import ACT2FN
+
+    for module in model.modules():
+        if type(getattr(module, "act", None)).__name__ == "NewGELUActivation":
+            module.act = ACT2FN["gelu_pytorch_tanh"]
+    config.activation_function = "gelu_pytorch_tanh"
 
 
 def disable_dropout(model) -> None:
@@ -165,6 +181,14 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike, *, merge_lora: boo
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def adamw(params, lr: float, weight_decay: float = 0.0, eps: float = 1e-8):
+    """AdamW with torch's fused kernel (one kernel per step for all parameters) when the
+    parameters live on CPU or CUDA; the plain implementation otherwise."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

@@ -213,6 +213,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     )
     from alignkit.recipes._common import (
         NullLogger,
+        adamw,
         batches,
         disable_dropout,
         format_prompt,
@@ -270,7 +271,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = adamw(params, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     step = 0
     ckpt_path = out / "checkpoint.pt"

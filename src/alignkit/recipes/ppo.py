@@ -148,6 +148,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     from alignkit.models.value import ValueHead, policy_forward
     from alignkit.recipes._common import (
         NullLogger,
+        adamw,
         disable_dropout,
         format_prompt,
         load_checkpoint,
@@ -188,7 +189,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     value_head = ValueHead.for_model(model).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, eps=1e-6)
+    opt = adamw(params, cfg.lr, eps=1e-6)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     text_prompts = [format_prompt(tok, p, cfg.use_chat_template) for p in prompts]

@@ -164,6 +164,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     from alignkit.models import sequence_logps
     from alignkit.recipes._common import (
         NullLogger,
+        adamw,
         batches,
         collate,
         format_prompt,
@@ -202,7 +203,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps) if cfg.epochs > 0 else cfg.max_steps
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
 
     step = 0
