@@ -35,13 +35,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # INTEGRATION: removed once every group exists
-            if e.name != name:
-                raise
-            continue
-        module.register(app)
+        importlib.import_module(name).register(app)
     return app
 
 
