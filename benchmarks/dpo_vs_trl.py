@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# One intra-op thread for both sides: on a shared, oversubscribed 2-core machine, 2 OpenMP
+# threads per process mostly wait on each other at every op's barrier, which adds noise
+# unrelated to either implementation. Override with ALIGNKIT_BENCH_THREADS.
+THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
 SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6)}
 WORDS = ("the a quick brown fox jumps over lazy dog please help me write short polite reply to my "
          "neighbour thank you for asking here is safe and helpful answer bake bread mix flour water "
@@ -52,6 +56,9 @@ def peak_rss_mb() -> float:
 def worker(impl: str, model_dir: str, n_pairs: int) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
+    import torch
+
+    torch.set_num_threads(THREADS)
     rows = make_rows(n_pairs)
     if impl == "alignkit":
         sys.path.insert(0, str(ROOT.parent / "src"))
@@ -132,7 +139,7 @@ def main() -> None:
     import torch
     import trl
 
-    meta = {"torch": torch.__version__, "trl": trl.__version__, "threads": torch.get_num_threads(),
+    meta = {"torch": torch.__version__, "trl": trl.__version__, "threads": THREADS,
             "repeats": repeats, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
