@@ -1,0 +1,188 @@
+"""Reward-model training throughput and peak memory: alignkit ``train_reward`` vs TRL
+``RewardTrainer``.
+
+Workload (identical for both; every pair fits in max length 128, so TRL, which drops
+longer pairs, and alignkit, which truncates them, train on the same pairs): GPT-2 configs "tiny" (2 layers, 64 wide) and "small"
+(6 layers, 384 wide) built offline with the same byte-level BPE tokenizer; the same
+synthetic prompt/chosen/rejected pairs; batch 8 pairs; max length 128; lr 5e-5; one
+epoch; CPU, one thread per worker by default (``--threads``); dropout off in both (TRL's default ``disable_dropout=True``, ours
+``disable_dropout=True``). Each measurement runs in its own subprocess so its peak RSS is
+its own; repeats interleave (ours, TRL, ours, TRL, ...) and medians are reported.
+
+Timed: the optimisation steps only. alignkit reports ``perf/train_pairs_per_s`` (its
+step loop, no evaluation or saving); for TRL we time ``trainer.train()`` with saving
+and logging off. Model loading and tokenisation are outside both timers. alignkit
+uses its defaults, which include ``group_by_length=True`` (less padding); TRL runs with
+its defaults (``group_by_length=False``). Pass ``--no-group-by-length`` to measure
+alignkit without it.
+
+    .venv/bin/python benchmarks/reward_vs_trl.py           # 3 repeats, both sizes
+    .venv/bin/python benchmarks/reward_vs_trl.py --quick   # 1 repeat, tiny only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=6, n_embd=384, n_head=6)}
+PAIRS = {"tiny": 384, "small": 96}
+VOCAB = (
+    "please help me write a short polite reply to my neighbour about the noisy party last night "
+    "thank you for asking here is a safe and helpful answer with three steps first second third "
+    "bread needs flour water yeast salt and time the capital of france is paris of course"
+).split()
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(VOCAB) for _ in range(rng.randint(lo, hi)))
+
+    return [
+        {
+            "prompt": f"Human: {words(4, 18)}\n\nAssistant:",
+            "chosen": " " + words(3, 22),
+            "rejected": " " + words(3, 22),
+        }
+        for _ in range(n)
+    ]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool) -> tuple[float, int]:
+    from alignkit.data import Comparison
+    from alignkit.recipes.reward import RewardConfig, train_reward
+
+    records = [Comparison(prompt=r["prompt"], a=r["chosen"], b=r["rejected"]) for r in rows]
+    with tempfile.TemporaryDirectory() as out:
+        cfg = RewardConfig(
+            model=model_dir, out=out, epochs=1, lr=5e-5, batch_size=8, max_length=128,
+            eval_fraction=0.0, tensorboard=False, group_by_length=group_by_length,
+        )
+        metrics = train_reward(cfg, records).metrics
+        return metrics["perf/train_pairs_per_s"], metrics["data/train_pairs"]
+
+
+def run_trl(model_dir: str, rows: list[dict]) -> tuple[float, int]:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with tempfile.TemporaryDirectory() as out:
+        args = RewardConfig(
+            output_dir=out, per_device_train_batch_size=8, max_length=128, learning_rate=5e-5,
+            num_train_epochs=1, report_to=[], save_strategy="no", logging_steps=10_000,
+            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+        )
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
+        # TRL drops pairs longer than max_length (we truncate); count what it trained on
+        trained = len(trainer.train_dataset)
+        start = time.perf_counter()
+        trainer.train()
+        return trained / (time.perf_counter() - start), trained
+
+
+def worker(impl: str, model_dir: str, n_pairs: int, group_by_length: bool) -> dict:
+    rows = synthetic_rows(n_pairs)
+    if impl == "alignkit":
+        pairs_per_s, trained = run_alignkit(model_dir, rows, group_by_length)
+    else:
+        pairs_per_s, trained = run_trl(model_dir, rows)
+    return {"pairs_per_s": pairs_per_s, "peak_rss_mb": _peak_rss_mb(), "pairs_trained": trained}
+
+
+def measure(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs)]
+    if not group_by_length:
+        cmd.append("--no-group-by-length")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNKIT_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{impl} worker failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only, 64 pairs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    ap.add_argument(
+        "--threads", type=int, default=1,
+        help="OMP threads per worker (default 1: on a shared, loaded machine multi-threaded "
+        "BLAS spin-waits and the numbers become noise); 0 = torch's default",
+    )
+    ap.add_argument("--out", default=str(HERE / "results" / "reward_vs_trl.json"))
+    ap.add_argument("--worker", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.pairs, args.group_by_length)))
+        return
+
+    from alignkit.models import make_tiny_lm_dir
+
+    sizes = ["tiny"] if args.quick else list(SIZES)
+    repeats = 1 if args.quick else args.repeats
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            model_dir = str(make_tiny_lm_dir(Path(tmp) / size, **SIZES[size]))
+            n_pairs = 64 if args.quick else PAIRS[size]
+            runs: dict[str, list[dict]] = {"alignkit": [], "trl": []}
+            for rep in range(repeats):
+                for impl in ("alignkit", "trl"):  # interleaved: both see the same machine load
+                    runs[impl].append(measure(impl, model_dir, n_pairs, args.group_by_length, args.threads))
+                    print(size, rep, impl, runs[impl][-1], flush=True)
+            median = {
+                impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()
+            }
+            results[size] = {
+                "config": {**SIZES[size], "pairs": n_pairs, "batch_size": 8, "max_length": 128},
+                "median": median,
+                "runs": runs,
+                "speedup": median["alignkit"]["pairs_per_s"] / median["trl"]["pairs_per_s"],
+                "rss_ratio": median["alignkit"]["peak_rss_mb"] / median["trl"]["peak_rss_mb"],
+            }
+            print(size, "speedup", round(results[size]["speedup"], 2),
+                  "rss ratio", round(results[size]["rss_ratio"], 2), flush=True)
+
+    import torch
+    import trl
+
+    meta = {
+        "torch": torch.__version__, "trl": trl.__version__, "threads_per_worker": args.threads or torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "repeats": repeats,
+        "alignkit_group_by_length": args.group_by_length, "target": "speedup >= 1.5, rss_ratio <= 1",
+    }
+    summary = {s: {"speedup": r["speedup"], "rss_ratio": r["rss_ratio"]} for s, r in results.items()}
+    if not args.quick:
+        Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
