@@ -252,10 +252,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, shared=cfg.share_prompt)
         return {k: v.to(device) for k, v in b.items()}
 
+    ckpt_path = out / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path) if cfg.resume else None
+
     t_start = time.perf_counter()
     # --- reference log-probs: once, up front (no second model copy) -------------------
-    ref_logps = None
-    if not cfg.lora:
+    ref_logps = state["ref_logps"] if state is not None else None
+    if not cfg.lora and ref_logps is None:
         ref_logps = torch.zeros(2, len(comps))
         model.eval()
         with torch.inference_mode():
@@ -274,13 +277,11 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     opt = adamw(params, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     step = 0
-    ckpt_path = out / "checkpoint.pt"
-    if cfg.resume and (state := load_checkpoint(ckpt_path)) is not None:
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
-        ref_logps = state.get("ref_logps", ref_logps)
     logger = NullLogger()
     if cfg.out:
         out.mkdir(parents=True, exist_ok=True)
