@@ -3,6 +3,7 @@ epoch, resumes exactly, trains ensembles and per-group models, fails cleanly on 
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,20 @@ def test_length_grouped_batches_cover_every_pair_once():
 
     assert padding(_epoch_batches(lengths, 8, 3, True)) < 0.5 * padding(_epoch_batches(lengths, 8, 3, False))
     assert _epoch_batches(lengths, 8, 3, True) == _epoch_batches(lengths, 8, 3, True)  # seeded
+
+
+HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HH.exists(), reason="needs ../shared/data/hh_harmless_dev.jsonl.gz")
+def test_hh_harmless_minilm_beats_baselines(tmp_path):
+    """The documented HH run (docs/reward.md): ~1 hour on 2 CPU cores."""
+    cfg = RewardConfig(
+        model="minilm", data=str(HH), out=str(tmp_path / "rm"), epochs=2, lr=3e-5, batch_size=16,
+        max_length=256, eval_fraction=0.15, seed=0, group_by_length=False, tensorboard=False,
+    )
+    m = train_reward(cfg).metrics
+    assert m["eval/accuracy"] >= 0.62
+    assert m["eval/accuracy"] > m["baseline/longer_wins_accuracy"] + 0.05
+    assert m["eval/accuracy"] > m["baseline/untrained_accuracy"] + 0.05

@@ -137,3 +137,26 @@ def test_fused_gelu_matches_gpt2_gelu_new(rm, tiny_lm_dir):
         ours = rm.backbone(**batch).last_hidden_state
         theirs = reference(**batch).last_hidden_state
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_shared_prompt_pass_equals_two_full_passes(tiny_lm_dir):
+    """Rewards and gradients from one prompt pass + KV cache reused for a and b equal
+    those of scoring prompt+a and prompt+b in full (when nothing is truncated)."""
+    rm = RewardModel.from_backbone(tiny_lm_dir, max_length=128, seed=0)
+    assert rm.can_share_prompt
+    prompts = ["Human: hello there friend\n\nAssistant:", "Q:"]
+    a, b = [" hi", " the capital of France is Paris"], [" go away now please", " no"]
+    r_a, r_b = rm.forward_comparisons(rm.encode_comparisons(prompts, a, b))
+    (r_a - 2 * r_b).sum().backward()
+    shared_grads = {n: p.grad.clone() for n, p in rm.named_parameters() if p.grad is not None}
+    rm.zero_grad()
+    full = rm(**rm.collate(rm.encode(prompts + prompts, a + b)))
+    (full[:2] - 2 * full[2:]).sum().backward()
+    assert torch.allclose(torch.cat([r_a, r_b]), full, atol=1e-5)
+    for n, p in rm.named_parameters():
+        assert torch.allclose(shared_grads[n], p.grad, atol=1e-5), n
+
+
+def test_encoders_do_not_share_prompts():
+    rm = RewardModel.from_backbone("minilm", max_length=64)
+    assert rm.pooling == "mean" and not rm.can_share_prompt

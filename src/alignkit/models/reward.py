@@ -76,6 +76,15 @@ class EncodedPair:
     type_ids: list[int]
 
 
+@dataclass
+class SharedPromptPair:
+    """Token ids of one comparison for a decoder: the prompt once, both responses."""
+
+    prompt: list[int]
+    a: list[int]
+    b: list[int]
+
+
 def _plain_backend(tokenizer):
     """A copy of the fast tokenizer's backend with padding and truncation switched off
     (some saved tokenizers, all-MiniLM's included, pad every encoding to 128)."""
@@ -245,6 +254,74 @@ class RewardModel(nn.Module):
         batch = collate(pairs, self.tokenizer.pad_token_id, with_type_ids=self.with_type_ids)
         device = next(self.parameters()).device
         return {k: v.to(device) for k, v in batch.items()}
+
+    # -- comparisons with the prompt computed once (decoders) -------------------------
+    @property
+    def can_share_prompt(self) -> bool:
+        """True for decoders scored at the last token whose tokenizer adds no special
+        tokens: r̂(p, a) and r̂(p, b) can then share one pass over the prompt (causal
+        attention makes the prompt's hidden states independent of what follows)."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        return (
+            self.head is not None
+            and self.pooling == "last"
+            and not self.with_type_ids
+            and self.tokenizer.num_special_tokens_to_add(pair=True) == 0
+            and self.backbone.config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
+
+    def encode_comparisons(self, prompts: list[str], a: list[str], b: list[str]) -> list[SharedPromptPair]:
+        """Like :meth:`encode` for both responses, but with one copy of the prompt, cut
+        from the left so that it fits next to the *longer* response."""
+        p_enc = self._backend.encode_batch(list(prompts), add_special_tokens=False)
+        a_enc = self._backend.encode_batch(list(a), add_special_tokens=False)
+        b_enc = self._backend.encode_batch(list(b), add_special_tokens=False)
+        out = []
+        for p, x, y in zip(p_enc, a_enc, b_enc, strict=True):
+            xa, yb = x.ids[: self.max_length], y.ids[: self.max_length]
+            room = self.max_length - max(len(xa), len(yb))
+            out.append(SharedPromptPair(p.ids[len(p.ids) - room :] if room > 0 else [], xa, yb))
+        return out
+
+    def forward_comparisons(self, pairs: list[SharedPromptPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards ``(B,)`` of every a and b: one pass over the left-padded prompts with a
+        KV cache, repeated for the two responses, then one pass over the 2B right-padded
+        responses. Every prompt and response must have at least one token."""
+        device = next(self.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        n, lp = len(pairs), max(len(x.prompt) for x in pairs)
+        lr = max(max(len(x.a), len(x.b)) for x in pairs)
+        p_ids = torch.full((n, lp), pad, dtype=torch.long)
+        p_mask = torch.zeros((n, lp), dtype=torch.long)
+        r_ids = torch.full((2 * n, lr), pad, dtype=torch.long)
+        r_mask = torch.zeros((2 * n, lr), dtype=torch.long)
+        for i, x in enumerate(pairs):
+            if x.prompt:
+                p_ids[i, lp - len(x.prompt) :] = torch.tensor(x.prompt)
+                p_mask[i, lp - len(x.prompt) :] = 1
+            for j, resp in ((2 * i, x.a), (2 * i + 1, x.b)):  # rows a0, b0, a1, b1, ...
+                r_ids[j, : len(resp)] = torch.tensor(resp)
+                r_mask[j, : len(resp)] = 1
+        p_ids, p_mask, r_ids, r_mask = (t.to(device) for t in (p_ids, p_mask, r_ids, r_mask))
+        prompt_out = self.backbone(
+            input_ids=p_ids,
+            attention_mask=p_mask,
+            position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+        cache = prompt_out.past_key_values
+        cache.batch_repeat_interleave(2)
+        lengths = p_mask.sum(1).repeat_interleave(2)
+        hidden = self.backbone(
+            input_ids=r_ids,
+            attention_mask=torch.cat([p_mask.repeat_interleave(2, 0), r_mask], 1),
+            position_ids=lengths[:, None] + torch.arange(lr, device=device),
+            past_key_values=cache,
+            use_cache=False,
+        ).last_hidden_state
+        rewards = self.head(_pool(hidden, r_mask, "last")).squeeze(-1).float()
+        return rewards[0::2], rewards[1::2]
 
     def score_encoded(self, pairs: list[EncodedPair], batch_size: int = 32) -> torch.Tensor:
         """Rewards ``(N,)`` for pre-tokenised texts; batches are formed by length so little

@@ -8,8 +8,10 @@ prompt → for each ensemble member: build r̂_θ on the backbone, minimise the
 Bradley–Terry loss (plus optional centring), evaluate every epoch, keep the best epoch
 (lowest held-out log-loss) → save a ``load_reward_model`` directory. With ``per_group``
 one model per annotator group is trained next to the pooled one and a disagreement table
-is written. Speed: a and b go through the backbone in one forward pass of 2B rows, padded
-to the batch's longest sequence; evaluation runs under ``torch.inference_mode``.
+is written. Speed: for decoders the prompt goes through the backbone once per comparison and its
+KV cache serves both responses; otherwise a and b go through in one forward pass of 2B
+rows. Batches group pairs of similar length and pad to their longest sequence, and
+evaluation runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class RewardConfig:
     group_by_length: bool = True
     """Batch pairs of similar length together (sorted within shuffled windows of 50
     batches, batch order shuffled) so little compute goes to padding."""
+    share_prompt: bool = True
+    """Decoders: compute each comparison's prompt once and reuse its KV cache for both
+    responses (falls back to two full passes for encoders or empty prompts/responses)."""
     disable_dropout: bool = True
     """Switch dropout off while training (rewards should not be noisy functions)."""
     ratings_to_pairs: bool = False
@@ -203,10 +208,18 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
                 m.p = 0.0
 
     # tokenise everything once; batches only pad and stack
-    enc_a = model.encode([p.prompt for p in train], [p.a for p in train])
-    enc_b = model.encode([p.prompt for p in train], [p.b for p in train])
+    prompts, texts_a, texts_b = [p.prompt for p in train], [p.a for p in train], [p.b for p in train]
     mu = torch.tensor([p.mu for p in train])
-    lengths = [max(len(x.ids), len(y.ids)) for x, y in zip(enc_a, enc_b, strict=True)]
+    shared = None
+    if cfg.share_prompt and model.can_share_prompt:
+        shared = model.encode_comparisons(prompts, texts_a, texts_b)
+        if not all(x.prompt and x.a and x.b for x in shared):
+            shared = None
+    if shared is not None:
+        lengths = [len(x.prompt) + max(len(x.a), len(x.b)) for x in shared]
+    else:
+        enc_a, enc_b = model.encode(prompts, texts_a), model.encode(prompts, texts_b)
+        lengths = [max(len(x.ids), len(y.ids)) for x, y in zip(enc_a, enc_b, strict=True)]
     ev_a = model.encode([p.prompt for p in evals], [p.a for p in evals])
     ev_b = model.encode([p.prompt for p in evals], [p.b for p in evals])
     ev_mu = torch.tensor([p.mu for p in evals])
@@ -262,9 +275,12 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
         n_running = 0
         started = time.perf_counter()
         for idx in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
-            batch = model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx])
-            rewards = model(**batch)
-            r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
+            if shared is not None:  # one pass over the prompts, one over both responses
+                r_a, r_b = model.forward_comparisons([shared[i] for i in idx])
+                rewards = torch.cat([r_a, r_b])
+            else:  # a and b stacked into one forward pass of 2B rows
+                rewards = model(**model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx]))
+                r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
             loss, metrics = bradley_terry_loss(r_a, r_b, mu[idx], margin=cfg.margin or None)
             if cfg.reg_lambda:
                 reg, reg_metrics = reward_centering_loss(rewards, cfg.reg_lambda)
