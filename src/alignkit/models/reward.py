@@ -41,6 +41,7 @@ __all__ = [
     "load_reward_model",
     "minilm_path",
     "resolve_model_path",
+    "write_ensemble_manifest",
 ]
 
 MANIFEST = "alignkit_reward.json"
@@ -426,15 +427,21 @@ class RewardEnsemble:
         out = Path(out_dir)
         for i, m in enumerate(self.members):
             m.save_pretrained(out / f"member_{i}")
-        manifest = {
-            "format": "alignkit-reward",
-            "version": 1,
-            "kind": "ensemble",
-            "members": [f"member_{i}" for i in range(len(self.members))],
-            **(extra or {}),
-        }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        return out
+        return write_ensemble_manifest(out, len(self.members), extra)
+
+
+def write_ensemble_manifest(out_dir: str | Path, n_members: int, extra: dict[str, Any] | None = None) -> Path:
+    """Mark ``out_dir`` (holding ``member_0 .. member_{n-1}``) as an ensemble."""
+    out = Path(out_dir)
+    manifest = {
+        "format": "alignkit-reward",
+        "version": 1,
+        "kind": "ensemble",
+        "members": [f"member_{i}" for i in range(n_members)],
+        **(extra or {}),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out
 
 
 def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:

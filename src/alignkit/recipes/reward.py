@@ -335,7 +335,7 @@ def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], ou
     """A single model in ``out``, or ``cfg.ensemble`` members in ``out/member_i``."""
     import torch
 
-    from alignkit.models.reward import load_reward_model
+    from alignkit.models.reward import load_reward_model, write_ensemble_manifest
 
     if cfg.ensemble <= 1:
         summary = _fit_member(cfg, train, evals, out, cfg.seed)
@@ -349,14 +349,7 @@ def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], ou
                 member_train = [train[j] for j in torch.randint(len(train), (len(train),), generator=g).tolist()]
             member = _fit_member(cfg, member_train, evals, out / f"member_{i}", seed)
             summary.update({f"member_{i}/{k}": v for k, v in member.items()})
-        manifest = {
-            "format": "alignkit-reward",
-            "version": 1,
-            "kind": "ensemble",
-            "members": [f"member_{i}" for i in range(cfg.ensemble)],
-            "base_model": str(cfg.model),
-        }
-        (out / "alignkit_reward.json").write_text(json.dumps(manifest, indent=2))
+        write_ensemble_manifest(out, cfg.ensemble, {"base_model": str(cfg.model)})
     if evals:
         final = evaluate_reward_model(load_reward_model(out), evals, cfg.eval_batch_size)
         summary.update({f"eval/{k}": v for k, v in final.items()})
