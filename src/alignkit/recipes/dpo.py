@@ -23,6 +23,7 @@ from typing import Any
 from alignkit.errors import ConfigError, DataError
 
 LOSSES = ("dpo", "ipo", "cdpo", "normalized")
+LAYOUTS = ("packed", "shared", "full")
 
 
 @dataclass
@@ -56,9 +57,11 @@ class DPOConfig:
     """Gradient-norm clip (0 = off)."""
     use_chat_template: bool = True
     """Wrap prompts in the tokenizer's chat template when it has one."""
-    share_prompt: bool = True
-    """Run each prompt once and let chosen and rejected attend to its KV cache (same
-    numbers, fewer FLOPs); off = one forward over full concatenated sequences."""
+    pair_layout: str = "packed"
+    """How a batch of pairs is laid out for the forward pass (all give the same numbers):
+    packed = every prompt once and both completions in one unpadded row with a
+    block-causal mask (fewest FLOPs); shared = prompts once, completions reuse the prompt
+    KV cache (padded); full = [prompt+chosen; prompt+rejected] rows, right-padded."""
     lora: bool = False
     """Train LoRA adapters; the reference is then the same weights with adapters off."""
     lora_r: int = 8
@@ -122,17 +125,25 @@ def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length
     return PairTokens(p, c, r)
 
 
-def collate_pairs(pairs: list[PairTokens], pad_id: int, *, shared: bool) -> dict:
-    """Tensors for :func:`pair_logps`.
+def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") -> dict:
+    """Tensors for :func:`pair_logps`, in one of three layouts.
 
-    ``shared=True``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
+    ``packed``: one row ``(1, L)`` = prompt_1 chosen_1 rejected_1 prompt_2 ... with no
+    padding; ``position_ids`` restart per sequence; ``attention_mask`` ``(1, 1, L, L)`` is
+    additive (0 = may attend): a token sees earlier tokens of its own prompt and its own
+    completion only. ``prev``/``target``/``owner`` ``(N,)`` list, for every completion token,
+    the position whose logits predict it, its position, and its sequence (chosen i → i,
+    rejected i → B + i).
+    ``shared``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
     ``completion_ids``/``completion_mask`` ``(2B, C)`` right-padded, rows interleaved
-    (chosen_1, rejected_1, chosen_2, ...). ``shared=False``: full sequences ``(2B, T)``
-    right-padded, rows [chosen_1..B, rejected_1..B], as :func:`~alignkit.recipes._common.collate`.
+    (chosen_1, rejected_1, chosen_2, ...).
+    ``full``: full sequences ``(2B, T)`` right-padded, rows [chosen_1..B, rejected_1..B].
     """
     from alignkit.recipes._common import Example, collate
 
-    if not shared:
+    if layout == "packed":
+        return _pack_pairs(pairs)
+    if layout == "full":
         seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
         seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
         return collate(seqs, pad_id)
@@ -155,6 +166,39 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, *, shared: bool) -> dict
             "completion_ids": completion_ids, "completion_mask": completion_mask}
 
 
+def _pack_pairs(pairs: list[PairTokens]) -> dict:
+    import torch
+
+    ids, pos, group, role = [], [], [], []
+    prev, target, owner = [], [], []
+    b = len(pairs)
+    for g, x in enumerate(pairs):
+        ids += x.prompt
+        pos += range(len(x.prompt))
+        group += [g] * len(x.prompt)
+        role += [0] * len(x.prompt)
+        last_prompt = len(ids) - 1
+        for r, comp in ((1, x.chosen), (2, x.rejected)):
+            first = len(ids)
+            ids += comp
+            pos += range(len(x.prompt), len(x.prompt) + len(comp))
+            group += [g] * len(comp)
+            role += [r] * len(comp)
+            target += range(first, first + len(comp))
+            prev += [last_prompt] + list(range(first, first + len(comp) - 1))
+            owner += [g if r == 1 else b + g] * len(comp)
+    group_t, role_t = torch.tensor(group), torch.tensor(role)
+    n = len(ids)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    allowed = causal & (group_t[:, None] == group_t[None, :]) & (
+        (role_t[None, :] == 0) | (role_t[None, :] == role_t[:, None])
+    )
+    mask = torch.zeros(n, n).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]),
+            "attention_mask": mask[None, None], "prev": torch.tensor(prev),
+            "target": torch.tensor(target), "owner": torch.tensor(owner), "n_seqs": torch.tensor(2 * b)}
+
+
 def pair_logps(model, batch: dict):
     """Sequence log-probs of the completions, ``(2B,)`` = [chosen_1..B, rejected_1..B].
 
@@ -167,6 +211,13 @@ def pair_logps(model, batch: dict):
     from alignkit.models import gather_token_logps, sequence_logps
     from alignkit.models.logprobs import position_ids_from_mask
 
+    if "prev" in batch:  # packed: one unpadded row, block-causal mask
+        mask = batch["attention_mask"].to(next(model.parameters()).dtype)
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask,
+                       position_ids=batch["position_ids"], use_cache=False).logits[0]
+        token = gather_token_logps(logits[batch["prev"]], batch["input_ids"][0, batch["target"]])
+        n = int(batch["n_seqs"])
+        return torch.zeros(n, dtype=token.dtype, device=token.device).index_add_(0, batch["owner"], token)
     if "prompt_ids" not in batch:
         return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
     pm, cm = batch["prompt_mask"], batch["completion_mask"]
@@ -233,6 +284,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     # --- setup ------------------------------------------------------------------------
     if cfg.loss not in LOSSES:
         raise ConfigError(f"loss: expected one of {LOSSES}, got {cfg.loss!r}")
+    if cfg.pair_layout not in LAYOUTS:
+        raise ConfigError(f"pair_layout: expected one of {LAYOUTS}, got {cfg.pair_layout!r}")
     if cfg.beta <= 0:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)
@@ -249,7 +302,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     mu = torch.tensor([c.mu for c in comps])
 
     def pair_batch(idx):
-        b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, shared=cfg.share_prompt)
+        b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout)
         return {k: v.to(device) for k, v in b.items()}
 
     ckpt_path = out / "checkpoint.pt"
