@@ -1,15 +1,17 @@
 """DPO training throughput and peak memory: alignkit ``train_dpo`` vs TRL ``DPOTrainer``.
 
 Same GPT-2 configs (2 layers/64 wide "tiny", 6/384 "small"), same tokenizer, same
-synthetic prompt/chosen/rejected data, batch 8, max length 128, β = 0.1, CPU. Each
-measurement runs in a fresh subprocess (so peak RSS is its own); repeats are interleaved
-(ours, TRL, ours, TRL, ...) and medians reported.
+synthetic prompt/chosen/rejected data, batch 8, max length 128, β = 0.1, CPU, one
+intra-op thread each. Each measurement runs in a fresh subprocess (so peak RSS is its
+own); in every repeat the alignkit and TRL workers run *at the same time* (the shared
+machine's load drifts over minutes, so a paired, simultaneous run is the fair comparison);
+we report the median of the per-repeat speedups and the medians of each side.
 
 Timed: the training call only (alignkit: reference log-prob pass + all steps; TRL:
 ``trainer.train()``, which runs its reference model every step). Model loading and
 tokenisation are outside the timer for both.
 
-    .venv/bin/python benchmarks/dpo_vs_trl.py           # 3 repeats, both sizes
+    .venv/bin/python benchmarks/dpo_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/dpo_vs_trl.py --quick   # 1 repeat, tiny only, fewer pairs
 """
 
@@ -88,18 +90,26 @@ def worker(impl: str, model_dir: str, n_pairs: int) -> dict:
     return {"pairs_per_s": n_pairs / elapsed, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_worker(impl: str, model_dir: str, n_pairs: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs)],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_pair(model_dir: str, n_pairs: int) -> dict:
+    """Start the alignkit and the TRL worker at the same moment and wait for both: on a
+    shared machine whose load drifts over minutes, simultaneous runs see the same load."""
+    procs = {impl: subprocess.Popen([sys.executable, __file__, "--worker", impl, "--model", model_dir,
+                                     "--pairs", str(n_pairs)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for impl in ("alignkit", "trl")}
+    out = {}
+    for impl, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{impl} worker failed:\n{stderr[-3000:]}")
+        out[impl] = json.loads(stdout.strip().splitlines()[-1])
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only, 32 pairs")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--worker", choices=["alignkit", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--pairs", type=int, default=0)
@@ -121,12 +131,17 @@ def main() -> None:
             n_layer, n_embd, n_head = SIZES[size]
             model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
             runs = {"alignkit": [], "trl": []}
+            ratios = []
             for r in range(repeats):
-                for impl in ("alignkit", "trl"):
-                    runs[impl].append(run_worker(impl, model_dir, pairs[size]))
-                    print(size, r, impl, runs[impl][-1], flush=True)
+                pair = run_pair(model_dir, pairs[size])
+                for impl in runs:
+                    runs[impl].append(pair[impl])
+                ratios.append(pair["alignkit"]["pairs_per_s"] / pair["trl"]["pairs_per_s"])
+                print(size, r, pair, flush=True)
             med = {impl: {k: statistics.median(x[k] for x in v) for k in v[0]} for impl, v in runs.items()}
             results[size] = {
+                "median_of_paired_speedups": statistics.median(ratios),
+                "paired_speedups": ratios,
                 "config": {"n_layer": n_layer, "n_embd": n_embd, "pairs": pairs[size], "batch_size": 8,
                            "max_length": 128},
                 "median": med,

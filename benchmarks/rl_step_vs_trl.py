@@ -11,9 +11,11 @@ like-for-like ratio.
 A step = generation + reward + log-probs (policy, reference) + update. Per-step wall times
 are taken inside each run (TRL: a callback; alignkit: ``diag/step_seconds``); the first
 step is dropped as warm-up and the median of the rest kept. Each run is a fresh
-subprocess; repeats are interleaved; medians of the run medians are reported.
+subprocess with one intra-op thread; in every repeat the three workers run *at the same
+time* (the shared machine's load drifts over minutes, so simultaneous runs are the fair
+comparison). Reported: the median of the per-repeat speedups, and each side's median.
 
-    .venv/bin/python benchmarks/rl_step_vs_trl.py           # 3 repeats, both sizes
+    .venv/bin/python benchmarks/rl_step_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/rl_step_vs_trl.py --quick   # 1 repeat, tiny only
 """
 
@@ -100,18 +102,26 @@ def worker(impl: str, model_dir: str, copies: int) -> dict:
     return {"s_per_step": statistics.median(times[1:]), "steps": times}
 
 
-def run_worker(impl: str, model_dir: str, copies: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
-                          "--copies", str(copies)], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_together(model_dir: str, variants: dict) -> dict:
+    """Start every variant's worker at the same moment and wait for all: on a shared
+    machine whose load drifts over minutes, simultaneous runs see the same load."""
+    procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", impl, "--model", model_dir,
+                                     "--copies", str(copies)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, (impl, copies) in variants.items()}
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} worker failed:\n{stderr[-3000:]}")
+        out[name] = json.loads(stdout.strip().splitlines()[-1])
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--worker", choices=["alignkit", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--copies", type=int, default=1)
@@ -133,12 +143,19 @@ def main() -> None:
             n_layer, n_embd, n_head = SIZES[size]
             model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
             runs = {v: [] for v in variants}
+            paired = {"same_responses_16": [], "issue_workload_8_prompts": []}
             for r in range(repeats):
-                for name, (impl, copies) in variants.items():
-                    runs[name].append(run_worker(impl, model_dir, copies))
-                    print(size, r, name, round(runs[name][-1]["s_per_step"], 3), flush=True)
+                together = run_together(model_dir, variants)
+                for name in variants:
+                    runs[name].append(together[name])
+                trl_s = together["trl_rloo_16"]["s_per_step"]
+                paired["same_responses_16"].append(trl_s / together["alignkit_16"]["s_per_step"])
+                paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
+                print(size, r, {k: round(v["s_per_step"], 3) for k, v in together.items()}, flush=True)
             med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
             results[size] = {
+                "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items()},
+                "paired_speedups": paired,
                 "config": {"n_layer": n_layer, "n_embd": n_embd, "prompts": 8, "new_tokens": NEW_TOKENS,
                            "kl_coef": KL, "steps_per_run": STEPS},
                 "median_s_per_step": med,
