@@ -3,9 +3,8 @@
 Same GPT-2 configs (2 layers/64 wide "tiny", 6/384 "small"), same tokenizer, same
 synthetic prompt/chosen/rejected data, batch 8, max length 128, β = 0.1, CPU, one
 intra-op thread each. Each measurement runs in a fresh subprocess (so peak RSS is its
-own); in every repeat the alignkit and TRL workers run *at the same time* (the shared
-machine's load drifts over minutes, so a paired, simultaneous run is the fair comparison);
-we report the median of the per-repeat speedups and the medians of each side.
+own); each repeat runs the two back to back (alternating which goes first) and gives one
+paired speedup; we report the median of the paired speedups and each side's median.
 
 Timed: the training call only (alignkit: reference log-prob pass + all steps; TRL:
 ``trainer.train()``, which runs its reference model every step). Model loading and
@@ -90,19 +89,17 @@ def worker(impl: str, model_dir: str, n_pairs: int) -> dict:
     return {"pairs_per_s": n_pairs / elapsed, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_pair(model_dir: str, n_pairs: int) -> dict:
-    """Start the alignkit and the TRL worker at the same moment and wait for both: on a
-    shared machine whose load drifts over minutes, simultaneous runs see the same load."""
-    procs = {impl: subprocess.Popen([sys.executable, __file__, "--worker", impl, "--model", model_dir,
-                                     "--pairs", str(n_pairs)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for impl in ("alignkit", "trl")}
+def run_pair(model_dir: str, n_pairs: int, repeat: int) -> dict:
+    """Run the two workers back to back (alternating which goes first between repeats, so
+    a drifting machine load does not favour either side)."""
+    order = ("alignkit", "trl") if repeat % 2 == 0 else ("trl", "alignkit")
     out = {}
-    for impl, proc in procs.items():
-        stdout, stderr = proc.communicate()
+    for impl in order:
+        proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
+                               "--pairs", str(n_pairs)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"{impl} worker failed:\n{stderr[-3000:]}")
-        out[impl] = json.loads(stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-3000:]}")
+        out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -133,7 +130,7 @@ def main() -> None:
             runs = {"alignkit": [], "trl": []}
             ratios = []
             for r in range(repeats):
-                pair = run_pair(model_dir, pairs[size])
+                pair = run_pair(model_dir, pairs[size], r)
                 for impl in runs:
                     runs[impl].append(pair[impl])
                 ratios.append(pair["alignkit"]["pairs_per_s"] / pair["trl"]["pairs_per_s"])

@@ -11,9 +11,9 @@ like-for-like ratio.
 A step = generation + reward + log-probs (policy, reference) + update. Per-step wall times
 are taken inside each run (TRL: a callback; alignkit: ``diag/step_seconds``); the first
 step is dropped as warm-up and the median of the rest kept. Each run is a fresh
-subprocess with one intra-op thread; in every repeat the three workers run *at the same
-time* (the shared machine's load drifts over minutes, so simultaneous runs are the fair
-comparison). Reported: the median of the per-repeat speedups, and each side's median.
+subprocess with one intra-op thread; each repeat runs the variants back to back
+(reversing the order on odd repeats) and gives one paired speedup. Reported: the median of
+the paired speedups, and each side's median.
 
     .venv/bin/python benchmarks/rl_step_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/rl_step_vs_trl.py --quick   # 1 repeat, tiny only
@@ -102,19 +102,18 @@ def worker(impl: str, model_dir: str, copies: int) -> dict:
     return {"s_per_step": statistics.median(times[1:]), "steps": times}
 
 
-def run_together(model_dir: str, variants: dict) -> dict:
-    """Start every variant's worker at the same moment and wait for all: on a shared
-    machine whose load drifts over minutes, simultaneous runs see the same load."""
-    procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", impl, "--model", model_dir,
-                                     "--copies", str(copies)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, (impl, copies) in variants.items()}
+def run_together(model_dir: str, variants: dict, repeat: int) -> dict:
+    """Run every variant back to back (reversing the order on odd repeats, so a drifting
+    machine load does not favour either side)."""
+    names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
     out = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate()
+    for name in names:
+        impl, copies = variants[name]
+        proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
+                               "--copies", str(copies)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} worker failed:\n{stderr[-3000:]}")
-        out[name] = json.loads(stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -145,7 +144,7 @@ def main() -> None:
             runs = {v: [] for v in variants}
             paired = {"same_responses_16": [], "issue_workload_8_prompts": []}
             for r in range(repeats):
-                together = run_together(model_dir, variants)
+                together = run_together(model_dir, variants, r)
                 for name in variants:
                     runs[name].append(together[name])
                 trl_s = together["trl_rloo_16"]["s_per_step"]

@@ -291,6 +291,14 @@ def test_pair_layouts_give_the_same_logps_and_gradients(tiny_lm_dir):
         lp = pair_logps(model, collate_pairs(pairs, tok.pad_token_id, layout))
         (lp * torch.linspace(-1, 1, len(lp))).sum().backward()
         results[layout] = (lp.detach(), model.transformer.h[0].attn.c_attn.weight.grad.clone())
+    # several packed rows (some padding) give the same numbers too
+    from alignkit.recipes import dpo as dpo_mod
+
+    model = load_causal_lm(tiny_lm_dir)
+    multi = dpo_mod._pack_pairs(pairs, tok.pad_token_id, row_tokens=30)
+    assert multi["input_ids"].shape[0] > 1
+    with torch.no_grad():
+        torch.testing.assert_close(pair_logps(model, multi), results["full"][0], atol=1e-4, rtol=1e-5)
     for layout in ("shared", "packed"):
         torch.testing.assert_close(results[layout][0], results["full"][0], atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(results[layout][1], results["full"][1], atol=1e-5, rtol=1e-4)

@@ -59,8 +59,8 @@ class DPOConfig:
     """Wrap prompts in the tokenizer's chat template when it has one."""
     pair_layout: str = "packed"
     """How a batch of pairs is laid out for the forward pass (all give the same numbers):
-    packed = every prompt once and both completions in one unpadded row with a
-    block-causal mask (fewest FLOPs); shared = prompts once, completions reuse the prompt
+    packed = whole pairs (each prompt once, then both completions) packed into rows of
+    ≤256 tokens with a block-causal mask (fewest FLOPs); shared = prompts once, completions reuse the prompt
     KV cache (padded); full = [prompt+chosen; prompt+rejected] rows, right-padded."""
     lora: bool = False
     """Train LoRA adapters; the reference is then the same weights with adapters off."""
@@ -128,12 +128,13 @@ def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length
 def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") -> dict:
     """Tensors for :func:`pair_logps`, in one of three layouts.
 
-    ``packed``: one row ``(1, L)`` = prompt_1 chosen_1 rejected_1 prompt_2 ... with no
-    padding; ``position_ids`` restart per sequence; ``attention_mask`` ``(1, 1, L, L)`` is
-    additive (0 = may attend): a token sees earlier tokens of its own prompt and its own
-    completion only. ``prev``/``target``/``owner`` ``(N,)`` list, for every completion token,
-    the position whose logits predict it, its position, and its sequence (chosen i → i,
-    rejected i → B + i).
+    ``packed``: rows ``(R, L)`` of whole pairs, prompt_1 chosen_1 rejected_1 prompt_2 ...,
+    up to :data:`PACK_ROW_TOKENS` tokens a row (little padding, none inside a row);
+    ``position_ids`` restart per sequence; ``attention_mask`` ``(R, 1, L, L)`` is additive
+    (0 = may attend): a token sees earlier tokens of its own prompt and its own completion
+    only. ``prev``/``target``/``owner`` ``(N,)`` give, for every completion token, the flat
+    index (row·L + column) whose logits predict it, its own flat index, and its sequence
+    (chosen i → i, rejected i → B + i).
     ``shared``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
     ``completion_ids``/``completion_mask`` ``(2B, C)`` right-padded, rows interleaved
     (chosen_1, rejected_1, chosen_2, ...).
@@ -142,7 +143,7 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") 
     from alignkit.recipes._common import Example, collate
 
     if layout == "packed":
-        return _pack_pairs(pairs)
+        return _pack_pairs(pairs, pad_id)
     if layout == "full":
         seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
         seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
@@ -166,36 +167,60 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") 
             "completion_ids": completion_ids, "completion_mask": completion_mask}
 
 
-def _pack_pairs(pairs: list[PairTokens]) -> dict:
+PACK_ROW_TOKENS = 256
+"""Packed rows hold whole pairs up to this many tokens: attention cost per token grows with
+the row length (≈ 2·L·d multiply-adds against ≈ 12·d² for the dense layers), so a few
+short rows beat one long one; a longer pair gets a row of its own."""
+
+
+def _pack_pairs(pairs: list[PairTokens], pad_id: int, row_tokens: int = PACK_ROW_TOKENS) -> dict:
     import torch
 
-    ids, pos, group, role = [], [], [], []
-    prev, target, owner = [], [], []
-    b = len(pairs)
+    rows: list[list[int]] = [[]]  # pair indices per row
+    used = 0
     for g, x in enumerate(pairs):
-        ids += x.prompt
-        pos += range(len(x.prompt))
-        group += [g] * len(x.prompt)
-        role += [0] * len(x.prompt)
-        last_prompt = len(ids) - 1
-        for r, comp in ((1, x.chosen), (2, x.rejected)):
-            first = len(ids)
-            ids += comp
-            pos += range(len(x.prompt), len(x.prompt) + len(comp))
-            group += [g] * len(comp)
-            role += [r] * len(comp)
-            target += range(first, first + len(comp))
-            prev += [last_prompt] + list(range(first, first + len(comp) - 1))
-            owner += [g if r == 1 else b + g] * len(comp)
-    group_t, role_t = torch.tensor(group), torch.tensor(role)
-    n = len(ids)
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    allowed = causal & (group_t[:, None] == group_t[None, :]) & (
-        (role_t[None, :] == 0) | (role_t[None, :] == role_t[:, None])
+        size = len(x.prompt) + len(x.chosen) + len(x.rejected)
+        if rows[-1] and used + size > row_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(g)
+        used += size
+    width = max(sum(len(pairs[g].prompt) + len(pairs[g].chosen) + len(pairs[g].rejected) for g in row)
+                for row in rows)
+    n_rows, b = len(rows), len(pairs)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    # padding gets a group of its own per position, so it only attends to itself
+    group = -1 - torch.arange(n_rows * width).reshape(n_rows, width)
+    role = torch.zeros((n_rows, width), dtype=torch.long)
+    prev, target, owner = [], [], []
+    for r, row in enumerate(rows):
+        col = 0
+        for g in row:
+            x = pairs[g]
+            p = len(x.prompt)
+            ids[r, col : col + p] = torch.tensor(x.prompt)
+            pos[r, col : col + p] = torch.arange(p)
+            group[r, col : col + p] = g
+            last_prompt = r * width + col + p - 1  # flat index of the prompt's last token
+            col += p
+            for role_id, comp in ((1, x.chosen), (2, x.rejected)):
+                c = len(comp)
+                ids[r, col : col + c] = torch.tensor(comp)
+                pos[r, col : col + c] = torch.arange(p, p + c)
+                group[r, col : col + c] = g
+                role[r, col : col + c] = role_id
+                first = r * width + col
+                target += range(first, first + c)
+                prev += [last_prompt, *range(first, first + c - 1)]
+                owner += [g if role_id == 1 else b + g] * c
+                col += c
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (group[:, :, None] == group[:, None, :]) & (
+        (role[:, None, :] == 0) | (role[:, None, :] == role[:, :, None])
     )
-    mask = torch.zeros(n, n).masked_fill_(~allowed, torch.finfo(torch.float32).min)
-    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]),
-            "attention_mask": mask[None, None], "prev": torch.tensor(prev),
+    mask = torch.zeros(n_rows, 1, width, width).masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "prev": torch.tensor(prev),
             "target": torch.tensor(target), "owner": torch.tensor(owner), "n_seqs": torch.tensor(2 * b)}
 
 
@@ -211,11 +236,12 @@ def pair_logps(model, batch: dict):
     from alignkit.models import gather_token_logps, sequence_logps
     from alignkit.models.logprobs import position_ids_from_mask
 
-    if "prev" in batch:  # packed: one unpadded row, block-causal mask
+    if "prev" in batch:  # packed rows, block-causal mask; prev/target index the flattened rows
         mask = batch["attention_mask"].to(next(model.parameters()).dtype)
         logits = model(input_ids=batch["input_ids"], attention_mask=mask,
-                       position_ids=batch["position_ids"], use_cache=False).logits[0]
-        token = gather_token_logps(logits[batch["prev"]], batch["input_ids"][0, batch["target"]])
+                       position_ids=batch["position_ids"], use_cache=False).logits
+        logits = logits.reshape(-1, logits.shape[-1])
+        token = gather_token_logps(logits[batch["prev"]], batch["input_ids"].reshape(-1)[batch["target"]])
         n = int(batch["n_seqs"])
         return torch.zeros(n, dtype=token.dtype, device=token.device).index_add_(0, batch["owner"], token)
     if "prompt_ids" not in batch:
