@@ -216,7 +216,8 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
         if not all(x.prompt and x.a and x.b for x in shared):
             shared = None
     if shared is not None:
-        lengths = [len(x.prompt) + max(len(x.a), len(x.b)) for x in shared]
+        # tokens a batch costs: the prompt once, the longer response twice
+        lengths = [len(x.prompt) + 2 * max(len(x.a), len(x.b)) for x in shared]
     else:
         enc_a, enc_b = model.encode(prompts, texts_a), model.encode(prompts, texts_b)
         lengths = [max(len(x.ids), len(y.ids)) for x, y in zip(enc_a, enc_b, strict=True)]
