@@ -159,7 +159,7 @@ def test_hh_harmless_minilm_beats_baselines(tmp_path):
 
     Measured: held-out accuracy 0.615 on 270 pairs (standard error ≈ 0.03), log-loss 0.635,
     ECE 0.030; "longer response wins" 0.433, untrained head 0.511. The issue's target
-    (≥ 0.62) was missed by one pair, so this asserts the measured level minus about one
+    (≥ 0.62) was missed by two pairs, so this asserts the measured level minus about one
     standard error and a clear margin over both baselines."""
     cfg = RewardConfig(
         model="minilm", data=str(HH), out=str(tmp_path / "rm"), epochs=2, lr=3e-5, batch_size=16,
