@@ -36,9 +36,9 @@ def _cfg(tiny_lm_dir, out, **kw):
 
 
 def test_train_learns_and_beats_baselines(tiny_lm_dir, tmp_path):
-    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "rm"), _pairs(120))
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "rm", max_length=24), _pairs(80))
     m = res.metrics
-    assert m["data/train_pairs"] == 96 and m["eval/count"] == 24
+    assert m["data/train_pairs"] == 64 and m["eval/count"] == 16
     assert m["eval/accuracy"] >= 0.9
     assert m["eval/accuracy"] > m["baseline/untrained_accuracy"]
     assert m["eval/accuracy"] > m["baseline/longer_wins_accuracy"]
@@ -82,7 +82,7 @@ def test_ensemble_rankings_and_ratings(tiny_lm_dir, tmp_path):
 def test_per_group_disagreement_table(tiny_lm_dir, tmp_path):
     """Group A prefers 'good', group B prefers 'bad': each group's model agrees with its
     own held-out labels and disagrees with the other group's."""
-    records = _pairs(40, seed=1, group="A") + _pairs(40, seed=2, group="B", flip=True, offset=1000)
+    records = _pairs(32, seed=1, group="A") + _pairs(32, seed=2, group="B", flip=True, offset=1000)
     res = train_reward(_cfg(tiny_lm_dir, tmp_path / "pg", per_group=True, max_length=16), records)
     table = json.loads((res.out_dir / "disagreement.json").read_text())["accuracy"]
     assert set(table) == {"pooled", "A", "B"}
