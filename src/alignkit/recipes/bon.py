@@ -24,8 +24,9 @@ class BoNConfig:
     """Where to write best.jsonl and summary.json (empty = write nothing)."""
     n: int = 16
     """Samples per prompt."""
-    n_reference: int = 0
-    """Extra samples per prompt for the empirical KL estimate (0 = analytic only)."""
+    n_reference: int = 16
+    """Extra samples per prompt for the empirical KL estimate (0 = analytic only); more
+    samples give a less biased estimate of the CDF F(r*) it needs."""
     max_new_tokens: int = 32
     """Response length limit."""
     temperature: float = 1.0
