@@ -62,27 +62,27 @@ class DemoConfig:
     """Reward-model epochs."""
     reward_lr: float = 1e-3
     """Reward-model learning rate."""
-    ppo_betas: list[float] = field(default_factory=lambda: [0.3, 0.1, 0.03, 0.0])
+    ppo_betas: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.0])
     """KL leash sweep for PPO (run on the first seed, or on all with sweep_all_seeds)."""
-    ppo_beta: float = 0.1
+    ppo_beta: float = 0.3
     """PPO's β for the method comparison (run on every seed; must be in ppo_betas)."""
     sweep_all_seeds: bool = False
     """Run the whole PPO sweep on every seed (slower)."""
-    ppo_steps: int = 40
+    ppo_steps: int = 20
     """PPO iterations."""
     ppo_lr: float = 3e-4
     """PPO learning rate."""
     ppo_batch_size: int = 48
     """PPO rollouts per iteration."""
-    dpo_beta: float = 0.1
+    dpo_beta: float = 0.3
     """DPO β."""
-    dpo_lr: float = 3e-4
+    dpo_lr: float = 1e-4
     """DPO learning rate."""
     dpo_epochs: int = 2
     """DPO epochs."""
     bon_n: int = 16
     """Best-of-n's n for the method comparison."""
-    bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     """n values of the best-of-n sweep (pool: max(bon_sweep) samples per prompt)."""
     eval_samples_per_prompt: int = 4
     """Evaluation responses per prompt (48 prompts)."""
@@ -101,8 +101,8 @@ class DemoConfig:
 def quick_config(cfg: DemoConfig) -> DemoConfig:
     """Tiny sizes for the smoke test."""
     return replace(
-        cfg, seeds=cfg.seeds[:1], pairs=64, heldout_pairs=32, reward_epochs=1, ppo_betas=[0.1, 0.0],
-        ppo_beta=0.1, ppo_steps=2, ppo_batch_size=16, dpo_epochs=1, bon_n=4, bon_sweep=[1, 2, 4, 8],
+        cfg, seeds=cfg.seeds[:1], pairs=64, heldout_pairs=32, reward_epochs=1, ppo_betas=[0.3, 0.0],
+        ppo_beta=0.3, ppo_steps=2, ppo_batch_size=16, dpo_epochs=1, bon_n=4, bon_sweep=[1, 2, 4, 8],
         eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, al_pool=80, al_budget=40, al_batch=10,
     )
 

@@ -85,15 +85,15 @@ class LoopConfig:
     """Reward-model batch size (pairs)."""
     ppo_steps: int = 40
     """PPO iterations per round."""
-    ppo_kl_coef: float = 0.05
+    ppo_kl_coef: float = 0.3
     """PPO's KL leash β."""
-    ppo_lr: float = 5e-4
+    ppo_lr: float = 3e-4
     """PPO learning rate."""
     ppo_batch_size: int = 48
     """PPO rollouts per iteration."""
-    dpo_beta: float = 0.1
+    dpo_beta: float = 0.3
     """DPO's β."""
-    dpo_lr: float = 5e-4
+    dpo_lr: float = 1e-4
     """DPO learning rate."""
     dpo_epochs: int = 2
     """DPO epochs over the pairs collected so far."""

