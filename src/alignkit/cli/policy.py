@@ -40,7 +40,7 @@ def _build(cls, config, sets, **explicit):
 
 
 def _print(metrics: dict) -> None:
-    typer.echo(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}))
+    typer.echo(json.dumps({k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in metrics.items()}))
 
 
 def register(app: typer.Typer) -> None:
