@@ -9,6 +9,7 @@ exit with status 2.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -40,6 +41,9 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # transformers/datasets read this when first imported: their weight-loading bars are noise
+    # next to alignkit's own rich progress bars.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app = build_app()
     try:
         app(args=argv, standalone_mode=True)
