@@ -129,7 +129,7 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") 
     """Tensors for :func:`pair_logps`, in one of three layouts.
 
     ``packed``: rows ``(R, L)`` of whole pairs, prompt_1 chosen_1 rejected_1 prompt_2 ...,
-    up to :data:`PACK_ROW_TOKENS` tokens a row (little padding, none inside a row);
+    up to ``alignkit.models.packing.PACK_ROW_TOKENS`` tokens a row (little padding, none inside a row);
     ``position_ids`` restart per sequence; ``attention_mask`` ``(R, 1, L, L)`` is additive
     (0 = may attend): a token sees earlier tokens of its own prompt and its own completion
     only. ``prev``/``target``/``owner`` ``(N,)`` give, for every completion token, the flat
@@ -167,61 +167,13 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") 
             "completion_ids": completion_ids, "completion_mask": completion_mask}
 
 
-PACK_ROW_TOKENS = 256
-"""Packed rows hold whole pairs up to this many tokens: attention cost per token grows with
-the row length (≈ 2·L·d multiply-adds against ≈ 12·d² for the dense layers), so a few
-short rows beat one long one; a longer pair gets a row of its own."""
+def _pack_pairs(pairs: list[PairTokens], pad_id: int, row_tokens: int | None = None) -> dict:
+    """The packed layout of :func:`alignkit.models.packing.pack_completions` (rows of at most
+    ``row_tokens``, default ``PACK_ROW_TOKENS`` = 256), sequences [chosen_1..B, rejected_1..B]."""
+    from alignkit.models.packing import PACK_ROW_TOKENS, pack_completions
 
-
-def _pack_pairs(pairs: list[PairTokens], pad_id: int, row_tokens: int = PACK_ROW_TOKENS) -> dict:
-    import torch
-
-    rows: list[list[int]] = [[]]  # pair indices per row
-    used = 0
-    for g, x in enumerate(pairs):
-        size = len(x.prompt) + len(x.chosen) + len(x.rejected)
-        if rows[-1] and used + size > row_tokens:
-            rows.append([])
-            used = 0
-        rows[-1].append(g)
-        used += size
-    width = max(sum(len(pairs[g].prompt) + len(pairs[g].chosen) + len(pairs[g].rejected) for g in row)
-                for row in rows)
-    n_rows, b = len(rows), len(pairs)
-    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((n_rows, width), dtype=torch.long)
-    # padding gets a group of its own per position, so it only attends to itself
-    group = -1 - torch.arange(n_rows * width).reshape(n_rows, width)
-    role = torch.zeros((n_rows, width), dtype=torch.long)
-    prev, target, owner = [], [], []
-    for r, row in enumerate(rows):
-        col = 0
-        for g in row:
-            x = pairs[g]
-            p = len(x.prompt)
-            ids[r, col : col + p] = torch.tensor(x.prompt)
-            pos[r, col : col + p] = torch.arange(p)
-            group[r, col : col + p] = g
-            last_prompt = r * width + col + p - 1  # flat index of the prompt's last token
-            col += p
-            for role_id, comp in ((1, x.chosen), (2, x.rejected)):
-                c = len(comp)
-                ids[r, col : col + c] = torch.tensor(comp)
-                pos[r, col : col + c] = torch.arange(p, p + c)
-                group[r, col : col + c] = g
-                role[r, col : col + c] = role_id
-                first = r * width + col
-                target += range(first, first + c)
-                prev += [last_prompt, *range(first, first + c - 1)]
-                owner += [g if role_id == 1 else b + g] * c
-                col += c
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    allowed = causal & (group[:, :, None] == group[:, None, :]) & (
-        (role[:, None, :] == 0) | (role[:, None, :] == role[:, :, None])
-    )
-    mask = torch.zeros(n_rows, 1, width, width).masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
-    return {"input_ids": ids, "position_ids": pos, "attention_mask": mask, "prev": torch.tensor(prev),
-            "target": torch.tensor(target), "owner": torch.tensor(owner), "n_seqs": torch.tensor(2 * b)}
+    groups = [(x.prompt, (x.chosen, x.rejected)) for x in pairs]
+    return pack_completions(groups, pad_id, row_tokens or PACK_ROW_TOKENS)
 
 
 def pair_logps(model, batch: dict):

@@ -1,0 +1,130 @@
+"""Packed layout for "one prompt, several completions" batches (DPO pairs, reward
+comparisons): each prompt appears once, followed by all its completions, with no padding
+inside a row, and a block-causal attention mask keeps the sequences apart.
+
+A row of two groups, prompt ``p`` with completions ``a`` and ``b``, then prompt ``q``
+with ``c`` and ``d``, looks like::
+
+    tokens     p0 p1 a0 a1 b0 | q0 c0 d0 d1
+    positions   0  1  2  3  2 |  0  1  1  2
+
+A token attends to the earlier tokens of its own prompt and of its own completion, and
+to nothing else, so every completion token sees exactly what it would see in the
+unpacked sequence ``prompt + completion`` (and carries the same position id): the
+logits and hidden states are those of the padded layout, at a cost of
+``len(prompt) + Σ len(completion)`` tokens per group instead of
+``K · (len(prompt) + len(longest completion))``.
+
+Pure tensor bookkeeping: no model in here. The consumers (``alignkit.recipes.dpo`` for
+log-probs, ``alignkit.models.reward`` for rewards at the last token) run the model on
+``input_ids``, ``position_ids`` and ``attention_mask`` and read their numbers with the
+index maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["PACK_ROW_TOKENS", "pack_completions"]
+
+PACK_ROW_TOKENS = 256
+"""Rows hold whole groups up to this many tokens: attention cost per token grows with the
+row length (≈ 2·L·d multiply-adds against ≈ 12·d² for the dense layers), so a few short
+rows beat one long one; a longer group gets a row of its own."""
+
+
+def pack_completions(
+    groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+    pad_id: int,
+    row_tokens: int = PACK_ROW_TOKENS,
+) -> dict[str, torch.Tensor]:
+    """Pack ``groups`` = ``[(prompt_ids, [completion_ids_0, ..., completion_ids_{K-1}]), ...]``
+    (G groups, the same K completions each, every prompt and completion non-empty) into rows.
+
+    Groups are placed in order, a new row starting when the next group would push the row
+    past ``row_tokens``; rows are right-padded to the longest. Sequence ``s = k·G + g`` is
+    prompt g + its completion k (completion-major: for K = 2, ``[a_1..a_G, b_1..b_G]``).
+
+    Returns (R rows of width L; N completion tokens in all; S = K·G sequences):
+
+    * ``input_ids``, ``position_ids`` ``(R, L)``: positions restart at 0 for every prompt
+      and continue from the prompt's length in every completion;
+    * ``attention_mask`` ``(R, 1, L, L)`` float32, additive (0 = may attend, the float32
+      minimum = may not): causal, within one group, and never across completions; each
+      padding token attends only to itself (so no row of the softmax is empty);
+    * ``target`` ``(N,)``: flat index ``row·L + column`` of every completion token;
+    * ``prev`` ``(N,)``: the flat index whose logits predict that token (the previous
+      completion token, or the prompt's last token for the first one);
+    * ``owner`` ``(N,)``: the sequence index s of that token;
+    * ``last`` ``(S,)``: flat index of each sequence's last token (where a reward head reads);
+    * ``n_seqs``: S, as a 0-d tensor.
+    """
+    if not groups:
+        raise ValueError("pack_completions needs at least one group")
+    k = len(groups[0][1])
+    if k == 0 or any(len(comps) != k for _, comps in groups):
+        raise ValueError("every group needs the same number (≥ 1) of completions")
+    if any(len(p) == 0 or any(len(c) == 0 for c in comps) for p, comps in groups):
+        raise ValueError("prompts and completions must be non-empty (the first completion "
+                         "token is predicted by the prompt's last token)")
+
+    sizes = [len(p) + sum(len(c) for c in comps) for p, comps in groups]
+    rows: list[list[int]] = [[]]  # group indices per row
+    used = 0
+    for g, size in enumerate(sizes):
+        if rows[-1] and used + size > row_tokens:
+            rows.append([])
+            used = 0
+        rows[-1].append(g)
+        used += size
+    width = max(sum(sizes[g] for g in row) for row in rows)
+    n_rows, n_groups = len(rows), len(groups)
+
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    # padding gets a group of its own per position, so it only attends to itself
+    group = -1 - torch.arange(n_rows * width).reshape(n_rows, width)
+    role = torch.zeros((n_rows, width), dtype=torch.long)  # 0 = prompt, k + 1 = completion k
+    prev: list[int] = []
+    target: list[int] = []
+    owner: list[int] = []
+    last = [0] * (k * n_groups)
+    for r, row in enumerate(rows):
+        col = 0
+        for g in row:
+            prompt, comps = groups[g]
+            p = len(prompt)
+            ids[r, col : col + p] = torch.tensor(prompt)
+            pos[r, col : col + p] = torch.arange(p)
+            group[r, col : col + p] = g
+            last_prompt = r * width + col + p - 1
+            col += p
+            for j, comp in enumerate(comps):
+                c = len(comp)
+                ids[r, col : col + c] = torch.tensor(comp)
+                pos[r, col : col + c] = torch.arange(p, p + c)
+                group[r, col : col + c] = g
+                role[r, col : col + c] = j + 1
+                first = r * width + col
+                target += range(first, first + c)
+                prev += [last_prompt, *range(first, first + c - 1)]
+                owner += [j * n_groups + g] * c
+                last[j * n_groups + g] = first + c - 1
+                col += c
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (group[:, :, None] == group[:, None, :]) & (
+        (role[:, None, :] == 0) | (role[:, None, :] == role[:, :, None])
+    )
+    mask = torch.zeros(n_rows, 1, width, width).masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
+    return {
+        "input_ids": ids,
+        "position_ids": pos,
+        "attention_mask": mask,
+        "prev": torch.tensor(prev),
+        "target": torch.tensor(target),
+        "owner": torch.tensor(owner),
+        "last": torch.tensor(last),
+        "n_seqs": torch.tensor(k * n_groups),
+    }
