@@ -139,22 +139,31 @@ def test_fused_gelu_matches_gpt2_gelu_new(rm, tiny_lm_dir):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_shared_prompt_pass_equals_two_full_passes(tiny_lm_dir):
-    """Rewards and gradients from one prompt pass + KV cache reused for a and b equal
-    those of scoring prompt+a and prompt+b in full (when nothing is truncated)."""
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_prompt_once_layouts_equal_two_full_passes(tiny_lm_dir, layout):
+    """Rewards and gradients with each prompt computed once (packed: prompt, a and b in one
+    unpadded row under a block-causal mask, read at each response's last token; shared:
+    one prompt pass whose KV cache serves a and b) equal those of scoring prompt+a and
+    prompt+b in full (when nothing is truncated)."""
     rm = RewardModel.from_backbone(tiny_lm_dir, max_length=128, seed=0)
     assert rm.can_share_prompt
-    prompts = ["Human: hello there friend\n\nAssistant:", "Q:"]
-    a, b = [" hi", " the capital of France is Paris"], [" go away now please", " no"]
-    r_a, r_b = rm.forward_comparisons(rm.encode_comparisons(prompts, a, b))
+    prompts = ["Human: hello there friend\n\nAssistant:", "Q:", "Human: bread?\n\nAssistant:"]
+    a = [" hi", " the capital of France is Paris", " flour water yeast salt"]
+    b = [" go away now please", " no", " a"]
+    r_a, r_b = rm.forward_comparisons(rm.encode_comparisons(prompts, a, b), layout)
     (r_a - 2 * r_b).sum().backward()
-    shared_grads = {n: p.grad.clone() for n, p in rm.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in rm.named_parameters() if p.grad is not None}
     rm.zero_grad()
     full = rm(**rm.collate(rm.encode(prompts + prompts, a + b)))
-    (full[:2] - 2 * full[2:]).sum().backward()
+    (full[:3] - 2 * full[3:]).sum().backward()
     assert torch.allclose(torch.cat([r_a, r_b]), full, atol=1e-5)
     for n, p in rm.named_parameters():
-        assert torch.allclose(shared_grads[n], p.grad, atol=1e-5), n
+        assert torch.allclose(grads[n], p.grad, atol=1e-5), n
+
+
+def test_unknown_pair_layout_is_refused(rm):
+    with pytest.raises(ConfigError, match="pair layout"):
+        rm.forward_comparisons(rm.encode_comparisons(["Q:"], [" a"], [" b"]), "padded")
 
 
 def test_encoders_do_not_share_prompts():

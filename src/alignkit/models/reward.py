@@ -285,10 +285,22 @@ class RewardModel(nn.Module):
             out.append(SharedPromptPair(p.ids[len(p.ids) - room :] if room > 0 else [], xa, yb))
         return out
 
-    def forward_comparisons(self, pairs: list[SharedPromptPair]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards ``(B,)`` of every a and b: one pass over the left-padded prompts with a
-        KV cache, repeated for the two responses, then one pass over the 2B right-padded
-        responses. Every prompt and response must have at least one token."""
+    def forward_comparisons(
+        self, pairs: list[SharedPromptPair], layout: str = "packed"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards ``(B,)`` of every a and b, each prompt computed once. Every prompt and
+        response must have at least one token.
+
+        ``packed`` (default): whole comparisons (prompt, a, b) packed into unpadded rows with
+        a block-causal mask (:func:`alignkit.models.packing.pack_completions`); the reward is
+        read at each response's last token. ``shared``: one pass over the left-padded
+        prompts with a KV cache, repeated for the two responses, then one pass over the 2B
+        right-padded responses. Both equal scoring prompt+a and prompt+b in full (tested).
+        """
+        if layout == "packed":
+            return self._forward_packed(pairs)
+        if layout != "shared":
+            raise ConfigError(f"pair layout: expected 'packed' or 'shared', got {layout!r}")
         device = next(self.parameters()).device
         pad = self.tokenizer.pad_token_id
         n, lp = len(pairs), max(len(x.prompt) for x in pairs)
@@ -323,6 +335,23 @@ class RewardModel(nn.Module):
         ).last_hidden_state
         rewards = self.head(_pool(hidden, r_mask, "last")).squeeze(-1).float()
         return rewards[0::2], rewards[1::2]
+
+    def _forward_packed(self, pairs: list[SharedPromptPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        from alignkit.models.packing import pack_completions
+
+        device = next(self.parameters()).device
+        batch = pack_completions([(x.prompt, (x.a, x.b)) for x in pairs], self.tokenizer.pad_token_id)
+        dtype = next(self.backbone.parameters()).dtype
+        hidden = self.backbone(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device=device, dtype=dtype),
+            position_ids=batch["position_ids"].to(device),
+            use_cache=False,
+        ).last_hidden_state
+        # only the 2B last-token vectors go through the head: [a_1..a_B, b_1..b_B]
+        last = hidden.reshape(-1, hidden.shape[-1])[batch["last"].to(device)]
+        rewards = self.head(last).squeeze(-1).float()
+        return rewards[: len(pairs)], rewards[len(pairs) :]
 
     def score_encoded(self, pairs: list[EncodedPair], batch_size: int = 32) -> torch.Tensor:
         """Rewards ``(N,)`` for pre-tokenised texts; batches are formed by length so little

@@ -8,10 +8,11 @@ prompt → for each ensemble member: build r̂_θ on the backbone, minimise the
 Bradley–Terry loss (plus optional centring), evaluate every epoch, keep the best epoch
 (lowest held-out log-loss) → save a ``load_reward_model`` directory. With ``per_group``
 one model per annotator group is trained next to the pooled one and a disagreement table
-is written. Speed: for decoders the prompt goes through the backbone once per comparison and its
-KV cache serves both responses; otherwise a and b go through in one forward pass of 2B
-rows. Batches group pairs of similar length and pad to their longest sequence, and
-evaluation runs under ``torch.inference_mode``.
+is written. Speed: for decoders each comparison's prompt goes through the backbone once,
+packed with both responses into unpadded rows under a block-causal mask
+(``pair_layout``); otherwise a and b go through in one forward pass of 2B rows.
+Batches group pairs of similar length (less padding), and evaluation runs under
+``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ __all__ = [
     "length_baseline_accuracy",
     "train_reward",
 ]
+
+PAIR_LAYOUTS = ("packed", "shared", "full")
 
 
 @dataclass
@@ -89,9 +92,12 @@ class RewardConfig:
     group_by_length: bool = True
     """Batch pairs of similar length together (sorted within shuffled windows of 50
     batches, batch order shuffled) so little compute goes to padding."""
-    share_prompt: bool = True
-    """Decoders: compute each comparison's prompt once and reuse its KV cache for both
-    responses (falls back to two full passes for encoders or empty prompts/responses)."""
+    pair_layout: str = "packed"
+    """How decoders lay a batch of comparisons out (all give the same rewards): packed =
+    whole comparisons (the prompt once, then both responses) in unpadded rows of ≤256
+    tokens with a block-causal mask (fewest FLOPs); shared = prompts once, their KV cache
+    reused by the padded responses; full = prompt+a and prompt+b as 2B padded rows.
+    Encoders, and data with an empty prompt or response, always use full."""
     disable_dropout: bool = True
     """Switch dropout off while training (rewards should not be noisy functions)."""
     ratings_to_pairs: bool = False
@@ -211,11 +217,14 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
     prompts, texts_a, texts_b = [p.prompt for p in train], [p.a for p in train], [p.b for p in train]
     mu = torch.tensor([p.mu for p in train])
     shared = None
-    if cfg.share_prompt and model.can_share_prompt:
+    if cfg.pair_layout != "full" and model.can_share_prompt:
         shared = model.encode_comparisons(prompts, texts_a, texts_b)
         if not all(x.prompt and x.a and x.b for x in shared):
             shared = None
-    if shared is not None:
+    if shared is not None and cfg.pair_layout == "packed":
+        # tokens a comparison costs: the prompt and both responses, no padding
+        lengths = [len(x.prompt) + len(x.a) + len(x.b) for x in shared]
+    elif shared is not None:
         # tokens a batch costs: the prompt once, the longer response twice
         lengths = [len(x.prompt) + 2 * max(len(x.a), len(x.b)) for x in shared]
     else:
@@ -276,8 +285,8 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
         n_running = 0
         started = time.perf_counter()
         for idx in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
-            if shared is not None:  # one pass over the prompts, one over both responses
-                r_a, r_b = model.forward_comparisons([shared[i] for i in idx])
+            if shared is not None:  # each prompt computed once for both responses
+                r_a, r_b = model.forward_comparisons([shared[i] for i in idx], cfg.pair_layout)
                 rewards = torch.cat([r_a, r_b])
             else:  # a and b stacked into one forward pass of 2B rows
                 rewards = model(**model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx]))
@@ -369,6 +378,8 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
         raise ConfigError(f"ensemble: expected ≥ 1 members, got {cfg.ensemble}")
     if not 0 <= cfg.eval_fraction < 1:
         raise ConfigError(f"eval_fraction: expected a number in [0, 1), got {cfg.eval_fraction}")
+    if cfg.pair_layout not in PAIR_LAYOUTS:
+        raise ConfigError(f"pair_layout: expected one of {PAIR_LAYOUTS}, got {cfg.pair_layout!r}")
     if cfg.lr_schedule not in ("linear", "constant"):
         raise ConfigError(f"lr_schedule: expected 'linear' or 'constant', got {cfg.lr_schedule!r}")
     if records is None:
