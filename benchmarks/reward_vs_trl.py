@@ -64,7 +64,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool) -> tuple[float, int]:
+def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool, pair_layout: str) -> tuple[float, int]:
     from alignkit.data import Comparison
     from alignkit.recipes.reward import RewardConfig, train_reward
 
@@ -72,7 +72,7 @@ def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool) -> tup
     with tempfile.TemporaryDirectory() as out:
         cfg = RewardConfig(
             model=model_dir, out=out, epochs=1, lr=5e-5, batch_size=8, max_length=128,
-            eval_fraction=0.0, tensorboard=False, group_by_length=group_by_length,
+            eval_fraction=0.0, tensorboard=False, group_by_length=group_by_length, pair_layout=pair_layout,
         )
         metrics = train_reward(cfg, records).metrics
         return metrics["perf/train_pairs_per_s"], metrics["data/train_pairs"]
@@ -102,17 +102,18 @@ def run_trl(model_dir: str, rows: list[dict]) -> tuple[float, int]:
         return trained / (time.perf_counter() - start), trained
 
 
-def worker(impl: str, model_dir: str, n_pairs: int, group_by_length: bool) -> dict:
+def worker(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, pair_layout: str) -> dict:
     rows = synthetic_rows(n_pairs)
     if impl == "alignkit":
-        pairs_per_s, trained = run_alignkit(model_dir, rows, group_by_length)
+        pairs_per_s, trained = run_alignkit(model_dir, rows, group_by_length, pair_layout)
     else:
         pairs_per_s, trained = run_trl(model_dir, rows)
     return {"pairs_per_s": pairs_per_s, "peak_rss_mb": _peak_rss_mb(), "pairs_trained": trained}
 
 
-def measure(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs)]
+def measure(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, threads: int, pair_layout: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs),
+           "--pair-layout", pair_layout]
     if not group_by_length:
         cmd.append("--no-group-by-length")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNKIT_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only, 64 pairs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    ap.add_argument("--pair-layout", default="packed", choices=["packed", "shared", "full"],
+                    help="alignkit's pair_layout (default packed, the recipe's default)")
     ap.add_argument(
         "--threads", type=int, default=1,
         help="OMP threads per worker (default 1: on a shared, loaded machine multi-threaded "
@@ -140,7 +143,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.pairs, args.group_by_length)))
+        print(json.dumps(worker(args.worker, args.model, args.pairs, args.group_by_length, args.pair_layout)))
         return
 
     from alignkit.models import make_tiny_lm_dir
@@ -155,7 +158,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"alignkit": [], "trl": []}
             for rep in range(repeats):
                 for impl in ("alignkit", "trl"):  # interleaved: both see the same machine load
-                    runs[impl].append(measure(impl, model_dir, n_pairs, args.group_by_length, args.threads))
+                    runs[impl].append(measure(impl, model_dir, n_pairs, args.group_by_length, args.threads, args.pair_layout))
                     print(size, rep, impl, runs[impl][-1], flush=True)
             median = {
                 impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()
@@ -180,7 +183,7 @@ def main() -> None:
     meta = {
         "torch": torch.__version__, "trl": trl.__version__, "threads_per_worker": args.threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "repeats": repeats,
-        "alignkit_group_by_length": args.group_by_length, "target": "speedup >= 1.5, rss_ratio <= 1",
+        "alignkit_group_by_length": args.group_by_length, "alignkit_pair_layout": args.pair_layout, "target": "speedup >= 1.5, rss_ratio <= 1",
     }
     summary = {
         s: {"speedup": r["speedup"], "median_paired_speedup": r["median_paired_speedup"], "rss_ratio": r["rss_ratio"]}

