@@ -44,7 +44,7 @@ class DemoConfig:
     """Seeds (annotator labels, reward model, optimisation); the base policy is shared."""
     quick: bool = False
     """Tiny sizes for a smoke test (seconds, not minutes); the numbers mean little."""
-    pairs: int = 384
+    pairs: int = 768
     """Labelled pairs per seed (sampled from the base policy)."""
     heldout_pairs: int = 128
     """Held-out labelled pairs per seed (reward-model accuracy, ECE, agreement)."""
@@ -58,7 +58,7 @@ class DemoConfig:
     """Share of pairs labelled by the politeness-flattered group."""
     flattery_bias: float = 1.0
     """That group's extra reward per polite word."""
-    reward_epochs: int = 2
+    reward_epochs: int = 3
     """Reward-model epochs."""
     reward_lr: float = 1e-3
     """Reward-model learning rate."""
@@ -68,9 +68,9 @@ class DemoConfig:
     """PPO's β for the method comparison (run on every seed; must be in ppo_betas)."""
     sweep_all_seeds: bool = False
     """Run the whole PPO sweep on every seed (slower)."""
-    ppo_steps: int = 20
+    ppo_steps: int = 40
     """PPO iterations."""
-    ppo_lr: float = 3e-4
+    ppo_lr: float = 1e-4
     """PPO learning rate."""
     ppo_batch_size: int = 48
     """PPO rollouts per iteration."""

@@ -87,7 +87,7 @@ class LoopConfig:
     """PPO iterations per round."""
     ppo_kl_coef: float = 0.3
     """PPO's KL leash β."""
-    ppo_lr: float = 3e-4
+    ppo_lr: float = 1e-4
     """PPO learning rate."""
     ppo_batch_size: int = 48
     """PPO rollouts per iteration."""
