@@ -14,7 +14,9 @@ step loop, no evaluation or saving); for TRL we time ``trainer.train()`` with sa
 and logging off. Model loading and tokenisation are outside both timers. alignkit
 uses its defaults, which include ``group_by_length=True`` (less padding); TRL runs with
 its defaults (``group_by_length=False``). Pass ``--no-group-by-length`` to measure
-alignkit without it.
+alignkit without it, and ``--pair-layout shared|full`` to measure alignkit's other pair
+layouts (default ``packed``, the recipe's default). The load average at the start and end
+is recorded: the machine is shared, so read the per-repeat paired ratios.
 
     .venv/bin/python benchmarks/reward_vs_trl.py           # 3 repeats, both sizes
     .venv/bin/python benchmarks/reward_vs_trl.py --quick   # 1 repeat, tiny only
@@ -151,6 +153,7 @@ def main() -> None:
     sizes = ["tiny"] if args.quick else list(SIZES)
     repeats = 1 if args.quick else args.repeats
     results = {}
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             model_dir = str(make_tiny_lm_dir(Path(tmp) / size, **SIZES[size]))
@@ -182,7 +185,8 @@ def main() -> None:
 
     meta = {
         "torch": torch.__version__, "trl": trl.__version__, "threads_per_worker": args.threads or torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "repeats": repeats,
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
         "alignkit_group_by_length": args.group_by_length, "alignkit_pair_layout": args.pair_layout, "target": "speedup >= 1.5, rss_ratio <= 1",
     }
     summary = {

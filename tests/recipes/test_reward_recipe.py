@@ -63,19 +63,18 @@ def test_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
         assert torch.allclose(state_full[k], state_res[k], atol=1e-6), k
 
 
-def test_pair_layouts_train_the_same_model(tiny_lm_dir, tmp_path):
-    """packed (prompt once, both responses in unpadded block-causal rows), shared (prompt KV
-    cache) and full (2B padded rows) compute the same rewards, so with the same batches
-    (no length grouping) they end at the same weights."""
-    pairs = _pairs(24)
+def test_packed_layout_trains_the_same_model_as_full(tiny_lm_dir, tmp_path):
+    """packed (prompt once, both responses in unpadded block-causal rows) and full (2B
+    padded rows) compute the same rewards, so with the same batches (no length grouping)
+    they end at the same weights. (shared == full is tested on the model itself.)"""
+    pairs = _pairs(16)
     kw = dict(epochs=1, eval_fraction=0.0, lr=3e-4, max_length=16, group_by_length=False)
     states = {}
-    for layout in ("full", "shared", "packed"):
+    for layout in ("full", "packed"):
         res = train_reward(_cfg(tiny_lm_dir, tmp_path / layout, pair_layout=layout, **kw), pairs)
         states[layout] = torch.load(res.out_dir / "checkpoint" / "state.pt", weights_only=False)["model"]
-    for layout in ("shared", "packed"):
-        for k, v in states["full"].items():
-            torch.testing.assert_close(states[layout][k], v, atol=1e-5, rtol=1e-4, msg=f"{layout} {k}")
+    for k, v in states["full"].items():
+        torch.testing.assert_close(states["packed"][k], v, atol=1e-5, rtol=1e-4, msg=k)
 
 
 def test_ensemble_rankings_and_ratings(tiny_lm_dir, tmp_path):
