@@ -19,6 +19,8 @@ def test_analytic_kl_hand_computed():
     assert bon_kl_analytic(1) == 0.0
     assert bon_kl_analytic(2) == pytest.approx(0.193147, abs=1e-6)
     assert bon_kl_analytic(16) == pytest.approx(1.835089, abs=1e-6)
+    with pytest.raises(ValueError):
+        bon_kl_analytic(0)
 
 
 def test_selection_probs_hand_computed():

@@ -8,18 +8,9 @@ import pytest
 
 from alignkit.diagnostics.overoptimization import (
     best_of_n_curve,
-    best_of_n_kl,
     best_of_n_weights,
     divergence,
 )
-
-
-def test_best_of_n_kl_by_hand():
-    assert best_of_n_kl(1) == 0.0
-    # n = 2: log 2 - 1/2 = 0.693147 - 0.5 = 0.193147
-    assert best_of_n_kl(2) == pytest.approx(0.193147, abs=1e-6)
-    with pytest.raises(ValueError):
-        best_of_n_kl(0)
 
 
 def test_best_of_n_weights_by_hand():

@@ -33,7 +33,13 @@ RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
 def bon_kl_analytic(n: int) -> float:
-    """log n − (n − 1)/n: KL(π_bon ‖ π) for continuous rewards."""
+    """KL(π_bon ‖ π) = log n − (n − 1)/n in nats (Stiennon et al. 2020).
+
+    Exact for continuous (tie-free) rewards; an upper bound otherwise (Beirami et al.
+    2024). n = 1 gives 0.
+    """
+    if n < 1:
+        raise ValueError(f"best-of-n needs n ≥ 1, got {n}")
     return math.log(n) - (n - 1) / n
 
 

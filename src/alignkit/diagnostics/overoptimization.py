@@ -5,9 +5,9 @@ policy moves away from the reference (measured by KL), the proxy reward it was o
 against keeps rising, but the gold reward peaks and then declines. This module holds
 the arithmetic the demo's KL sweep needs:
 
-* :func:`best_of_n_kl` — KL(π_BoN ‖ π_ref) = log n − (n − 1)/n (Stiennon et al. 2020);
 * :func:`best_of_n_curve` — exact expected proxy and gold reward of best-of-n for every
-  n from K samples per prompt (order statistics, no resampling noise);
+  n from K samples per prompt (order statistics, no resampling noise), with the analytic
+  KL of :func:`alignkit.decoding.best_of_n.bon_kl_analytic`;
 * :func:`divergence` — where gold peaks along a sweep, and whether the loosest leash
   has higher proxy but lower gold than the peak (the over-optimisation signature).
 """
@@ -20,16 +20,7 @@ from typing import Any
 
 import numpy as np
 
-
-def best_of_n_kl(n: int) -> float:
-    """Analytic KL of best-of-n sampling to the base policy: log n − (n − 1)/n (nats).
-
-    Exact for continuous (tie-free) rewards; an upper bound otherwise
-    (Beirami et al. 2024). n = 1 gives 0.
-    """
-    if n < 1:
-        raise ValueError(f"best-of-n needs n ≥ 1, got {n}")
-    return math.log(n) - (n - 1) / n
+from alignkit.decoding.best_of_n import bon_kl_analytic
 
 
 def best_of_n_weights(k: int, n: int) -> np.ndarray:
@@ -70,7 +61,7 @@ def best_of_n_curve(
         w = best_of_n_weights(k, n)
         out.append({
             "n": int(n),
-            "kl": best_of_n_kl(n),
+            "kl": bon_kl_analytic(n),
             "proxy": float((ps @ w).mean()),
             "gold": float((gs @ w).mean()),
         })

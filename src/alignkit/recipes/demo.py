@@ -116,8 +116,8 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Run the demo and write the report; returns the summary dict."""
     import torch
 
-    from alignkit.decoding.best_of_n import best_of_n, lm_sampler
-    from alignkit.diagnostics.overoptimization import best_of_n_curve, best_of_n_kl, divergence
+    from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
+    from alignkit.diagnostics.overoptimization import best_of_n_curve, divergence
     from alignkit.feedback.agreement import cohen_kappa
     from alignkit.feedback.annotators import agreement_rate, gold_agreement
     from alignkit.models import load_causal_lm, load_tokenizer
@@ -212,7 +212,7 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
         bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
         results["best_of_n"] = score_samples(
             PolicySamples(eval_prompts, [r.strip() for r in bon.responses], []), rm, base_gold,
-            kl=best_of_n_kl(cfg.bon_n))
+            kl=bon_kl_analytic(cfg.bon_n))
         k = max(cfg.bon_sweep)
         pool_prompts = [p for p in PROMPTS for _ in range(k)]
         pool = sample_responses(ref, tok, pool_prompts, cfg.max_new_tokens, seed=seed * 31 + 7)

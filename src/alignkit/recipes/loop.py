@@ -327,7 +327,7 @@ def _check(cfg: LoopConfig) -> None:
 def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the iterated loop; returns ``{"rounds": [per-round eval], ...}``."""
 
-    from alignkit.decoding.best_of_n import best_of_n, lm_sampler
+    from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
@@ -394,11 +394,9 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
             new_policy = str(res.out_dir)
         # 5. evaluate
         if cfg.method == "bon":
-            from alignkit.diagnostics.overoptimization import best_of_n_kl
-
             bon = best_of_n(eval_prompts, lm_sampler(policy, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
             samples = PolicySamples(eval_prompts, [r.strip() for r in bon.responses], [0.0] * len(eval_prompts))
-            bon_kl = best_of_n_kl(cfg.bon_n)
+            bon_kl = bon_kl_analytic(cfg.bon_n)
         else:
             pol = load_causal_lm(new_policy).eval()
             samples = sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=54321 + k)
