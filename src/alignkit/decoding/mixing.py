@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from alignkit.decoding.sampler import decode
+from alignkit.decoding.sampler import _cache_kw, decode
 from alignkit.errors import ConfigError
 from alignkit.models.logprobs import position_ids_from_mask
 
@@ -150,6 +150,7 @@ class _CachedLM:
         self.model = model
         self.vocab = vocab
         self.cache = None
+        self.cache_kw = _cache_kw(model)
 
     @torch.no_grad()
     def next_logps(
@@ -161,8 +162,8 @@ class _CachedLM:
             input_ids=new_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_kw: self.cache},
         )
         self.cache = out.past_key_values
         logits = out.logits[:, -1, : self.vocab]
