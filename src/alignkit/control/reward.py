@@ -46,7 +46,7 @@ class RewardNet(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.discrete, self.use_next_obs = obs_dim, act_dim, discrete, use_next_obs
         d_in = obs_dim * (2 if use_next_obs else 1) + act_dim
-        mods: list[nn.Module] = []
+        mods: list[nn.Module] = []  # layers = 0 is a linear reward
         for _ in range(layers):
             mods += [nn.Linear(d_in, hidden), nn.LeakyReLU()]
             d_in = hidden
@@ -127,7 +127,7 @@ class RewardEnsemble:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
         metrics = {"reward/train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])), "reward/labels": float(n)}
         if n_val:
             idx = torch.as_tensor(val_idx)

@@ -24,11 +24,13 @@ import numpy as np
 __all__ = ["LearnedRewardWrapper"]
 
 
-class LearnedRewardWrapper(gym.Wrapper):
+class LearnedRewardWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Pay r̂(o_t, a_t, o_{t+1}) instead of the environment's reward."""
 
     def __init__(self, env: gym.Env, reward_fn: Callable[[Any, Any, Any], Any]):
-        super().__init__(env)
+        # recorded so gymnasium can rebuild the wrapped env from its spec (check_env does)
+        gym.utils.RecordConstructorArgs.__init__(self, reward_fn=reward_fn)
+        gym.Wrapper.__init__(self, env)
         self.reward_fn = reward_fn
         self._obs: Any = None
 

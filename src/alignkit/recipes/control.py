@@ -23,7 +23,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -395,7 +395,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                         "labels": labels} if learned else {})}, ckpt_path)
     envs.close()
     return {"agent": agent, "curve": curve, "labels_used": len(labels), "env_steps": iterations * batch,
-            "ensemble": ensemble, "finished": end_it == iterations, "labels": labels}
+            "ensemble": ensemble, "finished": end_it == iterations, "labels": labels, "reward_scale": reward_scale}
 
 
 def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, float]:
@@ -446,7 +446,7 @@ def run_control(cfg: ControlConfig) -> dict[str, Any]:
             oracle = train_phase(cfg, "oracle", logger)
             if not oracle["finished"]:
                 return {"finished": False, "out": str(out)}
-        learned = train_phase(cfg, "learned", logger, expert=oracle["agent"] if oracle else None)
+        learned = train_phase(cfg, "learned", logger, expert=oracle)
         if not learned["finished"]:
             return {"finished": False, "out": str(out)}
     eval_seed = 10_000 + cfg.seed * 100
