@@ -1103,7 +1103,8 @@ class FeedbackStore:
 
         Comparisons keep incomparable votes (``incomparable=True``; training loaders drop
         them); ties and "both bad" have ``mu = ½``. Every record carries the annotator,
-        their group and ``meta = {item_id, vote_id, ...}``.
+        their group and ``meta = {item_id, vote_id, ...}``, plus ``comment`` when the
+        annotator wrote one.
         """
         out: list[Record] = []
         for v in self.raw_votes(project):
@@ -1115,6 +1116,8 @@ class FeedbackStore:
             }
             if v["turns"]:
                 common["meta"]["prompt_messages"] = v["turns"]
+            if ans.get("comment"):  # the annotator's free text travels with every record
+                common["meta"]["comment"] = ans["comment"]
             responses = v["responses"]
             if kind == "comparisons" and v["type"] == "pairwise":
                 choice = ans["choice"]
