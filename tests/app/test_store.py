@@ -10,13 +10,9 @@ from alignkit.data import correction_sft_examples, load_records, to_comparisons
 from alignkit.data.records import Comparison, Ranking, Rating
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.agreement import cohen_kappa
-from alignkit.feedback.store import (
-    Conflict,
-    FeedbackStore,
-    InvalidAnswer,
-    NotFound,
-    canonical_answer,
-)
+from alignkit.feedback.answers import canonical_answer
+from alignkit.feedback.errors import Conflict, InvalidAnswer, NotFound
+from alignkit.feedback.store import FeedbackStore
 
 PAIR = {"prompt": "2+2?", "responses": ["4", "5"]}
 
@@ -376,3 +372,19 @@ def test_any_json_answer_is_accepted_or_refused_cleanly(kind, submitted):
         Ranking("p", ["x"] * k, ans["order"], ans["ties"])
     elif kind == "pairwise":
         assert ans["choice"] in ("a", "b", "tie", "both_bad", "incomparable")
+
+
+def test_store_errors_are_kinds_not_http_codes_or_cli_flags(store):
+    """The store says what went wrong; the app and the CLI decide how to say it."""
+    from alignkit.feedback.errors import ProjectNotFound, StoreError, UnknownFormat
+
+    with pytest.raises(ProjectNotFound) as e:
+        store.project("nope")
+    assert e.value.project == "nope" and "--" not in str(e.value)
+    store.ensure_project("p")
+    with pytest.raises(UnknownFormat) as e:
+        store.export_rows("p", "xml")
+    assert "trl" in e.value.choices and "--" not in str(e.value)
+    assert not any(
+        hasattr(cls, "status") for cls in (StoreError, NotFound, Conflict, InvalidAnswer)
+    )
