@@ -12,15 +12,19 @@ returns ``(loss, metrics)``; metrics are detached scalars namespaced ``loss/``/`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from alignkit.data.records import Comparison, Ranking
-from alignkit.data.transforms import ranking_pairs
+from alignkit.data.transforms import ranking_orders, ranking_pairs
 
 __all__ = [
     "bradley_terry_loss",
     "plackett_luce_loss",
+    "RankingRows",
+    "ranking_rows",
     "ranking_to_comparisons",
     "reward_centering_loss",
 ]
@@ -145,3 +149,43 @@ def ranking_to_comparisons(ranking: Ranking) -> list[Comparison]:
     Plackett–Luce loss it approximates.)
     """
     return ranking_pairs(ranking)
+
+
+@dataclass
+class RankingRows:
+    """Index tensors that feed B rankings to :func:`plackett_luce_loss`.
+
+    The rankings' responses are laid out flat, ranking after ranking (M = Σ K_b items);
+    with a flat reward vector ``r`` ``(M,)`` the loss is
+    ``plackett_luce_loss(r[rows.index][rows.owner], rows.order, rows.mask, rows.weights)``.
+    """
+
+    index: torch.Tensor
+    """``(B, K)`` long: flat position of ranking b's response k (padding points at 0)."""
+    owner: torch.Tensor
+    """``(N,)`` long: the ranking each row belongs to (a tied ranking has several rows)."""
+    order: torch.Tensor
+    """``(N, K)`` long: response indices best first, padding at the end."""
+    mask: torch.Tensor
+    """``(N, K)`` bool over positions in ``order``: True for real items."""
+    weights: torch.Tensor
+    """``(N,)``: 1 / (number of orders of that ranking), so each ranking weighs 1."""
+
+
+def ranking_rows(rankings: list[Ranking]) -> RankingRows:
+    """:class:`RankingRows` for ``rankings``; ties expand by :func:`ranking_orders`."""
+    k = max(len(r.responses) for r in rankings)
+    index = torch.zeros(len(rankings), k, dtype=torch.long)
+    owner, orders, masks, weights = [], [], [], []
+    start = 0
+    for b, r in enumerate(rankings):
+        n = len(r.responses)
+        index[b, :n] = torch.arange(start, start + n)
+        start += n
+        consistent = ranking_orders(r)
+        for o in consistent:
+            owner.append(b)
+            orders.append(o + list(range(n, k)))  # padding items n..K−1, masked out
+            masks.append([True] * n + [False] * (k - n))
+            weights.append(1.0 / len(consistent))
+    return RankingRows(index, torch.tensor(owner), torch.tensor(orders), torch.tensor(masks), torch.tensor(weights))
