@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alignkit.diagnostics.overoptimization import (
+    best_of_n_gold_gains,
     best_of_n_curve,
     best_of_n_weights,
     divergence,
@@ -103,3 +104,17 @@ def test_gao_and_entanglement_plots_write_pngs(tmp_path):
     pts = [{"step": s, "case1": 0.5, "case2": 0.25, "case3": 0.25, "cosine": 0.9, "logp_chosen": -s,
             "logp_rejected": -2 * s} for s in (0, 5)]
     assert plot_entanglement({"dpo": pts, "normalized": pts}, tmp_path / "ent.png").stat().st_size > 1000
+
+
+def test_best_of_n_gold_gains_per_prompt_match_the_curve():
+    rng = np.random.default_rng(2)
+    proxy = rng.normal(size=(5, 16))
+    gold = proxy + rng.normal(size=(5, 16))
+    ns = [1, 2, 4, 16]
+    gains = best_of_n_gold_gains(proxy, gold, ns)
+    curve = best_of_n_curve(proxy, gold, ns)
+    assert gains.shape == (5, 4) and np.allclose(gains[:, 0], 0.0)
+    assert gains.mean(0) == pytest.approx([p["gold"] - curve[0]["gold"] for p in curve])
+    # n = k picks the top-proxy sample of each prompt
+    top = gold[np.arange(5), proxy.argmax(1)] - gold.mean(1)
+    assert gains[:, 3] == pytest.approx(top)
