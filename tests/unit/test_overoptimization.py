@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from alignkit.diagnostics.overoptimization import (
-    best_of_n_gold_gains,
     best_of_n_curve,
+    best_of_n_gold_gains,
     best_of_n_weights,
     divergence,
     fit_gao,
