@@ -62,7 +62,7 @@ def loop_cmd(
 
 
 def demo_cmd(
-    variant: str | None = typer.Argument(None, help="Leave out for the embedded task; 'hh' for the real-data variant."),
+    variant: str | None = typer.Argument(None, help="Leave out for the embedded task; 'hh' for the real-data variant; 'control' for Pendulum from segment preferences."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo, runs/demo_hh)."),
     task: str = typer.Option("assistant", "--task", help="assistant (embedded, offline) or hh (real HH pairs)."),
     seed: int = typer.Option(0, "--seed", help="First seed; the demo runs --n-seeds consecutive seeds."),
@@ -77,6 +77,10 @@ def demo_cmd(
     from alignkit.errors import ConfigError
 
     _quiet()
+    if variant == "control":  # gymnasium control from segment preferences: alignkit.cli.control
+        from alignkit.cli.control import demo_control
+
+        return demo_control(out, seed, quick, config)
     if variant is not None:
         if variant != "hh":
             raise ConfigError(f"demo: unknown variant {variant!r} (expected 'hh' or nothing)")
