@@ -28,3 +28,14 @@ def tiny_lm_dir(tmp_path_factory):
     from alignkit.models import make_tiny_lm_dir
 
     return make_tiny_lm_dir(tmp_path_factory.mktemp("tiny_lm"), n_layer=2, n_embd=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray with 2 CPUs for the whole session (starting Ray costs ~10 s); yields the
+    address that alignkit.scale.tasks.map_tasks takes. Skipped without the `scale` extra."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield "local"
+    ray.shutdown()
