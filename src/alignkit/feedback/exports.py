@@ -43,9 +43,10 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
 
     Comparisons keep incomparable votes (``incomparable=True``; training loaders drop
     them); ties and "both bad" have ``mu = ½``. Every record carries the annotator,
-    their group and ``meta = {item_id, vote_id, ...}``. A ``video_pair`` vote is a
-    comparison of two clips (``a``/``b`` = ``"media:<sha256>"``) whose ``meta.item_meta``
-    is the item's own meta (e.g. the segment ids given at import).
+    their group and ``meta = {item_id, vote_id, ...}``, plus ``comment`` when the
+    annotator wrote one. A ``video_pair`` vote is a comparison of two clips (``a``/``b``
+    = ``"media:<sha256>"``) whose ``meta.item_meta`` is the item's own meta (e.g. the
+    segment ids given at import).
     """
     out: list[Record] = []
     for v in raw:
@@ -57,6 +58,8 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
         }
         if v["turns"]:
             common["meta"]["prompt_messages"] = v["turns"]
+        if ans.get("comment"):  # the annotator's free text travels with every record
+            common["meta"]["comment"] = ans["comment"]
         if v["type"] == "video_pair":  # the clips' own meta (e.g. segment ids) comes back
             common["meta"]["item_meta"] = v["item_meta"]
         responses = v["responses"]

@@ -2,8 +2,9 @@
 
 Read top to bottom: config → data → model → reference log-probs → loop → save.
 
-* Chosen and rejected sequences go through the policy in **one** concatenated forward
-  (rows ``[chosen_1..B, rejected_1..B]``, right-padded to the longest).
+* Chosen and rejected sequences go through the policy in **one** forward pass, each prompt
+  once (``pair_layout``; the layouts and :func:`~alignkit.models.pairs.pair_logps` live in
+  :mod:`alignkit.models.pairs`, shared with the reward model).
 * The reference is never a second model copy: without LoRA its log-probs are computed
   once, before training, by the initial weights (``inference_mode``); with LoRA they
   come from the same weights with the adapters disabled.
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError, DataError
+from alignkit.models.pairs import PAIR_LAYOUTS as LAYOUTS
+from alignkit.models.pairs import collate_pairs, pair_logps, tokenize_pair
 
 LOSSES = ("dpo", "ipo", "cdpo", "normalized")
-LAYOUTS = ("packed", "shared", "full")
 
 
 @dataclass
@@ -96,122 +98,6 @@ class DPOResult:
     """Last logged metrics plus ``steps`` and ``pairs_per_s``."""
     model: Any = None
     """The trained model object."""
-
-
-@dataclass
-class PairTokens:
-    """Token ids of one comparison: the shared prompt and the two completions (EOS-ended)."""
-
-    prompt: list[int]
-    chosen: list[int]
-    rejected: list[int]
-
-
-def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int) -> PairTokens:
-    """Tokenise a comparison; too-long pairs keep the end of the prompt and the start of the
-    completions (the same prompt tokens for both). An empty prompt becomes a single EOS so
-    the first completion token has a context."""
-    eos = tokenizer.eos_token_id
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    c = tokenizer(chosen, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-    r = tokenizer(rejected, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-    longest = max(len(c), len(r))
-    if len(p) + longest > max_length:
-        keep = max(min(len(p), max_length - min(longest, max_length // 2)), 1)
-        p = p[len(p) - keep :]
-        c, r = c[: max_length - len(p)], r[: max_length - len(p)]
-    if not p:
-        p = [eos if eos is not None else tokenizer.pad_token_id]
-    return PairTokens(p, c, r)
-
-
-def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") -> dict:
-    """Tensors for :func:`pair_logps`, in one of three layouts.
-
-    ``packed``: rows ``(R, L)`` of whole pairs, prompt_1 chosen_1 rejected_1 prompt_2 ...,
-    up to ``alignkit.models.packing.PACK_ROW_TOKENS`` tokens a row (little padding, none inside a row);
-    ``position_ids`` restart per sequence; ``attention_mask`` ``(R, 1, L, L)`` is additive
-    (0 = may attend): a token sees earlier tokens of its own prompt and its own completion
-    only. ``prev``/``target``/``owner`` ``(N,)`` give, for every completion token, the flat
-    index (row·L + column) whose logits predict it, its own flat index, and its sequence
-    (chosen i → i, rejected i → B + i).
-    ``shared``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
-    ``completion_ids``/``completion_mask`` ``(2B, C)`` right-padded, rows interleaved
-    (chosen_1, rejected_1, chosen_2, ...).
-    ``full``: full sequences ``(2B, T)`` right-padded, rows [chosen_1..B, rejected_1..B].
-    """
-    from alignkit.recipes._common import Example, collate
-
-    if layout == "packed":
-        return _pack_pairs(pairs, pad_id)
-    if layout == "full":
-        seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
-        seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
-        return collate(seqs, pad_id)
-    import torch
-
-    b, p_len = len(pairs), max(len(x.prompt) for x in pairs)
-    comps = [c for x in pairs for c in (x.chosen, x.rejected)]
-    c_len = max(len(c) for c in comps)
-    prompt_ids = torch.full((b, p_len), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((b, p_len), dtype=torch.long)
-    for i, x in enumerate(pairs):
-        prompt_ids[i, p_len - len(x.prompt) :] = torch.tensor(x.prompt)
-        prompt_mask[i, p_len - len(x.prompt) :] = 1
-    completion_ids = torch.full((2 * b, c_len), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((2 * b, c_len), dtype=torch.long)
-    for i, c in enumerate(comps):
-        completion_ids[i, : len(c)] = torch.tensor(c)
-        completion_mask[i, : len(c)] = 1
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids, "completion_mask": completion_mask}
-
-
-def _pack_pairs(pairs: list[PairTokens], pad_id: int, row_tokens: int | None = None) -> dict:
-    """The packed layout of :func:`alignkit.models.packing.pack_completions` (rows of at most
-    ``row_tokens``, default ``PACK_ROW_TOKENS`` = 256), sequences [chosen_1..B, rejected_1..B]."""
-    from alignkit.models.packing import PACK_ROW_TOKENS, pack_completions
-
-    groups = [(x.prompt, (x.chosen, x.rejected)) for x in pairs]
-    return pack_completions(groups, pad_id, row_tokens or PACK_ROW_TOKENS)
-
-
-def pair_logps(model, batch: dict):
-    """Sequence log-probs of the completions, ``(2B,)`` = [chosen_1..B, rejected_1..B].
-
-    With a shared-prompt batch the prompt runs once (its KV cache repeated for the two
-    completions), so prompt tokens cost one forward per pair instead of two; the result
-    equals :func:`alignkit.models.sequence_logps` on the full sequences (tested).
-    """
-    import torch
-
-    from alignkit.models import gather_token_logps, sequence_logps
-    from alignkit.models.logprobs import position_ids_from_mask
-
-    if "prev" in batch:  # packed rows, block-causal mask; prev/target index the flattened rows
-        mask = batch["attention_mask"].to(next(model.parameters()).dtype)
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask,
-                       position_ids=batch["position_ids"], use_cache=False).logits
-        logits = logits.reshape(-1, logits.shape[-1])
-        token = gather_token_logps(logits[batch["prev"]], batch["input_ids"].reshape(-1)[batch["target"]])
-        n = int(batch["n_seqs"])
-        return torch.zeros(n, dtype=token.dtype, device=token.device).index_add_(0, batch["owner"], token)
-    if "prompt_ids" not in batch:
-        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
-    pm, cm = batch["prompt_mask"], batch["completion_mask"]
-    # only the prompt's last position needs logits (it predicts the first completion token)
-    out = model(input_ids=batch["prompt_ids"], attention_mask=pm,
-                position_ids=position_ids_from_mask(pm), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(2)  # row i of the prompts serves completions 2i and 2i+1
-    pm2 = pm.repeat_interleave(2, dim=0)
-    positions = pm2.sum(1, keepdim=True) + torch.arange(cm.shape[1], device=cm.device)[None]
-    out_c = model(input_ids=batch["completion_ids"], attention_mask=torch.cat([pm2, cm], 1),
-                  position_ids=positions, past_key_values=cache, use_cache=False)
-    # the first completion token is predicted by the prompt's last position
-    logits = torch.cat([out.logits[:, -1:].repeat_interleave(2, dim=0), out_c.logits[:, :-1]], 1)
-    sums = (gather_token_logps(logits, batch["completion_ids"]) * cm).sum(1)
-    return torch.cat([sums[0::2], sums[1::2]])
 
 
 def load_comparisons(path: str):
