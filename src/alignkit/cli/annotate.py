@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from alignkit.errors import AlignkitError, DataError
+from alignkit.feedback.errors import InvalidRequest, ProjectNotFound, UnknownFormat
 
 DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db URL."
 PROJECT_HELP = "Project name (items, settings and labels are kept per project)."
@@ -32,7 +35,26 @@ def _store(db: str):
             f"`alignkit annotate` needs the app extra ({e.name} is missing): "
             "pip install 'alignkit[app]'"
         ) from None
-    return FeedbackStore(db)
+    try:
+        return FeedbackStore(db)
+    except InvalidRequest as e:  # not a database URL
+        raise AlignkitError(f"--db: {e}") from None
+
+
+@contextmanager
+def _flags(db: str) -> Iterator[None]:
+    """Say the store's refusals in the command line's terms (its flags and commands)."""
+    try:
+        yield
+    except ProjectNotFound as e:
+        raise AlignkitError(
+            f"--project: no project named {e.project!r}; import items with "
+            f"`alignkit annotate import --db {db} --project {e.project} FILE` first"
+        ) from None
+    except UnknownFormat as e:
+        raise AlignkitError(
+            f"--format: expected one of {', '.join(e.choices)}, got {e.format!r}"
+        ) from None
 
 
 def read_item_file(path: Path) -> list:
@@ -45,7 +67,8 @@ def read_item_file(path: Path) -> list:
     if not rows:
         raise DataError("no items (the file is empty)", path=str(path))
     first = rows[0][1]
-    if isinstance(first, dict) and "responses" in first and "kind" not in first:
+    is_item = isinstance(first, dict) and "kind" not in first
+    if is_item and ("responses" in first or first.get("type") == "video_pair"):
         out = []
         for line, row in rows:
             if not isinstance(row, dict):
@@ -102,15 +125,24 @@ def register(app: typer.Typer) -> None:
         """Import items: prompt + responses (pairwise, ranking, rating), or data-layer records.
 
         Item rows: {"type": "pairwise"|"ranking"|"rating", "prompt": text or
-        [{"role", "content"}, ...], "responses": [...], "id"?, "gold"?, "meta"?}.
+        [{"role", "content"}, ...], "responses": [...], "id"?, "gold"?, "meta"?}; or clip
+        pairs {"type": "video_pair", "video_a": "a.webm", "video_b": "b.webm", "prompt"?,
+        "id"?, "meta"?} (paths relative to the file; .webm, .mp4 or .gif).
         Records (alignkit, TRL, HH): a comparison becomes a pairwise item, a ranking a
         ranking item, a rating a rating item. Importing the same file twice adds nothing.
         """
+        from alignkit.feedback.media import import_video_pairs
+
         entries = read_item_file(file)
         store = _store(db)
         store.ensure_project(project)
         try:
-            result = store.add_items(project, entries, gold=gold)
+            if all(isinstance(e, dict) and e.get("type") == "video_pair" for e in entries):
+                result = import_video_pairs(
+                    store, project, entries, gold=gold, base_dir=file.parent
+                )
+            else:
+                result = store.add_items(project, entries, gold=gold)
         except DataError as e:
             raise DataError(e.reason, path=str(file), line=e.line, field=e.field) from None
         typer.echo(
@@ -179,7 +211,8 @@ def register(app: typer.Typer) -> None:
         """Agreement (Cohen's κ, Fleiss' κ, Krippendorff's α), gold accuracy, group rates."""
         from alignkit.feedback.store import format_stat, json_safe
 
-        s = _store(db).stats(project)
+        with _flags(db):
+            s = _store(db).stats(project)
         if as_json:
             typer.echo(json.dumps(json_safe(s), indent=2))
             return
@@ -220,5 +253,6 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output JSONL file (written atomically)."),
     ):
         """Export labels: TRL prompt/chosen/rejected (+ mu for ties), records, or raw votes."""
-        n = _store(db).export(project, format, out)
+        with _flags(db):
+            n = _store(db).export(project, format, out)
         typer.echo(f"wrote {n} rows ({format}) to {out}")

@@ -5,7 +5,9 @@ One interface for all of them:
 * ``annotator.compare(prompt, a, b) -> Comparison`` — one judgement;
 * ``annotator.label(pairs) -> list[Comparison]`` — a batch of ``(prompt, a, b)`` triples.
 
-Simulated humans (for experiments with a known answer):
+Simulated humans (for experiments with a known answer; defined with their choice math in
+:mod:`alignkit.feedback.human_models`, which also has regret-based, myopic and B-Pref
+teachers over any items):
 
 * :class:`BoltzmannAnnotator` — Boltzmann-rational Bradley–Terry over a hidden reward
   r_H with rationality β: P(a ≻ b) = σ(β (r_H(a) − r_H(b))) (Christiano et al. 2017;
@@ -26,7 +28,6 @@ the labels to come back.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,19 @@ from typing import Any, Protocol
 
 from alignkit.data.records import Comparison
 from alignkit.errors import AlignkitError, ConfigError
+
+# The simulated humans and their choice math live in human_models (once); re-exported here.
+from alignkit.feedback.human_models import (  # noqa: F401
+    BiasedAnnotator,
+    BoltzmannAnnotator,
+    BPrefTeacher,
+    MyopicAnnotator,
+    RegretAnnotator,
+    length_bias,
+    sigmoid,
+)
+from alignkit.feedback.human_models import floats as _floats  # noqa: F401
+from alignkit.feedback.human_models import score_pairs as _score_pairs
 
 Pair = tuple[str, str, str]
 """A query: (prompt, response a, response b)."""
@@ -50,123 +64,6 @@ class Annotator(Protocol):
     def compare(self, prompt: str, a: str, b: str) -> Comparison: ...
 
     def label(self, pairs: Sequence[Pair]) -> list[Comparison]: ...
-
-
-def _floats(x: Any) -> list[float]:
-    if hasattr(x, "tolist"):
-        x = x.tolist()
-    return [float(v) for v in x]
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def _score_pairs(score_fn: ScoreFn, pairs: Sequence[Pair]) -> tuple[list[float], list[float]]:
-    """Score both sides of every pair with one batched call."""
-    prompts = [p for p, _, _ in pairs]
-    r = _floats(score_fn(prompts + prompts, [a for _, a, _ in pairs] + [b for _, _, b in pairs]))
-    return r[: len(pairs)], r[len(pairs) :]
-
-
-class BoltzmannAnnotator:
-    """Simulated human: Boltzmann-rational Bradley–Terry over a hidden reward.
-
-    For a pair with Δ = r_H(a) − r_H(b):
-
-    * |Δ| < ``tie_band``  → a tie, μ = ½;
-    * otherwise a ≻ b with probability p = σ(β Δ) (μ = 1, else μ = 0), or μ = p itself
-      when ``soft=True``;
-    * then, with probability ``noise``, the label is replaced by its flip 1 − μ
-      (a careless click, independent of the pair).
-
-    β → ∞ is a perfectly rational annotator, β = 0 a coin flip. ``meta`` records p and Δ.
-    """
-
-    def __init__(
-        self,
-        reward_fn: ScoreFn,
-        *,
-        beta: float = 1.0,
-        tie_band: float = 0.0,
-        noise: float = 0.0,
-        soft: bool = False,
-        seed: int = 0,
-        name: str = "boltzmann",
-        group: str | None = None,
-    ):
-        if beta < 0:
-            raise ConfigError(f"annotator beta must be ≥ 0 (rationality), got {beta}")
-        if not 0.0 <= noise <= 1.0:
-            raise ConfigError(f"annotator noise must be in [0, 1], got {noise}")
-        if tie_band < 0:
-            raise ConfigError(f"annotator tie_band must be ≥ 0, got {tie_band}")
-        self.reward_fn = reward_fn
-        self.beta = beta
-        self.tie_band = tie_band
-        self.noise = noise
-        self.soft = soft
-        self.rng = random.Random(seed)
-        self.name = name
-        self.group = group
-
-    def preference_probability(self, delta: float) -> float:
-        """P(a ≻ b) = σ(β Δ) before the tie band and the noise."""
-        return sigmoid(self.beta * delta)
-
-    def _judge(self, prompt: str, a: str, b: str, ra: float, rb: float) -> Comparison:
-        delta = ra - rb
-        p = self.preference_probability(delta)
-        if abs(delta) < self.tie_band:
-            mu = 0.5
-        elif self.soft:
-            mu = p
-        else:
-            mu = 1.0 if self.rng.random() < p else 0.0
-        if self.noise > 0 and self.rng.random() < self.noise:
-            mu = 1.0 - mu
-        return Comparison(
-            prompt=prompt, a=a, b=b, mu=mu, annotator=self.name, group=self.group,
-            meta={"p": p, "delta": delta},
-        )
-
-    def compare(self, prompt: str, a: str, b: str) -> Comparison:
-        return self.label([(prompt, a, b)])[0]
-
-    def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
-        if not pairs:
-            return []
-        ra, rb = _score_pairs(self.reward_fn, pairs)
-        return [self._judge(p, a, b, x, y) for (p, a, b), x, y in zip(pairs, ra, rb, strict=True)]
-
-
-def length_bias(per_word: float = 0.25) -> ScoreFn:
-    """A bias term that likes longer answers: ``per_word`` × number of words."""
-
-    def bias(prompts: list[str], responses: list[str]) -> list[float]:
-        return [per_word * len(r.split()) for r in responses]
-
-    return bias
-
-
-class BiasedAnnotator(BoltzmannAnnotator):
-    """Boltzmann-rational over r_H(x, y) + bias(x, y): a systematic, non-random error.
-
-    The default bias, :func:`length_bias`, prefers longer answers regardless of their
-    quality — the "verbosity" bias of human and AI raters. Everything else (β, tie band,
-    noise) is as in :class:`BoltzmannAnnotator`.
-    """
-
-    def __init__(self, reward_fn: ScoreFn, bias_fn: ScoreFn | None = None, **kwargs: Any):
-        bias_fn = bias_fn or length_bias()
-        kwargs.setdefault("name", "biased")
-
-        def biased(prompts: list[str], responses: list[str]) -> list[float]:
-            r = _floats(reward_fn(prompts, responses))
-            return [x + y for x, y in zip(r, _floats(bias_fn(prompts, responses)), strict=True)]
-
-        super().__init__(biased, **kwargs)
-        self.bias_fn = bias_fn
 
 
 class AnnotatorPopulation:
@@ -353,7 +250,7 @@ class HumanAnnotator:
                 raise AlignkitError(
                     f"annotation server: {missing} of {len(ids)} pairs still unlabelled after "
                     f"{self.timeout_s:g} s (project '{self.project}'); label them in the web app "
-                    "and run again with --resume"
+                    "and resume the run"
                 )
             self.sleep(self.poll_s)
             waited += self.poll_s

@@ -5,6 +5,7 @@ from alignkit.losses.dpo import (  # noqa: F401  (policy helper)
     ipo_loss,
     normalized_gradient_dpo_loss,
     per_example_grad_norms,
+    plackett_luce_dpo_loss,
 )
 from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3  # noqa: F401
 from alignkit.losses.ppo import (  # noqa: F401
@@ -19,8 +20,10 @@ from alignkit.losses.ppo import (  # noqa: F401
     whiten,
 )
 from alignkit.losses.preference import (  # noqa: F401  (reward helper)
+    RankingRows,
     bradley_terry_loss,
     plackett_luce_loss,
+    ranking_rows,
     ranking_to_comparisons,
     reward_centering_loss,
 )
