@@ -96,6 +96,8 @@ class ControlConfig:
     """The remaining labels are spread evenly over this first share of the iterations."""
     segment_length: int | None = None
     """k steps per segment (None: per-env preset)."""
+    reward_inputs: str = "obs_action"
+    """What r̂ sees: obs_action (r̂(o, a)), obs (r̂(o)) or obs_action_next (r̂(o, a, o′))."""
     reward_members: int = 3
     """Reward ensemble size (bootstrap resamples)."""
     reward_epochs: int = 10
@@ -162,6 +164,8 @@ def validate(cfg: ControlConfig) -> None:
         raise ConfigError(f"--algo: expected ppo or a2c, got {cfg.algo!r}")
     if cfg.annotator not in ANNOTATORS:
         raise ConfigError(f"--annotator: expected one of {', '.join(ANNOTATORS)}, got {cfg.annotator!r}")
+    if cfg.reward_inputs not in ("obs_action", "obs", "obs_action_next"):
+        raise ConfigError(f"reward_inputs: expected obs_action, obs or obs_action_next, got {cfg.reward_inputs!r}")
     if cfg.query not in QUERIES:
         raise ConfigError(f"--query: expected one of {', '.join(QUERIES)}, got {cfg.query!r}")
     if cfg.human and not cfg.db:
@@ -296,6 +300,8 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     schedule = label_schedule(cfg.labels, iterations, cfg.initial_label_frac, cfg.label_iters_frac)
     if learned:
         ensemble = RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
+                                  use_action=cfg.reward_inputs != "obs",
+                                  use_next_obs=cfg.reward_inputs == "obs_action_next",
                                   hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
                                   random_answer_prob=cfg.random_answer_prob, seed=cfg.seed)
         if cfg.human:
