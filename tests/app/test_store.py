@@ -6,17 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignkit.data import load_records
+from alignkit.data import correction_sft_examples, load_records, to_comparisons
 from alignkit.data.records import Comparison, Ranking, Rating
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.agreement import cohen_kappa
-from alignkit.feedback.store import (
-    Conflict,
-    FeedbackStore,
-    InvalidAnswer,
-    NotFound,
-    canonical_answer,
-)
+from alignkit.feedback.answers import canonical_answer
+from alignkit.feedback.errors import Conflict, InvalidAnswer, NotFound
+from alignkit.feedback.store import FeedbackStore
 
 PAIR = {"prompt": "2+2?", "responses": ["4", "5"]}
 
@@ -196,7 +192,8 @@ def test_ranking_rating_tags_edits_comment_and_exports(store, tmp_path):
     u = bot(store, "ann", group="de")
     answers = {
         "rank": {"ranks": [1, 1, 2], "comment": "close call"},
-        "rate": {"ratings": [6, 2], "tags": [["offtopic"], ["untrue"]], "edits": ["better", None]},
+        "rate": {"ratings": [6, 2], "tags": [["offtopic"], ["untrue"]], "edits": ["better", None],
+                 "comment": "fixed the first"},
         "t": {"choice": "tie"},
         "i": {"choice": "incomparable"},
         "bb": {"choice": "both_bad"},
@@ -217,6 +214,11 @@ def test_ranking_rating_tags_edits_comment_and_exports(store, tmp_path):
     (corr,) = store.export_records("p", "corrections")
     assert corr.edited == "better" and corr.response in ("s0", "s1")
     assert shown[corr.response] == 6.0  # the edit and the score refer to the same response
+    # comments travel as metadata: on the records, and on what corrections train
+    assert rk.meta["comment"] == "close call" and corr.meta["comment"] == "fixed the first"
+    assert to_comparisons([corr])[0].meta["comment"] == "fixed the first"
+    assert correction_sft_examples([corr])[0]["meta"]["comment"] == "fixed the first"
+    assert "comment" not in comps["t"].meta  # no comment written, none exported
     raw = store.export_rows("p", "raw")
     assert len(raw) == 5 and {r["type"] for r in raw} == {"pairwise", "ranking", "rating"}
     rate_raw = next(r for r in raw if r["type"] == "rating")
@@ -370,3 +372,19 @@ def test_any_json_answer_is_accepted_or_refused_cleanly(kind, submitted):
         Ranking("p", ["x"] * k, ans["order"], ans["ties"])
     elif kind == "pairwise":
         assert ans["choice"] in ("a", "b", "tie", "both_bad", "incomparable")
+
+
+def test_store_errors_are_kinds_not_http_codes_or_cli_flags(store):
+    """The store says what went wrong; the app and the CLI decide how to say it."""
+    from alignkit.feedback.errors import ProjectNotFound, StoreError, UnknownFormat
+
+    with pytest.raises(ProjectNotFound) as e:
+        store.project("nope")
+    assert e.value.project == "nope" and "--" not in str(e.value)
+    store.ensure_project("p")
+    with pytest.raises(UnknownFormat) as e:
+        store.export_rows("p", "xml")
+    assert "trl" in e.value.choices and "--" not in str(e.value)
+    assert not any(
+        hasattr(cls, "status") for cls in (StoreError, NotFound, Conflict, InvalidAnswer)
+    )

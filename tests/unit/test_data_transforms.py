@@ -10,6 +10,9 @@ from alignkit.data import (
     Ranking,
     Rating,
     TrajectoryPair,
+    correction_comparison,
+    correction_sft_examples,
+    ranking_orders,
     to_comparisons,
     train_eval_split,
 )
@@ -140,3 +143,27 @@ def test_split_zero_fraction_and_bad_fraction():
     assert train_eval_split(recs, 0.0, seed=0) == (recs, [])
     with pytest.raises(ConfigError, match="eval_fraction"):
         train_eval_split(recs, 1.0, seed=0)
+
+
+def test_correction_comparison_and_sft_targets_keep_comment():
+    c = Correction("q", "bad", "good", annotator="ann", meta={"comment": "too curt", "vote_id": 7})
+    pair = correction_comparison(c)
+    assert (pair.a, pair.b, pair.mu, pair.annotator) == ("good", "bad", 1.0, "ann")
+    assert pair.meta == {"comment": "too curt", "vote_id": 7, "source": "correction"}
+    assert correction_comparison(Correction("q", "same", "same")) is None
+    rows = correction_sft_examples([c, Comparison("q", "a", "b"), Correction("r", "x", "y")])
+    assert [(r["prompt"], r["completion"]) for r in rows] == [("q", "good"), ("r", "y")]
+    assert rows[0]["meta"]["comment"] == "too curt" and rows[0]["meta"]["annotator"] == "ann"
+
+
+def test_ranking_orders_expand_tied_groups():
+    """order 2 > {0, 1} tied > 3: the tied pair in both internal orders, 2 and 3 fixed."""
+    assert ranking_orders(Ranking("q", ["a", "b", "c"], [1, 2, 0])) == [[1, 2, 0]]
+    r = Ranking("q", ["a", "b", "c", "d"], [2, 0, 1, 3], ties=[[0, 1]])
+    assert ranking_orders(r) == [[2, 0, 1, 3], [2, 1, 0, 3]]
+    two = Ranking("q", list("abcde"), [0, 1, 2, 3, 4], ties=[[0, 1], [2, 3, 4]])
+    orders = ranking_orders(two)
+    assert len(orders) == 2 * 6 and len({tuple(o) for o in orders}) == 12
+    assert all(set(o[:2]) == {0, 1} and set(o[2:]) == {2, 3, 4} for o in orders)
+    with pytest.raises(DataError, match="orders"):
+        ranking_orders(Ranking("q", list("abcdefg"), list(range(7)), ties=[list(range(7))]))

@@ -11,6 +11,7 @@ from alignkit.losses.dpo import (
     ipo_loss,
     normalized_gradient_dpo_loss,
     per_example_grad_norms,
+    plackett_luce_dpo_loss,
 )
 
 # One pair used in the hand computations below:
@@ -141,3 +142,33 @@ def test_normalized_gradient_components_have_unit_norm():
         plain, _ = dpo_loss(cw, cl.detach(), ref[w[:1]], ref[l[:1]], beta)
         gp = torch.autograd.grad(plain, th, retain_graph=True)[0]
         assert gp.norm().item() == pytest.approx(beta * weight * nw.item(), rel=1e-5)
+
+
+def test_pl_dpo_k2_equals_dpo_exactly():
+    """K = 2 rankings [0, 1] are DPO pairs (chosen = response 0): same loss and gradients."""
+    g = torch.Generator().manual_seed(3)
+    pol = torch.randn(6, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    ref = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    pl, m = plackett_luce_dpo_loss(pol, ref, 0.3, torch.tensor([[0, 1]] * 6))
+    (g_pl,) = torch.autograd.grad(pl, pol)
+    d, dm = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.3)
+    (g_d,) = torch.autograd.grad(d, pol)
+    assert pl.item() == d.item()
+    assert torch.equal(g_pl, g_d) or torch.allclose(g_pl, g_d, rtol=0, atol=1e-15)
+    assert m["reward/margin"].item() == pytest.approx(dm["reward/margin"].item())
+
+
+def test_pl_dpo_k3_hand_computed():
+    """β = 0.5, log π − log π_ref = (2, 0, −2) → r̂ = (1, 0, −1); order 0 ≻ 1 ≻ 2:
+    [log(e + 1 + e⁻¹) − 1] + [log(1 + e⁻¹) − 0] = 0.407606 + 0.313262 = 0.720868.
+    Order 2 ≻ 0 ≻ 1 (second row): [log(e + 1 + e⁻¹) + 1] + [log(e + 1) − 1] = 2.407606 + 0.313262."""
+    ref = torch.tensor([[-3.0, -2.0, -1.0]] * 2)
+    pol = ref + torch.tensor([2.0, 0.0, -2.0])
+    loss, m = plackett_luce_dpo_loss(pol[:1], ref[:1], 0.5, torch.tensor([[0, 1, 2]]))
+    assert loss.item() == pytest.approx(0.720868, abs=1e-5)
+    assert m["reward/best"].item() == pytest.approx(1.0) and m["reward/worst"].item() == pytest.approx(-1.0)
+    loss2, m2 = plackett_luce_dpo_loss(pol, ref, 0.5, torch.tensor([[0, 1, 2], [2, 0, 1]]))
+    assert loss2.item() == pytest.approx((0.720868 + 2.720868) / 2, abs=1e-5)
+    assert m2["reward/top1_accuracy"].item() == 0.5
+    # policy == reference: every implicit reward is 0, the loss is log K! = log 6
+    assert plackett_luce_dpo_loss(ref, ref, 0.5, torch.tensor([[0, 1, 2]]))[0].item() == pytest.approx(math.log(6))

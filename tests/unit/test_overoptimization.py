@@ -10,6 +10,8 @@ from alignkit.diagnostics.overoptimization import (
     best_of_n_curve,
     best_of_n_weights,
     divergence,
+    fit_gao,
+    gao_curve,
 )
 
 
@@ -48,3 +50,44 @@ def test_divergence_detects_peak_then_fall():
     assert d["peak_index"] == 1 and d["loosest_index"] == 2 and d["diverges"]
     mono = [{"kl": 0, "proxy": 0, "gold": 0}, {"kl": 1, "proxy": 1, "gold": 1}]
     assert not divergence(mono)["diverges"]
+
+
+# --- Gao et al. fits ---------------------------------------------------------------------
+@pytest.mark.parametrize("form,alpha,beta", [("bon", 1.3, 0.4), ("rl", 0.9, 0.5)])
+def test_gao_fit_recovers_synthetic_curves_within_5_percent(form, alpha, beta):
+    """Noisy replicate curves R(d) + ε (σ = 0.1, 64 replicates) at the demo's kind of KL grid:
+    α, β within 5 %, their bootstrap CIs cover the truth, the predicted peak KL is
+    d*² = (α/2β)² (bon) or exp(2(α/β − 1)) (rl)."""
+    rng = np.random.default_rng(1)
+    kl = np.array([0.0, 0.3, 0.8, 1.5, 2.4, 3.5, 5.0, 7.0]) if form == "bon" else np.array(
+        [0.0, 0.1, 0.4, 1.0, 2.0, 4.0, 8.0, 12.0])
+    truth = gao_curve(np.sqrt(kl), alpha, beta, form)
+    reps = truth + rng.normal(0, 0.1, size=(64, len(kl)))
+    fit = fit_gao(kl, reps, form, n_boot=300, seed=0)
+    assert fit["alpha"] == pytest.approx(alpha, rel=0.05)
+    assert fit["beta"] == pytest.approx(beta, rel=0.05)
+    assert fit["alpha_ci"][0] <= alpha <= fit["alpha_ci"][1]
+    assert fit["beta_ci"][0] <= beta <= fit["beta_ci"][1]
+    peak = (alpha / (2 * beta)) ** 2 if form == "bon" else math.exp(2 * (alpha / beta - 1))
+    assert fit["peak_kl"] == pytest.approx(peak, rel=0.15)
+    assert fit["peak_kl_ci"][0] <= peak <= fit["peak_kl_ci"][1]
+    assert fit["r2"] > 0.9 and fit["replicates"] == 64
+
+
+def test_gao_fit_exact_curve_and_hand_peak():
+    """Exact best-of-n curve α = 1, β = 0.25 (no noise): the fit is exact, the residual
+    bootstrap has zero width, d* = 1/(2·0.25) = 2, KL* = 4; the observed peak is the grid
+    point nearest it (KL = 4 itself here, gain 2·(1 − 0.5) = 1)."""
+    kl = [0.0, 1.0, 4.0, 9.0]
+    gain = gao_curve(np.sqrt(kl), 1.0, 0.25, "bon")
+    assert gain.tolist() == pytest.approx([0.0, 0.75, 1.0, 0.75])
+    fit = fit_gao(kl, gain, "bon", n_boot=50)
+    assert (fit["alpha"], fit["beta"]) == (pytest.approx(1.0), pytest.approx(0.25))
+    assert fit["peak_kl"] == pytest.approx(4.0) and fit["observed_peak_kl"] == 4.0
+    assert fit["alpha_ci"] == pytest.approx([1.0, 1.0])
+    # the RL form: R(e) = e(α − β) at d = e; a curve that never turns down has β ≤ 0 → no peak
+    assert gao_curve(np.array([math.e]), 1.0, 0.25, "rl")[0] == pytest.approx(math.e * 0.75)
+    rising = fit_gao([0.0, 1.0, 4.0], [0.0, 1.0, 2.0], "rl", n_boot=10)
+    assert rising["beta"] == pytest.approx(0.0, abs=1e-9) and math.isinf(rising["peak_kl"])
+    with pytest.raises(ValueError):
+        fit_gao(kl, gain, "ppo")

@@ -134,6 +134,29 @@ def test_pl_mask_drops_padding():
     assert padded.item() == pytest.approx(plain.item(), abs=1e-6)
 
 
+def test_pl_tied_ranking_is_uniform_over_its_orders():
+    """Rewards (1, 0, −1), 0 ≻ {1, 2} tied: rows [0,1,2] and [0,2,1] with weight ½ each.
+    Stage 1 is log(e + 1 + e⁻¹) − 1 = 0.407606 in both; stage 2 is log(1 + e⁻¹) = 0.313262
+    for 1 ≻ 2 and log(1 + e⁻¹) + 1 = 1.313262 for 2 ≻ 1 → 0.407606 + 0.813262 = 1.220868.
+    A tie of K = 2 is then exactly Bradley–Terry with μ = ½: it pulls the rewards together."""
+    from alignkit.data import Ranking, ranking_orders
+
+    orders = ranking_orders(Ranking("q", ["a", "b", "c"], [0, 1, 2], ties=[[1, 2]]))
+    rewards = t([[1.0, 0.0, -1.0]]).expand(len(orders), 3)
+    w = torch.full((len(orders),), 1 / len(orders))
+    assert plackett_luce_loss(rewards, t(orders), weights=w)[0].item() == pytest.approx(1.220868, abs=1e-5)
+    r = t([[0.7, -0.4], [0.7, -0.4]], dtype=torch.float64, requires_grad=True)
+    tie = plackett_luce_loss(r, t([[0, 1], [1, 0]]), weights=t([0.5, 0.5], dtype=torch.float64))[0]
+    bt = bradley_terry_loss(r[0, :1], r[0, 1:], 0.5)[0]
+    assert tie.item() == pytest.approx(bt.item(), abs=1e-12)
+    tie.backward()
+    assert r.grad[:, 0].sum() > 0 and r.grad[:, 1].sum() < 0  # descent lowers 0.7, raises −0.4
+    # weights are normalised: two copies of a ranking weigh as one
+    one = plackett_luce_loss(t([[2.0, 1.0, 0.0]]), t([[0, 1, 2]]))[0]
+    two = plackett_luce_loss(t([[2.0, 1.0, 0.0]] * 2), t([[0, 1, 2]] * 2), weights=t([3.0, 3.0]))[0]
+    assert two.item() == pytest.approx(one.item())
+
+
 def test_pl_gradcheck():
     g = torch.Generator().manual_seed(1)
     rewards = torch.randn(3, 4, dtype=torch.float64, generator=g, requires_grad=True)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from alignkit.errors import AlignkitError, DataError
+from alignkit.feedback.errors import InvalidRequest, ProjectNotFound, UnknownFormat
 
 DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db URL."
 PROJECT_HELP = "Project name (items, settings and labels are kept per project)."
@@ -32,7 +35,26 @@ def _store(db: str):
             f"`alignkit annotate` needs the app extra ({e.name} is missing): "
             "pip install 'alignkit[app]'"
         ) from None
-    return FeedbackStore(db)
+    try:
+        return FeedbackStore(db)
+    except InvalidRequest as e:  # not a database URL
+        raise AlignkitError(f"--db: {e}") from None
+
+
+@contextmanager
+def _flags(db: str) -> Iterator[None]:
+    """Say the store's refusals in the command line's terms (its flags and commands)."""
+    try:
+        yield
+    except ProjectNotFound as e:
+        raise AlignkitError(
+            f"--project: no project named {e.project!r}; import items with "
+            f"`alignkit annotate import --db {db} --project {e.project} FILE` first"
+        ) from None
+    except UnknownFormat as e:
+        raise AlignkitError(
+            f"--format: expected one of {', '.join(e.choices)}, got {e.format!r}"
+        ) from None
 
 
 def read_item_file(path: Path) -> list:
@@ -179,7 +201,8 @@ def register(app: typer.Typer) -> None:
         """Agreement (Cohen's κ, Fleiss' κ, Krippendorff's α), gold accuracy, group rates."""
         from alignkit.feedback.store import format_stat, json_safe
 
-        s = _store(db).stats(project)
+        with _flags(db):
+            s = _store(db).stats(project)
         if as_json:
             typer.echo(json.dumps(json_safe(s), indent=2))
             return
@@ -220,5 +243,6 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output JSONL file (written atomically)."),
     ):
         """Export labels: TRL prompt/chosen/rejected (+ mu for ties), records, or raw votes."""
-        n = _store(db).export(project, format, out)
+        with _flags(db):
+            n = _store(db).export(project, format, out)
         typer.echo(f"wrote {n} rows ({format}) to {out}")

@@ -30,6 +30,9 @@ from alignkit.data.records import (
     record_to_dict,
 )
 from alignkit.data.transforms import (
+    correction_comparison,
+    correction_sft_examples,
+    ranking_orders,
     ranking_pairs,
     rating_pairs,
     to_comparisons,
@@ -46,10 +49,13 @@ __all__ = [
     "Rating",
     "Record",
     "TrajectoryPair",
+    "correction_comparison",
+    "correction_sft_examples",
     "detect_container",
     "detect_format",
     "detect_row_format",
     "load_records",
+    "ranking_orders",
     "ranking_pairs",
     "rating_pairs",
     "read_rows",

@@ -16,7 +16,18 @@ from alignkit.data.records import (
 )
 from alignkit.errors import ConfigError, DataError
 
-__all__ = ["ranking_pairs", "rating_pairs", "to_comparisons", "train_eval_split"]
+__all__ = [
+    "correction_comparison",
+    "correction_sft_examples",
+    "ranking_orders",
+    "ranking_pairs",
+    "rating_pairs",
+    "to_comparisons",
+    "train_eval_split",
+]
+
+MAX_TIE_ORDERS = 720
+"""Most strict orders one tied ranking may expand to (a tied group of 6 is 6! = 720)."""
 
 
 def ranking_pairs(ranking: Ranking) -> list[Comparison]:
@@ -40,6 +51,36 @@ def ranking_pairs(ranking: Ranking) -> list[Comparison]:
                 )
             )
     return pairs
+
+
+def ranking_orders(ranking: Ranking) -> list[list[int]]:
+    """The strict orders consistent with a ranking: every tied group in every internal order.
+
+    A strict ranking gives ``[ranking.order]``. With ties the ranking is read as a uniform
+    soft label over these orders (each weight 1/len), the K-way analogue of μ = ½ for a
+    tied pair; the Plackett–Luce losses train on them. Groups keep their place in
+    ``order``; the first order is ``ranking.order`` itself.
+    Raises :class:`DataError` past :data:`MAX_TIE_ORDERS` orders.
+    """
+    import itertools
+    import math
+
+    if not ranking.ties:
+        return [list(ranking.order)]
+    n = math.prod(math.factorial(len(g)) for g in ranking.ties)
+    if n > MAX_TIE_ORDERS:
+        raise DataError(
+            f"tied groups expand to {n} orders (at most {MAX_TIE_ORDERS}); split the ranking", field="ties"
+        )
+    tier = ranking.tier()
+    blocks: list[list[int]] = []  # consecutive runs of one tier, in order
+    for idx in ranking.order:
+        if blocks and tier[blocks[-1][0]] == tier[idx]:
+            blocks[-1].append(idx)
+        else:
+            blocks.append([idx])
+    perms = [list(itertools.permutations(b)) for b in blocks]
+    return [[i for block in choice for i in block] for choice in itertools.product(*perms)]
 
 
 def rating_pairs(ratings: Iterable[Rating]) -> list[Comparison]:
@@ -69,10 +110,16 @@ def rating_pairs(ratings: Iterable[Rating]) -> list[Comparison]:
                         mu=0.5 if s1 == s2 else 1.0,
                         annotator=r1.annotator if r1.annotator == r2.annotator else None,
                         group=r1.group if r1.group == r2.group else None,
-                        meta={"source": "ratings", "scores": [hi.score, lo.score]},
+                        meta=_shared_comment(r1, r2) | {"source": "ratings", "scores": [hi.score, lo.score]},
                     )
                 )
     return pairs
+
+
+def _shared_comment(r1: Rating, r2: Rating) -> dict[str, Any]:
+    """The annotator's comment when both ratings carry the same one (one vote rated both)."""
+    c = r1.meta.get("comment")
+    return {"comment": c} if c and c == r2.meta.get("comment") else {}
 
 
 def _unit_score(r: Rating) -> float:
@@ -108,18 +155,9 @@ def to_comparisons(
         elif isinstance(r, Rating):
             ratings.append(r)
         elif isinstance(r, Correction):
-            if r.edited != r.response:
-                out.append(
-                    Comparison(
-                        r.prompt,
-                        r.edited,
-                        r.response,
-                        mu=1.0,
-                        annotator=r.annotator,
-                        group=r.group,
-                        meta={**r.meta, "source": "correction"},
-                    )
-                )
+            pair = correction_comparison(r)
+            if pair is not None:
+                out.append(pair)
         elif isinstance(r, TrajectoryPair):
             raise DataError(
                 "trajectory pairs are not text comparisons; train them with alignkit.control"
@@ -129,6 +167,43 @@ def to_comparisons(
     if ratings_to_pairs and ratings:
         out.extend(rating_pairs(ratings))
     return out
+
+
+def correction_comparison(correction: Correction) -> Comparison | None:
+    """An edit as a preference: ``Comparison(prompt, a=edited, b=response, mu=1)``.
+
+    The annotator rewrote the response into what they wanted, so the edit is preferred
+    with certainty (μ = 1) — for the reward model and for DPO alike. The record's meta
+    (the annotator's comment among it) is kept, with ``source = "correction"``. An
+    unchanged edit carries no preference: ``None``.
+    """
+    if correction.edited == correction.response:
+        return None
+    return Comparison(
+        correction.prompt,
+        correction.edited,
+        correction.response,
+        mu=1.0,
+        annotator=correction.annotator,
+        group=correction.group,
+        meta={**correction.meta, "source": "correction"},
+    )
+
+
+def correction_sft_examples(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """Corrections as SFT targets: ``{"prompt", "completion": edited, "meta"}`` rows.
+
+    The rows are what ``alignkit sft`` reads from JSONL (``prompt`` + ``completion``);
+    other record kinds are skipped. The meta (comment, annotator, item ids) rides along.
+    """
+    rows = []
+    for r in records:
+        if isinstance(r, Correction):
+            meta = {**r.meta, "source": "correction"}
+            if r.annotator is not None:
+                meta["annotator"] = r.annotator
+            rows.append({"prompt": r.prompt, "completion": r.edited, "meta": meta})
+    return rows
 
 
 def _split_key(record: Record, index: int) -> Any:

@@ -250,7 +250,7 @@ class HumanAnnotator:
                 raise AlignkitError(
                     f"annotation server: {missing} of {len(ids)} pairs still unlabelled after "
                     f"{self.timeout_s:g} s (project '{self.project}'); label them in the web app "
-                    "and run again with --resume"
+                    "and resume the run"
                 )
             self.sleep(self.poll_s)
             waited += self.poll_s

@@ -52,7 +52,7 @@ class AnnotationClient:
 
     def _call(self, method: str, path: str, **kw) -> Any:
         r = self._http.request(method, path, **kw)
-        if r.status_code >= 400:
+        if r.is_error:
             try:
                 detail = r.json().get("detail", r.text)
             except ValueError:
@@ -66,7 +66,7 @@ class AnnotationClient:
     def next_task(self) -> dict[str, Any] | None:
         """The next assignment (responses in display order), or None when none is left."""
         r = self._call("GET", "/api/v1/tasks/next")
-        return None if r.status_code == 204 else r.json()
+        return None if not r.content else r.json()  # no content: nothing left
 
     def submit(self, assignment_id: int, **answer: Any) -> dict[str, Any]:
         """Label an assignment: ``choice=``/``strength=`` (pairwise), ``ranks=`` (ranking),
@@ -116,8 +116,7 @@ class AnnotationClient:
             self._project = self.me()["project"]
         if project != self._project:
             raise AlignkitError(
-                f"the server at {self.base_url} serves project {self._project!r}, not {project!r}; "
-                f"start it with `alignkit annotate serve --project {project}`"
+                f"the server at {self.base_url} serves project {self._project!r}, not {project!r}"
             )
 
     def add_user(

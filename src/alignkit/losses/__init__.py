@@ -5,6 +5,7 @@ from alignkit.losses.dpo import (  # noqa: F401  (policy helper)
     ipo_loss,
     normalized_gradient_dpo_loss,
     per_example_grad_norms,
+    plackett_luce_dpo_loss,
 )
 from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k2, kl_k3  # noqa: F401
 from alignkit.losses.ppo import (  # noqa: F401

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alignkit.losses.preference import plackett_luce_loss
+
 __all__ = [
     "cdpo_loss",
     "dpo_loss",
@@ -27,6 +29,7 @@ __all__ = [
     "ipo_loss",
     "normalized_gradient_dpo_loss",
     "per_example_grad_norms",
+    "plackett_luce_dpo_loss",
 ]
 
 
@@ -175,6 +178,52 @@ def normalized_gradient_dpo_loss(
     metrics = _pair_metrics("normalized_dpo", value, r_w, r_l, chosen_logps, rejected_logps)
     metrics["diag/grad_norm_chosen"] = chosen_grad_norms.detach().mean()
     metrics["diag/grad_norm_rejected"] = rejected_grad_norms.detach().mean()
+    return loss, metrics
+
+
+def plackett_luce_dpo_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    beta: float,
+    order: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO over K-way rankings: Plackett–Luce on the implicit rewards (Rafailov et al. 2023,
+    appendix A.3, eq. 18).
+
+        r̂_k = β (log π_θ(y_k|x) − log π_ref(y_k|x))
+        L = mean_b Σ_j [ logsumexp_{l≥j} r̂_{o_l} − r̂_{o_j} ]
+
+    the Plackett–Luce NLL of the ranking ``order`` (best first). For K = 2 it is exactly
+    :func:`dpo_loss` with μ = 1; the KL-regularised optimum is the same π* ∝ π_ref e^{r/β}.
+    Ties and short rankings as :func:`alignkit.losses.preference.plackett_luce_loss`:
+    a tied ranking is a uniform soft label over its consistent orders (one row each,
+    ``weights`` = 1/count), padding masked at the end of ``order``.
+
+    Shapes: ``policy_logps``, ``ref_logps`` ``(B, K)`` sequence log-probs of the K
+    responses; ``order``/``mask`` ``(B, K)``; ``weights`` ``(B,)``.
+    Metrics: ``loss/pl_dpo``, ``reward/top1_accuracy``, ``reward/best`` and
+    ``reward/worst`` (implicit reward of the first and last ranked), ``reward/margin``
+    (their difference), ``diag/logps_best``/``diag/logps_worst``.
+    """
+    rewards = beta * (policy_logps - ref_logps)
+    loss, pl = plackett_luce_loss(rewards, order, mask, weights)
+    with torch.no_grad():
+        if mask is None:
+            mask = torch.ones_like(order, dtype=torch.bool)
+        last = order.gather(1, (mask.sum(1, keepdim=True) - 1).clamp(min=0))  # worst real item
+        first = order[:, :1]
+        r_best, r_worst = rewards.gather(1, first).squeeze(1), rewards.gather(1, last).squeeze(1)
+        metrics = {
+            "loss/pl_dpo": loss.detach(),
+            "reward/top1_accuracy": pl["reward/top1_accuracy"],
+            "reward/best": r_best.mean(),
+            "reward/worst": r_worst.mean(),
+            "reward/margin": (r_best - r_worst).mean(),
+            "diag/logps_best": policy_logps.detach().gather(1, first).mean(),
+            "diag/logps_worst": policy_logps.detach().gather(1, last).mean(),
+        }
     return loss, metrics
 
 

@@ -74,6 +74,7 @@ def plackett_luce_loss(
     rewards: torch.Tensor,
     order: torch.Tensor,
     mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Plackett–Luce negative log-likelihood of K-way rankings (strict orders).
 
@@ -81,31 +82,42 @@ def plackett_luce_loss(
     stage (Plackett 1975; Luce 1959):
 
         P(o) = Π_{j=1..K} exp(r_{o_j}) / Σ_{l=j..K} exp(r_{o_l})
-        L = mean_b Σ_j [ logsumexp_{l≥j} r_{o_l} − r_{o_j} ]
+        L = Σ_b w_b Σ_j [ logsumexp_{l≥j} r_{o_l} − r_{o_j} ] / Σ_b w_b
 
     For K = 2 this is exactly Bradley–Terry with μ = 1.
 
+    Ties: a ranking with tied groups (``alignkit.data.Ranking.ties``) is a uniform soft
+    label over the strict orders consistent with it — one row per order
+    (:func:`alignkit.data.transforms.ranking_orders`), each with weight 1/(number of
+    orders), so the loss is the expected NLL under that label. For K = 2 a tie is then
+    exactly Bradley–Terry with μ = ½ (it pulls the two rewards together), as the data
+    layer's pairwise decomposition defines it.
+
     Shapes: ``rewards`` ``(B, K)`` (reward of each item), ``order`` ``(B, K)`` long,
     item indices best first; ``mask`` ``(B, K)`` bool over *positions in order*, True
-    for real items — rankings shorter than K put their padding at the end of ``order``.
+    for real items — rankings shorter than K put their padding at the end of ``order``;
+    ``weights`` ``(B,)`` (default 1 per row).
     Metrics: ``loss/pl``, ``reward/top1_accuracy`` (the ranked-first item has the
-    highest reward among the real items).
+    highest reward among the real items; weighted like the loss).
     """
     ranked = rewards.gather(1, order)
     if mask is None:
         mask = torch.ones_like(ranked, dtype=torch.bool)
+    if weights is None:
+        weights = torch.ones(ranked.shape[0], dtype=ranked.dtype, device=ranked.device)
     # a very negative (finite, so gradients stay finite) reward removes padding from the sums
     fill = torch.finfo(ranked.dtype).min / 4
     ranked_filled = ranked.masked_fill(~mask, fill)
     # logsumexp over the items still in play at each stage j (positions j..K)
     tail_lse = torch.logcumsumexp(ranked_filled.flip(1), dim=1).flip(1)
     stage_nll = (tail_lse - ranked_filled) * mask
-    loss = stage_nll.sum(1).mean()
+    weights = weights.to(ranked.dtype)
+    loss = (weights * stage_nll.sum(1)).sum() / weights.sum()
     with torch.no_grad():
         best = ranked_filled.argmax(1)
         metrics = {
             "loss/pl": loss.detach(),
-            "reward/top1_accuracy": (best == 0).to(rewards.dtype).mean(),
+            "reward/top1_accuracy": (weights * (best == 0).to(rewards.dtype)).sum() / weights.sum(),
         }
     return loss, metrics
 

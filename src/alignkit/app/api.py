@@ -1,0 +1,138 @@
+"""The JSON API under ``/api/v1``, for bots and scripts (``Authorization: Bearer <token>``).
+
+Annotators: ``me``, ``tasks/next``, ``assignments/ID`` (+ ``/label``, ``/skip``),
+``progress``. Admins also: ``items`` (import), ``items/labels``, ``users``, ``export``,
+``stats``. See docs/api.md.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from alignkit.app.auth import bearer_admin, bearer_user
+from alignkit.app.bodies import json_body
+from alignkit.app.context import context
+from alignkit.app.errors import HTTPProblem
+from alignkit.app.pages import jsonl_response
+from alignkit.data.records import record_to_dict
+from alignkit.feedback.exports import json_safe
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+
+
+# ---------------------------------------------------------------------- annotators
+
+
+@router.get("/me")
+def me(request: Request):
+    user = bearer_user(request)
+    return {
+        "name": user.name,
+        "role": user.role,
+        "group": user.group,
+        "project": context(request).project,
+    }
+
+
+@router.get("/tasks/next")
+def next_task(request: Request):
+    c = context(request)
+    task = c.store.next_task(c.project, bearer_user(request))
+    if task is None:
+        return Response(status_code=204)
+    return task.to_json()
+
+
+@router.get("/assignments/{assignment_id}")
+def assignment(request: Request, assignment_id: int):
+    return context(request).store.task(assignment_id, bearer_user(request)).to_json()
+
+
+@router.post("/assignments/{assignment_id}/label")
+async def label(request: Request, assignment_id: int):
+    user = bearer_user(request)
+    body = await json_body(request)
+    result = context(request).store.record_vote(assignment_id, user, body)
+    return JSONResponse(
+        {"vote_id": result.vote_id, "duplicate": result.duplicate},
+        status_code=200 if result.duplicate else 201,
+    )
+
+
+@router.post("/assignments/{assignment_id}/skip")
+def skip(request: Request, assignment_id: int):
+    context(request).store.skip(assignment_id, bearer_user(request))
+    return {"skipped": assignment_id}
+
+
+@router.get("/progress")
+def progress(request: Request):
+    c = context(request)
+    return c.store.progress(c.project, bearer_user(request))
+
+
+# ---------------------------------------------------------------------- admins
+
+
+@router.post("/items")
+async def add_items(request: Request):
+    bearer_admin(request)
+    c = context(request)
+    body = await json_body(request)
+    entries = body.get("items")
+    if not isinstance(entries, list):
+        raise HTTPProblem(422, "expected {'items': [...], 'gold': false}")
+    result = c.store.add_items(c.project, entries, gold=bool(body.get("gold", False)))
+    return JSONResponse(
+        {"added": result.added, "skipped": result.skipped, "item_ids": result.item_ids}, 201
+    )
+
+
+@router.post("/items/labels")
+async def item_labels(request: Request):
+    bearer_admin(request)
+    c = context(request)
+    ids = (await json_body(request)).get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
+    labels = c.store.item_labels(c.project, ids)
+    return {"labels": {str(k): record_to_dict(v) for k, v in labels.items()}}
+
+
+@router.post("/users")
+async def add_user(request: Request):
+    bearer_admin(request)
+    body = await json_body(request)
+    new = context(request).store.add_user(
+        str(body.get("name", "")),
+        role=str(body.get("role", "annotator")),
+        group=body.get("group"),
+        password=bool(body.get("password", False)),
+        token=True,
+    )
+    return JSONResponse(
+        {
+            "name": new.user.name,
+            "role": new.user.role,
+            "group": new.user.group,
+            "token": new.token,
+            "password": new.password,
+        },
+        201,
+    )
+
+
+@router.get("/export")
+def export(request: Request, format: str = "raw"):
+    bearer_admin(request)
+    return jsonl_response(context(request), format)
+
+
+@router.get("/stats")
+def stats(request: Request):
+    bearer_admin(request)
+    c = context(request)
+    return json_safe(c.store.stats(c.project))

@@ -1,0 +1,54 @@
+"""What every route needs: the store, the project, the templates and the cookie settings.
+
+:func:`create_app <alignkit.app.server.create_app>` builds one :class:`AppContext` and keeps
+it on ``app.state``; a route gets it with ``context(request)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from alignkit.feedback.exports import format_stat
+from alignkit.feedback.store import FeedbackStore
+
+__all__ = ["HERE", "AppContext", "context"]
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class AppContext:
+    store: FeedbackStore
+    project: str
+    secure_cookies: bool = False
+
+    def __post_init__(self) -> None:
+        self.templates = Environment(
+            loader=FileSystemLoader(HERE / "templates"), autoescape=True, undefined=StrictUndefined
+        )
+        self.templates.filters["stat"] = format_stat
+        # the project name as it may appear in a download's file name
+        self.safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.project)[:80]
+
+    def page(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        """Render template ``name`` (user, csrf and project default to none / this project)."""
+        ctx.setdefault("user", None)
+        ctx.setdefault("csrf", "")
+        ctx.setdefault("project", self.store.project(self.project))
+        return HTMLResponse(self.templates.get_template(name).render(**ctx), status_code=status)
+
+    def cookie_flags(self, request: Request) -> dict[str, Any]:
+        """HttpOnly, SameSite=Strict; Secure behind HTTPS (or when the request is https)."""
+        secure = self.secure_cookies or request.url.scheme == "https"
+        return {"httponly": True, "samesite": "strict", "secure": secure, "path": "/"}
+
+
+def context(request: Request) -> AppContext:
+    return request.app.state.ctx

@@ -1,0 +1,200 @@
+"""The HTML side, for people: log in, label one task after another, the admin page."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from alignkit.app.auth import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    checked_form,
+    require_session,
+    session_of,
+)
+from alignkit.app.context import AppContext, context
+from alignkit.app.errors import HTTPProblem
+from alignkit.feedback.auth import new_token
+from alignkit.feedback.errors import InvalidAnswer
+from alignkit.feedback.exports import EXPORT_FORMATS
+from alignkit.feedback.values import Task, User
+
+__all__ = ["jsonl_response", "router"]
+
+router = APIRouter()
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@router.get("/healthz")
+def healthz():
+    return {"ok": True}
+
+
+@router.get("/favicon.ico")
+def favicon():
+    return Response(status_code=204)
+
+
+@router.get("/")
+def root():
+    return RedirectResponse("/annotate", 303)
+
+
+# ---------------------------------------------------------------------- log in / out
+
+
+def login_page(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
+    """The login form with a fresh double-submit CSRF token (cookie + hidden field)."""
+    c = context(request)
+    token = new_token("akl_")
+    resp = c.page("login.html", status, csrf=token, error=error)
+    resp.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, **c.cookie_flags(request))
+    return resp
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request):
+    return login_page(request)
+
+
+@router.post("/login")
+async def login(request: Request):
+    c = context(request)
+    await checked_form(request, request.cookies.get(LOGIN_CSRF_COOKIE) or "\0")
+    form = await request.form()
+    user = c.store.check_password(str(form.get("username", "")), str(form.get("password", "")))
+    if user is None:
+        return login_page(request, 401, error="Wrong user name or password.")
+    sid, _ = c.store.create_session(user)
+    resp = RedirectResponse("/admin" if user.is_admin else "/annotate", 303)
+    resp.set_cookie(
+        SESSION_COOKIE, sid, max_age=int(c.store.session_ttl), **c.cookie_flags(request)
+    )
+    resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+    return resp
+
+
+@router.post("/logout")
+async def logout(request: Request):
+    _user, csrf = require_session(request)
+    await checked_form(request, csrf)
+    context(request).store.end_session(request.cookies.get(SESSION_COOKIE, ""))
+    resp = RedirectResponse("/login", 303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+# ---------------------------------------------------------------------- labelling
+
+
+def task_page(
+    c: AppContext, user: User, csrf: str, task: Task | None, error: str | None = None, status=200
+) -> HTMLResponse:
+    return c.page(
+        "annotate.html",
+        status,
+        user=user,
+        csrf=csrf,
+        task=task,
+        error=error,
+        letters=LETTERS,
+        tags=c.store.project(c.project).all_tags,
+        progress=c.store.progress(c.project, user),
+    )
+
+
+@router.get("/annotate", response_class=HTMLResponse)
+def annotate(request: Request):
+    s = session_of(request)
+    if s is None:
+        return RedirectResponse("/login", 303)
+    c = context(request)
+    user, csrf = s
+    return task_page(c, user, csrf, c.store.next_task(c.project, user))
+
+
+def form_answer(task: Task, form) -> dict[str, Any]:
+    """The answer a submitted task form carries, in the store's terms (display order)."""
+    k = len(task.responses)
+    answer: dict[str, Any] = {
+        "tags": [form.getlist(f"tags_{i}") for i in range(k)],
+        "comment": str(form.get("comment") or ""),
+        "edits": [
+            str(form[f"edit_{i}"]).replace("\r\n", "\n") if f"edit_{i}" in form else None
+            for i in range(k)
+        ],
+    }
+    if task.type == "pairwise":
+        answer["choice"] = str(form.get("choice") or "")
+        answer["strength"] = str(form.get("strength") or "") or None
+    elif task.type == "ranking":
+        answer["ranks"] = [_int(form.get(f"rank_{i}")) for i in range(k)]
+    else:
+        answer["ratings"] = [_int(form.get(f"rating_{i}")) for i in range(k)]
+    return answer
+
+
+@router.post("/annotate/{assignment_id}")
+async def submit_form(request: Request, assignment_id: int):
+    c = context(request)
+    user, csrf = require_session(request)
+    form = await checked_form(request, csrf)
+    task = c.store.task(assignment_id, user)
+    try:
+        c.store.record_vote(assignment_id, user, form_answer(task, form))
+    except InvalidAnswer as e:
+        return task_page(c, user, csrf, task, error=str(e), status=422)
+    return RedirectResponse("/annotate", 303)
+
+
+@router.post("/annotate/{assignment_id}/skip")
+async def skip_form(request: Request, assignment_id: int):
+    user, csrf = require_session(request)
+    await checked_form(request, csrf)
+    context(request).store.skip(assignment_id, user)
+    return RedirectResponse("/annotate", 303)
+
+
+# ---------------------------------------------------------------------- admin
+
+
+@router.get("/admin", response_class=HTMLResponse)
+def admin(request: Request):
+    s = session_of(request)
+    if s is None:
+        return RedirectResponse("/login", 303)
+    c = context(request)
+    user, csrf = s
+    if not user.is_admin:
+        raise HTTPProblem(403, "the admin page needs an admin account")
+    stats = c.store.stats(c.project)
+    return c.page("admin.html", user=user, csrf=csrf, stats=stats, formats=EXPORT_FORMATS)
+
+
+@router.get("/admin/export/{fmt}")
+def admin_export(request: Request, fmt: str):
+    user, _ = require_session(request)
+    if not user.is_admin:
+        raise HTTPProblem(403, "exports need an admin account")
+    return jsonl_response(context(request), fmt)
+
+
+def jsonl_response(c: AppContext, fmt: str) -> Response:
+    """Export format ``fmt`` as a JSONL download (404 for an unknown format)."""
+    rows = c.store.export_rows(c.project, fmt)
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return Response(
+        body,
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{c.safe_name}-{fmt}.jsonl"'},
+    )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,107 @@
+"""The feedback database's tables (SQLAlchemy Core; the same schema on SQLite and PostgreSQL).
+
+Answers are JSON in *original* terms (``a`` = ``responses[0]``) next to the display order
+the annotator saw; see :mod:`alignkit.feedback.answers`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["assignments", "items", "metadata", "projects", "sessions", "users", "votes"]
+
+metadata = MetaData()
+
+projects = Table(
+    "ak_projects",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("guidelines", Text, nullable=False),
+    Column("tags", JSON, nullable=False),  # project-defined tags, besides DEFAULT_TAGS
+    Column("overlap", Integer, nullable=False),
+    Column("gold_every", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+users = Table(
+    "ak_users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("group_name", String(64)),
+    Column("password_hash", String(200)),
+    Column("token_hash", String(64), unique=True),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+sessions = Table(
+    "ak_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    Column("csrf", String(100), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+items = Table(
+    "ak_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("ak_projects.id"), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("turns", JSON),
+    Column("responses", JSON, nullable=False),
+    Column("is_gold", Boolean, nullable=False),
+    Column("gold", JSON),
+    Column("meta", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("project_id", "key", name="uq_item_key"),
+)
+
+assignments = Table(
+    "ak_assignments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("ak_items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    Column("display_order", JSON, nullable=False),
+    Column("status", String(12), nullable=False),  # open | done | skipped
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    UniqueConstraint("item_id", "user_id", name="uq_assignment_item_user"),
+    Index("ix_assignment_user", "user_id", "status"),
+)
+
+votes = Table(
+    "ak_votes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("assignment_id", Integer, ForeignKey("ak_assignments.id"), nullable=False),
+    Column("item_id", Integer, ForeignKey("ak_items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    Column("display_order", JSON, nullable=False),
+    Column("answer", JSON, nullable=False),
+    Column("served_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("time_spent_ms", Integer, nullable=False),
+    UniqueConstraint("assignment_id", name="uq_vote_assignment"),
+    Index("ix_vote_item", "item_id"),
+)
