@@ -12,8 +12,9 @@ safety      φ_s          −(crashed + risk), risk = min(1, v_close² / (2 · g
                          share of the braking capability b = 6 m/s² needed to avoid the car
                          ahead
 efficiency  φ_e          speed / 30 m/s
-law         φ_l          −(speeding over 30 m/s, in units of 5 m/s) − ½ · lanes from the right
-courtesy    φ_c          −(braking imposed on the car behind) / 3 m/s²
+law         φ_l          −(speeding over 25 m/s, in units of 2.5 m/s) − ½ · lanes from the right
+courtesy    φ_c          −(braking imposed on the car behind / 3 m/s² + how far the car behind
+                         is inside a 1.5 s headway: 1 − headway / 1.5 s, clipped to [0, 1])
 comfort     φ_m          −(|a| / 3 m/s² + |jerk| / 10 m/s³)
 ======================  =========================================================
 
@@ -43,13 +44,15 @@ from typing import Any
 import numpy as np
 
 FEATURES = ("safety", "efficiency", "law", "courtesy", "comfort")
-RAW = ("speed", "accel", "jerk", "gap", "closing", "follower_brake", "lanes_from_right", "crashed")
+RAW = ("speed", "accel", "jerk", "gap", "closing", "follower_brake", "follower_headway", "lanes_from_right",
+       "crashed")
 THETA_STAR = np.array([0.70, 0.45, 0.25, 0.40, 0.30])
 THETA_STAR = THETA_STAR / np.linalg.norm(THETA_STAR)
 """The hidden true reward direction over (safety, efficiency, law, courtesy, comfort)."""
 
 BRAKING = 6.0  # m/s², the true braking capability (highway-env's IDM ACC_MAX)
-SPEED_LIMIT = 30.0
+FOLLOWER_HEADWAY = 1.5  # s
+SPEED_LIMIT = 25.0  # m/s (90 km/h)
 PARAMS = ("target_speed", "time_wanted", "distance_wanted", "politeness", "min_acc_gain",
           "max_braking_imposed", "comfort_acc_max", "brake_effort")
 PARAM_RANGES = {
@@ -60,7 +63,7 @@ PARAM_RANGES = {
     "min_acc_gain": (0.0, 1.5),         # m/s², MOBIL threshold: low = eager lane changes
     "max_braking_imposed": (1.0, 9.0),  # m/s², MOBIL safety: high = cuts in
     "comfort_acc_max": (1.0, 5.0),      # m/s², IDM acceleration
-    "brake_effort": (0.25, 1.0),        # share of the IDM braking actually applied
+    "brake_effort": (0.15, 1.0),        # the strongest braking applied, as a share of 6 m/s²
 }
 DEFAULT_POOL = Path(__file__).parent / "data" / "driving_pool.npz"
 
@@ -102,8 +105,9 @@ def step_features_raw(raw: np.ndarray, believed_braking: float = BRAKING) -> np.
     risk = np.minimum(1.0, closing**2 / (2.0 * np.maximum(r["gap"], 0.5) * believed_braking))
     safety = -(r["crashed"] + risk)
     efficiency = r["speed"] / 30.0
-    law = -np.clip((r["speed"] - SPEED_LIMIT) / 5.0, 0.0, 2.0) - 0.5 * r["lanes_from_right"]
-    courtesy = -np.minimum(r["follower_brake"] / 3.0, 2.0)
+    law = -np.clip((r["speed"] - SPEED_LIMIT) / 2.5, 0.0, 2.0) - 0.5 * r["lanes_from_right"]
+    courtesy = -(np.minimum(r["follower_brake"] / 3.0, 2.0)
+                 + np.clip(1.0 - r["follower_headway"] / FOLLOWER_HEADWAY, 0.0, 1.0))
     comfort = -(np.abs(r["accel"]) / 3.0 + np.abs(r["jerk"]) / 10.0)
     return np.stack([safety, efficiency, law, courtesy, comfort], -1)
 
@@ -180,14 +184,15 @@ def _driver_class() -> type:
     from highway_env.vehicle.behavior import IDMVehicle
 
     class ParamDriver(IDMVehicle):
-        """IDM/MOBIL with per-instance parameters; ``brake_effort`` < 1 brakes too little."""
+        """IDM/MOBIL with per-instance parameters; ``brake_effort`` < 1 caps the braking at
+        ``brake_effort`` × 6 m/s² (a driver who brakes late and softly: it can crash)."""
 
         brake_effort = 1.0
 
         def acceleration(self, ego_vehicle: Any, front_vehicle: Any = None, rear_vehicle: Any = None) -> float:
             a = super().acceleration(ego_vehicle, front_vehicle, rear_vehicle)
-            if ego_vehicle is self and a < 0:
-                a *= self.brake_effort
+            if ego_vehicle is self:
+                a = max(a, -self.ACC_MAX * self.brake_effort)
             return a
 
     return ParamDriver
@@ -230,11 +235,13 @@ def rollout(scenario_seed: int, params: np.ndarray, *, seconds: int = 20, sim_hz
             a = float(driver.action.get("acceleration", 0.0)) if not driver.crashed else 0.0
             gap = driver.lane_distance_to(front) - driver.LENGTH if front is not None else 200.0
             closing = driver.speed - front.speed if front is not None else 0.0
-            fb = 0.0
-            if rear is not None and hasattr(rear, "action"):
-                fb = max(0.0, -float(rear.action.get("acceleration", 0.0)))
+            fb, headway = 0.0, 10.0
+            if rear is not None:
+                if hasattr(rear, "action"):
+                    fb = max(0.0, -float(rear.action.get("acceleration", 0.0)))
+                headway = (rear.lane_distance_to(driver) - driver.LENGTH) / max(rear.speed, 1.0)
             lane = driver.lane_index[2]
-            rows.append([driver.speed, abs(a), abs(a - prev_a) / dt, gap, closing, fb,
+            rows.append([driver.speed, abs(a), abs(a - prev_a) / dt, gap, closing, fb, headway,
                          (lanes - 1 - lane) / max(lanes - 1, 1), float(driver.crashed)])
             prev_a = a
         rows = np.array(rows)
@@ -242,7 +249,8 @@ def rollout(scenario_seed: int, params: np.ndarray, *, seconds: int = 20, sim_hz
         worst = int(np.argmax(np.maximum(rows[:, 4], 0) ** 2 / np.maximum(rows[:, 3], 0.5)))
         out[t] = rows.mean(0)
         out[t, 3], out[t, 4] = rows[worst, 3], rows[worst, 4]
-        out[t, 7] = rows[:, 7].max()
+        out[t, 6] = rows[:, 6].min()
+        out[t, 8] = rows[:, 8].max()
     env.close()
     return out
 
