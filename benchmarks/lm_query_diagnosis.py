@@ -21,7 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from alignkit.feedback.query import BowRewardEnsemble, CurvePoint, active_learning_curve, labels_to_reach
+from alignkit.feedback.query import (
+    BowRewardEnsemble,
+    CurvePoint,
+    active_learning_curve,
+    labels_to_reach,
+)
 from alignkit.recipes.demo import DemoConfig
 from alignkit.recipes.loop import simulated_population
 from alignkit.tasks.assistant import GOLD, make_corpus, politeness_bias

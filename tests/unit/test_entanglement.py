@@ -14,6 +14,7 @@ from alignkit.diagnostics.entanglement import (
     measured_cases,
     pair_gradient_stats,
     predicted_changes,
+    probe_metrics,
 )
 from alignkit.losses.dpo import dpo_loss, normalized_gradient_dpo_loss, per_example_grad_norms
 
@@ -158,3 +159,26 @@ def test_boundaries_shares_and_metrics():
         1, 2, 3, 4]
     with pytest.raises(ValueError):
         predicted_changes(s, update="sgd")
+
+
+def test_probe_metrics_on_the_bigram_pair():
+    """The case-2 pair twice: predicted shares, measured log-probs, and after one plain DPO
+    step the measured case (both fell) and the change since the start."""
+    theta = torch.zeros(V + 1, V, requires_grad=True)
+
+    def logps(th):
+        return (torch.stack([bigram_logp(th, CHOSEN)] * 2), torch.stack([bigram_logp(th, REJECTED)] * 2))
+
+    lw, ll = logps(theta)
+    m0, start = probe_metrics(lw, ll, [theta])
+    assert m0["diag/entangle/case2"] == 1.0 and m0["diag/entangle/case1"] == 0.0
+    assert m0["diag/entangle/logp_chosen"] == pytest.approx(5 * math.log(1 / 3))
+    assert "diag/entangle/measured_case2" not in m0
+    loss, _ = dpo_loss(lw, ll, lw.detach(), ll.detach(), beta=1.0)
+    loss.backward()
+    with torch.no_grad():
+        theta -= 0.1 * theta.grad
+    lw, ll = logps(theta)
+    m1, _ = probe_metrics(lw, ll, [theta], start=start, previous=start)
+    assert m1["diag/entangle/measured_case2"] == 1.0
+    assert m1["diag/entangle/dlogp_chosen"] < 0 and m1["diag/entangle/dlogp_rejected"] < m1["diag/entangle/dlogp_chosen"]

@@ -50,6 +50,7 @@ __all__ = [
     "measured_cases",
     "pair_gradient_stats",
     "predicted_changes",
+    "probe_metrics",
 ]
 
 UPDATES = ("dpo", "normalized")
@@ -185,3 +186,38 @@ def measured_cases(d_chosen: torch.Tensor, d_rejected: torch.Tensor) -> torch.Te
     case[(d_chosen > 0) & (d_rejected > 0)] = 3
     case[(d_chosen < 0) & (d_rejected >= 0)] = 4
     return case
+
+
+def probe_metrics(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    params: list[torch.Tensor],
+    update: str = "dpo",
+    *,
+    start: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
+    prefix: str = "diag/entangle",
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Everything a training loop logs about a fixed probe set of P pairs, in one call.
+
+    ``chosen_logps``/``rejected_logps`` ``(P,)`` of the probe pairs under the current
+    policy, with their graph. Returns ``(metrics, now)`` where ``now`` = the detached
+    log-probs ``(2, P)`` to pass back as ``previous`` (and, the first time, as ``start``).
+    Metrics: the predicted-case shares, cosine and norms of :func:`entanglement_metrics`;
+    the measured mean log-probs ``{prefix}/logp_chosen``, ``{prefix}/logp_rejected``; their
+    change since ``start`` (``dlogp_chosen``/``dlogp_rejected``); and the shares of the
+    *measured* cases since ``previous`` (``measured_case1..4``, :func:`measured_cases`).
+    """
+    stats = pair_gradient_stats(chosen_logps, rejected_logps, params)
+    metrics = entanglement_metrics(stats, update, prefix)
+    now = torch.stack([chosen_logps.detach(), rejected_logps.detach()]).double()
+    metrics[f"{prefix}/logp_chosen"] = float(now[0].mean())
+    metrics[f"{prefix}/logp_rejected"] = float(now[1].mean())
+    start = now if start is None else start
+    metrics[f"{prefix}/dlogp_chosen"] = float((now[0] - start[0]).mean())
+    metrics[f"{prefix}/dlogp_rejected"] = float((now[1] - start[1]).mean())
+    if previous is not None:
+        cases = measured_cases(now[0] - previous[0], now[1] - previous[1])
+        for k in (1, 2, 3, 4):
+            metrics[f"{prefix}/measured_case{k}"] = float((cases == k).double().mean())
+    return metrics, now

@@ -20,8 +20,10 @@ from alignkit.losses.ppo import (  # noqa: F401
     whiten,
 )
 from alignkit.losses.preference import (  # noqa: F401  (reward helper)
+    RankingRows,
     bradley_terry_loss,
     plackett_luce_loss,
+    ranking_rows,
     ranking_to_comparisons,
     reward_centering_loss,
 )

@@ -12,15 +12,20 @@ returns ``(loss, metrics)``; metrics are detached scalars namespaced ``loss/``/`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from alignkit.data.records import Comparison, Ranking
-from alignkit.data.transforms import ranking_pairs
+from alignkit.data.transforms import ranking_orders, ranking_pairs
 
 __all__ = [
     "bradley_terry_loss",
+    "bradley_terry_robust_loss",
     "plackett_luce_loss",
+    "RankingRows",
+    "ranking_rows",
     "ranking_to_comparisons",
     "reward_centering_loss",
 ]
@@ -145,3 +150,77 @@ def ranking_to_comparisons(ranking: Ranking) -> list[Comparison]:
     Plackett–Luce loss it approximates.)
     """
     return ranking_pairs(ranking)
+
+
+def bradley_terry_robust_loss(
+    r_a: torch.Tensor,
+    r_b: torch.Tensor,
+    mu: torch.Tensor | float = 1.0,
+    *,
+    random_answer_prob: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley–Terry NLL with a chance ε that the answer was uniformly random.
+
+        P(a ≻ b) = (1 − ε) σ(r_a − r_b) + ε / 2
+        L = −mean[ μ log P + (1 − μ) log(1 − P) ]
+
+    Christiano et al. 2017 (§2.2.3) assume a 10 % chance that the human responds at random,
+    which bounds the loss of a confidently wrong label by −log(ε/2) instead of letting it
+    grow linearly in |Δ|. ε = 0 is :func:`bradley_terry_loss`. Shapes ``(B,)``; metrics
+    ``loss/bt_robust``, ``reward/accuracy`` (ties excluded), ``reward/margin``.
+    """
+    if not 0.0 <= random_answer_prob < 1.0:
+        raise ValueError(f"random_answer_prob must be in [0, 1), got {random_answer_prob}")
+    mu = torch.as_tensor(mu, dtype=r_a.dtype, device=r_a.device)
+    delta = r_a - r_b
+    eps = random_answer_prob
+    p_a = (1 - eps) * torch.sigmoid(delta) + eps / 2
+    p_b = (1 - eps) * torch.sigmoid(-delta) + eps / 2  # = 1 − p_a, computed without cancellation
+    loss = -(mu * torch.log(p_a) + (1 - mu) * torch.log(p_b)).mean()
+    with torch.no_grad():
+        mu_b = mu.expand_as(delta)
+        decided = mu_b != 0.5
+        correct = ((delta > 0) == (mu_b > 0.5)) & decided
+        accuracy = correct.sum() / decided.sum() if decided.any() else delta.new_tensor(float("nan"))
+    return loss, {"loss/bt_robust": loss.detach(), "reward/accuracy": accuracy.to(delta.dtype),
+                  "reward/margin": delta.mean().detach()}
+
+
+@dataclass
+class RankingRows:
+    """Index tensors that feed B rankings to :func:`plackett_luce_loss`.
+
+    The rankings' responses are laid out flat, ranking after ranking (M = Σ K_b items);
+    with a flat reward vector ``r`` ``(M,)`` the loss is
+    ``plackett_luce_loss(r[rows.index][rows.owner], rows.order, rows.mask, rows.weights)``.
+    """
+
+    index: torch.Tensor
+    """``(B, K)`` long: flat position of ranking b's response k (padding points at 0)."""
+    owner: torch.Tensor
+    """``(N,)`` long: the ranking each row belongs to (a tied ranking has several rows)."""
+    order: torch.Tensor
+    """``(N, K)`` long: response indices best first, padding at the end."""
+    mask: torch.Tensor
+    """``(N, K)`` bool over positions in ``order``: True for real items."""
+    weights: torch.Tensor
+    """``(N,)``: 1 / (number of orders of that ranking), so each ranking weighs 1."""
+
+
+def ranking_rows(rankings: list[Ranking]) -> RankingRows:
+    """:class:`RankingRows` for ``rankings``; ties expand by :func:`ranking_orders`."""
+    k = max(len(r.responses) for r in rankings)
+    index = torch.zeros(len(rankings), k, dtype=torch.long)
+    owner, orders, masks, weights = [], [], [], []
+    start = 0
+    for b, r in enumerate(rankings):
+        n = len(r.responses)
+        index[b, :n] = torch.arange(start, start + n)
+        start += n
+        consistent = ranking_orders(r)
+        for o in consistent:
+            owner.append(b)
+            orders.append(o + list(range(n, k)))  # padding items n..K−1, masked out
+            masks.append([True] * n + [False] * (k - n))
+            weights.append(1.0 / len(consistent))
+    return RankingRows(index, torch.tensor(owner), torch.tensor(orders), torch.tensor(masks), torch.tensor(weights))

@@ -121,7 +121,6 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
     """The simulated person ``kind`` over pool indices, and the utility it maximises
     (per item, for the 'annotator accuracy' of a learned reward)."""
     from alignkit.feedback import human_models as hm
-    from alignkit.tasks import driving
 
     beta = cfg.beta if beta is None else beta
 
