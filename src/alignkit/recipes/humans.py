@@ -155,19 +155,22 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
     raise ValueError(f"unknown annotator model {kind!r}")
 
 
-def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cfg: HumansConfig) -> np.ndarray:
-    """θ̂ (the posterior mode) under learner model ``kind``."""
+def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cfg: HumansConfig,
+                beta: float | None = None) -> np.ndarray:
+    """θ̂ (the posterior mode) under learner model ``kind``, assuming rationality ``beta``
+    (default ``cfg.beta``)."""
     from alignkit.feedback.posterior import fit_laplace, fit_map
     from alignkit.tasks import driving
 
+    beta = cfg.beta if beta is None else beta
     a = np.array([x[0] for x in labels])
     b = np.array([x[1] for x in labels])
     mu = np.array([x[2] for x in labels])
-    boltz = fit_laplace(st.phi[a] - st.phi[b], mu, beta=cfg.beta, prior_var=cfg.prior_var).mean
+    boltz = fit_laplace(st.phi[a] - st.phi[b], mu, beta=beta, prior_var=cfg.prior_var).mean
     if kind == "boltzmann":
         return boltz
     if kind == "regret":
-        f = driving.regret_log_lik_fn(st.phi, st.pool.scenario, a, b, mu, cfg.beta)
+        f = driving.regret_log_lik_fn(st.phi, st.pool.scenario, a, b, mu, beta)
         return fit_map(f, st.phi.shape[1], prior_var=cfg.prior_var, x0=boltz)
     raise ValueError(f"unknown learner model {kind!r}")
 
@@ -281,7 +284,7 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
 
 
 def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, ...], seed: int,
-          **ann_kwargs: Any) -> dict[str, dict[str, float]]:
+          learner_beta: float | None = None, **ann_kwargs: Any) -> dict[str, dict[str, float]]:
     from alignkit.tasks import driving
 
     rng = np.random.default_rng(seed + 777)
@@ -291,7 +294,7 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
     labels = ann.label([(None, int(a), int(b)) for a, b in pairs])
     out = {}
     for learner in learners:
-        th = fit_learner(learner, st, labels, cfg)
+        th = fit_learner(learner, st, labels, cfg, beta=learner_beta)
         u_hat = learner_utility(learner, st, th)
         out[learner] = {
             "angle_deg": driving.angle_deg(th, st.theta),
@@ -323,15 +326,25 @@ def run_stability(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
     curves: dict[str, list[dict[str, Any]]] = {"log2_beta_ratio": [], "myopic_gamma": []}
     jobs = [("log2_beta_ratio", x) for x in cfg.stability_log2_beta] + [("myopic_gamma", g) for g in cfg.stability_gamma]
     for kind, x in track(jobs, description="stability"):
-        angles, regrets = [], []
+        angles, regrets, matched, gap = [], [], [], []
         for seed in cfg.seeds:
             if kind == "log2_beta_ratio":
-                cell = _cell(st, cfg, "boltzmann", ("boltzmann",), seed, beta=cfg.beta * 2.0**x)
+                beta_a = cfg.beta * 2.0**x
+                cell = _cell(st, cfg, "boltzmann", ("boltzmann",), seed, beta=beta_a)
+                # the control arm: the same labels, a learner that knows the annotator's β — what is
+                # lost to β itself (less rational = less informative) rather than to the mismatch
+                ok = _cell(st, cfg, "boltzmann", ("boltzmann",), seed, learner_beta=beta_a, beta=beta_a)
+                matched.append(ok["boltzmann"]["angle_deg"])
+                gap.append(cell["boltzmann"]["angle_deg"] - ok["boltzmann"]["angle_deg"])
             else:
                 cell = _cell(st, cfg, "myopic", ("boltzmann",), seed, gamma=x)
             angles.append(cell["boltzmann"]["angle_deg"])
             regrets.append(cell["boltzmann"]["policy_regret"])
-        curves[kind].append({"x": x, "angle_deg": _ci95(angles), "policy_regret": _ci95(regrets)})
+        pt = {"x": x, "angle_deg": _ci95(angles), "policy_regret": _ci95(regrets)}
+        if matched:
+            pt["angle_deg_matched_learner"] = _ci95(matched)
+            pt["angle_deg_mismatch_cost"] = _ci95(gap)
+        curves[kind].append(pt)
         log({f"stability/{kind}/{x:g}/angle_deg": statistics.fmean(angles)})
     return curves
 

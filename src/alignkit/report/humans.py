@@ -64,8 +64,14 @@ def plot_stability(stab: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         x = [p["x"] for p in pts]
         y = [p["angle_deg"]["mean"] for p in pts]
         ax.errorbar(x, y, yerr=[[p["angle_deg"]["mean"] - p["angle_deg"]["lo"] for p in pts],
-                                [p["angle_deg"]["hi"] - p["angle_deg"]["mean"] for p in pts]], marker="o", capsize=3)
+                                [p["angle_deg"]["hi"] - p["angle_deg"]["mean"] for p in pts]], marker="o", capsize=3,
+                    label="learner assumes β = config beta, γ = 1")
+        if pts and "angle_deg_matched_learner" in pts[0]:
+            m = [p["angle_deg_matched_learner"] for p in pts]
+            ax.errorbar(x, [c["mean"] for c in m], yerr=[[c["mean"] - c["lo"] for c in m], [c["hi"] - c["mean"] for c in m]],
+                        marker="s", capsize=3, ls="--", label="learner knows the annotator's β")
         ax.set(xlabel=label, ylabel="angle(θ̂, θ*) [deg]")
+        ax.legend(fontsize=8)
     axes[0].set_title("Stability: β mismatch")
     axes[1].set_title("Stability: myopia")
     return _save(fig, path)
@@ -120,9 +126,14 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
                          "held-out acc (θ*)"], rows, "misspecification"))
     parts.append("<h2>Stability</h2>")
     for kind, pts in summary["stability"].items():
-        rows = [[str(p["x"]), _cell_str(p["angle_deg"]), _cell_str(p["policy_regret"])] for p in pts]
+        extra = pts and "angle_deg_matched_learner" in pts[0]
+        rows = [[str(p["x"]), _cell_str(p["angle_deg"]), _cell_str(p["policy_regret"])]
+                + ([_cell_str(p["angle_deg_matched_learner"]), _cell_str(p["angle_deg_mismatch_cost"])] if extra else [])
+                for p in pts]
         parts.append(f"<h3>{html.escape(kind)}</h3>")
-        parts.append(_table(["x", "angle [deg]", "policy regret"], rows, f"stability-{kind}"))
+        parts.append(_table(["x", "angle [deg]", "policy regret"]
+                            + (["angle, learner knows β", "cost of the mismatch [deg]"] if extra else []),
+                            rows, f"stability-{kind}"))
     parts.append("<h2>Plots</h2>")
     for caption, p in figs.items():
         parts.append(_img(p, caption))
