@@ -103,32 +103,39 @@ def test_human_loop_through_the_store(tmp_path):
     from alignkit.feedback.store import FeedbackStore
 
     db = str(tmp_path / "fb.db")
-    cfg = ControlConfig(out=str(tmp_path / "run"), human=True, db=db, human_poll_s=0.2,
+    cfg = ControlConfig(out=str(tmp_path / "run"), human=True, db=db, human_poll_s=0.2, human_timeout_s=120,
                         **{**TINY, "labels": 4, "steps": 200, "oracle": False})
     result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(run_control(cfg)))
-    worker.start()
+
+    def work():
+        try:
+            result.update(run_control(cfg))
+        except BaseException as e:  # reported by the assertion below, not lost in the thread
+            result["error"] = repr(e)
+
+    # the schema first: two processes creating it at once on SQLite can hit "database is locked"
     store = FeedbackStore(db)
+    user = store.add_user("person", password=False).user
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
     answers = ["a", "b", "tie", "incomparable"]  # what the person says to items 1, 2, 3, 4 (query order)
     given = 0
-    user = None
     deadline = time.time() + 120
     while worker.is_alive() and time.time() < deadline:
         try:
-            user = user or store.add_user("person", password=False).user
             task = store.next_task("control", user)
         except Exception:  # the loop has not created the project yet
             task = None
         if task is None:
-            time.sleep(0.1)
+            time.sleep(0.3)
             continue
         assert task.type == "video_pair" and task.media_types == ["video/webm"] * 2
         want = answers[task.item_id - 1]  # a fresh database numbers items from 1
         choice = "AB"[task.display_order.index(0 if want == "a" else 1)] if want in "ab" else want
         store.record_vote(task.assignment_id, user, {"choice": choice})
         given += 1
-    worker.join(timeout=5)
-    assert result.get("finished"), "the loop did not finish"
+    worker.join(timeout=30)
+    assert result.get("finished"), f"the loop did not finish: {result.get('error')}"
     assert given == 4
     recs = load_trajectory_pairs(tmp_path / "run" / "labels.jsonl")
     assert [(r.mu, r.incomparable) for r in recs] == [(1.0, False), (0.0, False), (0.5, False), (0.5, True)]
