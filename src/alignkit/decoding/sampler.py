@@ -27,10 +27,11 @@ there is raised, not silently swapped for another path.
 Exactness: greedy decoding returns the same tokens as ``model.generate(do_sample=False)``
 (tested on left-padded batches with EOS mid-batch). With the HF-style picker the sampled
 distribution is the same as ``generate(do_sample=True)``'s: same warpers in the same
-order; with the same seed and no row dropped the draws are even the same (one
-``torch.multinomial`` over the same ``(B, V)`` probabilities per step). After a drop the
-random stream is consumed by fewer rows, so seeded draws differ while the distribution
-does not (tested with a χ² test).
+order. Tokens are drawn by inverse-CDF sampling (:func:`draw`, one uniform per row),
+the same distribution as ``generate``'s ``torch.multinomial`` at a fraction of its cost
+(tested with a χ² test). With ``draw="multinomial"`` and the same seed, and while no row
+has been dropped, the draws are those of ``generate`` token for token (tested); after a
+drop the random stream is consumed by fewer rows, so only the distribution is the same.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Decoded", "PreallocatedCache", "decode", "hf_warp", "make_cache"]
+__all__ = ["Decoded", "PreallocatedCache", "decode", "draw", "hf_warp", "make_cache"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,6 +175,21 @@ def hf_warp(scores: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, t
         remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
         scores = scores.masked_fill(remove, -math.inf)
     return scores
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` ``(B, V)`` by inverse-CDF sampling: u ~ U[0, 1) per
+    row, token = the first index whose cumulative probability exceeds u · total.
+
+    The same distribution as ``torch.multinomial(probs, 1)``, which (without replacement)
+    draws V exponentials per row: one uniform per row instead is ~9× faster at V = 512 and
+    ~15× at V = 49 152 (16 rows, one thread, measured here). float64 cumulative sums; a
+    zero-probability token is never returned (its CDF interval is empty).
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), dtype=torch.float64, device=probs.device, generator=generator)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 Picker = Callable[[list[torch.Tensor], int], torch.Tensor]
