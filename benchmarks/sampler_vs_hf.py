@@ -11,9 +11,11 @@ tokenised batch and the same settings (``min_new_tokens=1``, the tokenizer's EOS
   row is dropped, after that only the distribution is (tests/unit/test_sampler.py), so
   tokens/s count each side's own kept response tokens.
 
-Each repeat times ``--calls`` calls of each side back to back, alternating which goes
-first, and gives one paired ratio (alignkit tokens/s ÷ HF tokens/s). Reported: the median
-of the paired ratios and each one. On a CUDA machine, ``--device cuda`` times the static
+Each repeat makes ``--calls`` calls of each side, alternating one call of each (ABAB…),
+and gives one paired ratio (alignkit tokens/s ÷ HF tokens/s, each side's median call),
+on wall time and on this process's CPU time (which, on a machine shared with other jobs,
+leaves out the time spent waiting for a core). Reported: the median of the paired ratios
+and each one. On a CUDA machine, ``--device cuda`` times the static
 cache + CUDA-graph path against plain ``generate`` and against ``generate`` with its own
 static cache (``cache_implementation="static"``), and reports decode ms/step at batch 8 for a
 124M GPT-2 (``--gpt2-124m``); no such numbers were measured in this project.
@@ -64,7 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--calls", type=int, default=3, help="calls per side per repeat")
+    ap.add_argument("--calls", type=int, default=5, help="calls per side per repeat (alternating)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--layers", type=int, default=6)
@@ -82,6 +84,7 @@ def main() -> None:
     from alignkit.models import make_tiny_lm_dir
 
     torch.set_num_threads(THREADS)
+    load_start = os.getloadavg()
     device = torch.device(args.device)
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,14 +127,13 @@ def main() -> None:
         return gen.response_ids, int(gen.response_mask.sum())
 
     def timed(fn, *a):
+        """(wall tokens/s, CPU tokens/s, response) of one call; CPU = this process's CPU
+        time, which on a shared machine excludes the time spent waiting for a core."""
         sync()
-        t = time.perf_counter()
-        tokens = 0
-        for _ in range(args.calls):
-            resp, n = fn(*a)
-            tokens += n
+        t, c = time.perf_counter(), time.process_time()
+        resp, n = fn(*a)
         sync()
-        return tokens / (time.perf_counter() - t), resp
+        return n / (time.perf_counter() - t), n / (time.process_time() - c), resp
 
     sides = {"alignkit": ours, "hf_generate": hf}
     if device.type == "cuda":
@@ -140,22 +142,38 @@ def main() -> None:
     for mode, sample in (("greedy", False), ("sample", True)):
         for fn in sides.values():  # warm-up (and compilation on CUDA)
             fn(sample, 0)
-        ratios, runs = {k: [] for k in sides if k != "alignkit"}, []
+        others = [k for k in sides if k != "alignkit"]
+        ratios = {k: [] for k in others}
+        cpu_ratios = {k: [] for k in others}
+        runs = []
         for r in range(repeats):
-            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-            tps, outs = {}, {}
-            for name in order:
-                tps[name], outs[name] = timed(sides[name], sample, r)
-            if not sample:
-                assert torch.equal(outs["alignkit"], outs["hf_generate"]), "greedy outputs differ"
-            for k in ratios:
+            # calls alternate side by side (ABAB…, reversed on odd repeats); the repeat's
+            # ratio compares each side's median call
+            wall, cpu = {k: [] for k in sides}, {k: [] for k in sides}
+            for c in range(args.calls):
+                order = list(sides) if (r + c) % 2 == 0 else list(sides)[::-1]
+                outs = {}
+                for name in order:
+                    w, u, outs[name] = timed(sides[name], sample, r * args.calls + c)
+                    wall[name].append(w)
+                    cpu[name].append(u)
+                if not sample:
+                    assert torch.equal(outs["alignkit"], outs["hf_generate"]), "greedy outputs differ"
+            tps = {k: statistics.median(v) for k, v in wall.items()}
+            cps = {k: statistics.median(v) for k, v in cpu.items()}
+            for k in others:
                 ratios[k].append(tps["alignkit"] / tps[k])
-            runs.append(tps)
-            print(mode, r, {k: round(v, 1) for k, v in tps.items()}, flush=True)
+                cpu_ratios[k].append(cps["alignkit"] / cps[k])
+            runs.append({"wall_tokens_per_s": tps, "cpu_tokens_per_s": cps})
+            print(mode, r, {k: round(v, 1) for k, v in tps.items()}, "cpu", {k: round(v, 1) for k, v in cps.items()},
+                  flush=True)
         results[mode] = {
             "median_paired_speedup": {f"alignkit_vs_{k}": statistics.median(v) for k, v in ratios.items()},
+            "median_paired_speedup_cpu_time": {f"alignkit_vs_{k}": statistics.median(v)
+                                               for k, v in cpu_ratios.items()},
             "paired_speedups": ratios,
-            "tokens_per_s": runs,
+            "paired_speedups_cpu_time": cpu_ratios,
+            "runs": runs,
         }
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -163,10 +181,12 @@ def main() -> None:
             ours(sample, 0)
             torch.cuda.synchronize()
             results[mode]["alignkit_ms_per_decode_step"] = (time.perf_counter() - t) / args.new_tokens * 1e3
-        print(mode, results[mode]["median_paired_speedup"], flush=True)
+        print(mode, results[mode]["median_paired_speedup"], "cpu time:", results[mode]["median_paired_speedup_cpu_time"],
+              flush=True)
     meta = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": THREADS,
             "device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "load_avg_at_end": os.getloadavg(), "repeats": repeats, "calls_per_repeat": args.calls,
+            "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
+            "calls_per_repeat": args.calls,
             "batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", **desc,
             "note": "measured on a 2-core machine shared with other jobs; read the paired ratios"}
     if device.type == "cuda":
@@ -174,7 +194,8 @@ def main() -> None:
     if not args.quick:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    print(json.dumps({m: r["median_paired_speedup"] for m, r in results.items()}))
+    print(json.dumps({m: {"wall": r["median_paired_speedup"], "cpu": r["median_paired_speedup_cpu_time"]}
+                      for m, r in results.items()}))
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ def spiky(model, seed: int):
     return model.eval()
 
 
-def tiny_llama(tok, seed: int = 0):
+def tiny_llama(tok, seed: int = 0, attn: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(attn_implementation=attn, vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     return LlamaForCausalLM(cfg)
@@ -74,9 +74,13 @@ def mid_batch_eos(model, tok, n: int) -> int:
     pytest.fail("no token separates the rows")
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-eager"])
 def test_greedy_equals_hf_generate_left_padded_eos_mid_batch(tok, arch):
-    model = spiky(build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok), seed=2)
+    """(The decode steps pass a ready-made 4-D mask: bool for SDPA, additive for eager.)"""
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok, attn=arch.removeprefix("llama-")
+                                                                       if "-" in arch else "sdpa")
+    model = spiky(lm, seed=2)
+    assert model.config._attn_implementation == ("eager" if arch.endswith("eager") else "sdpa")
     n = 12
     eos_tok = with_eos(tok, mid_batch_eos(model, tok, n))
     ref = hf_generate(model, eos_tok, PROMPTS, n, do_sample=False)
