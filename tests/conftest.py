@@ -49,3 +49,14 @@ def smollm2(tmp_path_factory):
     cached = save_float_copy(model, tok, gguf_cache_path(gguf), source=gguf)
     yield model.eval(), tok, cached
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray with 2 CPUs for the whole session (starting Ray costs ~10 s); yields the
+    address that alignkit.scale.tasks.map_tasks takes. Skipped without the `scale` extra."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield "local"
+    ray.shutdown()

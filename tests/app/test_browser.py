@@ -247,3 +247,60 @@ def test_untrusted_text_runs_no_script(browser, tmp_path, start_server):
     assert not [c for c in console if "Content Security Policy" in c or "pageerror" in c], console
     assert store.count_votes("xss") == 2
     store.close()
+
+
+@pytest.mark.timeout(120)
+def test_video_pair_plays_in_sync_and_takes_a_keyboard_choice(browser, tmp_path, start_server):
+    """Two WebM clips (VP9 and VP8) decode in Debian's chromium, one control plays and
+    pauses both in step, and the keyboard choice is stored in original terms."""
+    from test_video_pair import make_webm
+
+    from alignkit.feedback.media import import_video_pairs
+
+    db = tmp_path / "clips.db"
+    store = FeedbackStore(db)
+    store.ensure_project("ctl", gold_every=0)
+    a = make_webm(tmp_path / "a.webm", 10, n=30)
+    b = make_webm(tmp_path / "b.webm", 150, codec="libvpx", n=30)
+    (item_id,) = import_video_pairs(
+        store, "ctl", [{"video_a": a, "video_b": b, "meta": {"segments": [7, 8]}}]
+    ).item_ids
+    ann = store.add_user("ann")
+    server = start_server(db, "ctl")
+    dialogs, console = [], []
+    context, page = open_page(browser, server.url, dialogs, console)
+    times = "() => ['A','B'].map(x => document.getElementById('clip-' + x).currentTime)"
+    try:
+        log_in(page, server.url, "ann", ann.password)
+        page.wait_for_function(
+            "() => ['A','B'].every(x => { const v = document.getElementById('clip-' + x);"
+            " return v.readyState >= 2 && v.videoWidth === 48; })"
+        )
+        page.keyboard.press("p")  # play both
+        page.wait_for_function(
+            "() => ['A','B'].every(x => { const v = document.getElementById('clip-' + x);"
+            " return !v.paused && v.currentTime > 0.5; })"
+        )
+        page.keyboard.press("p")  # pause both
+        page.wait_for_function("['A','B'].every(x => document.getElementById('clip-' + x).paused)")
+        ta, tb = page.evaluate(times)
+        assert ta > 0.5 and abs(ta - tb) < 0.25, (ta, tb)
+        page.click("#clips-restart")  # the button drives both too
+        page.wait_for_function("['A','B'].every(x => !document.getElementById('clip-' + x).paused)")
+        ta, tb = page.evaluate(times)
+        assert ta < 0.5 and tb < 0.5, (ta, tb)
+        page.screenshot(path=str(ARTIFACTS / "annotate-video-pair.png"), full_page=True)
+        page.keyboard.press("c")
+        assert page.is_checked("#choice-incomparable")
+        page.keyboard.press("2")
+        assert page.is_checked("#choice-B")
+        next_page(page, lambda: page.keyboard.press("Enter"))
+        assert page.is_visible("#all-done")
+    finally:
+        context.close()
+    (vote,) = store.raw_votes("ctl")
+    assert vote["answer"]["choice"] == ("a" if vote["display_order"][1] == 0 else "b")
+    label = store.item_labels("ctl", [item_id])[item_id]
+    assert label.mu == (1.0 if vote["answer"]["choice"] == "a" else 0.0)
+    assert label.meta["item_meta"] == {"segments": [7, 8]}
+    assert dialogs == [] and not [c for c in console if "error" in c.lower()], console

@@ -9,7 +9,8 @@ import torch
 from alignkit.data import Comparison
 from alignkit.errors import AlignkitError, ConfigError, DataError
 from alignkit.models import load_causal_lm
-from alignkit.recipes._common import read_prompts, tokenize_example
+from alignkit.models.pairs import tokenize_example
+from alignkit.recipes._common import read_prompts
 from alignkit.utils.metrics import read_metrics
 
 PAIRS = [
@@ -280,7 +281,7 @@ def test_pair_layouts_give_the_same_logps_and_gradients(tiny_lm_dir):
     """packed (one unpadded row, block-causal mask) and shared (prompt KV cache reused by both
     completions) give the same log-probs and gradients as the plain full-sequence forward."""
     from alignkit.models import load_tokenizer
-    from alignkit.recipes.dpo import collate_pairs, pair_logps, tokenize_pair
+    from alignkit.models.pairs import collate_pairs, pair_logps, tokenize_pair
 
     tok = load_tokenizer(tiny_lm_dir)
     pairs = [tokenize_pair(tok, c.prompt, c.a, c.b, max_length=64) for c in COMPS]
@@ -292,10 +293,8 @@ def test_pair_layouts_give_the_same_logps_and_gradients(tiny_lm_dir):
         (lp * torch.linspace(-1, 1, len(lp))).sum().backward()
         results[layout] = (lp.detach(), model.transformer.h[0].attn.c_attn.weight.grad.clone())
     # several packed rows (some padding) give the same numbers too
-    from alignkit.recipes import dpo as dpo_mod
-
     model = load_causal_lm(tiny_lm_dir)
-    multi = dpo_mod._pack_pairs(pairs, tok.pad_token_id, row_tokens=30)
+    multi = collate_pairs(pairs, tok.pad_token_id, "packed", row_tokens=30)
     assert multi["input_ids"].shape[0] > 1
     with torch.no_grad():
         torch.testing.assert_close(pair_logps(model, multi), results["full"][0], atol=1e-4, rtol=1e-5)

@@ -51,16 +51,48 @@ def test_train_learns_and_beats_baselines(tiny_lm_dir, tmp_path):
     assert good > bad
 
 
-def test_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
+def _dropout_lm(tiny_lm_dir, tmp_path):
+    """The tiny GPT-2 with dropout 0.1, so training draws from the torch RNG."""
+    import shutil
+
+    path = shutil.copytree(tiny_lm_dir, tmp_path / "dropout_lm")
+    config = json.loads((path / "config.json").read_text())
+    config.update(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_resume_on_a_set_device_equals_uninterrupted_with_rng_restored(tiny_lm_dir, tmp_path, monkeypatch):
+    """With dropout on, epoch 2 depends on the torch RNG state left by epoch 1: a run cut
+    after epoch 1 and resumed (``device`` set, the common checkpoint.pt with RNG state) ends
+    at the uninterrupted run's weights; the same resume with the RNG restore switched off
+    does not, so the restore is what makes them equal."""
+    model = _dropout_lm(tiny_lm_dir, tmp_path)
     pairs = _pairs(24)
-    kw = dict(lr_schedule="constant", warmup_fraction=0.0, lr=3e-4, max_length=16)
+    kw = dict(model=str(model), lr_schedule="constant", warmup_fraction=0.0, lr=3e-4, max_length=16,
+              device="cpu", disable_dropout=False)
     full = train_reward(_cfg(tiny_lm_dir, tmp_path / "full", **kw), pairs)
     train_reward(_cfg(tiny_lm_dir, tmp_path / "cut", epochs=1, **kw), pairs)
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert saved["epoch"] == 1 and {"torch", "python"} <= set(saved["rng"])
     resumed = train_reward(_cfg(tiny_lm_dir, tmp_path / "cut", resume=True, **kw), pairs)
-    state_full = torch.load(full.out_dir / "checkpoint" / "state.pt", weights_only=False)["model"]
-    state_res = torch.load(resumed.out_dir / "checkpoint" / "state.pt", weights_only=False)["model"]
+    state_full = torch.load(full.out_dir / "checkpoint.pt", weights_only=False)["model"]
+    state_res = torch.load(resumed.out_dir / "checkpoint.pt", weights_only=False)["model"]
     for k in state_full:
         assert torch.allclose(state_full[k], state_res[k], atol=1e-6), k
+    assert [r["step"] for r in read_metrics(resumed.out_dir / "metrics.jsonl") if "diag/lr" in r] == [2, 4, 6]
+
+    train_reward(_cfg(tiny_lm_dir, tmp_path / "norng", epochs=1, **kw), pairs)
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    no_rng = train_reward(_cfg(tiny_lm_dir, tmp_path / "norng", resume=True, **kw), pairs)
+    state_no = torch.load(no_rng.out_dir / "checkpoint.pt", weights_only=False)["model"]
+    assert not all(torch.allclose(state_full[k], state_no[k], atol=1e-6) for k in state_full)
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tiny_lm_dir, tmp_path):
+    """As in the policy recipes: --resume on an empty output directory is a normal run."""
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "fresh", resume=True, epochs=1), _pairs(10))
+    assert torch.load(res.out_dir / "checkpoint.pt", weights_only=False)["epoch"] == 1
 
 
 def test_packed_layout_trains_the_same_model_as_full(tiny_lm_dir, tmp_path):
@@ -72,7 +104,7 @@ def test_packed_layout_trains_the_same_model_as_full(tiny_lm_dir, tmp_path):
     states = {}
     for layout in ("full", "packed"):
         res = train_reward(_cfg(tiny_lm_dir, tmp_path / layout, pair_layout=layout, **kw), pairs)
-        states[layout] = torch.load(res.out_dir / "checkpoint" / "state.pt", weights_only=False)["model"]
+        states[layout] = torch.load(res.out_dir / "checkpoint.pt", weights_only=False)["model"]
     for k, v in states["full"].items():
         torch.testing.assert_close(states["packed"][k], v, atol=1e-5, rtol=1e-4, msg=k)
 
@@ -114,8 +146,6 @@ def test_bad_inputs_raise_user_errors(tiny_lm_dir, tmp_path):
         train_reward(_cfg(tiny_lm_dir, tmp_path / "x", ensemble=0), _pairs(10))
     with pytest.raises(ConfigError, match="pair_layout"):
         train_reward(_cfg(tiny_lm_dir, tmp_path / "x", pair_layout="padded"), _pairs(10))
-    with pytest.raises(ConfigError, match="no checkpoint"):
-        train_reward(_cfg(tiny_lm_dir, tmp_path / "fresh", resume=True), _pairs(10))
 
 
 @pytest.mark.parametrize("content", ["", '{"prompt": 3}\n', "not json\n"])

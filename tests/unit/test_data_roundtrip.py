@@ -77,12 +77,12 @@ def ratings(draw):
 
 
 corrections = st.builds(Correction, text, text, text, annotator=ids, meta=meta)
-segment = st.fixed_dictionaries(
-    {
-        "obs": st.lists(st.lists(st.floats(-1, 1), max_size=2), max_size=3),
-        "actions": st.lists(st.integers(0, 3), max_size=3),
+segment = st.integers(0, 3).flatmap(lambda k: st.fixed_dictionaries(
+    {  # obs and actions of one segment have the same number of steps k
+        "obs": st.lists(st.lists(st.floats(-1, 1), max_size=2), min_size=k, max_size=k),
+        "actions": st.lists(st.integers(0, 3), min_size=k, max_size=k),
     }
-)
+))
 trajectory_pairs = st.builds(TrajectoryPair, segment, segment, mu=unit, meta=meta)
 any_record = st.one_of(comparisons, rankings(), ratings(), corrections, trajectory_pairs)
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ["fastapi", "starlette", "uvicorn", "sqlalchemy", "ray", "gymnasium", "trl", "playwright"]
+HEAVY = ["fastapi", "starlette", "uvicorn", "sqlalchemy", "ray", "deepspeed", "gymnasium", "trl", "playwright"]
 
 
 @pytest.mark.parametrize("module", ["alignkit.losses", "alignkit.data", "alignkit"])

@@ -8,6 +8,7 @@ import pytest
 
 from alignkit.diagnostics.overoptimization import (
     best_of_n_curve,
+    best_of_n_gold_gains,
     best_of_n_weights,
     divergence,
     fit_gao,
@@ -91,3 +92,29 @@ def test_gao_fit_exact_curve_and_hand_peak():
     assert rising["beta"] == pytest.approx(0.0, abs=1e-9) and math.isinf(rising["peak_kl"])
     with pytest.raises(ValueError):
         fit_gao(kl, gain, "ppo")
+
+
+def test_gao_and_entanglement_plots_write_pngs(tmp_path):
+    from alignkit.report.plots import plot_entanglement, plot_gao_fits
+
+    kl = [0.0, 1.0, 4.0, 9.0]
+    fits = {"best_of_n": fit_gao(kl, gao_curve(np.sqrt(kl), 1.0, 0.25, "bon"), "bon", n_boot=20),
+            "ppo": fit_gao([0.0, 1.0, 4.0], [0.0, 1.0, 2.0], "rl", n_boot=20)}  # no peak: no line
+    assert plot_gao_fits(fits, tmp_path / "gao.png").stat().st_size > 1000
+    pts = [{"step": s, "case1": 0.5, "case2": 0.25, "case3": 0.25, "cosine": 0.9, "logp_chosen": -s,
+            "logp_rejected": -2 * s} for s in (0, 5)]
+    assert plot_entanglement({"dpo": pts, "normalized": pts}, tmp_path / "ent.png").stat().st_size > 1000
+
+
+def test_best_of_n_gold_gains_per_prompt_match_the_curve():
+    rng = np.random.default_rng(2)
+    proxy = rng.normal(size=(5, 16))
+    gold = proxy + rng.normal(size=(5, 16))
+    ns = [1, 2, 4, 16]
+    gains = best_of_n_gold_gains(proxy, gold, ns)
+    curve = best_of_n_curve(proxy, gold, ns)
+    assert gains.shape == (5, 4) and np.allclose(gains[:, 0], 0.0)
+    assert gains.mean(0) == pytest.approx([p["gold"] - curve[0]["gold"] for p in curve])
+    # n = k picks the top-proxy sample of each prompt
+    top = gold[np.arange(5), proxy.argmax(1)] - gold.mean(1)
+    assert gains[:, 3] == pytest.approx(top)

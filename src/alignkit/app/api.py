@@ -1,6 +1,6 @@
 """The JSON API under ``/api/v1``, for bots and scripts (``Authorization: Bearer <token>``).
 
-Annotators: ``me``, ``tasks/next``, ``assignments/ID`` (+ ``/label``, ``/skip``),
+Annotators: ``me``, ``tasks/next``, ``assignments/ID`` (+ ``/label``, ``/skip``, ``/clip/N``),
 ``progress``. Admins also: ``items`` (import), ``items/labels``, ``users``, ``export``,
 ``stats``. See docs/api.md.
 """
@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse, Response
 
 from alignkit.app.auth import bearer_admin, bearer_user
 from alignkit.app.bodies import json_body
+from alignkit.app.clips import clip_response
 from alignkit.app.context import context
 from alignkit.app.errors import HTTPProblem
 from alignkit.app.pages import jsonl_response
 from alignkit.data.records import record_to_dict
 from alignkit.feedback.exports import json_safe
+from alignkit.feedback.values import Task
 
 __all__ = ["router"]
 
@@ -43,12 +45,28 @@ def next_task(request: Request):
     task = c.store.next_task(c.project, bearer_user(request))
     if task is None:
         return Response(status_code=204)
-    return task.to_json()
+    return task_json(task)
+
+
+def task_json(task: Task) -> dict:
+    """The task, plus for a video pair the URLs of its clips (in display order)."""
+    out = task.to_json()
+    if task.type == "video_pair":
+        base = f"/api/v1/assignments/{task.assignment_id}/clip"
+        out["clips"] = [f"{base}/{i}" for i in range(len(task.responses))]
+    return out
 
 
 @router.get("/assignments/{assignment_id}")
 def assignment(request: Request, assignment_id: int):
-    return context(request).store.task(assignment_id, bearer_user(request)).to_json()
+    return task_json(context(request).store.task(assignment_id, bearer_user(request)))
+
+
+@router.get("/assignments/{assignment_id}/clip/{position}")
+def clip(request: Request, assignment_id: int, position: int):
+    user = bearer_user(request)
+    content_type, data = context(request).store.clip(assignment_id, user, position)
+    return clip_response(request, content_type, data)
 
 
 @router.post("/assignments/{assignment_id}/label")

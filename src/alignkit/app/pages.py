@@ -15,6 +15,7 @@ from alignkit.app.auth import (
     require_session,
     session_of,
 )
+from alignkit.app.clips import clip_response
 from alignkit.app.context import AppContext, context
 from alignkit.app.errors import HTTPProblem
 from alignkit.feedback.auth import new_token
@@ -130,6 +131,8 @@ def form_answer(task: Task, form) -> dict[str, Any]:
     if task.type == "pairwise":
         answer["choice"] = str(form.get("choice") or "")
         answer["strength"] = str(form.get("strength") or "") or None
+    elif task.type == "video_pair":
+        answer["choice"] = str(form.get("choice") or "")
     elif task.type == "ranking":
         answer["ranks"] = [_int(form.get(f"rank_{i}")) for i in range(k)]
     else:
@@ -148,6 +151,14 @@ async def submit_form(request: Request, assignment_id: int):
     except InvalidAnswer as e:
         return task_page(c, user, csrf, task, error=str(e), status=422)
     return RedirectResponse("/annotate", 303)
+
+
+@router.get("/annotate/{assignment_id}/clip/{position}")
+def clip(request: Request, assignment_id: int, position: int):
+    """A clip of the logged-in annotator's own video_pair assignment."""
+    user, _ = require_session(request)
+    content_type, data = context(request).store.clip(assignment_id, user, position)
+    return clip_response(request, content_type, data)
 
 
 @router.post("/annotate/{assignment_id}/skip")

@@ -9,6 +9,7 @@ before the response is sent. Where things are:
 * :mod:`~alignkit.app.api` — the JSON API under ``/api/v1``;
 * :mod:`~alignkit.app.auth` — sessions, CSRF, bearer tokens;
 * :mod:`~alignkit.app.bodies` — request bodies and their size limits;
+* :mod:`~alignkit.app.clips` — serving the clips of ``video_pair`` items;
 * :mod:`~alignkit.app.errors` — which HTTP status each library error gets;
 * :mod:`~alignkit.app.context` — the store, project and templates every route uses;
 * this module — assembling them, security headers, error pages.
@@ -45,7 +46,7 @@ from alignkit.feedback.store import FeedbackStore
 __all__ = ["DEFAULT_TAGS", "create_app"]
 
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {

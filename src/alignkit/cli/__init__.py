@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "alignkit.cli.decoding",
     "alignkit.cli.annotate",
     "alignkit.cli.loop",
+    "alignkit.cli.control",
 ]
 
 

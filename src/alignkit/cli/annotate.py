@@ -67,7 +67,8 @@ def read_item_file(path: Path) -> list:
     if not rows:
         raise DataError("no items (the file is empty)", path=str(path))
     first = rows[0][1]
-    if isinstance(first, dict) and "responses" in first and "kind" not in first:
+    is_item = isinstance(first, dict) and "kind" not in first
+    if is_item and ("responses" in first or first.get("type") == "video_pair"):
         out = []
         for line, row in rows:
             if not isinstance(row, dict):
@@ -124,15 +125,24 @@ def register(app: typer.Typer) -> None:
         """Import items: prompt + responses (pairwise, ranking, rating), or data-layer records.
 
         Item rows: {"type": "pairwise"|"ranking"|"rating", "prompt": text or
-        [{"role", "content"}, ...], "responses": [...], "id"?, "gold"?, "meta"?}.
+        [{"role", "content"}, ...], "responses": [...], "id"?, "gold"?, "meta"?}; or clip
+        pairs {"type": "video_pair", "video_a": "a.webm", "video_b": "b.webm", "prompt"?,
+        "id"?, "meta"?} (paths relative to the file; .webm, .mp4 or .gif).
         Records (alignkit, TRL, HH): a comparison becomes a pairwise item, a ranking a
         ranking item, a rating a rating item. Importing the same file twice adds nothing.
         """
+        from alignkit.feedback.media import import_video_pairs
+
         entries = read_item_file(file)
         store = _store(db)
         store.ensure_project(project)
         try:
-            result = store.add_items(project, entries, gold=gold)
+            if all(isinstance(e, dict) and e.get("type") == "video_pair" for e in entries):
+                result = import_video_pairs(
+                    store, project, entries, gold=gold, base_dir=file.parent
+                )
+            else:
+                result = store.add_items(project, entries, gold=gold)
         except DataError as e:
             raise DataError(e.reason, path=str(file), line=e.line, field=e.field) from None
         typer.echo(

@@ -228,15 +228,19 @@ class Correction:
 
 @dataclass
 class TrajectoryPair:
-    """Preference between two trajectory segments (Christiano et al. 2017).
+    """Preference between two trajectory segments σ_a, σ_b (Christiano et al. 2017).
 
-    Each segment is a mapping with at least ``obs`` and ``actions`` (nested lists or
-    arrays of equal length T). ``mu`` = P(segment a ≻ segment b).
+    Each segment is a mapping with at least ``obs`` and ``actions`` (arrays or nested lists
+    of equal length k), and optionally ``rewards``, ``next_obs``, ``frames`` (``(k, H, W, 3)``
+    uint8) and ``meta``. ``mu`` = P(σ_a ≻ σ_b); ``incomparable`` marks "can't tell" (kept,
+    dropped by training loaders). Arrays stay arrays in memory; on disk they go to an
+    ``.npz`` side file next to the JSONL (:mod:`alignkit.data.trajectories`).
     """
 
     segment_a: dict[str, Any]
     segment_b: dict[str, Any]
     mu: float = 1.0
+    incomparable: bool = False
     annotator: str | None = None
     group: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -248,7 +252,18 @@ class TrajectoryPair:
             seg = getattr(self, name)
             if not isinstance(seg, dict) or "obs" not in seg or "actions" not in seg:
                 raise DataError("expected a mapping with 'obs' and 'actions'", field=name)
+            try:
+                k = len(seg["obs"])
+                lengths = {key: len(seg[key]) for key in ("actions", "rewards", "next_obs", "frames")
+                           if seg.get(key) is not None}
+            except TypeError:
+                raise DataError("expected 'obs' and 'actions' to be sequences", field=name) from None
+            bad = [key for key, n in lengths.items() if n != k]
+            if bad:
+                raise DataError(f"'{bad[0]}' has {lengths[bad[0]]} steps but 'obs' has {k}", field=name)
         self.mu = _check_mu(self.mu)
+        if not isinstance(self.incomparable, bool):
+            raise DataError(f"expected true or false, got {self.incomparable!r}", field="incomparable")
         _check_common(self)
 
 

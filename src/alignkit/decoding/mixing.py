@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from alignkit.decoding.sampler import _cache_kw, decode
 from alignkit.errors import ConfigError
 from alignkit.models.logprobs import position_ids_from_mask
 
@@ -149,6 +150,7 @@ class _CachedLM:
         self.model = model
         self.vocab = vocab
         self.cache = None
+        self.cache_kw = _cache_kw(model)
 
     @torch.no_grad()
     def next_logps(
@@ -160,8 +162,8 @@ class _CachedLM:
             input_ids=new_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_kw: self.cache},
         )
         self.cache = out.past_key_values
         logits = out.logits[:, -1, : self.vocab]
@@ -264,8 +266,9 @@ def mix_generate(
 ) -> MixOutput:
     """Decode ``prompts`` from the normalised product Π_k π_k^{w_k}, all rows at once.
 
-    Each step runs every model once on the new token with its own KV cache (prompts are
-    left-padded, positions come from the attention mask), mixes with
+    Each step runs every model once on the new token with its own preallocated KV cache
+    (:func:`alignkit.decoding.sampler.decode`; prompts are left-padded, positions come
+    from the attention mask, finished rows are dropped), mixes with
     :func:`mix_logprobs`, then picks the argmax (``do_sample=False``) or samples after
     :func:`warp_logprobs`. A row stops at EOS or when its text contains a stop string.
     All models must share ``tokenizer`` (logits beyond ``len(tokenizer)``, e.g. padded
@@ -297,16 +300,11 @@ def mix_generate(
     active = [(m, float(w)) for m, w in zip(models, weights, strict=True) if w != 0.0]
     if not active:
         raise ConfigError("every weight is 0: give at least one model a non-zero weight")
-    lms = [_CachedLM(m.eval(), vocab) for m, _ in active]
     weights = [w for _, w in active]
-    B = ids.shape[0]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # tokens kept per row
-    new_tokens: list[torch.Tensor] = []
     all_logps: list[torch.Tensor] = []
-    step_input, positions = ids, position_ids_from_mask(mask)
-    for step in range(max_new_tokens):
-        logps = mix_logprobs([lm.next_logps(step_input, mask, positions) for lm in lms], weights)
+
+    def pick(logits: list[torch.Tensor], step: int) -> torch.Tensor:
+        logps = mix_logprobs([torch.log_softmax(z, dim=-1) for z in logits], weights)
         if return_logps:
             all_logps.append(logps)
         if step < min_new_tokens and eos is not None:
@@ -314,24 +312,19 @@ def mix_generate(
             logps[:, eos] = -math.inf
         if do_sample:
             probs = warp_logprobs(logps, temperature=temperature, top_k=top_k, top_p=top_p).exp()
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        else:
-            token = logps.argmax(-1)
-        token = torch.where(done, torch.full_like(token, pad), token)
-        new_tokens.append(token)
-        if eos is not None:
-            done |= token == eos
-        if stop:
-            done |= _hits_stop(tokenizer, torch.stack(new_tokens, 1), done, stop)
-        length = torch.where(done & (length == max_new_tokens), step + 1, length)
-        if bool(done.all()):
-            break
-        step_input, positions = token[:, None], positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return logps.argmax(-1)
 
-    gen = torch.stack(new_tokens, 1).tolist() if new_tokens else [[] for _ in range(B)]
+    def stop_fn(generated: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        return _hits_stop(tokenizer, generated, ~live, stop)
+
+    # One shared decode loop (preallocated KV caches, one per model). Rows stay in the
+    # batch when the caller wants every step's log-probs for every row.
+    dec = decode([m.eval() for m, _ in active], ids, mask, max_new_tokens, pick,
+                 eos_token_id=eos, pad_token_id=pad, vocab=vocab,
+                 stop_fn=stop_fn if stop else None, drop_finished=not return_logps)
     texts, token_ids = [], []
-    for row, n in zip(gen, length.tolist(), strict=True):
+    for row, n in zip(dec.tokens.tolist(), dec.lengths.tolist(), strict=True):
         kept = row[:n]
         text = tokenizer.decode([t for t in kept if t != eos], skip_special_tokens=False)
         for s in stop:

@@ -1,8 +1,11 @@
-"""Batched sampling from any HF causal LM: left padding, KV cache (``model.generate``).
+"""Batched sampling from any HF causal LM: left padding, KV cache.
 
 :func:`generate_ids` returns token ids and masks (what PPO needs); :func:`generate`
 returns decoded strings. Prompts are left-padded so that every row's response starts
-at the same column ``prompt_len`` and the KV cache is shared across the batch.
+at the same column ``prompt_len``. Decoding runs in :func:`alignkit.decoding.sampler.decode`
+(preallocated KV cache, finished rows dropped); its greedy output is token-identical to
+``model.generate(do_sample=False)`` and its sampling uses the same warpers as
+``generate(do_sample=True)`` (temperature, then top-k, then top-p).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Generation", "generate", "generate_ids", "response_mask"]
+from alignkit.decoding.sampler import decode, hf_warp
+
+__all__ = ["Generation", "generate", "generate_ids", "hf_picker", "response_mask"]
 
 
 @dataclass
@@ -20,13 +25,21 @@ class Generation:
 
     ``input_ids``/``attention_mask``: ``(B, P + R)`` — left-padded prompt, then response;
     ``prompt_len`` = P; ``response_mask``: ``(B, R)``, 1 on response tokens up to and
-    including the first EOS, 0 after it (HF pads finished rows).
+    including the first EOS, 0 after it (finished rows are padded).
+    Only when asked (``return_logps``/``return_hidden``), aligned with the response and 0
+    outside ``response_mask``: ``token_logps`` ``(B, R)`` = log π_T(y_t | x, y_<t) and
+    ``entropy`` ``(B, R)`` of the temperature-T distribution *before* top-k/top-p (what
+    PPO's old log-probs are); ``hidden`` ``(B, R, H)`` the last hidden state that
+    predicted y_t (a value head on it gives V(s_t)).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompt_len: int
     response_mask: torch.Tensor
+    token_logps: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -43,6 +56,21 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int | list[int] | No
     return (before == 0).long()
 
 
+def hf_picker(sample: bool, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              generator: torch.Generator | None = None):
+    """Token rule for one model: argmax, or ``model.generate``'s sampling (warpers as
+    transformers applies them, softmax, one ``torch.multinomial`` draw per row)."""
+
+    def pick(logits: list[torch.Tensor], step: int) -> torch.Tensor:
+        scores = logits[0]
+        if not sample:
+            return scores.argmax(-1)
+        probs = torch.softmax(hf_warp(scores, temperature=temperature, top_k=top_k, top_p=top_p), -1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return pick
+
+
 @torch.no_grad()
 def generate_ids(
     model,
@@ -55,12 +83,20 @@ def generate_ids(
     do_sample: bool = True,
     seed: int | None = None,
     max_prompt_tokens: int | None = None,
+    *,
+    return_logps: bool = False,
+    return_hidden: bool = False,
+    static_cache: bool | None = None,
+    compile_step: bool | None = None,
 ) -> Generation:
     """Sample one response per prompt (batched, left-padded, KV-cached).
 
     ``temperature = 0`` or ``do_sample=False`` decodes greedily; ``top_k = 0`` and
     ``top_p = 1`` disable those filters. ``max_prompt_tokens`` keeps the *last* tokens of
-    longer prompts.
+    longer prompts. ``seed`` seeds torch's global generator (as ``model.generate`` uses).
+    ``static_cache``/``compile_step`` (default: on for CUDA models) select the
+    static-cache, CUDA-graph decode step (see :func:`~alignkit.decoding.sampler.decode`).
+    At least one token is generated per row.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -79,23 +115,22 @@ def generate_ids(
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     sample = do_sample and temperature > 0
-    kwargs = dict(do_sample=sample, top_k=top_k, top_p=top_p, temperature=temperature) if sample else dict(
-        do_sample=False
-    )
-    out = model.generate(
-        input_ids=enc["input_ids"],
-        attention_mask=enc["attention_mask"],
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=1,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
-        **kwargs,
-    )
+    dec = decode([model], enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                 hf_picker(sample, temperature=temperature, top_k=top_k, top_p=top_p),
+                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                 min_new_tokens=1, return_token_logps=return_logps,
+                 temperature=temperature if sample else 1.0, return_hidden=return_hidden,
+                 static_cache=static_cache, compile_step=compile_step)
     prompt_len = enc["input_ids"].shape[1]
-    resp_mask = response_mask(out[:, prompt_len:], tokenizer.eos_token_id)
+    resp_mask = response_mask(dec.tokens, tokenizer.eos_token_id)
+    out = torch.cat([enc["input_ids"], dec.tokens], 1)
     attention_mask = torch.cat([enc["attention_mask"], resp_mask.to(enc["attention_mask"].dtype)], 1)
-    return Generation(out, attention_mask, prompt_len, resp_mask)
+    gen = Generation(out, attention_mask, prompt_len, resp_mask)
+    if return_logps:
+        gen.token_logps, gen.entropy = dec.token_logps * resp_mask, dec.entropy * resp_mask
+    if return_hidden:
+        gen.hidden = dec.hidden
+    return gen
 
 
 def generate(

@@ -213,9 +213,9 @@ def probe_metrics(
     now = torch.stack([chosen_logps.detach(), rejected_logps.detach()]).double()
     metrics[f"{prefix}/logp_chosen"] = float(now[0].mean())
     metrics[f"{prefix}/logp_rejected"] = float(now[1].mean())
-    if start is not None:
-        metrics[f"{prefix}/dlogp_chosen"] = float((now[0] - start[0]).mean())
-        metrics[f"{prefix}/dlogp_rejected"] = float((now[1] - start[1]).mean())
+    start = now if start is None else start
+    metrics[f"{prefix}/dlogp_chosen"] = float((now[0] - start[0]).mean())
+    metrics[f"{prefix}/dlogp_rejected"] = float((now[1] - start[1]).mean())
     if previous is not None:
         cases = measured_cases(now[0] - previous[0], now[1] - previous[1])
         for k in (1, 2, 3, 4):

@@ -70,6 +70,21 @@ def best_of_n_curve(
     return out
 
 
+def best_of_n_gold_gains(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarray:
+    """Per-prompt expected gold gain of best-of-n over the base policy, ``(P, len(ns))``.
+
+    Row p, column i: E[gold of the best of n_i by proxy] − mean gold of prompt p's samples
+    (best-of-1 is the base policy). The replicates :func:`fit_gao` bootstraps over; their
+    column means are :func:`best_of_n_curve`'s gold minus its n = 1 gold.
+    """
+    proxy, gold = np.asarray(proxy, float), np.asarray(gold, float)
+    _, k = proxy.shape
+    order = np.argsort(proxy, axis=1, kind="stable")
+    gs = np.take_along_axis(gold, order, 1)
+    weights = np.stack([best_of_n_weights(k, n) for n in ns], 1)  # (k, len(ns))
+    return gs @ weights - gold.mean(1, keepdims=True)
+
+
 def divergence(points: Sequence[dict[str, Any]], *, kl_key: str = "kl") -> dict[str, Any]:
     """Where gold peaks along a sweep and whether proxy and gold diverge after it.
 

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_TAGS",
     "LIKERT",
     "MAX_TEXT",
+    "PAIR_TYPES",
     "STRENGTHS",
     "TASK_TYPES",
     "canonical_answer",
@@ -27,11 +28,13 @@ __all__ = [
     "gold_score",
 ]
 
-TASK_TYPES = ("pairwise", "ranking", "rating")
+TASK_TYPES = ("pairwise", "ranking", "rating", "video_pair")
+PAIR_TYPES = ("pairwise", "video_pair")  # two things side by side, one choice
 CHOICES = ("a", "b", "tie", "both_bad", "incomparable")
 STRENGTHS = ("slightly", "much")
 DEFAULT_TAGS = ("harmful", "untrue", "unhelpful")
 LIKERT = (1, 7)
+VIDEO_OTHERS = ("tie", "incomparable")  # besides A and B: a tie, or "can't tell"
 MAX_TEXT = 100_000  # characters in one comment or edit
 
 
@@ -48,6 +51,8 @@ def canonical_answer(
 
     * pairwise: ``choice`` ∈ A, B, tie, both_bad, incomparable; optional ``strength``
       ∈ slightly, much (only with A or B);
+    * video_pair (two clips): ``choice`` ∈ A, B, tie, incomparable ("can't tell");
+      clips have no strength and cannot be edited;
     * ranking: ``ranks`` — one integer per shown response, 1 = best, equal = tied;
     * rating: ``ratings`` — one integer 1–7 per shown response;
     * any type: ``tags`` (one list per shown response), ``comment`` (text), ``edits``
@@ -82,16 +87,19 @@ def canonical_answer(
         return [value[display_order.index(orig)] for orig in range(k)]  # → original order
 
     answer: dict[str, Any] = {}
-    if item_type == "pairwise":
+    if item_type in PAIR_TYPES:
         choice = str(submitted.get("choice") or "").strip()
         mapping = {"A": display_order[0], "B": display_order[1]}
+        others = ("tie", "both_bad", "incomparable") if item_type == "pairwise" else VIDEO_OTHERS
         if choice.upper() in mapping:
             choice = "a" if mapping[choice.upper()] == 0 else "b"
-        elif choice.lower() in ("tie", "both_bad", "incomparable"):
+        elif choice.lower() in others:
             choice = choice.lower()
         else:
-            raise InvalidAnswer("field 'choice': expected one of A, B, tie, both_bad, incomparable")
+            raise InvalidAnswer(f"field 'choice': expected one of A, B, {', '.join(others)}")
         strength = submitted.get("strength") or None
+        if strength is not None and item_type == "video_pair":
+            raise InvalidAnswer("field 'strength': a clip comparison takes no strength")
         if strength is not None:
             if strength not in STRENGTHS:
                 raise InvalidAnswer("field 'strength': expected 'slightly' or 'much'")
@@ -129,6 +137,8 @@ def canonical_answer(
         raise InvalidAnswer(f"field 'comment': expected text of at most {MAX_TEXT} characters")
     answer["comment"] = comment
     edits = per_response("edits", None)
+    if item_type == "video_pair" and any(e is not None for e in edits):
+        raise InvalidAnswer("field 'edits': clips cannot be edited")
     for i, e in enumerate(edits):
         if e is not None and (not isinstance(e, str) or len(e) > MAX_TEXT):
             raise InvalidAnswer("field 'edits': expected a corrected text or null per response")
@@ -149,7 +159,7 @@ def gold_score(item_type: str, gold: dict[str, Any], answer: dict[str, Any]) -> 
     pairwise: 1 if the choice matches; ranking: share of the gold's strictly ordered pairs
     put in the same order; rating: share of responses scored within ±1 of gold.
     """
-    if item_type == "pairwise":
+    if item_type in PAIR_TYPES:
         return float(answer["choice"] == gold["choice"])
     if item_type == "ranking":
         blank = [""] * len(answer["order"])

@@ -18,7 +18,7 @@ from typing import Any
 
 from alignkit.data.records import Comparison, Correction, Ranking, Rating, Record, record_to_dict
 from alignkit.feedback import agreement
-from alignkit.feedback.answers import choice_mu, gold_score
+from alignkit.feedback.answers import PAIR_TYPES, choice_mu, gold_score
 from alignkit.feedback.errors import UnknownFormat
 from alignkit.feedback.values import Project
 
@@ -44,7 +44,9 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
     Comparisons keep incomparable votes (``incomparable=True``; training loaders drop
     them); ties and "both bad" have ``mu = ½``. Every record carries the annotator,
     their group and ``meta = {item_id, vote_id, ...}``, plus ``comment`` when the
-    annotator wrote one.
+    annotator wrote one. A ``video_pair`` vote is a comparison of two clips (``a``/``b``
+    = ``"media:<sha256>"``) whose ``meta.item_meta`` is the item's own meta (e.g. the
+    segment ids given at import).
     """
     out: list[Record] = []
     for v in raw:
@@ -58,8 +60,10 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
             common["meta"]["prompt_messages"] = v["turns"]
         if ans.get("comment"):  # the annotator's free text travels with every record
             common["meta"]["comment"] = ans["comment"]
+        if v["type"] == "video_pair":  # the clips' own meta (e.g. segment ids) comes back
+            common["meta"]["item_meta"] = v["item_meta"]
         responses = v["responses"]
-        if kind == "comparisons" and v["type"] == "pairwise":
+        if kind == "comparisons" and v["type"] in PAIR_TYPES:
             choice = ans["choice"]
             if choice == "both_bad":
                 common["meta"]["both_bad"] = True
@@ -128,6 +132,8 @@ def combine_labels(
         usable = [c for c in cs if not c.incomparable]
         first = cs[0]
         meta = {"item_id": item_id, "n_votes": len(cs), "annotators": [c.annotator for c in cs]}
+        if "item_meta" in first.meta:
+            meta["item_meta"] = first.meta["item_meta"]
         out[item_id] = Comparison(
             first.prompt,
             first.a,
@@ -221,7 +227,7 @@ def vote_stats(proj: Project, raw: list[dict[str, Any]], counts: dict[str, int])
     Agreement units: a pairwise item (value = choice), a ranking item (value = the
     tier of each response), one response of a rating item (value = its score).
     """
-    triples: dict[str, list] = {"pairwise": [], "ranking": [], "rating": []}
+    triples: dict[str, list] = {"pairwise": [], "ranking": [], "rating": [], "video_pair": []}
     gold_scores: dict[str, list[float]] = defaultdict(list)
     per_user: dict[str, dict[str, Any]] = {}
     group_pairs = []
@@ -230,8 +236,8 @@ def vote_stats(proj: Project, raw: list[dict[str, Any]], counts: dict[str, int])
         u = per_user.setdefault(name, {"group": v["group_name"], "votes": 0, "times": []})
         u["votes"] += 1
         u["times"].append(v["time_spent_ms"])
-        if v["type"] == "pairwise":
-            triples["pairwise"].append((v["item_id"], name, ans["choice"]))
+        if v["type"] in PAIR_TYPES:
+            triples[v["type"]].append((v["item_id"], name, ans["choice"]))
             if not v["is_gold"]:
                 group_pairs.append((v["group_name"] or "(none)", ans["choice"]))
         elif v["type"] == "ranking":

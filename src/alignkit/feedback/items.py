@@ -1,6 +1,6 @@
 """Item parsing: an import entry (an item dict or an alignkit record) → one row of ``ak_items``.
 
-Item dict: ``{"type": "pairwise"|"ranking"|"rating", "prompt": str or [{"role",
+Item dict: ``{"type": "pairwise"|"ranking"|"rating"|"video_pair", "prompt": str or [{"role",
 "content"}, ...], "responses": [str, ...], "id"?: str, "gold"?: answer in original terms,
 "meta"?: {...}}``. Records: a Comparison becomes a pairwise item, a Ranking a ranking
 item, a Rating a rating item; with ``gold=True`` their labels become the gold answers.
@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
 from alignkit.data.formats import render_messages
 from alignkit.data.records import Comparison, Ranking, Rating, record_from_dict
 from alignkit.errors import DataError
-from alignkit.feedback.answers import TASK_TYPES, canonical_answer
+from alignkit.feedback.answers import PAIR_TYPES, TASK_TYPES, canonical_answer
 from alignkit.feedback.errors import InvalidAnswer
 
-__all__ = ["item_row"]
+__all__ = ["MEDIA_REF", "item_row"]
+
+MEDIA_REF = re.compile(r"^media:[0-9a-f]{64}$")  # a clip stored in ak_media, by SHA-256
 
 
 def item_row(project_id: int, entry: Any, gold_flag: bool, n: int) -> dict[str, Any]:
@@ -71,6 +74,8 @@ def item_row(project_id: int, entry: Any, gold_flag: bool, n: int) -> dict[str, 
     elif isinstance(entry, dict):
         kind = entry.get("type", "pairwise")
         prompt, responses = entry.get("prompt"), entry.get("responses")
+        if kind == "video_pair" and prompt is None:
+            prompt = ""  # the question may be all in the guidelines
         meta = entry.get("meta") or {}
         gold_answer = entry.get("gold")
         if not isinstance(meta, dict):
@@ -110,16 +115,23 @@ def item_row(project_id: int, entry: Any, gold_flag: bool, n: int) -> dict[str, 
         not isinstance(responses, list)
         or not all(isinstance(r, str) for r in responses)
         or not lo <= len(responses) <= 26
-        or (kind == "pairwise" and len(responses) != 2)
+        or (kind in PAIR_TYPES and len(responses) != 2)
     ):
-        want = "exactly 2" if kind == "pairwise" else f"{lo}..26"
+        want = "exactly 2" if kind in PAIR_TYPES else f"{lo}..26"
         raise DataError(
             f"expected a list of {want} strings for a {kind} item", line=n, field="responses"
+        )
+    if kind == "video_pair" and not all(MEDIA_REF.match(r) for r in responses):
+        raise DataError(
+            "expected two clip references 'media:<sha256>' (import clips with "
+            "alignkit.feedback.media.import_video_pairs)",
+            line=n,
+            field="responses",
         )
     if gold_answer is not None:
         try:  # validate the gold answer in original terms (identity display order)
             k = len(responses)
-            if kind == "pairwise":
+            if kind in PAIR_TYPES:
                 c = gold_answer.get("choice")
                 sub = {"choice": {"a": "A", "b": "B"}.get(c, c)}
             elif kind == "ranking":
@@ -130,6 +142,7 @@ def item_row(project_id: int, entry: Any, gold_flag: bool, n: int) -> dict[str, 
             full = canonical_answer(kind, responses, list(range(k)), sub)
             keep = {
                 "pairwise": ("choice",),
+                "video_pair": ("choice",),
                 "ranking": ("order", "ties"),
                 "rating": ("scores",),
             }

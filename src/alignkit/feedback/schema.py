@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -21,7 +22,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["assignments", "items", "metadata", "projects", "sessions", "users", "votes"]
+__all__ = [
+    "assignments",
+    "items",
+    "media",
+    "metadata",
+    "projects",
+    "sessions",
+    "users",
+    "votes",
+]
 
 metadata = MetaData()
 
@@ -104,4 +114,21 @@ votes = Table(
     Column("time_spent_ms", Integer, nullable=False),
     UniqueConstraint("assignment_id", name="uq_vote_assignment"),
     Index("ix_vote_item", "item_id"),
+)
+
+# Clips of video_pair items, stored in the database itself (BLOB on SQLite, BYTEA on
+# PostgreSQL) so a backup of the database is a backup of everything. An item refers to a
+# clip as "media:<sha256>"; the same clip imported twice is stored once per project.
+media = Table(
+    "ak_media",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("ak_projects.id"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(40), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("project_id", "sha256", name="uq_media_sha"),
 )

@@ -60,7 +60,7 @@ from alignkit.feedback.errors import (
 )
 from alignkit.feedback.exports import EXPORT_FORMATS, format_stat, json_safe
 from alignkit.feedback.items import item_row
-from alignkit.feedback.schema import assignments, items, projects, users, votes
+from alignkit.feedback.schema import assignments, items, media, projects, users, votes
 from alignkit.feedback.values import ImportResult, NewUser, Project, Task, User, VoteResult
 
 __all__ = [
@@ -227,6 +227,25 @@ class FeedbackStore:
                     select(items.c.key, items.c.id).where(items.c.project_id == proj.id)
                 ).all()
             )
+            clips = {
+                r.removeprefix("media:")
+                for row in rows
+                if row["type"] == "video_pair"
+                for r in row["responses"]
+            }
+            if clips:
+                stored = set(
+                    conn.execute(
+                        select(media.c.sha256).where(
+                            media.c.project_id == proj.id, media.c.sha256.in_(clips)
+                        )
+                    ).scalars()
+                )
+                if clips - stored:
+                    raise NotFound(
+                        f"{len(clips - stored)} clip(s) referenced by video_pair items are not "
+                        f"stored in project {project!r}; import clips with import_video_pairs"
+                    )
             for row in rows:
                 if row["key"] in present:
                     result.skipped += 1
@@ -253,11 +272,46 @@ class FeedbackStore:
 
     # ------------------------------------------------------------------ assignments
 
-    def _task(self, a, it) -> Task:
+    def _task(self, conn: Connection, a, it) -> Task:
         shown = [it.responses[i] for i in a.display_order]
+        types = None
+        if it.type == "video_pair":
+            rows = conn.execute(
+                select(media.c.sha256, media.c.content_type).where(
+                    media.c.project_id == it.project_id,
+                    media.c.sha256.in_([r.removeprefix("media:") for r in shown]),
+                )
+            ).all()
+            by_sha = dict(rows)
+            types = [by_sha.get(r.removeprefix("media:"), "") for r in shown]
         return Task(
-            a.id, it.id, it.type, it.prompt, it.turns, shown, list(a.display_order), a.status
+            a.id,
+            it.id,
+            it.type,
+            it.prompt,
+            it.turns,
+            shown,
+            list(a.display_order),
+            a.status,
+            types,
         )
+
+    def clip(self, assignment_id: int, user: User, position: int) -> tuple[str, bytes]:
+        """(content type, bytes) of the clip shown at ``position`` of the user's assignment."""
+        task = self.task(assignment_id, user)
+        if task.type != "video_pair" or position not in (0, 1):
+            raise NotFound(f"assignment {assignment_id} has no clip {position}")
+        with self.db.read() as conn:
+            item_project = select(items.c.project_id).where(items.c.id == task.item_id)
+            row = conn.execute(
+                select(media.c.content_type, media.c.data).where(
+                    media.c.project_id == item_project.scalar_subquery(),
+                    media.c.sha256 == task.responses[position].removeprefix("media:"),
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"clip {position} of assignment {assignment_id} is missing")
+        return row.content_type, bytes(row.data)
 
     def next_task(self, project: str, user: User) -> Task | None:
         """The user's open assignment, or a new one; None when nothing is left for them.
@@ -312,7 +366,7 @@ class FeedbackStore:
                 ).inserted_primary_key[0]
                 current = conn.execute(select(assignments).where(assignments.c.id == aid)).first()
             it = conn.execute(select(items).where(items.c.id == current.item_id)).first()
-        return self._task(current, it)
+            return self._task(conn, current, it)
 
     def _pick_item(self, conn: Connection, proj: Project, user: User, gold: bool, now: float):
         holding = (
@@ -350,7 +404,7 @@ class FeedbackStore:
             if row is None:
                 raise NotFound(f"no assignment {assignment_id} for user {user.name!r}")
             it = conn.execute(select(items).where(items.c.id == row.item_id)).first()
-        return self._task(row, it)
+            return self._task(conn, row, it)
 
     def skip(self, assignment_id: int, user: User) -> None:
         """Give an open assignment back (the item will not be offered to this user again)."""
@@ -463,6 +517,7 @@ class FeedbackStore:
                 items.c.responses,
                 items.c.is_gold,
                 items.c.gold,
+                items.c.meta.label("item_meta"),
             )
             .join(users, users.c.id == votes.c.user_id)
             .join(items, items.c.id == votes.c.item_id)

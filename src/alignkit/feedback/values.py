@@ -57,6 +57,7 @@ class Task:
     responses: list[str]
     display_order: list[int]
     status: str
+    media_types: list[str] | None = None  # video_pair: each shown clip's content type
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +68,7 @@ class Task:
             "turns": self.turns,
             "responses": self.responses,
             "display_order": self.display_order,
+            **({"media_types": self.media_types} if self.media_types is not None else {}),
         }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.losses.kl import kl_k3
+
 __all__ = [
     "a2c_policy_loss",
     "explained_variance",
@@ -129,7 +131,8 @@ def ppo_policy_loss(
         metrics = {
             "loss/policy": loss.detach(),
             "diag/clipfrac": masked_mean((clipped > unclipped).to(logprobs.dtype), mask),
-            "kl/approx": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            # the tokens were sampled from π_old, so π_old plays k3's sampling policy
+            "kl/approx": masked_mean(kl_k3(old_logprobs, logprobs), mask),
             "diag/ratio": masked_mean(ratio, mask),
         }
     return loss, metrics

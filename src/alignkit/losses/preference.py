@@ -22,6 +22,7 @@ from alignkit.data.transforms import ranking_orders, ranking_pairs
 
 __all__ = [
     "bradley_terry_loss",
+    "bradley_terry_robust_loss",
     "plackett_luce_loss",
     "RankingRows",
     "ranking_rows",
@@ -149,6 +150,40 @@ def ranking_to_comparisons(ranking: Ranking) -> list[Comparison]:
     Plackett–Luce loss it approximates.)
     """
     return ranking_pairs(ranking)
+
+
+def bradley_terry_robust_loss(
+    r_a: torch.Tensor,
+    r_b: torch.Tensor,
+    mu: torch.Tensor | float = 1.0,
+    *,
+    random_answer_prob: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley–Terry NLL with a chance ε that the answer was uniformly random.
+
+        P(a ≻ b) = (1 − ε) σ(r_a − r_b) + ε / 2
+        L = −mean[ μ log P + (1 − μ) log(1 − P) ]
+
+    Christiano et al. 2017 (§2.2.3) assume a 10 % chance that the human responds at random,
+    which bounds the loss of a confidently wrong label by −log(ε/2) instead of letting it
+    grow linearly in |Δ|. ε = 0 is :func:`bradley_terry_loss`. Shapes ``(B,)``; metrics
+    ``loss/bt_robust``, ``reward/accuracy`` (ties excluded), ``reward/margin``.
+    """
+    if not 0.0 <= random_answer_prob < 1.0:
+        raise ValueError(f"random_answer_prob must be in [0, 1), got {random_answer_prob}")
+    mu = torch.as_tensor(mu, dtype=r_a.dtype, device=r_a.device)
+    delta = r_a - r_b
+    eps = random_answer_prob
+    p_a = (1 - eps) * torch.sigmoid(delta) + eps / 2
+    p_b = (1 - eps) * torch.sigmoid(-delta) + eps / 2  # = 1 − p_a, computed without cancellation
+    loss = -(mu * torch.log(p_a) + (1 - mu) * torch.log(p_b)).mean()
+    with torch.no_grad():
+        mu_b = mu.expand_as(delta)
+        decided = mu_b != 0.5
+        correct = ((delta > 0) == (mu_b > 0.5)) & decided
+        accuracy = correct.sum() / decided.sum() if decided.any() else delta.new_tensor(float("nan"))
+    return loss, {"loss/bt_robust": loss.detach(), "reward/accuracy": accuracy.to(delta.dtype),
+                  "reward/margin": delta.mean().detach()}
 
 
 @dataclass

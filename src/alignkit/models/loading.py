@@ -245,3 +245,18 @@ def load_sequence_classifier(path: str | Path, *, num_labels: int = 1, lora: Lor
     if lora is not None:
         model = add_lora(model, lora, task_type="SEQ_CLS")
     return model
+
+
+def use_fused_gelu(model) -> None:
+    """Swap GPT-2's ``gelu_new`` (the tanh GELU written as five Python-level tensor ops)
+    for torch's fused ``F.gelu(approximate="tanh")``: the same function in one kernel.
+    The config is updated too, so a saved model loads with the fused version."""
+    config = getattr(model, "config", None)
+    if getattr(config, "activation_function", None) != "gelu_new":
+        return
+    from transformers.activations import ACT2FN
+
+    for module in model.modules():
+        if type(getattr(module, "act", None)).__name__ == "NewGELUActivation":
+            module.act = ACT2FN["gelu_pytorch_tanh"]
+    config.activation_function = "gelu_pytorch_tanh"

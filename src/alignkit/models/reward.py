@@ -30,7 +30,22 @@ import torch
 from torch import nn
 
 from alignkit.errors import ConfigError
-from alignkit.models.loading import LoraSpec, add_lora, load_tokenizer, minilm_path, resolve_model
+from alignkit.models.loading import (
+    LoraSpec,
+    add_lora,
+    load_tokenizer,
+    minilm_path,
+    resolve_model,
+    use_fused_gelu,
+)
+from alignkit.models.pairs import (
+    PairTokens,
+    collate_pairs,
+    forward_packed,
+    forward_shared_prompt,
+    keep_lengths,
+    pair_tokens,
+)
 
 __all__ = [
     "MANIFEST",
@@ -63,15 +78,6 @@ class EncodedPair:
     type_ids: list[int]
 
 
-@dataclass
-class SharedPromptPair:
-    """Token ids of one comparison for a decoder: the prompt once, both responses."""
-
-    prompt: list[int]
-    a: list[int]
-    b: list[int]
-
-
 def _plain_backend(tokenizer):
     """A copy of the fast tokenizer's backend with padding and truncation switched off
     (some saved tokenizers, all-MiniLM's included, pad every encoding to 128)."""
@@ -99,10 +105,11 @@ def encode_prompt_response(
     r_enc = backend.encode_batch(list(responses), add_special_tokens=False)
     out = []
     for p, r in zip(p_enc, r_enc, strict=True):
-        if len(r.ids) > budget:
-            r.truncate(budget, direction="right")
-        if len(p.ids) + len(r.ids) > budget:
-            p.truncate(budget - len(r.ids), direction="left")
+        keep_p, keep_r = keep_lengths(len(p.ids), len(r.ids), budget)
+        if keep_r < len(r.ids):
+            r.truncate(keep_r, direction="right")
+        if keep_p < len(p.ids):
+            p.truncate(keep_p, direction="left")
         joined = backend.post_process(p, r, add_special_tokens=True)
         out.append(EncodedPair(joined.ids, joined.type_ids))
     return out
@@ -205,12 +212,8 @@ class RewardModel(nn.Module):
                 backbone.config.pad_token_id = tokenizer.pad_token_id
             head, pooling = None, "seqcls"
         else:
-            fast = {}
-            if getattr(config, "activation_function", None) == "gelu_new":
-                # GPT-2's gelu_new is the tanh GELU written as 5 Python-level ops; torch's
-                # fused F.gelu(approximate="tanh") is the same function, one kernel
-                fast["activation_function"] = "gelu_pytorch_tanh"
-            backbone = AutoModel.from_pretrained(path, **fast)
+            backbone = AutoModel.from_pretrained(path)
+            use_fused_gelu(backbone)
             pooling = _auto_pooling(path, config) if pooling == "auto" else pooling
             hidden = backbone.config.hidden_size
             head = nn.Linear(hidden, 1)
@@ -258,86 +261,41 @@ class RewardModel(nn.Module):
             and self.backbone.config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
         )
 
-    def encode_comparisons(self, prompts: list[str], a: list[str], b: list[str]) -> list[SharedPromptPair]:
+    def encode_comparisons(self, prompts: list[str], a: list[str], b: list[str]) -> list[PairTokens]:
         """Like :meth:`encode` for both responses, but with one copy of the prompt, cut
-        from the left so that it fits next to the *longer* response."""
+        from the left so that it fits next to the *longer* response
+        (:func:`~alignkit.models.pairs.pair_tokens`; ``chosen`` = a, ``rejected`` = b)."""
         p_enc = self._backend.encode_batch(list(prompts), add_special_tokens=False)
         a_enc = self._backend.encode_batch(list(a), add_special_tokens=False)
         b_enc = self._backend.encode_batch(list(b), add_special_tokens=False)
-        out = []
-        for p, x, y in zip(p_enc, a_enc, b_enc, strict=True):
-            xa, yb = x.ids[: self.max_length], y.ids[: self.max_length]
-            room = self.max_length - max(len(xa), len(yb))
-            out.append(SharedPromptPair(p.ids[len(p.ids) - room :] if room > 0 else [], xa, yb))
-        return out
+        return [pair_tokens(p.ids, x.ids, y.ids, self.max_length)
+                for p, x, y in zip(p_enc, a_enc, b_enc, strict=True)]
 
     def forward_comparisons(
-        self, pairs: list[SharedPromptPair], layout: str = "packed"
+        self, pairs: list[PairTokens], layout: str = "packed"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards ``(B,)`` of every a and b, each prompt computed once. Every prompt and
         response must have at least one token.
 
-        ``packed`` (default): whole comparisons (prompt, a, b) packed into unpadded rows with
-        a block-causal mask (:func:`alignkit.models.packing.pack_completions`); the reward is
-        read at each response's last token. ``shared``: one pass over the left-padded
-        prompts with a KV cache, repeated for the two responses, then one pass over the 2B
-        right-padded responses. Both equal scoring prompt+a and prompt+b in full (tested).
+        ``packed`` (default): whole comparisons packed into unpadded rows under a
+        block-causal mask, the reward read at each response's last token; ``shared``: one
+        pass over the prompts whose KV cache serves both responses (the layouts and
+        forward passes of :mod:`alignkit.models.pairs`, shared with DPO). Both equal
+        scoring prompt+a and prompt+b in full (tested).
         """
-        if layout == "packed":
-            return self._forward_packed(pairs)
-        if layout != "shared":
+        if layout not in ("packed", "shared"):
             raise ConfigError(f"pair layout: expected 'packed' or 'shared', got {layout!r}")
         device = next(self.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        n, lp = len(pairs), max(len(x.prompt) for x in pairs)
-        lr = max(max(len(x.a), len(x.b)) for x in pairs)
-        p_ids = torch.full((n, lp), pad, dtype=torch.long)
-        p_mask = torch.zeros((n, lp), dtype=torch.long)
-        r_ids = torch.full((2 * n, lr), pad, dtype=torch.long)
-        r_mask = torch.zeros((2 * n, lr), dtype=torch.long)
-        for i, x in enumerate(pairs):
-            if x.prompt:
-                p_ids[i, lp - len(x.prompt) :] = torch.tensor(x.prompt)
-                p_mask[i, lp - len(x.prompt) :] = 1
-            for j, resp in ((2 * i, x.a), (2 * i + 1, x.b)):  # rows a0, b0, a1, b1, ...
-                r_ids[j, : len(resp)] = torch.tensor(resp)
-                r_mask[j, : len(resp)] = 1
-        p_ids, p_mask, r_ids, r_mask = (t.to(device) for t in (p_ids, p_mask, r_ids, r_mask))
-        prompt_out = self.backbone(
-            input_ids=p_ids,
-            attention_mask=p_mask,
-            position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-        )
-        cache = prompt_out.past_key_values
-        cache.batch_repeat_interleave(2)
-        lengths = p_mask.sum(1).repeat_interleave(2)
-        hidden = self.backbone(
-            input_ids=r_ids,
-            attention_mask=torch.cat([p_mask.repeat_interleave(2, 0), r_mask], 1),
-            position_ids=lengths[:, None] + torch.arange(lr, device=device),
-            past_key_values=cache,
-            use_cache=False,
-        ).last_hidden_state
-        rewards = self.head(_pool(hidden, r_mask, "last")).squeeze(-1).float()
+        batch = {k: v.to(device) for k, v in collate_pairs(pairs, self.tokenizer.pad_token_id, layout).items()}
+        n = len(pairs)
+        if layout == "packed":
+            hidden = forward_packed(self.backbone, batch).last_hidden_state
+            # only the 2B last-token vectors go through the head: [a_1..a_B, b_1..b_B]
+            rewards = self.head(hidden.reshape(-1, hidden.shape[-1])[batch["last"]]).squeeze(-1).float()
+            return rewards[:n], rewards[n:]
+        hidden = forward_shared_prompt(self.backbone, batch)[1].last_hidden_state  # rows a1, b1, a2, ...
+        rewards = self.head(_pool(hidden, batch["completion_mask"], "last")).squeeze(-1).float()
         return rewards[0::2], rewards[1::2]
-
-    def _forward_packed(self, pairs: list[SharedPromptPair]) -> tuple[torch.Tensor, torch.Tensor]:
-        from alignkit.models.packing import pack_completions
-
-        device = next(self.parameters()).device
-        batch = pack_completions([(x.prompt, (x.a, x.b)) for x in pairs], self.tokenizer.pad_token_id)
-        dtype = next(self.backbone.parameters()).dtype
-        hidden = self.backbone(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device=device, dtype=dtype),
-            position_ids=batch["position_ids"].to(device),
-            use_cache=False,
-        ).last_hidden_state
-        # only the 2B last-token vectors go through the head: [a_1..a_B, b_1..b_B]
-        last = hidden.reshape(-1, hidden.shape[-1])[batch["last"].to(device)]
-        rewards = self.head(last).squeeze(-1).float()
-        return rewards[: len(pairs)], rewards[len(pairs) :]
 
     def score_encoded(self, pairs: list[EncodedPair], batch_size: int = 32) -> torch.Tensor:
         """Rewards ``(N,)`` for pre-tokenised texts; batches are formed by length so little

@@ -1,5 +1,6 @@
-"""Plumbing shared by the policy recipes (SFT, DPO, PPO, best-of-n): reading prompt
-files, tokenising prompt/completion pairs, padding, loading/saving policies, checkpoints.
+"""Plumbing shared by the recipes (SFT, DPO, PPO, best-of-n, reward): reading prompt
+files, loading/saving policies, dropout, the optimiser, checkpoints (with RNG state).
+Tokenising and batching prompt/completion pairs is library code: :mod:`alignkit.models.pairs`.
 
 The training math is not here (see :mod:`alignkit.losses`); this is the boring part each
 recipe would otherwise copy.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,48 +75,7 @@ def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str
     return prompt
 
 
-# --------------------------------------------------------------------- tokenising
-
-
-@dataclass
-class Example:
-    """Token ids of prompt + completion; the first ``n_prompt`` ids are the prompt."""
-
-    ids: list[int]
-    n_prompt: int
-
-
-def tokenize_example(tokenizer, prompt: str, completion: str, max_length: int, add_eos: bool = True) -> Example:
-    """Tokenise prompt and completion separately (so the boundary is exact) and join them.
-
-    EOS ends the completion. Too-long examples keep the end of the prompt and the start of
-    the completion (at least one completion token survives when possible).
-    """
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if add_eos and tokenizer.eos_token_id is not None:
-        c_ids = c_ids + [tokenizer.eos_token_id]
-    if len(p_ids) + len(c_ids) > max_length:
-        keep_prompt = max(min(len(p_ids), max_length - min(len(c_ids), max_length // 2)), 0)
-        p_ids = p_ids[len(p_ids) - keep_prompt :]
-        c_ids = c_ids[: max_length - len(p_ids)]
-    return Example(p_ids + c_ids, len(p_ids))
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: ``input_ids``, ``attention_mask``,
-    ``completion_mask`` (1 on completion tokens), all ``(B, T)``."""
-    t = max(len(e.ids) for e in examples)
-    b = len(examples)
-    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((b, t), dtype=torch.long)
-    completion_mask = torch.zeros((b, t), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.ids)
-        input_ids[i, :n] = torch.tensor(e.ids, dtype=torch.long)
-        attention_mask[i, :n] = 1
-        completion_mask[i, e.n_prompt : n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+# ----------------------------------------------------------------------- batching
 
 
 def batches(n: int, batch_size: int, *, shuffle: bool, seed: int) -> list[list[int]]:
@@ -133,27 +92,13 @@ def batches(n: int, batch_size: int, *, shuffle: bool, seed: int) -> list[list[i
 def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_targets: list[str] | None, device):
     """Load a causal LM by path (optionally with fresh LoRA adapters) and its tokenizer."""
     from alignkit.models import LoraSpec, load_causal_lm, load_tokenizer
+    from alignkit.models.loading import use_fused_gelu
 
     spec = LoraSpec(r=lora_r, alpha=lora_alpha, target_modules=lora_targets or None) if lora else None
     model = load_causal_lm(path, lora=spec).to(device)
     use_fused_gelu(model)
     tokenizer = load_tokenizer(path)
     return model, tokenizer
-
-
-def use_fused_gelu(model) -> None:
-    """Swap GPT-2's ``gelu_new`` (the tanh GELU written as five Python-level tensor ops)
-    for torch's fused ``F.gelu(approximate="tanh")``: the same function in one kernel.
-    The config is updated too, so a saved model loads with the fused version."""
-    config = getattr(model, "config", None)
-    if getattr(config, "activation_function", None) != "gelu_new":
-        return
-    from transformers.activations import ACT2FN
-
-    for module in model.modules():
-        if type(getattr(module, "act", None)).__name__ == "NewGELUActivation":
-            module.act = ACT2FN["gelu_pytorch_tanh"]
-    config.activation_function = "gelu_pytorch_tanh"
 
 
 def disable_dropout(model) -> None:
@@ -185,19 +130,27 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike, *, merge_lora: boo
 
 def adamw(params, lr: float, weight_decay: float = 0.0, eps: float = 1e-8):
     """AdamW with torch's fused kernel (one kernel per step for all parameters) when the
-    parameters live on CPU or CUDA; the plain implementation otherwise."""
+    parameters live on CPU or CUDA; the plain implementation otherwise. Weight decay, when
+    set, applies to weight matrices only (not to biases and norm gains, ``ndim < 2``)."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
+    groups: list = params
+    if weight_decay:
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a training state (write to a temp file, then rename)."""
+    """Atomically ``torch.save`` a training state plus the RNG states (torch CPU and CUDA,
+    Python's ``random``): write to a temp file, then rename."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    state = {**state, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
-    torch.save(state, tmp)
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({**state, "rng": rng}, tmp)
     os.replace(tmp, p)
 
 
@@ -209,6 +162,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     state = torch.load(p, map_location="cpu", weights_only=False)
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state
 
 

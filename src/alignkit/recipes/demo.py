@@ -118,20 +118,22 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
 
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
     from alignkit.diagnostics.overoptimization import best_of_n_curve, divergence
+    from alignkit.evaluation import (
+        PolicySamples,
+        evaluate_reward_model,
+        sample_for_eval,
+        score_samples,
+    )
     from alignkit.feedback.agreement import cohen_kappa
     from alignkit.feedback.annotators import agreement_rate, gold_agreement
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.loop import (
         LoopConfig,
-        PolicySamples,
         collect_pairs,
-        evaluate_reward,
         fit_reward_model,
         run_loop,
-        sample_for_eval,
         sample_responses,
-        score_samples,
         simulated_population,
     )
     from alignkit.recipes.ppo import PPOConfig, train_ppo
@@ -181,8 +183,12 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
         # 2. the proxy reward model
         rm = fit_reward_model(base_dir, labels, sdir / "rm", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
                               batch_size=32, seed=seed)
-        rm_eval = evaluate_reward(rm, heldout)
-        results: dict[str, dict[str, float]] = {"base": score_samples(base_samples, rm, base_gold, kl=0.0)}
+        rm_eval = evaluate_reward_model(rm, heldout, gold=GOLD.scores, bins=10)
+
+        def score(samples, kl=None, rm=rm):
+            return score_samples(samples, rm, gold=GOLD.scores, base_gold=base_gold, kl=kl)
+
+        results: dict[str, dict[str, Any]] = {"base": score(base_samples, kl=0.0)}
 
         # 3a. PPO at every leash of the sweep
         betas = cfg.ppo_betas if (seed == cfg.seeds[0] or cfg.sweep_all_seeds) else [cfg.ppo_beta]
@@ -195,8 +201,7 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
                           save_checkpoints=False, save_model=False),
                 reward_fn=rm.score, prompts=PROMPTS)
             pol = res.model.eval()
-            m = score_samples(sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=777),
-                              rm, base_gold)
+            m = score(sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=777))
             ppo_sweep.append({"label": f"β={beta:g}", "beta": beta, **m})
             if beta == cfg.ppo_beta:
                 results["ppo"] = m
@@ -205,14 +210,12 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
                                   epochs=cfg.dpo_epochs, batch_size=16, seed=seed, max_length=96,
                                   tensorboard=False, save_checkpoints=False, save_model=False),
                         records=[c for c in labels if c.mu != 0.5])
-        results["dpo"] = score_samples(
-            sample_for_eval(res.model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=777), rm, base_gold)
+        results["dpo"] = score(sample_for_eval(res.model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=777))
         # 3c. best-of-n: the method's own samples, and the sweep from one pool
         torch.manual_seed(seed)
         bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
-        results["best_of_n"] = score_samples(
-            PolicySamples(eval_prompts, [r.strip() for r in bon.responses], []), rm, base_gold,
-            kl=bon_kl_analytic(cfg.bon_n))
+        results["best_of_n"] = score(PolicySamples(eval_prompts, [r.strip() for r in bon.responses], []),
+                                     kl=bon_kl_analytic(cfg.bon_n))
         k = max(cfg.bon_sweep)
         pool_prompts = [p for p in PROMPTS for _ in range(k)]
         pool = sample_responses(ref, tok, pool_prompts, cfg.max_new_tokens, seed=seed * 31 + 7)
@@ -359,7 +362,10 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
                        "agreement": agreement},
         "active_learning": {"target_accuracy": target, "model": "bag-of-words Bradley–Terry ensemble (5 members)",
                             "strategies": strategies},
-        "per_seed": [{k: v for k, v in s.items() if k != "rm"} | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"}}
+        "per_seed": [{k: v for k, v in s.items() if k not in ("rm", "methods")}
+                     | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"},
+                        "methods": {n: {k: v for k, v in m.items() if k != "gold_per_sample"}
+                                    for n, m in s["methods"].items()}}
                      for s in per_seed],
     }
 
@@ -450,12 +456,9 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
     """Reward model on real harmlessness preferences: held-out accuracy and calibration."""
     import random
 
-    import torch
-
     from alignkit.data import load_records, to_comparisons, train_eval_split
-    from alignkit.diagnostics.calibration import preference_metrics
+    from alignkit.evaluation import evaluate_reward_model
     from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.loop import calibration_bins
     from alignkit.recipes.reward import RewardConfig, length_baseline_accuracy, train_reward
     from alignkit.report import plots
     from alignkit.report.html import render_report
@@ -472,12 +475,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
     res = train_reward(RewardConfig(model=cfg.model, out=str(out / "rm"), epochs=cfg.epochs, lr=cfg.lr,
                                     batch_size=16, max_length=cfg.max_length, eval_fraction=0.0,
                                     seed=cfg.seed, tensorboard=False), train)
-    rm = load_reward_model(res.out_dir)
-    prompts = [c.prompt for c in heldout]
-    r = rm.score(prompts + prompts, [c.a for c in heldout] + [c.b for c in heldout])
-    delta = (r[: len(heldout)] - r[len(heldout) :]).double()
-    mu = torch.tensor([c.mu for c in heldout], dtype=torch.float64)
-    m = preference_metrics(delta, mu)
+    m = evaluate_reward_model(load_reward_model(res.out_dir), heldout, bins=10)
     summary = {
         "task": f"hh harmless ({path.name})",
         "seeds": [cfg.seed],
@@ -487,7 +485,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
             "train_pairs": len(train), "heldout_pairs": len(heldout),
             "heldout_accuracy": m["accuracy"], "ece": m["ece"], "log_loss": m["log_loss"],
             "longer_wins_accuracy": length_baseline_accuracy(heldout),
-            "calibration_bins": calibration_bins(delta, mu),
+            "calibration_bins": m["bins"],
         },
         "methods": {},
     }

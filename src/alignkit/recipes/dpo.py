@@ -2,15 +2,20 @@
 
 Read top to bottom: config → data → model → reference log-probs → loop → save.
 
-* Chosen and rejected sequences go through the policy in **one** concatenated forward
-  (rows ``[chosen_1..B, rejected_1..B]``, right-padded to the longest).
+* Chosen and rejected sequences go through the policy in **one** forward pass, each prompt
+  once (``pair_layout``; the layouts and :func:`~alignkit.models.pairs.pair_logps` live in
+  :mod:`alignkit.models.pairs`, shared with the reward model).
 * The reference is never a second model copy: without LoRA its log-probs are computed
   once, before training, by the initial weights (``inference_mode``); with LoRA they
   come from the same weights with the adapters disabled.
 * The loss is a pure function from :mod:`alignkit.losses.dpo`, picked by ``cfg.loss``.
 
 A :class:`~alignkit.data.Comparison`'s ``a`` plays "chosen" and its soft label ``mu``
-is passed through, so ties (μ = ½) and reversed labels need no special casing.
+is passed through, so ties (μ = ½) and reversed labels need no special casing. A
+:class:`~alignkit.data.Ranking` of K responses is trained as one Plackett–Luce likelihood on
+the K implicit rewards (:func:`~alignkit.losses.dpo.plackett_luce_dpo_loss`; ``rankings``),
+in steps of their own; ``entangle_every`` logs the gradient-entanglement diagnostic
+(:mod:`alignkit.diagnostics.entanglement`) on a fixed probe set of pairs.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError, DataError
+from alignkit.models.pairs import PAIR_LAYOUTS as LAYOUTS
+from alignkit.models.pairs import collate_pairs, pair_logps, tokenize_pair
 
 LOSSES = ("dpo", "ipo", "cdpo", "normalized")
-LAYOUTS = ("packed", "shared", "full")
+RANKINGS = ("plackett_luce", "pairs")
 
 
 @dataclass
@@ -86,6 +93,14 @@ class DPOConfig:
     """Log metrics every this many steps."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ..."""
+    rankings: str = "plackett_luce"
+    """How K-way rankings train: plackett_luce (Plackett–Luce on the K implicit rewards, in
+    batches of ``batch_size`` rankings; needs loss=dpo) or pairs (their K-choose-2 pairs)."""
+    entangle_every: int = 0
+    """Every this many steps, measure gradient entanglement on a fixed probe set of pairs and
+    log ``diag/entangle/*`` (0 = off). Costs 2 × entangle_pairs backward passes per probe."""
+    entangle_pairs: int = 8
+    """Probe pairs for ``entangle_every`` (a seeded sample of the training pairs)."""
 
 
 @dataclass
@@ -96,150 +111,57 @@ class DPOResult:
     """Last logged metrics plus ``steps`` and ``pairs_per_s``."""
     model: Any = None
     """The trained model object."""
-
-
-@dataclass
-class PairTokens:
-    """Token ids of one comparison: the shared prompt and the two completions (EOS-ended)."""
-
-    prompt: list[int]
-    chosen: list[int]
-    rejected: list[int]
-
-
-def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length: int) -> PairTokens:
-    """Tokenise a comparison; too-long pairs keep the end of the prompt and the start of the
-    completions (the same prompt tokens for both). An empty prompt becomes a single EOS so
-    the first completion token has a context."""
-    eos = tokenizer.eos_token_id
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    c = tokenizer(chosen, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-    r = tokenizer(rejected, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-    longest = max(len(c), len(r))
-    if len(p) + longest > max_length:
-        keep = max(min(len(p), max_length - min(longest, max_length // 2)), 1)
-        p = p[len(p) - keep :]
-        c, r = c[: max_length - len(p)], r[: max_length - len(p)]
-    if not p:
-        p = [eos if eos is not None else tokenizer.pad_token_id]
-    return PairTokens(p, c, r)
-
-
-def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed") -> dict:
-    """Tensors for :func:`pair_logps`, in one of three layouts.
-
-    ``packed``: rows ``(R, L)`` of whole pairs, prompt_1 chosen_1 rejected_1 prompt_2 ...,
-    up to ``alignkit.models.packing.PACK_ROW_TOKENS`` tokens a row (little padding, none inside a row);
-    ``position_ids`` restart per sequence; ``attention_mask`` ``(R, 1, L, L)`` is additive
-    (0 = may attend): a token sees earlier tokens of its own prompt and its own completion
-    only. ``prev``/``target``/``owner`` ``(N,)`` give, for every completion token, the flat
-    index (row·L + column) whose logits predict it, its own flat index, and its sequence
-    (chosen i → i, rejected i → B + i).
-    ``shared``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
-    ``completion_ids``/``completion_mask`` ``(2B, C)`` right-padded, rows interleaved
-    (chosen_1, rejected_1, chosen_2, ...).
-    ``full``: full sequences ``(2B, T)`` right-padded, rows [chosen_1..B, rejected_1..B].
-    """
-    from alignkit.recipes._common import Example, collate
-
-    if layout == "packed":
-        return _pack_pairs(pairs, pad_id)
-    if layout == "full":
-        seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
-        seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
-        return collate(seqs, pad_id)
-    import torch
-
-    b, p_len = len(pairs), max(len(x.prompt) for x in pairs)
-    comps = [c for x in pairs for c in (x.chosen, x.rejected)]
-    c_len = max(len(c) for c in comps)
-    prompt_ids = torch.full((b, p_len), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((b, p_len), dtype=torch.long)
-    for i, x in enumerate(pairs):
-        prompt_ids[i, p_len - len(x.prompt) :] = torch.tensor(x.prompt)
-        prompt_mask[i, p_len - len(x.prompt) :] = 1
-    completion_ids = torch.full((2 * b, c_len), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((2 * b, c_len), dtype=torch.long)
-    for i, c in enumerate(comps):
-        completion_ids[i, : len(c)] = torch.tensor(c)
-        completion_mask[i, : len(c)] = 1
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids, "completion_mask": completion_mask}
-
-
-def _pack_pairs(pairs: list[PairTokens], pad_id: int, row_tokens: int | None = None) -> dict:
-    """The packed layout of :func:`alignkit.models.packing.pack_completions` (rows of at most
-    ``row_tokens``, default ``PACK_ROW_TOKENS`` = 256), sequences [chosen_1..B, rejected_1..B]."""
-    from alignkit.models.packing import PACK_ROW_TOKENS, pack_completions
-
-    groups = [(x.prompt, (x.chosen, x.rejected)) for x in pairs]
-    return pack_completions(groups, pad_id, row_tokens or PACK_ROW_TOKENS)
-
-
-def pair_logps(model, batch: dict):
-    """Sequence log-probs of the completions, ``(2B,)`` = [chosen_1..B, rejected_1..B].
-
-    With a shared-prompt batch the prompt runs once (its KV cache repeated for the two
-    completions), so prompt tokens cost one forward per pair instead of two; the result
-    equals :func:`alignkit.models.sequence_logps` on the full sequences (tested).
-    """
-    import torch
-
-    from alignkit.models import gather_token_logps, sequence_logps
-    from alignkit.models.logprobs import position_ids_from_mask
-
-    if "prev" in batch:  # packed rows, block-causal mask; prev/target index the flattened rows
-        mask = batch["attention_mask"].to(next(model.parameters()).dtype)
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask,
-                       position_ids=batch["position_ids"], use_cache=False).logits
-        logits = logits.reshape(-1, logits.shape[-1])
-        token = gather_token_logps(logits[batch["prev"]], batch["input_ids"].reshape(-1)[batch["target"]])
-        n = int(batch["n_seqs"])
-        return torch.zeros(n, dtype=token.dtype, device=token.device).index_add_(0, batch["owner"], token)
-    if "prompt_ids" not in batch:
-        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
-    pm, cm = batch["prompt_mask"], batch["completion_mask"]
-    # only the prompt's last position needs logits (it predicts the first completion token)
-    out = model(input_ids=batch["prompt_ids"], attention_mask=pm,
-                position_ids=position_ids_from_mask(pm), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(2)  # row i of the prompts serves completions 2i and 2i+1
-    pm2 = pm.repeat_interleave(2, dim=0)
-    positions = pm2.sum(1, keepdim=True) + torch.arange(cm.shape[1], device=cm.device)[None]
-    out_c = model(input_ids=batch["completion_ids"], attention_mask=torch.cat([pm2, cm], 1),
-                  position_ids=positions, past_key_values=cache, use_cache=False)
-    # the first completion token is predicted by the prompt's last position
-    logits = torch.cat([out.logits[:, -1:].repeat_interleave(2, dim=0), out_c.logits[:, :-1]], 1)
-    sums = (gather_token_logps(logits, batch["completion_ids"]) * cm).sum(1)
-    return torch.cat([sums[0::2], sums[1::2]])
+    entangle: list[dict[str, float]] = field(default_factory=list)
+    """The ``entangle_every`` probes: ``{"step", "case1", ..., "logp_chosen", ...}`` each."""
 
 
 def load_comparisons(path: str):
     """Comparisons from any supported file; other record kinds are converted or dropped."""
-    from alignkit.data import load_records, to_comparisons
+    from alignkit.data import to_comparisons
 
-    if not Path(path).exists():
-        raise DataError("data file not found", path=path)
-    comps = to_comparisons(load_records(path).records)
+    comps = to_comparisons(_load(path))
     if not comps:
         raise DataError("no comparisons to train on", path=path)
     return comps
 
 
+def _load(path: str) -> list[Any]:
+    from alignkit.data import load_records
+
+    if not Path(path).exists():
+        raise DataError("data file not found", path=path)
+    return load_records(path).records
+
+
+def split_rankings(records: list[Any], rankings: str) -> tuple[list[Any], list[Any]]:
+    """(comparisons, rankings) to train on: with ``rankings="plackett_luce"`` the
+    :class:`~alignkit.data.Ranking` records are kept whole, else they become pairs."""
+    from alignkit.data import Ranking, to_comparisons
+
+    if rankings not in RANKINGS:
+        raise ConfigError(f"rankings: expected one of {RANKINGS}, got {rankings!r}")
+    whole = rankings == "plackett_luce"
+    return to_comparisons(records, rankings_to_pairs=not whole), [r for r in records if whole and isinstance(r, Ranking)]
+
+
 def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     """Train ``cfg.policy`` on ``records`` (Comparisons in memory) or ``cfg.data``."""
+    import random
     import time
 
     import torch
 
-    from alignkit.data import to_comparisons
+    from alignkit.diagnostics.entanglement import probe_metrics
     from alignkit.losses.dpo import (
         cdpo_loss,
         dpo_loss,
         ipo_loss,
         normalized_gradient_dpo_loss,
         per_example_grad_norms,
+        plackett_luce_dpo_loss,
     )
+    from alignkit.losses.preference import ranking_rows
+    from alignkit.models.groups import group_logps, tokenize_group
     from alignkit.recipes._common import (
         NullLogger,
         adamw,
@@ -269,15 +191,20 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
     out = Path(cfg.out)
-    comps = to_comparisons(records) if records is not None else load_comparisons(require(cfg.data, "data"))
-    if not comps:
-        raise DataError("no comparisons to train on")
+    comps, rankings = split_rankings(records if records is not None else _load(require(cfg.data, "data")),
+                                     cfg.rankings)
+    if not comps and not rankings:
+        raise DataError("no comparisons to train on", path=cfg.data or None)
+    if rankings and cfg.loss != "dpo":
+        raise ConfigError(f"rankings: plackett_luce trains with loss=dpo, not {cfg.loss!r}; set rankings=pairs")
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
     disable_dropout(model)
     pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, cfg.use_chat_template), c.a, c.b, cfg.max_length)
              for c in comps]
     mu = torch.tensor([c.mu for c in comps])
+    groups = [tokenize_group(tok, format_prompt(tok, r.prompt, cfg.use_chat_template), r.responses, cfg.max_length)
+              for r in rankings]
 
     def pair_batch(idx):
         b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout)
@@ -289,6 +216,12 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     t_start = time.perf_counter()
     # --- reference log-probs: once, up front (no second model copy) -------------------
     ref_logps = state["ref_logps"] if state is not None else None
+    ref_group_logps = state.get("ref_group_logps") if state is not None else None
+    if not cfg.lora and rankings and ref_group_logps is None:
+        model.eval()
+        with torch.inference_mode():
+            ref_group_logps = torch.cat([group_logps(model, groups[i : i + 16], tok.pad_token_id).float().cpu()
+                                         for i in range(0, len(groups), 16)])
     if not cfg.lora and ref_logps is None:
         ref_logps = torch.zeros(2, len(comps))
         model.eval()
@@ -300,7 +233,16 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
                 s = pair_logps(model, pair_batch(idx)).float().cpu()
                 ref_logps[0, idx], ref_logps[1, idx] = s[: len(idx)], s[len(idx) :]
 
-    steps_per_epoch = math.ceil(len(comps) / cfg.batch_size)
+    def epoch_batches(epoch: int) -> list[tuple[str, list[int]]]:
+        """The epoch's steps: batches of pairs, then (shuffled in among them) of rankings."""
+        out = [("pair", i) for i in batches(len(comps), cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)]
+        if rankings:
+            out += [("ranking", i) for i in
+                    batches(len(rankings), cfg.batch_size, shuffle=True, seed=cfg.seed + epoch + 7919)]
+            random.Random(cfg.seed + epoch).shuffle(out)
+        return out
+
+    steps_per_epoch = math.ceil(len(comps) / cfg.batch_size) + math.ceil(len(rankings) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
@@ -321,34 +263,69 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
 
     def checkpoint():
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "step": step, "ref_logps": ref_logps})
+                                    "scheduler": sched.state_dict(), "step": step, "ref_logps": ref_logps,
+                                    "ref_group_logps": ref_group_logps})
+
+    # --- the entanglement probe: the same pairs every time ----------------------------
+    probe_idx = sorted(random.Random(cfg.seed).sample(range(len(comps)), min(cfg.entangle_pairs, len(comps))))
+    probe_batch = pair_batch(probe_idx) if cfg.entangle_every > 0 and probe_idx else None
+    probe_update = "normalized" if cfg.loss == "normalized" else "dpo"
+    history: list[dict[str, float]] = []
+    probe_state: dict[str, Any] = {"start": None, "previous": None}
+
+    def probe():
+        n_p = len(probe_idx)
+        lp = pair_logps(model, probe_batch)
+        m, now = probe_metrics(lp[:n_p], lp[n_p:], params, probe_update,
+                               start=probe_state["start"], previous=probe_state["previous"])
+        probe_state["previous"] = now
+        probe_state["start"] = now if probe_state["start"] is None else probe_state["start"]
+        logger.log(m, step)
+        history.append({"step": step, **{k.rsplit("/", 1)[1]: v for k, v in m.items()}})
+
+    def ranking_loss(idx):
+        batch = [groups[i] for i in idx]
+        lp = group_logps(model, batch, tok.pad_token_id)
+        if cfg.lora:
+            with torch.inference_mode(), model.disable_adapter():
+                ref_lp = group_logps(model, batch, tok.pad_token_id).clone()
+        else:
+            ref_lp = ref_group_logps[idx].to(device)
+        rows = ranking_rows([rankings[i] for i in idx])
+        return plackett_luce_dpo_loss(lp[rows.owner.to(device)], ref_lp[rows.owner.to(device)], cfg.beta,
+                                      rows.order.to(device), rows.mask.to(device), rows.weights.to(device))
 
     # --- loop -------------------------------------------------------------------------
     model.train()
     metrics: dict[str, float] = {}
     pairs_done = 0
     for _ in track(range(step, total_steps), "dpo", total=total_steps - step):
+        if probe_batch is not None and step % cfg.entangle_every == 0:
+            probe()
         epoch, k = divmod(step, steps_per_epoch)
-        idx = batches(len(comps), cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)[k]
-        b = pair_batch(idx)
+        kind, idx = epoch_batches(epoch)[k]
         n = len(idx)
-        policy_logps = pair_logps(model, b)  # chosen and rejected in one pass
-        if cfg.lora:
-            with torch.inference_mode(), model.disable_adapter():
-                ref = pair_logps(model, b).clone()
-            ref_c, ref_r = ref[:n], ref[n:]
+        if kind == "ranking":  # K responses each: Plackett–Luce on the implicit rewards
+            loss, m = ranking_loss(idx)
         else:
-            ref_c, ref_r = ref_logps[0, idx].to(device), ref_logps[1, idx].to(device)
-        pol_c, pol_r = policy_logps[:n], policy_logps[n:]
-        if cfg.loss == "dpo":
-            loss, m = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-        elif cfg.loss == "ipo":
-            loss, m = ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-        elif cfg.loss == "cdpo":
-            loss, m = cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
-        else:  # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
-            norms = per_example_grad_norms(policy_logps, params)
-            loss, m = normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
+            b = pair_batch(idx)
+            policy_logps = pair_logps(model, b)  # chosen and rejected in one pass
+            if cfg.lora:
+                with torch.inference_mode(), model.disable_adapter():
+                    ref = pair_logps(model, b).clone()
+                ref_c, ref_r = ref[:n], ref[n:]
+            else:
+                ref_c, ref_r = ref_logps[0, idx].to(device), ref_logps[1, idx].to(device)
+            pol_c, pol_r = policy_logps[:n], policy_logps[n:]
+            if cfg.loss == "dpo":
+                loss, m = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
+            elif cfg.loss == "ipo":
+                loss, m = ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
+            elif cfg.loss == "cdpo":
+                loss, m = cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
+            else:  # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
+                norms = per_example_grad_norms(policy_logps, params)
+                loss, m = normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         opt.step()
@@ -364,6 +341,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         if cfg.save_checkpoints and cfg.out and cfg.save_every > 0 and step % cfg.save_every == 0:
             checkpoint()
 
+    if probe_batch is not None and (not history or history[-1]["step"] != step):
+        probe()  # the state after the last step
     # --- save -------------------------------------------------------------------------
     elapsed = time.perf_counter() - t_start
     if cfg.save_checkpoints and cfg.out:
@@ -372,4 +351,5 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     if cfg.save_model and cfg.out:
         save_policy(model, tok, out)
     return DPOResult(out_dir=out, metrics={**metrics, "steps": float(step),
-                                           "pairs_per_s": pairs_done / max(elapsed, 1e-9)}, model=model)
+                                           "pairs_per_s": pairs_done / max(elapsed, 1e-9)}, model=model,
+                     entangle=history)

@@ -28,7 +28,6 @@ The building blocks (:func:`collect_pairs`, :func:`fit_reward_model`,
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -208,98 +207,6 @@ def fit_reward_model(policy_dir: str | Path, labels: list[Comparison], out: Path
     return rm.eval() if hasattr(rm, "eval") else rm
 
 
-def calibration_bins(delta, mu, n_bins: int = 10) -> list[dict[str, float]]:
-    """Reliability-diagram bins of p = σ(Δ) against μ, both orientations (as the ECE)."""
-    import torch
-
-    p = torch.sigmoid(torch.as_tensor(delta, dtype=torch.float64))
-    y = torch.as_tensor(mu, dtype=torch.float64)
-    p, y = torch.cat([p, 1 - p]), torch.cat([y, 1 - y])
-    b = torch.clamp((p * n_bins).long(), max=n_bins - 1)
-    out = []
-    for k in range(n_bins):
-        m = b == k
-        n = int(m.sum())
-        out.append({"lo": k / n_bins, "hi": (k + 1) / n_bins, "count": n,
-                    "confidence": float(p[m].mean()) if n else math.nan,
-                    "frequency": float(y[m].mean()) if n else math.nan})
-    return out
-
-
-def evaluate_reward(rm, heldout: list[Comparison]) -> dict[str, Any]:
-    """Held-out accuracy / ECE against the annotators' labels, and accuracy against gold."""
-    import torch
-
-    from alignkit.diagnostics.calibration import preference_metrics
-    from alignkit.tasks.assistant import GOLD
-
-    prompts = [c.prompt for c in heldout]
-    r = rm.score(prompts + prompts, [c.a for c in heldout] + [c.b for c in heldout])
-    delta = (r[: len(heldout)] - r[len(heldout) :]).double()
-    mu = torch.tensor([c.mu for c in heldout], dtype=torch.float64)
-    m = preference_metrics(delta, mu)
-    g = torch.tensor(GOLD.scores(prompts, [c.a for c in heldout])) - torch.tensor(
-        GOLD.scores(prompts, [c.b for c in heldout]))
-    strict = g != 0
-    gold_acc = float(((delta[strict] > 0) == (g[strict] > 0)).double().mean()) if strict.any() else math.nan
-    return {"accuracy": m["accuracy"], "ece": m["ece"], "log_loss": m["log_loss"],
-            "gold_accuracy": gold_acc, "bins": calibration_bins(delta, mu)}
-
-
-@dataclass
-class PolicySamples:
-    """Evaluation samples of one policy: prompts, responses and summed log-probs."""
-
-    prompts: list[str]
-    responses: list[str]
-    kl: list[float]
-
-
-def sample_for_eval(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int,
-                    seed: int) -> PolicySamples:
-    """Sample from ``model`` and measure per-sequence log π(y|x) − log π_ref(y|x) on the
-    sampled tokens themselves (no re-tokenisation)."""
-    import torch
-
-    from alignkit.decoding.sampling import generate_ids
-    from alignkit.models import sequence_logps
-
-    responses, kls = [], []
-    for i in range(0, len(prompts), 128):
-        chunk = prompts[i : i + 128]
-        gen = generate_ids(model, tokenizer, chunk, max_new_tokens, seed=seed + i)
-        comp = torch.zeros_like(gen.attention_mask)
-        comp[:, gen.prompt_len :] = gen.response_mask
-        with torch.inference_mode():
-            lp = sequence_logps(model, gen.input_ids, gen.attention_mask, comp).sum
-            lr = sequence_logps(ref_model, gen.input_ids, gen.attention_mask, comp).sum
-        kls += (lp - lr).tolist()
-        ids = gen.response_ids.masked_fill(gen.response_mask == 0, tokenizer.pad_token_id)
-        responses += [r.strip() for r in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return PolicySamples(list(prompts), responses, kls)
-
-
-def win_rate(gold_policy: list[float], gold_base: list[float]) -> float:
-    """P(policy's response beats the base policy's on the same prompt) under gold; ties ½."""
-    wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(gold_policy, gold_base, strict=True)]
-    return sum(wins) / len(wins)
-
-
-def score_samples(samples: PolicySamples, rm, base_gold: list[float], kl: float | None = None) -> dict[str, float]:
-    """gold, proxy, KL (mean of the per-sequence log-ratios unless given) and win rate."""
-    from alignkit.tasks.assistant import GOLD
-
-    gold = GOLD.scores(samples.prompts, samples.responses)
-    proxy = rm.score(samples.prompts, samples.responses).tolist()
-    return {
-        "gold": sum(gold) / len(gold),
-        "proxy": sum(proxy) / len(proxy),
-        "kl": kl if kl is not None else sum(samples.kl) / len(samples.kl),
-        "win_rate": win_rate(gold, base_gold),
-        "length": sum(len(r.split()) for r in samples.responses) / len(samples.responses),
-    }
-
-
 def _save_labels(labels: list[Comparison], path: Path) -> None:
     path.write_text("".join(json.dumps(record_to_dict(c)) + "\n" for c in labels))
 
@@ -328,6 +235,12 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
     """Run (or resume) the iterated loop; returns ``{"rounds": [per-round eval], ...}``."""
 
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
+    from alignkit.evaluation import (
+        PolicySamples,
+        evaluate_reward_model,
+        sample_for_eval,
+        score_samples,
+    )
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
@@ -400,8 +313,9 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
         else:
             pol = load_causal_lm(new_policy).eval()
             samples = sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=54321 + k)
-        metrics = score_samples(samples, rm, base_gold, kl=bon_kl)
-        rm_eval = evaluate_reward(rm, heldout)
+        metrics = score_samples(samples, rm, gold=GOLD.scores, base_gold=base_gold, kl=bon_kl)
+        metrics.pop("gold_per_sample")
+        rm_eval = evaluate_reward_model(rm, heldout, gold=GOLD.scores, bins=10)
         row = {"round": k, **metrics, "rm_accuracy": rm_eval["accuracy"], "rm_ece": rm_eval["ece"],
                "rm_gold_accuracy": rm_eval["gold_accuracy"], "labels": len(labels)}
         (rdir / "eval.json").write_text(json.dumps({**row, "rm_bins": rm_eval["bins"],

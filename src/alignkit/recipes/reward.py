@@ -27,6 +27,7 @@ from typing import Any
 
 from alignkit.data import Comparison, Rating, Record, load_records, to_comparisons, train_eval_split
 from alignkit.errors import ConfigError, DataError
+from alignkit.evaluation import evaluate_reward_model
 
 __all__ = [
     "RewardConfig",
@@ -48,7 +49,7 @@ class RewardConfig:
     data: str = ""
     """Feedback file (any format alignkit.data reads); ignored when records are passed in."""
     out: str = "runs/reward"
-    """Output directory: the best model, metrics.jsonl, tb/, checkpoint/, eval.json."""
+    """Output directory: the best model, metrics.jsonl, tb/, checkpoint.pt, eval.json."""
     epochs: int = 2
     """Passes over the training pairs."""
     lr: float = 3e-5
@@ -83,6 +84,8 @@ class RewardConfig:
     """Train LoRA adapters (plus the head) instead of the whole backbone."""
     lora_r: int = 8
     """LoRA rank when ``lora`` is on."""
+    lora_alpha: int = 16
+    """LoRA alpha (scale = alpha / r) when ``lora`` is on."""
     freeze_backbone: bool = False
     """Train only the linear head on frozen features."""
     pooling: str = "auto"
@@ -105,11 +108,13 @@ class RewardConfig:
     per_group: bool = False
     """Also train one model per annotator group and write a disagreement table."""
     resume: bool = False
-    """Continue from ``out/checkpoint`` (written at the end of every epoch)."""
+    """Continue from ``out/checkpoint.pt`` (written at the end of every epoch) when it exists."""
     log_every: int = 10
     """Optimiser steps between training-metric lines."""
     tensorboard: bool = True
     """Write TensorBoard event files next to metrics.jsonl."""
+    device: str = "auto"
+    """Where training and the per-epoch evaluation run: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ..."""
 
 
 @dataclass
@@ -132,37 +137,6 @@ def length_baseline_accuracy(pairs: list[Comparison]) -> float:
     delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
     mu = torch.tensor([p.mu for p in pairs])
     return pairwise_accuracy(delta, mu)
-
-
-# -- evaluation ------------------------------------------------------------------------
-
-
-def evaluate_reward_model(rm, pairs: list[Comparison], batch_size: int = 64) -> dict[str, Any]:
-    """accuracy, log_loss, ece, tie_log_loss, count (and ``reward_std`` for ensembles)
-    of σ(r̂(a) − r̂(b)) against the labels of ``pairs``."""
-    import torch
-
-    from alignkit.diagnostics.calibration import preference_metrics
-
-    prompts = [p.prompt for p in pairs]
-    texts_a, texts_b = [p.a for p in pairs], [p.b for p in pairs]
-    mu = torch.tensor([p.mu for p in pairs])
-    extra = {}
-    if hasattr(rm, "score_with_std"):
-        r_a, s_a = rm.score_with_std(prompts, texts_a, batch_size)
-        r_b, s_b = rm.score_with_std(prompts, texts_b, batch_size)
-        extra["reward_std"] = torch.cat([s_a, s_b]).mean().item()
-    else:
-        both = rm.score(prompts + prompts, texts_a + texts_b, batch_size)
-        r_a, r_b = both[: len(pairs)], both[len(pairs) :]
-    return {**preference_metrics(r_a - r_b, mu), **extra}
-
-
-def _eval_encoded(model, enc_a, enc_b, mu, batch_size) -> dict[str, Any]:
-    from alignkit.diagnostics.calibration import preference_metrics
-
-    rewards = model.score_encoded(enc_a + enc_b, batch_size)
-    return preference_metrics(rewards[: len(enc_a)] - rewards[len(enc_a) :], mu)
 
 
 # -- training one model ----------------------------------------------------------------
@@ -194,57 +168,51 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
     from alignkit.losses.preference import bradley_terry_loss, reward_centering_loss
     from alignkit.models.loading import LoraSpec
     from alignkit.models.reward import RewardModel
+    from alignkit.recipes._common import (
+        adamw,
+        disable_dropout,
+        load_checkpoint,
+        pick_device,
+        save_checkpoint,
+    )
     from alignkit.utils.metrics import MetricsLogger
     from alignkit.utils.progress import track
 
+    device = pick_device(cfg.device)
     model = RewardModel.from_backbone(
         cfg.model,
         pooling=cfg.pooling,
         sequence_classifier=cfg.sequence_classifier,
-        lora=LoraSpec(r=cfg.lora_r, alpha=2 * cfg.lora_r) if cfg.lora else None,
+        lora=LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora else None,
         max_length=cfg.max_length,
         seed=seed,
-    )
+    ).to(device)
     if cfg.freeze_backbone:
         for name, p in model.backbone.named_parameters():
             p.requires_grad_(cfg.sequence_classifier and ("score" in name or "classifier" in name))
     if cfg.disable_dropout:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
+        disable_dropout(model)
 
     # tokenise everything once; batches only pad and stack
     prompts, texts_a, texts_b = [p.prompt for p in train], [p.a for p in train], [p.b for p in train]
-    mu = torch.tensor([p.mu for p in train])
+    mu = torch.tensor([p.mu for p in train], device=device)
     shared = None
     if cfg.pair_layout != "full" and model.can_share_prompt:
         shared = model.encode_comparisons(prompts, texts_a, texts_b)
-        if not all(x.prompt and x.a and x.b for x in shared):
+        if not all(x.prompt and x.chosen and x.rejected for x in shared):
             shared = None
     if shared is not None and cfg.pair_layout == "packed":
         # tokens a comparison costs: the prompt and both responses, no padding
-        lengths = [len(x.prompt) + len(x.a) + len(x.b) for x in shared]
+        lengths = [len(x.prompt) + len(x.chosen) + len(x.rejected) for x in shared]
     elif shared is not None:
         # tokens a batch costs: the prompt once, the longer response twice
-        lengths = [len(x.prompt) + 2 * max(len(x.a), len(x.b)) for x in shared]
+        lengths = [len(x.prompt) + 2 * max(len(x.chosen), len(x.rejected)) for x in shared]
     else:
         enc_a, enc_b = model.encode(prompts, texts_a), model.encode(prompts, texts_b)
         lengths = [max(len(x.ids), len(y.ids)) for x, y in zip(enc_a, enc_b, strict=True)]
-    ev_a = model.encode([p.prompt for p in evals], [p.a for p in evals])
-    ev_b = model.encode([p.prompt for p in evals], [p.b for p in evals])
-    ev_mu = torch.tensor([p.mu for p in evals])
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        # torch's fused kernel: one pass over all parameters (≈ 4× faster than the
-        # per-tensor loop on CPU for a 11M-parameter GPT-2), same update
-        fused=all(p.device.type in ("cpu", "cuda") for p in params) or None,
-    )
+    optimizer = adamw(params, cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_fraction * total)
@@ -258,22 +226,22 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
+    # resume: the common checkpoint layout (model, optimiser, scheduler, counters, RNG state);
+    # no checkpoint yet means a fresh start, as in the other recipes
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint" / "state.pt"
+    ckpt = out / "checkpoint.pt"
     start_epoch, step, best = 0, 0, {"log_loss": math.inf}
-    if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    state = load_checkpoint(ckpt) if cfg.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
-    elif cfg.resume:
-        raise ConfigError(f"{ckpt}: no checkpoint to resume from")
 
     logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=start_epoch > 0)
     summary: dict[str, Any] = {}
     if evals and start_epoch == 0:
-        untrained = _eval_encoded(model, ev_a, ev_b, ev_mu, cfg.eval_batch_size)
+        untrained = evaluate_reward_model(model, evals, cfg.eval_batch_size)
         logger.log({f"eval/{k}": v for k, v in untrained.items()}, step)
         summary["baseline/untrained_accuracy"] = untrained["accuracy"]
         summary["baseline/untrained_log_loss"] = untrained["log_loss"]
@@ -281,8 +249,6 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
     model.train()
     train_seconds, pairs_seen = 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):
-        # seeding per epoch makes a resumed run replay the same order as an uninterrupted one
-        torch.manual_seed(seed * 1000 + epoch)
         batches = _epoch_batches(lengths, cfg.batch_size, seed * 1000 + epoch, cfg.group_by_length)
         running: dict[str, float] = defaultdict(float)
         n_running = 0
@@ -310,30 +276,22 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
                 running[k] += v.item() if math.isfinite(v.item()) else 0.0
             n_running += 1
             if step % cfg.log_every == 0:
-                logger.log({**{k: v / n_running for k, v in running.items()}, "lr": scheduler.get_last_lr()[0], "epoch": epoch}, step)
+                logger.log({**{k: v / n_running for k, v in running.items()},
+                            "diag/lr": scheduler.get_last_lr()[0], "diag/epoch": epoch}, step)
                 running.clear()
                 n_running = 0
         train_seconds += time.perf_counter() - started
         pairs_seen += len(train)
 
-        eval_metrics = _eval_encoded(model, ev_a, ev_b, ev_mu, cfg.eval_batch_size) if evals else {}
+        eval_metrics = evaluate_reward_model(model, evals, cfg.eval_batch_size) if evals else {}
         if eval_metrics:
-            logger.log({f"eval/{k}": v for k, v in eval_metrics.items()} | {"epoch": epoch + 1}, step)
+            logger.log({f"eval/{k}": v for k, v in eval_metrics.items()} | {"diag/epoch": epoch + 1}, step)
         improved = not evals or eval_metrics["log_loss"] < best["log_loss"]
         if improved:
             best = {**eval_metrics, "epoch": epoch + 1} if evals else {"log_loss": math.inf, "epoch": epoch + 1}
             model.save_pretrained(out, extra={"base_model": str(cfg.model), "best_epoch": epoch + 1})
-        ckpt.parent.mkdir(exist_ok=True)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "step": step,
-            "best": best,
-        }
-        torch.save(state, ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: an interrupted save keeps the old one
+        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best})
     logger.close()
     if pairs_seen:
         summary["perf/train_pairs_per_s"] = pairs_seen / train_seconds
@@ -400,7 +358,7 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
 
     out = Path(cfg.out)
     if out.exists() and not cfg.resume:
-        for stale in ("checkpoint", "groups", "metrics.jsonl", "tb"):
+        for stale in ("checkpoint.pt", "groups", "metrics.jsonl", "tb"):
             target = out / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     metrics: dict[str, Any] = {"data/train_pairs": len(train), "data/eval_pairs": len(evals)}

@@ -144,7 +144,7 @@ def records_to_pairs(records: list[Any]) -> list[tuple[str, str]]:
 
 def _pack(examples, max_length: int):
     """Concatenate all examples into one stream and cut it into ``max_length`` blocks."""
-    from alignkit.recipes._common import Example
+    from alignkit.models.pairs import Example
 
     ids: list[int] = []
     comp: list[int] = []
@@ -162,11 +162,11 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     import torch
 
     from alignkit.models import sequence_logps
+    from alignkit.models.pairs import collate, tokenize_example
     from alignkit.recipes._common import (
         NullLogger,
         adamw,
         batches,
-        collate,
         format_prompt,
         load_checkpoint,
         load_policy,
@@ -175,7 +175,6 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         save_checkpoint,
         save_policy,
         scalars,
-        tokenize_example,
         write_json,
     )
     from alignkit.utils.metrics import MetricsLogger

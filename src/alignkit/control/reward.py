@@ -1,0 +1,185 @@
+"""Learned per-step rewards r̂(o, a[, o′]) fitted to segment preferences.
+
+The preference model is Bradley–Terry over segment returns (Christiano et al. 2017, eq. 1):
+
+    P̂[σ¹ ≻ σ²] = exp Σ_t r̂(o¹_t, a¹_t) / (exp Σ_t r̂(o¹_t, a¹_t) + exp Σ_t r̂(o²_t, a²_t))
+               = σ(R̂(σ¹) − R̂(σ²)),      R̂(σ) = Σ_t r̂(o_t, a_t),
+
+fitted with the library's :func:`~alignkit.losses.preference.bradley_terry_loss` (ties
+μ = ½; incomparable pairs are dropped before fitting) or, by default, its robust form
+with a 10 % random-answer chance. :class:`RewardEnsemble` trains M members on bootstrap
+resamples of the labels with a held-out validation split (Christiano et al. §2.2.3), and
+normalises the mean member's reward to zero mean and unit variance over recent
+transitions before the policy sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alignkit.control.segments import Segment
+from alignkit.losses.preference import bradley_terry_loss, bradley_terry_robust_loss
+
+__all__ = ["LabelledPair", "RewardEnsemble", "RewardNet", "segment_returns"]
+
+
+@dataclass
+class LabelledPair:
+    """Two segments and μ = P(a ≻ b) (the training view of a TrajectoryPair)."""
+
+    a: Segment
+    b: Segment
+    mu: float
+
+
+class RewardNet(nn.Module):
+    """MLP r̂(o, a[, o′]) → scalar per step. Discrete actions enter one-hot."""
+
+    def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, use_next_obs: bool = False,
+                 hidden: int = 64, layers: int = 2):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.discrete, self.use_next_obs = obs_dim, act_dim, discrete, use_next_obs
+        d_in = obs_dim * (2 if use_next_obs else 1) + act_dim
+        mods: list[nn.Module] = []  # layers = 0 is a linear reward
+        for _ in range(layers):
+            mods += [nn.Linear(d_in, hidden), nn.LeakyReLU()]
+            d_in = hidden
+        mods.append(nn.Linear(d_in, 1))
+        self.net = nn.Sequential(*mods)
+
+    def features(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None) -> torch.Tensor:
+        if self.discrete:
+            actions = nn.functional.one_hot(actions.long().reshape(obs.shape[:-1]), self.act_dim).to(obs.dtype)
+        else:
+            actions = actions.reshape(*obs.shape[:-1], self.act_dim).to(obs.dtype)
+        parts = [obs, actions] + ([next_obs] if self.use_next_obs else [])
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None = None) -> torch.Tensor:
+        """``obs`` ``(..., obs_dim)`` → r̂ ``(...)``."""
+        return self.net(self.features(obs, actions, next_obs)).squeeze(-1)
+
+
+def segment_returns(net: RewardNet, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """R̂(σ) = Σ_t r̂(o_t, a_t[, o′_t]) for a batch: ``obs`` ``(B, k, obs_dim)`` → ``(B,)``."""
+    return net(obs, actions, next_obs).sum(dim=-1)
+
+
+def _stack(segs: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    obs = torch.as_tensor(np.stack([s.obs for s in segs]), dtype=torch.float32)
+    act = torch.as_tensor(np.stack([s.actions for s in segs]))
+    act = act.long() if not act.is_floating_point() else act.float()
+    nxt = torch.as_tensor(np.stack([s.next_obs for s in segs]), dtype=torch.float32)
+    return obs, act, nxt
+
+
+class RewardEnsemble:
+    """M reward nets on bootstrap resamples; the policy reward is their normalised mean.
+
+    ``fit`` holds out ``val_frac`` of the labels (the same split for every member) and
+    reports held-out accuracy; each member trains on a bootstrap resample of the rest.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, members: int = 3,
+                 use_next_obs: bool = False, hidden: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 epochs: int = 20, batch_size: int = 64, random_answer_prob: float = 0.1,
+                 val_frac: float = 0.2, seed: int = 0):
+        torch.manual_seed(seed)
+        self.nets = [RewardNet(obs_dim, act_dim, discrete=discrete, use_next_obs=use_next_obs, hidden=hidden)
+                     for _ in range(members)]
+        self.opts = [torch.optim.Adam(n.parameters(), lr=lr, weight_decay=weight_decay) for n in self.nets]
+        self.epochs, self.batch_size = epochs, batch_size
+        self.random_answer_prob, self.val_frac = random_answer_prob, val_frac
+        self.rng = np.random.default_rng(seed)
+        self.mean, self.std = 0.0, 1.0
+
+    # -- fitting --------------------------------------------------------------------
+    def _loss(self, net: RewardNet, a: tuple, b: tuple, mu: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        ra, rb = segment_returns(net, *a), segment_returns(net, *b)
+        if self.random_answer_prob > 0:
+            return bradley_terry_robust_loss(ra, rb, mu, random_answer_prob=self.random_answer_prob)
+        return bradley_terry_loss(ra, rb, mu)
+
+    def fit(self, pairs: Sequence[LabelledPair]) -> dict[str, float]:
+        """Train every member for ``epochs`` passes over its resample; returns metrics."""
+        n = len(pairs)
+        if n == 0:
+            raise ValueError("no labelled pairs to fit")
+        perm = self.rng.permutation(n)
+        n_val = int(round(self.val_frac * n)) if n >= 10 else 0
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        A, B = _stack([p.a for p in pairs]), _stack([p.b for p in pairs])
+        mu = torch.tensor([p.mu for p in pairs], dtype=torch.float32)
+        losses = []
+        for net, opt in zip(self.nets, self.opts, strict=True):
+            boot = self.rng.choice(train_idx, size=len(train_idx), replace=True)
+            for _ in range(self.epochs):
+                order = self.rng.permutation(boot)
+                for s in range(0, len(order), self.batch_size):
+                    idx = torch.as_tensor(order[s:s + self.batch_size])
+                    loss, _ = self._loss(net, tuple(x[idx] for x in A), tuple(x[idx] for x in B), mu[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(float(loss.detach()))
+        metrics = {"reward/train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])), "reward/labels": float(n)}
+        if n_val:
+            idx = torch.as_tensor(val_idx)
+            metrics["reward/val_accuracy"] = self.accuracy(
+                [pairs[i] for i in val_idx]) if len(idx) else float("nan")
+        return metrics
+
+    # -- scoring ----------------------------------------------------------------------
+    @torch.no_grad()
+    def member_rewards(self, obs: Any, actions: Any, next_obs: Any) -> torch.Tensor:
+        """Raw r̂ of every member: inputs ``(..., d)`` → ``(M, ...)``."""
+        obs = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+        nxt = torch.as_tensor(np.asarray(next_obs), dtype=torch.float32)
+        act = torch.as_tensor(np.asarray(actions))
+        act = act.float() if act.is_floating_point() else act.long()
+        return torch.stack([net(obs, act, nxt) for net in self.nets])
+
+    def reward(self, obs: Any, actions: Any, next_obs: Any) -> np.ndarray:
+        """The policy's reward: (mean member r̂ − mean) / std, as float32 numpy."""
+        r = self.member_rewards(obs, actions, next_obs).mean(0)
+        return ((r.numpy() - self.mean) / self.std).astype(np.float32)
+
+    def set_normalization(self, obs: Any, actions: Any, next_obs: Any) -> None:
+        """Fix mean/std of the mean member's reward over these transitions (e.g. the last rollout)."""
+        r = self.member_rewards(obs, actions, next_obs).mean(0).numpy()
+        self.mean, self.std = float(r.mean()), float(max(r.std(), 1e-6))
+
+    @torch.no_grad()
+    def member_segment_returns(self, segs: Sequence[Segment]) -> np.ndarray:
+        """R̂ of each segment under each member, ``(M, len(segs))``."""
+        obs, act, nxt = _stack(segs)
+        return np.stack([segment_returns(net, obs, act, nxt).numpy() for net in self.nets])
+
+    def accuracy(self, pairs: Sequence[LabelledPair]) -> float:
+        """Share of decided pairs (μ ≠ ½) where the ensemble mean's R̂ ordering agrees with μ."""
+        decided = [p for p in pairs if p.mu != 0.5]
+        if not decided:
+            return float("nan")
+        ra = self.member_segment_returns([p.a for p in decided]).mean(0)
+        rb = self.member_segment_returns([p.b for p in decided]).mean(0)
+        want = np.array([p.mu > 0.5 for p in decided])
+        return float(np.mean((ra > rb) == want))
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],
+                "rng": self.rng.bit_generator.state, "mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, s in zip(self.nets, state["nets"], strict=True):
+            n.load_state_dict(s)
+        for o, s in zip(self.opts, state["opts"], strict=True):
+            o.load_state_dict(s)
+        self.rng.bit_generator.state = state["rng"]
+        self.mean, self.std = state["mean"], state["std"]

@@ -1,0 +1,355 @@
+"""The one decode loop behind every sampler in alignkit.
+
+:func:`decode` runs K ≥ 1 causal LMs side by side on a left-padded batch and picks each
+next token from their per-step logits with a caller-given rule (argmax, HF-style
+temperature/top-k/top-p, or a logit mixture). It is what :func:`~alignkit.decoding.sampling.generate_ids`
+(PPO/A2C, best-of-n, the loop) and :func:`~alignkit.decoding.mixing.mix_generate` call.
+
+Why it is faster than ``model.generate`` on the same model:
+
+* **Preallocated KV cache** (:class:`PreallocatedCache`): each layer's keys/values live
+  in one ``(B, H, P + R, D)`` buffer written in place; attention reads the filled prefix
+  as a view. No ``torch.cat`` of the whole cache per layer per step (what
+  ``DynamicCache`` does), no growing allocation.
+* **Finished rows are dropped**: once enough rows have hit EOS (or a stop rule), the
+  batch is compacted — the caches, masks and positions keep only live rows — so later
+  steps cost in proportion to the rows still decoding. Until a drop, finished rows are
+  masked (their tokens replaced by ``pad``).
+* **No per-step generation bookkeeping**: one preallocated attention mask (sliced per
+  step), positions as a ``(B, 1)`` counter, the prompt's logits only for its last token.
+
+On CUDA (by default) the loop uses transformers' ``StaticCache`` (fixed shapes, finished
+rows masked, not dropped) and ``torch.compile(mode="reduce-overhead")`` for the one-token
+step, which captures it as a CUDA graph. The static-cache loop is tested on CPU; the
+compiled CUDA step has not been run in this project (no GPU was available), and an error
+there is raised, not silently swapped for another path.
+
+Exactness: greedy decoding returns the same tokens as ``model.generate(do_sample=False)``
+(tested on left-padded batches with EOS mid-batch). With the HF-style picker the sampled
+distribution is the same as ``generate(do_sample=True)``'s: same warpers in the same
+order; with the same seed and no row dropped the draws are even the same (one
+``torch.multinomial`` over the same ``(B, V)`` probabilities per step). After a drop the
+random stream is consumed by fewer rows, so seeded draws differ while the distribution
+does not (tested with a χ² test).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Decoded", "PreallocatedCache", "decode", "hf_warp", "make_cache"]
+
+
+# ---------------------------------------------------------------------------------------
+# KV cache: one buffer per layer, written in place.
+# ---------------------------------------------------------------------------------------
+
+
+def _layer_base():
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+class PreallocatedCache:
+    """Factory for a transformers ``Cache`` whose layers write into preallocated buffers.
+
+    ``PreallocatedCache.build(n_layers, capacity)`` returns a ``transformers.Cache`` with
+    ``n_layers`` layers of capacity ``capacity`` tokens (prompt + new tokens). Each layer
+    allocates ``(B, H, capacity, D)`` keys and values on its first update and returns the
+    filled prefix ``[:, :, :length]`` as views (no copy of the past).
+    ``select_rows(cache, index)`` keeps only the given batch rows (one copy per drop).
+    """
+
+    @staticmethod
+    def build(n_layers: int, capacity: int):
+        from transformers.cache_utils import Cache
+
+        base = _layer_base()
+
+        class _Layer(base):
+            def __init__(self):
+                super().__init__()
+                self.capacity = capacity
+                self.length = 0
+
+            def lazy_initialization(self, key_states, value_states):
+                self.device = key_states.device
+                b, h, _, d = key_states.shape
+                self._k = key_states.new_empty((b, h, self.capacity, d))
+                self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+                self.is_initialized = True
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                n = key_states.shape[-2]
+                end = self.length + n
+                if end > self.capacity:
+                    raise RuntimeError(f"KV cache full: {end} > capacity {self.capacity}")
+                self._k[:, :, self.length : end].copy_(key_states)
+                self._v[:, :, self.length : end].copy_(value_states)
+                self.length = end
+                self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+                return self.keys, self.values
+
+            def get_seq_length(self) -> int:
+                return self.length
+
+            def get_max_length(self) -> int:
+                return self.capacity
+
+            def batch_select_indices(self, indices):
+                if self.is_initialized:
+                    self._k, self._v = self._k[indices], self._v[indices]
+                    self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+            def crop(self, tokens_to_remove: int) -> None:
+                raise NotImplementedError("the preallocated decode cache is not croppable")
+
+        return Cache(layers=[_Layer() for _ in range(n_layers)])
+
+
+def make_cache(model, capacity: int, *, static: bool = False):
+    """A fresh KV cache for ``model``: preallocated when every layer is plain full
+    attention, transformers' ``StaticCache`` when ``static`` (fixed shapes, for CUDA graphs),
+    else the model's own ``DynamicCache`` (sliding-window or recurrent layers)."""
+    from transformers.cache_utils import DynamicCache, StaticCache
+
+    config = model.config
+    if static:
+        return StaticCache(config=config, max_cache_len=capacity)
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # transformers 4.x: no per-layer caches, use the growing one
+        return DynamicCache()
+    probe = DynamicCache(config=config)
+    if probe.layers and all(type(layer) is DynamicLayer for layer in probe.layers):
+        return PreallocatedCache.build(len(probe.layers), capacity)
+    return probe
+
+
+def _select_rows(cache, index: torch.Tensor) -> None:
+    for layer in cache.layers:
+        layer.batch_select_indices(index)
+
+
+def _cache_kw(model) -> str:
+    """transformers ≥ 5.2x names the forward's cache argument ``cache``; before, ``past_key_values``."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
+def _accepts(model, name: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return name in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Token pickers: (list of per-model logits (b, V), step) -> tokens (b,)
+# ---------------------------------------------------------------------------------------
+
+
+def hf_warp(scores: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, top-k, top-p on raw scores ``(B, V)`` exactly as transformers'
+    ``TemperatureLogitsWarper``, ``TopKLogitsWarper`` and ``TopPLogitsWarper`` do (in that
+    order, one token always kept); removed tokens get −inf. Returns the warped scores."""
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - top_p)
+        remove_sorted[..., -1:] = 0
+        remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+        scores = scores.masked_fill(remove, -math.inf)
+    return scores
+
+
+Picker = Callable[[list[torch.Tensor], int], torch.Tensor]
+
+
+@dataclass
+class Decoded:
+    """Output of :func:`decode` (``B`` prompts, ``R`` = steps actually run).
+
+    ``tokens``: ``(B, R)`` new token ids, ``pad`` after a row's end;
+    ``lengths``: ``(B,)`` tokens kept per row (up to and including EOS / the stop token);
+    ``step_logits``: when asked, a list of R tensors ``(B, V)`` of the picker's input for
+    model 0 (rows decoded at that step; dropped rows are zero);
+    ``token_logps``/``entropy``: when asked, ``(B, R)`` log-prob and entropy of the
+    temperature-scaled, unfiltered distribution of model 0 (0 after a row's end);
+    ``hidden``: when asked, ``(B, R, H)`` model 0's last hidden state at the position that
+    predicts each new token (0 after a row's end).
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    token_logps: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def decode(
+    models: Sequence[torch.nn.Module],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    pick: Picker,
+    *,
+    eos_token_id: int | list[int] | None,
+    pad_token_id: int,
+    vocab: int | None = None,
+    min_new_tokens: int = 0,
+    stop_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    on_step: Callable[[list[torch.Tensor], torch.Tensor, int], None] | None = None,
+    drop_finished: bool = True,
+    return_token_logps: bool = False,
+    temperature: float = 1.0,
+    return_hidden: bool = False,
+    static_cache: bool | None = None,
+    compile_step: bool | None = None,
+) -> Decoded:
+    """Decode up to ``max_new_tokens`` for a left-padded batch ``input_ids`` ``(B, P)``.
+
+    At each step every model runs once on the new token (its own KV cache; positions from
+    the attention mask, so left padding is skipped) and ``pick(logits, step)`` turns the K
+    float32 logits ``(b, V)`` of the live rows into tokens ``(b,)``. EOS is forbidden for
+    the first ``min_new_tokens`` steps. A row ends at an EOS id or when
+    ``stop_fn(tokens_so_far (b, t), live_rows (b,)) -> (b,) bool`` says so.
+    ``on_step(logits, rows, step)`` sees each step's logits and the original indices of
+    the rows they belong to. ``vocab`` cuts logits to the tokenizer's size.
+    ``return_token_logps`` also records log p and entropy of model 0's distribution at
+    ``temperature`` (what PPO's old log-probs are); ``return_hidden`` its last hidden state.
+    ``static_cache`` (default: on CUDA) uses transformers' ``StaticCache`` with fixed
+    shapes (rows are masked, never dropped); ``compile_step`` (default: on CUDA, needs the
+    static cache) compiles the one-token step with CUDA graphs.
+    """
+    device = input_ids.device
+    B, P = input_ids.shape
+    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=device).reshape(-1)
+    on_cuda = device.type == "cuda"
+    static = on_cuda if static_cache is None else bool(static_cache)
+    compiled = static and (on_cuda if compile_step is None else bool(compile_step))
+    drop = drop_finished and not static  # fixed shapes for the static cache / captured graph
+    capacity = P + max_new_tokens
+    caches = [make_cache(m, capacity, static=static) for m in models]
+    steps_fwd = [_step_fn(m, compiled) for m in models]
+    keep_last = [_accepts(m, "logits_to_keep") for m in models]
+    cache_kw = [_cache_kw(m) for m in models]
+
+    mask = attention_mask.new_zeros((B, capacity))
+    mask[:, :P] = attention_mask
+    mask[:, P:] = 1 if not static else 0
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    logps_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
+    ent_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
+    hidden_out = None
+    rows = torch.arange(B, device=device)  # original index of each live row
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # per live row
+    step_input, step_pos = input_ids, positions
+    ran = 0
+    for step in range(max_new_tokens):
+        length = P + step
+        logits, hiddens = [], []
+        for i, (m, cache) in enumerate(zip(models, caches, strict=True)):
+            if step == 0:
+                kwargs = {"logits_to_keep": 1} if keep_last[i] else {}
+                want_h = return_hidden and i == 0
+                kwargs[cache_kw[i]] = cache
+                out = m(input_ids=step_input, attention_mask=mask[:, :P], position_ids=step_pos,
+                        use_cache=True, output_hidden_states=want_h, **kwargs)
+            else:
+                want_h = return_hidden and i == 0
+                step_mask = mask if static else mask[:, : length + 1]
+                out = steps_fwd[i](step_input, step_mask, step_pos, cache, want_h)
+            z = out.logits[:, -1]
+            if compiled:  # a captured graph reuses its output buffers at the next replay
+                z = z.clone()
+            if vocab is not None:
+                z = z[:, :vocab]
+            logits.append(z.float() if z.dtype != torch.float64 else z)
+            if want_h:
+                hiddens.append(out.hidden_states[-1][:, -1])
+        if static:
+            mask[:, length] = 1  # the next step attends to the token just written
+        if on_step is not None:
+            on_step(logits, rows, step)
+        if return_token_logps or return_hidden:
+            z0 = logits[0] / temperature if temperature != 1.0 else logits[0]
+            lp_all = torch.log_softmax(z0, -1)
+        if step < min_new_tokens and eos.numel():
+            logits = [z.index_fill(-1, eos, -math.inf) for z in logits]
+        token = pick(logits, step)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        live = ~done
+        tokens[rows, step] = token
+        if return_token_logps:
+            picked = lp_all.gather(-1, token[:, None]).squeeze(-1)
+            logps_out[rows, step] = torch.where(live, picked, torch.zeros_like(picked))
+            ent = -(lp_all.exp() * lp_all).nan_to_num().sum(-1)  # 0·(−inf) terms count as 0
+            ent_out[rows, step] = torch.where(live, ent, torch.zeros_like(ent))
+        if return_hidden:
+            h = hiddens[0]
+            if hidden_out is None:
+                hidden_out = h.new_zeros((B, max_new_tokens, h.shape[-1]))
+            hidden_out[rows[live], step] = h[live]
+        ran = step + 1
+        ended = torch.isin(token, eos) & live if eos.numel() else torch.zeros_like(done)
+        if stop_fn is not None:
+            ended |= stop_fn(tokens[rows, : step + 1], live) & live
+        lengths[rows[ended]] = step + 1
+        done |= ended
+        n_done = int(done.sum())
+        if n_done == done.numel():
+            break
+        step_input, step_pos = token[:, None], step_pos[:, -1:] + 1
+        # Compact when at least 1/8 of the live batch has ended (one cache copy per drop).
+        if drop and n_done and n_done * 8 >= done.numel():
+            keep = (~done).nonzero().squeeze(-1)
+            for cache in caches:
+                _select_rows(cache, keep)
+            rows, done = rows[keep], done[keep]
+            mask, step_input, step_pos = mask[keep], step_input[keep], step_pos[keep]
+    tokens = tokens[:, :ran]
+    out = Decoded(tokens, lengths.clamp(max=ran))
+    if return_token_logps:
+        out.token_logps, out.entropy = logps_out[:, :ran], ent_out[:, :ran]
+    if return_hidden and hidden_out is not None:
+        out.hidden = hidden_out[:, :ran]
+    return out
+
+
+def _step_fn(model, compiled: bool):
+    """The one-token forward: plain, or (CUDA with a static cache) compiled with
+    ``mode="reduce-overhead"`` (CUDA graphs), one compiled function per model."""
+
+    kw = _cache_kw(model)
+
+    def step(ids, mask, pos, cache, want_hidden):
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                     output_hidden_states=want_hidden, **{kw: cache})
+
+    if not compiled:
+        return step
+    compiled = getattr(model, "_alignkit_compiled_step", None)
+    if compiled is None:
+        compiled = torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+        try:
+            model._alignkit_compiled_step = compiled
+        except AttributeError:  # pragma: no cover - exotic wrappers
+            pass
+    return compiled

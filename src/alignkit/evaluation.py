@@ -1,0 +1,153 @@
+"""Evaluating reward models and policies: what the loop, the demos and ``reward eval`` report.
+
+* :func:`evaluate_reward_model`: score both responses of held-out comparisons → Δ = r̂(a) −
+  r̂(b) → preference metrics (accuracy, log-loss, ECE; optionally the reliability bins and,
+  when the task has a gold reward, agreement with it).
+* :func:`sample_for_eval` and :func:`score_samples`: a policy's responses, their KL to the
+  reference on the sampled tokens, the proxy reward, and — only when a gold reward is given
+  — the gold reward and the win rate against the base policy.
+
+A gold reward is a function ``gold(prompts, responses) -> list[float]`` (the embedded task's
+``GOLD.scores``); a run on the user's own prompts has none, and then no gold number is
+computed or reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from alignkit.diagnostics.calibration import preference_metrics
+
+__all__ = [
+    "GoldFn",
+    "PolicySamples",
+    "calibration_bins",
+    "evaluate_reward_model",
+    "reward_margins",
+    "sample_for_eval",
+    "score_samples",
+    "win_rate",
+]
+
+GoldFn = Callable[[list[str], list[str]], Sequence[float]]
+"""``gold(prompts, responses)`` → one gold reward per response."""
+
+
+# ------------------------------------------------------------------------ reward models
+
+
+def reward_margins(rm, comps: Sequence[Any], batch_size: int = 64) -> tuple[torch.Tensor, float | None]:
+    """Δ_i = r̂(prompt_i, a_i) − r̂(prompt_i, b_i) ``(N,)`` float64 for comparisons ``comps``,
+    and for an ensemble the members' mean reward spread (else None)."""
+    prompts = [c.prompt for c in comps]
+    texts_a, texts_b = [c.a for c in comps], [c.b for c in comps]
+    if hasattr(rm, "score_with_std"):
+        r_a, s_a = rm.score_with_std(prompts, texts_a, batch_size)
+        r_b, s_b = rm.score_with_std(prompts, texts_b, batch_size)
+        return (r_a - r_b).double(), torch.cat([s_a, s_b]).mean().item()
+    both = rm.score(prompts + prompts, texts_a + texts_b, batch_size)
+    return (both[: len(comps)] - both[len(comps) :]).double(), None
+
+
+def calibration_bins(delta, mu, n_bins: int = 10) -> list[dict[str, float]]:
+    """Reliability-diagram bins of p = σ(Δ) against μ, both orientations (as the ECE)."""
+    p = torch.sigmoid(torch.as_tensor(delta, dtype=torch.float64))
+    y = torch.as_tensor(mu, dtype=torch.float64)
+    p, y = torch.cat([p, 1 - p]), torch.cat([y, 1 - y])
+    b = torch.clamp((p * n_bins).long(), max=n_bins - 1)
+    out = []
+    for k in range(n_bins):
+        m = b == k
+        n = int(m.sum())
+        out.append({"lo": k / n_bins, "hi": (k + 1) / n_bins, "count": n,
+                    "confidence": float(p[m].mean()) if n else math.nan,
+                    "frequency": float(y[m].mean()) if n else math.nan})
+    return out
+
+
+def evaluate_reward_model(rm, comps: Sequence[Any], batch_size: int = 64, *, gold: GoldFn | None = None,
+                          bins: int = 0) -> dict[str, Any]:
+    """Preference metrics of σ(r̂(a) − r̂(b)) against the labels of ``comps``: accuracy,
+    log_loss, ece, tie_log_loss, count, n_ties (:func:`~alignkit.diagnostics.calibration.preference_metrics`),
+    plus ``reward_std`` for ensembles, ``gold_accuracy`` (sign agreement with the gold
+    reward's Δ on pairs where it is not 0) when ``gold`` is given, and ``bins`` (the
+    reliability diagram) when ``bins`` > 0."""
+    delta, spread = reward_margins(rm, comps, batch_size)
+    mu = torch.tensor([c.mu for c in comps], dtype=torch.float64)
+    out: dict[str, Any] = preference_metrics(delta, mu)
+    if spread is not None:
+        out["reward_std"] = spread
+    if gold is not None:
+        prompts = [c.prompt for c in comps]
+        g = torch.tensor(gold(prompts, [c.a for c in comps]), dtype=torch.float64) - torch.tensor(
+            gold(prompts, [c.b for c in comps]), dtype=torch.float64)
+        strict = g != 0
+        out["gold_accuracy"] = float(((delta[strict] > 0) == (g[strict] > 0)).double().mean()) if strict.any() else math.nan
+    if bins:
+        out["bins"] = calibration_bins(delta, mu, bins)
+    return out
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+@dataclass
+class PolicySamples:
+    """Evaluation samples of one policy: prompts, responses and per-sequence log-ratios."""
+
+    prompts: list[str]
+    responses: list[str]
+    kl: list[float]
+
+
+def sample_for_eval(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int,
+                    seed: int, batch_size: int = 128) -> PolicySamples:
+    """Sample from ``model`` and measure per-sequence log π(y|x) − log π_ref(y|x) on the
+    sampled tokens themselves (no re-tokenisation)."""
+    from alignkit.decoding.sampling import generate_ids
+    from alignkit.models import sequence_logps
+
+    responses, kls = [], []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        gen = generate_ids(model, tokenizer, chunk, max_new_tokens, seed=seed + i)
+        comp = torch.zeros_like(gen.attention_mask)
+        comp[:, gen.prompt_len :] = gen.response_mask
+        with torch.inference_mode():
+            lp = sequence_logps(model, gen.input_ids, gen.attention_mask, comp).sum
+            lr = sequence_logps(ref_model, gen.input_ids, gen.attention_mask, comp).sum
+        kls += (lp - lr).tolist()
+        ids = gen.response_ids.masked_fill(gen.response_mask == 0, tokenizer.pad_token_id)
+        responses += [r.strip() for r in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return PolicySamples(list(prompts), responses, kls)
+
+
+def win_rate(gold_policy: Sequence[float], gold_base: Sequence[float]) -> float:
+    """P(policy's response beats the base policy's on the same prompt) under gold; ties ½."""
+    wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(gold_policy, gold_base, strict=True)]
+    return sum(wins) / len(wins)
+
+
+def score_samples(samples: PolicySamples, rm, *, gold: GoldFn | None = None,
+                  base_gold: Sequence[float] | None = None, kl: float | None = None) -> dict[str, Any]:
+    """proxy (the reward model's mean score), KL (mean of the per-sequence log-ratios unless
+    given), length (words); with ``gold``: gold (mean), gold_per_sample, and win_rate
+    against ``base_gold`` (the base policy's gold rewards on the same prompts)."""
+    proxy = rm.score(samples.prompts, samples.responses).tolist()
+    out: dict[str, Any] = {
+        "proxy": sum(proxy) / len(proxy),
+        "kl": kl if kl is not None else sum(samples.kl) / len(samples.kl),
+        "length": sum(len(r.split()) for r in samples.responses) / len(samples.responses),
+    }
+    if gold is not None:
+        g = [float(x) for x in gold(samples.prompts, samples.responses)]
+        out["gold"] = sum(g) / len(g)
+        out["gold_per_sample"] = g
+        if base_gold is not None:
+            out["win_rate"] = win_rate(g, base_gold)
+    return out

@@ -1,0 +1,479 @@
+"""Deep RL from trajectory preferences (Christiano et al. 2017) on gymnasium tasks.
+
+One readable loop, in the spirit of CleanRL's ``ppo_continuous_action.py``:
+
+    for each iteration:
+        roll out the current policy in N envs for T steps (true reward recorded, never seen)
+        if labels are left for this iteration:
+            cut the rollout into k-step segments, choose pairs (random / ensemble disagreement),
+            ask the annotator, refit the reward ensemble on every label so far
+        reward each step with the normalised learned reward r̂(o, a)
+        GAE + PPO (or A2C) update, using alignkit.losses.ppo
+        checkpoint
+
+``--oracle`` trains the same algorithm on the true reward for the same number of steps and
+reports ``normalized_score = (true − random) / (oracle − random)``. Every iteration resets
+the envs from a seed derived from (seed, iteration): the run is a pure function of its
+config, which is what makes resume == uninterrupted exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignkit.errors import ConfigError
+
+# per-env defaults for fields left at None (tuned on the true reward, then shared by
+# the learned-reward run and the oracle)
+PRESETS: dict[str, dict[str, Any]] = {
+    "Pendulum-v1": dict(num_envs=4, num_steps=1000, gamma=0.9, learning_rate=1e-3, num_minibatches=32,
+                        update_epochs=10, segment_length=25),
+    "HalfCheetah-v5": dict(num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4, num_minibatches=32,
+                           update_epochs=10, segment_length=50),
+    "Hopper-v5": dict(num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4, num_minibatches=32,
+                      update_epochs=10, segment_length=50),
+}
+DEFAULTS = dict(num_envs=4, num_steps=512, gamma=0.99, learning_rate=3e-4, num_minibatches=8,
+                update_epochs=10, segment_length=25)
+ANNOTATORS = ("boltzmann", "regret", "myopic", "noisy")
+QUERIES = ("random", "disagreement")
+
+
+@dataclass
+class ControlConfig:
+    env_id: str = "Pendulum-v1"
+    """gymnasium environment id (Box or Discrete actions)."""
+    algo: str = "ppo"
+    """ppo (clipped objective, several epochs) or a2c (one on-policy pass per batch)."""
+    labels: int = 1000
+    """Total preference labels (pairs of segments) the annotator gives."""
+    steps: int = 100_000
+    """Environment steps for the policy (the oracle gets the same)."""
+    seed: int = 0
+    """Seed of everything: envs, networks, annotator, query choice."""
+    out: str = "runs/control"
+    """Output directory: summary.json, metrics.jsonl, tb/, report.html, checkpoints."""
+    annotator: str = "boltzmann"
+    """boltzmann (over partial return), regret (Knox et al. 2022, under the oracle's advantage),
+    myopic (B-Pref, γ_myopic) or noisy (Boltzmann with label_noise flips)."""
+    beta: float = 1.0
+    """Annotator rationality β in P = σ(β Δ)."""
+    myopic_gamma: float = 0.9
+    """Discount of the myopic annotator (recent steps weigh most)."""
+    label_noise: float = 0.1
+    """Flip probability of the noisy annotator."""
+    query: str = "random"
+    """random or disagreement (std over ensemble members of R̂_a − R̂_b)."""
+    query_candidates: int = 10
+    """Candidate pairs per wanted label for the disagreement strategy."""
+    oracle: bool = False
+    """Also train on the true reward and report normalized_score."""
+    human: bool = False
+    """Ask people: clips go to the annotation store as video pairs (needs db)."""
+    db: str = ""
+    """Feedback store URL for --human (sqlite:///file.db or postgresql://…)."""
+    resume: bool = False
+    """Continue from the checkpoints in out/."""
+    stop_after_iterations: int = 0
+    """Stop (checkpointed) after this many iterations in this invocation; 0 = run to the end."""
+    # --- label schedule and reward model
+    initial_label_frac: float = 0.25
+    """Share of the labels asked on the first iteration (from the initial policy)."""
+    label_iters_frac: float = 0.5
+    """The remaining labels are spread evenly over this first share of the iterations."""
+    segment_length: int | None = None
+    """k steps per segment (None: per-env preset)."""
+    reward_members: int = 3
+    """Reward ensemble size (bootstrap resamples)."""
+    reward_epochs: int = 10
+    """Passes over the labels at each refit."""
+    reward_lr: float = 1e-3
+    """Adam learning rate of the reward nets."""
+    random_answer_prob: float = 0.1
+    """Christiano's robustness: chance the annotator answered at random (0 = plain BT)."""
+    # --- policy optimisation (None: per-env preset)
+    num_envs: int | None = None
+    """Parallel environments."""
+    num_steps: int | None = None
+    """Steps per env per iteration (batch = num_envs × num_steps)."""
+    gamma: float | None = None
+    """Discount γ."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    learning_rate: float | None = None
+    """Adam learning rate of the actor-critic (annealed linearly to 0)."""
+    num_minibatches: int | None = None
+    """Minibatches per PPO epoch."""
+    update_epochs: int | None = None
+    """PPO epochs per batch (A2C always uses 1 pass, one batch)."""
+    clip_eps: float = 0.2
+    """PPO ratio clip ε."""
+    vf_clip_eps: float | None = None
+    """Value clip (None: unclipped value loss)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping."""
+    hidden: int = 64
+    """Hidden width of actor, critic and reward nets."""
+    eval_episodes: int = 10
+    """Episodes of the deterministic final policy (and of the random policy) for the summary."""
+    frames: bool = True
+    """Render a strip of frames from the final policy into the report (needs rgb_array)."""
+
+    def resolved(self) -> ControlConfig:
+        """A copy with the None fields filled from the per-env preset."""
+        preset = PRESETS.get(self.env_id, DEFAULTS)
+        filled = {k: (v if v is not None else preset[k]) for k, v in asdict(self).items() if k in preset}
+        return _replace(self, **filled)
+
+
+def _replace(cfg: ControlConfig, **kw: Any) -> ControlConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def validate(cfg: ControlConfig) -> None:
+    """Every user mistake as one line (the CLI prints it and exits 2)."""
+    from alignkit.control.rollout import _check_env_id
+
+    _check_env_id(cfg.env_id)
+    if cfg.labels < 1:
+        raise ConfigError(f"--labels: expected a label budget ≥ 1, got {cfg.labels}")
+    if cfg.steps < 1:
+        raise ConfigError(f"--steps: expected ≥ 1 environment steps, got {cfg.steps}")
+    if cfg.algo not in ("ppo", "a2c"):
+        raise ConfigError(f"--algo: expected ppo or a2c, got {cfg.algo!r}")
+    if cfg.annotator not in ANNOTATORS:
+        raise ConfigError(f"--annotator: expected one of {', '.join(ANNOTATORS)}, got {cfg.annotator!r}")
+    if cfg.query not in QUERIES:
+        raise ConfigError(f"--query: expected one of {', '.join(QUERIES)}, got {cfg.query!r}")
+    if cfg.human and not cfg.db:
+        raise ConfigError("--human needs --db URL (the feedback store the annotation app serves)")
+    if cfg.human and "rgb_array" not in _render_modes(cfg.env_id):
+        raise ConfigError(f"--env {cfg.env_id}: has no render_mode='rgb_array', needed for --human clips")
+
+
+def _render_modes(env_id: str) -> list[str]:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        return list(env.metadata.get("render_modes", []))
+    finally:
+        env.close()
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def _spaces(env_id: str) -> tuple[int, int, bool, Any, Any]:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ConfigError(f"--env {env_id}: expected a flat Box observation space, got {obs_space}")
+    if isinstance(act_space, gym.spaces.Discrete):
+        return obs_space.shape[0], int(act_space.n), True, None, None
+    if isinstance(act_space, gym.spaces.Box):
+        return obs_space.shape[0], act_space.shape[0], False, act_space.low, act_space.high
+    raise ConfigError(f"--env {env_id}: expected Box or Discrete actions, got {act_space}")
+
+
+def label_schedule(total: int, iterations: int, initial_frac: float, iters_frac: float) -> list[int]:
+    """Labels asked at each iteration: ``initial_frac`` of them at iteration 0, the rest
+    spread evenly over iterations 1 … ⌈iters_frac · iterations⌉ − 1. Sums to ``total``."""
+    sched = [0] * iterations
+    first = max(1, int(round(initial_frac * total))) if iterations > 1 else total
+    sched[0] = min(first, total)
+    rest = total - sched[0]
+    span = max(1, min(iterations - 1, math.ceil(iters_frac * iterations) - 1))
+    for i in range(span):
+        if iterations > 1:
+            sched[1 + i] = rest // span + (1 if i < rest % span else 0)
+    return sched
+
+
+def evaluate(agent: Any, env_id: str, episodes: int, seed: int, *, random_policy: bool = False) -> list[float]:
+    """True returns of ``episodes`` episodes (deterministic actions; uniform random with ``random_policy``)."""
+    from alignkit.control.rollout import make_env
+
+    env = make_env(env_id)
+    env.action_space.seed(seed)
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            a = env.action_space.sample() if random_policy else agent.act(obs[None], deterministic=True)[0]
+            obs, r, term, trunc, _ = env.step(a)
+            total += float(r)
+            done = term or trunc
+        out.append(total)
+    env.close()
+    return out
+
+
+def frame_strip(agent: Any, env_id: str, seed: int, n: int = 8, every: int = 10) -> np.ndarray:
+    """``n`` frames (every ``every`` steps) of one deterministic episode, side by side."""
+    from alignkit.control.rollout import make_env
+
+    env = make_env(env_id, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames = []
+    for t in range(n * every):
+        if t % every == 0:
+            frames.append(env.render())
+        obs, _, term, trunc, _ = env.step(agent.act(obs[None], deterministic=True)[0])
+        if term or trunc:
+            break
+    env.close()
+    return np.concatenate(frames, axis=1)
+
+
+def _rng_state(py: random.Random) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "py": py.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any], py: random.Random) -> None:
+    torch.set_rng_state(state["torch"])
+    py.setstate(state["py"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = None) -> dict[str, Any]:
+    """Train one policy: ``phase`` = "learned" (reward from preferences) or "oracle" (true reward).
+
+    Returns the trained agent, its curve and (learned) the reward-model history.
+    """
+    from alignkit.control.annotators import make_segment_annotator
+    from alignkit.control.policy import ActorCritic
+    from alignkit.control.reward import LabelledPair, RewardEnsemble
+    from alignkit.control.rollout import collect_rollout, episode_advantages, make_envs
+    from alignkit.control.segments import Segment, segments_from_rollout
+    from alignkit.feedback.query import pair_disagreement, select_max_disagreement, select_random
+    from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
+    from alignkit.utils.progress import track
+
+    learned = phase == "learned"
+    out = Path(cfg.out)
+    ckpt_path = out / f"checkpoint_{phase}.pt"
+    obs_dim, act_dim, discrete, low, high = _spaces(cfg.env_id)
+    batch = cfg.num_envs * cfg.num_steps
+    iterations = max(1, cfg.steps // batch)
+    a2c = cfg.algo == "a2c"
+    minibatch = batch if a2c else max(1, batch // cfg.num_minibatches)
+    epochs = 1 if a2c else cfg.update_epochs
+
+    torch.manual_seed(cfg.seed)
+    py_rng = random.Random(cfg.seed)
+    agent = ActorCritic(obs_dim, act_dim, discrete=discrete, hidden=cfg.hidden, action_low=low, action_high=high)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    ensemble = annotator = None
+    labels: list[LabelledPair] = []
+    schedule = label_schedule(cfg.labels, iterations, cfg.initial_label_frac, cfg.label_iters_frac)
+    if learned:
+        ensemble = RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
+                                  hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
+                                  random_answer_prob=cfg.random_answer_prob, seed=cfg.seed)
+        annotator = make_segment_annotator(cfg, expert=expert)
+    reward_scale = None  # oracle: running variance of true rewards (same per-step scale as r̂)
+    curve: list[dict[str, float]] = []
+    start_it = 0
+    if cfg.resume and ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        agent.load_state_dict(st["agent"])
+        optimizer.load_state_dict(st["optimizer"])
+        _set_rng_state(st["rng"], py_rng)
+        curve, start_it, reward_scale = st["curve"], st["iteration"], st["reward_scale"]
+        if learned:
+            ensemble.load_state_dict(st["ensemble"])
+            annotator.rng.setstate(st["annotator_rng"])
+            labels = st["labels"]
+    envs = make_envs(cfg.env_id, cfg.num_envs)
+    end_it = min(iterations, start_it + cfg.stop_after_iterations) if cfg.stop_after_iterations else iterations
+    for it in track(range(start_it, end_it), f"{phase} {cfg.env_id}", total=end_it - start_it):
+        for g in optimizer.param_groups:  # linear annealing, as in CleanRL
+            g["lr"] = cfg.learning_rate * (1.0 - it / iterations)
+        obs, _ = envs.reset(seed=cfg.seed * 100_003 + it * 1_000)
+        ro, _ = collect_rollout(envs, agent, obs, cfg.num_steps)
+        metrics: dict[str, float] = {}
+
+        # 1. preferences → reward model
+        if learned:
+            want = schedule[it]
+            if want:
+                segs = segments_from_rollout(ro.obs, ro.actions, ro.rewards, ro.next_obs, ro.dones,
+                                             cfg.segment_length, meta={"iteration": it})
+                pairs = _choose_pairs(segs, want, cfg, ensemble if labels else None, py_rng,
+                                      pair_disagreement, select_max_disagreement, select_random)
+                records = annotator.label([("", a, b) for a, b in pairs])
+                for rec in records:
+                    if not rec.meta.get("incomparable"):
+                        labels.append(LabelledPair(Segment.from_dict(rec.segment_a),
+                                                   Segment.from_dict(rec.segment_b), rec.mu))
+                if labels:
+                    metrics.update(ensemble.fit(labels))
+                metrics["reward/labels"] = float(len(labels))
+            ensemble.set_normalization(ro.obs, ro.actions, ro.next_obs) if want else None
+            rewards = ensemble.reward(ro.obs, ro.actions, ro.next_obs).astype(np.float64)
+            # how well r̂ tracks the (hidden) true reward on this rollout, per step
+            metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro.rewards.reshape(-1))[0, 1])
+        else:
+            r = ro.rewards
+            reward_scale = _update_scale(reward_scale, r)
+            rewards = r / math.sqrt(reward_scale["var"] + 1e-8)
+
+        # 2. advantages (GAE over episode pieces, library gae)
+        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+        with torch.no_grad():
+            next_values = agent.value(t(ro.next_obs))
+        adv, ret = episode_advantages(t(rewards), t(ro.values), next_values, torch.as_tensor(ro.terminated),
+                                      torch.as_tensor(ro.dones), cfg.gamma, cfg.gae_lambda)
+
+        # 3. PPO / A2C update (library losses; a batch is one (1, B) row with an all-ones mask)
+        b_obs, b_act = t(ro.obs).reshape(batch, obs_dim), torch.as_tensor(ro.actions).reshape(batch, -1)
+        b_act = b_act.reshape(batch) if discrete else b_act.float()
+        b_lp, b_v = t(ro.logprobs).reshape(batch), t(ro.values).reshape(batch)
+        b_adv, b_ret = adv.reshape(batch), ret.reshape(batch)
+        stats: dict[str, list[float]] = {}
+        for _ in range(epochs):
+            perm = torch.randperm(batch)
+            for s in range(0, batch, minibatch):
+                mb = perm[s:s + minibatch]
+                dist = agent.dist(b_obs[mb])
+                new_lp = agent.log_prob(dist, b_act[mb])[None]
+                ones = torch.ones_like(new_lp)
+                mb_adv = whiten(b_adv[mb][None], ones)
+                if a2c:
+                    pg_loss, pm = a2c_policy_loss(new_lp, mb_adv, ones)
+                else:
+                    pg_loss, pm = ppo_policy_loss(new_lp, b_lp[mb][None], mb_adv, ones, cfg.clip_eps)
+                v_loss, vm = ppo_value_loss(agent.value(b_obs[mb])[None], b_v[mb][None], b_ret[mb][None], ones,
+                                            cfg.vf_clip_eps)
+                entropy = agent.entropy(dist).mean()
+                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                for k, v in {**pm, **vm, "loss/entropy": entropy.detach()}.items():
+                    stats.setdefault(k, []).append(float(v))
+        agent.obs_norm.update(b_obs)  # after the update: the old log-probs saw the old normaliser
+
+        env_steps = (it + 1) * batch
+        point = {"env_steps": float(env_steps),
+                 "true_return": float(np.mean(ro.episode_returns)) if ro.episode_returns else float("nan")}
+        if learned:
+            point.update({k.split("/", 1)[1]: v for k, v in metrics.items()
+                          if k in ("reward/labels", "reward/val_accuracy", "reward/true_corr")})
+        curve.append(point)
+        metrics.update({k: float(np.mean(v)) for k, v in stats.items()})
+        metrics.update({"charts/true_return": point["true_return"], "charts/learning_rate": optimizer.param_groups[0]["lr"]})
+        logger.log({f"{phase}/{k}": v for k, v in metrics.items()}, step=env_steps)
+        torch.save({"agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(py_rng),
+                    "curve": curve, "iteration": it + 1, "reward_scale": reward_scale,
+                    **({"ensemble": ensemble.state_dict(), "annotator_rng": annotator.rng.getstate(),
+                        "labels": labels} if learned else {})}, ckpt_path)
+    envs.close()
+    return {"agent": agent, "curve": curve, "labels_used": len(labels), "env_steps": iterations * batch,
+            "ensemble": ensemble, "finished": end_it == iterations, "labels": labels, "reward_scale": reward_scale}
+
+
+def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, float]:
+    x = np.asarray(r, dtype=np.float64).reshape(-1)
+    if state is None:
+        return {"n": float(x.size), "mean": float(x.mean()), "var": float(x.var())}
+    n = state["n"] + x.size
+    delta = x.mean() - state["mean"]
+    mean = state["mean"] + delta * x.size / n
+    var = (state["var"] * state["n"] + x.var() * x.size + delta**2 * state["n"] * x.size / n) / n
+    return {"n": n, "mean": float(mean), "var": float(var)}
+
+
+def _choose_pairs(segs, want, cfg, ensemble, rng, pair_disagreement, select_max_disagreement, select_random):
+    """``want`` pairs of distinct segments: uniform, or the most disputed of ``query_candidates``× as many."""
+    if len(segs) < 2:
+        raise ConfigError(f"--env {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
+                          f"(lower segment_length or raise num_steps)")
+    n_cand = want * (cfg.query_candidates if cfg.query == "disagreement" and ensemble is not None else 1)
+    cand = []
+    for _ in range(n_cand):
+        i, j = rng.sample(range(len(segs)), 2)
+        cand.append((segs[i], segs[j]))
+    if cfg.query == "disagreement" and ensemble is not None:
+        ra = ensemble.member_segment_returns([a for a, _ in cand])
+        rb = ensemble.member_segment_returns([b for _, b in cand])
+        chosen = select_max_disagreement(range(len(cand)), want, pair_disagreement(ra, rb))
+    else:
+        chosen = select_random(range(len(cand)), want, rng)
+    return [cand[i] for i in chosen]
+
+
+def run_control(cfg: ControlConfig) -> dict[str, Any]:
+    """The whole run: [oracle] → learned → evaluation → summary.json, report.html."""
+    from alignkit.utils.metrics import MetricsLogger
+
+    cfg = cfg.resolved()
+    validate(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    t0 = time.time()
+    summary: dict[str, Any] = {"env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed, "annotator": cfg.annotator,
+                               "query": cfg.query, "beta": cfg.beta}
+    with MetricsLogger(out, resume=cfg.resume) as logger:
+        oracle = None
+        if cfg.oracle or cfg.annotator == "regret":
+            oracle = train_phase(cfg, "oracle", logger)
+            if not oracle["finished"]:
+                return {"finished": False, "out": str(out)}
+        learned = train_phase(cfg, "learned", logger, expert=oracle)
+        if not learned["finished"]:
+            return {"finished": False, "out": str(out)}
+    eval_seed = 10_000 + cfg.seed * 100
+    true_returns = evaluate(learned["agent"], cfg.env_id, cfg.eval_episodes, eval_seed)
+    random_returns = evaluate(None, cfg.env_id, cfg.eval_episodes, eval_seed, random_policy=True)
+    summary.update({
+        "true_return": float(np.mean(true_returns)), "true_returns": true_returns,
+        "random_return": float(np.mean(random_returns)),
+        "labels_used": learned["labels_used"], "env_steps": learned["env_steps"],
+        "curve": {"learned": learned["curve"]},
+    })
+    if learned["ensemble"] is not None and learned["labels"]:
+        summary["reward_model"] = {"train_accuracy": learned["ensemble"].accuracy(learned["labels"])}
+    if oracle is not None:
+        oracle_returns = evaluate(oracle["agent"], cfg.env_id, cfg.eval_episodes, eval_seed)
+        summary["oracle_return"] = float(np.mean(oracle_returns))
+        summary["oracle_returns"] = oracle_returns
+        summary["curve"]["oracle"] = oracle["curve"]
+        denom = summary["oracle_return"] - summary["random_return"]
+        summary["normalized_score"] = (summary["true_return"] - summary["random_return"]) / denom if denom else float("nan")
+    summary["wall_s"] = time.time() - t0
+    summary["finished"] = True
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from alignkit.control.report import write_control_report
+
+    can_render = cfg.frames and "rgb_array" in _render_modes(cfg.env_id)
+    strip = frame_strip(learned["agent"], cfg.env_id, eval_seed) if can_render else None
+    write_control_report(summary, out, strip)
+    summary["out"] = str(out)
+    return summary

@@ -1,0 +1,249 @@
+"""Data-parallel training for the recipes, on accelerate (DDP, FSDP2, DeepSpeed ZeRO).
+
+    alignkit dpo ...                                                        # one process
+    accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m alignkit dpo ...
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml -m alignkit dpo ...
+
+A recipe keeps its loop and asks a :class:`Distributed` the few questions whose answers
+change under N processes. The contract that makes 1 and N processes train the same model:
+
+* ``batch_size`` is the **global** batch. Every rank builds the same shuffled global batch
+  (same seeds) and runs only its slice (:meth:`Distributed.parts`). Each part's *mean* loss
+  is multiplied by ``world_size · n_part / n_global`` (:attr:`Part.weight`); DDP averages
+  gradients over the ranks, so the synchronised gradient is exactly the gradient of the mean
+  loss over the global batch, also when the batch does not split evenly (the last, short
+  batch of an epoch). A rank whose slice is empty runs one example with weight 0: every rank
+  has to join the gradient all-reduce.
+* ``micro_batch_size`` (0 = no limit) caps the examples of one forward pass; a rank with more
+  accumulates gradients over micro-batches and synchronises on the last one only
+  (:meth:`Distributed.sync`). With one process and no limit, :meth:`parts` returns the
+  global batch as a single part of weight 1, and the recipe is the one-process loop.
+* Files (metrics, checkpoints, the model, reports) are written by rank 0 only
+  (:attr:`Distributed.is_main`); the other ranks wait at :meth:`Distributed.barrier`.
+  The saved config records the world size and the per-rank batch (:meth:`describe`).
+
+Engines are accelerate's: :meth:`prepare` wraps the model (DDP, FSDP2 or a DeepSpeed engine
+as ``accelerate launch`` configured), :meth:`backward` and :meth:`clip_grad_norm` route to
+it; mixed precision (bf16 on GPU) comes from the launch config. The learning-rate scheduler
+is *not* handed to accelerate, whose prepared scheduler steps once per process per step
+(it assumes per-process batches); ours steps once per global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alignkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimiser step's global batch is spread over the ranks."""
+
+    global_batch: int
+    """Examples per optimiser step, all ranks together (the recipes' ``batch_size``)."""
+    world_size: int
+    """Number of processes."""
+    per_rank: int
+    """Examples per rank per step (the largest slice: ⌈global / world⌉)."""
+    micro_batch: int
+    """Examples per forward pass on a rank."""
+    accumulation: int
+    """Micro-batches accumulated per optimiser step on a rank."""
+
+
+def plan_batch(global_batch: int, world_size: int, micro_batch_size: int = 0) -> BatchPlan:
+    """Split ``global_batch`` over ``world_size`` ranks; ``micro_batch_size`` > 0 caps the
+    examples per forward (the rest is gradient accumulation)."""
+    if global_batch < 1:
+        raise ConfigError(f"batch_size: expected ≥ 1, got {global_batch}")
+    if micro_batch_size < 0:
+        raise ConfigError(f"micro_batch_size: expected ≥ 0 (0 = no limit), got {micro_batch_size}")
+    per_rank = math.ceil(global_batch / world_size)
+    micro = min(micro_batch_size, per_rank) if micro_batch_size > 0 else per_rank
+    return BatchPlan(global_batch, world_size, per_rank, micro, math.ceil(per_rank / micro))
+
+
+def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Rank ``rank``'s contiguous slice of ``items``; slice sizes differ by at most one and
+    the first ranks get the longer ones (``numpy.array_split`` order)."""
+    q, r = divmod(len(items), world_size)
+    start = rank * q + min(rank, r)
+    return list(items[start : start + q + (rank < r)])
+
+
+@dataclass(frozen=True)
+class Part:
+    """One forward/backward pass of a rank within an optimiser step."""
+
+    idx: list[int]
+    """Example indices to run (one padding example when the rank's slice is empty)."""
+    weight: float
+    """Multiply this part's *mean* loss by it: world_size · n_part / n_global (0 for padding)."""
+    last: bool
+    """The rank's last part of the step: gradients are synchronised after its backward."""
+
+
+def split_parts(idx: Sequence[int], rank: int, world_size: int, micro_batch_size: int = 0) -> list[Part]:
+    """The parts rank ``rank`` runs for the global batch ``idx`` (see the module docstring)."""
+    if not idx:
+        raise ValueError("empty global batch")
+    mine = shard(idx, rank, world_size)
+    if not mine:
+        return [Part([idx[0]], 0.0, True)]
+    size = micro_batch_size if micro_batch_size > 0 else len(mine)
+    chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
+    return [Part(c, world_size * len(c) / len(idx), i == len(chunks) - 1) for i, c in enumerate(chunks)]
+
+
+def _warn_single_cpu_launch() -> None:
+    """``accelerate launch --cpu --num_processes N`` starts *one* process (accelerate's
+    multi-CPU mode needs mpirun); say so instead of silently running on one."""
+    if (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in os.environ
+            and "WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ
+            and "OMPI_COMM_WORLD_SIZE" not in os.environ):
+        print("warning: accelerate started one process (`--cpu` with --num_processes needs mpirun); "
+              "for N CPU processes use `accelerate launch --config_file configs/accelerate/ddp_cpu.yaml` "
+              "or `--multi_gpu --num_processes N` on a machine without CUDA", file=sys.stderr)
+
+
+class Distributed:
+    """This process's place in the run and the engine's hooks; see the module docstring.
+
+    ``device``: the recipe's device option. With one process an explicit device is used as
+    given; under ``accelerate launch`` each rank gets accelerate's device for its local rank
+    (``cpu`` forces CPU + gloo even where CUDA is visible). ``micro_batch_size``: 0 = no limit.
+    """
+
+    def __init__(self, device: str = "auto", micro_batch_size: int = 0):
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        _warn_single_cpu_launch()
+        # accelerate only joins the processes of a CPU launch into one group (gloo) when told
+        # it is on CPU; it then runs plain DDP whatever the config asked for (FSDP, DeepSpeed)
+        cpu = _launched() and (device == "cpu" or not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=cpu)
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.micro_batch_size = micro_batch_size
+        self.engine = self.accelerator.distributed_type
+        if self.world_size == 1 and self.engine == DistributedType.NO and device != "auto":
+            self.device = torch.device(device)
+        else:
+            self.device = self.accelerator.device
+        self.is_deepspeed = self.engine == DistributedType.DEEPSPEED
+        self.is_sharded = self.engine in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                 if os.environ.get(var, "").lower() == "true"]
+        if cpu and asked and self.is_main:
+            print(f"warning: {asked[0]} needs GPUs; running plain DDP on {self.world_size} CPU processes",
+                  file=sys.stderr)
+
+    # --- batches ------------------------------------------------------------------------
+
+    def plan(self, global_batch: int) -> BatchPlan:
+        return plan_batch(global_batch, self.world_size, self.micro_batch_size)
+
+    def parts(self, idx: Sequence[int]) -> list[Part]:
+        """This rank's parts of the global batch ``idx``."""
+        return split_parts(idx, self.rank, self.world_size, self.micro_batch_size)
+
+    def shard(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's slice of ``items`` (prompts to roll out, pairs to score, ...)."""
+        return shard(items, self.rank, self.world_size)
+
+    # --- the engine ---------------------------------------------------------------------
+
+    def prepare(self, *objs, batch_size: int):
+        """Wrap models and optimizers for the configured engine (the model must already be
+        on :attr:`device`); ``batch_size`` is the global batch. Returns them in order."""
+        if self.is_deepspeed:
+            if self.micro_batch_size:
+                raise ConfigError("micro_batch_size: under DeepSpeed set gradient accumulation in its "
+                                  "config instead (gradient_accumulation_steps)")
+            # no dataloader is prepared, so DeepSpeed is told the per-rank batch here
+            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            plan = self.plan(batch_size)
+            ds["train_micro_batch_size_per_gpu"] = plan.per_rank
+            ds["train_batch_size"] = plan.per_rank * self.world_size * int(ds.get("gradient_accumulation_steps", 1))
+        out = self.accelerator.prepare(*objs, device_placement=[False] * len(objs))
+        return out if len(objs) > 1 else (out,)
+
+    def backward(self, loss) -> None:
+        self.accelerator.backward(loss)
+
+    @contextlib.contextmanager
+    def sync(self, model, last: bool) -> Iterator[None]:
+        """Skip DDP's gradient all-reduce for every part but a rank's last one."""
+        if last or self.world_size == 1:
+            yield
+        else:
+            with self.accelerator.no_sync(model):
+                yield
+
+    def clip_grad_norm(self, params, max_norm: float):
+        """Clip the (synchronised) gradients; returns the total norm before clipping
+        (NaN under DeepSpeed before its first step, where the engine clips internally)."""
+        import torch
+
+        norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        return torch.tensor(float("nan")) if norm is None else norm
+
+    def unwrap(self, model):
+        return self.accelerator.unwrap_model(model)
+
+    def full_state_dict(self, model) -> dict[str, Any]:
+        """The whole model's state dict (gathered under FSDP / ZeRO-3: every rank must call)."""
+        if self.is_sharded:
+            return self.accelerator.get_state_dict(model)
+        return self.unwrap(model).state_dict()
+
+    # --- collectives --------------------------------------------------------------------
+
+    def all_sum(self, tensor):
+        """Sum of ``tensor`` over the ranks (returned on every rank, on the tensor's device)."""
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as td
+
+        t = tensor.to(self.device).clone()
+        td.all_reduce(t)
+        return t.to(tensor.device)
+
+    def mean_metrics(self, weighted: dict[str, float]) -> dict[str, float]:
+        """Global-batch metrics from ``Σ_parts weight · metric`` sums on each rank: the weights
+        of all ranks add up to world_size, so the global mean is the all-rank sum / world_size."""
+        if self.world_size == 1:
+            return dict(weighted)
+        import torch
+
+        keys = sorted(weighted)
+        vec = self.all_sum(torch.tensor([float(weighted[k]) for k in keys], dtype=torch.float64))
+        return {k: float(v) / self.world_size for k, v in zip(keys, vec.tolist(), strict=True)}
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    # --- records ------------------------------------------------------------------------
+
+    def describe(self, global_batch: int) -> dict[str, Any]:
+        """What the saved config records about the parallel layout of the run."""
+        plan = self.plan(global_batch)
+        return {"world_size": self.world_size, "engine": str(self.engine.value).lower(),
+                "mixed_precision": self.accelerator.mixed_precision, "global_batch": plan.global_batch,
+                "per_rank_batch": plan.per_rank, "micro_batch": plan.micro_batch,
+                "accumulation": plan.accumulation}
+
+
+def _launched() -> bool:
+    """Started by a distributed launcher (torchrun / accelerate launch with N processes)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1

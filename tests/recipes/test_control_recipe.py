@@ -1,0 +1,74 @@
+"""The control recipe and CLI: resume == uninterrupted, the summary/report files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+
+from alignkit.cli import main  # noqa: E402
+from alignkit.recipes.control import ControlConfig, label_schedule, run_control  # noqa: E402
+
+TINY = dict(env_id="Pendulum-v1", steps=300, labels=24, num_envs=1, num_steps=100, segment_length=10,
+            reward_epochs=2, reward_members=2, eval_episodes=2, update_epochs=2, num_minibatches=2,
+            oracle=True, frames=False)
+
+
+def test_label_schedule_spends_the_budget():
+    s = label_schedule(1000, 25, 0.25, 0.5)
+    assert sum(s) == 1000 and s[0] == 250 and s[13:] == [0] * 12
+    assert label_schedule(7, 1, 0.25, 0.5) == [7]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run_control(ControlConfig(out=str(tmp_path / "full"), **TINY))
+    part = tmp_path / "part"
+    first = run_control(ControlConfig(out=str(part), stop_after_iterations=2, **TINY))
+    assert first["finished"] is False  # the oracle phase stopped after 2 of its 3 iterations
+    while not (res := run_control(ControlConfig(out=str(part), resume=True, stop_after_iterations=2, **TINY)))[
+            "finished"]:
+        pass
+    for key in ("true_returns", "oracle_returns", "random_return", "labels_used", "normalized_score"):
+        assert res[key] == full[key], key
+    assert res["labels_used"] == 24
+    s = json.loads((part / "summary.json").read_text())
+    assert {"true_return", "random_return", "oracle_return", "normalized_score", "labels_used",
+            "env_steps"} <= set(s)
+    assert s["normalized_score"] == pytest.approx(
+        (s["true_return"] - s["random_return"]) / (s["oracle_return"] - s["random_return"]))
+    assert (part / "report.html").exists() and (part / "metrics.jsonl").exists() and (part / "tb").is_dir()
+    a, b = full["curve"]["learned"], res["curve"]["learned"]
+    np.testing.assert_array_equal([p["true_return"] for p in a], [p["true_return"] for p in b])
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--env", "NoSuchEnv-v9"], "unknown gymnasium environment id 'NoSuchEnv-v9'"),
+    (["--labels", "0"], "label budget ≥ 1, got 0"),
+    (["--human"], "--human needs --db"),
+    (["--annotator", "oracle"], "--annotator: expected one of"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, msg, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["control", "train", "--out", str(tmp_path), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1
+
+
+def test_cli_clips_need_rgb_array(tmp_path, capsys):
+    import gymnasium as gym
+
+    class NoRender(gym.Env):
+        metadata = {"render_modes": []}
+        observation_space = gym.spaces.Box(-1, 1, (1,))
+        action_space = gym.spaces.Discrete(2)
+
+    gym.register("AlignkitNoRender-v0", entry_point=NoRender, max_episode_steps=10)
+    with pytest.raises(SystemExit) as e:
+        main(["control", "train", "--env", "AlignkitNoRender-v0", "--human", "--db", "sqlite:///x.db",
+              "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "has no render_mode='rgb_array', needed for --human clips" in capsys.readouterr().err

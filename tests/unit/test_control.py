@@ -1,0 +1,251 @@
+"""alignkit.control: segments, the segment reward model, the reward wrapper, annotators,
+episode GAE and trajectory-pair storage — each against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+
+from alignkit.control.annotators import (  # noqa: E402
+    boltzmann_segment_annotator,
+    bpref_segment_annotator,
+    myopic_segment_annotator,
+    regret_segment_annotator,
+    segment_regret,
+)
+from alignkit.control.reward import LabelledPair, RewardEnsemble, RewardNet, segment_returns  # noqa: E402
+from alignkit.control.rollout import episode_advantages  # noqa: E402
+from alignkit.control.segments import (  # noqa: E402
+    Segment,
+    discounted_return,
+    partial_return,
+    segments_from_rollout,
+)
+from alignkit.control.tabular import chain_mdp  # noqa: E402
+from alignkit.data.records import TrajectoryPair  # noqa: E402
+from alignkit.data.trajectories import load_trajectory_pairs, save_trajectory_pairs  # noqa: E402
+from alignkit.errors import DataError  # noqa: E402
+from alignkit.losses.preference import bradley_terry_loss, bradley_terry_robust_loss  # noqa: E402
+
+
+def seg(obs, rewards, actions=None) -> Segment:
+    obs = np.asarray(obs, dtype=np.float32).reshape(len(rewards), -1)
+    actions = np.zeros((len(rewards), 1), np.float32) if actions is None else np.asarray(actions)
+    return Segment(obs, actions, np.asarray(rewards, float), obs.copy())
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+def test_segment_returns_by_hand():
+    # 1 + 2 = 3;  discounted with γ = ½: 1 + ½·2 + ¼·4 = 3
+    assert partial_return([1.0, 2.0]) == 3.0
+    assert discounted_return([1.0, 2.0, 4.0], 0.5) == 3.0
+
+
+def test_segments_never_cross_an_episode_end():
+    # T = 5, one env, the episode ends after step 2: k = 2 gives [0, 1] and [3, 4]; step 2 is a
+    # leftover of the first episode and is dropped
+    T = 5
+    obs = np.arange(T, dtype=np.float32).reshape(T, 1, 1)
+    rewards = np.arange(T, dtype=float).reshape(T, 1)
+    dones = np.zeros((T, 1), bool)
+    dones[2, 0] = True
+    segs = segments_from_rollout(obs, obs.copy(), rewards, obs + 1, dones, k=2)
+    assert [s.meta["t0"] for s in segs] == [0, 3]
+    assert [partial_return(s.rewards) for s in segs] == [1.0, 7.0]
+    np.testing.assert_array_equal(segs[1].next_obs[:, 0], [4.0, 5.0])
+
+
+# ------------------------------------------------------------------------- reward model
+
+
+def linear_net() -> RewardNet:
+    # r̂(o, a) = 1·o + 0·a exactly
+    net = RewardNet(1, 1, layers=0)
+    with torch.no_grad():
+        net.net[0].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        net.net[0].bias.zero_()
+    return net
+
+
+def test_bt_on_segments_by_hand():
+    """R̂(σ_a) = 1 + 2 = 3, R̂(σ_b) = 0 + 1 = 1, Δ = 2:
+    BT loss (μ = 1) = −log σ(2) = log(1 + e^−2) = 0.126928;
+    robust (ε = 0.1): −log(0.9 σ(2) + 0.05) = −log(0.842717) = 0.171131;
+    a tie (μ = ½): −½ log σ(2) − ½ log σ(−2) = 1.126928."""
+    net = linear_net()
+    obs = torch.tensor([[[1.0], [2.0]], [[0.0], [1.0]]])
+    act = torch.zeros(2, 2, 1)
+    R = segment_returns(net, obs, act, obs)
+    torch.testing.assert_close(R, torch.tensor([3.0, 1.0]))
+    loss, m = bradley_terry_loss(R[:1], R[1:], 1.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-2)), abs=1e-6)
+    assert m["reward/accuracy"].item() == 1.0
+    loss, _ = bradley_terry_robust_loss(R[:1], R[1:], 1.0, random_answer_prob=0.1)
+    assert loss.item() == pytest.approx(-math.log(0.9 / (1 + math.exp(-2)) + 0.05), abs=1e-6)
+    assert loss.item() == pytest.approx(0.171131, abs=1e-5)
+    loss, _ = bradley_terry_loss(R[:1], R[1:], 0.5)
+    assert loss.item() == pytest.approx(1.126928, abs=1e-5)
+
+
+def test_robust_loss_is_bt_at_zero_and_bounded():
+    ra, rb = torch.tensor([5.0, -3.0]), torch.tensor([0.0, 1.0])
+    mu = torch.tensor([0.0, 1.0])  # both confidently wrong
+    bt, _ = bradley_terry_loss(ra, rb, mu)
+    rob0, _ = bradley_terry_robust_loss(ra, rb, mu, random_answer_prob=0.0)
+    torch.testing.assert_close(bt, rob0)
+    big, _ = bradley_terry_robust_loss(ra * 100, rb, mu, random_answer_prob=0.1)
+    assert big.item() <= -math.log(0.05) + 1e-6  # a wrong label costs at most −log(ε/2)
+
+
+def test_ensemble_learns_the_reward_from_preferences():
+    # true reward r = o[0]; 300 random segment pairs labelled by the true partial return
+    rng = np.random.default_rng(0)
+    segs = [seg(rng.normal(size=(5, 2)), None or np.zeros(5)) for _ in range(600)]
+    for s in segs:
+        s.rewards = s.obs[:, 0].astype(float)
+    pairs = [LabelledPair(a, b, float(partial_return(a.rewards) > partial_return(b.rewards)))
+             for a, b in zip(segs[::2], segs[1::2], strict=True)]
+    ens = RewardEnsemble(2, 1, members=2, epochs=15, seed=0)
+    m = ens.fit(pairs)
+    assert m["reward/val_accuracy"] > 0.9
+    ens.set_normalization(np.stack([s.obs for s in segs]), np.stack([s.actions for s in segs]),
+                          np.stack([s.next_obs for s in segs]))
+    r = ens.reward(np.stack([s.obs for s in segs]), np.stack([s.actions for s in segs]),
+                   np.stack([s.next_obs for s in segs]))
+    assert abs(r.mean()) < 1e-4 and r.std() == pytest.approx(1.0, abs=1e-3)
+    assert np.corrcoef(r.reshape(-1), np.stack([s.rewards for s in segs]).reshape(-1))[0, 1] > 0.9
+
+
+# ---------------------------------------------------------------------------- wrapper
+
+
+def test_reward_wrapper_passes_check_env():
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    from alignkit.control.wrappers import LearnedRewardWrapper
+
+    env = LearnedRewardWrapper(gym.make("Pendulum-v1").unwrapped, lambda o, a, n: o[:, 0] - a[:, 0])
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    nxt, r, _, _, info = env.step(np.array([0.5], np.float32))
+    assert r == pytest.approx(float(obs[0] - 0.5))
+    assert "true_reward" in info
+
+
+def test_sb3_ppo_trains_on_the_learned_reward():
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from alignkit.control.wrappers import LearnedRewardWrapper
+
+    ens = RewardEnsemble(3, 1, members=2, seed=0)
+    env = LearnedRewardWrapper(gym.make("Pendulum-v1"), ens.reward)
+    model = PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(256)
+    assert model.num_timesteps == 256
+
+
+# ------------------------------------------------------------------------- annotators
+
+
+def test_boltzmann_probability_by_monte_carlo():
+    """P(σ_a ≻ σ_b) = σ(β ΔR) with β = 1.5, ΔR = 0.8: σ(1.2) = 0.76852; 20 000 draws have a
+    standard error of 0.003, the test allows 4 of them."""
+    a, b = seg([[0.0]] * 2, [0.5, 0.3]), seg([[0.0]] * 2, [0.0, 0.0])
+    ann = boltzmann_segment_annotator(beta=1.5, seed=0)
+    recs = ann.label([("", a, b)] * 20_000)
+    assert isinstance(recs[0], TrajectoryPair)
+    freq = np.mean([r.mu for r in recs])
+    assert freq == pytest.approx(1 / (1 + math.exp(-1.2)), abs=0.012)
+    assert recs[0].meta["p"] == pytest.approx(1 / (1 + math.exp(-1.2)))
+
+
+def test_regret_prefers_lower_regret_when_partial_returns_are_equal():
+    """Corridor 0 … 4, −1 a step, goal 4: V*(s) = −(4 − s). From state 0, 'right, right'
+    and 'left, left' (into the wall) both return −2. Regret: right = V*(0) − (−2 + V*(2))
+    = −4 − (−4) = 0; left = −4 − (−2 + V*(0)) = −4 − (−6) = 2."""
+    mdp = chain_mdp(5)
+    v, _ = mdp.optimal_values()
+    np.testing.assert_allclose(v, [-4, -3, -2, -1, 0])
+    right, left = mdp.segment(0, [1, 1]), mdp.segment(0, [0, 0])
+    assert partial_return(right.rewards) == partial_return(left.rewards) == -2.0
+    value_fn = mdp.value_fn()
+    assert segment_regret(right, value_fn, 1.0) == pytest.approx(0.0)
+    assert segment_regret(left, value_fn, 1.0) == pytest.approx(2.0)
+    boltz = boltzmann_segment_annotator(beta=1.0, seed=0).label([("", right, left)])[0]
+    assert boltz.meta["p"] == 0.5  # partial return cannot tell them apart
+    regret = regret_segment_annotator(value_fn, gamma=1.0, beta=1.0, seed=0)
+    rec = regret.label([("", right, left)])[0]
+    assert rec.meta["p"] == pytest.approx(1 / (1 + math.exp(-2.0)))  # σ(β (2 − 0))
+    sure = regret_segment_annotator(value_fn, gamma=1.0, beta=math.inf, seed=0)
+    assert sure.label([("", right, left), ("", left, right)])[0].mu == 1.0
+    assert sure.label([("", left, right)])[0].mu == 0.0
+
+
+def test_bpref_teachers_on_segments():
+    hi, lo = seg([[0.0]] * 3, [1.0, 1.0, 1.0]), seg([[0.0]] * 3, [3.0, 0.0, 0.0])
+    # partial returns 3 vs 3: equal → the equal-threshold teacher says tie
+    eq = bpref_segment_annotator(equal_threshold=0.5).label([("", hi, lo)])[0]
+    assert eq.mu == 0.5 and not eq.incomparable
+    # myopic γ = 0.5: hi = 1 + .5 + .25 = 1.75, lo = 0 + 0 + .25·3 = 0.75 → hi preferred (β = ∞)
+    my = myopic_segment_annotator(gamma=0.5, beta=math.inf).label([("", hi, lo)])[0]
+    assert my.mu == 1.0
+    skip = bpref_segment_annotator(skip_threshold=10.0).label([("", hi, lo)])[0]
+    assert skip.incomparable
+    flip = bpref_segment_annotator(mistake=1.0).label([("", seg([[0.0]], [1.0]), seg([[0.0]], [0.0]))])[0]
+    assert flip.mu == 0.0  # ε = 1 always flips the rational answer
+
+
+# --------------------------------------------------------------------------------- GAE
+
+
+def test_episode_advantages_by_hand():
+    """rewards 1, 1, 1; V = ½ each; V(o_{t+1}) = ½, ½, 2; the episode ends (time limit) after
+    step 1; γ = ½, λ = 1.
+    Piece 1 (steps 0–1) bootstraps: r₁ + γ V = 1.25, δ₁ = 0.75, A₁ = 0.75;
+      δ₀ = 1 + ½·½ − ½ = 0.75, A₀ = 0.75 + ½·0.75 = 1.125.
+    Piece 2 (step 2) is cut by the rollout end: 1 + ½·2 − ½ = 1.5.
+    Had step 1 terminated: A₁ = 0.5, A₀ = 0.75 + ½·0.5 = 1.0."""
+    r = torch.ones(3, 1)
+    v = torch.full((3, 1), 0.5)
+    nv = torch.tensor([[0.5], [0.5], [2.0]])
+    dones = torch.tensor([[False], [True], [False]])
+    adv, ret = episode_advantages(r, v, nv, torch.zeros(3, 1, dtype=torch.bool), dones, 0.5, 1.0)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([1.125, 0.75, 1.5]))
+    torch.testing.assert_close(ret, adv + v)
+    adv, _ = episode_advantages(r, v, nv, dones, dones, 0.5, 1.0)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([1.0, 0.5, 1.5]))
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_trajectory_pairs_round_trip_through_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    a = seg(rng.normal(size=(4, 3)), rng.normal(size=4))
+    a.frames = rng.integers(0, 255, size=(4, 8, 8, 3), dtype=np.uint8)
+    b = seg(rng.normal(size=(4, 3)), rng.normal(size=4))
+    pairs = [TrajectoryPair(a.to_dict(), b.to_dict(), mu=0.5, annotator="ann1", group="g"),
+             TrajectoryPair(b.to_dict(), a.to_dict(), mu=0.0, incomparable=True)]
+    path = save_trajectory_pairs(pairs, tmp_path / "prefs.jsonl")
+    assert (tmp_path / "prefs.npz").exists()
+    assert path.stat().st_size < 2000  # arrays are in the side file, not in the JSON
+    back = load_trajectory_pairs(path)
+    assert [p.mu for p in back] == [0.5, 0.0] and back[1].incomparable and back[0].annotator == "ann1"
+    np.testing.assert_array_equal(back[0].segment_a["frames"], a.frames)
+    np.testing.assert_array_equal(back[0].segment_b["obs"], b.obs)
+    assert "frames" not in load_trajectory_pairs(save_trajectory_pairs(pairs, tmp_path / "nf.jsonl",
+                                                                       frames=False))[0].segment_a
+
+
+def test_trajectory_pair_rejects_ragged_segments():
+    with pytest.raises(DataError, match="'actions' has 1 steps but 'obs' has 2"):
+        TrajectoryPair({"obs": [[0.0], [1.0]], "actions": [0]}, {"obs": [[0.0]], "actions": [0]})

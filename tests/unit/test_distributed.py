@@ -1,0 +1,70 @@
+"""The global-batch contract of alignkit.scale.distributed, checked by hand and by simulating
+DDP's gradient averaging in one process (the real 2-process runs are in
+tests/recipes/test_distributed_recipes.py)."""
+
+import pytest
+import torch
+
+from alignkit.errors import ConfigError
+from alignkit.scale.distributed import Distributed, Part, plan_batch, shard, split_parts
+
+
+def test_plan_batch_divides_the_global_batch_and_accumulates():
+    p = plan_batch(8, 2)
+    assert (p.per_rank, p.micro_batch, p.accumulation) == (4, 4, 1)
+    p = plan_batch(8, 2, micro_batch_size=3)  # 4 per rank in micro-batches of 3 + 1
+    assert (p.per_rank, p.micro_batch, p.accumulation) == (4, 3, 2)
+    p = plan_batch(7, 2, micro_batch_size=8)  # the cap is above the per-rank batch
+    assert (p.per_rank, p.micro_batch, p.accumulation) == (4, 4, 1)
+    with pytest.raises(ConfigError, match="batch_size"):
+        plan_batch(0, 2)
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        plan_batch(4, 1, micro_batch_size=-1)
+
+
+def test_shard_covers_the_items_once_in_order():
+    items = list(range(7))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    assert shard([1], 1, 2) == []
+
+
+def test_parts_weights_by_hand():
+    """5 examples on 2 ranks: rank 0 runs 3 (weight 2·3/5 = 1.2), rank 1 runs 2 (0.8).
+    With per-example losses 1..5, DDP's average (1.2·2 + 0.8·4.5) / 2 = 3 = mean(1..5)."""
+    idx = [10, 11, 12, 13, 14]
+    assert split_parts(idx, 0, 2) == [Part([10, 11, 12], 1.2, True)]
+    assert split_parts(idx, 1, 2) == [Part([13, 14], 0.8, True)]
+    # a rank with nothing runs one padding example with weight 0 (it must join the all-reduce)
+    assert split_parts([7], 1, 2) == [Part([7], 0.0, True)]
+    # micro-batches of 2 on one rank: weights 2/5, 2/5, 1/5; only the last part syncs
+    assert split_parts(idx, 0, 1, micro_batch_size=2) == [
+        Part([10, 11], 0.4, False), Part([12, 13], 0.4, False), Part([14], 0.2, True)]
+
+
+@pytest.mark.parametrize("world,micro,n", [(2, 0, 8), (2, 0, 5), (3, 2, 7), (4, 0, 3), (1, 3, 7)])
+def test_weighted_parts_give_the_full_batch_gradient(world, micro, n):
+    """Σ_ranks Σ_parts weight · ∇mean(part) / world (DDP's average) == ∇mean(global batch)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(n, 3), torch.randn(n)
+
+    def grad(idx, weight):
+        model.zero_grad()
+        (weight * (model(x[idx]).squeeze(-1) - y[idx]).pow(2).mean()).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    full = grad(list(range(n)), 1.0)
+    ddp = sum(grad(p.idx, p.weight) for r in range(world) for p in split_parts(list(range(n)), r, world, micro))
+    torch.testing.assert_close(ddp / world, full, rtol=1e-6, atol=1e-7)
+
+
+def test_one_process_is_the_plain_loop():
+    dist = Distributed("cpu")
+    assert (dist.rank, dist.world_size, dist.is_main) == (0, 1, True)
+    assert dist.device == torch.device("cpu")
+    assert dist.parts([3, 1, 2]) == [Part([3, 1, 2], 1.0, True)]
+    assert dist.shard([1, 2, 3]) == [1, 2, 3]
+    assert dist.mean_metrics({"loss/dpo": 0.5}) == {"loss/dpo": 0.5}
+    d = dist.describe(8)
+    assert (d["world_size"], d["per_rank_batch"], d["accumulation"], d["engine"]) == (1, 8, 1, "no")

@@ -1,0 +1,203 @@
+"""The shared decode loop (decoding/sampler.py) against ``model.generate`` and against
+exact probabilities: greedy token equality (left padding, EOS mid-batch, GPT-2 and Llama),
+seeded sampling equality while no row is dropped, a χ² test of the sampled distribution
+when rows are dropped, the static-cache path, and the rollout's log-probs/values equal
+to a full forward pass."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from alignkit.decoding.sampler import PreallocatedCache, decode, make_cache
+from alignkit.decoding.sampling import generate_ids, hf_picker
+from alignkit.models import build_tiny_lm, build_tokenizer
+from alignkit.models.logprobs import position_ids_from_mask
+
+PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick", "Numbers: 0 1 2",
+           "Please help me write a short, polite reply to my neighbour."]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def spiky(model, seed: int):
+    """Large random weights so that greedy paths vary from token to token."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def tiny_llama(tok, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    return LlamaForCausalLM(cfg)
+
+
+def hf_generate(model, tok, prompts, n, **kw):
+    tok = copy.deepcopy(tok)
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model.generate(**enc, max_new_tokens=n, min_new_tokens=1, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, **kw)
+
+
+def with_eos(tok, token_id: int):
+    """A copy of ``tok`` whose EOS is ``token_id`` (to put an EOS in the middle of a batch)."""
+    tok = copy.deepcopy(tok)
+    tok.eos_token = tok.convert_ids_to_tokens(token_id)
+    assert tok.eos_token_id == token_id
+    return tok
+
+
+def mid_batch_eos(model, tok, n: int) -> int:
+    """A token that greedy decoding emits mid-sequence in some rows but not in others."""
+    out = hf_generate(model, with_eos(tok, tok.pad_token_id), PROMPTS, n, do_sample=False)
+    resp = out[:, out.shape[1] - n :]
+    for t in resp[0, 1:-2].tolist():
+        rows = [(r == t).any().item() for r in resp]
+        if not all(rows):
+            return t
+    pytest.fail("no token separates the rows")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_greedy_equals_hf_generate_left_padded_eos_mid_batch(tok, arch):
+    model = spiky(build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok), seed=2)
+    n = 12
+    eos_tok = with_eos(tok, mid_batch_eos(model, tok, n))
+    ref = hf_generate(model, eos_tok, PROMPTS, n, do_sample=False)
+    gen = generate_ids(model, eos_tok, PROMPTS, n, do_sample=False)
+    assert torch.equal(gen.input_ids, ref)
+    ended = (gen.response_mask == 0).any(1)
+    assert ended.any() and not ended.all()  # EOS mid-batch: some rows stopped (and were dropped)
+    assert (gen.attention_mask[:, : gen.prompt_len] == 0).any()  # left padding was exercised
+
+
+def test_static_cache_path_equals_preallocated(tok):
+    model = spiky(build_tiny_lm(tok, seed=3), seed=4)
+    eos_tok = with_eos(tok, mid_batch_eos(model, tok, 10))
+    a = generate_ids(model, eos_tok, PROMPTS, 10, do_sample=False, static_cache=True, compile_step=False)
+    b = generate_ids(model, eos_tok, PROMPTS, 10, do_sample=False, static_cache=False)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.response_mask, b.response_mask)
+
+
+def test_preallocated_cache_is_used_and_sized(tok):
+    model = build_tiny_lm(tok)
+    cache = make_cache(model, 40)
+    assert type(cache.layers[0]).__name__ == "_Layer" and len(cache.layers) == model.config.n_layer
+    ids = torch.tensor([[5, 6, 7]])
+    model(input_ids=ids, cache=cache, use_cache=True)
+    assert cache.get_seq_length() == 3 and cache.layers[0]._k.shape[2] == 40
+    assert isinstance(PreallocatedCache.build(1, 4), type(cache))
+
+
+def test_seeded_sampling_equals_hf_generate_while_no_row_ends(tok):
+    model = build_tiny_lm(tok, seed=5).eval()
+    settings = dict(temperature=0.7, top_k=40, top_p=0.9)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ref = hf_generate(model, tok, PROMPTS, 8, do_sample=True, **settings)
+        gen = generate_ids(model, tok, PROMPTS, 8, seed=seed, **settings)
+        assert not (gen.response_mask == 0).any()  # the precondition: no row ended early
+        assert torch.equal(gen.input_ids, ref)
+
+
+def test_sampled_distribution_chi_square_with_rows_dropped(tok):
+    """Three-token responses, top-k = 3 at temperature 0.8: at most 3·(1 + 2·3) outcomes,
+    their exact probabilities from full forward passes through the same warpers (EOS is
+    banned at the first step, as ``min_new_tokens=1``). The likeliest second token is made
+    the EOS, so many rows end after two steps and the batch is compacted."""
+    from scipy.stats import chi2
+
+    model = spiky(build_tiny_lm(tok, seed=21), seed=22)
+    prompt = "The quick"
+    T, k, R = 0.8, 3, 3
+    base = tok([prompt], return_tensors="pt")["input_ids"][0].tolist()
+
+    def warped(ids, ban=None):
+        with torch.no_grad():
+            z = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        if ban is not None:
+            z[ban] = -math.inf
+        z = z / T
+        kth = torch.topk(z, k).values[-1]
+        return torch.softmax(z.masked_fill(z < kth, -math.inf), -1)
+
+    eos = int(warped(base + [int(warped(base).argmax())]).argmax())
+    eos_tok = with_eos(tok, eos)
+
+    exact = {}
+
+    def walk(prefix, prob):
+        step = len(prefix)
+        p = warped(base + list(prefix), ban=eos if step == 0 else None)
+        for t in p.nonzero().flatten().tolist():
+            y, q = (*prefix, t), prob * float(p[t])
+            if t == eos or step + 1 == R:
+                exact[y] = exact.get(y, 0.0) + q
+            else:
+                walk(y, q)
+
+    walk((), 1.0)
+    n = 6000
+    gen = generate_ids(model, eos_tok, [prompt] * n, R, temperature=T, top_k=k, seed=0)
+    counts = dict.fromkeys(exact, 0)
+    for row, m in zip(gen.response_ids.tolist(), gen.response_mask.tolist(), strict=True):
+        counts[tuple(t for t, keep in zip(row, m, strict=True) if keep)] += 1
+    assert sum(c for y, c in counts.items() if len(y) == 2) > n // 8  # rows ended early, dropped
+    stat = sum((counts[y] - n * p) ** 2 / (n * p) for y, p in exact.items())
+    assert stat < chi2.ppf(0.999, len(exact) - 1)
+
+
+def test_rollout_logps_entropy_hidden_equal_full_forward(tok):
+    from alignkit.models.value import ValueHead, policy_forward
+
+    model = spiky(build_tiny_lm(tok, seed=8), seed=9)
+    eos_tok = with_eos(tok, mid_batch_eos(model, tok, 10))
+    gen = generate_ids(model, eos_tok, PROMPTS, 10, temperature=0.9, top_k=50, seed=0,
+                       return_logps=True, return_hidden=True)
+    head = ValueHead.for_model(model)
+    comp = torch.zeros_like(gen.attention_mask)
+    comp[:, gen.prompt_len :] = gen.response_mask
+    with torch.no_grad():
+        full = policy_forward(model, head, gen.input_ids, gen.attention_mask, comp, temperature=0.9,
+                              with_entropy=True)
+        values = head(gen.hidden) * gen.response_mask
+    P = gen.prompt_len
+    torch.testing.assert_close(gen.token_logps, full.logps[:, P:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gen.entropy, full.entropy[:, P:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(values, full.values[:, P:], atol=1e-5, rtol=1e-4)
+
+
+def test_decode_k_models_calls_picker_with_each_models_logits(tok):
+    """With two models the picker sees both models' logits for the same live rows."""
+    a, b = build_tiny_lm(tok, seed=10).eval(), build_tiny_lm(tok, seed=11).eval()
+    enc = tok(["Numbers: 0 1 2"], return_tensors="pt")
+    seen = []
+
+    def pick(logits, step):
+        seen.append([z.clone() for z in logits])
+        return logits[1].argmax(-1)
+
+    out = decode([a, b], enc["input_ids"], enc["attention_mask"], 3, pick, eos_token_id=None,
+                 pad_token_id=tok.pad_token_id)
+    ids = torch.cat([enc["input_ids"], out.tokens[:, :2]], 1)
+    with torch.no_grad():
+        full_b = b(input_ids=ids, position_ids=position_ids_from_mask(torch.ones_like(ids))).logits[:, -1]
+    torch.testing.assert_close(seen[2][1], full_b, atol=1e-5, rtol=1e-5)
+    assert len(seen) == 3 and out.tokens.shape == (1, 3)
+    assert hf_picker(False)([torch.tensor([[0.0, 2.0, 1.0]])], 0).tolist() == [1]
