@@ -32,13 +32,29 @@ def hh_messages(transcript: str) -> list[dict[str, str]] | None:
     return messages or None
 
 
+_ROLE_LINE = re.compile(r"^(system|user|assistant): ?", re.MULTILINE)
+
+
+def role_line_messages(text: str) -> list[dict[str, str]] | None:
+    """Parse :func:`alignkit.data.formats.render_messages` output (``"role: content"`` per
+    message; lines without a role prefix continue the message above) back into messages.
+    ``None`` unless the text starts with a role prefix and has a user turn."""
+    if not _ROLE_LINE.match(text):
+        return None
+    marks = list(_ROLE_LINE.finditer(text))
+    messages = [{"role": m.group(1), "content": text[m.end(): nxt.start() if nxt else len(text)].rstrip("\n")}
+                for m, nxt in zip(marks, marks[1:] + [None], strict=True)]
+    return messages if any(m["role"] == "user" for m in messages) else None
+
+
 def prompt_messages(prompt: str, meta: dict[str, Any] | None = None) -> list[dict[str, str]]:
-    """The chat messages a prompt stands for: the record's own messages when it kept them,
-    an HH transcript's turns, else the text as one user turn."""
+    """The chat messages a prompt stands for: the record's own messages when it kept them
+    (TRL conversational), an HH transcript's turns, a ``"role: content"`` rendering's
+    messages, else the text as one user turn."""
     kept = (meta or {}).get("prompt_messages")
     if kept:
         return [{"role": m["role"], "content": m["content"]} for m in kept]
-    return hh_messages(prompt) or [{"role": "user", "content": prompt}]
+    return hh_messages(prompt) or role_line_messages(prompt) or [{"role": "user", "content": prompt}]
 
 
 def has_chat_template(tokenizer) -> bool:
