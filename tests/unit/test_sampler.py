@@ -201,3 +201,25 @@ def test_decode_k_models_calls_picker_with_each_models_logits(tok):
     torch.testing.assert_close(seen[2][1], full_b, atol=1e-5, rtol=1e-5)
     assert len(seen) == 3 and out.tokens.shape == (1, 3)
     assert hf_picker(False)([torch.tensor([[0.0, 2.0, 1.0]])], 0).tolist() == [1]
+
+
+def test_policy_forward_completion_start_gives_the_same_numbers(tok):
+    """Scoring only the completion columns (logits_to_keep) changes nothing in value or grad."""
+    from alignkit.models.value import ValueHead, policy_forward
+
+    model = spiky(build_tiny_lm(tok, seed=12), seed=13)
+    gen = generate_ids(model, tok, PROMPTS, 6, seed=0)
+    head = ValueHead.for_model(model)
+    comp = torch.zeros_like(gen.attention_mask)
+    comp[:, gen.prompt_len :] = gen.response_mask
+    outs, grads = [], []
+    for start in (1, gen.prompt_len):
+        model.zero_grad()
+        o = policy_forward(model, head, gen.input_ids, gen.attention_mask, comp, temperature=0.7,
+                           with_entropy=True, completion_start=start)
+        (o.logps.sum() + o.values.sum()).backward()
+        outs.append(o)
+        grads.append(model.transformer.h[0].attn.c_attn.weight.grad.clone())
+    for name in ("logps", "values", "entropy"):
+        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

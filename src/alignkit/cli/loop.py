@@ -62,11 +62,13 @@ def loop_cmd(
 
 
 def demo_cmd(
-    variant: str | None = typer.Argument(None, help="Leave out for the embedded task; 'hh' for the real-data variant."),
+    variant: str | None = typer.Argument(
+        None, help="Leave out for the embedded task; 'hh' for the real-data variant; 'control' for Pendulum from "
+        "segment preferences; 'humans' for the human-model experiments on the driving task."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo, runs/demo_hh)."),
     task: str = typer.Option("assistant", "--task", help="assistant (embedded, offline) or hh (real HH pairs)."),
     seed: int = typer.Option(0, "--seed", help="First seed; the demo runs --n-seeds consecutive seeds."),
-    n_seeds: int = typer.Option(3, "--n-seeds", help="Number of seeds (method spread is over these)."),
+    n_seeds: int | None = typer.Option(None, "--n-seeds", help="Number of seeds (default 3; humans: 10, --quick 5)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes: a smoke run in about a minute."),
     data: Path | None = typer.Option(None, "--data", help="hh: the HH pairs file (default: the shared copy)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of DemoConfig (or HHDemoConfig) keys."),
@@ -77,9 +79,20 @@ def demo_cmd(
     from alignkit.errors import ConfigError
 
     _quiet()
+    if n_seeds is not None and n_seeds < 1:
+        raise ConfigError(f"--n-seeds: expected ≥ 1, got {n_seeds}")
+    if variant == "control":  # gymnasium control from segment preferences: alignkit.cli.control
+        from alignkit.cli.control import demo_control
+
+        return demo_control(out, seed, quick, config)
+    if variant == "humans":  # human models on the driving task: alignkit.cli.humans
+        from alignkit.cli.humans import demo_humans
+
+        return demo_humans(out=out, seed=seed, n_seeds=n_seeds, quick=quick, config=config)
+    n_seeds = 3 if n_seeds is None else n_seeds
     if variant is not None:
         if variant != "hh":
-            raise ConfigError(f"demo: unknown variant {variant!r} (expected 'hh' or nothing)")
+            raise ConfigError(f"demo: unknown variant {variant!r} (expected 'hh', 'control', 'humans' or nothing)")
         task = "hh"
     if task not in ("assistant", "hh"):
         raise ConfigError(f"--task: expected assistant or hh, got {task!r}")

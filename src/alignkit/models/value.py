@@ -59,31 +59,54 @@ def policy_forward(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    completion_start: int = 1,
 ) -> PolicyOutput:
-    """One forward pass: token log-probs, values and (optionally) entropies, all ``(B, T)``."""
+    """One forward pass: token log-probs, values and (optionally) entropies, all ``(B, T)``.
+
+    ``completion_start``: the first column that ``completion_mask`` can mark (every row's
+    completion starts there, as in a left-padded rollout). Logits — the LM head, the
+    log-softmax and their backward — are computed only from the column before it on, not
+    for the prompt; the results are the same, 0 before ``completion_start``.
+    """
+    b, t = input_ids.shape
+    start = max(1, int(completion_start))
+    kwargs = {}
+    if start > 1 and _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = t - start + 1  # positions start-1 .. t-1
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
         output_hidden_states=value_head is not None,
+        **kwargs,
     )
-    logits = out.logits[:, :-1]
+    logits = out.logits[:, -(t - start + 1) :] if kwargs else out.logits[:, start - 1 :]
+    logits = logits[:, :-1]  # (B, t - start, V): logits[:, j] predicts token start + j
     if temperature != 1.0:
         logits = logits / temperature
-    mask = (completion_mask[:, 1:] * attention_mask[:, 1:]).to(torch.float32)
-    b, t = input_ids.shape
+    mask = (completion_mask[:, start:] * attention_mask[:, start:]).to(torch.float32)
     logps = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
-    logps[:, 1:] = gather_token_logps(logits, input_ids[:, 1:]).float() * mask
+    logps[:, start:] = gather_token_logps(logits, input_ids[:, start:]).float() * mask
     values = None
     if value_head is not None:
         values = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
-        values[:, 1:] = value_head(out.hidden_states[-1][:, :-1]).float() * mask
+        values[:, start:] = value_head(out.hidden_states[-1][:, start - 1 : -1]).float() * mask
     entropy = None
     if with_entropy:
         with torch.no_grad():
             z = logits.float()
             logp_all = torch.log_softmax(z, -1)
             entropy = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
-            entropy[:, 1:] = -(logp_all.exp() * logp_all).sum(-1) * mask
+            entropy[:, start:] = -(logp_all.exp() * logp_all).sum(-1) * mask
     return PolicyOutput(logps, values, entropy)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False

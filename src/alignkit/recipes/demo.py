@@ -253,6 +253,12 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     return summary
 
 
+AL_STRATEGIES = ("random", "disagreement", "info-gain")
+"""Query strategies the demo compares. ``disagreement`` (std of score differences) needs
+more labels than random here; ``info-gain`` scores the members' preference probabilities
+instead — docs/humans.md has the measured diagnosis (10 seeds)."""
+
+
 def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
     """Random vs disagreement queries on pairs of base samples (bag-of-words BT ensemble)."""
     import random
@@ -280,7 +286,7 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
     prefs = [1 if GOLD.score_one(a, p) > GOLD.score_one(b, p) else -1 for p, a, b in test]
     texts = responses
     curves = {}
-    for strategy in ("random", "disagreement"):
+    for strategy in AL_STRATEGIES:
         annot = simulated_population(cfg, seed + 100)  # same annotators for both strategies
         curves[strategy] = [
             {"n_labels": pt.n_labels, "accuracy": pt.accuracy}
@@ -326,7 +332,7 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
     finals = [c[-1]["accuracy"] for a in al_seeds for c in a.values()]
     target = round(min(finals) - 0.01, 3)
     strategies = {}
-    for strategy in ("random", "disagreement"):
+    for strategy in AL_STRATEGIES:
         needed = [labels_to_reach([CurvePoint(**p) for p in a[strategy]], target) for a in al_seeds]
         strategies[strategy] = {
             "labels_needed": statistics.fmean(n for n in needed if n is not None) if any(needed) else None,

@@ -55,9 +55,9 @@ class LoopConfig:
     pairs_per_round: int = 384
     """New labelled pairs per round."""
     query: str = "random"
-    """Which pairs to label: random, or disagreement (largest reward-ensemble disagreement)."""
+    """Which pairs to label: random, disagreement (largest reward-ensemble disagreement) or info-gain."""
     pool_factor: int = 3
-    """Disagreement queries: candidate pool = pool_factor × pairs_per_round pairs."""
+    """Active queries: candidate pool = pool_factor × pairs_per_round pairs."""
     annotator: str = "simulated"
     """simulated (two groups on the task's gold reward) or human (the annotation server)."""
     annotator_beta: float = 2.0
@@ -183,13 +183,20 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
         select_random,
     )
 
-    if query not in ("random", "disagreement"):
-        raise ConfigError(f"query: expected random or disagreement, got {query!r}")
+    if query not in ("random", "disagreement", "info-gain"):
+        raise ConfigError(f"query: expected random, disagreement or info-gain, got {query!r}")
     idx = list(range(len(pool)))
     if query == "random" or not labels:
         return [pool[i] for i in select_random(idx, k, random.Random(seed))]
     texts = [c.a for c in labels] + [c.b for c in labels] + [x for _, a, b in pool for x in (a, b)]
     ens = BowRewardEnsemble.from_texts(texts, n_members=5, seed=seed).fit(labels)
+    if query == "info-gain":  # BALD over the members' σ(r̂_m(a) − r̂_m(b)); see docs/humans.md
+        from alignkit.feedback.query import ensemble_pair_probs, select_queries
+
+        prompts = [p for p, _, _ in pool]
+        probs = ensemble_pair_probs(ens.score_members(prompts, [a for _, a, _ in pool]),
+                                    ens.score_members(prompts, [b for _, _, b in pool]))
+        return [pool[i] for i in select_queries("info-gain", probs, k)]
     return [pool[i] for i in select_max_disagreement(idx, k, ensemble_disagreement(ens, pool))]
 
 
@@ -280,7 +287,7 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
         set_seed(seed)
         policy = load_causal_lm(state["policy"]).eval()
         # 1. sample pairs from the current policy
-        n_pool = cfg.pairs_per_round * (cfg.pool_factor if cfg.query == "disagreement" else 1)
+        n_pool = cfg.pairs_per_round * (cfg.pool_factor if cfg.query != "random" else 1)
         pool = collect_pairs(policy, tok, prompts, n_pool, cfg.max_new_tokens, seed)
         queries = choose_queries(pool, cfg.pairs_per_round, cfg.query, labels, seed)
         # 2. feedback

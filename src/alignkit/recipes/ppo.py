@@ -4,10 +4,13 @@ Objective: maximise E[r̂(x, y)] − β KL(π_θ ‖ π_ref), in the max-entropy
 token pays r_t = −β (log π_θ(y_t) − log π_ref(y_t)) and the last token also gets r̂(x, y).
 One iteration, read top to bottom:
 
-1. **Rollout**: sample responses with the KV-cached ``generate`` (left-padded prompts).
+1. **Rollout**: sample responses with :func:`~alignkit.decoding.sampling.generate_ids`
+   (left-padded prompts, preallocated KV cache); it also returns log π_T of each sampled
+   token, the entropy and, for multi-pass PPO, the hidden states a value head reads.
 2. **Score**: r̂ = ``reward_fn(prompts, responses)``.
-3. **Evaluate** (no grad): old log-probs + values (policy), reference log-probs
-   (frozen copy, or the same weights with LoRA adapters disabled), entropy.
+3. **Evaluate**: old log-probs + values (from the rollout, or the single update pass's own
+   forward) and reference log-probs (no grad; a frozen copy, or the same weights with LoRA
+   adapters disabled), all on the response columns only.
 4. **Advantages**: per-token KL-penalised rewards → GAE(γ, λ) → whitening.
 5. **Update**: ``ppo_epochs`` × minibatches of the clipped surrogate + clipped value
    loss (A2C: one pass, no clipping).
@@ -228,10 +231,16 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             rng.shuffle(perm)
             order += perm
         idx, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
+        # Multi-pass PPO needs "old" log-probs/values of the rollout policy: the decode
+        # loop computes them as it samples (log π_T of each token, the hidden state that a
+        # value head reads), so no extra no-grad forward pass over the batch is needed.
+        single_pass = epochs == 1 and minibatches == 1
+        t_0 = time.perf_counter()
         model.eval()
         gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                           max_prompt_tokens=cfg.max_prompt_tokens)
+                           max_prompt_tokens=cfg.max_prompt_tokens, return_logps=True,
+                           return_hidden=not single_pass)
         P = gen.prompt_len
         ids, attn = gen.input_ids, gen.attention_mask
         comp = torch.zeros_like(attn)
@@ -239,28 +248,38 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         mask = gen.response_mask.float()  # (B, R): response tokens up to EOS
         texts = tok.batch_decode(gen.response_ids.masked_fill(gen.response_mask == 0, tok.pad_token_id),
                                  skip_special_tokens=True)
+        t_1 = time.perf_counter()
 
         # --- 2. score -----------------------------------------------------------------
         scores = torch.as_tensor(reward_fn([prompts[i] for i in idx], texts), dtype=torch.float32)
         scores = scores.reshape(-1).to(device)
+        t_2 = time.perf_counter()
 
         # --- 3. evaluate: old log-probs, values, reference log-probs ------------------
         # With a single update pass over the whole batch (A2C, or PPO with 1 epoch × 1
         # minibatch) the rollout policy *is* the policy being updated, so its forward pass
         # (with grad) doubles as the "old" evaluation: one policy forward per step, not two.
-        single_pass = epochs == 1 and minibatches == 1
+        # Every forward scores only the response columns (completion_start=P).
         model.train()
-        with torch.set_grad_enabled(single_pass):
+        if single_pass:
             old = policy_forward(model, value_head, ids, attn, comp, temperature=cfg.temperature,
-                                 with_entropy=True)
+                                 completion_start=P)
+            old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
+        else:
+            with torch.no_grad():
+                old_logps = gen.token_logps
+                old_values = value_head(gen.hidden).float() * mask
+        t_3 = time.perf_counter()
         with torch.inference_mode():
             if ref_model is None:
                 with model.disable_adapter():
-                    ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature)
+                    ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature,
+                                         completion_start=P)
             else:
-                ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature)
-        old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
+                ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature,
+                                     completion_start=P)
         ref_logps = ref.logps[:, P:].clone()
+        t_4 = time.perf_counter()
 
         # --- 4. advantages -------------------------------------------------------------
         beta = kl_ctl.value
@@ -279,7 +298,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                     new = old
                 else:
                     new = policy_forward(model, value_head, ids[mb], attn[mb], comp[mb],
-                                         temperature=cfg.temperature)
+                                         temperature=cfg.temperature, completion_start=P)
                 logps, values = new.logps[:, P:], new.values[:, P:]
                 if cfg.algo == "ppo":
                     pg_loss, pg_m = ppo_policy_loss(logps, old_logps[mb], advantages[mb], mask[mb], cfg.clip_eps)
@@ -294,6 +313,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 for k, v in {**pg_m, **vf_m, "diag/grad_norm": gn}.items():
                     stats.setdefault(k, []).append(float(v))
 
+        t_5 = time.perf_counter()
+
         # --- 6. KL controller and metrics -------------------------------------------
         seq_kl = (kl_k1(old_logps, ref_logps) * mask).sum(1)
         kl_ctl.update(float(seq_kl.mean()), n)
@@ -304,13 +325,15 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             "kl/k1": seq_kl.mean(),
             "kl/k3": (kl_k3(old_logps, ref_logps) * mask).sum(1).mean(),
             "kl/coef": beta,
-            "diag/entropy": masked_mean(old.entropy[:, P:], mask),
+            "diag/entropy": masked_mean(gen.entropy, mask),  # of π_T, from the rollout
             "diag/explained_variance": explained_variance(old_values, returns, mask),
             "diag/response_len": mask.sum(1).mean(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
         metrics = scalars(metrics)
         metrics["diag/step_seconds"] = time.perf_counter() - t_step
+        metrics.update({"time/rollout": t_1 - t_0, "time/reward": t_2 - t_1, "time/policy_forward": t_3 - t_2,
+                        "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4})
         step += 1
         history.append({"step": float(step), **metrics})
         logger.log(metrics, step)
