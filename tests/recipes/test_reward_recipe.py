@@ -118,7 +118,9 @@ def test_ensemble_rankings_and_ratings(tiny_lm_dir, tmp_path):
     res = train_reward(
         _cfg(tiny_lm_dir, tmp_path / "ens", epochs=1, ensemble=2, ratings_to_pairs=True), records
     )
-    assert res.metrics["data/train_pairs"] + res.metrics["data/eval_pairs"] == 40 + 3 + 1
+    # the ranking trains whole (Plackett–Luce) or, held out, is scored as its 3 pairs
+    m = res.metrics
+    assert m["data/train_pairs"] + m["data/eval_pairs"] + 3 * m["data/train_rankings"] == 40 + 3 + 1
     rm = load_reward_model(res.out_dir)
     assert isinstance(rm, RewardEnsemble) and len(rm) == 2
     assert (res.out_dir / "member_1" / "alignkit_reward.json").exists()
@@ -216,3 +218,33 @@ def test_hh_harmless_minilm_beats_baselines(tmp_path):
     assert m["eval/ece"] <= 0.1
     assert m["eval/accuracy"] > m["baseline/longer_wins_accuracy"] + 0.05
     assert m["eval/accuracy"] > m["baseline/untrained_accuracy"] + 0.05
+
+
+def test_rankings_train_with_plackett_luce_or_as_pairs(tiny_lm_dir, tmp_path):
+    """K = 2 rankings in one batch train exactly the model the same comparisons train;
+    K = 3 rankings log loss/pl by default and only loss/bt with rankings=pairs."""
+    comps = _pairs(8)
+    common = dict(epochs=2, batch_size=8, eval_fraction=0.0, pair_layout="full", log_every=1)
+    bt = train_reward(_cfg(tiny_lm_dir, tmp_path / "bt", **common), comps)
+    pl = train_reward(_cfg(tiny_lm_dir, tmp_path / "pl", **common),
+                      [Ranking(c.prompt, [c.a, c.b], [0, 1]) for c in comps])
+    assert pl.metrics["data/train_rankings"] == 8 and pl.metrics["data/train_pairs"] == 0
+    probe = (["Q1:", "Q1:", "Q9:"], [" good", " bad bad", " good bad"])
+    r_bt, r_pl = load_reward_model(bt.out_dir).score(*probe), load_reward_model(pl.out_dir).score(*probe)
+    # compared up to a constant: both losses see only differences, so the head's bias gets a
+    # float-noise gradient that Adam scales up to ~lr-sized, path-dependent shifts
+    assert torch.allclose(r_bt - r_bt.mean(), r_pl - r_pl.mean(), atol=1e-4)
+    rows = read_metrics(pl.out_dir / "metrics.jsonl")
+    assert [r["loss/pl"] for r in rows if "loss/pl" in r] == pytest.approx(
+        [r["loss/bt"] for r in read_metrics(bt.out_dir / "metrics.jsonl") if "loss/bt" in r], abs=1e-5)
+
+    k3 = [Ranking(f"R{i}:", [" bad", " good", " good good"], [2, 1, 0]) for i in range(6)] + _pairs(6)
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "k3", epochs=1, batch_size=4, eval_fraction=0.0), k3)
+    keys = set().union(*read_metrics(res.out_dir / "metrics.jsonl"))
+    assert {"loss/pl", "loss/bt", "reward/top1_accuracy"} <= keys
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "k3p", epochs=1, batch_size=4, eval_fraction=0.0,
+                            rankings="pairs"), k3)
+    keys = set().union(*read_metrics(res.out_dir / "metrics.jsonl"))
+    assert "loss/pl" not in keys and res.metrics["data/train_pairs"] == 6 * 3 + 6
+    with pytest.raises(ConfigError, match="rankings"):
+        train_reward(_cfg(tiny_lm_dir, tmp_path / "bad", rankings="lists"), k3)
