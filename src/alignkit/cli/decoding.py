@@ -94,6 +94,10 @@ def mix_cmd(
     seed: int | None = typer.Option(None, "--seed", help="Seed for sampling."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts decoded together."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    chat_template: bool = typer.Option(
+        True, "--chat-template/--no-chat-template",
+        help="Render prompts (plain text or HH transcripts) with the tokenizer's chat template when it has one.",
+    ),
 ) -> None:
     """Decode from Π_k π_k^{w_k}: per-token logits Σ_k w_k log π_k, renormalised.
 
@@ -108,15 +112,17 @@ def mix_cmd(
 
     from alignkit.decoding.mixing import mix_generate
     from alignkit.models import load_causal_lm
+    from alignkit.models.chat import render_prompt
 
     tokenizer = load_shared_tokenizer([p for p, _ in specs])
+    rendered = [render_prompt(tokenizer, t, None, chat_template) for t in texts]
     dev = _device(device)
     models = [load_causal_lm(p).to(dev).eval() for p, _ in specs]
     weights = [w for _, w in specs]
     responses: list[str] = []
     for start in range(0, len(texts), batch_size):
         result = mix_generate(
-            models, weights, texts[start : start + batch_size], tokenizer=tokenizer,
+            models, weights, rendered[start : start + batch_size], tokenizer=tokenizer,
             max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
             top_k=top_k, top_p=top_p, stop=list(stop or []),
             seed=None if seed is None else seed + start,

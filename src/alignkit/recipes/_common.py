@@ -66,13 +66,21 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
-    """Wrap ``prompt`` in the tokenizer's chat template (as a user turn) when it has one."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt
+def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True, meta: dict | None = None) -> str:
+    """The prompt as the model reads it: rendered with the tokenizer's chat template when it
+    has one (HH transcripts and conversational records become their turns; see
+    :mod:`alignkit.models.chat`), else unchanged."""
+    from alignkit.models.chat import render_prompt
+
+    return render_prompt(tokenizer, prompt, meta, use_chat_template)
+
+
+def format_completion(tokenizer, completion: str, use_chat_template: bool = True) -> str:
+    """A completion as it follows :func:`format_prompt`'s text (see
+    :func:`alignkit.models.chat.render_completion`)."""
+    from alignkit.models.chat import render_completion
+
+    return render_completion(tokenizer, completion, use_chat_template)
 
 
 # ----------------------------------------------------------------------- batching

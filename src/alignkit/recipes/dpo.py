@@ -167,6 +167,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         adamw,
         batches,
         disable_dropout,
+        format_completion,
         format_prompt,
         load_checkpoint,
         load_policy,
@@ -200,10 +201,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
     disable_dropout(model)
-    pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, cfg.use_chat_template), c.a, c.b, cfg.max_length)
+    chat = cfg.use_chat_template
+    pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, chat, c.meta), format_completion(tok, c.a, chat),
+                           format_completion(tok, c.b, chat), cfg.max_length)
              for c in comps]
     mu = torch.tensor([c.mu for c in comps])
-    groups = [tokenize_group(tok, format_prompt(tok, r.prompt, cfg.use_chat_template), r.responses, cfg.max_length)
+    groups = [tokenize_group(tok, format_prompt(tok, r.prompt, chat, r.meta),
+                             [format_completion(tok, x, chat) for x in r.responses], cfg.max_length)
               for r in rankings]
 
     def pair_batch(idx):
