@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
+from _fair import machine_meta  # noqa: E402
 THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
 PROMPTS = [
     "Human: How do I bake bread? Assistant:",
@@ -50,16 +51,6 @@ PROMPTS = [
     "Human: Can you help me? Assistant:",
     "Numbers: 0 1 2",
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -183,12 +174,10 @@ def main() -> None:
             results[mode]["alignkit_ms_per_decode_step"] = (time.perf_counter() - t) / args.new_tokens * 1e3
         print(mode, results[mode]["median_paired_speedup"], "cpu time:", results[mode]["median_paired_speedup_cpu_time"],
               flush=True)
-    meta = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": THREADS,
-            "device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
+    meta = {**machine_meta(), "transformers": transformers.__version__, "threads": THREADS,
+            "device": str(device), "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
             "calls_per_repeat": args.calls,
-            "batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", **desc,
-            "note": "measured on a 2-core machine shared with other jobs; read the paired ratios"}
+            "batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", **desc}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
     if not args.quick:

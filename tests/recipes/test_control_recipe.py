@@ -72,3 +72,20 @@ def test_cli_clips_need_rgb_array(tmp_path, capsys):
               "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "has no render_mode='rgb_array', needed for --human clips" in capsys.readouterr().err
+
+
+def test_demo_control_runs_end_to_end(tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k not in ("oracle", "frames")}))
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "control", "--out", str(tmp_path / "demo"), "--config", str(cfg)])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "normalized score" in out and "report:" in out
+    s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert s["labels_used"] == 24 and "oracle_return" in s
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "final_policy_frames.png" in html and "true_return.png" in html
+    assert (tmp_path / "demo" / "labels.jsonl").exists() and (tmp_path / "demo" / "labels.npz").exists()

@@ -249,3 +249,57 @@ def test_trajectory_pairs_round_trip_through_npz(tmp_path):
 def test_trajectory_pair_rejects_ragged_segments():
     with pytest.raises(DataError, match="'actions' has 1 steps but 'obs' has 2"):
         TrajectoryPair({"obs": [[0.0], [1.0]], "actions": [0]}, {"obs": [[0.0]], "actions": [0]})
+
+
+# ------------------------------------------------------------------ clips and people
+
+
+def test_replayed_segments_reproduce_the_rollout_and_encode_as_webm(tmp_path):
+    """CartPole with an untrained policy ends episodes every ~20 steps, so the replay must
+    follow the vector env's autoresets; replay_frames checks every observation."""
+    from alignkit.control.clips import replay_frames, write_clip
+    from alignkit.control.policy import ActorCritic
+    from alignkit.control.rollout import collect_rollout, make_envs
+
+    torch.manual_seed(0)
+    envs = make_envs("CartPole-v1", 2)
+    obs, _ = envs.reset(seed=123)
+    ro, _ = collect_rollout(envs, ActorCritic(4, 2, discrete=True), obs, 60)
+    assert ro.dones.any()
+    segs = segments_from_rollout(ro.obs, ro.actions, ro.rewards, ro.next_obs, ro.dones, k=4)
+    late = max(segs, key=lambda s: s.meta["t0"])  # after at least one autoreset
+    n, t0 = late.meta["env_index"], late.meta["t0"]
+    assert ro.dones[:t0, n].any()
+    frames = replay_frames("CartPole-v1", 123 + n, ro.actions[:, n], ro.dones[:, n], t0, 4, obs=late.obs)
+    assert frames.shape[0] == 4 and frames.dtype == np.uint8
+    with pytest.raises(Exception, match="did not reproduce"):
+        replay_frames("CartPole-v1", 999, ro.actions[:, n], ro.dones[:, n], t0, 4, obs=late.obs)
+    clip = write_clip(frames, tmp_path / "a.webm", fps=10)
+    assert clip.read_bytes()[:4] == b"\x1a\x45\xdf\xa3"  # EBML: a WebM file
+
+
+def test_human_segment_annotator_turns_store_labels_into_trajectory_pairs():
+    from alignkit.control.human import HumanSegmentAnnotator
+    from alignkit.data.records import Comparison
+
+    class FakeStoreClient:  # what VideoPairClient does, minus clips and database
+        def __init__(self):
+            self.asked = 0
+
+        def submit_pairs(self, pairs, project):
+            return [10 + i for i in range(len(pairs))]
+
+        def fetch_labels(self, ids, project):
+            self.asked += 1  # the first look finds nothing labelled yet
+            if self.asked == 1:
+                return {}
+            votes = {10: (1.0, False), 11: (0.5, False), 12: (0.5, True)}
+            return {i: Comparison("q", "media:a", "media:b", mu=votes[i][0], incomparable=votes[i][1],
+                                  annotator="ann", group="g") for i in ids}
+
+    a, b = seg([[0.0]], [1.0]), seg([[1.0]], [0.0])
+    ann = HumanSegmentAnnotator(FakeStoreClient(), poll_s=1.0, sleep=lambda s: None)
+    recs = ann.label([("k0", a, b), ("k1", a, b), ("k2", b, a)])
+    assert [(r.mu, r.incomparable) for r in recs] == [(1.0, False), (0.5, False), (0.5, True)]
+    assert recs[0].annotator == "ann" and recs[0].group == "g"
+    np.testing.assert_array_equal(recs[2].segment_a["obs"], b.obs)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "alignkit.cli.annotate",
     "alignkit.cli.loop",
     "alignkit.cli.control",
+    "alignkit.cli.humans",
 ]
 
 

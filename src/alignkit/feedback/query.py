@@ -1,9 +1,27 @@
 """Query selection: which pairs to ask annotators about next.
 
-* ``random`` — uniform over the unlabelled pool;
-* ``disagreement`` — the pairs on which a reward-model ensemble disagrees most about
-  the preference, u(a, b) = std_m[ r̂_m(a) − r̂_m(b) ] over members m (query-by-committee,
-  Seung et al. 1992; used for reward learning by Christiano et al. 2017).
+One interface for every domain (driving features, control segments, LM responses): the
+learner's belief is a set of M hypotheses — posterior samples θ_m, or the members of a
+reward ensemble — and ``probs[m, q]`` = P(a_q ≻ b_q | hypothesis m). Every strategy scores
+the Q candidate queries from that matrix (:func:`query_scores`), and :func:`select_queries`
+takes the best k:
+
+* ``random`` — uniform over the candidates;
+* ``info-gain`` — the mutual information between the answer y and the hypothesis,
+  I(y; θ) = H(p̄) − mean_m H(p_m), p̄ = mean_m p_m, H the binary entropy in nats
+  (Bıyık et al. 2019, "Asking easy questions", eq. 4; BALD, Houlsby et al. 2011);
+* ``volume-removal`` — the volume of the belief removed by the worse of the two answers,
+  min(E[1 − P(y = 1 | θ)], E[1 − P(y = 0 | θ)]) = min(1 − p̄, p̄) (Sadigh et al. 2017,
+  "Active preference-based learning of reward functions"). It only sees p̄, so it also likes
+  queries that every hypothesis finds a coin flip (two equal trajectories) — the failure
+  Bıyık et al. point out;
+* ``disagreement`` — std_m p_m, how much the hypotheses disagree about the preference
+  probability (query-by-committee on probabilities).
+
+The LM loop's older rule, ``pair_disagreement`` = std_m[ r̂_m(a) − r̂_m(b) ] on score
+*differences* (Seung et al. 1992; Christiano et al. 2017), is kept below: it grows with
+how far apart the two responses are, not only with how unsure the committee is about
+which is better — see :func:`active_learning_curve` and docs/humans.md.
 
 :func:`active_learning_curve` runs the experiment the loop reports: label a pool of
 pairs batch by batch with each strategy and record reward-model accuracy against the
@@ -29,8 +47,71 @@ from alignkit.data.records import Comparison
 from alignkit.errors import ConfigError
 
 Pair = tuple[str, str, str]
-STRATEGIES = ("random", "disagreement")
+STRATEGIES = ("random", "disagreement", "info-gain")
+QUERY_STRATEGIES = ("random", "info-gain", "volume-removal", "disagreement")
 _WORD = re.compile(r"[a-z']+")
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """H(p) = −p log p − (1 − p) log(1 − p) in nats (0 at p ∈ {0, 1})."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
+    q = np.clip(1.0 - np.asarray(p, dtype=float), 1e-300, 1.0)
+    return -(p * np.log(p) + q * np.log(q))
+
+
+def information_gain(probs: np.ndarray) -> np.ndarray:
+    """I(y; θ) = H(mean_m p_m) − mean_m H(p_m) per query; ``probs`` ``(M, Q)`` → ``(Q,)``."""
+    probs = np.asarray(probs, dtype=float)
+    return binary_entropy(probs.mean(0)) - binary_entropy(probs).mean(0)
+
+
+def volume_removal(probs: np.ndarray) -> np.ndarray:
+    """min(1 − p̄, p̄): the expected belief volume the worse answer removes (Sadigh et al. 2017)."""
+    pbar = np.asarray(probs, dtype=float).mean(0)
+    return np.minimum(pbar, 1.0 - pbar)
+
+
+def probability_disagreement(probs: np.ndarray) -> np.ndarray:
+    """std_m p_m (ddof = 0) per query."""
+    return np.asarray(probs, dtype=float).std(0)
+
+
+def query_scores(strategy: str, probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """How much each of the Q queries is worth under ``strategy`` (higher is better).
+
+    ``random`` scores are i.i.d. uniform (so the top k are a uniform random k-subset).
+    """
+    if strategy == "info-gain":
+        return information_gain(probs)
+    if strategy == "volume-removal":
+        return volume_removal(probs)
+    if strategy == "disagreement":
+        return probability_disagreement(probs)
+    if strategy == "random":
+        return (rng or np.random.default_rng()).random(np.shape(probs)[-1])
+    raise ConfigError(f"query strategy must be one of {QUERY_STRATEGIES}, got {strategy!r}")
+
+
+def select_queries(strategy: str, probs: np.ndarray, k: int, rng: np.random.Generator | None = None) -> list[int]:
+    """Indices of the ``k`` best queries (columns of ``probs``), best first; ties: lower index.
+
+    Greedy top-k: fine for k = 1; for larger batches the chosen queries can be redundant
+    (Bıyık & Sadigh 2018 discuss batch diversity).
+    """
+    s = query_scores(strategy, probs, rng)
+    order = np.lexsort((np.arange(len(s)), -s))
+    return [int(i) for i in order[:k]]
+
+
+def linear_pair_probs(theta_samples: np.ndarray, d: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """``probs[m, q]`` = σ(β θ_m · d_q) for a linear reward: samples ``(M, k)``, ``d`` ``(Q, k)``."""
+    z = beta * (np.asarray(theta_samples) @ np.asarray(d).T)
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def ensemble_pair_probs(scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
+    """``probs[m, q]`` = σ(r̂_m(a_q) − r̂_m(b_q)) for an ensemble's ``(M, Q)`` scores."""
+    return 0.5 * (1.0 + np.tanh(0.5 * (np.asarray(scores_a) - np.asarray(scores_b))))
 
 
 def pair_disagreement(scores_a: np.ndarray, scores_b: np.ndarray) -> np.ndarray:
@@ -132,6 +213,12 @@ def ensemble_disagreement(ensemble: Any, pairs: Sequence[Pair]) -> np.ndarray:
     return pair_disagreement(sa, sb)
 
 
+def _ensemble_probs(ensemble: Any, pairs: Sequence[Pair]) -> np.ndarray:
+    prompts = [p for p, _, _ in pairs]
+    return ensemble_pair_probs(np.asarray(ensemble.score_members(prompts, [a for _, a, _ in pairs])),
+                               np.asarray(ensemble.score_members(prompts, [b for _, _, b in pairs])))
+
+
 def preference_accuracy(ensemble: Any, pairs: Sequence[Pair], gold_prefs: Sequence[int]) -> float:
     """Fraction of pairs where sign(r̂(a) − r̂(b)) matches ``gold_prefs`` (+1: a better, −1: b)."""
     prompts = [p for p, _, _ in pairs]
@@ -162,10 +249,11 @@ def active_learning_curve(
 ) -> list[CurvePoint]:
     """Label ``pool`` batch by batch with ``strategy``; accuracy on the test set after each.
 
-    Both strategies start from the same ``initial`` random labels (same ``seed``). Then,
+    Every strategy starts from the same ``initial`` random labels (same ``seed``). Then,
     until ``budget`` labels: refit a fresh ensemble on all labels so far, choose the next
-    ``batch`` unlabelled pairs (uniformly, or by largest ensemble disagreement), ask
-    ``annotate`` for them.
+    ``batch`` unlabelled pairs (uniformly; by largest score-difference disagreement
+    :func:`pair_disagreement`; or by largest :func:`information_gain` of the members'
+    σ(r̂_m(a) − r̂_m(b))), ask ``annotate`` for them.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"query strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -187,8 +275,12 @@ def active_learning_curve(
         if strategy == "random":
             nxt = select_random(rest, k, rng)
         else:
+            cand = [pool[i] for i in rest]
             u = np.zeros(len(pool))
-            u[rest] = ensemble_disagreement(ens, [pool[i] for i in rest])
+            if strategy == "disagreement":
+                u[rest] = ensemble_disagreement(ens, cand)
+            else:  # info-gain over the members' preference probabilities
+                u[rest] = information_gain(_ensemble_probs(ens, cand))
             nxt = select_max_disagreement(rest, k, u)
         taken.update(nxt)
         labels.extend(annotate([pool[i] for i in nxt]))

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULTS = dict(num_envs=4, num_steps=512, gamma=0.99, learning_rate=3e-4, num_minibatches=8,
                 update_epochs=10, segment_length=25)
 ANNOTATORS = ("boltzmann", "regret", "myopic", "noisy")
-QUERIES = ("random", "disagreement")
+QUERIES = ("random", "disagreement", "info-gain")
 
 
 @dataclass
@@ -72,7 +72,7 @@ class ControlConfig:
     label_noise: float = 0.1
     """Flip probability of the noisy annotator."""
     query: str = "random"
-    """random or disagreement (std over ensemble members of R̂_a − R̂_b)."""
+    """random, disagreement (std over ensemble members of R̂_a − R̂_b) or info-gain (BALD)."""
     query_candidates: int = 10
     """Candidate pairs per wanted label for the disagreement strategy."""
     oracle: bool = False
@@ -80,7 +80,11 @@ class ControlConfig:
     human: bool = False
     """Ask people: clips go to the annotation store as video pairs (needs db)."""
     db: str = ""
-    """Feedback store URL for --human (sqlite:///file.db or postgresql://…)."""
+    """Feedback store URL for --human (a SQLite file path or postgresql://…)."""
+    project: str = "control"
+    """Project in the feedback store that --human clips go to."""
+    human_poll_s: float = 5.0
+    """--human: seconds between looks at the store for new labels."""
     resume: bool = False
     """Continue from the checkpoints in out/."""
     stop_after_iterations: int = 0
@@ -269,7 +273,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     from alignkit.control.reward import LabelledPair, RewardEnsemble
     from alignkit.control.rollout import collect_rollout, episode_advantages, make_envs
     from alignkit.control.segments import Segment, segments_from_rollout
-    from alignkit.feedback.query import pair_disagreement, select_max_disagreement, select_random
+    from alignkit.data.trajectories import save_trajectory_pairs
     from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
     from alignkit.utils.progress import track
 
@@ -294,7 +298,15 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
         ensemble = RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
                                   hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
                                   random_answer_prob=cfg.random_answer_prob, seed=cfg.seed)
-        annotator = make_segment_annotator(cfg, expert=expert)
+        if cfg.human:
+            from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
+            from alignkit.feedback.store import FeedbackStore
+
+            client = VideoPairClient(FeedbackStore(cfg.db), out / "clips")
+            annotator = HumanSegmentAnnotator(client, project=cfg.project, poll_s=cfg.human_poll_s)
+        else:
+            annotator = make_segment_annotator(cfg, expert=expert)
+    records: list[Any] = []  # every label as a TrajectoryPair (frames dropped), saved to labels.jsonl
     reward_scale = None  # oracle: running variance of true rewards (same per-step scale as r̂)
     curve: list[dict[str, float]] = []
     start_it = 0
@@ -307,13 +319,14 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
         if learned:
             ensemble.load_state_dict(st["ensemble"])
             annotator.rng.setstate(st["annotator_rng"])
-            labels = st["labels"]
+            labels, records = st["labels"], st["records"]
     envs = make_envs(cfg.env_id, cfg.num_envs)
     end_it = min(iterations, start_it + cfg.stop_after_iterations) if cfg.stop_after_iterations else iterations
     for it in track(range(start_it, end_it), f"{phase} {cfg.env_id}", total=end_it - start_it):
         for g in optimizer.param_groups:  # linear annealing, as in CleanRL
             g["lr"] = cfg.learning_rate * (1.0 - it / iterations)
-        obs, _ = envs.reset(seed=cfg.seed * 100_003 + it * 1_000)
+        reset_seed = cfg.seed * 100_003 + it * 1_000  # env n gets reset_seed + n
+        obs, _ = envs.reset(seed=reset_seed)
         ro, _ = collect_rollout(envs, agent, obs, cfg.num_steps)
         metrics: dict[str, float] = {}
 
@@ -323,13 +336,18 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
             if want:
                 segs = segments_from_rollout(ro.obs, ro.actions, ro.rewards, ro.next_obs, ro.dones,
                                              cfg.segment_length, meta={"iteration": it})
-                pairs = _choose_pairs(segs, want, cfg, ensemble if labels else None, py_rng,
-                                      pair_disagreement, select_max_disagreement, select_random)
-                records = annotator.label([("", a, b) for a, b in pairs])
-                for rec in records:
-                    if not rec.meta.get("incomparable"):
+                pairs = _choose_pairs(segs, want, cfg, ensemble if labels else None, py_rng)
+                if cfg.human:  # people need to see them: replay the chosen segments with rendering
+                    _render_pairs(cfg, pairs, ro, reset_seed, agent)
+                keys = [f"seed{cfg.seed}-it{it}-q{i}" for i in range(len(pairs))]
+                for rec in annotator.label([(key, a, b) for key, (a, b) in zip(keys, pairs, strict=True)]):
+                    for side in (rec.segment_a, rec.segment_b):
+                        side.pop("frames", None)
+                    records.append(rec)
+                    if not rec.incomparable:
                         labels.append(LabelledPair(Segment.from_dict(rec.segment_a),
                                                    Segment.from_dict(rec.segment_b), rec.mu))
+                save_trajectory_pairs(records, out / "labels.jsonl")
                 if labels:
                     metrics.update(ensemble.fit(labels))
                 metrics["reward/labels"] = float(len(labels))
@@ -392,7 +410,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
         torch.save({"agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(py_rng),
                     "curve": curve, "iteration": it + 1, "reward_scale": reward_scale,
                     **({"ensemble": ensemble.state_dict(), "annotator_rng": annotator.rng.getstate(),
-                        "labels": labels} if learned else {})}, ckpt_path)
+                        "labels": labels, "records": records} if learned else {})}, ckpt_path)
     envs.close()
     return {"agent": agent, "curve": curve, "labels_used": len(labels), "env_steps": iterations * batch,
             "ensemble": ensemble, "finished": end_it == iterations, "labels": labels, "reward_scale": reward_scale}
@@ -409,22 +427,42 @@ def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, fl
     return {"n": n, "mean": float(mean), "var": float(var)}
 
 
-def _choose_pairs(segs, want, cfg, ensemble, rng, pair_disagreement, select_max_disagreement, select_random):
-    """``want`` pairs of distinct segments: uniform, or the most disputed of ``query_candidates``× as many."""
+def _render_pairs(cfg: ControlConfig, pairs: list, ro: Any, reset_seed: int, agent: Any) -> None:
+    """Give each chosen segment its frames by replaying its env from the iteration's reset."""
+    from alignkit.control.clips import replay_frames
+
+    env_actions = agent.env_action(torch.as_tensor(ro.actions))
+    for seg in {id(s): s for pair in pairs for s in pair}.values():
+        n, t0 = seg.meta["env_index"], seg.meta["t0"]
+        seg.frames = replay_frames(cfg.env_id, reset_seed + n, env_actions[:, n], ro.dones[:, n], t0, len(seg),
+                                   obs=seg.obs)
+
+
+def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng: random.Random) -> list:
+    """``want`` pairs of distinct segments, through :mod:`alignkit.feedback.query`: uniform
+    (``random``), or the best of ``query_candidates``× as many random candidates by ensemble
+    disagreement (std_m of R̂_m(a) − R̂_m(b)) or information gain (BALD over the members'
+    σ(R̂_m(a) − R̂_m(b)))."""
+    from alignkit.feedback import query
+
     if len(segs) < 2:
         raise ConfigError(f"--env {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
                           f"(lower segment_length or raise num_steps)")
-    n_cand = want * (cfg.query_candidates if cfg.query == "disagreement" and ensemble is not None else 1)
+    active = cfg.query != "random" and ensemble is not None  # the first batch has no model yet
     cand = []
-    for _ in range(n_cand):
+    for _ in range(want * (cfg.query_candidates if active else 1)):
         i, j = rng.sample(range(len(segs)), 2)
         cand.append((segs[i], segs[j]))
-    if cfg.query == "disagreement" and ensemble is not None:
-        ra = ensemble.member_segment_returns([a for a, _ in cand])
-        rb = ensemble.member_segment_returns([b for _, b in cand])
-        chosen = select_max_disagreement(range(len(cand)), want, pair_disagreement(ra, rb))
+    if not active:
+        return [cand[i] for i in query.select_random(range(len(cand)), want, rng)]
+    ra = ensemble.member_segment_returns([a for a, _ in cand])
+    rb = ensemble.member_segment_returns([b for _, b in cand])
+    if cfg.query == "disagreement":
+        chosen = query.select_max_disagreement(range(len(cand)), want, query.pair_disagreement(ra, rb))
     else:
-        chosen = select_random(range(len(cand)), want, rng)
+        if not hasattr(query, "ensemble_pair_probs"):
+            raise ConfigError("--query info-gain: this alignkit's feedback.query has no information gain yet")
+        chosen = query.select_queries("info-gain", query.ensemble_pair_probs(ra, rb), want)
     return [cand[i] for i in chosen]
 
 
