@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
 from _fair import machine_meta  # noqa: E402
+
 THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
 PROMPTS = [
     "Human: How do I bake bread? Assistant:",
