@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.models.pairs import PAIR_LAYOUTS as LAYOUTS
-from alignkit.models.pairs import collate_pairs, pair_logps, tokenize_pair
 
 LOSSES = ("dpo", "ipo", "cdpo", "normalized")
+"""The objectives ``loss`` picks from (one pure function each in :mod:`alignkit.losses.dpo`)."""
 RANKINGS = ("plackett_luce", "pairs")
 
 
@@ -162,6 +161,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     )
     from alignkit.losses.preference import ranking_rows
     from alignkit.models.groups import group_logps, tokenize_group
+    from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
     from alignkit.recipes._common import (
         NullLogger,
         adamw,
@@ -185,8 +185,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     # --- setup ------------------------------------------------------------------------
     if cfg.loss not in LOSSES:
         raise ConfigError(f"loss: expected one of {LOSSES}, got {cfg.loss!r}")
-    if cfg.pair_layout not in LAYOUTS:
-        raise ConfigError(f"pair_layout: expected one of {LAYOUTS}, got {cfg.pair_layout!r}")
+    if cfg.pair_layout not in PAIR_LAYOUTS:
+        raise ConfigError(f"pair_layout: expected one of {PAIR_LAYOUTS}, got {cfg.pair_layout!r}")
     if cfg.beta <= 0:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)

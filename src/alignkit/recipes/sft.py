@@ -99,6 +99,8 @@ def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
         from alignkit.data import render_messages
 
         return (render_messages(msgs[:-1]) + "\n" if len(msgs) > 1 else ""), msgs[-1]["content"]
+    if row.get("kind") == "correction" and isinstance(row.get("edited"), str):
+        return row.get("prompt", ""), row["edited"]  # an alignkit correction trains its edit
     for key in ("completion", "response", "chosen"):
         if key in row:
             prompt, completion = row.get("prompt", ""), row[key]
