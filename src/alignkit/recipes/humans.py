@@ -243,6 +243,16 @@ def labels_to_cosine(curve: list[float], target: float) -> int | None:
     return None
 
 
+def labels_to_stay(curve: list[float], target: float) -> int | None:
+    """The smallest n with curve[m] ≥ target for every m ≥ n (None if the last point is below)."""
+    n = None
+    for i in range(len(curve) - 1, -1, -1):
+        if curve[i] < target:
+            break
+        n = i
+    return n
+
+
 def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
     from alignkit.utils.progress import track
 
@@ -257,10 +267,16 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
     # censored seeds (never reached) count as budget + 1 in the paired comparison, and are listed
     cap = cfg.max_labels + 1
     out: dict[str, Any] = {"label_efficiency": needed, "censored_as": cap, "curves": {}, "vs_random": {}}
+    from scipy.stats import t as student_t
+
     for s, cs in curves.items():
         arr = np.array(cs)
-        out["curves"][s] = {"mean": arr.mean(0).tolist(), "lo": np.quantile(arr, 0.1, 0).tolist(),
-                            "hi": np.quantile(arr, 0.9, 0).tolist()} if len(cs) else {}
+        half = (student_t.ppf(0.975, len(cs) - 1) * arr.std(0, ddof=1) / math.sqrt(len(cs))
+                if len(cs) > 1 else np.zeros(arr.shape[1]))
+        out["curves"][s] = {"mean": arr.mean(0).tolist(), "lo": (arr.mean(0) - half).tolist(),
+                            "hi": (arr.mean(0) + half).tolist()} if len(cs) else {}
+    # a stricter reading: the label count after which the curve stays ≥ target to the budget
+    out["labels_to_stay"] = {s: [labels_to_stay(c, cfg.target_cosine) for c in cs] for s, cs in curves.items()}
     if "random" in needed:
         base = [cap if n is None else n for n in needed["random"]]
         for s in cfg.strategies:
@@ -269,11 +285,15 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
             mine = [cap if n is None else n for n in needed[s]]
             diff = [r - m for r, m in zip(base, mine, strict=True)]
             ci = _ci95(diff)
+            stay_b = [cap if n is None else n for n in out["labels_to_stay"]["random"]]
+            stay_m = [cap if n is None else n for n in out["labels_to_stay"][s]]
             out["vs_random"][s] = {
                 "labels_saved_per_seed": diff, "labels_saved": ci,
                 "fewer_labels_fraction": 1.0 - statistics.fmean(mine) / statistics.fmean(base),
                 "ci_excludes_0": bool(ci["lo"] > 0 or ci["hi"] < 0),
                 "mean_labels": statistics.fmean(mine), "random_mean_labels": statistics.fmean(base),
+                "stay_labels_saved": _ci95([r - m for r, m in zip(stay_b, stay_m, strict=True)]),
+                "stay_mean_labels": statistics.fmean(stay_m), "stay_random_mean_labels": statistics.fmean(stay_b),
             }
     return out
 
