@@ -304,6 +304,16 @@ more labels than random here; ``info-gain`` scores the members' preference proba
 instead — docs/humans.md has the measured diagnosis (10 seeds)."""
 
 
+AL_NOTE = (
+    "Why disagreement can need more labels than random here: its score, the std over members of "
+    "r̂_m(a) − r̂_m(b), grows with how far apart two responses are even when every member ranks them "
+    "the same way, and after a 20-label start the bootstrap spread is mostly noise. Info-gain scores the "
+    "members' preference probabilities instead. Replayed on 10 seeds (benchmarks/lm_query_diagnosis.py): "
+    "disagreement 114 labels vs random 80 (paired +34, 95 % CI [+11.6, +56.4]), info-gain 86 "
+    "(+6 [-13.1, +25.1]) and the highest accuracy at the full budget; docs/humans.md has the diagnosis."
+)
+
+
 def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
     """Random vs disagreement queries on pairs of base samples (bag-of-words BT ensemble)."""
     import random
@@ -420,7 +430,7 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
                        "noise": cfg.annotator.noise, "biased_fraction": cfg.annotator.biased_fraction,
                        "agreement": agreement},
         "active_learning": {"target_accuracy": target, "model": "bag-of-words Bradley–Terry ensemble (5 members)",
-                            "strategies": strategies},
+                            "strategies": strategies, "note": AL_NOTE},
         "per_seed": [{k: v for k, v in s.items() if k != "rm"} | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"}}
                      for s in per_seed],
     }
