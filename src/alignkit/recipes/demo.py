@@ -1,6 +1,6 @@
 """Recipe: ``alignkit demo`` — the embedded task end to end, with a report.
 
-    alignkit demo [--out runs/demo] [--seeds 0,1,2] [--quick]
+    alignkit demo (alignkit.cli.loop), with a DemoConfig (quick = tiny sizes)
 
 Reads top to bottom. Once: build (or reuse) the base policy, a tiny GPT-2 pre-trained on
 the task's corpus, and sample the base policy's evaluation responses. Then per seed:
@@ -40,7 +40,7 @@ from alignkit.recipes.reward import RewardConfig
 
 @dataclass
 class DemoConfig:
-    """Configuration of ``alignkit demo`` (``--quick`` shrinks every size). The sub-recipes'
+    """Configuration of ``alignkit demo`` (``quick`` shrinks every size). The sub-recipes'
     configs are nested (``ppo.kl_coef``, ``reward.epochs``, ``annotator.beta`` ...)."""
 
     out: str = "runs/demo"
@@ -501,7 +501,7 @@ def _json_default(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# `alignkit demo --task hh`: the real-data variant
+# `alignkit demo hh`: the real-data variant
 # ---------------------------------------------------------------------------
 
 HH_FILE = "hh_harmless_dev.jsonl.gz"
@@ -520,13 +520,13 @@ def find_hh_data(path: str | None = None) -> Path:
         if c.exists():
             return c
     raise ConfigError(
-        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); pass --data FILE"
+        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); set data to the file"
     )
 
 
 @dataclass
 class HHDemoConfig:
-    """Configuration of ``alignkit demo --task hh``."""
+    """Configuration of ``alignkit demo hh``."""
 
     out: str = "runs/demo_hh"
     """Output directory: rm/, summary.json, report.html, calibration.png."""
@@ -597,7 +597,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="alignkit demo --task hh — reward model on held-out HH harmless pairs")
+        t = Table(title="alignkit demo hh — reward model on held-out HH harmless pairs")
         for col in ("train pairs", "held-out pairs", "accuracy", "ECE", "longer-wins baseline"):
             t.add_column(col, justify="right")
         rm_s = summary["reward_model"]
