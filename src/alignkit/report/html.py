@@ -171,6 +171,8 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
         parts.append(f"<p>Target accuracy {al['target_accuracy']:.3f} on gold preferences "
                      f"({html.escape(al.get('model', ''))}).</p>")
         parts.append(_table(["strategy", "labels to reach target", "final accuracy"], rows, "active-learning"))
+        if al.get("note"):
+            parts.append(f"<p>{html.escape(al['note'])}</p>")
     if "reward_model" in s:
         rm = s["reward_model"]
         parts.append("<h2>Reward model</h2>")
