@@ -178,8 +178,55 @@ class Distributed:
         out = self.accelerator.prepare(*objs, device_placement=[False] * len(objs))
         return out if len(objs) > 1 else (out,)
 
+    def call(self, model, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` — a method of the model other than ``forward``, such as
+        ``RewardModel.forward_comparisons`` — run *through* the prepared model's forward:
+        DDP only synchronises gradients of work that went through its forward (and FSDP
+        gathers parameters there). The module's ``forward`` is shadowed for this one call;
+        the launch config's autocast (bf16) applies as it does to ``forward``."""
+        module = self.unwrap(model)
+        if module is model:  # one process, no engine: nothing to go through
+            with self.accelerator.autocast():
+                return fn(*args, **kwargs)
+        saved = module.__dict__.get("forward")
+        module.forward = fn
+        try:
+            with self.accelerator.autocast():
+                return model(*args, **kwargs)
+        finally:
+            if saved is None:
+                del module.forward
+            else:
+                module.forward = saved
+
+    def autocast(self):
+        """The launch config's mixed-precision context (a no-op without one), for forward
+        passes outside the prepared model (reference log-probs, evaluation)."""
+        return self.accelerator.autocast()
+
     def backward(self, loss) -> None:
         self.accelerator.backward(loss)
+
+    def step(self, model, optimizer, idx: Sequence[int], loss_fn, max_grad_norm: float = 0.0):
+        """One optimiser step on the global batch ``idx``: for each of this rank's parts,
+        ``loss, metrics = loss_fn(part_idx)`` (a *mean* over the part), backward of
+        ``weight · loss``, gradients synchronised after the last part; then clip, step, zero.
+
+        ``model`` is the prepared model (its parameters are the ones to clip: FSDP replaces
+        them). Returns the global batch's metrics (weighted means over all ranks) and the
+        gradient norm before clipping. A non-finite loss is the caller's to check, on the
+        returned (global) metrics: raising on one rank would leave the others waiting."""
+        weighted: dict[str, float] = {}
+        for part in self.parts(idx):
+            with self.sync(model, part.last):
+                loss, metrics = loss_fn(part.idx)
+                self.backward(loss * part.weight)
+            for k, v in metrics.items():  # padding counts for nothing (its metrics may be NaN)
+                weighted[k] = weighted.get(k, 0.0) + (part.weight * float(v) if part.weight else 0.0)
+        grad_norm = self.clip_grad_norm([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return self.mean_metrics(weighted), grad_norm
 
     @contextlib.contextmanager
     def sync(self, model, last: bool) -> Iterator[None]:
@@ -199,7 +246,13 @@ class Distributed:
         return torch.tensor(float("nan")) if norm is None else norm
 
     def unwrap(self, model):
-        return self.accelerator.unwrap_model(model)
+        """The module inside a prepared model."""
+        if self.is_sharded:
+            return self.accelerator.unwrap_model(model)
+        # DDP by hand: accelerate's unwrap imports DeepSpeed (when installed) to check for it
+        from torch.nn.parallel import DistributedDataParallel
+
+        return model.module if isinstance(model, DistributedDataParallel) else model
 
     def full_state_dict(self, model) -> dict[str, Any]:
         """The whole model's state dict (gathered under FSDP / ZeRO-3: every rank must call)."""
