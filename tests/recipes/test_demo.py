@@ -47,7 +47,7 @@ def test_quick_demo_writes_report_and_summary(quick_demo, capsys):
     assert [r["round"] for r in s["rounds"]] == [1, 2]
     assert 0.0 <= s["reward_model"]["heldout_accuracy"] <= 1.0
     al = s["active_learning"]["strategies"]
-    assert set(al) == {"random", "disagreement"}
+    assert set(al) == {"random", "disagreement", "info-gain"}
     assert all("labels_needed" in v for v in al.values())
     html = (out / "report.html").read_text()
     assert 'id="method-table"' in html and html.count("data:image/png;base64,") == len(PNGS)

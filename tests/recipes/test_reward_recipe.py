@@ -2,7 +2,9 @@
 epoch, resumes exactly, trains ensembles and per-group models, fails cleanly on bad data."""
 
 import json
+import math
 import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -118,7 +120,9 @@ def test_ensemble_rankings_and_ratings(tiny_lm_dir, tmp_path):
     res = train_reward(
         _cfg(tiny_lm_dir, tmp_path / "ens", epochs=1, ensemble=2, ratings_to_pairs=True), records
     )
-    assert res.metrics["data/train_pairs"] + res.metrics["data/eval_pairs"] == 40 + 3 + 1
+    # the ranking trains whole (Plackett–Luce) or, held out, is scored as its 3 pairs
+    m = res.metrics
+    assert m["data/train_pairs"] + m["data/eval_pairs"] + 3 * m["data/train_rankings"] == 40 + 3 + 1
     rm = load_reward_model(res.out_dir)
     assert isinstance(rm, RewardEnsemble) and len(rm) == 2
     assert (res.out_dir / "member_1" / "alignkit_reward.json").exists()
@@ -216,3 +220,79 @@ def test_hh_harmless_minilm_beats_baselines(tmp_path):
     assert m["eval/ece"] <= 0.1
     assert m["eval/accuracy"] > m["baseline/longer_wins_accuracy"] + 0.05
     assert m["eval/accuracy"] > m["baseline/untrained_accuracy"] + 0.05
+
+
+def test_rankings_train_with_plackett_luce_or_as_pairs(tiny_lm_dir, tmp_path):
+    """K = 2 rankings in one batch train exactly the model the same comparisons train;
+    K = 3 rankings log loss/pl by default and only loss/bt with rankings=pairs."""
+    comps = _pairs(8)
+    common = dict(epochs=2, batch_size=8, eval_fraction=0.0, pair_layout="full", log_every=1)
+    bt = train_reward(_cfg(tiny_lm_dir, tmp_path / "bt", **common), comps)
+    pl = train_reward(_cfg(tiny_lm_dir, tmp_path / "pl", **common),
+                      [Ranking(c.prompt, [c.a, c.b], [0, 1]) for c in comps])
+    assert pl.metrics["data/train_rankings"] == 8 and pl.metrics["data/train_pairs"] == 0
+    probe = (["Q1:", "Q1:", "Q9:"], [" good", " bad bad", " good bad"])
+    r_bt, r_pl = load_reward_model(bt.out_dir).score(*probe), load_reward_model(pl.out_dir).score(*probe)
+    # compared up to a constant: both losses see only differences, so the head's bias gets a
+    # float-noise gradient that Adam scales up to ~lr-sized, path-dependent shifts
+    assert torch.allclose(r_bt - r_bt.mean(), r_pl - r_pl.mean(), atol=1e-4)
+    rows = read_metrics(pl.out_dir / "metrics.jsonl")
+    assert [r["loss/pl"] for r in rows if "loss/pl" in r] == pytest.approx(
+        [r["loss/bt"] for r in read_metrics(bt.out_dir / "metrics.jsonl") if "loss/bt" in r], abs=1e-5)
+
+    k3 = [Ranking(f"R{i}:", [" bad", " good", " good good"], [2, 1, 0]) for i in range(6)] + _pairs(6)
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "k3", epochs=1, batch_size=4, eval_fraction=0.0), k3)
+    keys = set().union(*read_metrics(res.out_dir / "metrics.jsonl"))
+    assert {"loss/pl", "loss/bt", "reward/top1_accuracy"} <= keys
+    res = train_reward(_cfg(tiny_lm_dir, tmp_path / "k3p", epochs=1, batch_size=4, eval_fraction=0.0,
+                            rankings="pairs"), k3)
+    keys = set().union(*read_metrics(res.out_dir / "metrics.jsonl"))
+    assert "loss/pl" not in keys and res.metrics["data/train_pairs"] == 6 * 3 + 6
+    with pytest.raises(ConfigError, match="rankings"):
+        train_reward(_cfg(tiny_lm_dir, tmp_path / "bad", rankings="lists"), k3)
+
+
+def _linear_rankings(n, seed, theta):
+    """K = 3 rankings of word-bag responses, sampled exactly from Plackett–Luce(r*) with the
+    linear reward r*(y) = Σ_w count_w(y)·θ_w (sort r* + Gumbel noise)."""
+    rng = random.Random(seed)
+    words = list(theta)
+    out = []
+    for i in range(n):
+        ys = [" " + " ".join(rng.choices(words, k=rng.randint(2, 5))) for _ in range(3)]
+        keys = [sum(theta[w] for w in y.split()) - math.log(-math.log(rng.random())) for y in ys]
+        out.append(Ranking(f"Q{i}:", ys, sorted(range(3), key=lambda k: -keys[k])))
+    return out
+
+
+@pytest.mark.slow
+def test_plackett_luce_recipe_recovers_linear_reward_at_least_as_well_as_pairs(tiny_lm_dir, tmp_path):
+    """The trainer on K = 3 rankings with a known linear reward (tiny GPT-2 backbone): Spearman
+    correlation of r̂ with r* on 300 fresh responses, Plackett–Luce vs the pairwise
+    decomposition on the same rankings, same seeds; paired difference over 5 seeds, 95 % t-CI.
+    Measured (shared 2-core CPU, ~100 s): PL 0.896/0.933/0.943/0.934/0.926, pairs
+    0.942/0.910/0.931/0.924/0.915; difference +0.0019 ± 0.0337 — no detectable difference at
+    this size, so this asserts non-inferiority (the CI reaches above 0, mean > −0.01)."""
+    theta = {"good": 1.0, "fine": 0.5, "okay": 0.0, "meh": -0.5, "bad": -1.0}
+    rng = random.Random(99)
+    fresh = [" " + " ".join(rng.choices(list(theta), k=rng.randint(2, 5))) for _ in range(300)]
+    truth = torch.tensor([sum(theta[w] for w in y.split()) for y in fresh])
+
+    def spearman(x, y):
+        rx, ry = x.argsort().argsort().double(), y.argsort().argsort().double()
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        return (rx @ ry / (rx.norm() * ry.norm())).item()
+
+    diffs, scores = [], {"plackett_luce": [], "pairs": []}
+    for seed in range(5):
+        data = _linear_rankings(150, seed, theta)
+        for mode in ("plackett_luce", "pairs"):
+            res = train_reward(_cfg(tiny_lm_dir, tmp_path / f"{mode}{seed}", epochs=3, lr=1e-3, batch_size=16,
+                                    eval_fraction=0.0, seed=seed, rankings=mode), data)
+            scores[mode].append(spearman(load_reward_model(res.out_dir).score(["Q:"] * len(fresh), fresh), truth))
+        diffs.append(scores["plackett_luce"][-1] - scores["pairs"][-1])
+    mean = sum(diffs) / len(diffs)
+    half = 2.776 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    print(f"spearman PL {scores['plackett_luce']} pairs {scores['pairs']} diff {mean:.4f} ± {half:.4f}")
+    assert min(scores["plackett_luce"]) > 0.8  # it does recover r*
+    assert mean + half > 0 and mean > -0.01  # PL not worse than the pairs on the same data

@@ -72,7 +72,7 @@ def test_active_learning_curve_shapes_and_strategies():
     prefs = [1 if _word_reward([p], [a])[0] > _word_reward([p], [b])[0] else -1 for p, a, b in test]
     ann = BoltzmannAnnotator(_word_reward, beta=3.0, seed=0)
     curves = {}
-    for s in ("random", "disagreement"):
+    for s in ("random", "disagreement", "info-gain"):
         curves[s] = active_learning_curve(
             pool, ann.label, test, prefs, strategy=s,
             make_ensemble=lambda: BowRewardEnsemble(words, n_members=4, seed=1),
@@ -89,3 +89,26 @@ def test_labels_to_reach():
     assert labels_to_reach(curve, 0.8) == 20
     assert labels_to_reach(curve, 0.85) == 40
     assert labels_to_reach(curve, 0.95) is None
+
+
+def test_info_gain_avoids_pairs_the_ensemble_agrees_on_however_far_apart():
+    """Score-difference disagreement grows with |Δ| even when every member agrees on the sign;
+    information gain does not: members (Δ = 10, 14) vs (Δ = 0.5, −0.5)."""
+    from alignkit.feedback.query import ensemble_pair_probs, information_gain
+
+    sa = np.array([[10.0, 0.5], [14.0, -0.5]])
+    sb = np.zeros((2, 2))
+    assert pair_disagreement(sa, sb).tolist() == [2.0, 0.5]       # prefers the easy, far-apart pair
+    ig = information_gain(ensemble_pair_probs(sa, sb))
+    assert ig[1] > 100 * ig[0]                                   # info-gain prefers the contested one
+
+
+def test_lm_loop_choose_queries_info_gain():
+    from alignkit.recipes.loop import choose_queries
+
+    labels = [Comparison("p", "good day", "bad day", mu=1.0), Comparison("p", "bad one", "good one", mu=0.0)] * 5
+    pool = [("p", "good", "bad"), ("p", "fine", "meh"), ("p", "ok day", "ok one")]
+    picked = choose_queries(pool, 2, "info-gain", labels, seed=0)
+    assert len(picked) == 2 and set(picked) <= set(pool)
+    with pytest.raises(ConfigError):
+        choose_queries(pool, 2, "greedy", labels, seed=0)

@@ -32,6 +32,7 @@ __all__ = [
     "LoadResult",
     "detect_container",
     "detect_format",
+    "load_prompts",
     "load_records",
     "read_rows",
     "save_records",
@@ -265,6 +266,51 @@ def load_records(
         n_rows=n_rows,
         kinds=kinds,
     )
+
+
+def load_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts, in file order (repeats kept), from the one prompts reader every command uses.
+
+    A ``.txt`` file holds one prompt per non-blank line. Anything else is a container
+    :func:`read_rows` reads (JSONL, ``.jsonl.gz``, Parquet, an HF dataset directory) whose
+    rows give a ``prompt`` string, or are records in any of :data:`FORMATS` (an HH
+    transcript, an implicit-prompt TRL row, ...) whose prompt is taken. Errors name the file,
+    the line and the field.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError("prompts file not found", path=str(p))
+    prompts: list[str] = []
+    if p.suffix == ".txt":
+        with open(p, encoding="utf-8-sig") as f:
+            prompts = [line.rstrip("\r\n") for line in f if line.strip()]
+    else:
+        try:
+            for line, row in read_rows(p):
+                prompts.append(_row_prompt(row, p, line))
+        except DataError as e:
+            if e.line == 1 and "invalid JSON" in e.reason and p.suffix not in (".jsonl", ".json", ".gz"):
+                raise DataError(f"{e.reason}; a plain-text prompts file (one a line) must end in .txt",
+                                path=str(p), line=1) from None
+            raise
+    if not prompts:
+        raise DataError("no prompts (the file is empty)", path=str(p))
+    return prompts
+
+
+def _row_prompt(row: Any, p: Path, line: int) -> str:
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=str(p), line=line)
+    if isinstance(row.get("prompt"), str):
+        return row["prompt"]
+    if "kind" in row or "chosen" in row or "rejected" in row:
+        try:
+            prompt = getattr(row_to_record(row, detect_row_format(row)), "prompt", None)
+        except DataError as e:
+            raise DataError(e.reason, path=str(p), line=line, field=e.field) from None
+        if isinstance(prompt, str):
+            return prompt
+    raise DataError("missing or not a string (expected the prompt text)", path=str(p), line=line, field="prompt")
 
 
 # ------------------------------------------------------------------------ save

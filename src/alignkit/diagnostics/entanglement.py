@@ -203,13 +203,17 @@ def probe_metrics(
     ``chosen_logps``/``rejected_logps`` ``(P,)`` of the probe pairs under the current
     policy, with their graph. Returns ``(metrics, now)`` where ``now`` = the detached
     log-probs ``(2, P)`` to pass back as ``previous`` (and, the first time, as ``start``).
-    Metrics: the predicted-case shares, cosine and norms of :func:`entanglement_metrics`;
+    Metrics: the predicted-case shares (for ``update``; with another update than plain DPO
+    also plain DPO's, ``dpo_case1..3``), cosine and norms of :func:`entanglement_metrics`;
     the measured mean log-probs ``{prefix}/logp_chosen``, ``{prefix}/logp_rejected``; their
     change since ``start`` (``dlogp_chosen``/``dlogp_rejected``); and the shares of the
     *measured* cases since ``previous`` (``measured_case1..4``, :func:`measured_cases`).
     """
     stats = pair_gradient_stats(chosen_logps, rejected_logps, params)
     metrics = entanglement_metrics(stats, update, prefix)
+    if update != "dpo":  # the same geometry read with plain DPO's table, for comparison
+        shares = case_shares(entanglement_cases(stats, "dpo"))
+        metrics |= {f"{prefix}/dpo_case{k}": shares[k] for k in (1, 2, 3)}
     now = torch.stack([chosen_logps.detach(), rejected_logps.detach()]).double()
     metrics[f"{prefix}/logp_chosen"] = float(now[0].mean())
     metrics[f"{prefix}/logp_rejected"] = float(now[1].mean())

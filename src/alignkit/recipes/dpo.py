@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.models.pairs import PAIR_LAYOUTS as LAYOUTS
-from alignkit.models.pairs import collate_pairs, pair_logps, tokenize_pair
 
 LOSSES = ("dpo", "ipo", "cdpo", "normalized")
+"""The objectives ``loss`` picks from (one pure function each in :mod:`alignkit.losses.dpo`)."""
 RANKINGS = ("plackett_luce", "pairs")
 
 
@@ -162,11 +161,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     )
     from alignkit.losses.preference import ranking_rows
     from alignkit.models.groups import group_logps, tokenize_group
+    from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
     from alignkit.recipes._common import (
         NullLogger,
         adamw,
         batches,
         disable_dropout,
+        format_completion,
         format_prompt,
         load_checkpoint,
         load_policy,
@@ -184,8 +185,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     # --- setup ------------------------------------------------------------------------
     if cfg.loss not in LOSSES:
         raise ConfigError(f"loss: expected one of {LOSSES}, got {cfg.loss!r}")
-    if cfg.pair_layout not in LAYOUTS:
-        raise ConfigError(f"pair_layout: expected one of {LAYOUTS}, got {cfg.pair_layout!r}")
+    if cfg.pair_layout not in PAIR_LAYOUTS:
+        raise ConfigError(f"pair_layout: expected one of {PAIR_LAYOUTS}, got {cfg.pair_layout!r}")
     if cfg.beta <= 0:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)
@@ -200,10 +201,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
     disable_dropout(model)
-    pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, cfg.use_chat_template), c.a, c.b, cfg.max_length)
+    chat = cfg.use_chat_template
+    pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, chat, c.meta), format_completion(tok, c.a, chat),
+                           format_completion(tok, c.b, chat), cfg.max_length)
              for c in comps]
     mu = torch.tensor([c.mu for c in comps])
-    groups = [tokenize_group(tok, format_prompt(tok, r.prompt, cfg.use_chat_template), r.responses, cfg.max_length)
+    groups = [tokenize_group(tok, format_prompt(tok, r.prompt, chat, r.meta),
+                             [format_completion(tok, x, chat) for x in r.responses], cfg.max_length)
               for r in rankings]
 
     def pair_batch(idx):

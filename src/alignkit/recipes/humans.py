@@ -155,19 +155,22 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
     raise ValueError(f"unknown annotator model {kind!r}")
 
 
-def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cfg: HumansConfig) -> np.ndarray:
-    """θ̂ (the posterior mode) under learner model ``kind``."""
+def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cfg: HumansConfig,
+                beta: float | None = None) -> np.ndarray:
+    """θ̂ (the posterior mode) under learner model ``kind``, assuming rationality ``beta``
+    (default ``cfg.beta``)."""
     from alignkit.feedback.posterior import fit_laplace, fit_map
     from alignkit.tasks import driving
 
+    beta = cfg.beta if beta is None else beta
     a = np.array([x[0] for x in labels])
     b = np.array([x[1] for x in labels])
     mu = np.array([x[2] for x in labels])
-    boltz = fit_laplace(st.phi[a] - st.phi[b], mu, beta=cfg.beta, prior_var=cfg.prior_var).mean
+    boltz = fit_laplace(st.phi[a] - st.phi[b], mu, beta=beta, prior_var=cfg.prior_var).mean
     if kind == "boltzmann":
         return boltz
     if kind == "regret":
-        f = driving.regret_log_lik_fn(st.phi, st.pool.scenario, a, b, mu, cfg.beta)
+        f = driving.regret_log_lik_fn(st.phi, st.pool.scenario, a, b, mu, beta)
         return fit_map(f, st.phi.shape[1], prior_var=cfg.prior_var, x0=boltz)
     raise ValueError(f"unknown learner model {kind!r}")
 
@@ -240,6 +243,16 @@ def labels_to_cosine(curve: list[float], target: float) -> int | None:
     return None
 
 
+def labels_to_stay(curve: list[float], target: float) -> int | None:
+    """The smallest n with curve[m] ≥ target for every m ≥ n (None if the last point is below)."""
+    n = None
+    for i in range(len(curve) - 1, -1, -1):
+        if curve[i] < target:
+            break
+        n = i
+    return n
+
+
 def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
     from alignkit.utils.progress import track
 
@@ -254,10 +267,16 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
     # censored seeds (never reached) count as budget + 1 in the paired comparison, and are listed
     cap = cfg.max_labels + 1
     out: dict[str, Any] = {"label_efficiency": needed, "censored_as": cap, "curves": {}, "vs_random": {}}
+    from scipy.stats import t as student_t
+
     for s, cs in curves.items():
         arr = np.array(cs)
-        out["curves"][s] = {"mean": arr.mean(0).tolist(), "lo": np.quantile(arr, 0.1, 0).tolist(),
-                            "hi": np.quantile(arr, 0.9, 0).tolist()} if len(cs) else {}
+        half = (student_t.ppf(0.975, len(cs) - 1) * arr.std(0, ddof=1) / math.sqrt(len(cs))
+                if len(cs) > 1 else np.zeros(arr.shape[1]))
+        out["curves"][s] = {"mean": arr.mean(0).tolist(), "lo": (arr.mean(0) - half).tolist(),
+                            "hi": (arr.mean(0) + half).tolist()} if len(cs) else {}
+    # a stricter reading: the label count after which the curve stays ≥ target to the budget
+    out["labels_to_stay"] = {s: [labels_to_stay(c, cfg.target_cosine) for c in cs] for s, cs in curves.items()}
     if "random" in needed:
         base = [cap if n is None else n for n in needed["random"]]
         for s in cfg.strategies:
@@ -266,11 +285,15 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
             mine = [cap if n is None else n for n in needed[s]]
             diff = [r - m for r, m in zip(base, mine, strict=True)]
             ci = _ci95(diff)
+            stay_b = [cap if n is None else n for n in out["labels_to_stay"]["random"]]
+            stay_m = [cap if n is None else n for n in out["labels_to_stay"][s]]
             out["vs_random"][s] = {
                 "labels_saved_per_seed": diff, "labels_saved": ci,
                 "fewer_labels_fraction": 1.0 - statistics.fmean(mine) / statistics.fmean(base),
                 "ci_excludes_0": bool(ci["lo"] > 0 or ci["hi"] < 0),
                 "mean_labels": statistics.fmean(mine), "random_mean_labels": statistics.fmean(base),
+                "stay_labels_saved": _ci95([r - m for r, m in zip(stay_b, stay_m, strict=True)]),
+                "stay_mean_labels": statistics.fmean(stay_m), "stay_random_mean_labels": statistics.fmean(stay_b),
             }
     return out
 
@@ -281,7 +304,7 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
 
 
 def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, ...], seed: int,
-          **ann_kwargs: Any) -> dict[str, dict[str, float]]:
+          learner_beta: float | None = None, **ann_kwargs: Any) -> dict[str, dict[str, float]]:
     from alignkit.tasks import driving
 
     rng = np.random.default_rng(seed + 777)
@@ -291,7 +314,7 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
     labels = ann.label([(None, int(a), int(b)) for a, b in pairs])
     out = {}
     for learner in learners:
-        th = fit_learner(learner, st, labels, cfg)
+        th = fit_learner(learner, st, labels, cfg, beta=learner_beta)
         u_hat = learner_utility(learner, st, th)
         out[learner] = {
             "angle_deg": driving.angle_deg(th, st.theta),
@@ -323,15 +346,25 @@ def run_stability(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
     curves: dict[str, list[dict[str, Any]]] = {"log2_beta_ratio": [], "myopic_gamma": []}
     jobs = [("log2_beta_ratio", x) for x in cfg.stability_log2_beta] + [("myopic_gamma", g) for g in cfg.stability_gamma]
     for kind, x in track(jobs, description="stability"):
-        angles, regrets = [], []
+        angles, regrets, matched, gap = [], [], [], []
         for seed in cfg.seeds:
             if kind == "log2_beta_ratio":
-                cell = _cell(st, cfg, "boltzmann", ("boltzmann",), seed, beta=cfg.beta * 2.0**x)
+                beta_a = cfg.beta * 2.0**x
+                cell = _cell(st, cfg, "boltzmann", ("boltzmann",), seed, beta=beta_a)
+                # the control arm: the same labels, a learner that knows the annotator's β — what is
+                # lost to β itself (less rational = less informative) rather than to the mismatch
+                ok = _cell(st, cfg, "boltzmann", ("boltzmann",), seed, learner_beta=beta_a, beta=beta_a)
+                matched.append(ok["boltzmann"]["angle_deg"])
+                gap.append(cell["boltzmann"]["angle_deg"] - ok["boltzmann"]["angle_deg"])
             else:
                 cell = _cell(st, cfg, "myopic", ("boltzmann",), seed, gamma=x)
             angles.append(cell["boltzmann"]["angle_deg"])
             regrets.append(cell["boltzmann"]["policy_regret"])
-        curves[kind].append({"x": x, "angle_deg": _ci95(angles), "policy_regret": _ci95(regrets)})
+        pt = {"x": x, "angle_deg": _ci95(angles), "policy_regret": _ci95(regrets)}
+        if matched:
+            pt["angle_deg_matched_learner"] = _ci95(matched)
+            pt["angle_deg_mismatch_cost"] = _ci95(gap)
+        curves[kind].append(pt)
         log({f"stability/{kind}/{x:g}/angle_deg": statistics.fmean(angles)})
     return curves
 

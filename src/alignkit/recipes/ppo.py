@@ -70,10 +70,9 @@ class PPOConfig:
     """AdamW learning rate (policy and value head)."""
     kl_coef: float = 0.05
     """β: weight of the per-token KL penalty (initial value when adaptive)."""
-    adaptive_kl: bool = False
-    """Adapt β towards ``kl_target`` (Ziegler et al. 2019) instead of keeping it fixed."""
-    kl_target: float = 6.0
-    """Target per-sequence KL for the adaptive controller (nats)."""
+    kl_target: float = 0.0
+    """Target per-sequence KL (nats) of the adaptive controller (Ziegler et al. 2019), which then
+    steers β from ``kl_coef``; 0 = β stays fixed at ``kl_coef``."""
     kl_horizon: int = 10000
     """Adaptive controller horizon (samples)."""
     gamma: float = 1.0
@@ -136,6 +135,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     (default: the reward model in ``cfg.reward``) on ``prompts`` (default: ``cfg.prompts``)."""
     import torch
 
+    from alignkit.data import load_prompts
     from alignkit.decoding.sampling import generate_ids
     from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
     from alignkit.losses.ppo import (
@@ -157,7 +157,6 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         load_checkpoint,
         load_policy,
         pick_device,
-        read_prompts,
         require,
         save_checkpoint,
         save_policy,
@@ -177,7 +176,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     device = pick_device(cfg.device)
     out = Path(cfg.out)
     if prompts is None:
-        prompts = read_prompts(require(cfg.prompts, "prompts"))
+        prompts = load_prompts(require(cfg.prompts, "prompts"))
     if not prompts:
         raise ConfigError("no prompts given")
     if reward_fn is None:
@@ -193,7 +192,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     value_head = ValueHead.for_model(model).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = adamw(params, cfg.lr, eps=1e-6)
-    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
               else FixedKLController(cfg.kl_coef))
     text_prompts = [format_prompt(tok, p, cfg.use_chat_template) for p in prompts]
     epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)

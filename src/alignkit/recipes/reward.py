@@ -2,10 +2,12 @@
 
     alignkit reward train --model PATH --data FILE --out DIR
 
-Reads top to bottom: load records → turn them into comparisons (rankings as their
-K-choose-2 pairs, ratings as pairs within a prompt when asked) → split train/eval by
-prompt → for each ensemble member: build r̂_θ on the backbone, minimise the
-Bradley–Terry loss (plus optional centring), evaluate every epoch, keep the best epoch
+Reads top to bottom: load records → turn them into comparisons (rankings kept whole for
+the Plackett–Luce loss, or as their K-choose-2 pairs with ``rankings: pairs``; ratings as
+pairs within a prompt when asked) → split train/eval by prompt → for each ensemble member:
+build r̂_θ on the backbone, minimise the Bradley–Terry loss on the pairs and the
+Plackett–Luce loss on the rankings (in steps of their own; plus optional centring),
+evaluate every epoch on held-out pairs (held-out rankings as their pairs), keep the best epoch
 (lowest held-out log-loss) → save a ``load_reward_model`` directory. With ``per_group``
 one model per annotator group is trained next to the pooled one and a disagreement table
 is written. Speed: for decoders each comparison's prompt goes through the backbone once,
@@ -25,7 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.data import Comparison, Rating, Record, load_records, to_comparisons, train_eval_split
+from alignkit.data import (
+    Comparison,
+    Ranking,
+    Rating,
+    Record,
+    load_records,
+    ranking_pairs,
+    to_comparisons,
+    train_eval_split,
+)
 from alignkit.errors import ConfigError, DataError
 from alignkit.evaluation import evaluate_reward_model
 
@@ -38,6 +49,7 @@ __all__ = [
 ]
 
 PAIR_LAYOUTS = ("packed", "shared", "full")
+RANKINGS = ("plackett_luce", "pairs")
 
 
 @dataclass
@@ -103,6 +115,10 @@ class RewardConfig:
     Encoders, and data with an empty prompt or response, always use full."""
     disable_dropout: bool = True
     """Switch dropout off while training (rewards should not be noisy functions)."""
+    rankings: str = "plackett_luce"
+    """How K-way rankings train: plackett_luce (one Plackett–Luce likelihood over the K
+    rewards, ties as a uniform label over their orders) or pairs (the K-choose-2
+    Bradley–Terry pairs, InstructGPT's decomposition)."""
     ratings_to_pairs: bool = False
     """Turn ratings of responses to the same prompt into comparisons (else ratings are dropped)."""
     per_group: bool = False
@@ -159,13 +175,21 @@ def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_leng
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path, seed: int) -> dict[str, Any]:
-    """Train one reward model on ``train``; keep the best epoch in ``out``."""
+def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: list[Comparison], out: Path,
+                seed: int) -> dict[str, Any]:
+    """Train one reward model on ``train`` (comparisons and whole rankings); keep the best
+    epoch in ``out``."""
+    import random
     import time
 
     import torch
 
-    from alignkit.losses.preference import bradley_terry_loss, reward_centering_loss
+    from alignkit.losses.preference import (
+        bradley_terry_loss,
+        plackett_luce_loss,
+        ranking_rows,
+        reward_centering_loss,
+    )
     from alignkit.models.loading import LoraSpec
     from alignkit.models.reward import RewardModel
     from alignkit.recipes._common import (
@@ -194,6 +218,15 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
         disable_dropout(model)
 
     # tokenise everything once; batches only pad and stack
+    rankings = [r for r in train if isinstance(r, Ranking)]
+    train = [c for c in train if not isinstance(c, Ranking)]
+    # a ranking's K responses as K prompt+response sequences, ranking after ranking
+    enc_rank = model.encode([r.prompt for r in rankings for _ in r.responses],
+                            [y for r in rankings for y in r.responses])
+    rank_start = [0]
+    for r in rankings:
+        rank_start.append(rank_start[-1] + len(r.responses))
+    rank_lengths = [sum(len(e.ids) for e in enc_rank[rank_start[i] : rank_start[i + 1]]) for i in range(len(rankings))]
     prompts, texts_a, texts_b = [p.prompt for p in train], [p.a for p in train], [p.b for p in train]
     mu = torch.tensor([p.mu for p in train], device=device)
     shared = None
@@ -213,7 +246,7 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, cfg.lr, cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size) + math.ceil(len(rankings) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_fraction * total)
 
@@ -249,18 +282,30 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
     model.train()
     train_seconds, pairs_seen = 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):
-        batches = _epoch_batches(lengths, cfg.batch_size, seed * 1000 + epoch, cfg.group_by_length)
+        batches = [("pair", b) for b in _epoch_batches(lengths, cfg.batch_size, seed * 1000 + epoch, cfg.group_by_length)]
+        if rankings:  # ranking batches shuffled in among the pair batches
+            batches += [("ranking", b) for b in _epoch_batches(rank_lengths, cfg.batch_size, seed * 1000 + epoch + 1,
+                                                               cfg.group_by_length)]
+            random.Random(seed * 1000 + epoch).shuffle(batches)
         running: dict[str, float] = defaultdict(float)
-        n_running = 0
+        counts: dict[str, int] = defaultdict(int)
         started = time.perf_counter()
-        for idx in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
-            if shared is not None:  # each prompt computed once for both responses
+        for kind, idx in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
+            if kind == "ranking":  # the K rewards of each ranking in one forward pass; Plackett–Luce
+                flat = [j for i in idx for j in range(rank_start[i], rank_start[i + 1])]
+                rewards = model(**model.collate([enc_rank[j] for j in flat]))
+                rows = ranking_rows([rankings[i] for i in idx])
+                owner = rows.owner.to(device)
+                loss, metrics = plackett_luce_loss(rewards[rows.index.to(device)][owner], rows.order.to(device),
+                                                   rows.mask.to(device), rows.weights.to(device))
+            elif shared is not None:  # each prompt computed once for both responses
                 r_a, r_b = model.forward_comparisons([shared[i] for i in idx], cfg.pair_layout)
                 rewards = torch.cat([r_a, r_b])
             else:  # a and b stacked into one forward pass of 2B rows
                 rewards = model(**model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx]))
                 r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
-            loss, metrics = bradley_terry_loss(r_a, r_b, mu[idx], margin=cfg.margin or None)
+            if kind == "pair":
+                loss, metrics = bradley_terry_loss(r_a, r_b, mu[idx], margin=cfg.margin or None)
             if cfg.reg_lambda:
                 reg, reg_metrics = reward_centering_loss(rewards, cfg.reg_lambda)
                 loss = loss + reg
@@ -272,16 +317,17 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison], evals: list[Comparis
             optimizer.step()
             scheduler.step()
             step += 1
-            for k, v in metrics.items():
-                running[k] += v.item() if math.isfinite(v.item()) else 0.0
-            n_running += 1
+            for k, v in metrics.items():  # per-key counts: pair and ranking steps log different keys
+                if math.isfinite(v.item()):
+                    running[k] += v.item()
+                    counts[k] += 1
             if step % cfg.log_every == 0:
-                logger.log({**{k: v / n_running for k, v in running.items()},
+                logger.log({**{k: v / counts[k] for k, v in running.items()},
                             "diag/lr": scheduler.get_last_lr()[0], "diag/epoch": epoch}, step)
                 running.clear()
-                n_running = 0
+                counts.clear()
         train_seconds += time.perf_counter() - started
-        pairs_seen += len(train)
+        pairs_seen += len(train) + len(rankings)
 
         eval_metrics = evaluate_reward_model(model, evals, cfg.eval_batch_size) if evals else {}
         if eval_metrics:
@@ -343,16 +389,23 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
         raise ConfigError(f"pair_layout: expected one of {PAIR_LAYOUTS}, got {cfg.pair_layout!r}")
     if cfg.lr_schedule not in ("linear", "constant"):
         raise ConfigError(f"lr_schedule: expected 'linear' or 'constant', got {cfg.lr_schedule!r}")
+    if cfg.rankings not in RANKINGS:
+        raise ConfigError(f"rankings: expected one of {RANKINGS}, got {cfg.rankings!r}")
     if records is None:
         if not cfg.data:
             raise ConfigError("no data: pass --data FILE")
         records = load_records(cfg.data).records
     where = cfg.data or "records"
-    pairs = to_comparisons(records, ratings_to_pairs=cfg.ratings_to_pairs)
+    whole = cfg.rankings == "plackett_luce"
+    pairs = to_comparisons(records, ratings_to_pairs=cfg.ratings_to_pairs, rankings_to_pairs=not whole)
+    pairs += [r for r in records if whole and isinstance(r, Ranking)]
     if not pairs:
         hint = " (ratings are only used with --ratings-to-pairs)" if any(isinstance(r, Rating) for r in records) else ""
         raise DataError(f"no comparisons to train on{hint}", path=where)
+    # by prompt, so both ranking modes hold out the same prompts; held-out rankings are
+    # scored as their pairs, so the eval metrics of the two modes are comparable
     train, evals = train_eval_split(pairs, cfg.eval_fraction, cfg.seed)
+    evals = [p for r in evals for p in (ranking_pairs(r) if isinstance(r, Ranking) else [r])]
     if not train:
         raise DataError("no training pairs left after the eval split", path=where)
 
@@ -361,7 +414,9 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
         for stale in ("checkpoint.pt", "groups", "metrics.jsonl", "tb"):
             target = out / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    metrics: dict[str, Any] = {"data/train_pairs": len(train), "data/eval_pairs": len(evals)}
+    n_rank = sum(isinstance(r, Ranking) for r in train)
+    metrics: dict[str, Any] = {"data/train_pairs": len(train) - n_rank, "data/train_rankings": n_rank,
+                               "data/eval_pairs": len(evals)}
     metrics.update(_fit(cfg, train, evals, out))
 
     if cfg.per_group:

@@ -99,6 +99,8 @@ def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
         from alignkit.data import render_messages
 
         return (render_messages(msgs[:-1]) + "\n" if len(msgs) > 1 else ""), msgs[-1]["content"]
+    if row.get("kind") == "correction" and isinstance(row.get("edited"), str):
+        return row.get("prompt", ""), row["edited"]  # an alignkit correction trains its edit
     for key in ("completion", "response", "chosen"):
         if key in row:
             prompt, completion = row.get("prompt", ""), row[key]
@@ -167,6 +169,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         NullLogger,
         adamw,
         batches,
+        format_completion,
         format_prompt,
         load_checkpoint,
         load_policy,
@@ -191,7 +194,8 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     model, tok = load_policy(require(cfg.model, "model"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
     examples = [
-        tokenize_example(tok, format_prompt(tok, p, cfg.use_chat_template) if p else "", c, cfg.max_length)
+        tokenize_example(tok, format_prompt(tok, p, cfg.use_chat_template) if p else "",
+                         format_completion(tok, c, cfg.use_chat_template) if p else c, cfg.max_length)
         for p, c in pairs
     ]
     packed = _pack(examples, cfg.max_length) if cfg.packing else None

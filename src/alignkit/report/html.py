@@ -20,18 +20,26 @@ METHOD_COLUMNS = [
     ("proxy", "proxy (RM) reward"),
     ("kl", "KL to ref"),
     ("win_rate", "win rate vs base (gold)"),
-    ("beats_base", "beats base by > spread"),
+    ("gain", "gold gain vs base [CI]"),
+    ("beats_base", "beats base (CI > 0)"),
 ]
 
 
-def _fmt(stat: Any) -> str:
+def _fmt(stat: Any, digits: int = 3) -> str:
+    """A number as the report prints it: ``digits`` decimals, mean ± std for a statistic."""
     if isinstance(stat, dict) and "mean" in stat:
-        return f"{stat['mean']:.3f} ± {stat.get('std', 0.0):.3f}"
+        return f"{stat['mean']:.{digits}f} ± {stat.get('std', 0.0):.{digits}f}"
     if isinstance(stat, bool):
         return "yes" if stat else "no"
     if isinstance(stat, float):
-        return f"{stat:.3f}"
+        return f"{stat:.{digits}f}"
     return "–" if stat is None else str(stat)
+
+
+def _gain(b: dict[str, Any] | None) -> str:
+    if not b:
+        return "–"
+    return f"{b['gain']:+.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}]"
 
 
 def method_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -39,10 +47,10 @@ def method_rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
     beats = summary.get("beats_base", {})
     for name, m in summary["methods"].items():
-        verdict = beats.get(name, {}).get("ok") if name != "base" else None
+        b = beats.get(name) if name != "base" else None
         rows.append([
-            name, _fmt(m["gold"]), _fmt(m["proxy"]), _fmt(m["kl"]), _fmt(m["win_rate"]),
-            "–" if verdict is None else _fmt(verdict),
+            name, _fmt(m["gold"]), _fmt(m["proxy"]), _fmt(m["kl"]), _fmt(m["win_rate"]), _gain(b),
+            "–" if b is None else _fmt(b["ok"]),
         ])
     return rows
 
@@ -53,7 +61,9 @@ def print_method_table(summary: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     n_seeds = len(summary.get("seeds", [])) or 1
-    table = Table(title=f"alignkit demo — methods on the gold reward ({n_seeds} seed(s), mean ± std)")
+    level = next(iter(summary.get("beats_base", {}).values()), {}).get("level", 0.95)
+    table = Table(title=f"alignkit demo — methods on the gold reward ({n_seeds} seed(s), mean ± std; "
+                        f"gain: paired bootstrap {level:.0%} CI over seeds × prompts)")
     for _, title in METHOD_COLUMNS:
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in method_rows(summary):
@@ -103,6 +113,11 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
     )
     parts.append("<h2>Methods</h2>")
     parts.append(_table([t for _, t in METHOD_COLUMNS], method_rows(s), "method-table"))
+    if s.get("beats_base"):
+        b = next(iter(s["beats_base"].values()))
+        parts.append(f"<p>Gain: mean per-prompt gold gain over the base policy with its paired bootstrap "
+                     f"{b['level']:.0%} CI, resampling {b['n_seeds']} seed(s) × {b['n_prompts']} prompts; a method "
+                     f"beats base when the whole CI is above 0.</p>")
 
     if "sweep" in s:
         parts.append("<h2>KL leash sweep (over-optimisation)</h2>")
@@ -122,7 +137,7 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
     if "active_learning" in s:
         al = s["active_learning"]
         parts.append("<h2>Query selection: labels needed</h2>")
-        rows = [[k, str(v["labels_needed"]), v["final_accuracy"]] for k, v in al["strategies"].items()]
+        rows = [[k, _fmt(v["labels_needed"], 1), v["final_accuracy"]] for k, v in al["strategies"].items()]
         parts.append(f"<p>Target accuracy {al['target_accuracy']:.3f} on gold preferences "
                      f"({html.escape(al.get('model', ''))}).</p>")
         parts.append(_table(["strategy", "labels to reach target", "final accuracy"], rows, "active-learning"))

@@ -15,7 +15,7 @@ STRATEGY_COLORS = {"random": "#7f7f7f", "info-gain": "#d62728", "volume-removal"
 
 
 def plot_label_efficiency(curves: dict[str, dict[str, list[float]]], target: float, path: Path) -> Path:
-    """Mean cos(θ̂, θ*) against labels per strategy, with a 10–90 % band over seeds."""
+    """Mean cos(θ̂, θ*) against labels per strategy, with the 95 % CI of the mean over seeds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for s, c in curves.items():
@@ -26,7 +26,7 @@ def plot_label_efficiency(curves: dict[str, dict[str, list[float]]], target: flo
         ax.plot(x, c["mean"], label=s, color=col)
         ax.fill_between(x, c["lo"], c["hi"], color=col, alpha=0.15)
     ax.axhline(target, color="0.4", ls=":", lw=1)
-    ax.set(xlabel="labels", ylabel="cos(θ̂, θ*)", title="Label efficiency (band: 10–90 % over seeds)",
+    ax.set(xlabel="labels", ylabel="cos(θ̂, θ*)", title="Label efficiency (band: 95 % CI of the mean over seeds)",
            ylim=(min(0.0, ax.get_ylim()[0]), 1.0))
     ax.legend()
     return _save(fig, path)
@@ -64,8 +64,14 @@ def plot_stability(stab: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         x = [p["x"] for p in pts]
         y = [p["angle_deg"]["mean"] for p in pts]
         ax.errorbar(x, y, yerr=[[p["angle_deg"]["mean"] - p["angle_deg"]["lo"] for p in pts],
-                                [p["angle_deg"]["hi"] - p["angle_deg"]["mean"] for p in pts]], marker="o", capsize=3)
+                                [p["angle_deg"]["hi"] - p["angle_deg"]["mean"] for p in pts]], marker="o", capsize=3,
+                    label="learner assumes β = config beta, γ = 1")
+        if pts and "angle_deg_matched_learner" in pts[0]:
+            m = [p["angle_deg_matched_learner"] for p in pts]
+            ax.errorbar(x, [c["mean"] for c in m], yerr=[[c["mean"] - c["lo"] for c in m], [c["hi"] - c["mean"] for c in m]],
+                        marker="s", capsize=3, ls="--", label="learner knows the annotator's β")
         ax.set(xlabel=label, ylabel="angle(θ̂, θ*) [deg]")
+        ax.legend(fontsize=8)
     axes[0].set_title("Stability: β mismatch")
     axes[1].set_title("Stability: myopia")
     return _save(fig, path)
@@ -101,10 +107,11 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         v = d["vs_random"].get(s)
         rows.append([s, str(needed),
                      _cell_str(v["labels_saved"]) if v else "–",
-                     f"{100 * v['fewer_labels_fraction']:.1f} %" if v else "–"])
+                     f"{100 * v['fewer_labels_fraction']:.1f} %" if v else "–",
+                     str(d["labels_to_stay"][s]), _cell_str(v["stay_labels_saved"]) if v else "–"])
     parts.append(f"<p>Not reached within {cfg['max_labels']} labels: None, counted as {d['censored_as']}.</p>")
-    parts.append(_table(["strategy", "labels per seed", "labels saved vs random (mean, 95 % CI)", "fewer labels"],
-                        rows, "label-efficiency"))
+    parts.append(_table(["strategy", "labels per seed", "labels saved vs random (mean, 95 % CI)", "fewer labels",
+                         "labels until it stays ≥ target", "saved (stays)"], rows, "label-efficiency"))
     mx = summary["misspecification"]
     parts.append(f"<h2>Misspecification matrix ({mx['labels']} random-query labels per cell)</h2>")
     parts.append("<p>Reward misidentification check: the held-out preference accuracy (against the annotator's own "
@@ -120,9 +127,14 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
                          "held-out acc (θ*)"], rows, "misspecification"))
     parts.append("<h2>Stability</h2>")
     for kind, pts in summary["stability"].items():
-        rows = [[str(p["x"]), _cell_str(p["angle_deg"]), _cell_str(p["policy_regret"])] for p in pts]
+        extra = pts and "angle_deg_matched_learner" in pts[0]
+        rows = [[str(p["x"]), _cell_str(p["angle_deg"]), _cell_str(p["policy_regret"])]
+                + ([_cell_str(p["angle_deg_matched_learner"]), _cell_str(p["angle_deg_mismatch_cost"])] if extra else [])
+                for p in pts]
         parts.append(f"<h3>{html.escape(kind)}</h3>")
-        parts.append(_table(["x", "angle [deg]", "policy regret"], rows, f"stability-{kind}"))
+        parts.append(_table(["x", "angle [deg]", "policy regret"]
+                            + (["angle, learner knows β", "cost of the mismatch [deg]"] if extra else []),
+                            rows, f"stability-{kind}"))
     parts.append("<h2>Plots</h2>")
     for caption, p in figs.items():
         parts.append(_img(p, caption))
