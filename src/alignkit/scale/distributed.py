@@ -207,22 +207,32 @@ class Distributed:
     def backward(self, loss) -> None:
         self.accelerator.backward(loss)
 
-    def step(self, model, optimizer, idx: Sequence[int], loss_fn, max_grad_norm: float = 0.0):
+    def step(self, model, optimizer, idx: Sequence[int], loss_fn, max_grad_norm: float = 0.0, *,
+             loss_is: str = "mean"):
         """One optimiser step on the global batch ``idx``: for each of this rank's parts,
-        ``loss, metrics = loss_fn(part_idx)`` (a *mean* over the part), backward of
-        ``weight · loss``, gradients synchronised after the last part; then clip, step, zero.
+        ``loss, metrics = loss_fn(part_idx)``, backward of the weighted loss, gradients
+        synchronised after the last part; then clip, step, zero.
+
+        ``loss_is="mean"``: the loss is a mean over the part, weighted by
+        :attr:`Part.weight`; metrics are averaged the same way. ``loss_is="share"``: the loss
+        is already the part's share of the global batch's loss (e.g. a sum of token losses
+        over the part divided by the global batch's token count), weighted by ``world_size``
+        only (undoing DDP's average); metrics are summed over parts and ranks.
 
         ``model`` is the prepared model (its parameters are the ones to clip: FSDP replaces
         them). Returns the global batch's metrics (weighted means over all ranks) and the
         gradient norm before clipping. A non-finite loss is the caller's to check, on the
         returned (global) metrics: raising on one rank would leave the others waiting."""
+        if loss_is not in ("mean", "share"):
+            raise ValueError(f"loss_is: 'mean' or 'share', got {loss_is!r}")
         weighted: dict[str, float] = {}
         for part in self.parts(idx):
+            w = part.weight if loss_is == "mean" or not part.weight else float(self.world_size)
             with self.sync(model, part.last):
                 loss, metrics = loss_fn(part.idx)
-                self.backward(loss * part.weight)
+                self.backward(loss * w)
             for k, v in metrics.items():  # padding counts for nothing (its metrics may be NaN)
-                weighted[k] = weighted.get(k, 0.0) + (part.weight * float(v) if part.weight else 0.0)
+                weighted[k] = weighted.get(k, 0.0) + (w * float(v) if w else 0.0)
         grad_norm = self.clip_grad_norm([p for p in model.parameters() if p.requires_grad], max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
