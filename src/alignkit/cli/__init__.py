@@ -55,3 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     except AlignkitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a file that cannot be opened or written: the user's to fix
+        where = f"{str(e.filename)[:300]}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    except RecursionError:  # input nested past what Python can walk
+        print("error: input nested too deeply", file=sys.stderr)
+        sys.exit(2)

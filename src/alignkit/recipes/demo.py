@@ -1,6 +1,6 @@
 """Recipe: ``alignkit demo`` — the embedded task end to end, with a report.
 
-    alignkit demo [--out runs/demo] [--seeds 0,1,2] [--quick]
+    alignkit demo (alignkit.cli.loop), with a DemoConfig (quick = tiny sizes)
 
 Reads top to bottom. Once: build (or reuse) the base policy, a tiny GPT-2 pre-trained on
 the task's corpus, and sample the base policy's evaluation responses. Then per seed:
@@ -40,7 +40,7 @@ from alignkit.recipes.reward import RewardConfig
 
 @dataclass
 class DemoConfig:
-    """Configuration of ``alignkit demo`` (``--quick`` shrinks every size). The sub-recipes'
+    """Configuration of ``alignkit demo`` (``quick`` shrinks every size). The sub-recipes'
     configs are nested (``ppo.kl_coef``, ``reward.epochs``, ``annotator.beta`` ...)."""
 
     out: str = "runs/demo"
@@ -99,8 +99,14 @@ class DemoConfig:
     """The PPO recipe's config; the demo sets policy, out, seed, max_new_tokens (and kl_coef in the sweep)."""
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
         out="", beta=0.3, lr=1e-4, epochs=2, batch_size=16, max_length=96, tensorboard=False,
-        save_checkpoints=False, save_model=False))
-    """The DPO recipe's config; the demo sets policy, out and seed."""
+        save_checkpoints=False, save_model=False, entangle_every=8, entangle_pairs=8))
+    """The DPO recipe's config; the demo sets policy, out and seed (``entangle_every``: the
+    gradient-entanglement probe plotted in the report)."""
+    dpo_normalized: bool = False
+    """Also train normalised-gradient DPO (``loss=normalized``) on the same pairs and plot its
+    entanglement next to DPO's (≈ 2 × batch_size extra backward passes per step)."""
+    gao_resamples: int = 1000
+    """Bootstrap resamples (of prompts × seeds) for the CIs of the Gao et al. fits."""
 
 
 def quick_config(cfg: DemoConfig) -> DemoConfig:
@@ -110,7 +116,7 @@ def quick_config(cfg: DemoConfig) -> DemoConfig:
         eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, loop_pairs_per_round=32, loop_ppo_steps=1,
         loop_eval_samples_per_prompt=1, al_pool=80, al_budget=40, al_batch=10,
         reward=replace(cfg.reward, epochs=1), ppo=replace(cfg.ppo, kl_coef=0.3, steps=2, rollout_batch_size=16),
-        dpo=replace(cfg.dpo, epochs=1),
+        dpo=replace(cfg.dpo, epochs=1, entangle_every=2), gao_resamples=100,
     )
 
 
@@ -142,7 +148,11 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     import torch
 
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
-    from alignkit.diagnostics.overoptimization import best_of_n_curve, divergence
+    from alignkit.diagnostics.overoptimization import (
+        best_of_n_curve,
+        best_of_n_gold_gains,
+        divergence,
+    )
     from alignkit.evaluation import (
         PolicySamples,
         evaluate_reward_model,
@@ -221,6 +231,8 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
             return sample_for_eval(model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed)
 
         results: dict[str, dict[str, Any]] = {"base": score(base_samples, kl=0.0)}
+        base_pp = _per_prompt(base_gold, len(PROMPTS))
+        gao_rows: dict[str, list[list[float]]] = {}  # per-prompt gold gains of each sweep point
 
         # 3a. PPO at every KL coefficient of the sweep
         coefs = cfg.kl_coefs if (seed == cfg.seeds[0] or cfg.sweep_all_seeds) else [cfg.ppo.kl_coef]
@@ -232,12 +244,19 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
             m = score(policy_samples(res.model))
             ppo_sweep.append({"label": f"β={coef:g}", "kl_coef": coef, **{k: v for k, v in m.items()
                                                                          if k != "gold_per_sample"}})
+            gao_rows.setdefault("ppo", []).append(
+                [x - b for x, b in zip(_per_prompt(m["gold_per_sample"], len(PROMPTS)), base_pp, strict=True)])
             if coef == cfg.ppo.kl_coef:
                 results["ppo"] = m
         # 3b. DPO on the labelled pairs (ties carry no preference to learn from)
         res = train_dpo(replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo"), seed=seed),
                         records=[c for c in labels if c.mu != 0.5])
         results["dpo"] = score(policy_samples(res.model))
+        entangle = {"dpo": res.entangle}
+        if cfg.dpo_normalized:  # the same pairs, the pairwise-normalised update
+            entangle["normalized"] = train_dpo(
+                replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo_normalized"), seed=seed, loss="normalized"),
+                records=[c for c in labels if c.mu != 0.5]).entangle
         # 3c. best-of-n: the method's own samples, and the sweep from one pool
         torch.manual_seed(seed)
         bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
@@ -249,15 +268,18 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
         proxy = rm.score(pool_prompts, pool).reshape(len(PROMPTS), k).numpy()
         pool_gold = torch.tensor(gold(pool_prompts, pool)).reshape(len(PROMPTS), k).numpy()
         bon_sweep = [{"label": f"n={p['n']}", **p} for p in best_of_n_curve(proxy, pool_gold, cfg.bon_sweep)]
+        gao_rows["best_of_n"] = best_of_n_gold_gains(proxy, pool_gold, cfg.bon_sweep).T.tolist()
         # 4. per-prompt gold gain over base (same prompts, same base samples): the paired CI's data
-        base_pp = _per_prompt(base_gold, len(PROMPTS))
         gains = {name: [x - b for x, b in zip(_per_prompt(results[name].pop("gold_per_sample"), len(PROMPTS)),
                                                base_pp, strict=True)]
                  for name in ("ppo", "dpo", "best_of_n")}
         results["base"].pop("gold_per_sample")
         # 5. query selection: labels needed for the same reward accuracy
         al = _active_learning(cfg, pool_prompts, pool, seed)
+        if len(coefs) < 2:  # one PPO point is no curve to fit
+            gao_rows.pop("ppo", None)
         per_seed.append({"seed": seed, "methods": results, "gains": gains, "rm": rm_eval, "agreement": agreement,
+                         "entangle": entangle, "gao_rows": gao_rows,
                          "sweep": {"ppo": ppo_sweep, "best_of_n": bon_sweep} if len(coefs) > 1
                          else {"best_of_n": bon_sweep}, "active_learning": al})
         timings[f"seed_{seed}"] = time.time() - t_seed
@@ -280,6 +302,16 @@ AL_STRATEGIES = ("random", "disagreement", "info-gain")
 """Query strategies the demo compares. ``disagreement`` (std of score differences) needs
 more labels than random here; ``info-gain`` scores the members' preference probabilities
 instead — docs/humans.md has the measured diagnosis (10 seeds)."""
+
+
+AL_NOTE = (
+    "Why disagreement can need more labels than random here: its score, the std over members of "
+    "r̂_m(a) − r̂_m(b), grows with how far apart two responses are even when every member ranks them "
+    "the same way, and after a 20-label start the bootstrap spread is mostly noise. Info-gain scores the "
+    "members' preference probabilities instead. Replayed on 10 seeds (benchmarks/lm_query_diagnosis.py): "
+    "disagreement 114 labels vs random 80 (paired +34, 95 % CI [+11.6, +56.4]), info-gain 86 "
+    "(+6 [-13.1, +25.1]) and the highest accuracy at the full budget; docs/humans.md has the diagnosis."
+)
 
 
 def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
@@ -322,6 +354,7 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
 
 
 def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dict[str, Any]], divergence) -> dict[str, Any]:
+    from alignkit.diagnostics.entanglement import average_probes
     from alignkit.evaluation import paired_bootstrap_ci
     from alignkit.feedback.query import CurvePoint, labels_to_reach
 
@@ -353,6 +386,8 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
             pts.append(pt)
         sweep[method] = pts
     overopt = {m: divergence(pts) for m, pts in sweep.items()}
+    gao = _gao_fits(cfg, per_seed, sweep)
+    entanglement = {name: average_probes([s["entangle"][name] for s in per_seed]) for name in per_seed[0]["entangle"]}
     # active learning: labels to reach the accuracy both strategies reach
     al_seeds = [s["active_learning"] for s in per_seed]
     finals = [c[-1]["accuracy"] for a in al_seeds for c in a.values()]
@@ -387,16 +422,35 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
         "beats_base": beats,
         "sweep": sweep,
         "overoptimization": overopt,
+        "gao_fits": gao,
+        "entanglement": entanglement,
         "rounds": rounds,
         "reward_model": rm,
         "annotators": {"groups": ["careful", "flattered"], "beta": cfg.annotator.beta,
                        "noise": cfg.annotator.noise, "biased_fraction": cfg.annotator.biased_fraction,
                        "agreement": agreement},
         "active_learning": {"target_accuracy": target, "model": "bag-of-words Bradley–Terry ensemble (5 members)",
-                            "strategies": strategies},
+                            "strategies": strategies, "note": AL_NOTE},
         "per_seed": [{k: v for k, v in s.items() if k != "rm"} | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"}}
                      for s in per_seed],
     }
+
+
+def _gao_fits(cfg: DemoConfig, per_seed: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]]):
+    """Gao et al.'s forms fitted to each sweep: R_bon(d) = d(α − βd) to best-of-n, R_RL(d) =
+    d(α − β log d) to the PPO KL sweep; d = √KL (the sweep's mean KL per point), gains =
+    per-prompt gold over the base policy, bootstrapped over prompts × seeds."""
+    import numpy as np
+
+    from alignkit.diagnostics.overoptimization import fit_gao
+
+    fits = {}
+    for method, form in (("best_of_n", "bon"), ("ppo", "rl")):
+        rows = [np.asarray(s["gao_rows"][method]).T for s in per_seed if method in s.get("gao_rows", {})]
+        if rows and method in sweep and len(sweep[method]) >= 2:
+            fits[method] = fit_gao([p["kl"] for p in sweep[method]], np.concatenate(rows), form,
+                                   n_boot=cfg.gao_resamples, ci=cfg.ci_level, seed=cfg.seeds[0])
+    return fits
 
 
 def _report_config(cfg: DemoConfig) -> dict[str, Any]:
@@ -422,6 +476,12 @@ def _write_report(summary: dict[str, Any], out: Path, *, print_table: bool) -> N
     rm = summary["reward_model"]
     figs["Reward-model calibration"] = plots.plot_calibration(rm["calibration_bins"], rm["ece"], out / "calibration.png")
     figs["Annotator agreement"] = plots.plot_agreement(summary["annotators"]["agreement"], out / "agreement.png")
+    if summary.get("entanglement", {}).get("dpo"):
+        figs["DPO gradient entanglement over training (fixed probe pairs)"] = plots.plot_entanglement(
+            summary["entanglement"], out / "entanglement.png")
+    if summary.get("gao_fits"):
+        figs["Gao et al. fits: gold gain over base vs KL, with the predicted peak"] = plots.plot_gao_fits(
+            summary["gao_fits"], out / "gao_fits.png")
     al = summary["active_learning"]
     figs["Labels needed: random vs disagreement"] = plots.plot_active_learning(
         {k: v["curve"] for k, v in al["strategies"].items()}, al["target_accuracy"], out / "active_learning.png")
@@ -441,7 +501,7 @@ def _json_default(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# `alignkit demo --task hh`: the real-data variant
+# `alignkit demo hh`: the real-data variant
 # ---------------------------------------------------------------------------
 
 HH_FILE = "hh_harmless_dev.jsonl.gz"
@@ -460,13 +520,13 @@ def find_hh_data(path: str | None = None) -> Path:
         if c.exists():
             return c
     raise ConfigError(
-        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); pass --data FILE"
+        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); set data to the file"
     )
 
 
 @dataclass
 class HHDemoConfig:
-    """Configuration of ``alignkit demo --task hh``."""
+    """Configuration of ``alignkit demo hh``."""
 
     out: str = "runs/demo_hh"
     """Output directory: rm/, summary.json, report.html, calibration.png."""
@@ -537,7 +597,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="alignkit demo --task hh — reward model on held-out HH harmless pairs")
+        t = Table(title="alignkit demo hh — reward model on held-out HH harmless pairs")
         for col in ("train pairs", "held-out pairs", "accuracy", "ECE", "longer-wins baseline"):
             t.add_column(col, justify="right")
         rm_s = summary["reward_model"]

@@ -134,6 +134,31 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
                     f"{html.escape(str(pts[d['loosest_index']]['label']))} proxy {d['loosest_proxy']:.3f}, "
                     f"gold {d['loosest_gold']:.3f} — divergence: {'yes' if d['diverges'] else 'no'}</p>"
                 )
+    if s.get("gao_fits"):
+        parts.append("<h2>Over-optimisation fits (Gao et al. 2023)</h2>")
+        rows = []
+        for method, f in s["gao_fits"].items():
+            form = "d(α − βd)" if f["form"] == "bon" else "d(α − β log d)"
+            rows.append([method, form, f"{f['alpha']:.3g} [{f['alpha_ci'][0]:.3g}, {f['alpha_ci'][1]:.3g}]",
+                         f"{f['beta']:.3g} [{f['beta_ci'][0]:.3g}, {f['beta_ci'][1]:.3g}]",
+                         f"{f['peak_kl']:.3g} [{f['peak_kl_ci'][0]:.3g}, {f['peak_kl_ci'][1]:.3g}]",
+                         f["observed_peak_kl"], f["r2"]])
+        parts.append("<p>Gold gain over the base policy against d = √KL; bootstrap CIs over prompts × seeds.</p>")
+        parts.append(_table(["sweep", "form", "α [CI]", "β [CI]", "predicted peak KL [CI]", "observed peak KL",
+                             "R²"], rows, "gao-table"))
+    if any(s.get("entanglement", {}).values()):
+        parts.append("<h2>DPO gradient entanglement</h2>")
+        rows = []
+        for name, pts in s["entanglement"].items():
+            if pts:
+                rows.append([name] + [sum(p[f"case{k}"] for p in pts) / len(pts) for k in (1, 2, 3)]
+                            + [sum(p["cosine"] for p in pts) / len(pts), pts[-1]["dlogp_chosen"],
+                               pts[-1]["dlogp_rejected"]])
+        parts.append("<p>Fixed probe pairs, measured every few steps: the predicted case of each pair (1: chosen ↑ "
+                     "rejected ↓, 2: both ↓, 3: both ↑; first order, one pair's own step), and the measured change "
+                     "of the probe pairs' log-probs from the start to the end of training.</p>")
+        parts.append(_table(["run", "case 1", "case 2", "case 3", "cosine", "Δ log π chosen", "Δ log π rejected"],
+                            rows, "entanglement-table"))
     if "active_learning" in s:
         al = s["active_learning"]
         parts.append("<h2>Query selection: labels needed</h2>")
@@ -141,6 +166,8 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
         parts.append(f"<p>Target accuracy {al['target_accuracy']:.3f} on gold preferences "
                      f"({html.escape(al.get('model', ''))}).</p>")
         parts.append(_table(["strategy", "labels to reach target", "final accuracy"], rows, "active-learning"))
+        if al.get("note"):
+            parts.append(f"<p>{html.escape(al['note'])}</p>")
     if "reward_model" in s:
         rm = s["reward_model"]
         parts.append("<h2>Reward model</h2>")
