@@ -21,7 +21,7 @@ def test_demo_humans_tiny(tmp_path):
     assert all(len(v) == 2 for v in s["label_efficiency"].values())
     assert all(n is None or 0 <= n <= 12 for v in s["label_efficiency"].values() for n in v)
     mx = s["misspecification"]
-    assert set(mx["cells"]) == set(mx["annotators"]) and len(mx["annotators"]) == 7
+    assert set(mx["cells"]) == set(mx["annotators"]) and len(mx["annotators"]) == 8
     for a in mx["annotators"]:
         for b in mx["learners"]:
             c = mx["cells"][a][b]

@@ -1,6 +1,6 @@
 """Recipe: ``alignkit demo`` — the embedded task end to end, with a report.
 
-    alignkit demo [--out runs/demo] [--seeds 0,1,2] [--quick]
+    alignkit demo (alignkit.cli.loop), with a DemoConfig (quick = tiny sizes)
 
 Reads top to bottom. Once: build (or reuse) the base policy, a tiny GPT-2 pre-trained on
 the task's corpus, and sample the base policy's evaluation responses. Then per seed:
@@ -40,7 +40,7 @@ from alignkit.recipes.reward import RewardConfig
 
 @dataclass
 class DemoConfig:
-    """Configuration of ``alignkit demo`` (``--quick`` shrinks every size). The sub-recipes'
+    """Configuration of ``alignkit demo`` (``quick`` shrinks every size). The sub-recipes'
     configs are nested (``ppo.kl_coef``, ``reward.epochs``, ``annotator.beta`` ...)."""
 
     out: str = "runs/demo"
@@ -304,6 +304,16 @@ more labels than random here; ``info-gain`` scores the members' preference proba
 instead — docs/humans.md has the measured diagnosis (10 seeds)."""
 
 
+AL_NOTE = (
+    "Why disagreement can need more labels than random here: its score, the std over members of "
+    "r̂_m(a) − r̂_m(b), grows with how far apart two responses are even when every member ranks them "
+    "the same way, and after a 20-label start the bootstrap spread is mostly noise. Info-gain scores the "
+    "members' preference probabilities instead. Replayed on 10 seeds (benchmarks/lm_query_diagnosis.py): "
+    "disagreement 114 labels vs random 80 (paired +34, 95 % CI [+11.6, +56.4]), info-gain 86 "
+    "(+6 [-13.1, +25.1]) and the highest accuracy at the full budget; docs/humans.md has the diagnosis."
+)
+
+
 def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
     """Random vs disagreement queries on pairs of base samples (bag-of-words BT ensemble)."""
     import random
@@ -420,7 +430,7 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
                        "noise": cfg.annotator.noise, "biased_fraction": cfg.annotator.biased_fraction,
                        "agreement": agreement},
         "active_learning": {"target_accuracy": target, "model": "bag-of-words Bradley–Terry ensemble (5 members)",
-                            "strategies": strategies},
+                            "strategies": strategies, "note": AL_NOTE},
         "per_seed": [{k: v for k, v in s.items() if k != "rm"} | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"}}
                      for s in per_seed],
     }
@@ -491,7 +501,7 @@ def _json_default(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# `alignkit demo --task hh`: the real-data variant
+# `alignkit demo hh`: the real-data variant
 # ---------------------------------------------------------------------------
 
 HH_FILE = "hh_harmless_dev.jsonl.gz"
@@ -510,13 +520,13 @@ def find_hh_data(path: str | None = None) -> Path:
         if c.exists():
             return c
     raise ConfigError(
-        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); pass --data FILE"
+        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); set data to the file"
     )
 
 
 @dataclass
 class HHDemoConfig:
-    """Configuration of ``alignkit demo --task hh``."""
+    """Configuration of ``alignkit demo hh``."""
 
     out: str = "runs/demo_hh"
     """Output directory: rm/, summary.json, report.html, calibration.png."""
@@ -587,7 +597,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="alignkit demo --task hh — reward model on held-out HH harmless pairs")
+        t = Table(title="alignkit demo hh — reward model on held-out HH harmless pairs")
         for col in ("train pairs", "held-out pairs", "accuracy", "ECE", "longer-wins baseline"):
             t.add_column(col, justify="right")
         rm_s = summary["reward_model"]

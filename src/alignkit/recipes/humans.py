@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-ANNOTATORS = ("boltzmann", "wrong-beta", "regret", "myopic", "false-belief", "noisy", "biased-group")
+ANNOTATORS = ("boltzmann", "wrong-beta", "regret", "myopic", "false-belief", "noisy", "biased-group", "bpref")
 LEARNERS = ("boltzmann", "regret")
 
 
@@ -72,6 +72,12 @@ class HumansConfig:
     """The 'noisy' annotator's label-flip probability."""
     biased_share: float = 0.3
     """The 'biased-group' share of labels, from a group that values efficiency over safety."""
+    bpref_mistake: float = 0.1
+    """The 'bpref' teacher (β = ∞): probability ε of a flipped label."""
+    bpref_equal: float = 0.1
+    """The 'bpref' teacher: a tie (μ = ½) when |Δu| < this × std(u)."""
+    bpref_skip_quantile: float = 0.2
+    """The 'bpref' teacher: skip (no label) when both utilities are below this quantile of u."""
     stability_log2_beta: list[float] = field(default_factory=lambda: [-4, -3, -2, -1, 0, 1, 2, 3])
     """Stability curve: log₂(annotator β / learner β)."""
     stability_gamma: list[float] = field(default_factory=lambda: [1.0, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1])
@@ -112,8 +118,9 @@ class Setting:
 
 
 def _record(prompt: Any, a: Any, b: Any, *, mu: float, incomparable: bool, annotator: str | None,
-            group: str | None, meta: dict[str, Any]) -> tuple[int, int, float]:
-    return int(a), int(b), float(mu)
+            group: str | None, meta: dict[str, Any]) -> tuple[int, int, float] | None:
+    """A label as (a, b, μ); None for a skipped query (the learner never sees it)."""
+    return None if incomparable else (int(a), int(b), float(mu))
 
 
 def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta: float | None = None,
@@ -152,6 +159,12 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
                                    weights=[1 - cfg.biased_share, cfg.biased_share], beta=beta, seed=seed,
                                    record_fn=_record, groups=["honest", "speedy"])
         return pop, st.phi @ ((1 - cfg.biased_share) * st.theta + cfg.biased_share * theta_b)
+    if kind == "bpref":
+        u = st.u_true
+        ann = hm.BPrefTeacher(items(u), beta=math.inf, mistake=cfg.bpref_mistake,
+                              skip_threshold=float(np.quantile(u, cfg.bpref_skip_quantile)),
+                              equal_threshold=cfg.bpref_equal * float(u.std()), **common)
+        return ann, u
     raise ValueError(f"unknown annotator model {kind!r}")
 
 
@@ -311,7 +324,7 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
     pairs = st.random_pairs(cfg.matrix_labels, rng)
     test = st.random_pairs(cfg.test_pairs, rng)
     ann, u_ann = make_annotator(annotator, st, cfg, seed, **ann_kwargs)
-    labels = ann.label([(None, int(a), int(b)) for a, b in pairs])
+    labels = [x for x in ann.label([(None, int(a), int(b)) for a, b in pairs]) if x is not None]
     out = {}
     for learner in learners:
         th = fit_learner(learner, st, labels, cfg, beta=learner_beta)

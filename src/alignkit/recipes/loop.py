@@ -1,6 +1,6 @@
 """Recipe: the iterated RLHF loop.
 
-    alignkit loop --config configs/loop_example.yaml [--resume]
+    alignkit loop (alignkit.cli.loop), with a LoopConfig such as configs/loop_example.yaml
 
 Each round, read top to bottom:
 
@@ -27,7 +27,7 @@ gold-based is computed or reported; simulated annotators then cannot be used (th
 by a gold reward).
 
 Every round writes ``OUT/round_K/`` (labels, reward model, policy, eval.json) and then
-``OUT/state.json``; ``--resume`` continues after the last finished round. Each round is
+``OUT/state.json``; ``resume`` continues after the last finished round. Each round is
 seeded from (seed, round), so a resumed run ends where an uninterrupted one would. The
 full config (sub-configs included) is written to ``OUT/alignkit_config.json``.
 
