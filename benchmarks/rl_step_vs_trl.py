@@ -10,7 +10,10 @@ like-for-like ratio.
 
 A step = generation + reward + log-probs (policy, reference) + update. Per-step wall times
 are taken inside each run (TRL: a callback; alignkit: ``diag/step_seconds``); the first
-step is dropped as warm-up and the median of the rest kept. Each run is a fresh
+step is dropped as warm-up and the median of the rest kept. alignkit's runs also report
+where its step goes (the recipe's ``time/*`` metrics, medians over steps and repeats):
+rollout (generation), reward, policy forward (with grad: the single update pass's
+forward), reference forward, update (backward + optimiser). Each run is a fresh
 subprocess with one intra-op thread; each repeat runs the variants back to back
 (reversing the order on odd repeats) and gives one paired speedup. Reported: the median of
 the paired speedups, and each side's median.
@@ -18,6 +21,7 @@ the paired speedups, and each side's median.
     .venv/bin/python benchmarks/rl_step_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/rl_step_vs_trl.py --quick   # 1 repeat, tiny only
     .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 2
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 1 --steps 3 --no-trl-defaults
 
 "smollm2" is the real SmolLM2-135M-Instruct with LoRA rank 8 on q_proj/v_proj on both sides
 (the reference is then the adapter-free model for both). Both sides run in float32 without
@@ -58,9 +62,11 @@ PROMPTS = [
     "Numbers: 0 1 2",
 ]
 NEW_TOKENS, KL, STEPS = 32, 0.05, 5
+SPLIT = ("time/rollout", "time/reward", "time/policy_forward", "time/ref_forward", "time/update")
 
 
-def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings: str = "matched") -> dict:
+def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings: str = "matched",
+           steps: int = STEPS) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
     import torch
@@ -75,12 +81,14 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
 
         prompts = [p for p in PROMPTS for _ in range(copies)]
         lora_kw = dict(lora=True, lora_r=LORA_R, lora_alpha=2 * LORA_R, lora_targets=LORA_TARGETS) if lora else {}
-        cfg = PPOConfig(policy=model_dir, out="", steps=STEPS, rollout_batch_size=len(prompts),
+        cfg = PPOConfig(policy=model_dir, out="", steps=steps, rollout_batch_size=len(prompts),
                         ppo_epochs=1, num_minibatches=1, max_new_tokens=NEW_TOKENS, kl_coef=KL, lr=1e-5,
                         save_model=False, save_checkpoints=False, tensorboard=False,
                         use_chat_template=False, device="cpu", **lora_kw)
         res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
         times = [h["diag/step_seconds"] for h in res.history]
+        split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT}
+        return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split}
     else:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -104,7 +112,7 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
         with tempfile.TemporaryDirectory() as tmp:
             args = RLOOConfig(output_dir=tmp, per_device_train_batch_size=16, num_generations=2,
                               max_completion_length=NEW_TOKENS, beta=KL, learning_rate=1e-5,
-                              max_steps=STEPS, report_to=[], save_strategy="no", logging_steps=10_000,
+                              max_steps=steps, report_to=[], save_strategy="no", logging_steps=10_000,
                               use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
                               **trl_settings(settings))
             peft = None
@@ -120,7 +128,7 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
     return {"s_per_step": statistics.median(times[1:]), "steps": times}
 
 
-def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False) -> dict:
+def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False, steps: int = STEPS) -> dict:
     """Run every variant back to back (reversing the order on odd repeats, so a drifting
     machine load does not favour either side)."""
     names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
@@ -128,7 +136,8 @@ def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False
     for name in names:
         impl, copies, *settings = variants[name]
         cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--copies", str(copies),
-               "--trl-settings", settings[0] if settings else "matched"] + (["--lora"] if lora else [])
+               "--trl-settings", settings[0] if settings else "matched", "--steps", str(steps)]
+        cmd += ["--lora"] if lora else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
@@ -143,6 +152,7 @@ def main() -> None:
     ap.add_argument("--worker", choices=["alignkit", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=STEPS, help="RL steps per run (the first is warm-up)")
     ap.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--trl-settings", default="matched", choices=["matched", "defaults"], help=argparse.SUPPRESS)
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sizes to run (default: all)")
@@ -150,7 +160,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.copies, args.lora, args.trl_settings)))
+        print(json.dumps(worker(args.worker, args.model, args.copies, args.lora, args.trl_settings, args.steps)))
         return
 
     sys.path.insert(0, str(ROOT.parent / "src"))
@@ -174,7 +184,7 @@ def main() -> None:
             runs = {v: [] for v in variants}
             paired = {"same_responses_16": [], "issue_workload_8_prompts": []}
             for r in range(repeats):
-                together = run_together(model_dir, variants, r, lora)
+                together = run_together(model_dir, variants, r, lora, args.steps)
                 for name in variants:
                     runs[name].append(together[name])
                 trl_s = together["trl_rloo_16"]["s_per_step"]
@@ -183,12 +193,14 @@ def main() -> None:
                 print(size, r, {k: round(v["s_per_step"], 3) for k, v in together.items()}, flush=True)
             med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
             defaults = None if args.no_trl_defaults else run_together(
-                model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora)["trl"]
+                model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps)["trl"]
             results[size] = {
                 "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items()},
                 "paired_speedups": paired,
                 "config": {**config, "prompts": 8, "new_tokens": NEW_TOKENS,
-                           "kl_coef": KL, "steps_per_run": STEPS},
+                           "kl_coef": KL, "steps_per_run": args.steps},
+                "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT}
+                                     for v in variants if v.startswith("alignkit")},
                 "median_s_per_step": med,
                 "runs": runs,
                 "speedup_same_responses_16": med["trl_rloo_16"] / med["alignkit_16"],
@@ -198,6 +210,7 @@ def main() -> None:
                 TRL_DEFAULTS_ROW: defaults,
             }
             print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")}, flush=True)
+            print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
     meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

@@ -89,3 +89,19 @@ def test_rollout_is_deterministic_given_scenario_and_params():
     r2 = driving.rollout(5, params, seconds=2)
     assert r1.shape == (2, len(driving.RAW))
     np.testing.assert_array_equal(r1, r2)
+
+
+def test_many_well_specified_labels_on_the_pool_recover_theta_star():
+    from alignkit.feedback.posterior import cosine
+    from alignkit.recipes.humans import HumansConfig, Setting, fit_learner, make_annotator
+
+    st = Setting(driving.load_pool())
+    cfg = HumansConfig()
+    pairs = st.random_pairs(4000, np.random.default_rng(0))
+    ann, _ = make_annotator("boltzmann", st, cfg, seed=0)
+    labels = ann.label([(None, int(a), int(b)) for a, b in pairs])
+    few = fit_learner("boltzmann", st, labels[:30], cfg)
+    many = fit_learner("boltzmann", st, labels, cfg)
+    assert cosine(many, st.theta) > 0.99
+    assert cosine(many, st.theta) > cosine(few, st.theta)
+    assert driving.policy_regret(st.phi, st.pool, many) == 0.0
