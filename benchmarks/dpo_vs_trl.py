@@ -2,7 +2,11 @@
 
 Same GPT-2 configs (2 layers/64 wide "tiny", 6/384 "small"), same tokenizer, same
 synthetic prompt/chosen/rejected data, batch 8, max length 128, β = 0.1, CPU, one
-intra-op thread each. Each measurement runs in a fresh subprocess (so peak RSS is its
+intra-op thread each; and the real SmolLM2-135M-Instruct ("smollm2", ``--model smollm2``)
+with LoRA rank 8 on q_proj/v_proj on both sides, on Anthropic HH harmless pairs that fit in
+128 tokens (so neither side truncates), batch 4. Both sides train in float32 without
+gradient checkpointing (TRL's defaults, bf16 autocast + checkpointing, are measured once
+per size as a separate labelled row: see ``_fair.py``). Each measurement runs in a fresh subprocess (so peak RSS is its
 own); each repeat runs the two back to back (alternating which goes first) and gives one
 paired speedup; we report the median of the paired speedups and each side's median.
 
@@ -12,6 +16,7 @@ tokenisation are outside the timer for both.
 
     .venv/bin/python benchmarks/dpo_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/dpo_vs_trl.py --quick   # 1 repeat, tiny only, fewer pairs
+    .venv/bin/python benchmarks/dpo_vs_trl.py --sizes smollm2 --repeats 2
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
+
+HH = ROOT.parent.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+LORA_R, LORA_TARGETS = 8, ["q_proj", "v_proj"]
 # One intra-op thread for both sides: on a shared, oversubscribed 2-core machine, 2 OpenMP
 # threads per process mostly wait on each other at every op's barrier, which adds noise
 # unrelated to either implementation. Override with ALIGNKIT_BENCH_THREADS.
 THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
-SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6)}
+SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6), "smollm2": None}
+BATCH = {"tiny": 8, "small": 8, "smollm2": 4}
 WORDS = ("the a quick brown fox jumps over lazy dog please help me write short polite reply to my "
          "neighbour thank you for asking here is safe and helpful answer bake bread mix flour water "
          "yeast salt then knead capital of france paris numbers punctuation").split()
@@ -48,28 +59,50 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
              "rejected": " " + text(6, 18)} for _ in range(n)]
 
 
+def hh_rows(n: int, model_dir: str, max_length: int = 128) -> list[dict]:
+    """The first ``n`` HH harmless pairs whose prompt + longer response fits ``max_length``
+    tokens of the model's tokenizer (plus EOS), so neither side truncates anything."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT.parent / "src"))
+    from alignkit.data import load_records, to_comparisons
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for c in to_comparisons(load_records(str(HH)).records):
+        n_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in (c.prompt, c.a, c.b)]
+        if n_tok[0] + max(n_tok[1:]) + 1 <= max_length:
+            rows.append({"prompt": c.prompt, "chosen": c.a, "rejected": c.b})
+        if len(rows) == n:
+            return rows
+    raise SystemExit(f"only {len(rows)} HH pairs fit in {max_length} tokens")
+
+
 def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(impl: str, model_dir: str, n_pairs: int) -> dict:
+def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
     import torch
 
     torch.set_num_threads(THREADS)
-    rows = make_rows(n_pairs)
+    lora = size == "smollm2"
+    rows = hh_rows(n_pairs, model_dir) if lora else make_rows(n_pairs)
+    batch = BATCH[size]
     if impl == "alignkit":
         sys.path.insert(0, str(ROOT.parent / "src"))
         from alignkit.data import Comparison
         from alignkit.recipes.dpo import DPOConfig, train_dpo
 
         records = [Comparison(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-        cfg = DPOConfig(policy=model_dir, out="", batch_size=8, max_length=128, beta=0.1, lr=5e-5,
+        cfg = DPOConfig(policy=model_dir, out="", batch_size=batch, max_length=128, beta=0.1, lr=5e-5,
                         epochs=1, save_model=False, save_checkpoints=False, tensorboard=False,
-                        use_chat_template=False, device="cpu")
+                        use_chat_template=False, device="cpu", lora=lora, lora_r=LORA_R,
+                        lora_alpha=2 * LORA_R, lora_targets=LORA_TARGETS if lora else [])
         res = train_dpo(cfg, records=records)
         return {"pairs_per_s": res.metrics["pairs_per_s"], "peak_rss_mb": peak_rss_mb()}
     from datasets import Dataset
@@ -79,28 +112,38 @@ def worker(impl: str, model_dir: str, n_pairs: int) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=8, max_length=128, beta=0.1,
+        args = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, max_length=128, beta=0.1,
                          learning_rate=5e-5, num_train_epochs=1, report_to=[], save_strategy="no",
-                         logging_steps=10_000, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+                         logging_steps=10_000, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+                         **trl_settings(settings))
+        peft = None
+        if lora:
+            from peft import LoraConfig
+
+            peft = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0,
+                              target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                             peft_config=peft)
         t = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - t
     return {"pairs_per_s": n_pairs / elapsed, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_pair(model_dir: str, n_pairs: int, repeat: int) -> dict:
+def measure(impl: str, model_dir: str, n_pairs: int, size: str, settings: str = "matched") -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
+                           "--pairs", str(n_pairs), "--size", size, "--trl-settings", settings],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_pair(model_dir: str, n_pairs: int, repeat: int, size: str) -> dict:
     """Run the two workers back to back (alternating which goes first between repeats, so
     a drifting machine load does not favour either side)."""
     order = ("alignkit", "trl") if repeat % 2 == 0 else ("trl", "alignkit")
-    out = {}
-    for impl in order:
-        proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
-                               "--pairs", str(n_pairs)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-3000:]}")
-        out[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+    return {impl: measure(impl, model_dir, n_pairs, size) for impl in order}
 
 
 def main() -> None:
@@ -110,49 +153,58 @@ def main() -> None:
     ap.add_argument("--worker", choices=["alignkit", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--pairs", type=int, default=0)
+    ap.add_argument("--size", default="tiny", help=argparse.SUPPRESS)
+    ap.add_argument("--trl-settings", default="matched", choices=["matched", "defaults"], help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sizes to run (default: all)")
+    ap.add_argument("--no-trl-defaults", action="store_true", help="skip the separate TRL-defaults row")
     ap.add_argument("--out", default=str(ROOT / "results" / "dpo_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.pairs)))
+        print(json.dumps(worker(args.worker, args.model, args.pairs, args.size, args.trl_settings)))
         return
 
     sys.path.insert(0, str(ROOT.parent / "src"))
-    from alignkit.models import make_tiny_lm_dir
+    from alignkit.models import make_tiny_lm_dir, resolve_model
 
-    sizes = ["tiny"] if args.quick else list(SIZES)
+    sizes = ["tiny"] if args.quick else (args.sizes or list(SIZES))
     repeats = 1 if args.quick else args.repeats
-    pairs = {"tiny": 32 if args.quick else 128, "small": 64}
-    results = {}
+    pairs = {"tiny": 32 if args.quick else 128, "small": 64, "smollm2": 16}
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            n_layer, n_embd, n_head = SIZES[size]
-            model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+            if size == "smollm2":
+                model_dir, config = str(resolve_model("smollm2")), {"model": "SmolLM2-135M-Instruct",
+                                                                     "lora_r": LORA_R, "lora_targets": LORA_TARGETS}
+            else:
+                n_layer, n_embd, n_head = SIZES[size]
+                model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+                config = {"n_layer": n_layer, "n_embd": n_embd}
             runs = {"alignkit": [], "trl": []}
             ratios = []
             for r in range(repeats):
-                pair = run_pair(model_dir, pairs[size], r)
+                pair = run_pair(model_dir, pairs[size], r, size)
                 for impl in runs:
                     runs[impl].append(pair[impl])
                 ratios.append(pair["alignkit"]["pairs_per_s"] / pair["trl"]["pairs_per_s"])
                 print(size, r, pair, flush=True)
             med = {impl: {k: statistics.median(x[k] for x in v) for k in v[0]} for impl, v in runs.items()}
+            defaults = None if args.no_trl_defaults else measure("trl", model_dir, pairs[size], size, "defaults")
             results[size] = {
                 "median_of_paired_speedups": statistics.median(ratios),
                 "paired_speedups": ratios,
-                "config": {"n_layer": n_layer, "n_embd": n_embd, "pairs": pairs[size], "batch_size": 8,
-                           "max_length": 128},
+                "config": {**config, "pairs": pairs[size], "batch_size": BATCH[size], "max_length": 128},
                 "median": med,
                 "runs": runs,
                 "speedup": med["alignkit"]["pairs_per_s"] / med["trl"]["pairs_per_s"],
                 "rss_ratio": med["alignkit"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"],
+                # TRL with its own defaults (bf16 autocast + gradient checkpointing): one run,
+                # a separate row, in no ratio -- the like-for-like rows above run it in float32
+                TRL_DEFAULTS_ROW: defaults,
             }
             print(size, "speedup", round(results[size]["speedup"], 2), "rss ratio",
                   round(results[size]["rss_ratio"], 2), flush=True)
-    import torch
-    import trl
-
-    meta = {"torch": torch.__version__, "trl": trl.__version__, "threads": THREADS,
-            "repeats": repeats, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
+    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(json.dumps({s: {"speedup": r["speedup"], "rss_ratio": r["rss_ratio"]} for s, r in results.items()}))

@@ -54,10 +54,10 @@ def run(seed: int, cfg: DemoConfig, n_responses: int) -> dict:
     pool, test = draw(cfg.al_pool), draw(cfg.al_pool // 2)
     prefs = [1 if GOLD.score_one(a, p) > GOLD.score_one(b, p) else -1 for p, a, b in test]
     texts = [r for _, r in corpus]
-    bias = politeness_bias(cfg.flattery_bias)
+    bias = politeness_bias(cfg.annotator.flattery_bias)
     res = {}
     for strategy in STRATEGIES:
-        annot = simulated_population(cfg, seed + 100)
+        annot = simulated_population(cfg.annotator, GOLD, seed + 100)
         asked: list = []
 
         def label(pairs, annot=annot, asked=asked):
@@ -96,15 +96,15 @@ def main() -> None:
     args = ap.parse_args()
     cfg = DemoConfig()
     if args.biased_fraction is not None:
-        cfg.biased_fraction = args.biased_fraction
+        cfg.annotator.biased_fraction = args.biased_fraction
     if args.noise is not None:
-        cfg.annotator_noise = args.noise
+        cfg.annotator.noise = args.noise
     t0 = time.time()
     per_seed = [run(s, cfg, args.responses) for s in args.seeds]
     finals = [r[s]["curve"][-1]["accuracy"] for r in per_seed for s in STRATEGIES]
     target = round(min(finals) - 0.01, 3)
-    summary = {"seeds": args.seeds, "target_accuracy": target, "biased_fraction": cfg.biased_fraction,
-               "annotator_noise": cfg.annotator_noise, "strategies": {}}
+    summary = {"seeds": args.seeds, "target_accuracy": target, "biased_fraction": cfg.annotator.biased_fraction,
+               "annotator_noise": cfg.annotator.noise, "strategies": {}}
     for s in STRATEGIES:
         need = [labels_to_reach([CurvePoint(**p) for p in r[s]["curve"]], target) for r in per_seed]
         summary["strategies"][s] = {

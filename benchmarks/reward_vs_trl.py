@@ -5,7 +5,10 @@ Workload (identical for both; every pair fits in max length 128, so TRL, which d
 longer pairs, and alignkit, which truncates them, train on the same pairs): GPT-2 configs "tiny" (2 layers, 64 wide) and "small"
 (6 layers, 384 wide) built offline with the same byte-level BPE tokenizer; the same
 synthetic prompt/chosen/rejected pairs; batch 8 pairs; max length 128; lr 5e-5; one
-epoch; CPU, one thread per worker by default (``--threads``); dropout off in both (TRL's default ``disable_dropout=True``, ours
+epoch; CPU, one thread per worker by default (``--threads``); and the real SmolLM2-135M
+("smollm2": full fine-tuning of backbone + head on both sides, on HH harmless pairs that
+fit 128 tokens). Both sides train in float32 without gradient checkpointing (TRL's defaults,
+bf16 autocast + checkpointing, run once per size as a separate labelled row; ``_fair.py``); dropout off in both (TRL's default ``disable_dropout=True``, ours
 ``disable_dropout=True``). Each measurement runs in its own subprocess so its peak RSS is
 its own; repeats interleave (ours, TRL, ours, TRL, ...) and medians are reported.
 
@@ -37,8 +40,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=6, n_embd=384, n_head=6)}
-PAIRS = {"tiny": 384, "small": 96}
+sys.path.insert(0, str(HERE))
+from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
+
+HH = HERE.parent.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=6, n_embd=384, n_head=6),
+         "smollm2": None}
+PAIRS = {"tiny": 384, "small": 96, "smollm2": 16}
 VOCAB = (
     "please help me write a short polite reply to my neighbour about the noisy party last night "
     "thank you for asking here is a safe and helpful answer with three steps first second third "
@@ -80,7 +88,24 @@ def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool, pair_l
         return metrics["perf/train_pairs_per_s"], metrics["data/train_pairs"]
 
 
-def run_trl(model_dir: str, rows: list[dict]) -> tuple[float, int]:
+def hh_rows(n: int, model_dir: str, max_length: int = 128) -> list[dict]:
+    """The first ``n`` HH harmless pairs whose prompt + longer response fits ``max_length``."""
+    from transformers import AutoTokenizer
+
+    from alignkit.data import load_records, to_comparisons
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for c in to_comparisons(load_records(str(HH)).records):
+        n_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in (c.prompt, c.a, c.b)]
+        if n_tok[0] + max(n_tok[1:]) + 1 <= max_length:
+            rows.append({"prompt": c.prompt, "chosen": c.a, "rejected": c.b})
+        if len(rows) == n:
+            return rows
+    raise SystemExit(f"only {len(rows)} HH pairs fit in {max_length} tokens")
+
+
+def run_trl(model_dir: str, rows: list[dict], settings: str = "matched") -> tuple[float, int]:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -92,7 +117,7 @@ def run_trl(model_dir: str, rows: list[dict]) -> tuple[float, int]:
         args = RewardConfig(
             output_dir=out, per_device_train_batch_size=8, max_length=128, learning_rate=5e-5,
             num_train_epochs=1, report_to=[], save_strategy="no", logging_steps=10_000,
-            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, **trl_settings(settings),
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
@@ -104,18 +129,20 @@ def run_trl(model_dir: str, rows: list[dict]) -> tuple[float, int]:
         return trained / (time.perf_counter() - start), trained
 
 
-def worker(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, pair_layout: str) -> dict:
-    rows = synthetic_rows(n_pairs)
+def worker(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, pair_layout: str,
+           size: str = "tiny", settings: str = "matched") -> dict:
+    rows = hh_rows(n_pairs, model_dir) if size == "smollm2" else synthetic_rows(n_pairs)
     if impl == "alignkit":
         pairs_per_s, trained = run_alignkit(model_dir, rows, group_by_length, pair_layout)
     else:
-        pairs_per_s, trained = run_trl(model_dir, rows)
+        pairs_per_s, trained = run_trl(model_dir, rows, settings)
     return {"pairs_per_s": pairs_per_s, "peak_rss_mb": _peak_rss_mb(), "pairs_trained": trained}
 
 
-def measure(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, threads: int, pair_layout: str) -> dict:
+def measure(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, threads: int, pair_layout: str,
+            size: str = "tiny", settings: str = "matched") -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs),
-           "--pair-layout", pair_layout]
+           "--pair-layout", pair_layout, "--size", size, "--trl-settings", settings]
     if not group_by_length:
         cmd.append("--no-group-by-length")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNKIT_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -143,49 +170,62 @@ def main() -> None:
     ap.add_argument("--worker", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--pairs", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--size", default="tiny", help=argparse.SUPPRESS)
+    ap.add_argument("--trl-settings", default="matched", choices=["matched", "defaults"], help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sizes to run (default: all)")
+    ap.add_argument("--no-trl-defaults", action="store_true", help="skip the separate TRL-defaults row")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.pairs, args.group_by_length, args.pair_layout)))
+        print(json.dumps(worker(args.worker, args.model, args.pairs, args.group_by_length, args.pair_layout,
+                                args.size, args.trl_settings)))
         return
 
-    from alignkit.models import make_tiny_lm_dir
+    from alignkit.models import make_tiny_lm_dir, resolve_model
 
-    sizes = ["tiny"] if args.quick else list(SIZES)
+    sizes = ["tiny"] if args.quick else (args.sizes or list(SIZES))
     repeats = 1 if args.quick else args.repeats
-    results = {}
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            model_dir = str(make_tiny_lm_dir(Path(tmp) / size, **SIZES[size]))
+            if size == "smollm2":
+                model_dir, config = str(resolve_model("smollm2")), {"model": "SmolLM2-135M-Instruct"}
+            else:
+                model_dir, config = str(make_tiny_lm_dir(Path(tmp) / size, **SIZES[size])), SIZES[size]
             n_pairs = 64 if args.quick else PAIRS[size]
             runs: dict[str, list[dict]] = {"alignkit": [], "trl": []}
             for rep in range(repeats):
                 for impl in ("alignkit", "trl"):  # interleaved: both see the same machine load
-                    runs[impl].append(measure(impl, model_dir, n_pairs, args.group_by_length, args.threads, args.pair_layout))
+                    runs[impl].append(measure(impl, model_dir, n_pairs, args.group_by_length, args.threads,
+                                              args.pair_layout, size))
                     print(size, rep, impl, runs[impl][-1], flush=True)
             median = {
                 impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()
             }
             # each repeat's ours/TRL ratio (the two ran back to back, under similar load)
             paired = [a["pairs_per_s"] / t["pairs_per_s"] for a, t in zip(runs["alignkit"], runs["trl"], strict=True)]
+            defaults = None if args.no_trl_defaults else measure(
+                "trl", model_dir, n_pairs, args.group_by_length, args.threads, args.pair_layout, size, "defaults")
             results[size] = {
                 "paired_speedups": paired,
                 "median_paired_speedup": statistics.median(paired),
-                "config": {**SIZES[size], "pairs": n_pairs, "batch_size": 8, "max_length": 128},
+                "config": {**config, "pairs": n_pairs, "batch_size": 8, "max_length": 128},
                 "median": median,
                 "runs": runs,
                 "speedup": median["alignkit"]["pairs_per_s"] / median["trl"]["pairs_per_s"],
                 "rss_ratio": median["alignkit"]["peak_rss_mb"] / median["trl"]["peak_rss_mb"],
+                # TRL with its own defaults (bf16 autocast + gradient checkpointing): one run,
+                # a separate row, in no ratio
+                TRL_DEFAULTS_ROW: defaults,
             }
             print(size, "speedup", round(results[size]["speedup"], 2),
                   "rss ratio", round(results[size]["rss_ratio"], 2), flush=True)
 
     import torch
-    import trl
 
     meta = {
-        "torch": torch.__version__, "trl": trl.__version__, "threads_per_worker": args.threads or torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        **machine_meta(), "threads_per_worker": args.threads or torch.get_num_threads(),
         "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
         "alignkit_group_by_length": args.group_by_length, "alignkit_pair_layout": args.pair_layout, "target": "speedup >= 1.5, rss_ratio <= 1",
     }

@@ -10,13 +10,26 @@ like-for-like ratio.
 
 A step = generation + reward + log-probs (policy, reference) + update. Per-step wall times
 are taken inside each run (TRL: a callback; alignkit: ``diag/step_seconds``); the first
-step is dropped as warm-up and the median of the rest kept. Each run is a fresh
+step is dropped as warm-up and the median of the rest kept. Each step's CPU time of the
+process (``time.process_time``; alignkit: ``diag/step_cpu_seconds``) is recorded too: on a
+machine shared with other jobs it leaves out the time spent waiting for a core, so its
+paired ratio (``*_cpu_time``) is the steadier one. alignkit's runs also report
+where its step goes (the recipe's ``time/*`` metrics, medians over steps and repeats):
+rollout (generation), reward, policy forward (with grad: the single update pass's
+forward), reference forward, update (backward + optimiser). Each run is a fresh
 subprocess with one intra-op thread; each repeat runs the variants back to back
 (reversing the order on odd repeats) and gives one paired speedup. Reported: the median of
 the paired speedups, and each side's median.
 
     .venv/bin/python benchmarks/rl_step_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/rl_step_vs_trl.py --quick   # 1 repeat, tiny only
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 2
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 1 --steps 3 --no-trl-defaults
+
+"smollm2" is the real SmolLM2-135M-Instruct with LoRA rank 8 on q_proj/v_proj on both sides
+(the reference is then the adapter-free model for both). Both sides run in float32 without
+gradient checkpointing; TRL's defaults (bf16 autocast + checkpointing) run once per size as a
+separate labelled row, in no ratio (``_fair.py``).
 """
 
 from __future__ import annotations
@@ -32,11 +45,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
+
+LORA_R, LORA_TARGETS = 8, ["q_proj", "v_proj"]
 # One intra-op thread for both sides: on a shared, oversubscribed 2-core machine, 2 OpenMP
 # threads per process mostly wait on each other at every op's barrier, which adds noise
 # unrelated to either implementation. Override with ALIGNKIT_BENCH_THREADS.
 THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
-SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6)}
+SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6), "smollm2": None}
 PROMPTS = [
     "Human: How do I bake bread? Assistant:",
     "Human: What is the capital of France? Assistant:",
@@ -48,9 +65,11 @@ PROMPTS = [
     "Numbers: 0 1 2",
 ]
 NEW_TOKENS, KL, STEPS = 32, 0.05, 5
+SPLIT = ("time/rollout", "time/reward", "time/policy_forward", "time/ref_forward", "time/update")
 
 
-def worker(impl: str, model_dir: str, copies: int) -> dict:
+def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings: str = "matched",
+           steps: int = STEPS) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
     import torch
@@ -64,25 +83,31 @@ def worker(impl: str, model_dir: str, copies: int) -> dict:
             return torch.tensor([len(r) / 50.0 for r in responses])
 
         prompts = [p for p in PROMPTS for _ in range(copies)]
-        cfg = PPOConfig(policy=model_dir, out="", steps=STEPS, rollout_batch_size=len(prompts),
+        lora_kw = dict(lora=True, lora_r=LORA_R, lora_alpha=2 * LORA_R, lora_targets=LORA_TARGETS) if lora else {}
+        cfg = PPOConfig(policy=model_dir, out="", steps=steps, rollout_batch_size=len(prompts),
                         ppo_epochs=1, num_minibatches=1, max_new_tokens=NEW_TOKENS, kl_coef=KL, lr=1e-5,
                         save_model=False, save_checkpoints=False, tensorboard=False,
-                        use_chat_template=False, device="cpu")
+                        use_chat_template=False, device="cpu", **lora_kw)
         res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
         times = [h["diag/step_seconds"] for h in res.history]
+        cpu = [h["diag/step_cpu_seconds"] for h in res.history]
+        split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT}
+        return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split,
+                "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
     else:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
         from trl import RLOOConfig, RLOOTrainer
 
-        times = []
+        times, cpu = [], []
 
         class Timer(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
-                self.t = time.perf_counter()
+                self.t, self.c = time.perf_counter(), time.process_time()
 
             def on_step_end(self, args, state, control, **kw):
                 times.append(time.perf_counter() - self.t)
+                cpu.append(time.process_time() - self.c)
 
         def reward_fn(completions, **kwargs):
             return [len(c) / 50.0 for c in completions]
@@ -93,24 +118,34 @@ def worker(impl: str, model_dir: str, copies: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             args = RLOOConfig(output_dir=tmp, per_device_train_batch_size=16, num_generations=2,
                               max_completion_length=NEW_TOKENS, beta=KL, learning_rate=1e-5,
-                              max_steps=STEPS, report_to=[], save_strategy="no", logging_steps=10_000,
-                              use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+                              max_steps=steps, report_to=[], save_strategy="no", logging_steps=10_000,
+                              use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+                              **trl_settings(settings))
+            peft = None
+            if lora:
+                from peft import LoraConfig
+
+                peft = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0,
+                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
             trainer = RLOOTrainer(model=model, reward_funcs=reward_fn, args=args,
                                   train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS * 8]),
-                                  processing_class=tok, callbacks=[Timer()])
+                                  processing_class=tok, callbacks=[Timer()], peft_config=peft)
             trainer.train()
-    return {"s_per_step": statistics.median(times[1:]), "steps": times}
+    return {"s_per_step": statistics.median(times[1:]), "steps": times,
+            "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
 
 
-def run_together(model_dir: str, variants: dict, repeat: int) -> dict:
+def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False, steps: int = STEPS) -> dict:
     """Run every variant back to back (reversing the order on odd repeats, so a drifting
     machine load does not favour either side)."""
     names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
     out = {}
     for name in names:
-        impl, copies = variants[name]
-        proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
-                               "--copies", str(copies)], capture_output=True, text=True, check=False)
+        impl, copies, *settings = variants[name]
+        cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--copies", str(copies),
+               "--trl-settings", settings[0] if settings else "matched", "--steps", str(steps)]
+        cmd += ["--lora"] if lora else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -124,50 +159,71 @@ def main() -> None:
     ap.add_argument("--worker", choices=["alignkit", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=STEPS, help="RL steps per run (the first is warm-up)")
+    ap.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--trl-settings", default="matched", choices=["matched", "defaults"], help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sizes to run (default: all)")
+    ap.add_argument("--no-trl-defaults", action="store_true", help="skip the separate TRL-defaults row")
     ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.copies)))
+        print(json.dumps(worker(args.worker, args.model, args.copies, args.lora, args.trl_settings, args.steps)))
         return
 
     sys.path.insert(0, str(ROOT.parent / "src"))
-    from alignkit.models import make_tiny_lm_dir
+    from alignkit.models import make_tiny_lm_dir, resolve_model
 
-    sizes = ["tiny"] if args.quick else list(SIZES)
+    sizes = ["tiny"] if args.quick else (args.sizes or list(SIZES))
     repeats = 1 if args.quick else args.repeats
     variants = {"alignkit_8": ("alignkit", 1), "alignkit_16": ("alignkit", 2), "trl_rloo_16": ("trl", 1)}
-    results = {}
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            n_layer, n_embd, n_head = SIZES[size]
-            model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+            lora = size == "smollm2"
+            if lora:
+                model_dir = str(resolve_model("smollm2"))
+                config = {"model": "SmolLM2-135M-Instruct", "lora_r": LORA_R, "lora_targets": LORA_TARGETS}
+            else:
+                n_layer, n_embd, n_head = SIZES[size]
+                model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+                config = {"n_layer": n_layer, "n_embd": n_embd}
             runs = {v: [] for v in variants}
-            paired = {"same_responses_16": [], "issue_workload_8_prompts": []}
+            paired = {"same_responses_16": [], "issue_workload_8_prompts": [],
+                      "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": []}
             for r in range(repeats):
-                together = run_together(model_dir, variants, r)
+                together = run_together(model_dir, variants, r, lora, args.steps)
                 for name in variants:
                     runs[name].append(together[name])
                 trl_s = together["trl_rloo_16"]["s_per_step"]
                 paired["same_responses_16"].append(trl_s / together["alignkit_16"]["s_per_step"])
                 paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
+                trl_c = together["trl_rloo_16"]["cpu_s_per_step"]
+                paired["same_responses_16_cpu_time"].append(trl_c / together["alignkit_16"]["cpu_s_per_step"])
+                paired["issue_workload_8_prompts_cpu_time"].append(trl_c / together["alignkit_8"]["cpu_s_per_step"])
                 print(size, r, {k: round(v["s_per_step"], 3) for k, v in together.items()}, flush=True)
             med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
+            defaults = None if args.no_trl_defaults else run_together(
+                model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps)["trl"]
             results[size] = {
                 "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items()},
                 "paired_speedups": paired,
-                "config": {"n_layer": n_layer, "n_embd": n_embd, "prompts": 8, "new_tokens": NEW_TOKENS,
-                           "kl_coef": KL, "steps_per_run": STEPS},
+                "config": {**config, "prompts": 8, "new_tokens": NEW_TOKENS,
+                           "kl_coef": KL, "steps_per_run": args.steps},
+                "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT}
+                                     for v in variants if v.startswith("alignkit")},
                 "median_s_per_step": med,
                 "runs": runs,
                 "speedup_same_responses_16": med["trl_rloo_16"] / med["alignkit_16"],
                 "speedup_issue_workload_8_prompts": med["trl_rloo_16"] / med["alignkit_8"],
+                # TRL with its own defaults (bf16 autocast + gradient checkpointing): one run,
+                # a separate row, in no ratio
+                TRL_DEFAULTS_ROW: defaults,
             }
-            print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")}, flush=True)
-    import torch
-    import trl
-
-    meta = {"torch": torch.__version__, "trl": trl.__version__, "threads": THREADS,
-            "repeats": repeats, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
+            print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")},
+                  {k: round(v, 2) for k, v in results[size]["median_of_paired_speedups"].items()}, flush=True)
+            print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
+    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(json.dumps({s: {k: v for k, v in r.items() if k.startswith("speedup")} for s, r in results.items()}))

@@ -1,7 +1,11 @@
-"""Flat recipe configs: one dataclass per recipe, YAML files are overrides.
+"""Recipe configs: one dataclass per recipe, YAML files are overrides.
 
 Every field carries a docstring (the line after it, as in CleanRL). Unknown keys are
 errors with a suggestion, types are checked and coerced from YAML/CLI strings.
+
+A recipe built from other recipes composes their configs: a field whose type is another
+recipe's dataclass (``LoopConfig.ppo: PPOConfig``) is set from a nested YAML mapping
+(``ppo: {kl_coef: 0.1}``) or a dotted key (``ppo.kl_coef=0.1``), checked like the top level.
 """
 
 from __future__ import annotations
@@ -51,18 +55,40 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def apply_overrides(cfg: T, overrides: dict[str, Any], *, source: str = "overrides") -> T:
-    """Return a copy of dataclass ``cfg`` with ``overrides`` applied (checked, coerced)."""
+def apply_overrides(cfg: T, overrides: dict[str, Any], *, source: str = "overrides", prefix: str = "") -> T:
+    """Return a copy of dataclass ``cfg`` with ``overrides`` applied (checked, coerced).
+
+    Keys may be dotted (``ppo.kl_coef``) and values of nested-config fields may be mappings;
+    both reach the nested dataclass. ``prefix`` names the nesting in error messages."""
     hints = typing.get_type_hints(type(cfg))
     names = [f.name for f in dataclasses.fields(cfg)]
+    nested: dict[str, dict[str, Any]] = {}
     changes = {}
     for key, value in overrides.items():
         key = key.replace("-", "_")
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown config key '{key}'{hint}")
-        changes[key] = _coerce(key, value, hints[key])
+        head, dot, rest = key.partition(".")
+        if head not in names:
+            close = difflib.get_close_matches(head, names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
+        is_nested = dataclasses.is_dataclass(hints[head])
+        if dot and not is_nested:
+            raise ConfigError(f"{source}: config key '{prefix}{head}' has no sub-keys (got '{prefix}{key}')")
+        if is_nested:
+            if dot:
+                nested.setdefault(head, {})[rest] = value
+            elif isinstance(value, dict):
+                nested.setdefault(head, {}).update(value)
+            elif isinstance(value, hints[head]):
+                changes[head] = value
+            else:
+                raise ConfigError(f"{source}: config key '{prefix}{head}': expected a mapping of "
+                                  f"{hints[head].__name__} keys, got {value!r}")
+        else:
+            changes[head] = _coerce(prefix + head, value, hints[head])
+    for head, sub in nested.items():
+        base = changes.get(head, getattr(cfg, head))
+        changes[head] = apply_overrides(base, sub, source=source, prefix=f"{prefix}{head}.")
     return dataclasses.replace(cfg, **changes)
 
 

@@ -6,6 +6,8 @@
 * :func:`sample_for_eval` and :func:`score_samples`: a policy's responses, their KL to the
   reference on the sampled tokens, the proxy reward, and — only when a gold reward is given
   — the gold reward and the win rate against the base policy.
+* :func:`paired_bootstrap_ci`: whether a method beats the base policy, as a bootstrap CI
+  of its per-prompt gain over seeds × prompts.
 
 A gold reward is a function ``gold(prompts, responses) -> list[float]`` (the embedded task's
 ``GOLD.scores``); a run on the user's own prompts has none, and then no gold number is
@@ -28,6 +30,7 @@ __all__ = [
     "PolicySamples",
     "calibration_bins",
     "evaluate_reward_model",
+    "paired_bootstrap_ci",
     "reward_margins",
     "sample_for_eval",
     "score_samples",
@@ -151,3 +154,30 @@ def score_samples(samples: PolicySamples, rm, *, gold: GoldFn | None = None,
         if base_gold is not None:
             out["win_rate"] = win_rate(g, base_gold)
     return out
+
+
+# ------------------------------------------------------------------------- statistics
+
+
+def paired_bootstrap_ci(gains, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired gain and its percentile bootstrap CI: ``(mean, low, high)``.
+
+    ``gains[s][p]`` ``(S, P)`` is a method's gain over the baseline on prompt p under seed s,
+    both scored on the same prompt (so the prompt's difficulty cancels: the pairing). Each
+    resample draws S seeds and P prompts with replacement (two-way: a new seed re-runs
+    feedback and training, a new prompt is a new draw from the task) and takes the mean of
+    the selected cells; the CI is the (1 ± level)/2 quantiles of ``resamples`` such means.
+    With S = 1 only the prompts vary, so the CI says nothing about seed-to-seed spread.
+    """
+    g = torch.as_tensor(gains, dtype=torch.float64)
+    if g.ndim != 2 or g.numel() == 0:
+        raise ValueError(f"gains: expected a non-empty (seeds, prompts) table, got shape {tuple(g.shape)}")
+    n_seeds, n_prompts = g.shape
+    gen = torch.Generator().manual_seed(seed)
+    seeds = torch.randint(n_seeds, (resamples, n_seeds), generator=gen)
+    prompts = torch.randint(n_prompts, (resamples, n_prompts), generator=gen)
+    rows = g[seeds]  # (resamples, S, P)
+    means = torch.gather(rows, 2, prompts[:, None, :].expand(-1, n_seeds, -1)).mean((1, 2))
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(means, q).tolist()
+    return g.mean().item(), low, high

@@ -95,7 +95,7 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
             {"prompt": "Skip me", "responses": ["x", "y"]},
         ],
     )
-    ann = store.add_user("ann", group="uk")
+    ann = store.add_user("ann", group="uk", projects=["web"])
     boss = store.add_user("boss", role="admin")
     server = start_server(db, "web")
     dialogs, console = [], []
@@ -205,7 +205,7 @@ def test_untrusted_text_runs_no_script(browser, tmp_path, start_server):
             },
         ],
     )
-    ann = store.add_user("ann")
+    ann = store.add_user("ann", projects=["xss"])
     server = start_server(db, "xss")
     dialogs, console = [], []
     context, page = open_page(browser, server.url, dialogs, console)
@@ -265,7 +265,7 @@ def test_video_pair_plays_in_sync_and_takes_a_keyboard_choice(browser, tmp_path,
     (item_id,) = import_video_pairs(
         store, "ctl", [{"video_a": a, "video_b": b, "meta": {"segments": [7, 8]}}]
     ).item_ids
-    ann = store.add_user("ann")
+    ann = store.add_user("ann", projects=["ctl"])
     server = start_server(db, "ctl")
     dialogs, console = [], []
     context, page = open_page(browser, server.url, dialogs, console)

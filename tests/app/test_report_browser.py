@@ -28,7 +28,8 @@ def _summary():
                            for n, k, p, g in [(1, 0, 0, 1), (16, 1.8, 2, 2.2), (128, 3.9, 3, 1.9)]]}
     return {
         "task": "assistant", "seeds": [0, 1, 2], "wall_s": 100.0, "methods": methods,
-        "beats_base": {m: {"margin": 1.0, "spread": 0.1, "ok": True} for m in ("ppo", "dpo", "best_of_n")},
+        "beats_base": {m: {"gain": 1.0, "ci_low": 0.8, "ci_high": 1.2, "level": 0.95, "ok": True, "n_seeds": 3,
+                           "n_prompts": 48} for m in ("ppo", "dpo", "best_of_n")},
         "sweep": sweep,
         "overoptimization": {"ppo": {"peak_index": 1, "loosest_index": 2, "peak_gold": 2.6, "peak_proxy": 2,
                                      "loosest_gold": 1.5, "loosest_proxy": 4, "peak_kl": 3, "loosest_kl": 9,

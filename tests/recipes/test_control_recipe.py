@@ -47,8 +47,8 @@ def test_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.parametrize("args, msg", [
     (["--env", "NoSuchEnv-v9"], "unknown gymnasium environment id 'NoSuchEnv-v9'"),
     (["--labels", "0"], "label budget ≥ 1, got 0"),
-    (["--human"], "--human needs --db"),
-    (["--annotator", "oracle"], "--annotator: expected one of"),
+    (["--human"], "human needs db"),
+    (["--annotator", "oracle"], "annotator: expected one of"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, msg, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
@@ -71,7 +71,7 @@ def test_cli_clips_need_rgb_array(tmp_path, capsys):
         main(["control", "train", "--env", "AlignkitNoRender-v0", "--human", "--db", "sqlite:///x.db",
               "--out", str(tmp_path)])
     assert e.value.code == 2
-    assert "has no render_mode='rgb_array', needed for --human clips" in capsys.readouterr().err
+    assert "has no render_mode='rgb_array', needed for human-labelled clips" in capsys.readouterr().err
 
 
 def test_demo_control_runs_end_to_end(tmp_path, capsys):

@@ -9,7 +9,7 @@ from alignkit.cli import main
 
 METHODS = ("base", "ppo", "dpo", "best_of_n")
 PNGS = ("reward_vs_kl.png", "methods.png", "rounds.png", "calibration.png", "agreement.png",
-        "active_learning.png")
+        "active_learning.png", "entanglement.png", "gao_fits.png")
 
 
 def run_cli(args):
@@ -45,6 +45,13 @@ def test_quick_demo_writes_report_and_summary(quick_demo, capsys):
     assert set(s["sweep"]) == {"ppo", "best_of_n"}
     assert set(s["overoptimization"]["best_of_n"]) >= {"diverges", "peak_gold", "loosest_proxy"}
     assert [r["round"] for r in s["rounds"]] == [1, 2]
+    # the Gao fits of both sweeps and DPO's entanglement probes over training
+    assert set(s["gao_fits"]) == {"ppo", "best_of_n"}
+    for f in s["gao_fits"].values():
+        assert math.isfinite(f["alpha"]) and len(f["alpha_ci"]) == 2 and "observed_peak_kl" in f
+    probes = s["entanglement"]["dpo"]
+    assert probes[0]["step"] == 0 and len(probes) >= 2
+    assert all(p["case1"] + p["case2"] + p["case3"] + p.get("case0", 0) == pytest.approx(1) for p in probes)
     assert 0.0 <= s["reward_model"]["heldout_accuracy"] <= 1.0
     al = s["active_learning"]["strategies"]
     assert set(al) == {"random", "disagreement", "info-gain"}

@@ -6,11 +6,10 @@ import math
 import pytest
 import torch
 
-from alignkit.data import Comparison
+from alignkit.data import Comparison, load_prompts
 from alignkit.errors import AlignkitError, ConfigError, DataError
 from alignkit.models import load_causal_lm
 from alignkit.models.pairs import tokenize_example
-from alignkit.recipes._common import read_prompts
 from alignkit.utils.metrics import read_metrics
 
 PAIRS = [
@@ -182,8 +181,8 @@ def test_ppo_runs_and_reloads(tiny_lm_dir, tmp_path, algo, lora, adaptive):
 
     cfg = PPOConfig(policy=str(tiny_lm_dir), out=str(tmp_path / algo), algo=algo, steps=2,
                     rollout_batch_size=4, num_minibatches=2, ppo_epochs=2, max_new_tokens=8, lr=1e-3,
-                    lora=lora, lora_targets=["c_attn"] if lora else [], adaptive_kl=adaptive,
-                    kl_target=0.5, tensorboard=False)
+                    lora=lora, lora_targets=["c_attn"] if lora else [], kl_target=0.5 if adaptive else 0.0,
+                    tensorboard=False)
     res = train_ppo(cfg, reward_fn=length_reward, prompts=PROMPTS)
     assert len(res.history) == 2
     for key in ("reward/score", "kl/k1", "kl/k3", "diag/entropy", "loss/policy", "loss/value",
@@ -196,6 +195,9 @@ def test_ppo_runs_and_reloads(tiny_lm_dir, tmp_path, algo, lora, adaptive):
     assert (res.out_dir / "value_head.pt").exists()
     load_causal_lm(res.out_dir)
     assert len(read_metrics(res.out_dir / "metrics.jsonl")) == 2
+    # a kl_target (from YAML, --set or --kl-target alike) is what turns the adaptive controller on
+    coefs = [h["kl/coef"] for h in res.history]
+    assert (coefs[0] != coefs[1]) if adaptive else (coefs[0] == coefs[1] == cfg.kl_coef)
 
 
 def test_ppo_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
@@ -240,19 +242,28 @@ def test_bon_picks_the_reward_argmax(tiny_lm_dir, tmp_path):
 # --- prompts files and the CLI ----------------------------------------------------------
 
 
-def test_read_prompts(tmp_path):
+def test_load_prompts_one_reader_for_every_format(tmp_path):
+    """One rule for every command: .txt = one prompt a line; anything else is a data
+    container whose rows give a prompt (a bare "prompt" field or a record in any format)."""
     p = tmp_path / "p.jsonl"
     p.write_text('{"prompt": "a b"}\n\n{"prompt": "c"}\n')
-    assert read_prompts(p) == ["a b", "c"]
+    assert load_prompts(p) == ["a b", "c"]
     t = tmp_path / "p.txt"
-    t.write_text("first prompt\nsecond\n")
-    assert read_prompts(t) == ["first prompt", "second"]
+    t.write_text("first prompt\n{not json}\n\nsecond\n")
+    assert load_prompts(t) == ["first prompt", "{not json}", "second"]
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}) + "\n")
+    assert load_prompts(hh) == ["\n\nHuman: hi\n\nAssistant:"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "x"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'prompt'"):
-        read_prompts(bad)
+        load_prompts(bad)
+    text_without_suffix = tmp_path / "prompts"
+    text_without_suffix.write_text("a prompt\n")
+    with pytest.raises(DataError, match=r"must end in .txt"):
+        load_prompts(text_without_suffix)
     with pytest.raises(AlignkitError):
-        read_prompts(tmp_path / "missing.txt")
+        load_prompts(tmp_path / "missing.txt")
 
 
 def test_cli_sft_and_one_line_errors(tiny_lm_dir, tmp_path, capsys):

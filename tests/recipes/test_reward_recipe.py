@@ -2,7 +2,9 @@
 epoch, resumes exactly, trains ensembles and per-group models, fails cleanly on bad data."""
 
 import json
+import math
 import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -248,3 +250,49 @@ def test_rankings_train_with_plackett_luce_or_as_pairs(tiny_lm_dir, tmp_path):
     assert "loss/pl" not in keys and res.metrics["data/train_pairs"] == 6 * 3 + 6
     with pytest.raises(ConfigError, match="rankings"):
         train_reward(_cfg(tiny_lm_dir, tmp_path / "bad", rankings="lists"), k3)
+
+
+def _linear_rankings(n, seed, theta):
+    """K = 3 rankings of word-bag responses, sampled exactly from Plackett–Luce(r*) with the
+    linear reward r*(y) = Σ_w count_w(y)·θ_w (sort r* + Gumbel noise)."""
+    rng = random.Random(seed)
+    words = list(theta)
+    out = []
+    for i in range(n):
+        ys = [" " + " ".join(rng.choices(words, k=rng.randint(2, 5))) for _ in range(3)]
+        keys = [sum(theta[w] for w in y.split()) - math.log(-math.log(rng.random())) for y in ys]
+        out.append(Ranking(f"Q{i}:", ys, sorted(range(3), key=lambda k: -keys[k])))
+    return out
+
+
+@pytest.mark.slow
+def test_plackett_luce_recipe_recovers_linear_reward_at_least_as_well_as_pairs(tiny_lm_dir, tmp_path):
+    """The trainer on K = 3 rankings with a known linear reward (tiny GPT-2 backbone): Spearman
+    correlation of r̂ with r* on 300 fresh responses, Plackett–Luce vs the pairwise
+    decomposition on the same rankings, same seeds; paired difference over 5 seeds, 95 % t-CI.
+    Measured (shared 2-core CPU, ~100 s): PL 0.896/0.933/0.943/0.934/0.926, pairs
+    0.942/0.910/0.931/0.924/0.915; difference +0.0019 ± 0.0337 — no detectable difference at
+    this size, so this asserts non-inferiority (the CI reaches above 0, mean > −0.01)."""
+    theta = {"good": 1.0, "fine": 0.5, "okay": 0.0, "meh": -0.5, "bad": -1.0}
+    rng = random.Random(99)
+    fresh = [" " + " ".join(rng.choices(list(theta), k=rng.randint(2, 5))) for _ in range(300)]
+    truth = torch.tensor([sum(theta[w] for w in y.split()) for y in fresh])
+
+    def spearman(x, y):
+        rx, ry = x.argsort().argsort().double(), y.argsort().argsort().double()
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        return (rx @ ry / (rx.norm() * ry.norm())).item()
+
+    diffs, scores = [], {"plackett_luce": [], "pairs": []}
+    for seed in range(5):
+        data = _linear_rankings(150, seed, theta)
+        for mode in ("plackett_luce", "pairs"):
+            res = train_reward(_cfg(tiny_lm_dir, tmp_path / f"{mode}{seed}", epochs=3, lr=1e-3, batch_size=16,
+                                    eval_fraction=0.0, seed=seed, rankings=mode), data)
+            scores[mode].append(spearman(load_reward_model(res.out_dir).score(["Q:"] * len(fresh), fresh), truth))
+        diffs.append(scores["plackett_luce"][-1] - scores["pairs"][-1])
+    mean = sum(diffs) / len(diffs)
+    half = 2.776 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    print(f"spearman PL {scores['plackett_luce']} pairs {scores['pairs']} diff {mean:.4f} ± {half:.4f}")
+    assert min(scores["plackett_luce"]) > 0.8  # it does recover r*
+    assert mean + half > 0 and mean > -0.01  # PL not worse than the pairs on the same data

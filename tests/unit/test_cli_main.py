@@ -31,3 +31,28 @@ def test_user_error_is_one_line_exit_2(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_dpo_loss_help_lists_every_loss():
+    from alignkit.recipes.dpo import LOSSES
+
+    out = _run("dpo", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for loss in LOSSES:
+        assert loss in text, loss
+
+
+def test_one_set_parser_with_nested_keys():
+    """Every command's --set goes through cli.common: dotted keys reach nested configs,
+    explicit options win over --set, and a malformed item is a one-line user error."""
+    import pytest
+
+    from alignkit.cli.common import build_config, parse_sets
+    from alignkit.errors import ConfigError
+    from alignkit.recipes.loop import LoopConfig
+
+    cfg = build_config(LoopConfig, None, ["ppo.kl_coef=0.1", "rounds=5", "reward.epochs=4"], rounds=2)
+    assert (cfg.ppo.kl_coef, cfg.rounds, cfg.reward.epochs) == (0.1, 2, 4)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_sets(["rounds"])

@@ -49,3 +49,31 @@ def test_missing_and_non_mapping_files(tmp_path):
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Cfg, p)
+
+
+@dataclass
+class Outer:
+    seed: int = 0
+    """Seed."""
+    inner: Cfg = field(default_factory=lambda: Cfg(lr=0.5))
+    """A sub-recipe's config."""
+
+
+def test_nested_configs_from_yaml_and_dotted_keys(tmp_path):
+    """A composed config: a nested mapping in YAML and dotted --set keys reach the sub-config,
+    keeping its other (composed) defaults; unknown nested keys suggest the dotted name."""
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 2\ninner:\n  epochs: 3\n")
+    cfg = load_config(Outer, p)
+    assert (cfg.seed, cfg.inner.epochs, cfg.inner.lr) == (2, 3, 0.5)
+    cfg = apply_overrides(cfg, {"inner.lr": "0.25", "inner.betas": "0.1,0.3"})
+    assert (cfg.inner.lr, cfg.inner.epochs, cfg.inner.betas) == (0.25, 3, [0.1, 0.3])
+    assert Outer().inner.lr == 0.5  # the default instance is not mutated
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.epoch' \(did you mean 'inner.epochs'\?\)"):
+        apply_overrides(Outer(), {"inner.epoch": 1})
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(Outer(), {"inner": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="has no sub-keys"):
+        apply_overrides(Outer(), {"seed.x": 1})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        apply_overrides(Outer(), {"inner": 3})

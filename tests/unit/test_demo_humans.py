@@ -2,11 +2,13 @@
 
 import json
 
-from alignkit.recipes.humans import HumansConfig, labels_to_cosine, run_humans
+from alignkit.recipes.humans import HumansConfig, labels_to_cosine, labels_to_stay, run_humans
 
 
-def test_labels_to_cosine():
+def test_labels_to_cosine_and_to_stay():
     assert labels_to_cosine([0.0, 0.5, 0.91, 0.8, 0.95], 0.9) == 2
+    assert labels_to_stay([0.0, 0.5, 0.91, 0.8, 0.95], 0.9) == 4
+    assert labels_to_stay([0.0, 0.95, 0.8], 0.9) is None
     assert labels_to_cosine([0.0, 0.5], 0.9) is None
 
 
@@ -19,7 +21,7 @@ def test_demo_humans_tiny(tmp_path):
     assert all(len(v) == 2 for v in s["label_efficiency"].values())
     assert all(n is None or 0 <= n <= 12 for v in s["label_efficiency"].values() for n in v)
     mx = s["misspecification"]
-    assert set(mx["cells"]) == set(mx["annotators"]) and len(mx["annotators"]) == 7
+    assert set(mx["cells"]) == set(mx["annotators"]) and len(mx["annotators"]) == 8
     for a in mx["annotators"]:
         for b in mx["learners"]:
             c = mx["cells"][a][b]

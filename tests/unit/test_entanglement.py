@@ -7,6 +7,7 @@ import torch
 
 from alignkit.diagnostics.entanglement import (
     EntanglementStats,
+    average_probes,
     case_shares,
     entanglement_cases,
     entanglement_metrics,
@@ -182,3 +183,10 @@ def test_probe_metrics_on_the_bigram_pair():
     m1, _ = probe_metrics(lw, ll, [theta], start=start, previous=start)
     assert m1["diag/entangle/measured_case2"] == 1.0
     assert m1["diag/entangle/dlogp_chosen"] < 0 and m1["diag/entangle/dlogp_rejected"] < m1["diag/entangle/dlogp_chosen"]
+
+
+def test_average_probes_over_seeds():
+    a = [{"step": 0, "case1": 1.0}, {"step": 4, "case1": 0.5, "measured_case1": 1.0}]
+    b = [{"step": 0, "case1": 0.0}, {"step": 4, "case1": 0.25}, {"step": 8, "case1": 0.0}]
+    assert average_probes([a, b]) == [{"step": 0, "case1": 0.5}, {"step": 4, "case1": 0.375, "measured_case1": 1.0}]
+    assert average_probes([]) == []

@@ -36,11 +36,11 @@ def spiky(model, seed: int):
     return model.eval()
 
 
-def tiny_llama(tok, seed: int = 0):
+def tiny_llama(tok, seed: int = 0, attn: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(attn_implementation=attn, vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     return LlamaForCausalLM(cfg)
@@ -74,9 +74,13 @@ def mid_batch_eos(model, tok, n: int) -> int:
     pytest.fail("no token separates the rows")
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-eager"])
 def test_greedy_equals_hf_generate_left_padded_eos_mid_batch(tok, arch):
-    model = spiky(build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok), seed=2)
+    """(The decode steps pass a ready-made 4-D mask: bool for SDPA, additive for eager.)"""
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok, attn=arch.removeprefix("llama-")
+                                                                       if "-" in arch else "sdpa")
+    model = spiky(lm, seed=2)
+    assert model.config._attn_implementation == ("eager" if arch.endswith("eager") else "sdpa")
     n = 12
     eos_tok = with_eos(tok, mid_batch_eos(model, tok, n))
     ref = hf_generate(model, eos_tok, PROMPTS, n, do_sample=False)
@@ -111,12 +115,13 @@ def test_seeded_sampling_equals_hf_generate_while_no_row_ends(tok):
     for seed in (0, 1):
         torch.manual_seed(seed)
         ref = hf_generate(model, tok, PROMPTS, 8, do_sample=True, **settings)
-        gen = generate_ids(model, tok, PROMPTS, 8, seed=seed, **settings)
+        gen = generate_ids(model, tok, PROMPTS, 8, seed=seed, sampler="multinomial", **settings)
         assert not (gen.response_mask == 0).any()  # the precondition: no row ended early
         assert torch.equal(gen.input_ids, ref)
 
 
-def test_sampled_distribution_chi_square_with_rows_dropped(tok):
+@pytest.mark.parametrize("sampler", ["cdf", "multinomial"])
+def test_sampled_distribution_chi_square_with_rows_dropped(tok, sampler):
     """Three-token responses, top-k = 3 at temperature 0.8: at most 3·(1 + 2·3) outcomes,
     their exact probabilities from full forward passes through the same warpers (EOS is
     banned at the first step, as ``min_new_tokens=1``). The likeliest second token is made
@@ -154,7 +159,7 @@ def test_sampled_distribution_chi_square_with_rows_dropped(tok):
 
     walk((), 1.0)
     n = 6000
-    gen = generate_ids(model, eos_tok, [prompt] * n, R, temperature=T, top_k=k, seed=0)
+    gen = generate_ids(model, eos_tok, [prompt] * n, R, temperature=T, top_k=k, seed=0, sampler=sampler)
     counts = dict.fromkeys(exact, 0)
     for row, m in zip(gen.response_ids.tolist(), gen.response_mask.tolist(), strict=True):
         counts[tuple(t for t, keep in zip(row, m, strict=True) if keep)] += 1
@@ -201,6 +206,23 @@ def test_decode_k_models_calls_picker_with_each_models_logits(tok):
     torch.testing.assert_close(seen[2][1], full_b, atol=1e-5, rtol=1e-5)
     assert len(seen) == 3 and out.tokens.shape == (1, 3)
     assert hf_picker(False)([torch.tensor([[0.0, 2.0, 1.0]])], 0).tolist() == [1]
+
+
+def test_inverse_cdf_draw_frequencies_and_zero_probabilities():
+    """Frequencies match p (χ²), zero-probability tokens (first, middle, last) never come up."""
+    from scipy.stats import chi2
+
+    from alignkit.decoding.sampler import draw
+
+    p = torch.tensor([0.0, 0.1, 0.0, 0.3, 0.6, 0.0])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    tokens = draw(p.expand(n, -1), g)
+    counts = torch.bincount(tokens, minlength=6).double()
+    assert counts[[0, 2, 5]].sum() == 0
+    keep = p > 0
+    stat = float(((counts[keep] - n * p[keep]) ** 2 / (n * p[keep])).sum())
+    assert stat < chi2.ppf(0.999, int(keep.sum()) - 1)
 
 
 def test_policy_forward_completion_start_gives_the_same_numbers(tok):

@@ -37,20 +37,14 @@ def train_cmd(
 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from alignkit.cli.common import parse_sets
     from alignkit.config import apply_overrides, load_config
-    from alignkit.errors import ConfigError
     from alignkit.recipes.control import ControlConfig, run_control
 
     cfg = load_config(ControlConfig, config, env_id=env, labels=labels, steps=steps, seed=seed, out=str(out),
                       algo=algo, annotator=annotator, query=query, oracle=oracle or None, human=human or None,
                       db=db or None, resume=resume or None)
-    extra = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        extra[k] = v
-    cfg = apply_overrides(cfg, extra, source="--set")
+    cfg = apply_overrides(cfg, parse_sets(overrides), source="--set")
     s = run_control(cfg)
     if not s.get("finished"):
         typer.echo(f"stopped after stop_after_iterations; continue with --resume (out: {s['out']})")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from alignkit.errors import ConfigError, DataError
+from alignkit.data import load_prompts
+from alignkit.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -27,31 +28,6 @@ def parse_model_spec(spec: str) -> tuple[str, float]:
         raise ConfigError(f"--model {spec!r}: weight {weight!r} is not a number") from None
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a ``.txt`` file (one per non-empty line) or a JSONL file with a
-    ``prompt`` field on every row."""
-    if not path.exists():
-        raise DataError("prompts file not found", path=str(path))
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix != ".jsonl":
-        prompts = [line for line in lines if line.strip()]
-    else:
-        prompts = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise DataError("missing (expected a string)", path=str(path), line=n, field="prompt")
-            prompts.append(row["prompt"])
-    if not prompts:
-        raise DataError("no prompts in file", path=str(path))
-    return prompts
-
-
 def load_shared_tokenizer(paths: list[str]):
     """The tokenizer of the first model, after checking every model directory holds the
     same vocabulary and special tokens (mixing needs one token space)."""
@@ -68,21 +44,13 @@ def load_shared_tokenizer(paths: list[str]):
     return toks[0]
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def mix_cmd(
     model: list[str] = typer.Option(
         ..., "--model", help="PATH:WEIGHT of a save_pretrained model; repeat for each model."
     ),
     prompt: list[str] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
     prompts: Path | None = typer.Option(
-        None, "--prompts", help="File of prompts: .txt (one per line) or .jsonl with 'prompt'."
+        None, "--prompts", help="Prompts file: .txt (one per line), or JSONL/Parquet/HF rows with 'prompt' (or records)."
     ),
     out: Path | None = typer.Option(None, "--out", help="Write JSONL rows {prompt, response} here."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens to generate at most."),
@@ -94,13 +62,17 @@ def mix_cmd(
     seed: int | None = typer.Option(None, "--seed", help="Seed for sampling."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts decoded together."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    chat_template: bool = typer.Option(
+        True, "--chat-template/--no-chat-template",
+        help="Render prompts (plain text or HH transcripts) with the tokenizer's chat template when it has one.",
+    ),
 ) -> None:
     """Decode from Π_k π_k^{w_k}: per-token logits Σ_k w_k log π_k, renormalised.
 
     Example, β re-scaling from β=0.1 to β′=0.04: --model runs/ref:-1.5 --model runs/pol:2.5
     """
     specs = [parse_model_spec(s) for s in model]
-    texts = list(prompt or []) + (read_prompts(prompts) if prompts is not None else [])
+    texts = list(prompt or []) + (load_prompts(prompts) if prompts is not None else [])
     if not texts:
         raise ConfigError("give at least one --prompt or a --prompts FILE")
     if max_new_tokens < 1:
@@ -108,15 +80,18 @@ def mix_cmd(
 
     from alignkit.decoding.mixing import mix_generate
     from alignkit.models import load_causal_lm
+    from alignkit.models.chat import render_prompt
+    from alignkit.utils.device import pick_device
 
     tokenizer = load_shared_tokenizer([p for p, _ in specs])
-    dev = _device(device)
+    rendered = [render_prompt(tokenizer, t, None, chat_template) for t in texts]
+    dev = pick_device(device)
     models = [load_causal_lm(p).to(dev).eval() for p, _ in specs]
     weights = [w for _, w in specs]
     responses: list[str] = []
     for start in range(0, len(texts), batch_size):
         result = mix_generate(
-            models, weights, texts[start : start + batch_size], tokenizer=tokenizer,
+            models, weights, rendered[start : start + batch_size], tokenizer=tokenizer,
             max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature,
             top_k=top_k, top_p=top_p, stop=list(stop or []),
             seed=None if seed is None else seed + start,
@@ -154,9 +129,10 @@ def tokens_cmd(
     from alignkit.diagnostics.token_rewards import token_rewards
     from alignkit.models import load_causal_lm
     from alignkit.report.heatmap import token_heatmap_html, token_heatmap_png
+    from alignkit.utils.device import pick_device
 
     tokenizer = load_shared_tokenizer([str(policy), str(ref)])
-    dev = _device(device)
+    dev = pick_device(device)
     pol_model = load_causal_lm(policy).to(dev)
     ref_model = load_causal_lm(ref).to(dev)
     (res,) = token_rewards(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from alignkit.cli.common import SET_HELP, build_config
+
 
 def register(app: typer.Typer) -> None:
     app.command("loop")(loop_cmd)
@@ -29,34 +31,30 @@ def loop_cmd(
     config: Path | None = typer.Option(None, "--config", help="YAML file of LoopConfig keys."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (overrides the config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue after the last finished round."),
-    overrides: list[str] = typer.Option([], "--set", help="Any LoopConfig key, as key=value (repeatable)."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Rounds of: sample pairs → collect feedback → fit the reward model → optimise → evaluate."""
     import json
 
-    from alignkit.config import apply_overrides, load_config
-    from alignkit.errors import ConfigError
     from alignkit.recipes.loop import LoopConfig, run_loop
 
     _quiet()
-    cfg = load_config(LoopConfig, config, out=str(out) if out else None, resume=resume or None)
-    extra = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        extra[k] = v
-    cfg = apply_overrides(cfg, extra, source="--set")
+    cfg = build_config(LoopConfig, config, overrides, out=str(out) if out else None, resume=resume or None)
     result = run_loop(cfg)
     from rich.console import Console
     from rich.table import Table
 
+    # gold-based columns only when the run has a gold reward (the embedded task, or gold: set)
+    columns = [("round", "round", "{}"), ("labels", "labels", "{}"), ("gold", "gold", "{:.3f}"),
+               ("proxy", "proxy", "{:.3f}"), ("kl", "KL", "{:.3f}"), ("win_rate", "win rate", "{:.3f}"),
+               ("rm_accuracy", "RM acc", "{:.3f}"), ("rm_ece", "RM ECE", "{:.3f}")]
+    rows = result["rounds"]
+    columns = [c for c in columns if all(c[0] in r for r in rows)]
     table = Table(title=f"alignkit loop — {cfg.method}, {cfg.rounds} rounds ({cfg.out})")
-    for col in ("round", "labels", "gold", "proxy", "KL", "win rate", "RM acc", "RM ECE"):
-        table.add_column(col, justify="right")
-    for r in result["rounds"]:
-        table.add_row(str(r["round"]), str(r["labels"]), f"{r['gold']:.3f}", f"{r['proxy']:.3f}",
-                      f"{r['kl']:.3f}", f"{r['win_rate']:.3f}", f"{r['rm_accuracy']:.3f}", f"{r['rm_ece']:.3f}")
+    for _, title, _ in columns:
+        table.add_column(title, justify="right")
+    for r in rows:
+        table.add_row(*(fmt.format(r[key]) for key, _, fmt in columns))
     Console().print(table)
     typer.echo(json.dumps({"out": result["out"], "policy": result["policy"]}))
 
@@ -72,10 +70,13 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes: a smoke run in about a minute."),
     data: Path | None = typer.Option(None, "--data", help="hh: the HH pairs file (default: the shared copy)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of DemoConfig (or HHDemoConfig) keys."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    policy: str | None = typer.Option(
+        None, "--policy", help="hh: also optimise this policy (smollm2, a *.gguf or a model directory): best-of-n, "
+        "DPO and PPO with LoRA, β re-scaling by logit mixing, judged by a separate reward model."),
 ) -> None:
     """The embedded task end to end — base policy → simulated annotators → reward model →
     PPO, DPO, best-of-n → gold evaluation → KL sweep — with OUT/report.html and summary.json."""
-    from alignkit.config import load_config
     from alignkit.errors import ConfigError
 
     _quiet()
@@ -98,17 +99,23 @@ def demo_cmd(
         raise ConfigError(f"--task: expected assistant or hh, got {task!r}")
     if n_seeds < 1:
         raise ConfigError(f"--n-seeds: expected ≥ 1, got {n_seeds}")
-    if task == "hh":
+    if task == "hh" and policy:
+        from alignkit.recipes.demo_hh_policy import HHPolicyDemoConfig, run_demo_hh_policy
+
+        cfg = build_config(HHPolicyDemoConfig, config, overrides, out=str(out) if out else None, seed=seed,
+                           quick=quick or None, data=str(data) if data else None, policy=policy)
+        summary = run_demo_hh_policy(cfg)
+    elif task == "hh":
         from alignkit.recipes.demo import HHDemoConfig, run_demo_hh
 
-        cfg = load_config(HHDemoConfig, config, out=str(out) if out else None, seed=seed, quick=quick or None,
-                          data=str(data) if data else None)
+        cfg = build_config(HHDemoConfig, config, overrides, out=str(out) if out else None, seed=seed,
+                           quick=quick or None, data=str(data) if data else None)
         summary = run_demo_hh(cfg)
     else:
         from alignkit.recipes.demo import DemoConfig, run_demo
 
-        cfg = load_config(DemoConfig, config, out=str(out) if out else None,
-                          seeds=list(range(seed, seed + n_seeds)), quick=quick or None)
+        cfg = build_config(DemoConfig, config, overrides, out=str(out) if out else None,
+                           seeds=list(range(seed, seed + n_seeds)), quick=quick or None)
         summary = run_demo(cfg)
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}  summary: {Path(cfg.out) / 'summary.json'}  "
                f"({summary['wall_s']:.0f} s)")

@@ -15,28 +15,9 @@ import json
 
 import typer
 
-CONFIG_HELP = "YAML file of config keys (explicit options override it)."
-SET_HELP = "Override any config key, e.g. --set lr=1e-5 (repeatable)."
-
-
-def _overrides(sets: list[str] | None) -> dict[str, str]:
-    from alignkit.errors import ConfigError
-
-    out = {}
-    for s in sets or []:
-        if "=" not in s:
-            raise ConfigError(f"--set expects key=value, got {s!r}")
-        k, v = s.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def _build(cls, config, sets, **explicit):
-    from alignkit.config import apply_overrides, load_config
-
-    cfg = load_config(cls, config)
-    cfg = apply_overrides(cfg, _overrides(sets), source="--set")
-    return apply_overrides(cfg, {k: v for k, v in explicit.items() if v is not None}, source="options")
+from alignkit.cli.common import CONFIG_HELP, SET_HELP
+from alignkit.cli.common import build_config as _build
+from alignkit.recipes.dpo import LOSSES as DPO_LOSSES
 
 
 def _print(metrics: dict) -> None:
@@ -75,7 +56,7 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(None, "--data", help="Comparison file (alignkit, TRL, HH formats)."),
         out: str = typer.Option(None, "--out", help="Output directory."),
         beta: float = typer.Option(None, "--beta", help="KL weight β."),
-        loss: str = typer.Option(None, "--loss", help="dpo, ipo or cdpo."),
+        loss: str = typer.Option(None, "--loss", help=f"Objective, one of: {', '.join(DPO_LOSSES)}."),
         epochs: int = typer.Option(None, help="Passes over the data."),
         max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many steps."),
         lr: float = typer.Option(None, help="Learning rate."),
@@ -99,7 +80,7 @@ def register(app: typer.Typer) -> None:
     def ppo(
         policy: str = typer.Option(None, "--policy", help="Starting policy directory."),
         reward: str = typer.Option(None, "--reward", help="Reward-model directory."),
-        prompts: str = typer.Option(None, "--prompts", help="Prompts: JSONL with 'prompt', or text lines."),
+        prompts: str = typer.Option(None, "--prompts", help="Prompts file: .txt (one a line) or rows with 'prompt'."),
         out: str = typer.Option(None, "--out", help="Output directory."),
         algo: str = typer.Option(None, "--algo", help="ppo or a2c."),
         steps: int = typer.Option(None, "--steps", help="Rollout/update iterations."),
@@ -117,8 +98,7 @@ def register(app: typer.Typer) -> None:
         from alignkit.recipes.ppo import PPOConfig, train_ppo
 
         cfg = _build(PPOConfig, config, set_, policy=policy, reward=reward, prompts=prompts, out=out,
-                     algo=algo, steps=steps, kl_coef=kl_coef, kl_target=kl_target,
-                     adaptive_kl=True if kl_target is not None else None, lr=lr,
+                     algo=algo, steps=steps, kl_coef=kl_coef, kl_target=kl_target, lr=lr,
                      rollout_batch_size=rollout_batch_size, max_new_tokens=max_new_tokens, lora=lora,
                      resume=resume)
         res = train_ppo(cfg)
@@ -129,7 +109,7 @@ def register(app: typer.Typer) -> None:
     def bon(
         policy: str = typer.Option(None, "--policy", help="Policy directory to sample from."),
         reward: str = typer.Option(None, "--reward", help="Reward-model directory."),
-        prompts: str = typer.Option(None, "--prompts", help="Prompts: JSONL with 'prompt', or text lines."),
+        prompts: str = typer.Option(None, "--prompts", help="Prompts file: .txt (one a line) or rows with 'prompt'."),
         n: int = typer.Option(None, "--n", help="Samples per prompt."),
         n_reference: int = typer.Option(None, "--n-reference", help="Extra samples for the empirical KL."),
         out: str = typer.Option(None, "--out", help="Write best.jsonl and summary.json here."),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from alignkit.cli.common import SET_HELP, build_config
+
 reward_app = typer.Typer(
     help="Train reward models on preference feedback (Bradley–Terry) and evaluate them.",
     no_args_is_help=True,
@@ -46,26 +48,17 @@ def train_cmd(
     ratings_to_pairs: bool | None = typer.Option(
         None, "--ratings-to-pairs/--no-ratings-to-pairs", help="Pair ratings within a prompt."
     ),
-    resume: bool | None = typer.Option(None, "--resume/--no-resume", help="Continue from OUT/checkpoint."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Any other RewardConfig key, as key=value (repeatable)."
-    ),
+    resume: bool | None = typer.Option(None, "--resume/--no-resume", help="Continue from OUT/checkpoint.pt."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Fit r̂ so that P(a ≻ b) = σ(r̂(a) − r̂(b)); keeps the best epoch in OUT."""
-    from alignkit.config import apply_overrides, load_config
-    from alignkit.errors import ConfigError
     from alignkit.recipes.reward import RewardConfig, train_reward
 
     _quiet_transformers()
-    extra = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set: expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        extra[key] = value
-    cfg = load_config(
+    cfg = build_config(
         RewardConfig,
         config,
+        overrides,
         model=model,
         data=str(data) if data is not None else None,
         out=str(out) if out is not None else None,
@@ -81,7 +74,6 @@ def train_cmd(
         ratings_to_pairs=ratings_to_pairs,
         resume=resume,
     )
-    cfg = apply_overrides(cfg, extra, source="--set")
     result = train_reward(cfg)
     m = result.metrics
     typer.echo(f"reward model saved to {result.out_dir}")

@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
     "LoadResult",
     "detect_container",
     "detect_format",
+    "load_prompts",
     "load_records",
     "read_rows",
     "save_records",
@@ -69,8 +71,16 @@ class LoadResult:
 def detect_container(path: str | os.PathLike) -> str:
     """Which container ``path`` is: jsonl, jsonl.gz, parquet or hf-dataset."""
     p = Path(path)
-    if not p.exists():
-        raise DataError("no such file or directory", path=str(p))
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise DataError("no such file or directory", path=str(p)) from None
+    except OSError as e:  # a name too long, a permission denied, a loop of links
+        raise DataError(f"cannot open: {e.strerror}", path=str(p)[:300]) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # a pipe or device: reading could wait forever for a writer, and it can be read
+        # only once (formats are detected from the first row, then the file is read again)
+        raise DataError("not a regular file (a pipe or a device?); save it to a file", path=str(p))
     if p.is_dir():
         if _is_dataset_dir(p):
             return "hf-dataset"
@@ -144,10 +154,8 @@ def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
                     continue
                 try:
                     yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"invalid JSON ({e.msg} at column {e.colno})", path=str(p), line=i
-                    ) from None
+                except (ValueError, RecursionError) as e:
+                    raise DataError(_json_error(e), path=str(p), line=i) from None
     except (OSError, EOFError, UnicodeDecodeError) as e:
         # gzip.BadGzipFile is an OSError; a truncated gzip raises EOFError.
         what = "gzip-compressed JSON Lines" if gz else "UTF-8 JSON Lines"
@@ -157,13 +165,21 @@ def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
 def _read_json_array(p: Path, text: str) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"invalid JSON ({e.msg} at column {e.colno})", path=str(p), line=e.lineno
-        ) from None
+    except (ValueError, RecursionError) as e:
+        line = e.lineno if isinstance(e, json.JSONDecodeError) else None
+        raise DataError(_json_error(e), path=str(p), line=line) from None
     if not isinstance(data, list):
         raise DataError("expected a JSON array of objects", path=str(p))
     yield from enumerate(data, start=1)
+
+
+def _json_error(e: Exception) -> str:
+    """What is wrong with a JSON text, in one line."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON ({e.msg} at column {e.colno})"
+    if isinstance(e, RecursionError):
+        return "invalid JSON (nested too deeply)"
+    return f"invalid JSON ({str(e).splitlines()[0][:120]})"  # e.g. an integer of 5000 digits
 
 
 def _read_parquet(p: Path) -> Iterator[tuple[int, Any]]:
@@ -265,6 +281,51 @@ def load_records(
         n_rows=n_rows,
         kinds=kinds,
     )
+
+
+def load_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts, in file order (repeats kept), from the one prompts reader every command uses.
+
+    A ``.txt`` file holds one prompt per non-blank line. Anything else is a container
+    :func:`read_rows` reads (JSONL, ``.jsonl.gz``, Parquet, an HF dataset directory) whose
+    rows give a ``prompt`` string, or are records in any of :data:`FORMATS` (an HH
+    transcript, an implicit-prompt TRL row, ...) whose prompt is taken. Errors name the file,
+    the line and the field.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError("prompts file not found", path=str(p))
+    prompts: list[str] = []
+    if p.suffix == ".txt":
+        with open(p, encoding="utf-8-sig") as f:
+            prompts = [line.rstrip("\r\n") for line in f if line.strip()]
+    else:
+        try:
+            for line, row in read_rows(p):
+                prompts.append(_row_prompt(row, p, line))
+        except DataError as e:
+            if e.line == 1 and "invalid JSON" in e.reason and p.suffix not in (".jsonl", ".json", ".gz"):
+                raise DataError(f"{e.reason}; a plain-text prompts file (one a line) must end in .txt",
+                                path=str(p), line=1) from None
+            raise
+    if not prompts:
+        raise DataError("no prompts (the file is empty)", path=str(p))
+    return prompts
+
+
+def _row_prompt(row: Any, p: Path, line: int) -> str:
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}", path=str(p), line=line)
+    if isinstance(row.get("prompt"), str):
+        return row["prompt"]
+    if "kind" in row or "chosen" in row or "rejected" in row:
+        try:
+            prompt = getattr(row_to_record(row, detect_row_format(row)), "prompt", None)
+        except DataError as e:
+            raise DataError(e.reason, path=str(p), line=line, field=e.field) from None
+        if isinstance(prompt, str):
+            return prompt
+    raise DataError("missing or not a string (expected the prompt text)", path=str(p), line=line, field="prompt")
 
 
 # ------------------------------------------------------------------------ save

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from alignkit.decoding.sampler import _cache_kw, decode
+from alignkit.decoding.sampler import _cache_kw, decode, draw
 from alignkit.errors import ConfigError
 from alignkit.models.logprobs import position_ids_from_mask
 
@@ -312,7 +312,7 @@ def mix_generate(
             logps[:, eos] = -math.inf
         if do_sample:
             probs = warp_logprobs(logps, temperature=temperature, top_k=top_k, top_p=top_p).exp()
-            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            return draw(probs, generator)
         return logps.argmax(-1)
 
     def stop_fn(generated: torch.Tensor, live: torch.Tensor) -> torch.Tensor:

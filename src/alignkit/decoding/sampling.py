@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.decoding.sampler import decode, hf_warp
+from alignkit.decoding.sampler import decode, draw, hf_warp
 
 __all__ = ["Generation", "generate", "generate_ids", "hf_picker", "response_mask"]
 
@@ -57,16 +57,22 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int | list[int] | No
 
 
 def hf_picker(sample: bool, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              generator: torch.Generator | None = None):
-    """Token rule for one model: argmax, or ``model.generate``'s sampling (warpers as
-    transformers applies them, softmax, one ``torch.multinomial`` draw per row)."""
+              generator: torch.Generator | None = None, sampler: str = "cdf"):
+    """Token rule for one model: argmax, or ``model.generate``'s sampling distribution
+    (warpers as transformers applies them, softmax, one draw per row). ``sampler="cdf"``
+    draws by inverse CDF (:func:`~alignkit.decoding.sampler.draw`); ``"multinomial"``
+    calls ``torch.multinomial`` as ``generate`` does (same seed → same draws)."""
+    if sampler not in ("cdf", "multinomial"):
+        raise ValueError(f"sampler: expected 'cdf' or 'multinomial', got {sampler!r}")
 
     def pick(logits: list[torch.Tensor], step: int) -> torch.Tensor:
         scores = logits[0]
         if not sample:
             return scores.argmax(-1)
         probs = torch.softmax(hf_warp(scores, temperature=temperature, top_k=top_k, top_p=top_p), -1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if sampler == "multinomial":
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return draw(probs, generator)
 
     return pick
 
@@ -88,6 +94,7 @@ def generate_ids(
     return_hidden: bool = False,
     static_cache: bool | None = None,
     compile_step: bool | None = None,
+    sampler: str = "cdf",
 ) -> Generation:
     """Sample one response per prompt (batched, left-padded, KV-cached).
 
@@ -96,7 +103,10 @@ def generate_ids(
     longer prompts. ``seed`` seeds torch's global generator (as ``model.generate`` uses).
     ``static_cache``/``compile_step`` (default: on for CUDA models) select the
     static-cache, CUDA-graph decode step (see :func:`~alignkit.decoding.sampler.decode`).
-    At least one token is generated per row.
+    ``sampler="multinomial"`` draws exactly as ``model.generate`` does (the same tokens
+    for the same seed while no row has ended); the default inverse-CDF draw has the same
+    distribution and is much cheaper for large vocabularies. At least one token is
+    generated per row.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -116,7 +126,7 @@ def generate_ids(
     enc = {k: v.to(device) for k, v in enc.items()}
     sample = do_sample and temperature > 0
     dec = decode([model], enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                 hf_picker(sample, temperature=temperature, top_k=top_k, top_p=top_p),
+                 hf_picker(sample, temperature=temperature, top_k=top_k, top_p=top_p, sampler=sampler),
                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                  min_new_tokens=1, return_token_logps=return_logps,
                  temperature=temperature if sample else 1.0, return_hidden=return_hidden,

@@ -43,6 +43,7 @@ import torch
 __all__ = [
     "EntanglementStats",
     "UPDATES",
+    "average_probes",
     "case_shares",
     "entanglement_cases",
     "entanglement_metrics",
@@ -225,3 +226,19 @@ def probe_metrics(
         for k in (1, 2, 3, 4):
             metrics[f"{prefix}/measured_case{k}"] = float((cases == k).double().mean())
     return metrics, now
+
+
+def average_probes(histories: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Mean over runs (seeds) of probe histories, step by step: the steps every run
+    probed, each key averaged over the runs that have it (``measured_*`` start at the
+    second probe)."""
+    if not histories:
+        return []
+    steps = sorted(set.intersection(*({h["step"] for h in run} for run in histories)))
+    by_step = [{h["step"]: h for h in run} for run in histories]
+    out = []
+    for s in steps:
+        rows = [run[s] for run in by_step]
+        keys = sorted(set().union(*rows) - {"step"})
+        out.append({"step": s, **{k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}})
+    return out

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from alignkit.errors import ConfigError
+from alignkit.models.chat import has_chat_template, render_completion, render_prompt
 from alignkit.models.loading import (
     LoraSpec,
     add_lora,
@@ -170,13 +171,18 @@ class RewardModel(nn.Module):
     one label whose logit is the reward.
     """
 
-    def __init__(self, backbone, head: nn.Linear | None, tokenizer, *, pooling: str, max_length: int):
+    def __init__(self, backbone, head: nn.Linear | None, tokenizer, *, pooling: str, max_length: int,
+                 chat_template: bool | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
+        # Score the conversation as the model's chat template writes it (prompt turns, then
+        # the reply closed by EOS) when the tokenizer has one; saved in the manifest so a
+        # loaded model renders exactly as it was trained.
+        self.chat_template = has_chat_template(tokenizer) if chat_template is None else chat_template
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self._backend = _plain_backend(tokenizer)
 
@@ -191,9 +197,11 @@ class RewardModel(nn.Module):
         lora: LoraSpec | None = None,
         max_length: int = 512,
         seed: int = 0,
+        chat_template: bool | None = None,
     ) -> RewardModel:
         """A fresh reward model on the pretrained backbone at ``path`` (head initialised
-        with std 1/√(H+1), seeded by ``seed``)."""
+        with std 1/√(H+1), seeded by ``seed``); ``chat_template=None`` renders through the
+        tokenizer's chat template when it has one."""
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
         path = resolve_model_path(path)
@@ -224,7 +232,7 @@ class RewardModel(nn.Module):
             backbone = add_lora(backbone, lora, task_type=task)
         positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         max_length = min(max_length, positions or max_length)
-        return cls(backbone, head, tokenizer, pooling=pooling, max_length=max_length)
+        return cls(backbone, head, tokenizer, pooling=pooling, max_length=max_length, chat_template=chat_template)
 
     # -- forward --------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
@@ -237,7 +245,20 @@ class RewardModel(nn.Module):
         hidden = self.backbone(**kwargs).last_hidden_state
         return self.head(_pool(hidden, attention_mask, self.pooling)).squeeze(-1).float()
 
+    def render_prompts(self, prompts: list[str]) -> list[str]:
+        """Prompts as the backbone reads them (unchanged without a chat template)."""
+        return [render_prompt(self.tokenizer, p, None, self.chat_template) for p in prompts]
+
+    def render_responses(self, responses: list[str]) -> list[str]:
+        """Responses as the backbone reads them: with a chat template, the reply closed by
+        EOS (the template's end of turn), so the reward is read at the same kind of token."""
+        if not self.chat_template:
+            return list(responses)
+        eos = self.tokenizer.eos_token or ""
+        return [render_completion(self.tokenizer, r) + eos for r in responses]
+
     def encode(self, prompts: list[str], responses: list[str]) -> list[EncodedPair]:
+        prompts, responses = self.render_prompts(prompts), self.render_responses(responses)
         return encode_prompt_response(self.tokenizer, prompts, responses, self.max_length, self._backend)
 
     def collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
@@ -265,9 +286,9 @@ class RewardModel(nn.Module):
         """Like :meth:`encode` for both responses, but with one copy of the prompt, cut
         from the left so that it fits next to the *longer* response
         (:func:`~alignkit.models.pairs.pair_tokens`; ``chosen`` = a, ``rejected`` = b)."""
-        p_enc = self._backend.encode_batch(list(prompts), add_special_tokens=False)
-        a_enc = self._backend.encode_batch(list(a), add_special_tokens=False)
-        b_enc = self._backend.encode_batch(list(b), add_special_tokens=False)
+        p_enc = self._backend.encode_batch(self.render_prompts(prompts), add_special_tokens=False)
+        a_enc = self._backend.encode_batch(self.render_responses(a), add_special_tokens=False)
+        b_enc = self._backend.encode_batch(self.render_responses(b), add_special_tokens=False)
         return [pair_tokens(p.ids, x.ids, y.ids, self.max_length)
                 for p, x, y in zip(p_enc, a_enc, b_enc, strict=True)]
 
@@ -339,6 +360,7 @@ class RewardModel(nn.Module):
             "kind": "single",
             "pooling": self.pooling,
             "max_length": self.max_length,
+            "chat_template": self.chat_template,
             **(extra or {}),
         }
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -366,6 +388,7 @@ class RewardModel(nn.Module):
             tokenizer,
             pooling=manifest.get("pooling", "seqcls"),
             max_length=manifest.get("max_length", tokenizer.model_max_length or 512),
+            chat_template=manifest.get("chat_template", False),  # older manifests: plain text
         )
         return model.eval()
 

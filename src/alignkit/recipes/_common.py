@@ -1,6 +1,7 @@
-"""Plumbing shared by the recipes (SFT, DPO, PPO, best-of-n, reward): reading prompt
-files, loading/saving policies, dropout, the optimiser, checkpoints (with RNG state).
-Tokenising and batching prompt/completion pairs is library code: :mod:`alignkit.models.pairs`.
+"""Plumbing shared by the recipes (SFT, DPO, PPO, best-of-n, reward): chat-formatting
+prompts, loading/saving policies, dropout, the optimiser, checkpoints (with RNG state).
+Library code they build on: prompts files are read by :func:`alignkit.data.load_prompts`,
+prompt/completion pairs tokenised and batched by :mod:`alignkit.models.pairs`.
 
 The training math is not here (see :mod:`alignkit.losses`); this is the boring part each
 recipe would otherwise copy.
@@ -16,14 +17,8 @@ from typing import Any
 
 import torch
 
-from alignkit.errors import ConfigError, DataError
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from alignkit.errors import ConfigError
+from alignkit.utils.device import pick_device  # noqa: F401  (the recipes import it from here)
 
 
 def require(value: str, option: str) -> str:
@@ -35,44 +30,21 @@ def require(value: str, option: str) -> str:
 # ------------------------------------------------------------------------- prompts
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a JSONL file (a ``"prompt"`` field per row) or plain text (one a line).
+def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True, meta: dict | None = None) -> str:
+    """The prompt as the model reads it: rendered with the tokenizer's chat template when it
+    has one (HH transcripts and conversational records become their turns; see
+    :mod:`alignkit.models.chat`), else unchanged."""
+    from alignkit.models.chat import render_prompt
 
-    Blank lines are skipped. Raises :class:`DataError` naming the file and line.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DataError("prompts file not found", path=str(p))
-    prompts: list[str] = []
-    with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            s = line.strip()
-            if not s:
-                continue
-            if s.startswith("{"):
-                try:
-                    row = json.loads(s)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON ({e.msg})", path=str(p), line=i) from None
-                prompt = row.get("prompt") if isinstance(row, dict) else None
-                if not isinstance(prompt, str):
-                    raise DataError("missing or not a string (expected the prompt text)",
-                                    path=str(p), line=i, field="prompt")
-                prompts.append(prompt)
-            else:
-                prompts.append(line.rstrip("\n"))
-    if not prompts:
-        raise DataError("no prompts (the file is empty)", path=str(p))
-    return prompts
+    return render_prompt(tokenizer, prompt, meta, use_chat_template)
 
 
-def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
-    """Wrap ``prompt`` in the tokenizer's chat template (as a user turn) when it has one."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt
+def format_completion(tokenizer, completion: str, use_chat_template: bool = True) -> str:
+    """A completion as it follows :func:`format_prompt`'s text (see
+    :func:`alignkit.models.chat.render_completion`)."""
+    from alignkit.models.chat import render_completion
+
+    return render_completion(tokenizer, completion, use_chat_template)
 
 
 # ----------------------------------------------------------------------- batching
@@ -186,3 +158,47 @@ class NullLogger:
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """Detach tensors into floats for logging."""
     return {k: (v.item() if hasattr(v, "item") else float(v)) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------- runs on 1 or N processes
+# (alignkit.scale.distributed: every rank trains, rank 0 alone writes)
+
+
+def open_run(cfg: Any, dist, *, global_batch: int, resume: bool):
+    """Rank 0: write ``cfg.out/alignkit_config.json`` (the config plus the run's parallel
+    layout under ``"distributed"``) and open the metrics logger (``cfg.tensorboard``). Other
+    ranks, and runs without ``out``, get a :class:`NullLogger`."""
+    from dataclasses import asdict
+
+    from alignkit.utils.metrics import MetricsLogger
+
+    if not cfg.out or not dist.is_main:
+        return NullLogger()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "alignkit_config.json", {**asdict(cfg), "distributed": dist.describe(global_batch)})
+    return MetricsLogger(out, tensorboard=cfg.tensorboard, resume=resume)
+
+
+def save_checkpoint_once(dist, path: str | os.PathLike, model, state: dict[str, Any]) -> None:
+    """:func:`save_checkpoint` of ``{"model": weights, **state}`` by rank 0, the weights of the
+    prepared ``model`` gathered first (every rank must call); all ranks wait for the file."""
+    weights = dist.full_state_dict(model)
+    if dist.is_main:
+        save_checkpoint(path, {"model": weights, **state})
+    dist.barrier()
+
+
+def save_policy_once(dist, wrapped, model, tokenizer, out_dir: str | os.PathLike) -> None:
+    """:func:`save_policy` by rank 0; all ranks wait. ``wrapped`` is the prepared model,
+    ``model`` the module inside it. Under FSDP/ZeRO-3 the full weights are gathered first
+    (every rank must call) and saved unmerged (not yet run on GPUs: docs/scale.md)."""
+    if dist.is_sharded:
+        weights = dist.full_state_dict(wrapped)
+        if dist.is_main:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out_dir, state_dict=weights)
+            tokenizer.save_pretrained(out_dir)
+    elif dist.is_main:
+        save_policy(model, tokenizer, out_dir)
+    dist.barrier()

@@ -60,13 +60,13 @@ def run_bon(
     prompts: list[str] | None = None,
 ) -> BoNRun:
     """Best-of-``cfg.n`` on every prompt; see :class:`BoNConfig`."""
+    from alignkit.data import load_prompts
     from alignkit.decoding.best_of_n import best_of_n
     from alignkit.decoding.sampling import generate
     from alignkit.recipes._common import (
         format_prompt,
         load_policy,
         pick_device,
-        read_prompts,
         require,
         write_json,
     )
@@ -77,7 +77,7 @@ def run_bon(
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
     if prompts is None:
-        prompts = read_prompts(require(cfg.prompts, "prompts"))
+        prompts = load_prompts(require(cfg.prompts, "prompts"))
     if reward_fn is None:
         from alignkit.models.reward import load_reward_model
 

@@ -11,7 +11,7 @@ One readable loop, in the spirit of CleanRL's ``ppo_continuous_action.py``:
         GAE + PPO (or A2C) update, using alignkit.losses.ppo
         checkpoint
 
-``--oracle`` trains the same algorithm on the true reward for the same number of steps and
+``oracle`` trains the same algorithm on the true reward for the same number of steps and
 reports ``normalized_score = (true − random) / (oracle − random)``. Every iteration resets
 the envs from a seed derived from (seed, iteration): the run is a pure function of its
 config, which is what makes resume == uninterrupted exact.
@@ -80,13 +80,13 @@ class ControlConfig:
     human: bool = False
     """Ask people: clips go to the annotation store as video pairs (needs db)."""
     db: str = ""
-    """Feedback store URL for --human (a SQLite file path or postgresql://…)."""
+    """Feedback store URL for ``human`` (a SQLite file path or postgresql://…)."""
     project: str = "control"
-    """Project in the feedback store that --human clips go to."""
+    """Project in the feedback store that ``human`` clips go to."""
     human_poll_s: float = 5.0
-    """--human: seconds between looks at the store for new labels."""
+    """``human``: seconds between looks at the store for new labels."""
     human_timeout_s: float = 24 * 3600.0
-    """--human: give up (checkpointed; rerun with --resume) after waiting this long for labels."""
+    """``human``: give up (checkpointed; run again with resume) after waiting this long for labels."""
     resume: bool = False
     """Continue from the checkpoints in out/."""
     stop_after_iterations: int = 0
@@ -161,21 +161,21 @@ def validate(cfg: ControlConfig) -> None:
 
     _check_env_id(cfg.env_id)
     if cfg.labels < 1:
-        raise ConfigError(f"--labels: expected a label budget ≥ 1, got {cfg.labels}")
+        raise ConfigError(f"labels: expected a label budget ≥ 1, got {cfg.labels}")
     if cfg.steps < 1:
-        raise ConfigError(f"--steps: expected ≥ 1 environment steps, got {cfg.steps}")
+        raise ConfigError(f"steps: expected ≥ 1 environment steps, got {cfg.steps}")
     if cfg.algo not in ("ppo", "a2c"):
-        raise ConfigError(f"--algo: expected ppo or a2c, got {cfg.algo!r}")
+        raise ConfigError(f"algo: expected ppo or a2c, got {cfg.algo!r}")
     if cfg.annotator not in ANNOTATORS:
-        raise ConfigError(f"--annotator: expected one of {', '.join(ANNOTATORS)}, got {cfg.annotator!r}")
+        raise ConfigError(f"annotator: expected one of {', '.join(ANNOTATORS)}, got {cfg.annotator!r}")
     if cfg.reward_inputs not in ("obs_action", "obs", "obs_action_next"):
         raise ConfigError(f"reward_inputs: expected obs_action, obs or obs_action_next, got {cfg.reward_inputs!r}")
     if cfg.query not in QUERIES:
-        raise ConfigError(f"--query: expected one of {', '.join(QUERIES)}, got {cfg.query!r}")
+        raise ConfigError(f"query: expected one of {', '.join(QUERIES)}, got {cfg.query!r}")
     if cfg.human and not cfg.db:
-        raise ConfigError("--human needs --db URL (the feedback store the annotation app serves)")
+        raise ConfigError("human needs db, the URL of the feedback store the annotation app serves")
     if cfg.human and "rgb_array" not in _render_modes(cfg.env_id):
-        raise ConfigError(f"--env {cfg.env_id}: has no render_mode='rgb_array', needed for --human clips")
+        raise ConfigError(f"env_id {cfg.env_id}: has no render_mode='rgb_array', needed for human-labelled clips")
 
 
 def _render_modes(env_id: str) -> list[str]:
@@ -200,12 +200,12 @@ def _spaces(env_id: str) -> tuple[int, int, bool, Any, Any]:
     finally:
         env.close()
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise ConfigError(f"--env {env_id}: expected a flat Box observation space, got {obs_space}")
+        raise ConfigError(f"env_id {env_id}: expected a flat Box observation space, got {obs_space}")
     if isinstance(act_space, gym.spaces.Discrete):
         return obs_space.shape[0], int(act_space.n), True, None, None
     if isinstance(act_space, gym.spaces.Box):
         return obs_space.shape[0], act_space.shape[0], False, act_space.low, act_space.high
-    raise ConfigError(f"--env {env_id}: expected Box or Discrete actions, got {act_space}")
+    raise ConfigError(f"env_id {env_id}: expected Box or Discrete actions, got {act_space}")
 
 
 def label_schedule(total: int, iterations: int, initial_frac: float, iters_frac: float) -> list[int]:
@@ -457,7 +457,7 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
     from alignkit.feedback import query
 
     if len(segs) < 2:
-        raise ConfigError(f"--env {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
+        raise ConfigError(f"env_id {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
                           f"(lower segment_length or raise num_steps)")
     active = cfg.query != "random" and ensemble is not None  # the first batch has no model yet
     cand = []
@@ -472,7 +472,7 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
         chosen = query.select_max_disagreement(range(len(cand)), want, query.pair_disagreement(ra, rb))
     else:
         if not hasattr(query, "ensemble_pair_probs"):
-            raise ConfigError("--query info-gain: this alignkit's feedback.query has no information gain yet")
+            raise ConfigError("query info-gain: this alignkit's feedback.query has no information gain yet")
         chosen = query.select_queries("info-gain", query.ensemble_pair_probs(ra, rb), want)
     return [cand[i] for i in chosen]
 

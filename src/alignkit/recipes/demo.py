@@ -1,6 +1,6 @@
 """Recipe: ``alignkit demo`` — the embedded task end to end, with a report.
 
-    alignkit demo [--out runs/demo] [--seeds 0,1,2] [--quick]
+    alignkit demo (alignkit.cli.loop), with a DemoConfig (quick = tiny sizes)
 
 Reads top to bottom. Once: build (or reuse) the base policy, a tiny GPT-2 pre-trained on
 the task's corpus, and sample the base policy's evaluation responses. Then per seed:
@@ -32,11 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError
+from alignkit.recipes.dpo import DPOConfig
+from alignkit.recipes.loop import AnnotatorConfig, LoopConfig
+from alignkit.recipes.ppo import PPOConfig
+from alignkit.recipes.reward import RewardConfig
 
 
 @dataclass
 class DemoConfig:
-    """Configuration of ``alignkit demo`` (``--quick`` shrinks every size)."""
+    """Configuration of ``alignkit demo`` (``quick`` shrinks every size). The sub-recipes'
+    configs are nested (``ppo.kl_coef``, ``reward.epochs``, ``annotator.beta`` ...)."""
 
     out: str = "runs/demo"
     """Output directory: base/, seed_S/, loop/, summary.json, report.html, *.png."""
@@ -48,38 +53,11 @@ class DemoConfig:
     """Labelled pairs per seed (sampled from the base policy)."""
     heldout_pairs: int = 128
     """Held-out labelled pairs per seed (reward-model accuracy, ECE, agreement)."""
-    annotator_beta: float = 2.0
-    """Simulated annotators' rationality β."""
-    annotator_noise: float = 0.05
-    """Simulated annotators' label-flip rate."""
-    tie_band: float = 0.25
-    """Simulated annotators call a tie when |Δr| is below this."""
-    biased_fraction: float = 0.5
-    """Share of pairs labelled by the politeness-flattered group."""
-    flattery_bias: float = 1.0
-    """That group's extra reward per polite word."""
-    reward_epochs: int = 3
-    """Reward-model epochs."""
-    reward_lr: float = 1e-3
-    """Reward-model learning rate."""
-    ppo_betas: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.0])
-    """KL leash sweep for PPO (run on the first seed, or on all with sweep_all_seeds)."""
-    ppo_beta: float = 0.3
-    """PPO's β for the method comparison (run on every seed; must be in ppo_betas)."""
+    kl_coefs: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.0])
+    """PPO KL-coefficient sweep (run on the first seed, or on all with sweep_all_seeds); the
+    method comparison uses ``ppo.kl_coef``, which must be one of these."""
     sweep_all_seeds: bool = False
     """Run the whole PPO sweep on every seed (slower)."""
-    ppo_steps: int = 40
-    """PPO iterations."""
-    ppo_lr: float = 1e-4
-    """PPO learning rate."""
-    ppo_batch_size: int = 48
-    """PPO rollouts per iteration."""
-    dpo_beta: float = 0.3
-    """DPO β."""
-    dpo_lr: float = 1e-4
-    """DPO learning rate."""
-    dpo_epochs: int = 2
-    """DPO epochs."""
     bon_n: int = 16
     """Best-of-n's n for the method comparison."""
     bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
@@ -87,23 +65,70 @@ class DemoConfig:
     eval_samples_per_prompt: int = 4
     """Evaluation responses per prompt (48 prompts)."""
     max_new_tokens: int = 32
-    """Response length limit."""
+    """Response length limit (pairs, evaluation, PPO rollouts)."""
+    base_eval_seed: int = 12345
+    """Seed of the base policy's evaluation samples."""
+    eval_seed: int = 777
+    """Seed of every method's evaluation samples (the same for all methods and seeds)."""
+    ci_level: float = 0.95
+    """Confidence level of the paired bootstrap CI of each method's gold gain over base."""
+    ci_resamples: int = 2000
+    """Bootstrap resamples (of seeds and of prompts) for that CI."""
     loop_rounds: int = 2
     """Rounds of the iterated PPO loop on the first seed (0 = skip)."""
+    loop_pairs_per_round: int = 384
+    """The loop's new labelled pairs per round."""
+    loop_ppo_steps: int = 20
+    """The loop's PPO iterations per round (its other PPO settings are ``ppo``'s)."""
+    loop_eval_samples_per_prompt: int = 2
+    """The loop's evaluation responses per prompt."""
     al_pool: int = 600
     """Query-selection experiment: candidate pairs."""
     al_budget: int = 240
     """Query-selection experiment: label budget."""
     al_batch: int = 20
     """Query-selection experiment: labels per batch."""
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    """The simulated annotator groups (``kind`` must stay simulated: the demo needs the gold reward)."""
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
+        model="", out="", epochs=3, lr=1e-3, batch_size=32, max_length=96, eval_fraction=0.0, tensorboard=False))
+    """The reward recipe's config; the demo sets out and seed, and model when empty (= the base policy)."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
+        out="", steps=40, kl_coef=0.3, lr=1e-4, rollout_batch_size=48, tensorboard=False, save_checkpoints=False,
+        save_model=False))
+    """The PPO recipe's config; the demo sets policy, out, seed, max_new_tokens (and kl_coef in the sweep)."""
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
+        out="", beta=0.3, lr=1e-4, epochs=2, batch_size=16, max_length=96, tensorboard=False,
+        save_checkpoints=False, save_model=False, entangle_every=8, entangle_pairs=8))
+    """The DPO recipe's config; the demo sets policy, out and seed (``entangle_every``: the
+    gradient-entanglement probe plotted in the report)."""
+    dpo_normalized: bool = False
+    """Also train normalised-gradient DPO (``loss=normalized``) on the same pairs and plot its
+    entanglement next to DPO's (≈ 2 × batch_size extra backward passes per step)."""
+    gao_resamples: int = 1000
+    """Bootstrap resamples (of prompts × seeds) for the CIs of the Gao et al. fits."""
 
 
 def quick_config(cfg: DemoConfig) -> DemoConfig:
     """Tiny sizes for the smoke test."""
     return replace(
-        cfg, seeds=cfg.seeds[:1], pairs=64, heldout_pairs=32, reward_epochs=1, ppo_betas=[0.3, 0.0],
-        ppo_beta=0.3, ppo_steps=2, ppo_batch_size=16, dpo_epochs=1, bon_n=4, bon_sweep=[1, 2, 4, 8],
-        eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, al_pool=80, al_budget=40, al_batch=10,
+        cfg, seeds=cfg.seeds[:1], pairs=64, heldout_pairs=32, kl_coefs=[0.3, 0.0], bon_n=4, bon_sweep=[1, 2, 4, 8],
+        eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, loop_pairs_per_round=32, loop_ppo_steps=1,
+        loop_eval_samples_per_prompt=1, al_pool=80, al_budget=40, al_batch=10,
+        reward=replace(cfg.reward, epochs=1), ppo=replace(cfg.ppo, kl_coef=0.3, steps=2, rollout_batch_size=16),
+        dpo=replace(cfg.dpo, epochs=1, entangle_every=2), gao_resamples=100,
+    )
+
+
+def demo_loop_config(cfg: DemoConfig, base_dir: Path) -> LoopConfig:
+    """The iterated-loop section: PPO on the first seed with the demo's annotators, reward
+    model and PPO settings, at the ``loop_*`` sizes (its PPO must save each round's policy)."""
+    return LoopConfig(
+        out=str(Path(cfg.out) / "loop"), policy=str(base_dir), rounds=cfg.loop_rounds, method="ppo",
+        pairs_per_round=cfg.loop_pairs_per_round, heldout_pairs=cfg.heldout_pairs,
+        max_new_tokens=cfg.max_new_tokens, eval_samples_per_prompt=cfg.loop_eval_samples_per_prompt,
+        seed=cfg.seeds[0], resume=True, annotator=cfg.annotator, reward=cfg.reward,
+        ppo=replace(cfg.ppo, steps=cfg.loop_ppo_steps, save_model=True),
     )
 
 
@@ -112,12 +137,22 @@ def _mean_std(xs: list[float]) -> dict[str, Any]:
             "per_seed": xs}
 
 
+def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
+    """Means over each prompt's consecutive block of samples (``eval_prompts`` order)."""
+    k = len(values) // n_prompts
+    return [statistics.fmean(values[i * k : (i + 1) * k]) for i in range(n_prompts)]
+
+
 def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Run the demo and write the report; returns the summary dict."""
     import torch
 
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
-    from alignkit.diagnostics.overoptimization import best_of_n_curve, divergence
+    from alignkit.diagnostics.overoptimization import (
+        best_of_n_curve,
+        best_of_n_gold_gains,
+        divergence,
+    )
     from alignkit.evaluation import (
         PolicySamples,
         evaluate_reward_model,
@@ -127,16 +162,16 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     from alignkit.feedback.agreement import cohen_kappa
     from alignkit.feedback.annotators import agreement_rate, gold_agreement
     from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes.dpo import DPOConfig, train_dpo
+    from alignkit.recipes._common import write_json
+    from alignkit.recipes.dpo import train_dpo
     from alignkit.recipes.loop import (
-        LoopConfig,
         collect_pairs,
         fit_reward_model,
         run_loop,
         sample_responses,
         simulated_population,
     )
-    from alignkit.recipes.ppo import PPOConfig, train_ppo
+    from alignkit.recipes.ppo import train_ppo
     from alignkit.tasks.assistant import GOLD, PROMPTS, BasePolicySpec, build_base_policy
     from alignkit.utils.seed import set_seed
 
@@ -144,12 +179,16 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
         cfg = quick_config(cfg)
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
-    if cfg.ppo_beta not in cfg.ppo_betas:
-        raise ConfigError(f"ppo_beta {cfg.ppo_beta} must be one of ppo_betas {cfg.ppo_betas}")
+    if cfg.ppo.kl_coef not in cfg.kl_coefs:
+        raise ConfigError(f"ppo.kl_coef {cfg.ppo.kl_coef} must be one of kl_coefs {cfg.kl_coefs}")
+    if cfg.annotator.kind != "simulated":
+        raise ConfigError("annotator.kind: the demo needs simulated annotators (it knows the gold reward)")
     t0 = time.time()
     timings: dict[str, float] = {}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "alignkit_config.json", asdict(cfg))
+    gold = GOLD.scores  # the embedded task's gold reward r_H
 
     # --- once: the base policy and its evaluation samples -------------------------------
     spec = BasePolicySpec(steps=30, corpus_size=400, batch_size=32) if cfg.quick else BasePolicySpec()
@@ -157,8 +196,8 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     tok = load_tokenizer(base_dir)
     ref = load_causal_lm(base_dir).eval()
     eval_prompts = [p for p in PROMPTS for _ in range(cfg.eval_samples_per_prompt)]
-    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=12345)
-    base_gold = GOLD.scores(eval_prompts, base_samples.responses)
+    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
+    base_gold = gold(eval_prompts, base_samples.responses)
     timings["base_policy"] = time.time() - t0
 
     per_seed: list[dict[str, Any]] = []
@@ -167,7 +206,7 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
         sdir = out / f"seed_{seed}"
         set_seed(seed)
         # 1. feedback on base samples from two annotator groups
-        annotators = simulated_population(cfg, seed)
+        annotators = simulated_population(cfg.annotator, gold, seed)
         labels = annotators.label(collect_pairs(ref, tok, PROMPTS, cfg.pairs, cfg.max_new_tokens, seed))
         heldout_pairs = collect_pairs(ref, tok, PROMPTS, cfg.heldout_pairs, cfg.max_new_tokens, seed + 500)
         heldout = annotators.label(heldout_pairs)
@@ -181,36 +220,43 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
             "pooled_vs_gold": gold_agreement(heldout, GOLD),
         }
         # 2. the proxy reward model
-        rm = fit_reward_model(base_dir, labels, sdir / "rm", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
-                              batch_size=32, seed=seed)
-        rm_eval = evaluate_reward_model(rm, heldout, gold=GOLD.scores, bins=10)
+        rm = fit_reward_model(replace(cfg.reward, model=cfg.reward.model or str(base_dir), out=str(sdir / "rm"),
+                                      seed=seed), labels)
+        rm_eval = evaluate_reward_model(rm, heldout, gold=gold, bins=10)
 
         def score(samples, kl=None, rm=rm):
-            return score_samples(samples, rm, gold=GOLD.scores, base_gold=base_gold, kl=kl)
+            return score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=kl)
+
+        def policy_samples(model):  # every method is evaluated on the same seeded samples
+            return sample_for_eval(model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed)
 
         results: dict[str, dict[str, Any]] = {"base": score(base_samples, kl=0.0)}
+        base_pp = _per_prompt(base_gold, len(PROMPTS))
+        gao_rows: dict[str, list[list[float]]] = {}  # per-prompt gold gains of each sweep point
 
-        # 3a. PPO at every leash of the sweep
-        betas = cfg.ppo_betas if (seed == cfg.seeds[0] or cfg.sweep_all_seeds) else [cfg.ppo_beta]
+        # 3a. PPO at every KL coefficient of the sweep
+        coefs = cfg.kl_coefs if (seed == cfg.seeds[0] or cfg.sweep_all_seeds) else [cfg.ppo.kl_coef]
         ppo_sweep = []
-        for beta in betas:
-            res = train_ppo(
-                PPOConfig(policy=str(base_dir), out=str(sdir / f"ppo_beta{beta:g}"), steps=cfg.ppo_steps,
-                          rollout_batch_size=cfg.ppo_batch_size, kl_coef=beta, lr=cfg.ppo_lr,
-                          max_new_tokens=cfg.max_new_tokens, seed=seed, tensorboard=False,
-                          save_checkpoints=False, save_model=False),
-                reward_fn=rm.score, prompts=PROMPTS)
-            pol = res.model.eval()
-            m = score(sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=777))
-            ppo_sweep.append({"label": f"β={beta:g}", "beta": beta, **m})
-            if beta == cfg.ppo_beta:
+        for coef in coefs:
+            res = train_ppo(replace(cfg.ppo, policy=str(base_dir), out=str(sdir / f"ppo_kl{coef:g}"), kl_coef=coef,
+                                    max_new_tokens=cfg.max_new_tokens, seed=seed),
+                            reward_fn=rm.score, prompts=PROMPTS)
+            m = score(policy_samples(res.model))
+            ppo_sweep.append({"label": f"β={coef:g}", "kl_coef": coef, **{k: v for k, v in m.items()
+                                                                         if k != "gold_per_sample"}})
+            gao_rows.setdefault("ppo", []).append(
+                [x - b for x, b in zip(_per_prompt(m["gold_per_sample"], len(PROMPTS)), base_pp, strict=True)])
+            if coef == cfg.ppo.kl_coef:
                 results["ppo"] = m
         # 3b. DPO on the labelled pairs (ties carry no preference to learn from)
-        res = train_dpo(DPOConfig(policy=str(base_dir), out=str(sdir / "dpo"), beta=cfg.dpo_beta, lr=cfg.dpo_lr,
-                                  epochs=cfg.dpo_epochs, batch_size=16, seed=seed, max_length=96,
-                                  tensorboard=False, save_checkpoints=False, save_model=False),
+        res = train_dpo(replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo"), seed=seed),
                         records=[c for c in labels if c.mu != 0.5])
-        results["dpo"] = score(sample_for_eval(res.model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=777))
+        results["dpo"] = score(policy_samples(res.model))
+        entangle = {"dpo": res.entangle}
+        if cfg.dpo_normalized:  # the same pairs, the pairwise-normalised update
+            entangle["normalized"] = train_dpo(
+                replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo_normalized"), seed=seed, loss="normalized"),
+                records=[c for c in labels if c.mu != 0.5]).entangle
         # 3c. best-of-n: the method's own samples, and the sweep from one pool
         torch.manual_seed(seed)
         bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
@@ -220,12 +266,21 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
         pool_prompts = [p for p in PROMPTS for _ in range(k)]
         pool = sample_responses(ref, tok, pool_prompts, cfg.max_new_tokens, seed=seed * 31 + 7)
         proxy = rm.score(pool_prompts, pool).reshape(len(PROMPTS), k).numpy()
-        gold = torch.tensor(GOLD.scores(pool_prompts, pool)).reshape(len(PROMPTS), k).numpy()
-        bon_sweep = [{"label": f"n={p['n']}", **p} for p in best_of_n_curve(proxy, gold, cfg.bon_sweep)]
+        pool_gold = torch.tensor(gold(pool_prompts, pool)).reshape(len(PROMPTS), k).numpy()
+        bon_sweep = [{"label": f"n={p['n']}", **p} for p in best_of_n_curve(proxy, pool_gold, cfg.bon_sweep)]
+        gao_rows["best_of_n"] = best_of_n_gold_gains(proxy, pool_gold, cfg.bon_sweep).T.tolist()
+        # 4. per-prompt gold gain over base (same prompts, same base samples): the paired CI's data
+        gains = {name: [x - b for x, b in zip(_per_prompt(results[name].pop("gold_per_sample"), len(PROMPTS)),
+                                               base_pp, strict=True)]
+                 for name in ("ppo", "dpo", "best_of_n")}
+        results["base"].pop("gold_per_sample")
         # 5. query selection: labels needed for the same reward accuracy
         al = _active_learning(cfg, pool_prompts, pool, seed)
-        per_seed.append({"seed": seed, "methods": results, "rm": rm_eval, "agreement": agreement,
-                         "sweep": {"ppo": ppo_sweep, "best_of_n": bon_sweep} if len(betas) > 1
+        if len(coefs) < 2:  # one PPO point is no curve to fit
+            gao_rows.pop("ppo", None)
+        per_seed.append({"seed": seed, "methods": results, "gains": gains, "rm": rm_eval, "agreement": agreement,
+                         "entangle": entangle, "gao_rows": gao_rows,
+                         "sweep": {"ppo": ppo_sweep, "best_of_n": bon_sweep} if len(coefs) > 1
                          else {"best_of_n": bon_sweep}, "active_learning": al})
         timings[f"seed_{seed}"] = time.time() - t_seed
 
@@ -233,17 +288,7 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     if cfg.loop_rounds > 0:
         t_loop = time.time()
-        loop_cfg = LoopConfig(
-            out=str(out / "loop"), policy=str(base_dir), rounds=cfg.loop_rounds, method="ppo",
-            pairs_per_round=max(cfg.pairs // 2, 16), annotator_beta=cfg.annotator_beta,
-            annotator_noise=cfg.annotator_noise, tie_band=cfg.tie_band, biased_fraction=cfg.biased_fraction,
-            flattery_bias=cfg.flattery_bias, reward_epochs=cfg.reward_epochs, reward_lr=cfg.reward_lr,
-            ppo_steps=max(cfg.ppo_steps // 2, 1), ppo_kl_coef=cfg.ppo_beta, ppo_lr=cfg.ppo_lr,
-            ppo_batch_size=cfg.ppo_batch_size, max_new_tokens=cfg.max_new_tokens,
-            eval_samples_per_prompt=max(1, cfg.eval_samples_per_prompt // 2), heldout_pairs=cfg.heldout_pairs,
-            seed=cfg.seeds[0], resume=True,
-        )
-        rounds = run_loop(loop_cfg)["rounds"]
+        rounds = run_loop(demo_loop_config(cfg, base_dir))["rounds"]
         timings["loop"] = time.time() - t_loop
 
     summary = _summarise(cfg, per_seed, rounds, divergence)
@@ -257,6 +302,16 @@ AL_STRATEGIES = ("random", "disagreement", "info-gain")
 """Query strategies the demo compares. ``disagreement`` (std of score differences) needs
 more labels than random here; ``info-gain`` scores the members' preference probabilities
 instead — docs/humans.md has the measured diagnosis (10 seeds)."""
+
+
+AL_NOTE = (
+    "Why disagreement can need more labels than random here: its score, the std over members of "
+    "r̂_m(a) − r̂_m(b), grows with how far apart two responses are even when every member ranks them "
+    "the same way, and after a 20-label start the bootstrap spread is mostly noise. Info-gain scores the "
+    "members' preference probabilities instead. Replayed on 10 seeds (benchmarks/lm_query_diagnosis.py): "
+    "disagreement 114 labels vs random 80 (paired +34, 95 % CI [+11.6, +56.4]), info-gain 86 "
+    "(+6 [-13.1, +25.1]) and the highest accuracy at the full budget; docs/humans.md has the diagnosis."
+)
 
 
 def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
@@ -287,7 +342,7 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
     texts = responses
     curves = {}
     for strategy in AL_STRATEGIES:
-        annot = simulated_population(cfg, seed + 100)  # same annotators for both strategies
+        annot = simulated_population(cfg.annotator, GOLD.scores, seed + 100)  # same annotators for every strategy
         curves[strategy] = [
             {"n_labels": pt.n_labels, "accuracy": pt.accuracy}
             for pt in active_learning_curve(
@@ -299,19 +354,23 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
 
 
 def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dict[str, Any]], divergence) -> dict[str, Any]:
+    from alignkit.diagnostics.entanglement import average_probes
+    from alignkit.evaluation import paired_bootstrap_ci
     from alignkit.feedback.query import CurvePoint, labels_to_reach
 
     methods = {}
     for name in ("base", "ppo", "dpo", "best_of_n"):
         methods[name] = {key: _mean_std([s["methods"][name][key] for s in per_seed])
                          for key in ("gold", "proxy", "kl", "win_rate", "length")}
+    # "beats base": the paired bootstrap CI of the per-prompt gold gain, resampling seeds and
+    # prompts (both are random draws: a new seed re-runs feedback and training, a new
+    # prompt comes from the task); with one seed only the prompts vary
     beats = {}
-    base_gold = [s["methods"]["base"]["gold"] for s in per_seed]
     for name in ("ppo", "dpo", "best_of_n"):
-        gains = [s["methods"][name]["gold"] - b for s, b in zip(per_seed, base_gold, strict=True)]
-        spread = methods[name]["gold"]["std"]
-        margin = statistics.fmean(gains)
-        beats[name] = {"margin": margin, "spread": spread, "ok": bool(margin > spread)}
+        gain, lo, hi = paired_bootstrap_ci([s["gains"][name] for s in per_seed], level=cfg.ci_level,
+                                           resamples=cfg.ci_resamples, seed=cfg.seeds[0])
+        beats[name] = {"gain": gain, "ci_low": lo, "ci_high": hi, "level": cfg.ci_level, "ok": bool(lo > 0),
+                       "n_seeds": len(per_seed), "n_prompts": len(per_seed[0]["gains"][name])}
     # the sweep: mean over the seeds that ran it
     sweep: dict[str, list[dict[str, Any]]] = {}
     for method in ("ppo", "best_of_n"):
@@ -327,6 +386,8 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
             pts.append(pt)
         sweep[method] = pts
     overopt = {m: divergence(pts) for m, pts in sweep.items()}
+    gao = _gao_fits(cfg, per_seed, sweep)
+    entanglement = {name: average_probes([s["entangle"][name] for s in per_seed]) for name in per_seed[0]["entangle"]}
     # active learning: labels to reach the accuracy both strategies reach
     al_seeds = [s["active_learning"] for s in per_seed]
     finals = [c[-1]["accuracy"] for a in al_seeds for c in a.values()]
@@ -356,24 +417,49 @@ def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dic
         "task": "assistant (embedded; gold r_H = θ·φ(safety, efficiency, law, courtesy))",
         "seeds": list(cfg.seeds),
         "quick": cfg.quick,
-        "config": asdict(cfg),
+        "config": _report_config(cfg),
         "methods": methods,
         "beats_base": beats,
         "sweep": sweep,
         "overoptimization": overopt,
+        "gao_fits": gao,
+        "entanglement": entanglement,
         "rounds": rounds,
         "reward_model": rm,
-        "annotators": {"groups": ["careful", "flattered"], "beta": cfg.annotator_beta,
-                       "noise": cfg.annotator_noise, "biased_fraction": cfg.biased_fraction,
+        "annotators": {"groups": ["careful", "flattered"], "beta": cfg.annotator.beta,
+                       "noise": cfg.annotator.noise, "biased_fraction": cfg.annotator.biased_fraction,
                        "agreement": agreement},
         "active_learning": {"target_accuracy": target, "model": "bag-of-words Bradley–Terry ensemble (5 members)",
-                            "strategies": strategies},
-        "per_seed": [{k: v for k, v in s.items() if k not in ("rm", "methods")}
-                     | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"},
-                        "methods": {n: {k: v for k, v in m.items() if k != "gold_per_sample"}
-                                    for n, m in s["methods"].items()}}
+                            "strategies": strategies, "note": AL_NOTE},
+        "per_seed": [{k: v for k, v in s.items() if k != "rm"} | {"rm": {k: v for k, v in s["rm"].items() if k != "bins"}}
                      for s in per_seed],
     }
+
+
+def _gao_fits(cfg: DemoConfig, per_seed: list[dict[str, Any]], sweep: dict[str, list[dict[str, Any]]]):
+    """Gao et al.'s forms fitted to each sweep: R_bon(d) = d(α − βd) to best-of-n, R_RL(d) =
+    d(α − β log d) to the PPO KL sweep; d = √KL (the sweep's mean KL per point), gains =
+    per-prompt gold over the base policy, bootstrapped over prompts × seeds."""
+    import numpy as np
+
+    from alignkit.diagnostics.overoptimization import fit_gao
+
+    fits = {}
+    for method, form in (("best_of_n", "bon"), ("ppo", "rl")):
+        rows = [np.asarray(s["gao_rows"][method]).T for s in per_seed if method in s.get("gao_rows", {})]
+        if rows and method in sweep and len(sweep[method]) >= 2:
+            fits[method] = fit_gao([p["kl"] for p in sweep[method]], np.concatenate(rows), form,
+                                   n_boot=cfg.gao_resamples, ci=cfg.ci_level, seed=cfg.seeds[0])
+    return fits
+
+
+def _report_config(cfg: DemoConfig) -> dict[str, Any]:
+    """The config as the report shows it (alignkit_config.json has all of it): the demo's
+    annotators are simulated, so the annotation-server settings are left out."""
+    config = asdict(cfg)
+    for key in ("server_url", "server_token", "project"):
+        config["annotator"].pop(key)
+    return config
 
 
 def _write_report(summary: dict[str, Any], out: Path, *, print_table: bool) -> None:
@@ -390,6 +476,12 @@ def _write_report(summary: dict[str, Any], out: Path, *, print_table: bool) -> N
     rm = summary["reward_model"]
     figs["Reward-model calibration"] = plots.plot_calibration(rm["calibration_bins"], rm["ece"], out / "calibration.png")
     figs["Annotator agreement"] = plots.plot_agreement(summary["annotators"]["agreement"], out / "agreement.png")
+    if summary.get("entanglement", {}).get("dpo"):
+        figs["DPO gradient entanglement over training (fixed probe pairs)"] = plots.plot_entanglement(
+            summary["entanglement"], out / "entanglement.png")
+    if summary.get("gao_fits"):
+        figs["Gao et al. fits: gold gain over base vs KL, with the predicted peak"] = plots.plot_gao_fits(
+            summary["gao_fits"], out / "gao_fits.png")
     al = summary["active_learning"]
     figs["Labels needed: random vs disagreement"] = plots.plot_active_learning(
         {k: v["curve"] for k, v in al["strategies"].items()}, al["target_accuracy"], out / "active_learning.png")
@@ -409,7 +501,7 @@ def _json_default(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------
-# `alignkit demo --task hh`: the real-data variant
+# `alignkit demo hh`: the real-data variant
 # ---------------------------------------------------------------------------
 
 HH_FILE = "hh_harmless_dev.jsonl.gz"
@@ -428,13 +520,13 @@ def find_hh_data(path: str | None = None) -> Path:
         if c.exists():
             return c
     raise ConfigError(
-        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); pass --data FILE"
+        f"HH data not found (looked for {', '.join(str(c) for c in candidates)}); set data to the file"
     )
 
 
 @dataclass
 class HHDemoConfig:
-    """Configuration of ``alignkit demo --task hh``."""
+    """Configuration of ``alignkit demo hh``."""
 
     out: str = "runs/demo_hh"
     """Output directory: rm/, summary.json, report.html, calibration.png."""
@@ -505,7 +597,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="alignkit demo --task hh — reward model on held-out HH harmless pairs")
+        t = Table(title="alignkit demo hh — reward model on held-out HH harmless pairs")
         for col in ("train pairs", "held-out pairs", "accuracy", "ECE", "longer-wins baseline"):
             t.add_column(col, justify="right")
         rm_s = summary["reward_model"]

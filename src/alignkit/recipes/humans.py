@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-ANNOTATORS = ("boltzmann", "wrong-beta", "regret", "myopic", "false-belief", "noisy", "biased-group")
+ANNOTATORS = ("boltzmann", "wrong-beta", "regret", "myopic", "false-belief", "noisy", "biased-group", "bpref")
 LEARNERS = ("boltzmann", "regret")
 
 
@@ -72,6 +72,12 @@ class HumansConfig:
     """The 'noisy' annotator's label-flip probability."""
     biased_share: float = 0.3
     """The 'biased-group' share of labels, from a group that values efficiency over safety."""
+    bpref_mistake: float = 0.1
+    """The 'bpref' teacher (β = ∞): probability ε of a flipped label."""
+    bpref_equal: float = 0.1
+    """The 'bpref' teacher: a tie (μ = ½) when |Δu| < this × std(u)."""
+    bpref_skip_quantile: float = 0.2
+    """The 'bpref' teacher: skip (no label) when both utilities are below this quantile of u."""
     stability_log2_beta: list[float] = field(default_factory=lambda: [-4, -3, -2, -1, 0, 1, 2, 3])
     """Stability curve: log₂(annotator β / learner β)."""
     stability_gamma: list[float] = field(default_factory=lambda: [1.0, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1])
@@ -112,8 +118,9 @@ class Setting:
 
 
 def _record(prompt: Any, a: Any, b: Any, *, mu: float, incomparable: bool, annotator: str | None,
-            group: str | None, meta: dict[str, Any]) -> tuple[int, int, float]:
-    return int(a), int(b), float(mu)
+            group: str | None, meta: dict[str, Any]) -> tuple[int, int, float] | None:
+    """A label as (a, b, μ); None for a skipped query (the learner never sees it)."""
+    return None if incomparable else (int(a), int(b), float(mu))
 
 
 def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta: float | None = None,
@@ -152,6 +159,12 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
                                    weights=[1 - cfg.biased_share, cfg.biased_share], beta=beta, seed=seed,
                                    record_fn=_record, groups=["honest", "speedy"])
         return pop, st.phi @ ((1 - cfg.biased_share) * st.theta + cfg.biased_share * theta_b)
+    if kind == "bpref":
+        u = st.u_true
+        ann = hm.BPrefTeacher(items(u), beta=math.inf, mistake=cfg.bpref_mistake,
+                              skip_threshold=float(np.quantile(u, cfg.bpref_skip_quantile)),
+                              equal_threshold=cfg.bpref_equal * float(u.std()), **common)
+        return ann, u
     raise ValueError(f"unknown annotator model {kind!r}")
 
 
@@ -243,6 +256,16 @@ def labels_to_cosine(curve: list[float], target: float) -> int | None:
     return None
 
 
+def labels_to_stay(curve: list[float], target: float) -> int | None:
+    """The smallest n with curve[m] ≥ target for every m ≥ n (None if the last point is below)."""
+    n = None
+    for i in range(len(curve) - 1, -1, -1):
+        if curve[i] < target:
+            break
+        n = i
+    return n
+
+
 def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
     from alignkit.utils.progress import track
 
@@ -257,10 +280,16 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
     # censored seeds (never reached) count as budget + 1 in the paired comparison, and are listed
     cap = cfg.max_labels + 1
     out: dict[str, Any] = {"label_efficiency": needed, "censored_as": cap, "curves": {}, "vs_random": {}}
+    from scipy.stats import t as student_t
+
     for s, cs in curves.items():
         arr = np.array(cs)
-        out["curves"][s] = {"mean": arr.mean(0).tolist(), "lo": np.quantile(arr, 0.1, 0).tolist(),
-                            "hi": np.quantile(arr, 0.9, 0).tolist()} if len(cs) else {}
+        half = (student_t.ppf(0.975, len(cs) - 1) * arr.std(0, ddof=1) / math.sqrt(len(cs))
+                if len(cs) > 1 else np.zeros(arr.shape[1]))
+        out["curves"][s] = {"mean": arr.mean(0).tolist(), "lo": (arr.mean(0) - half).tolist(),
+                            "hi": (arr.mean(0) + half).tolist()} if len(cs) else {}
+    # a stricter reading: the label count after which the curve stays ≥ target to the budget
+    out["labels_to_stay"] = {s: [labels_to_stay(c, cfg.target_cosine) for c in cs] for s, cs in curves.items()}
     if "random" in needed:
         base = [cap if n is None else n for n in needed["random"]]
         for s in cfg.strategies:
@@ -269,11 +298,15 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
             mine = [cap if n is None else n for n in needed[s]]
             diff = [r - m for r, m in zip(base, mine, strict=True)]
             ci = _ci95(diff)
+            stay_b = [cap if n is None else n for n in out["labels_to_stay"]["random"]]
+            stay_m = [cap if n is None else n for n in out["labels_to_stay"][s]]
             out["vs_random"][s] = {
                 "labels_saved_per_seed": diff, "labels_saved": ci,
                 "fewer_labels_fraction": 1.0 - statistics.fmean(mine) / statistics.fmean(base),
                 "ci_excludes_0": bool(ci["lo"] > 0 or ci["hi"] < 0),
                 "mean_labels": statistics.fmean(mine), "random_mean_labels": statistics.fmean(base),
+                "stay_labels_saved": _ci95([r - m for r, m in zip(stay_b, stay_m, strict=True)]),
+                "stay_mean_labels": statistics.fmean(stay_m), "stay_random_mean_labels": statistics.fmean(stay_b),
             }
     return out
 
@@ -291,7 +324,7 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
     pairs = st.random_pairs(cfg.matrix_labels, rng)
     test = st.random_pairs(cfg.test_pairs, rng)
     ann, u_ann = make_annotator(annotator, st, cfg, seed, **ann_kwargs)
-    labels = ann.label([(None, int(a), int(b)) for a, b in pairs])
+    labels = [x for x in ann.label([(None, int(a), int(b)) for a, b in pairs]) if x is not None]
     out = {}
     for learner in learners:
         th = fit_learner(learner, st, labels, cfg, beta=learner_beta)

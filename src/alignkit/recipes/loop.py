@@ -1,53 +1,96 @@
 """Recipe: the iterated RLHF loop.
 
-    alignkit loop --config configs/loop_example.yaml [--resume]
+    alignkit loop (alignkit.cli.loop), with a LoopConfig such as configs/loop_example.yaml
 
 Each round, read top to bottom:
 
 1. **Sample** pairs of responses from the current policy (a larger candidate pool when
    queries are chosen by ensemble disagreement).
 2. **Collect feedback** from the annotators: simulated humans (two groups with a β-noisy
-   Boltzmann model over the task's gold reward, one of them biased towards flattery),
-   or people via the annotation server (``annotator: human``).
+   Boltzmann model over a gold reward, one of them biased towards flattery), or people via
+   the annotation server (``annotator.kind: human``).
 3. **Fit / refresh the reward model** on every label collected so far
-   (:func:`alignkit.recipes.reward.train_reward`).
+   (:func:`alignkit.recipes.reward.train_reward`, with the ``reward`` sub-config).
 4. **Optimise the policy**: PPO against the reward model, DPO on the collected pairs
-   (both start from the current policy), or best-of-n (the policy stays, the reward
-   model that picks the best of n improves).
-5. **Evaluate** on the gold reward: gold, proxy, KL to the *original* reference, win
-   rate against the base policy, reward-model held-out accuracy and ECE.
+   (both start from the current policy; the ``ppo`` / ``dpo`` sub-configs), or best-of-n
+   (the policy stays, the reward model that picks the best of n improves).
+5. **Evaluate** (:mod:`alignkit.evaluation`): proxy reward, KL to the *original*
+   reference, the reward model's held-out accuracy and ECE against the annotators' labels
+   — and, only when the run has a gold reward, the gold reward, the win rate against the
+   base policy and the reward model's agreement with gold.
+
+The task is passed in, not assumed: ``prompts`` (a file in any format
+:func:`alignkit.data.load_prompts` reads) and ``gold`` (a ``module:function`` reward, or the
+``gold=`` argument of :func:`run_loop`). With neither, the loop runs the embedded assistant
+task (its prompts, gold reward and base policy). With user prompts and no gold, nothing
+gold-based is computed or reported; simulated annotators then cannot be used (they label
+by a gold reward).
 
 Every round writes ``OUT/round_K/`` (labels, reward model, policy, eval.json) and then
-``OUT/state.json``; ``--resume`` continues after the last finished round. Each round is
-seeded from (seed, round), so a resumed run ends where an uninterrupted one would.
+``OUT/state.json``; ``resume`` continues after the last finished round. Each round is
+seeded from (seed, round), so a resumed run ends where an uninterrupted one would. The
+full config (sub-configs included) is written to ``OUT/alignkit_config.json``.
 
 The building blocks (:func:`collect_pairs`, :func:`fit_reward_model`,
-:func:`evaluate_policy`, ...) are reused by ``alignkit demo``.
+:func:`simulated_population`, ...) are reused by ``alignkit demo``.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from alignkit.data.records import Comparison, record_from_dict, record_to_dict
 from alignkit.errors import ConfigError
+from alignkit.recipes.dpo import DPOConfig
+from alignkit.recipes.ppo import PPOConfig
+from alignkit.recipes.reward import RewardConfig
 
 METHODS = ("ppo", "dpo", "bon")
 ANNOTATORS = ("simulated", "human")
 
 
 @dataclass
+class AnnotatorConfig:
+    """Who labels the pairs (``annotator.*`` keys)."""
+
+    kind: str = "simulated"
+    """simulated (two groups on the run's gold reward) or human (the annotation server)."""
+    beta: float = 2.0
+    """Simulated annotators' rationality β in P(a ≻ b) = σ(β Δr)."""
+    noise: float = 0.05
+    """Simulated annotators' label-flip rate."""
+    tie_band: float = 0.25
+    """Simulated annotators call a tie when |Δr| is below this."""
+    biased_fraction: float = 0.5
+    """Share of pairs labelled by the group biased towards polite/flattering words."""
+    flattery_bias: float = 1.0
+    """That group's extra reward per polite word (on top of the gold reward)."""
+    server_url: str = "http://127.0.0.1:8000"
+    """kind: human — the annotation server (``alignkit annotate serve``)."""
+    server_token: str = ""
+    """kind: human — an admin token (or env ALIGNKIT_TOKEN)."""
+    project: str = "loop"
+    """kind: human — the server's project name."""
+
+
+@dataclass
 class LoopConfig:
-    """Configuration of ``alignkit loop`` (YAML keys = field names)."""
+    """Configuration of ``alignkit loop`` (YAML keys = field names; sub-configs as nested
+    mappings or dotted keys, e.g. ``ppo.kl_coef``)."""
 
     out: str = "runs/loop"
     """Output directory: base/ (built base policy), round_K/, state.json, rounds.jsonl."""
     policy: str = ""
     """Starting policy directory; empty = the embedded task's base policy (built under OUT/base)."""
+    prompts: str = ""
+    """Prompts file (.txt one a line, or JSONL/Parquet/HF rows with a prompt); empty = the embedded task's."""
+    gold: str = ""
+    """Gold reward as ``module:function`` (``f(prompts, responses)`` → floats); empty = the
+    embedded task's gold when ``prompts`` is empty, else none (no gold numbers are reported)."""
     rounds: int = 3
     """Number of sample → feedback → reward model → optimise → evaluate rounds."""
     method: str = "ppo"
@@ -58,56 +101,35 @@ class LoopConfig:
     """Which pairs to label: random, disagreement (largest reward-ensemble disagreement) or info-gain."""
     pool_factor: int = 3
     """Active queries: candidate pool = pool_factor × pairs_per_round pairs."""
-    annotator: str = "simulated"
-    """simulated (two groups on the task's gold reward) or human (the annotation server)."""
-    annotator_beta: float = 2.0
-    """Simulated annotators' rationality β in P(a ≻ b) = σ(β Δr)."""
-    annotator_noise: float = 0.05
-    """Simulated annotators' label-flip rate."""
-    tie_band: float = 0.25
-    """Simulated annotators call a tie when |Δr| is below this."""
-    biased_fraction: float = 0.5
-    """Share of pairs labelled by the group biased towards polite/flattering words."""
-    flattery_bias: float = 1.0
-    """That group's extra reward per polite word (on top of the gold reward)."""
-    server_url: str = "http://127.0.0.1:8000"
-    """annotator: human — the annotation server (``alignkit annotate serve``)."""
-    server_token: str = ""
-    """annotator: human — an admin token (or env ALIGNKIT_TOKEN)."""
-    project: str = "loop"
-    """annotator: human — the server's project name."""
-    reward_epochs: int = 2
-    """Reward-model epochs per round."""
-    reward_lr: float = 1e-3
-    """Reward-model learning rate (tiny backbones want a large one)."""
-    reward_batch_size: int = 32
-    """Reward-model batch size (pairs)."""
-    ppo_steps: int = 40
-    """PPO iterations per round."""
-    ppo_kl_coef: float = 0.3
-    """PPO's KL leash β."""
-    ppo_lr: float = 1e-4
-    """PPO learning rate."""
-    ppo_batch_size: int = 48
-    """PPO rollouts per iteration."""
-    dpo_beta: float = 0.3
-    """DPO's β."""
-    dpo_lr: float = 1e-4
-    """DPO learning rate."""
-    dpo_epochs: int = 2
-    """DPO epochs over the pairs collected so far."""
+    heldout_pairs: int = 192
+    """Labelled pairs from the base policy kept out of training (RM accuracy / ECE)."""
     bon_n: int = 16
     """Best-of-n: candidates per prompt."""
     max_new_tokens: int = 32
-    """Response length limit."""
+    """Response length limit (sampling pairs, evaluation, and PPO's rollouts)."""
     eval_samples_per_prompt: int = 4
     """Evaluation: responses per prompt."""
-    heldout_pairs: int = 192
-    """Labelled pairs from the base policy kept out of training (RM accuracy / ECE)."""
+    base_eval_seed: int = 12345
+    """Seed of the base policy's evaluation samples."""
+    eval_seed: int = 54321
+    """Seed of round K's evaluation samples: eval_seed + K."""
     seed: int = 0
-    """Seed of everything (rounds are seeded from seed and round)."""
+    """Seed of everything else (rounds are seeded from seed and round)."""
     resume: bool = False
     """Continue after the last finished round in OUT/state.json."""
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    """Who labels the pairs."""
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
+        model="", out="", epochs=2, lr=1e-3, batch_size=32, max_length=96, eval_fraction=0.0, tensorboard=False))
+    """The reward recipe's config; the loop sets out and seed each round, and model when it
+    is empty (= the starting policy as the backbone)."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
+        out="", steps=40, kl_coef=0.3, lr=1e-4, rollout_batch_size=48, tensorboard=False, save_checkpoints=False))
+    """The PPO recipe's config (method: ppo); the loop sets policy, out, seed and max_new_tokens each round."""
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
+        out="", beta=0.3, lr=1e-4, epochs=2, batch_size=16, max_length=96, tensorboard=False,
+        save_checkpoints=False))
+    """The DPO recipe's config (method: dpo); the loop sets policy, out and seed each round."""
 
 
 # ---------------------------------------------------------------------------
@@ -115,8 +137,8 @@ class LoopConfig:
 # ---------------------------------------------------------------------------
 
 
-def simulated_population(cfg: Any, seed: int):
-    """Two annotator groups on the embedded task's gold reward.
+def simulated_population(cfg: AnnotatorConfig, gold, seed: int):
+    """Two annotator groups on the reward ``gold``:
 
     * ``careful``: Boltzmann-rational on r_H (β, tie band, noise from ``cfg``);
     * ``flattered``: the same plus ``flattery_bias`` per polite word — a systematic bias
@@ -127,19 +149,20 @@ def simulated_population(cfg: Any, seed: int):
         BiasedAnnotator,
         BoltzmannAnnotator,
     )
-    from alignkit.tasks.assistant import GOLD, politeness_bias
+    from alignkit.tasks.assistant import politeness_bias
 
-    common = dict(beta=cfg.annotator_beta, noise=cfg.annotator_noise, tie_band=cfg.tie_band)
-    careful = BoltzmannAnnotator(GOLD, seed=seed * 7 + 1, name="careful", group="careful", **common)
-    flattered = BiasedAnnotator(GOLD, politeness_bias(cfg.flattery_bias), seed=seed * 7 + 2,
+    common = dict(beta=cfg.beta, noise=cfg.noise, tie_band=cfg.tie_band)
+    careful = BoltzmannAnnotator(gold, seed=seed * 7 + 1, name="careful", group="careful", **common)
+    flattered = BiasedAnnotator(gold, politeness_bias(cfg.flattery_bias), seed=seed * 7 + 2,
                                 name="flattered", group="flattered", **common)
     w = cfg.biased_fraction
     return AnnotatorPopulation([careful, flattered], [1 - w, w], seed=seed * 7 + 3)
 
 
-def make_annotator(cfg: LoopConfig, seed: int):
-    if cfg.annotator == "simulated":
-        return simulated_population(cfg, seed)
+def make_annotator(cfg: AnnotatorConfig, gold, seed: int):
+    """The annotators ``cfg`` asks for: simulated on ``gold``, or the annotation server."""
+    if cfg.kind == "simulated":
+        return simulated_population(cfg, gold, seed)
     import os
 
     from alignkit.feedback.annotators import HumanAnnotator
@@ -147,7 +170,8 @@ def make_annotator(cfg: LoopConfig, seed: int):
 
     token = cfg.server_token or os.environ.get("ALIGNKIT_TOKEN", "")
     if not token:
-        raise ConfigError("annotator: human needs server_token (or env ALIGNKIT_TOKEN): an admin token")
+        raise ConfigError("annotator.kind: human needs annotator.server_token (or env ALIGNKIT_TOKEN): "
+                          "an admin token")
     return HumanAnnotator(AnnotationClient(cfg.server_url, token), project=cfg.project)
 
 
@@ -200,18 +224,53 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
     return [pool[i] for i in select_max_disagreement(idx, k, ensemble_disagreement(ens, pool))]
 
 
-def fit_reward_model(policy_dir: str | Path, labels: list[Comparison], out: Path, *, epochs: int,
-                     lr: float, batch_size: int, seed: int):
-    """Train the reward model on ``labels`` (backbone = the base policy); return it loaded."""
+def fit_reward_model(cfg: RewardConfig, labels: list[Comparison]):
+    """Train the reward model ``cfg`` describes on ``labels``; return it loaded (eval mode)."""
     from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.reward import RewardConfig, train_reward
+    from alignkit.recipes.reward import train_reward
 
-    cfg = RewardConfig(model=str(policy_dir), out=str(out), epochs=epochs, lr=lr,
-                       batch_size=batch_size, eval_fraction=0.0, seed=seed, tensorboard=False,
-                       max_length=96)
     res = train_reward(cfg, labels)
     rm = load_reward_model(res.out_dir)
     return rm.eval() if hasattr(rm, "eval") else rm
+
+
+def load_gold(ref: str):
+    """The gold reward named ``module:attribute`` (a callable ``(prompts, responses)`` → floats)."""
+    import importlib
+
+    module, sep, name = ref.partition(":")
+    if not sep or not module or not name:
+        raise ConfigError(f"gold: expected module:function, got {ref!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"gold: cannot import {ref!r} ({e})") from None
+    if not callable(fn):
+        raise ConfigError(f"gold: {ref!r} is not callable")
+    return fn
+
+
+def resolve_task(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> tuple[list[str], Any]:
+    """The run's prompts and gold reward (None when it has none): arguments first, then
+    ``cfg.prompts`` / ``cfg.gold``, then — only when no prompts were given at all — the
+    embedded assistant task's."""
+    from alignkit.data import load_prompts
+
+    embedded = prompts is None and not cfg.prompts
+    if prompts is None and cfg.prompts:
+        prompts = load_prompts(cfg.prompts)
+    if gold is None and cfg.gold:
+        gold = load_gold(cfg.gold)
+    if embedded:
+        from alignkit.tasks.assistant import GOLD, PROMPTS
+
+        prompts, gold = list(PROMPTS), gold if gold is not None else GOLD.scores
+    if cfg.annotator.kind == "simulated" and gold is None:
+        raise ConfigError("annotator.kind: simulated annotators label by a gold reward; set gold: "
+                          "module:function, or use annotator.kind: human")
+    if not embedded and not cfg.policy:
+        raise ConfigError("policy: a run on your own prompts needs a starting policy directory")
+    return list(prompts), gold
 
 
 def _save_labels(labels: list[Comparison], path: Path) -> None:
@@ -225,12 +284,12 @@ def _load_labels(path: Path) -> list[Comparison]:
 def _check(cfg: LoopConfig) -> None:
     if cfg.method not in METHODS:
         raise ConfigError(f"method: expected one of {METHODS}, got {cfg.method!r}")
-    if cfg.annotator not in ANNOTATORS:
-        raise ConfigError(f"annotator: expected one of {ANNOTATORS}, got {cfg.annotator!r}")
+    if cfg.annotator.kind not in ANNOTATORS:
+        raise ConfigError(f"annotator.kind: expected one of {ANNOTATORS}, got {cfg.annotator.kind!r}")
     if cfg.rounds < 1 or cfg.pairs_per_round < 2:
         raise ConfigError("rounds must be ≥ 1 and pairs_per_round ≥ 2")
-    if not 0 <= cfg.biased_fraction <= 1:
-        raise ConfigError(f"biased_fraction: expected a number in [0, 1], got {cfg.biased_fraction}")
+    if not 0 <= cfg.annotator.biased_fraction <= 1:
+        raise ConfigError(f"annotator.biased_fraction: expected a number in [0, 1], got {cfg.annotator.biased_fraction}")
 
 
 # ---------------------------------------------------------------------------
@@ -238,9 +297,11 @@ def _check(cfg: LoopConfig) -> None:
 # ---------------------------------------------------------------------------
 
 
-def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) the iterated loop; returns ``{"rounds": [per-round eval], ...}``."""
+def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> dict[str, Any]:
+    """Run (or resume) the iterated loop; returns ``{"rounds": [per-round eval], ...}``.
 
+    ``prompts`` and ``gold`` (``gold(prompts, responses)`` → floats) override ``cfg.prompts``
+    and ``cfg.gold``; see :func:`resolve_task`."""
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
     from alignkit.evaluation import (
         PolicySamples,
@@ -249,33 +310,39 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
         score_samples,
     )
     from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes.dpo import DPOConfig, train_dpo
-    from alignkit.recipes.ppo import PPOConfig, train_ppo
-    from alignkit.tasks.assistant import GOLD, PROMPTS, build_base_policy
+    from alignkit.recipes._common import write_json
+    from alignkit.recipes.dpo import train_dpo
+    from alignkit.recipes.ppo import train_ppo
     from alignkit.utils.seed import set_seed
 
     _check(cfg)
+    prompts, gold = resolve_task(cfg, prompts, gold)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = list(prompts or PROMPTS)
-    base_dir = Path(cfg.policy) if cfg.policy else build_base_policy(out / "base")
+    if cfg.policy:
+        base_dir = Path(cfg.policy)
+    else:
+        from alignkit.tasks.assistant import build_base_policy
+
+        base_dir = build_base_policy(out / "base")
     tok = load_tokenizer(base_dir)
     ref = load_causal_lm(base_dir).eval()
 
     # held-out labelled pairs from the base policy and base evaluation samples
     set_seed(cfg.seed)
-    heldout = make_annotator(cfg, cfg.seed + 999).label(
+    heldout = make_annotator(cfg.annotator, gold, cfg.seed + 999).label(
         collect_pairs(ref, tok, prompts, cfg.heldout_pairs, cfg.max_new_tokens, cfg.seed * 100 + 99))
     eval_prompts = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
-    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=12345)
-    base_gold = GOLD.scores(eval_prompts, base_samples.responses)
+    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
+    base_gold = [float(x) for x in gold(eval_prompts, base_samples.responses)] if gold is not None else None
 
     state_path = out / "state.json"
     state: dict[str, Any] = {"completed_rounds": 0, "policy": str(base_dir), "rounds": []}
     if state_path.exists():
         if not cfg.resume:
-            raise ConfigError(f"{out} already holds a loop run; pass --resume to continue it or pick a new --out")
+            raise ConfigError(f"{out} already holds a loop run; set resume to continue it, or pick a new out directory")
         state = json.loads(state_path.read_text())
+    write_json(out / "alignkit_config.json", asdict(cfg))
     labels: list[Comparison] = []
     for k in range(1, state["completed_rounds"] + 1):
         labels += _load_labels(out / f"round_{k}" / "labels.jsonl")
@@ -291,25 +358,21 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
         pool = collect_pairs(policy, tok, prompts, n_pool, cfg.max_new_tokens, seed)
         queries = choose_queries(pool, cfg.pairs_per_round, cfg.query, labels, seed)
         # 2. feedback
-        new = make_annotator(cfg, seed).label(queries)
+        new = make_annotator(cfg.annotator, gold, seed).label(queries)
         labels += new
         _save_labels(new, rdir / "labels.jsonl")
-        # 3. reward model on everything so far
-        rm = fit_reward_model(base_dir, labels, rdir / "rm", epochs=cfg.reward_epochs, lr=cfg.reward_lr,
-                              batch_size=cfg.reward_batch_size, seed=seed)
+        # 3. reward model on everything so far (backbone: the starting policy unless set)
+        rm = fit_reward_model(replace(cfg.reward, model=cfg.reward.model or str(base_dir), out=str(rdir / "rm"),
+                                      seed=seed), labels)
         # 4. optimise
         new_policy, bon_kl = state["policy"], None
         if cfg.method == "ppo":
-            res = train_ppo(PPOConfig(policy=state["policy"], out=str(rdir / "policy"), steps=cfg.ppo_steps,
-                                      rollout_batch_size=cfg.ppo_batch_size, kl_coef=cfg.ppo_kl_coef,
-                                      lr=cfg.ppo_lr, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                                      tensorboard=False, save_checkpoints=False),
+            res = train_ppo(replace(cfg.ppo, policy=state["policy"], out=str(rdir / "policy"), seed=seed,
+                                    max_new_tokens=cfg.max_new_tokens),
                             reward_fn=rm.score, prompts=prompts)
             new_policy = str(res.out_dir)
         elif cfg.method == "dpo":
-            res = train_dpo(DPOConfig(policy=state["policy"], out=str(rdir / "policy"), beta=cfg.dpo_beta,
-                                      lr=cfg.dpo_lr, epochs=cfg.dpo_epochs, batch_size=16, seed=seed,
-                                      tensorboard=False, save_checkpoints=False, max_length=96),
+            res = train_dpo(replace(cfg.dpo, policy=state["policy"], out=str(rdir / "policy"), seed=seed),
                             records=[c for c in labels if c.mu != 0.5])
             new_policy = str(res.out_dir)
         # 5. evaluate
@@ -319,12 +382,14 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
             bon_kl = bon_kl_analytic(cfg.bon_n)
         else:
             pol = load_causal_lm(new_policy).eval()
-            samples = sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=54321 + k)
-        metrics = score_samples(samples, rm, gold=GOLD.scores, base_gold=base_gold, kl=bon_kl)
-        metrics.pop("gold_per_sample")
-        rm_eval = evaluate_reward_model(rm, heldout, gold=GOLD.scores, bins=10)
+            samples = sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed + k)
+        metrics = score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=bon_kl)
+        metrics.pop("gold_per_sample", None)
+        rm_eval = evaluate_reward_model(rm, heldout, gold=gold, bins=10)
         row = {"round": k, **metrics, "rm_accuracy": rm_eval["accuracy"], "rm_ece": rm_eval["ece"],
-               "rm_gold_accuracy": rm_eval["gold_accuracy"], "labels": len(labels)}
+               "labels": len(labels)}
+        if "gold_accuracy" in rm_eval:
+            row["rm_gold_accuracy"] = rm_eval["gold_accuracy"]
         (rdir / "eval.json").write_text(json.dumps({**row, "rm_bins": rm_eval["bins"],
                                                     "examples": samples.responses[:8]}, indent=1))
         state = {"completed_rounds": k, "policy": new_policy, "rounds": state["rounds"] + [row],
@@ -334,5 +399,7 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None) -> dict[str, Any
         tmp.replace(state_path)  # atomic: a crash mid-write keeps the last finished round
         del policy
     (out / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["rounds"]))
-    return {"rounds": state["rounds"], "policy": state["policy"], "out": str(out),
-            "base": {"gold": sum(base_gold) / len(base_gold)}}
+    result = {"rounds": state["rounds"], "policy": state["policy"], "out": str(out)}
+    if base_gold is not None:
+        result["base"] = {"gold": sum(base_gold) / len(base_gold)}
+    return result

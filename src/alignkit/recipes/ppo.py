@@ -70,10 +70,9 @@ class PPOConfig:
     """AdamW learning rate (policy and value head)."""
     kl_coef: float = 0.05
     """β: weight of the per-token KL penalty (initial value when adaptive)."""
-    adaptive_kl: bool = False
-    """Adapt β towards ``kl_target`` (Ziegler et al. 2019) instead of keeping it fixed."""
-    kl_target: float = 6.0
-    """Target per-sequence KL for the adaptive controller (nats)."""
+    kl_target: float = 0.0
+    """Target per-sequence KL (nats) of the adaptive controller (Ziegler et al. 2019), which then
+    steers β from ``kl_coef``; 0 = β stays fixed at ``kl_coef``."""
     kl_horizon: int = 10000
     """Adaptive controller horizon (samples)."""
     gamma: float = 1.0
@@ -136,6 +135,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     (default: the reward model in ``cfg.reward``) on ``prompts`` (default: ``cfg.prompts``)."""
     import torch
 
+    from alignkit.data import load_prompts
     from alignkit.decoding.sampling import generate_ids
     from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
     from alignkit.losses.ppo import (
@@ -150,21 +150,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     )
     from alignkit.models.value import ValueHead, policy_forward
     from alignkit.recipes._common import (
-        NullLogger,
         adamw,
         disable_dropout,
         format_prompt,
         load_checkpoint,
         load_policy,
-        pick_device,
-        read_prompts,
+        open_run,
         require,
-        save_checkpoint,
-        save_policy,
+        save_checkpoint_once,
+        save_policy_once,
         scalars,
-        write_json,
     )
-    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.scale.distributed import Distributed
     from alignkit.utils.progress import track
     from alignkit.utils.seed import set_seed
 
@@ -174,10 +171,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     if cfg.kl_coef < 0:
         raise ConfigError(f"kl_coef: expected ≥ 0, got {cfg.kl_coef}")
     set_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    dist = Distributed(cfg.device)
+    device = dist.device
+    epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)
+    if dist.world_size > 1:
+        # every process must run the same number of synchronised backward passes
+        if cfg.rollout_batch_size % (dist.world_size * minibatches):
+            raise ConfigError(f"rollout_batch_size: {cfg.rollout_batch_size} must divide into "
+                              f"{dist.world_size} processes × {minibatches} minibatches")
+        torch.manual_seed(cfg.seed + 7919 * dist.rank)  # each process samples its own rollouts
     out = Path(cfg.out)
     if prompts is None:
-        prompts = read_prompts(require(cfg.prompts, "prompts"))
+        prompts = load_prompts(require(cfg.prompts, "prompts"))
     if not prompts:
         raise ConfigError("no prompts given")
     if reward_fn is None:
@@ -193,10 +198,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     value_head = ValueHead.for_model(model).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = adamw(params, cfg.lr, eps=1e-6)
-    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
               else FixedKLController(cfg.kl_coef))
     text_prompts = [format_prompt(tok, p, cfg.use_chat_template) for p in prompts]
-    epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)
     clip_v = cfg.clip_eps_value if (cfg.algo == "ppo" and cfg.clip_eps_value > 0) else None
 
     step = 0
@@ -210,27 +214,27 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         kl_ctl.value = state["kl_coef"]
         step = state["step"]
         prompt_rng_state, order = state["prompt_rng"], state["prompt_order"]
-    logger = NullLogger()
-    if cfg.out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "alignkit_config.json", vars(cfg))
-        logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+    # under N processes: DDP on the policy and on the value head; each process rolls out its
+    # share of the prompts and the update averages the gradients
+    wrapped, value_head_w, opt = dist.prepare(model, value_head, opt, batch_size=cfg.rollout_batch_size)
+    logger = open_run(cfg, dist, global_batch=cfg.rollout_batch_size, resume=cfg.resume and step > 0)
     rng.setstate(prompt_rng_state)
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "value_head": value_head.state_dict(),
-                                    "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step,
-                                    "prompt_rng": rng.getstate(), "prompt_order": order})
+        save_checkpoint_once(dist, ckpt_path, wrapped, {
+            "value_head": value_head.state_dict(), "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value,
+            "step": step, "prompt_rng": rng.getstate(), "prompt_order": order})
 
     history: list[dict[str, float]] = []
     for _ in track(range(step, cfg.steps), cfg.algo, total=cfg.steps - step):
-        t_step = time.perf_counter()
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         # --- 1. rollout ---------------------------------------------------------------
         while len(order) < cfg.rollout_batch_size:
             perm = list(range(len(prompts)))
             rng.shuffle(perm)
             order += perm
         idx, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
+        idx = dist.shard(idx)  # this process's prompts (all of them on one process)
         # Multi-pass PPO needs "old" log-probs/values of the rollout policy: the decode
         # loop computes them as it samples (log π_T of each token, the hidden state that a
         # value head reads), so no extra no-grad forward pass over the batch is needed.
@@ -260,9 +264,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         # minibatch) the rollout policy *is* the policy being updated, so its forward pass
         # (with grad) doubles as the "old" evaluation: one policy forward per step, not two.
         # Every forward scores only the response columns (completion_start=P).
-        model.train()
+        wrapped.train()
         if single_pass:
-            old = policy_forward(model, value_head, ids, attn, comp, temperature=cfg.temperature,
+            old = policy_forward(wrapped, value_head_w, ids, attn, comp, temperature=cfg.temperature,
                                  completion_start=P)
             old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
         else:
@@ -297,7 +301,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 if single_pass:
                     new = old
                 else:
-                    new = policy_forward(model, value_head, ids[mb], attn[mb], comp[mb],
+                    new = policy_forward(wrapped, value_head_w, ids[mb], attn[mb], comp[mb],
                                          temperature=cfg.temperature, completion_start=P)
                 logps, values = new.logps[:, P:], new.values[:, P:]
                 if cfg.algo == "ppo":
@@ -307,8 +311,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 vf_loss, vf_m = ppo_value_loss(values, old_values[mb], returns[mb], mask[mb], clip_v)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                dist.backward(loss)
+                gn = dist.clip_grad_norm(params, cfg.max_grad_norm)
                 opt.step()
                 for k, v in {**pg_m, **vf_m, "diag/grad_norm": gn}.items():
                     stats.setdefault(k, []).append(float(v))
@@ -317,7 +321,6 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
 
         # --- 6. KL controller and metrics -------------------------------------------
         seq_kl = (kl_k1(old_logps, ref_logps) * mask).sum(1)
-        kl_ctl.update(float(seq_kl.mean()), n)
         metrics = {
             "reward/score": scores.mean(),
             "reward/score_std": scores.std() if n > 1 else torch.zeros(()),
@@ -330,8 +333,10 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             "diag/response_len": mask.sum(1).mean(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
-        metrics = scalars(metrics)
+        metrics = dist.mean_metrics(scalars(metrics))  # over the processes (equal shares)
+        kl_ctl.update(metrics["kl/k1"], cfg.rollout_batch_size)
         metrics["diag/step_seconds"] = time.perf_counter() - t_step
+        metrics["diag/step_cpu_seconds"] = time.process_time() - cpu_step  # this process's CPU time
         metrics.update({"time/rollout": t_1 - t_0, "time/reward": t_2 - t_1, "time/policy_forward": t_3 - t_2,
                         "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4})
         step += 1
@@ -347,7 +352,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         checkpoint()
     logger.close()
     if cfg.save_model and cfg.out:
-        save_policy(model, tok, out)
-        value_head.save(out / "value_head.pt")
+        save_policy_once(dist, wrapped, model, tok, out)
+        if dist.is_main:
+            value_head.save(out / "value_head.pt")
     last = history[-1] if history else {}
     return PPOResult(out_dir=out, metrics={**last, "steps": float(step)}, history=history, model=model)

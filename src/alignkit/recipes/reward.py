@@ -1,6 +1,6 @@
 """Recipe: fit a reward model to human preferences (step 2 of the RLHF loop).
 
-    alignkit reward train --model PATH --data FILE --out DIR
+    alignkit reward train (alignkit.cli.reward), with a RewardConfig
 
 Reads top to bottom: load records → turn them into comparisons (rankings kept whole for
 the Plackett–Luce loss, or as their K-choose-2 pairs with ``rankings: pairs``; ratings as
@@ -393,14 +393,14 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
         raise ConfigError(f"rankings: expected one of {RANKINGS}, got {cfg.rankings!r}")
     if records is None:
         if not cfg.data:
-            raise ConfigError("no data: pass --data FILE")
+            raise ConfigError("no data: set data (a feedback file) or pass records")
         records = load_records(cfg.data).records
     where = cfg.data or "records"
     whole = cfg.rankings == "plackett_luce"
     pairs = to_comparisons(records, ratings_to_pairs=cfg.ratings_to_pairs, rankings_to_pairs=not whole)
     pairs += [r for r in records if whole and isinstance(r, Ranking)]
     if not pairs:
-        hint = " (ratings are only used with --ratings-to-pairs)" if any(isinstance(r, Rating) for r in records) else ""
+        hint = " (ratings are only used with ratings_to_pairs)" if any(isinstance(r, Rating) for r in records) else ""
         raise DataError(f"no comparisons to train on{hint}", path=where)
     # by prompt, so both ranking modes hold out the same prompts; held-out rankings are
     # scored as their pairs, so the eval metrics of the two modes are comparable
@@ -423,7 +423,7 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
         groups = sorted({p.group for p in pairs if p.group is not None})
         if len(groups) < 2:
             raise DataError(
-                f"--per-group needs records from at least 2 annotator groups, found {len(groups)}",
+                f"per_group needs records from at least 2 annotator groups, found {len(groups)}",
                 path=where,
                 field="group",
             )

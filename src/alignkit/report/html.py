@@ -20,18 +20,26 @@ METHOD_COLUMNS = [
     ("proxy", "proxy (RM) reward"),
     ("kl", "KL to ref"),
     ("win_rate", "win rate vs base (gold)"),
-    ("beats_base", "beats base by > spread"),
+    ("gain", "gold gain vs base [CI]"),
+    ("beats_base", "beats base (CI > 0)"),
 ]
 
 
-def _fmt(stat: Any) -> str:
+def _fmt(stat: Any, digits: int = 3) -> str:
+    """A number as the report prints it: ``digits`` decimals, mean ± std for a statistic."""
     if isinstance(stat, dict) and "mean" in stat:
-        return f"{stat['mean']:.3f} ± {stat.get('std', 0.0):.3f}"
+        return f"{stat['mean']:.{digits}f} ± {stat.get('std', 0.0):.{digits}f}"
     if isinstance(stat, bool):
         return "yes" if stat else "no"
     if isinstance(stat, float):
-        return f"{stat:.3f}"
+        return f"{stat:.{digits}f}"
     return "–" if stat is None else str(stat)
+
+
+def _gain(b: dict[str, Any] | None) -> str:
+    if not b:
+        return "–"
+    return f"{b['gain']:+.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}]"
 
 
 def method_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -39,10 +47,10 @@ def method_rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
     beats = summary.get("beats_base", {})
     for name, m in summary["methods"].items():
-        verdict = beats.get(name, {}).get("ok") if name != "base" else None
+        b = beats.get(name) if name != "base" else None
         rows.append([
-            name, _fmt(m["gold"]), _fmt(m["proxy"]), _fmt(m["kl"]), _fmt(m["win_rate"]),
-            "–" if verdict is None else _fmt(verdict),
+            name, _fmt(m["gold"]), _fmt(m["proxy"]), _fmt(m["kl"]), _fmt(m["win_rate"]), _gain(b),
+            "–" if b is None else _fmt(b["ok"]),
         ])
     return rows
 
@@ -53,7 +61,9 @@ def print_method_table(summary: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     n_seeds = len(summary.get("seeds", [])) or 1
-    table = Table(title=f"alignkit demo — methods on the gold reward ({n_seeds} seed(s), mean ± std)")
+    level = next(iter(summary.get("beats_base", {}).values()), {}).get("level", 0.95)
+    table = Table(title=f"alignkit demo — methods on the gold reward ({n_seeds} seed(s), mean ± std; "
+                        f"gain: paired bootstrap {level:.0%} CI over seeds × prompts)")
     for _, title in METHOD_COLUMNS:
         table.add_column(title, justify="left" if title == "method" else "right")
     for row in method_rows(summary):
@@ -86,6 +96,11 @@ figure{display:inline-block;margin:.5em} img.plot{max-width:100%;border:1px soli
 """
 
 
+def _g(x: float | None) -> str:
+    """3 significant digits; None (an unbounded peak) as ∞."""
+    return "∞" if x is None else f"{x:.3g}"
+
+
 def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Path) -> Path:
     """Write ``out_path`` (report.html) from ``summary`` and the PNGs in ``plots``.
 
@@ -103,6 +118,11 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
     )
     parts.append("<h2>Methods</h2>")
     parts.append(_table([t for _, t in METHOD_COLUMNS], method_rows(s), "method-table"))
+    if s.get("beats_base"):
+        b = next(iter(s["beats_base"].values()))
+        parts.append(f"<p>Gain: mean per-prompt gold gain over the base policy with its paired bootstrap "
+                     f"{b['level']:.0%} CI, resampling {b['n_seeds']} seed(s) × {b['n_prompts']} prompts; a method "
+                     f"beats base when the whole CI is above 0.</p>")
 
     if "sweep" in s:
         parts.append("<h2>KL leash sweep (over-optimisation)</h2>")
@@ -119,13 +139,40 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
                     f"{html.escape(str(pts[d['loosest_index']]['label']))} proxy {d['loosest_proxy']:.3f}, "
                     f"gold {d['loosest_gold']:.3f} — divergence: {'yes' if d['diverges'] else 'no'}</p>"
                 )
+    if s.get("gao_fits"):
+        parts.append("<h2>Over-optimisation fits (Gao et al. 2023)</h2>")
+        rows = []
+        for method, f in s["gao_fits"].items():
+            form = "d(α − βd)" if f["form"] == "bon" else "d(α − β log d)"
+            rows.append([method, form, f"{f['alpha']:.3g} [{f['alpha_ci'][0]:.3g}, {f['alpha_ci'][1]:.3g}]",
+                         f"{f['beta']:.3g} [{f['beta_ci'][0]:.3g}, {f['beta_ci'][1]:.3g}]",
+                         f"{_g(f['peak_kl'])} [{_g(f['peak_kl_ci'][0])}, {_g(f['peak_kl_ci'][1])}]",
+                         f["observed_peak_kl"], f["r2"]])
+        parts.append("<p>Gold gain over the base policy against d = √KL; bootstrap CIs over prompts × seeds.</p>")
+        parts.append(_table(["sweep", "form", "α [CI]", "β [CI]", "predicted peak KL [CI]", "observed peak KL",
+                             "R²"], rows, "gao-table"))
+    if any(s.get("entanglement", {}).values()):
+        parts.append("<h2>DPO gradient entanglement</h2>")
+        rows = []
+        for name, pts in s["entanglement"].items():
+            if pts:
+                rows.append([name] + [sum(p[f"case{k}"] for p in pts) / len(pts) for k in (1, 2, 3)]
+                            + [sum(p["cosine"] for p in pts) / len(pts), pts[-1]["dlogp_chosen"],
+                               pts[-1]["dlogp_rejected"]])
+        parts.append("<p>Fixed probe pairs, measured every few steps: the predicted case of each pair (1: chosen ↑ "
+                     "rejected ↓, 2: both ↓, 3: both ↑; first order, one pair's own step), and the measured change "
+                     "of the probe pairs' log-probs from the start to the end of training.</p>")
+        parts.append(_table(["run", "case 1", "case 2", "case 3", "cosine", "Δ log π chosen", "Δ log π rejected"],
+                            rows, "entanglement-table"))
     if "active_learning" in s:
         al = s["active_learning"]
         parts.append("<h2>Query selection: labels needed</h2>")
-        rows = [[k, str(v["labels_needed"]), v["final_accuracy"]] for k, v in al["strategies"].items()]
+        rows = [[k, _fmt(v["labels_needed"], 1), v["final_accuracy"]] for k, v in al["strategies"].items()]
         parts.append(f"<p>Target accuracy {al['target_accuracy']:.3f} on gold preferences "
                      f"({html.escape(al.get('model', ''))}).</p>")
         parts.append(_table(["strategy", "labels to reach target", "final accuracy"], rows, "active-learning"))
+        if al.get("note"):
+            parts.append(f"<p>{html.escape(al['note'])}</p>")
     if "reward_model" in s:
         rm = s["reward_model"]
         parts.append("<h2>Reward model</h2>")

@@ -15,7 +15,7 @@ STRATEGY_COLORS = {"random": "#7f7f7f", "info-gain": "#d62728", "volume-removal"
 
 
 def plot_label_efficiency(curves: dict[str, dict[str, list[float]]], target: float, path: Path) -> Path:
-    """Mean cos(θ̂, θ*) against labels per strategy, with a 10–90 % band over seeds."""
+    """Mean cos(θ̂, θ*) against labels per strategy, with the 95 % CI of the mean over seeds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for s, c in curves.items():
@@ -26,7 +26,7 @@ def plot_label_efficiency(curves: dict[str, dict[str, list[float]]], target: flo
         ax.plot(x, c["mean"], label=s, color=col)
         ax.fill_between(x, c["lo"], c["hi"], color=col, alpha=0.15)
     ax.axhline(target, color="0.4", ls=":", lw=1)
-    ax.set(xlabel="labels", ylabel="cos(θ̂, θ*)", title="Label efficiency (band: 10–90 % over seeds)",
+    ax.set(xlabel="labels", ylabel="cos(θ̂, θ*)", title="Label efficiency (band: 95 % CI of the mean over seeds)",
            ylim=(min(0.0, ax.get_ylim()[0]), 1.0))
     ax.legend()
     return _save(fig, path)
@@ -107,10 +107,11 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         v = d["vs_random"].get(s)
         rows.append([s, str(needed),
                      _cell_str(v["labels_saved"]) if v else "–",
-                     f"{100 * v['fewer_labels_fraction']:.1f} %" if v else "–"])
+                     f"{100 * v['fewer_labels_fraction']:.1f} %" if v else "–",
+                     str(d["labels_to_stay"][s]), _cell_str(v["stay_labels_saved"]) if v else "–"])
     parts.append(f"<p>Not reached within {cfg['max_labels']} labels: None, counted as {d['censored_as']}.</p>")
-    parts.append(_table(["strategy", "labels per seed", "labels saved vs random (mean, 95 % CI)", "fewer labels"],
-                        rows, "label-efficiency"))
+    parts.append(_table(["strategy", "labels per seed", "labels saved vs random (mean, 95 % CI)", "fewer labels",
+                         "labels until it stays ≥ target", "saved (stays)"], rows, "label-efficiency"))
     mx = summary["misspecification"]
     parts.append(f"<h2>Misspecification matrix ({mx['labels']} random-query labels per cell)</h2>")
     parts.append("<p>Reward misidentification check: the held-out preference accuracy (against the annotator's own "

@@ -84,3 +84,30 @@ def test_entanglement_probe_is_logged(tiny_lm_dir, tmp_path, loss):
         assert all(h["dpo_case1"] + h["dpo_case2"] + h["dpo_case3"] <= 1.0 + 1e-9 for h in res.entangle)
     logged = [r for r in read_metrics(tmp_path / loss / "metrics.jsonl") if "diag/entangle/case2" in r]
     assert [r["step"] for r in logged] == [0, 2, 4]
+
+
+def test_sft_trains_the_edit_of_a_correction_file(tmp_path):
+    """An exported corrections file trains the edited response, not the original; the
+    data layer's SFT rows of the same corrections say the same."""
+    from alignkit.data import Correction, correction_sft_examples, save_records
+    from alignkit.recipes.sft import load_sft_pairs
+
+    corr = [Correction("Q: hi", " go away", " Hello! How can I help?", meta={"comment": "rude"})]
+    save_records(corr, tmp_path / "corr.jsonl")
+    assert load_sft_pairs(str(tmp_path / "corr.jsonl")) == [("Q: hi", " Hello! How can I help?")]
+    assert [(r["prompt"], r["completion"]) for r in correction_sft_examples(corr)] == [
+        ("Q: hi", " Hello! How can I help?")]
+
+
+def test_dpo_ratings_to_pairs(tiny_lm_dir):
+    """Ratings of two responses to one prompt train DPO as their pair, only when asked."""
+    from alignkit.data import Rating
+    from alignkit.errors import DataError
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+
+    ratings = [Rating("Q: hi", " Hello!", 6), Rating("Q: hi", " go", 2)]
+    res = train_dpo(DPOConfig(policy=str(tiny_lm_dir), out="", max_steps=1, ratings_to_pairs=True,
+                              save_model=False), records=ratings)
+    assert res.metrics["loss/dpo"] == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(DataError, match="no comparisons"):
+        train_dpo(DPOConfig(policy=str(tiny_lm_dir), out=""), records=ratings)
