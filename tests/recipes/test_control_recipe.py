@@ -103,7 +103,7 @@ def test_human_loop_through_the_store(tmp_path):
     from alignkit.feedback.store import FeedbackStore
 
     db = str(tmp_path / "fb.db")
-    cfg = ControlConfig(out=str(tmp_path / "run"), human=True, db=db, human_poll_s=0.2, human_timeout_s=120,
+    cfg = ControlConfig(out=str(tmp_path / "run"), human=True, db=db, human_poll_s=0.2, human_timeout_s=600,
                         **{**TINY, "labels": 4, "steps": 200, "oracle": False})
     result: dict = {}
 
@@ -115,14 +115,16 @@ def test_human_loop_through_the_store(tmp_path):
 
     # the schema first: two processes creating it at once on SQLite can hit "database is locked"
     store = FeedbackStore(db)
-    user = store.add_user("person", password=False).user
+    user = None  # added, as a member, once the loop has made the project
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     answers = ["a", "b", "tie", "incomparable"]  # what the person says to items 1, 2, 3, 4 (query order)
     given = 0
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: a loaded CI machine renders and encodes slowly
     while worker.is_alive() and time.time() < deadline:
         try:
+            store.project("control")
+            user = user or store.add_user("person", password=False, projects=["control"]).user
             task = store.next_task("control", user)
         except Exception:  # the loop has not created the project yet
             task = None
