@@ -98,6 +98,8 @@ class DPOConfig:
     rankings: str = "plackett_luce"
     """How K-way rankings train: plackett_luce (Plackett–Luce on the K implicit rewards, in
     batches of ``batch_size`` rankings; needs loss=dpo) or pairs (their K-choose-2 pairs)."""
+    ratings_to_pairs: bool = False
+    """Turn ratings of responses to the same prompt into comparisons (else ratings are dropped)."""
     entangle_every: int = 0
     """Every this many steps, measure gradient entanglement on a fixed probe set of pairs and
     log ``diag/entangle/*`` (0 = off). Costs 2 × entangle_pairs backward passes per probe."""
@@ -135,15 +137,17 @@ def _load(path: str) -> list[Any]:
     return load_records(path).records
 
 
-def split_rankings(records: list[Any], rankings: str) -> tuple[list[Any], list[Any]]:
+def split_rankings(records: list[Any], rankings: str, ratings_to_pairs: bool = False) -> tuple[list[Any], list[Any]]:
     """(comparisons, rankings) to train on: with ``rankings="plackett_luce"`` the
-    :class:`~alignkit.data.Ranking` records are kept whole, else they become pairs."""
+    :class:`~alignkit.data.Ranking` records are kept whole, else they become pairs; ratings
+    become pairs with ``ratings_to_pairs``."""
     from alignkit.data import Ranking, to_comparisons
 
     if rankings not in RANKINGS:
         raise ConfigError(f"rankings: expected one of {RANKINGS}, got {rankings!r}")
     whole = rankings == "plackett_luce"
-    return to_comparisons(records, rankings_to_pairs=not whole), [r for r in records if whole and isinstance(r, Ranking)]
+    comps = to_comparisons(records, rankings_to_pairs=not whole, ratings_to_pairs=ratings_to_pairs)
+    return comps, [r for r in records if whole and isinstance(r, Ranking)]
 
 
 def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
@@ -195,7 +199,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     device = dist.device
     out = Path(cfg.out)
     comps, rankings = split_rankings(records if records is not None else _load(require(cfg.data, "data")),
-                                     cfg.rankings)
+                                     cfg.rankings, cfg.ratings_to_pairs)
     if not comps and not rankings:
         raise DataError("no comparisons to train on", path=cfg.data or None)
     if rankings and cfg.loss != "dpo":
