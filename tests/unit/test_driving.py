@@ -105,3 +105,19 @@ def test_many_well_specified_labels_on_the_pool_recover_theta_star():
     assert cosine(many, st.theta) > 0.99
     assert cosine(many, st.theta) > cosine(few, st.theta)
     assert driving.policy_regret(st.phi, st.pool, many) == 0.0
+
+
+def test_bad_pool_file_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "pool.npz"
+    bad.write_text("not a zip")
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"pool: {bad}\n")
+    out = subprocess.run([sys.executable, "-m", "alignkit", "demo", "humans", "--config", str(cfg),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not a driving pool" in out.stderr
+    with pytest.raises(Exception, match="not found"):
+        driving.load_pool(tmp_path / "missing.npz")
