@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     # transformers/datasets read this when first imported: their weight-loading bars are noise
     # next to alignkit's own rich progress bars.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # under `accelerate launch` every process runs the command; rank 0 alone reports results
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     app = build_app()
     try:
         app(args=argv, standalone_mode=True)

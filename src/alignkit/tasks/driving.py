@@ -291,9 +291,20 @@ def load_pool(path: str | Path | None = None) -> DrivingPool:
     """The cached pool (default: the one shipped with alignkit); no highway-env needed."""
     import json
 
-    with np.load(Path(path) if path else DEFAULT_POOL) as z:
-        return DrivingPool(z["raw"].astype(float), z["scenario"], z["controller"], z["params"],
-                           json.loads(str(z["meta"])))
+    from alignkit.errors import ConfigError
+
+    p = Path(path) if path else DEFAULT_POOL
+    if not p.exists():
+        raise ConfigError(f"{p}: driving pool not found (make one with `alignkit driving-pool --out {p}`)")
+    try:
+        with np.load(p) as z:
+            pool = DrivingPool(z["raw"].astype(float), z["scenario"], z["controller"], z["params"],
+                               json.loads(str(z["meta"])))
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{p}: not a driving pool .npz ({e})") from None
+    if pool.raw.ndim != 3 or pool.raw.shape[-1] != len(RAW):
+        raise ConfigError(f"{p}: field 'raw': expected (N, T, {len(RAW)}) measurements, got {pool.raw.shape}")
+    return pool
 
 
 def angle_deg(theta_hat: np.ndarray, theta_star: np.ndarray = THETA_STAR) -> float:
