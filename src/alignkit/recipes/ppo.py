@@ -227,7 +227,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
 
     history: list[dict[str, float]] = []
     for _ in track(range(step, cfg.steps), cfg.algo, total=cfg.steps - step):
-        t_step = time.perf_counter()
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         # --- 1. rollout ---------------------------------------------------------------
         while len(order) < cfg.rollout_batch_size:
             perm = list(range(len(prompts)))
@@ -336,6 +336,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         metrics = dist.mean_metrics(scalars(metrics))  # over the processes (equal shares)
         kl_ctl.update(metrics["kl/k1"], cfg.rollout_batch_size)
         metrics["diag/step_seconds"] = time.perf_counter() - t_step
+        metrics["diag/step_cpu_seconds"] = time.process_time() - cpu_step  # this process's CPU time
         metrics.update({"time/rollout": t_1 - t_0, "time/reward": t_2 - t_1, "time/policy_forward": t_3 - t_2,
                         "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4})
         step += 1
