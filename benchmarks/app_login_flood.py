@@ -37,8 +37,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fair import cpu_model  # noqa: E402
 
-from alignkit.feedback.store import FeedbackStore  # noqa: E402
-
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -53,7 +51,7 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def attacker(url: str, names: str, password: str, stop, codes) -> None:
+def attacker(url: str, names: str, password: str, stop, codes, ready) -> None:
     """One attacker process: POST /login until ``stop`` is set; status counts into ``codes``.
 
     ``names`` is one account name, or a prefix ending in ``*`` for a new name each time."""
@@ -69,6 +67,8 @@ def attacker(url: str, names: str, password: str, stop, codes) -> None:
                 follow_redirects=False,
             )
             mine[r.status_code] += 1
+            if i == 0:
+                ready.put(1)  # attacking: the victim may start measuring
             i += 1
             if r.status_code == 303:  # logged in: the login form again, for a new token
                 r = c.get("/login")
@@ -96,11 +96,15 @@ def phase(url, token, seconds, attackers) -> dict:
     """The victim's latencies while ``attackers`` (separate processes, so they do not share
     the victim's interpreter) flood the login."""
     ctx = multiprocessing.get_context("spawn")
-    stop, queue = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=attacker, args=(*a, stop, queue), daemon=True) for a in attackers]
+    stop, queue, ready = ctx.Event(), ctx.Queue(), ctx.Queue()
+    procs = [
+        ctx.Process(target=attacker, args=(*a, stop, queue, ready), daemon=True) for a in attackers
+    ]
     for p in procs:
         p.start()
-    time.sleep(3.0 if attackers else 0)  # the attackers are running before we measure
+    for _ in procs:  # every attacker has had a reply: they are all flooding now
+        ready.get(timeout=120)
+    time.sleep(1.0 if attackers else 0)
     lat = victim(url, token, seconds)
     stop.set()
     codes: Counter = Counter()
@@ -125,6 +129,7 @@ def main() -> None:
     ap.add_argument("--attackers", type=int, default=4, help="Attacker threads.")
     ap.add_argument("--out", default="benchmarks/results/app_login_flood.json")
     args = ap.parse_args()
+    from alignkit.feedback.store import FeedbackStore  # here: attacker processes skip it
 
     tmp = Path(tempfile.mkdtemp(prefix="ak_flood_"))
     db = tmp / "flood.db"
