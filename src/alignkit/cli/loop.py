@@ -71,6 +71,9 @@ def demo_cmd(
     data: Path | None = typer.Option(None, "--data", help="hh: the HH pairs file (default: the shared copy)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of DemoConfig (or HHDemoConfig) keys."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    ray: bool = typer.Option(False, "--ray", help="Run the seeds and KL-sweep points as tasks on a local Ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="A Ray cluster's address (default: env ALIGNKIT_RAY_ADDRESS)."),
     policy: str | None = typer.Option(
         None, "--policy", help="hh: also optimise this policy (smollm2, a *.gguf or a model directory): best-of-n, "
         "DPO and PPO with LoRA, β re-scaling by logit mixing, judged by a separate reward model."),
@@ -116,6 +119,8 @@ def demo_cmd(
 
         cfg = build_config(DemoConfig, config, overrides, out=str(out) if out else None,
                            seeds=list(range(seed, seed + n_seeds)), quick=quick or None)
-        summary = run_demo(cfg)
+        from alignkit.scale.tasks import ray_address as resolve_ray
+
+        summary = run_demo(cfg, ray_address=resolve_ray(ray, ray_address))
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}  summary: {Path(cfg.out) / 'summary.json'}  "
                f"({summary['wall_s']:.0f} s)")
