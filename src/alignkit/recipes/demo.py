@@ -538,6 +538,10 @@ class HHDemoConfig:
     """Training pairs (a random subset, to keep the run to a few minutes on a CPU)."""
     heldout_fraction: float = 0.2
     """Fraction of prompts held out for accuracy and calibration."""
+    heldout_pairs: int = 400
+    """Held-out pairs scored (a random subset of the held-out prompts' pairs)."""
+    batch_size: int = 16
+    """Reward-model batch size (pairs)."""
     epochs: int = 1
     """Reward-model epochs."""
     lr: float = 5e-5
@@ -568,10 +572,10 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
     rng = random.Random(cfg.seed)
     n_train = 48 if cfg.quick else cfg.train_pairs
     train = rng.sample(train, min(n_train, len(train)))
-    heldout = rng.sample(heldout, min(32 if cfg.quick else 400, len(heldout)))
+    heldout = rng.sample(heldout, min(32 if cfg.quick else cfg.heldout_pairs, len(heldout)))
     out = Path(cfg.out)
     res = train_reward(RewardConfig(model=cfg.model, out=str(out / "rm"), epochs=cfg.epochs, lr=cfg.lr,
-                                    batch_size=16, max_length=cfg.max_length, eval_fraction=0.0,
+                                    batch_size=cfg.batch_size, max_length=cfg.max_length, eval_fraction=0.0,
                                     seed=cfg.seed, tensorboard=False), train)
     m = evaluate_reward_model(load_reward_model(res.out_dir), heldout, bins=10)
     summary = {
