@@ -45,6 +45,7 @@ __all__ = [
     "RewardTrainResult",
     "evaluate_reward_model",
     "length_baseline_accuracy",
+    "length_baselines",
     "train_reward",
 ]
 
@@ -156,6 +157,18 @@ def length_baseline_accuracy(pairs: list[Comparison]) -> float:
     delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
     mu = torch.tensor([p.mu for p in pairs])
     return pairwise_accuracy(delta, mu)
+
+
+def length_baselines(pairs: list[Comparison]) -> dict[str, float]:
+    """Accuracy of both length rules, "the longer response wins" and "the shorter response
+    wins" (characters; equal lengths count ½): the bar a reward model must clear."""
+    import torch
+
+    from alignkit.diagnostics.calibration import pairwise_accuracy
+
+    delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
+    mu = torch.tensor([p.mu for p in pairs])
+    return {"longer_wins": pairwise_accuracy(delta, mu), "shorter_wins": pairwise_accuracy(-delta, mu)}
 
 
 # -- training one model ----------------------------------------------------------------
@@ -379,6 +392,7 @@ def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], ou
         final = evaluate_reward_model(load_reward_model(out), evals, cfg.eval_batch_size)
         summary.update({f"eval/{k}": v for k, v in final.items()})
         summary["baseline/longer_wins_accuracy"] = length_baseline_accuracy(evals)
+        summary["baseline/shorter_wins_accuracy"] = length_baselines(evals)["shorter_wins"]
     return summary
 
 
