@@ -120,10 +120,10 @@ class FeatureRewardModel:
             hs = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             for row, i in enumerate(idx):
                 n, n_p = len(seqs[i][0]), seqs[i][1]
-                parts = [hs[layer][row, n - 1] for layer in self.last_layers]
-                parts += [hs[layer][row, n_p:n].mean(0) for layer in self.mean_layers]
-                parts.append(torch.tensor([math.log1p(n - n_p)], dtype=hs[0].dtype))
-                out[i] = torch.cat(parts).float()
+                parts = [hs[layer][row, n - 1].float() for layer in self.last_layers]
+                parts += [hs[layer][row, n_p:n].float().mean(0) for layer in self.mean_layers]
+                parts.append(torch.tensor([math.log1p(n - n_p)]))
+                out[i] = torch.cat(parts)
         return out
 
     def fit(self, phi_a: torch.Tensor, phi_b: torch.Tensor, mu: torch.Tensor, l2: float) -> FeatureRewardModel:
