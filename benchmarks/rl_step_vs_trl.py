@@ -10,7 +10,10 @@ like-for-like ratio.
 
 A step = generation + reward + log-probs (policy, reference) + update. Per-step wall times
 are taken inside each run (TRL: a callback; alignkit: ``diag/step_seconds``); the first
-step is dropped as warm-up and the median of the rest kept. alignkit's runs also report
+step is dropped as warm-up and the median of the rest kept. Each step's CPU time of the
+process (``time.process_time``; alignkit: ``diag/step_cpu_seconds``) is recorded too: on a
+machine shared with other jobs it leaves out the time spent waiting for a core, so its
+paired ratio (``*_cpu_time``) is the steadier one. alignkit's runs also report
 where its step goes (the recipe's ``time/*`` metrics, medians over steps and repeats):
 rollout (generation), reward, policy forward (with grad: the single update pass's
 forward), reference forward, update (backward + optimiser). Each run is a fresh
@@ -87,21 +90,24 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
                         use_chat_template=False, device="cpu", **lora_kw)
         res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
         times = [h["diag/step_seconds"] for h in res.history]
+        cpu = [h["diag/step_cpu_seconds"] for h in res.history]
         split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT}
-        return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split}
+        return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split,
+                "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
     else:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
         from trl import RLOOConfig, RLOOTrainer
 
-        times = []
+        times, cpu = [], []
 
         class Timer(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
-                self.t = time.perf_counter()
+                self.t, self.c = time.perf_counter(), time.process_time()
 
             def on_step_end(self, args, state, control, **kw):
                 times.append(time.perf_counter() - self.t)
+                cpu.append(time.process_time() - self.c)
 
         def reward_fn(completions, **kwargs):
             return [len(c) / 50.0 for c in completions]
@@ -125,7 +131,8 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
                                   train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS * 8]),
                                   processing_class=tok, callbacks=[Timer()], peft_config=peft)
             trainer.train()
-    return {"s_per_step": statistics.median(times[1:]), "steps": times}
+    return {"s_per_step": statistics.median(times[1:]), "steps": times,
+            "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
 
 
 def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False, steps: int = STEPS) -> dict:
@@ -182,7 +189,8 @@ def main() -> None:
                 model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
                 config = {"n_layer": n_layer, "n_embd": n_embd}
             runs = {v: [] for v in variants}
-            paired = {"same_responses_16": [], "issue_workload_8_prompts": []}
+            paired = {"same_responses_16": [], "issue_workload_8_prompts": [],
+                      "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": []}
             for r in range(repeats):
                 together = run_together(model_dir, variants, r, lora, args.steps)
                 for name in variants:
@@ -190,6 +198,9 @@ def main() -> None:
                 trl_s = together["trl_rloo_16"]["s_per_step"]
                 paired["same_responses_16"].append(trl_s / together["alignkit_16"]["s_per_step"])
                 paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
+                trl_c = together["trl_rloo_16"]["cpu_s_per_step"]
+                paired["same_responses_16_cpu_time"].append(trl_c / together["alignkit_16"]["cpu_s_per_step"])
+                paired["issue_workload_8_prompts_cpu_time"].append(trl_c / together["alignkit_8"]["cpu_s_per_step"])
                 print(size, r, {k: round(v["s_per_step"], 3) for k, v in together.items()}, flush=True)
             med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
             defaults = None if args.no_trl_defaults else run_together(
@@ -209,7 +220,8 @@ def main() -> None:
                 # a separate row, in no ratio
                 TRL_DEFAULTS_ROW: defaults,
             }
-            print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")}, flush=True)
+            print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")},
+                  {k: round(v, 2) for k, v in results[size]["median_of_paired_speedups"].items()}, flush=True)
             print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
     meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
     if not args.quick:

@@ -20,7 +20,7 @@ def env(tmp_path):
     store = FeedbackStore(tmp_path / "f.db")
     store.ensure_project("proj", gold_every=0)
     admin = store.add_user("boss", role="admin", password=False)
-    ann = store.add_user("ann", group="fr")  # password + token
+    ann = store.add_user("ann", group="fr", projects=["proj"])  # password + token
     app = create_app(store.url, "proj", store=store)
     with TestClient(app, base_url="http://testserver") as client:
         yield store, client, admin, ann

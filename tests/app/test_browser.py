@@ -95,7 +95,7 @@ def test_annotate_every_task_type_by_click_and_keyboard(browser, tmp_path, start
             {"prompt": "Skip me", "responses": ["x", "y"]},
         ],
     )
-    ann = store.add_user("ann", group="uk")
+    ann = store.add_user("ann", group="uk", projects=["web"])
     boss = store.add_user("boss", role="admin")
     server = start_server(db, "web")
     dialogs, console = [], []
@@ -205,7 +205,7 @@ def test_untrusted_text_runs_no_script(browser, tmp_path, start_server):
             },
         ],
     )
-    ann = store.add_user("ann")
+    ann = store.add_user("ann", projects=["xss"])
     server = start_server(db, "xss")
     dialogs, console = [], []
     context, page = open_page(browser, server.url, dialogs, console)
@@ -265,7 +265,7 @@ def test_video_pair_plays_in_sync_and_takes_a_keyboard_choice(browser, tmp_path,
     (item_id,) = import_video_pairs(
         store, "ctl", [{"video_a": a, "video_b": b, "meta": {"segments": [7, 8]}}]
     ).item_ids
-    ann = store.add_user("ann")
+    ann = store.add_user("ann", projects=["ctl"])
     server = start_server(db, "ctl")
     dialogs, console = [], []
     context, page = open_page(browser, server.url, dialogs, console)
@@ -303,4 +303,37 @@ def test_video_pair_plays_in_sync_and_takes_a_keyboard_choice(browser, tmp_path,
     label = store.item_labels("ctl", [item_id])[item_id]
     assert label.mu == (1.0 if vote["answer"]["choice"] == "a" else 0.0)
     assert label.meta["item_meta"] == {"segments": [7, 8]}
+    assert dialogs == [] and not [c for c in console if "error" in c.lower()], console
+
+
+@pytest.mark.timeout(120)
+def test_untouched_edit_boxes_make_no_corrections_even_for_long_texts(
+    browser, tmp_path, start_server
+):
+    """Issue 15 items 2 and 3 in a real browser: CRLF / lone CR responses and a 1.2 MB one,
+    labelled by clicking A without touching the edit boxes → votes, and no corrections."""
+    db = tmp_path / "edits.db"
+    store = FeedbackStore(db)
+    store.ensure_project("ed", gold_every=0)
+    store.add_items(
+        "ed",
+        [
+            {"prompt": "line ends", "responses": ["line one\r\nline two\r\n", "before\rafter"]},
+            {"prompt": "long", "responses": ["z" * 1_200_000, "short"]},
+        ],
+    )
+    ann = store.add_user("ann", projects=["ed"])
+    server = start_server(db, "ed")
+    dialogs, console = [], []
+    context, page = open_page(browser, server.url, dialogs, console)
+    try:
+        log_in(page, server.url, "ann", ann.password)
+        for _ in range(2):
+            page.click("#choice-A")
+            next_page(page, lambda: page.click("#submit"))
+        assert page.is_visible("#all-done")
+    finally:
+        context.close()
+    assert store.count_votes("ed") == 2
+    assert store.export_records("ed", "corrections") == []
     assert dialogs == [] and not [c for c in console if "error" in c.lower()], console

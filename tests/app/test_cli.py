@@ -56,7 +56,9 @@ def test_import_add_user_label_stats_export(tmp_path, capsys):
         capsys,
     )
     assert code == 0 and "overlap 2" in out and "verbose" in out
-    code, out, _ = run(["annotate", "add-user", "--db", db, "ann", "--group", "fr"], capsys)
+    code, out, _ = run(
+        ["annotate", "add-user", "--db", db, "ann", "--group", "fr", "--project", "cli"], capsys
+    )
     assert code == 0 and "shown only once" in out
     password = out.split("password: ")[1].split()[0]
     token = out.split("token:    ")[1].split()[0]
@@ -143,7 +145,7 @@ def test_import_trl_conversational_shows_turns(tmp_path, capsys):
     f.write_text(json.dumps(row) + "\n")
     assert run(["annotate", "import", "--db", db, str(f)], capsys)[0] == 0
     store = FeedbackStore(db)
-    user = store.add_user("ann", password=False).user
+    user = store.add_user("ann", password=False, projects=["default"]).user
     task = store.next_task("default", user)
     assert task.turns == row["prompt"] and sorted(task.responses) == ["A pun.", "No."]
     store.close()

@@ -14,7 +14,7 @@ def test_human_annotator_round_trip(tmp_path, start_server):
     store = FeedbackStore(db)
     store.ensure_project("loop", overlap=2, gold_every=0)
     admin = store.add_user("boss", role="admin", password=False).token
-    people = [store.add_user(n, password=False).token for n in ("ann", "bob")]
+    people = [store.add_user(n, password=False, projects=["loop"]).token for n in ("ann", "bob")]
     store.close()
     server = start_server(db, "loop")
     pairs = [("Say hi", "hello!", "go away"), ("2+2?", "4", "5"), ("Sky?", "blue", "green")]

@@ -28,7 +28,9 @@ def setup_store(db, project, n_items, n_users, overlap):
         project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(n_items)]
     )
     tokens = [
-        store.add_user(f"u{i:02d}", group="g" + str(i % 3), password=False).token
+        store.add_user(
+            f"u{i:02d}", group="g" + str(i % 3), password=False, projects=[project]
+        ).token
         for i in range(n_users)
     ]
     admin = store.add_user("admin", role="admin", password=False).token

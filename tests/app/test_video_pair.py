@@ -38,7 +38,7 @@ def clips(tmp_path_factory):
 
 
 def bot(store, name):
-    return store.add_user(name, password=False).user
+    return store.add_user(name, password=False, projects=["ctl"]).user
 
 
 def shown(task, letter):
@@ -141,8 +141,8 @@ def test_api_serves_clips_only_to_their_annotator(tmp_path, clips):
     store = FeedbackStore(tmp_path / "f.db")
     store.ensure_project("ctl", gold_every=0)
     import_video_pairs(store, "ctl", [{"video_a": clips["a"], "video_b": clips["b"]}])
-    ann = store.add_user("ann", password=False)
-    eve = store.add_user("eve", password=False)
+    ann = store.add_user("ann", password=False, projects=["ctl"])
+    eve = store.add_user("eve", password=False, projects=["ctl"])
     app = create_app(store.url, "ctl", store=store)
     with TestClient(app) as client:
         auth = {"Authorization": f"Bearer {ann.token}"}

@@ -97,3 +97,17 @@ def test_sft_trains_the_edit_of_a_correction_file(tmp_path):
     assert load_sft_pairs(str(tmp_path / "corr.jsonl")) == [("Q: hi", " Hello! How can I help?")]
     assert [(r["prompt"], r["completion"]) for r in correction_sft_examples(corr)] == [
         ("Q: hi", " Hello! How can I help?")]
+
+
+def test_dpo_ratings_to_pairs(tiny_lm_dir):
+    """Ratings of two responses to one prompt train DPO as their pair, only when asked."""
+    from alignkit.data import Rating
+    from alignkit.errors import DataError
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+
+    ratings = [Rating("Q: hi", " Hello!", 6), Rating("Q: hi", " go", 2)]
+    res = train_dpo(DPOConfig(policy=str(tiny_lm_dir), out="", max_steps=1, ratings_to_pairs=True,
+                              save_model=False), records=ratings)
+    assert res.metrics["loss/dpo"] == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(DataError, match="no comparisons"):
+        train_dpo(DPOConfig(policy=str(tiny_lm_dir), out=""), records=ratings)

@@ -45,6 +45,11 @@ def test_shipped_pool_is_standardised_and_consistent():
     assert j.max() - j.min() > 0.5
     assert driving.policy_regret(phi, pool, driving.THETA_STAR) == 0.0
     assert driving.policy_regret(phi, pool, -driving.THETA_STAR) > 1.0  # worse than a random pick
+    assert driving.trajectory_regret(phi, pool, driving.THETA_STAR) == 0.0
+    # θ̂ = −θ* picks each scenario's worst trajectory: the regret is the mean max − min of R*
+    r = phi @ driving.THETA_STAR
+    spread = np.mean([r[pool.scenario == s].max() - r[pool.scenario == s].min() for s in range(12)])
+    assert driving.trajectory_regret(phi, pool, -driving.THETA_STAR) == pytest.approx(spread)
 
 
 def test_regret_is_zero_for_each_scenarios_best_and_positive_elsewhere():
@@ -89,3 +94,35 @@ def test_rollout_is_deterministic_given_scenario_and_params():
     r2 = driving.rollout(5, params, seconds=2)
     assert r1.shape == (2, len(driving.RAW))
     np.testing.assert_array_equal(r1, r2)
+
+
+def test_many_well_specified_labels_on_the_pool_recover_theta_star():
+    from alignkit.feedback.posterior import cosine
+    from alignkit.recipes.humans import HumansConfig, Setting, fit_learner, make_annotator
+
+    st = Setting(driving.load_pool())
+    cfg = HumansConfig()
+    pairs = st.random_pairs(4000, np.random.default_rng(0))
+    ann, _ = make_annotator("boltzmann", st, cfg, seed=0)
+    labels = ann.label([(None, int(a), int(b)) for a, b in pairs])
+    few = fit_learner("boltzmann", st, labels[:30], cfg)
+    many = fit_learner("boltzmann", st, labels, cfg)
+    assert cosine(many, st.theta) > 0.99
+    assert cosine(many, st.theta) > cosine(few, st.theta)
+    assert driving.policy_regret(st.phi, st.pool, many) == 0.0
+
+
+def test_bad_pool_file_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "pool.npz"
+    bad.write_text("not a zip")
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"pool: {bad}\n")
+    out = subprocess.run([sys.executable, "-m", "alignkit", "demo", "humans", "--config", str(cfg),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not a driving pool" in out.stderr
+    with pytest.raises(Exception, match="not found"):
+        driving.load_pool(tmp_path / "missing.npz")

@@ -2,13 +2,14 @@
 
 Annotators: ``me``, ``tasks/next``, ``assignments/ID`` (+ ``/label``, ``/skip``, ``/clip/N``),
 ``progress``. Admins also: ``items`` (import), ``items/labels``, ``users``, ``export``,
-``stats``. See docs/api.md.
+``stats``, ``users/NAME/deactivate|activate|rotate-token|reset-password``. See docs/api.md.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from alignkit.app.auth import bearer_admin, bearer_user
 from alignkit.app.bodies import json_body
@@ -59,21 +60,26 @@ def task_json(task: Task) -> dict:
 
 @router.get("/assignments/{assignment_id}")
 def assignment(request: Request, assignment_id: int):
-    return task_json(context(request).store.task(assignment_id, bearer_user(request)))
+    c = context(request)
+    return task_json(c.store.task(assignment_id, bearer_user(request), project=c.project))
 
 
 @router.get("/assignments/{assignment_id}/clip/{position}")
 def clip(request: Request, assignment_id: int, position: int):
     user = bearer_user(request)
-    content_type, data = context(request).store.clip(assignment_id, user, position)
+    c = context(request)
+    content_type, data = c.store.clip(assignment_id, user, position, project=c.project)
     return clip_response(request, content_type, data)
 
 
 @router.post("/assignments/{assignment_id}/label")
 async def label(request: Request, assignment_id: int):
-    user = bearer_user(request)
+    c = context(request)
+    user = await run_in_threadpool(bearer_user, request)
     body = await json_body(request)
-    result = context(request).store.record_vote(assignment_id, user, body)
+    result = await run_in_threadpool(
+        c.store.record_vote, assignment_id, user, body, project=c.project
+    )
     return JSONResponse(
         {"vote_id": result.vote_id, "duplicate": result.duplicate},
         status_code=200 if result.duplicate else 201,
@@ -82,7 +88,8 @@ async def label(request: Request, assignment_id: int):
 
 @router.post("/assignments/{assignment_id}/skip")
 def skip(request: Request, assignment_id: int):
-    context(request).store.skip(assignment_id, bearer_user(request))
+    c = context(request)
+    c.store.skip(assignment_id, bearer_user(request), project=c.project)
     return {"skipped": assignment_id}
 
 
@@ -97,13 +104,16 @@ def progress(request: Request):
 
 @router.post("/items")
 async def add_items(request: Request):
-    bearer_admin(request)
+    await run_in_threadpool(bearer_admin, request)
     c = context(request)
     body = await json_body(request)
     entries = body.get("items")
     if not isinstance(entries, list):
         raise HTTPProblem(422, "expected {'items': [...], 'gold': false}")
-    result = c.store.add_items(c.project, entries, gold=bool(body.get("gold", False)))
+    gold = body.get("gold", False)
+    if not isinstance(gold, bool):
+        raise HTTPProblem(422, "field 'gold': expected true or false")
+    result = await run_in_threadpool(c.store.add_items, c.project, entries, gold=gold)
     return JSONResponse(
         {"added": result.added, "skipped": result.skipped, "item_ids": result.item_ids}, 201
     )
@@ -111,25 +121,37 @@ async def add_items(request: Request):
 
 @router.post("/items/labels")
 async def item_labels(request: Request):
-    bearer_admin(request)
+    await run_in_threadpool(bearer_admin, request)
     c = context(request)
     ids = (await json_body(request)).get("ids")
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
         raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
-    labels = c.store.item_labels(c.project, ids)
+    labels = await run_in_threadpool(c.store.item_labels, c.project, ids)
     return {"labels": {str(k): record_to_dict(v) for k, v in labels.items()}}
 
 
 @router.post("/users")
 async def add_user(request: Request):
-    bearer_admin(request)
+    """A new account, a member of the served project (admin)."""
+    await run_in_threadpool(bearer_admin, request)
+    c = context(request)
     body = await json_body(request)
-    new = context(request).store.add_user(
-        str(body.get("name", "")),
-        role=str(body.get("role", "annotator")),
-        group=body.get("group"),
-        password=bool(body.get("password", False)),
-        token=True,
+    for name, want in (("name", str), ("role", str), ("password", bool)):
+        if name in body and not isinstance(body[name], want):
+            raise HTTPProblem(422, f"field '{name}': expected {want.__name__}")
+    if not isinstance(body.get("name"), str):
+        raise HTTPProblem(422, "field 'name': missing (expected the user's login name)")
+    new = await run_in_threadpool(
+        lambda: c.store.add_user(
+            body["name"],
+            role=body.get("role", "annotator"),
+            group=body.get("group"),
+            password=body.get("password", False),
+            token=True,
+            projects=[c.project],
+        )
     )
     return JSONResponse(
         {
@@ -141,6 +163,35 @@ async def add_user(request: Request):
         },
         201,
     )
+
+
+@router.post("/users/{name}/deactivate")
+def deactivate(request: Request, name: str):
+    """End an account's access at once: its token, password and sessions stop working."""
+    bearer_admin(request)
+    context(request).store.set_active(name, False)
+    return {"name": name, "active": False}
+
+
+@router.post("/users/{name}/activate")
+def activate(request: Request, name: str):
+    bearer_admin(request)
+    context(request).store.set_active(name, True)
+    return {"name": name, "active": True}
+
+
+@router.post("/users/{name}/rotate-token")
+def rotate_token(request: Request, name: str):
+    """A new API token (shown once); the old one and the account's sessions end."""
+    bearer_admin(request)
+    return {"name": name, "token": context(request).store.rotate_token(name)}
+
+
+@router.post("/users/{name}/reset-password")
+def reset_password(request: Request, name: str):
+    """A new one-time password (shown once); the old one and the account's sessions end."""
+    bearer_admin(request)
+    return {"name": name, "password": context(request).store.reset_password(name)}
 
 
 @router.get("/export")

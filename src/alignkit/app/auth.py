@@ -12,6 +12,7 @@ import hmac
 
 from fastapi import Request
 
+from alignkit.app.bodies import MAX_FORM
 from alignkit.app.context import context
 from alignkit.app.errors import HTTPProblem
 from alignkit.feedback.values import User
@@ -44,7 +45,7 @@ def require_session(request: Request) -> tuple[User, str]:
 
 async def checked_form(request: Request, csrf: str):
     """The request's form, once its ``csrf_token`` matches ``csrf`` (403 otherwise)."""
-    form = await request.form()
+    form = await request.form(max_part_size=MAX_FORM)  # BodyLimit bounds the whole body
     sent = form.get("csrf_token")
     if not isinstance(sent, str) or not hmac.compare_digest(sent, csrf):
         raise HTTPProblem(403, "the form's CSRF token is missing or wrong; reload the page")
@@ -52,16 +53,19 @@ async def checked_form(request: Request, csrf: str):
 
 
 def bearer_user(request: Request) -> User:
+    """The active user of the request's bearer token, a member of the served project."""
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
-    store = context(request).store
-    user = store.user_by_token(token.strip()) if scheme.lower() == "bearer" else None
+    c = context(request)
+    user = c.store.user_by_token(token.strip()) if scheme.lower() == "bearer" else None
     if user is None:
         raise HTTPProblem(
             401,
             "missing or invalid API token (send 'Authorization: Bearer <token>')",
             {"WWW-Authenticate": "Bearer"},
         )
+    if not c.store.is_member(c.project, user):
+        raise HTTPProblem(403, f"user {user.name!r} is not a member of project {c.project!r}")
     return user
 
 

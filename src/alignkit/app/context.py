@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from alignkit.app.limits import HASH_THREADS, FailureWindow
 from alignkit.feedback.exports import format_stat
 from alignkit.feedback.store import FeedbackStore
 
@@ -36,13 +38,25 @@ class AppContext:
         self.templates.filters["stat"] = format_stat
         # the project name as it may appear in a download's file name
         self.safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.project)[:80]
+        self.account_failures = FailureWindow(max_failures=5, window_s=60.0)
+        self.client_failures = FailureWindow(max_failures=30, window_s=60.0)
+        self._hash_slots: anyio.CapacityLimiter | None = None
+
+    @property
+    def hash_slots(self) -> anyio.CapacityLimiter:
+        """Worker threads for password checks (made on first use, inside the event loop)."""
+        if self._hash_slots is None:
+            self._hash_slots = anyio.CapacityLimiter(HASH_THREADS)
+        return self._hash_slots
 
     def page(self, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         """Render template ``name`` (user, csrf and project default to none / this project)."""
         ctx.setdefault("user", None)
         ctx.setdefault("csrf", "")
         ctx.setdefault("project", self.store.project(self.project))
-        return HTMLResponse(self.templates.get_template(name).render(**ctx), status_code=status)
+        html = self.templates.get_template(name).render(**ctx)
+        # "replace": text stored before validation existed (a lone surrogate) cannot break a page
+        return HTMLResponse(html.encode("utf-8", "replace"), status_code=status)
 
     def cookie_flags(self, request: Request) -> dict[str, Any]:
         """HttpOnly, SameSite=Strict; Secure behind HTTPS (or when the request is https)."""

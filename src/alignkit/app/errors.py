@@ -7,21 +7,27 @@ maps them to status codes. Other user errors (a malformed item, :class:`DataErro
 
 from __future__ import annotations
 
+import json
+
+from starlette.responses import Response
+
 from alignkit.errors import AlignkitError
 from alignkit.feedback.errors import (
     Conflict,
     InvalidAnswer,
     InvalidRequest,
     NotFound,
+    NotMember,
     UnknownFormat,
 )
 
-__all__ = ["HTTPProblem", "status_of"]
+__all__ = ["HTTPProblem", "problem_response", "status_of"]
 
 # Most specific first: the first class an error is an instance of decides.
 STATUS = (
     (UnknownFormat, 404),
     (NotFound, 404),
+    (NotMember, 403),
     (Conflict, 409),
     (InvalidAnswer, 422),
     (InvalidRequest, 422),
@@ -42,3 +48,10 @@ def status_of(exc: AlignkitError) -> int:
         if isinstance(exc, cls):
             return status
     return 422
+
+
+def problem_response(exc: HTTPProblem) -> Response:
+    """A bare JSON error (for middleware, before the app's templates are involved)."""
+    body = json.dumps({"detail": exc.message}).encode()
+    headers = dict(exc.headers) | {"Connection": "close"}  # the rest of the body is not read
+    return Response(body, exc.status, headers=headers, media_type="application/json")

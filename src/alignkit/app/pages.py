@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from alignkit.app.auth import (
     LOGIN_CSRF_COOKIE,
@@ -47,11 +49,14 @@ def root():
 # ---------------------------------------------------------------------- log in / out
 
 
-def login_page(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
+def login_page(
+    request: Request, status: int = 200, error: str | None = None, headers: dict | None = None
+) -> HTMLResponse:
     """The login form with a fresh double-submit CSRF token (cookie + hidden field)."""
     c = context(request)
     token = new_token("akl_")
     resp = c.page("login.html", status, csrf=token, error=error)
+    resp.headers.update(headers or {})
     resp.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, **c.cookie_flags(request))
     return resp
 
@@ -63,13 +68,33 @@ def login_form(request: Request):
 
 @router.post("/login")
 async def login(request: Request):
+    """Check a password — off the event loop, and only within the failed-login limits."""
     c = context(request)
-    await checked_form(request, request.cookies.get(LOGIN_CSRF_COOKIE) or "\0")
-    form = await request.form()
-    user = c.store.check_password(str(form.get("username", "")), str(form.get("password", "")))
+    client = request.client.host if request.client else "?"
+    wait = c.client_failures.retry_after(client)  # before reading the form: a flood is cheap
+    if wait == 0:
+        form = await checked_form(request, request.cookies.get(LOGIN_CSRF_COOKIE) or "\0")
+        name, password = str(form.get("username", "")), str(form.get("password", ""))
+        wait = c.account_failures.retry_after(name)
+    if wait > 0:
+        seconds = int(wait) + 1
+        return login_page(
+            request,
+            429,
+            error=f"Too many failed logins; try again in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
+    user = await anyio.to_thread.run_sync(
+        c.store.check_password, name, password, limiter=c.hash_slots
+    )
     if user is None:
+        c.account_failures.failed(name)
+        c.client_failures.failed(client)
         return login_page(request, 401, error="Wrong user name or password.")
-    sid, _ = c.store.create_session(user)
+    c.account_failures.clear(name)
+    if not await run_in_threadpool(c.store.is_member, c.project, user):
+        return login_page(request, 403, error=f"You are not a member of project {c.project!r}.")
+    sid, _ = await run_in_threadpool(c.store.create_session, user)
     resp = RedirectResponse("/admin" if user.is_admin else "/annotate", 303)
     resp.set_cookie(
         SESSION_COOKIE, sid, max_age=int(c.store.session_ttl), **c.cookie_flags(request)
@@ -82,7 +107,9 @@ async def login(request: Request):
 async def logout(request: Request):
     _user, csrf = require_session(request)
     await checked_form(request, csrf)
-    context(request).store.end_session(request.cookies.get(SESSION_COOKIE, ""))
+    await run_in_threadpool(
+        context(request).store.end_session, request.cookies.get(SESSION_COOKIE, "")
+    )
     resp = RedirectResponse("/login", 303)
     resp.delete_cookie(SESSION_COOKIE, path="/")
     return resp
@@ -143,29 +170,35 @@ def form_answer(task: Task, form) -> dict[str, Any]:
 @router.post("/annotate/{assignment_id}")
 async def submit_form(request: Request, assignment_id: int):
     c = context(request)
-    user, csrf = require_session(request)
+    user, csrf = await run_in_threadpool(require_session, request)
     form = await checked_form(request, csrf)
-    task = c.store.task(assignment_id, user)
-    try:
-        c.store.record_vote(assignment_id, user, form_answer(task, form))
-    except InvalidAnswer as e:
-        return task_page(c, user, csrf, task, error=str(e), status=422)
-    return RedirectResponse("/annotate", 303)
+
+    def record():  # in a worker thread: the store's calls block
+        task = c.store.task(assignment_id, user, project=c.project)
+        try:
+            c.store.record_vote(assignment_id, user, form_answer(task, form), project=c.project)
+        except InvalidAnswer as e:
+            return task_page(c, user, csrf, task, error=str(e), status=422)
+        return RedirectResponse("/annotate", 303)
+
+    return await run_in_threadpool(record)
 
 
 @router.get("/annotate/{assignment_id}/clip/{position}")
 def clip(request: Request, assignment_id: int, position: int):
     """A clip of the logged-in annotator's own video_pair assignment."""
     user, _ = require_session(request)
-    content_type, data = context(request).store.clip(assignment_id, user, position)
+    c = context(request)
+    content_type, data = c.store.clip(assignment_id, user, position, project=c.project)
     return clip_response(request, content_type, data)
 
 
 @router.post("/annotate/{assignment_id}/skip")
 async def skip_form(request: Request, assignment_id: int):
-    user, csrf = require_session(request)
+    user, csrf = await run_in_threadpool(require_session, request)
     await checked_form(request, csrf)
-    context(request).store.skip(assignment_id, user)
+    c = context(request)
+    await run_in_threadpool(c.store.skip, assignment_id, user, project=c.project)
     return RedirectResponse("/annotate", 303)
 
 
@@ -196,7 +229,10 @@ def admin_export(request: Request, fmt: str):
 def jsonl_response(c: AppContext, fmt: str) -> Response:
     """Export format ``fmt`` as a JSONL download (404 for an unknown format)."""
     rows = c.store.export_rows(c.project, fmt)
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    # backslashreplace: a lone surrogate stored before validation existed is written as its
+    # JSON escape (the exact stored text), never a 500
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    body = "".join(lines).encode("utf-8", "backslashreplace")
     return Response(
         body,
         media_type="application/x-ndjson",

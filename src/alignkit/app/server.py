@@ -31,12 +31,16 @@ Security, since prompts and model outputs are untrusted text:
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 
 from alignkit.app import api, pages
+from alignkit.app.bodies import BodyLimit
 from alignkit.app.context import HERE, AppContext, context
 from alignkit.app.errors import HTTPProblem, status_of
 from alignkit.errors import AlignkitError
@@ -81,14 +85,29 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON that cannot fail on text stored before validation existed (a lone surrogate is
+    written as its JSON escape)."""
+
+    def render(self, content) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
+
+
 async def on_problem(request: Request, exc: HTTPProblem):
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"detail": exc.message}, exc.status, headers=exc.headers)
+        return SafeJSONResponse({"detail": exc.message}, exc.status, headers=exc.headers)
     return context(request).page("error.html", exc.status, message=exc.message, code=exc.status)
 
 
 async def on_user_error(request: Request, exc: AlignkitError):
     return await on_problem(request, HTTPProblem(status_of(exc), str(exc)))
+
+
+async def on_invalid_request(request: Request, exc: RequestValidationError):
+    # a path parameter that is not an integer, say: one line, like every other error
+    where = ", ".join(".".join(str(x) for x in e.get("loc", ())) for e in exc.errors()[:3])
+    return await on_problem(request, HTTPProblem(422, f"invalid request ({where})"))
 
 
 def create_app(
@@ -101,13 +120,21 @@ def create_app(
     """
     store = store or FeedbackStore(db_url)
     store.ensure_project(project)
-    app = FastAPI(title="alignkit annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="alignkit annotate",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=SafeJSONResponse,
+    )
     app.state.ctx = AppContext(store, project, secure_cookies)
     app.state.store, app.state.project = store, project
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(BodyLimit, store_of=lambda scope: store)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(HTTPProblem, on_problem)
     app.add_exception_handler(AlignkitError, on_user_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.include_router(pages.router)
     app.include_router(api.router)
     return app

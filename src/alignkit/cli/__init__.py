@@ -46,9 +46,19 @@ def main(argv: list[str] | None = None) -> None:
     # transformers/datasets read this when first imported: their weight-loading bars are noise
     # next to alignkit's own rich progress bars.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # under `accelerate launch` every process runs the command; rank 0 alone reports results
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     app = build_app()
     try:
         app(args=argv, standalone_mode=True)
     except AlignkitError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a file that cannot be opened or written: the user's to fix
+        where = f"{str(e.filename)[:300]}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    except RecursionError:  # input nested past what Python can walk
+        print("error: input nested too deeply", file=sys.stderr)
         sys.exit(2)

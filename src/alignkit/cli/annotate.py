@@ -61,9 +61,7 @@ def read_item_file(path: Path) -> list:
     """Item dicts (rows with ``responses``) or alignkit/TRL/HH records from ``path``."""
     from alignkit.data import load_records, read_rows
 
-    if not path.exists():
-        raise DataError("no such file", path=str(path))
-    rows = list(read_rows(path))
+    rows = list(read_rows(path))  # a missing file, a pipe, bad JSON: one-line DataErrors
     if not rows:
         raise DataError("no items (the file is empty)", path=str(path))
     first = rows[0][1]
@@ -160,7 +158,8 @@ def register(app: typer.Typer) -> None:
         overlap: int | None = typer.Option(None, help="Annotators per item (k)."),
         tags: str | None = typer.Option(None, help="Extra comma-separated tags for this project."),
         gold_every: int | None = typer.Option(
-            None, help="Serve an unseen gold item every n-th task (0: only when nothing else)."
+            None,
+            help="Serve an unseen gold item on 1 in n tasks, at random (0: only when nothing else).",
         ),
     ):
         """Create a project or change its settings."""
@@ -192,15 +191,77 @@ def register(app: typer.Typer) -> None:
         ),
         password: bool = typer.Option(True, "--password/--no-password", help="Create a password."),
         token: bool = typer.Option(True, "--token/--no-token", help="Create an API token."),
+        projects: list[str] = typer.Option(
+            ["default"],
+            "--project",
+            help="Project the annotator may work on (repeat for several; admins: all).",
+        ),
     ):
         """Create an account and print its one-time password and API token (shown once)."""
         store = _store(db)
-        new = store.add_user(name, role=role, group=group_, password=password, token=token)
+        for p in projects:
+            store.ensure_project(p)
+        new = store.add_user(
+            name, role=role, group=group_, password=password, token=token, projects=projects
+        )
         typer.echo(f"created {new.user.role} {new.user.name!r}; these secrets are shown only once:")
         if new.password:
             typer.echo(f"password: {new.password}")
         if new.token:
             typer.echo(f"token:    {new.token}")
+
+    user = typer.Typer(
+        help="Revoke or restore access: deactivate, rotate a token, reset a password.",
+        no_args_is_help=True,
+    )
+    group.add_typer(user, name="user")
+
+    @user.command("deactivate")
+    def user_deactivate(
+        name: str = typer.Argument(..., help="Login name."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+    ):
+        """Stop an account at once: its token, password and sessions no longer work."""
+        _store(db).set_active(name, False)
+        typer.echo(f"deactivated {name!r}; its sessions are ended")
+
+    @user.command("activate")
+    def user_activate(
+        name: str = typer.Argument(..., help="Login name."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+    ):
+        """Let a deactivated account log in again (with its current secrets)."""
+        _store(db).set_active(name, True)
+        typer.echo(f"activated {name!r}")
+
+    @user.command("rotate-token")
+    def user_rotate_token(
+        name: str = typer.Argument(..., help="Login name."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+    ):
+        """Replace an account's API token (the old one stops working; sessions end)."""
+        tok = _store(db).rotate_token(name)
+        typer.echo(f"new token for {name!r} (shown only once):\ntoken:    {tok}")
+
+    @user.command("reset-password")
+    def user_reset_password(
+        name: str = typer.Argument(..., help="Login name."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+    ):
+        """Replace an account's password (the old one stops working; sessions end)."""
+        pw = _store(db).reset_password(name)
+        typer.echo(f"new password for {name!r} (shown only once):\npassword: {pw}")
+
+    @user.command("add-to-project")
+    def user_add_to_project(
+        name: str = typer.Argument(..., help="Login name."),
+        db: str = typer.Option(..., "--db", help=DB_HELP),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+    ):
+        """Let an annotator work on another project."""
+        with _flags(db):
+            _store(db).add_to_project(name, project)
+        typer.echo(f"{name!r} is a member of project {project!r}")
 
     @group.command("stats")
     def stats(

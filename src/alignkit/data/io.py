@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -70,8 +71,16 @@ class LoadResult:
 def detect_container(path: str | os.PathLike) -> str:
     """Which container ``path`` is: jsonl, jsonl.gz, parquet or hf-dataset."""
     p = Path(path)
-    if not p.exists():
-        raise DataError("no such file or directory", path=str(p))
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise DataError("no such file or directory", path=str(p)) from None
+    except OSError as e:  # a name too long, a permission denied, a loop of links
+        raise DataError(f"cannot open: {e.strerror}", path=str(p)[:300]) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # a pipe or device: reading could wait forever for a writer, and it can be read
+        # only once (formats are detected from the first row, then the file is read again)
+        raise DataError("not a regular file (a pipe or a device?); save it to a file", path=str(p))
     if p.is_dir():
         if _is_dataset_dir(p):
             return "hf-dataset"
@@ -144,11 +153,12 @@ def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"invalid JSON ({e.msg} at column {e.colno})", path=str(p), line=i
-                    ) from None
+                    row = json.loads(line)
+                    if "\\u" in line:  # escapes may spell a lone surrogate: not Unicode
+                        json.dumps(row, ensure_ascii=False).encode("utf-8")
+                except (ValueError, RecursionError) as e:
+                    raise DataError(_json_error(e), path=str(p), line=i) from None
+                yield i, row
     except (OSError, EOFError, UnicodeDecodeError) as e:
         # gzip.BadGzipFile is an OSError; a truncated gzip raises EOFError.
         what = "gzip-compressed JSON Lines" if gz else "UTF-8 JSON Lines"
@@ -158,13 +168,25 @@ def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
 def _read_json_array(p: Path, text: str) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"invalid JSON ({e.msg} at column {e.colno})", path=str(p), line=e.lineno
-        ) from None
+        if "\\u" in text:  # escapes may spell a lone surrogate: not Unicode
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as e:
+        line = e.lineno if isinstance(e, json.JSONDecodeError) else None
+        raise DataError(_json_error(e), path=str(p), line=line) from None
     if not isinstance(data, list):
         raise DataError("expected a JSON array of objects", path=str(p))
     yield from enumerate(data, start=1)
+
+
+def _json_error(e: Exception) -> str:
+    """What is wrong with a JSON text, in one line."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON ({e.msg} at column {e.colno})"
+    if isinstance(e, RecursionError):
+        return "invalid JSON (nested too deeply)"
+    if isinstance(e, UnicodeEncodeError):
+        return "invalid JSON (a \\u escape spells a lone surrogate, which is not Unicode)"
+    return f"invalid JSON ({str(e).splitlines()[0][:120]})"  # e.g. an integer of 5000 digits
 
 
 def _read_parquet(p: Path) -> Iterator[tuple[int, Any]]:

@@ -152,6 +152,10 @@ def gao_peak_d(alpha: float, beta: float, form: str) -> float:
     return math.exp(z) if z < 300 else math.inf
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def fit_gao(
     kl: Sequence[float],
     gain: np.ndarray,
@@ -172,7 +176,9 @@ def fit_gao(
     observed one is the KL of the sweep point with the highest mean gain.
 
     Returns ``{"form", "alpha", "beta", "alpha_ci", "beta_ci", "peak_kl", "peak_kl_ci",
-    "observed_peak_kl", "r2", "points": [{"kl", "gain"}], "curve": [{"kl", "gain"}]}``.
+    "observed_peak_kl", "r2", "points": [{"kl", "gain"}], "curve": [{"kl", "gain"}]}``; a
+    peak KL (or CI bound) is ``None`` where the fit never turns down (β ≤ 0), so the result
+    is plain JSON.
     """
     if form not in GAO_FORMS:
         raise ValueError(f"form: expected one of {GAO_FORMS}, got {form!r}")
@@ -197,9 +203,9 @@ def fit_gao(
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
     b = np.array(boots) if boots else np.full((1, 3), np.nan)
 
-    def interval(col: int) -> list[float]:
+    def interval(col: int) -> list[float | None]:
         # no interpolation between draws, so an unbounded (∞) peak draw stays ∞, not NaN
-        return [float(np.percentile(b[:, col], q, method="inverted_cdf")) for q in (lo, hi)]
+        return [_finite(float(np.percentile(b[:, col], q, method="inverted_cdf"))) for q in (lo, hi)]
 
     ss_res, ss_tot = float(((y - fitted) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
     grid = np.linspace(0.0, d.max() * 1.15, 60)
@@ -209,7 +215,7 @@ def fit_gao(
         "beta": beta,
         "alpha_ci": interval(0),
         "beta_ci": interval(1),
-        "peak_kl": gao_peak_d(alpha, beta, form) ** 2,
+        "peak_kl": _finite(gao_peak_d(alpha, beta, form) ** 2),
         "peak_kl_ci": interval(2),
         "observed_peak_kl": float(kl_a[int(np.argmax(y))]),
         "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan,

@@ -14,6 +14,7 @@ from typing import Any
 
 from alignkit.data.records import Ranking
 from alignkit.feedback.errors import InvalidAnswer
+from alignkit.feedback.text import text_problem
 
 __all__ = [
     "CHOICES",
@@ -135,17 +136,33 @@ def canonical_answer(
     comment = submitted.get("comment") or ""
     if not isinstance(comment, str) or len(comment) > MAX_TEXT:
         raise InvalidAnswer(f"field 'comment': expected text of at most {MAX_TEXT} characters")
+    if problem := text_problem(comment):
+        raise InvalidAnswer(f"field 'comment': {problem}")
     answer["comment"] = comment
     edits = per_response("edits", None)
+    for i, e in enumerate(edits):
+        if e is not None and not isinstance(e, str):
+            raise InvalidAnswer("field 'edits': expected a corrected text or null per response")
+        if e is not None and (e.strip() == "" or as_shown(e) == as_shown(responses[i])):
+            edits[i] = None  # unchanged (or emptied) text is not a correction
     if item_type == "video_pair" and any(e is not None for e in edits):
         raise InvalidAnswer("field 'edits': clips cannot be edited")
-    for i, e in enumerate(edits):
-        if e is not None and (not isinstance(e, str) or len(e) > MAX_TEXT):
-            raise InvalidAnswer("field 'edits': expected a corrected text or null per response")
-        if e is not None and (e.strip() == "" or e.replace("\r\n", "\n") == responses[i]):
-            edits[i] = None  # unchanged (or emptied) text is not a correction
+    for i, e in enumerate(edits):  # limits only for real corrections: long items stay labelable
+        if e is not None and len(e) > MAX_TEXT + len(responses[i]):
+            raise InvalidAnswer(
+                f"field 'edits': a correction may be at most {MAX_TEXT} characters longer "
+                "than the response"
+            )
+        if e is not None and (problem := text_problem(e)):
+            raise InvalidAnswer(f"field 'edits': {problem}")
     answer["edits"] = edits
     return answer
+
+
+def as_shown(text: str) -> str:
+    """``text`` as a browser's text box gives it back untouched: line ends become LF (the
+    form's CRLF, a lone CR) and NUL becomes U+FFFD (as the HTML parser does)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "\ufffd")
 
 
 def choice_mu(choice: str) -> float | None:

@@ -26,16 +26,21 @@ def new_token(prefix: str = "akt_") -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
+def _bytes(secret: str) -> bytes:
+    # surrogatepass: whatever text arrives (even invalid Unicode) hashes, never raises
+    return secret.encode("utf-8", "surrogatepass")
+
+
 def hash_token(token: str) -> str:
     """SHA-256 hex of a high-entropy token; what the store keeps instead of the token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(_bytes(token)).hexdigest()
 
 
 def hash_password(password: str) -> str:
     """``scrypt$N$r$p$salt$hash`` with a fresh 16-byte salt."""
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+        _bytes(password), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
     )
     return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
 
@@ -49,7 +54,7 @@ def verify_password(password: str, stored: str | None) -> bool:
         if scheme != "scrypt":
             return False
         got = hashlib.scrypt(
-            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+            _bytes(password), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
         )
     except (ValueError, TypeError):
         return False

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine
 
 from alignkit.feedback.errors import InvalidRequest
@@ -36,17 +36,40 @@ def normalise_db_url(url_or_path: str | os.PathLike) -> str:
     return "sqlite:///" + str(Path(s).expanduser().resolve())
 
 
+def _create_private(url: str) -> None:
+    """Create a new SQLite file readable by its owner only (0600); labels are personal data.
+
+    SQLite gives the -wal and -shm files the database file's permissions.
+    """
+    if not url.startswith("sqlite:///"):
+        return
+    path = url.removeprefix("sqlite:///")
+    if not path or path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:  # created concurrently
+        pass
+    except OSError:  # e.g. a missing directory: let SQLite report it when connecting
+        pass
+
+
 class Database:
     """One engine and the two ways to use it: :meth:`read` and :meth:`write` (a transaction)."""
 
     def __init__(self, url: str | os.PathLike, *, create: bool = True):
         self.url = normalise_db_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite and create:
+            _create_private(self.url)
         self.engine = self._make_engine()
         self._writer = self.engine.execution_options(alignkit_write=True)
         self._write_lock = threading.Lock()
+        self.created_tables: set[str] = set()  # tables this call created (for backfills)
         if create:
+            before = set(inspect(self.engine).get_table_names())
             metadata.create_all(self.engine)
+            self.created_tables = set(metadata.tables) - before
 
     def _make_engine(self) -> Engine:
         if self.is_sqlite:

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidAnswer",
     "InvalidRequest",
     "NotFound",
+    "NotMember",
     "ProjectNotFound",
     "StoreError",
     "UnknownFormat",
@@ -42,6 +43,10 @@ class ProjectNotFound(NotFound):
     def __init__(self, project: str):
         super().__init__(f"no project named {project!r}; import items into it first")
         self.project = project
+
+
+class NotMember(StoreError):
+    """The user is not a member of the project asked about."""
 
 
 class Conflict(StoreError):

@@ -209,7 +209,9 @@ def write_jsonl(rows: list[dict[str, Any]], path: str | os.PathLike) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # backslashreplace: a lone surrogate stored before validation existed is written
+        # as its JSON escape (the stored text, exactly) instead of failing the export
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()

@@ -20,6 +20,7 @@ from alignkit.data.records import Comparison, Ranking, Rating, record_from_dict
 from alignkit.errors import DataError
 from alignkit.feedback.answers import PAIR_TYPES, TASK_TYPES, canonical_answer
 from alignkit.feedback.errors import InvalidAnswer
+from alignkit.feedback.text import json_problem
 
 __all__ = ["MEDIA_REF", "item_row"]
 
@@ -106,6 +107,8 @@ def item_row(project_id: int, entry: Any, gold_flag: bool, n: int) -> dict[str, 
             raise DataError(
                 "expected turns as [{'role': str, 'content': str}, ...]", line=n, field="prompt"
             )
+        if not turns:
+            raise DataError("expected at least one turn", line=n, field="prompt")
         turns = [{"role": t["role"], "content": t["content"]} for t in turns]
         prompt = prompt if isinstance(prompt, str) else render_messages(turns)
     if not isinstance(prompt, str):
@@ -150,6 +153,10 @@ def item_row(project_id: int, entry: Any, gold_flag: bool, n: int) -> dict[str, 
         except (InvalidAnswer, DataError, KeyError, TypeError, AttributeError) as e:
             raise DataError(f"bad gold answer: {e}", line=n, field="gold") from None
     key = entry.get("id") if isinstance(entry, dict) and entry.get("id") is not None else None
+    content = {"prompt": prompt, "turns": turns, "responses": responses, "meta": meta, "id": key}
+    if found := json_problem(content):
+        path, problem = found
+        raise DataError(problem, line=n, field=path)
     if key is None:
         key = hashlib.sha256(json.dumps([kind, prompt, turns, responses]).encode()).hexdigest()
     return {

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from alignkit.errors import DataError
@@ -40,7 +41,10 @@ __all__ = [
     "DEFAULT_QUESTION",
     "MAX_CLIP_BYTES",
     "add_clip",
+    "clip_types",
     "import_video_pairs",
+    "missing_clips",
+    "read_clip",
     "sniff_content_type",
 ]
 
@@ -90,6 +94,42 @@ def add_clip(store, project: str, data: bytes, filename: str = "clip") -> str:
         except IntegrityError:  # stored concurrently: the same bytes, nothing to do
             pass
     return f"media:{sha}"
+
+
+def _sha(ref: str) -> str:
+    return ref.removeprefix("media:")
+
+
+def missing_clips(conn: Connection, project_id: int, refs: Iterable[str]) -> set[str]:
+    """The ``media:<sha256>`` references among ``refs`` not stored in the project."""
+    wanted = {_sha(r) for r in refs}
+    if not wanted:
+        return set()
+    stored = conn.execute(
+        select(media.c.sha256).where(media.c.project_id == project_id, media.c.sha256.in_(wanted))
+    ).scalars()
+    return wanted - set(stored)
+
+
+def clip_types(conn: Connection, project_id: int, refs: list[str]) -> list[str]:
+    """The content type of each referenced clip ("" for a missing one)."""
+    rows = conn.execute(
+        select(media.c.sha256, media.c.content_type).where(
+            media.c.project_id == project_id, media.c.sha256.in_([_sha(r) for r in refs])
+        )
+    ).all()
+    by_sha = dict(rows)
+    return [by_sha.get(_sha(r), "") for r in refs]
+
+
+def read_clip(conn: Connection, project_id: int, ref: str) -> tuple[str, bytes] | None:
+    """(content type, bytes) of a stored clip, or None."""
+    row = conn.execute(
+        select(media.c.content_type, media.c.data).where(
+            media.c.project_id == project_id, media.c.sha256 == _sha(ref)
+        )
+    ).first()
+    return (row.content_type, bytes(row.data)) if row is not None else None
 
 
 def _clip_bytes(value: Any, base_dir: Path | None, n: int, field: str) -> tuple[bytes, str]:

@@ -26,6 +26,7 @@ __all__ = [
     "assignments",
     "items",
     "media",
+    "members",
     "metadata",
     "projects",
     "sessions",
@@ -67,6 +68,16 @@ sessions = Table(
     Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
     Column("csrf", String(100), nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+# Which annotators may work on which project (admins may work on every project).
+members = Table(
+    "ak_members",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("ak_projects.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    UniqueConstraint("project_id", "user_id", name="uq_member"),
 )
 
 items = Table(

@@ -46,6 +46,7 @@ from sqlalchemy.exc import IntegrityError
 
 from alignkit.data.records import Comparison, Record
 from alignkit.feedback import exports
+from alignkit.feedback import media as media_mod
 from alignkit.feedback.accounts import NAME_PATTERN, Accounts
 from alignkit.feedback.answers import DEFAULT_TAGS, canonical_answer
 from alignkit.feedback.db import Database, normalise_db_url
@@ -54,13 +55,15 @@ from alignkit.feedback.errors import (
     InvalidAnswer,
     InvalidRequest,
     NotFound,
+    NotMember,
     ProjectNotFound,
     StoreError,
     UnknownFormat,
 )
 from alignkit.feedback.exports import EXPORT_FORMATS, format_stat, json_safe
 from alignkit.feedback.items import item_row
-from alignkit.feedback.schema import assignments, items, media, projects, users, votes
+from alignkit.feedback.schema import assignments, items, projects, users, votes
+from alignkit.feedback.text import text_problem
 from alignkit.feedback.values import ImportResult, NewUser, Project, Task, User, VoteResult
 
 __all__ = [
@@ -73,6 +76,7 @@ __all__ = [
     "InvalidRequest",
     "NewUser",
     "NotFound",
+    "NotMember",
     "Project",
     "ProjectNotFound",
     "StoreError",
@@ -105,6 +109,8 @@ class FeedbackStore:
         self.shuffle = shuffle
         self._rng = random.SystemRandom()
         self.assignment_ttl = 3600.0  # an open assignment holds its overlap slot this long
+        if "ak_members" in self.db.created_tables and "ak_users" not in self.db.created_tables:
+            self.accounts.backfill_members()  # a database from before project memberships
 
     def close(self) -> None:
         self.db.close()
@@ -127,16 +133,21 @@ class FeedbackStore:
         """Create project ``name`` or update the given settings of an existing one.
 
         ``overlap`` = how many different annotators label each non-gold item (default 1);
-        ``gold_every`` = serve an unseen gold item every n-th task (0 = only at the end).
+        ``gold_every`` = serve an unseen gold item with probability 1/n per task (0 = only
+        when nothing else is left).
         """
-        if not name or len(name) > 200:
+        if not isinstance(name, str) or not name or len(name) > 200:
             raise InvalidRequest("project name must be 1–200 characters")
+        if problem := text_problem(name):
+            raise InvalidRequest(f"project name {problem}")
         values: dict[str, Any] = {}
         if guidelines is not None:
+            if problem := text_problem(guidelines):
+                raise InvalidRequest(f"guidelines {problem}")
             values["guidelines"] = guidelines
         if tags is not None:
             tags = [t.strip() for t in tags if t.strip()]
-            if any(not NAME_PATTERN.match(t) for t in tags):
+            if any(not NAME_PATTERN.fullmatch(t) for t in tags):
                 raise InvalidRequest("tags may use letters, digits and _ . @ - only")
             values["tags"] = tags
         if overlap is not None:
@@ -164,6 +175,8 @@ class FeedbackStore:
         return self.project(name)
 
     def project(self, name: str) -> Project:
+        if not isinstance(name, str) or text_problem(name):
+            raise ProjectNotFound(str(name))
         with self.db.read() as conn:
             row = conn.execute(select(projects).where(projects.c.name == name)).first()
         if row is None:
@@ -183,8 +196,31 @@ class FeedbackStore:
         self.accounts.session_ttl = seconds
 
     def add_user(self, name: str, **kw: Any) -> NewUser:
-        """Create an account; see :meth:`Accounts.add_user`."""
+        """Create an account (``projects=[...]`` it may work on); see :meth:`Accounts.add_user`."""
         return self.accounts.add_user(name, **kw)
+
+    def add_to_project(self, name: str, project: str) -> None:
+        self.accounts.add_to_project(name, project)
+
+    def set_active(self, name: str, active: bool) -> None:
+        """Deactivate (False) or reactivate an account; ends its sessions."""
+        self.accounts.set_active(name, active)
+
+    def rotate_token(self, name: str) -> str:
+        return self.accounts.rotate_token(name)
+
+    def reset_password(self, name: str) -> str:
+        return self.accounts.reset_password(name)
+
+    def is_member(self, project: str, user: User) -> bool:
+        proj = self.project(project)
+        with self.db.read() as conn:
+            return self.accounts.is_member(conn, proj.id, user)
+
+    def _require_member(self, proj: Project, user: User) -> None:
+        with self.db.read() as conn:
+            if not self.accounts.is_member(conn, proj.id, user):
+                raise NotMember(f"user {user.name!r} is not a member of project {proj.name!r}")
 
     def list_users(self) -> list[User]:
         return self.accounts.list_users()
@@ -227,25 +263,12 @@ class FeedbackStore:
                     select(items.c.key, items.c.id).where(items.c.project_id == proj.id)
                 ).all()
             )
-            clips = {
-                r.removeprefix("media:")
-                for row in rows
-                if row["type"] == "video_pair"
-                for r in row["responses"]
-            }
-            if clips:
-                stored = set(
-                    conn.execute(
-                        select(media.c.sha256).where(
-                            media.c.project_id == proj.id, media.c.sha256.in_(clips)
-                        )
-                    ).scalars()
+            clips = [r for row in rows if row["type"] == "video_pair" for r in row["responses"]]
+            if missing := media_mod.missing_clips(conn, proj.id, clips):
+                raise NotFound(
+                    f"{len(missing)} clip(s) referenced by video_pair items are not stored in "
+                    f"project {project!r}; import clips with import_video_pairs"
                 )
-                if clips - stored:
-                    raise NotFound(
-                        f"{len(clips - stored)} clip(s) referenced by video_pair items are not "
-                        f"stored in project {project!r}; import clips with import_video_pairs"
-                    )
             for row in rows:
                 if row["key"] in present:
                     result.skipped += 1
@@ -274,16 +297,8 @@ class FeedbackStore:
 
     def _task(self, conn: Connection, a, it) -> Task:
         shown = [it.responses[i] for i in a.display_order]
-        types = None
-        if it.type == "video_pair":
-            rows = conn.execute(
-                select(media.c.sha256, media.c.content_type).where(
-                    media.c.project_id == it.project_id,
-                    media.c.sha256.in_([r.removeprefix("media:") for r in shown]),
-                )
-            ).all()
-            by_sha = dict(rows)
-            types = [by_sha.get(r.removeprefix("media:"), "") for r in shown]
+        video = it.type == "video_pair"
+        types = media_mod.clip_types(conn, it.project_id, shown) if video else None
         return Task(
             a.id,
             it.id,
@@ -296,31 +311,33 @@ class FeedbackStore:
             types,
         )
 
-    def clip(self, assignment_id: int, user: User, position: int) -> tuple[str, bytes]:
+    def clip(
+        self, assignment_id: int, user: User, position: int, *, project: str | None = None
+    ) -> tuple[str, bytes]:
         """(content type, bytes) of the clip shown at ``position`` of the user's assignment."""
-        task = self.task(assignment_id, user)
+        task = self.task(assignment_id, user, project=project)
         if task.type != "video_pair" or position not in (0, 1):
             raise NotFound(f"assignment {assignment_id} has no clip {position}")
         with self.db.read() as conn:
-            item_project = select(items.c.project_id).where(items.c.id == task.item_id)
-            row = conn.execute(
-                select(media.c.content_type, media.c.data).where(
-                    media.c.project_id == item_project.scalar_subquery(),
-                    media.c.sha256 == task.responses[position].removeprefix("media:"),
-                )
-            ).first()
-        if row is None:
+            project_id = conn.execute(
+                select(items.c.project_id).where(items.c.id == task.item_id)
+            ).scalar_one()
+            found = media_mod.read_clip(conn, project_id, task.responses[position])
+        if found is None:
             raise NotFound(f"clip {position} of assignment {assignment_id} is missing")
-        return row.content_type, bytes(row.data)
+        return found
 
     def next_task(self, project: str, user: User) -> Task | None:
         """The user's open assignment, or a new one; None when nothing is left for them.
 
         A non-gold item is offered while fewer than ``overlap`` annotators hold it (done,
         or open for less than ``assignment_ttl``); items already partly labelled come
-        first so overlap sets complete. Every ``gold_every``-th task is an unseen gold item.
+        first so overlap sets complete. A task is an unseen gold item with probability
+        1/``gold_every`` (at random positions, so annotators cannot tell which are gold).
+        Raises :class:`NotMember` when the user is not a member of the project.
         """
         proj = self.project(project)
+        self._require_member(proj, user)
         now = _now()
         with self.db.write() as conn:
             if not self.is_sqlite:  # serialise assignment per project (SQLite: BEGIN IMMEDIATE)
@@ -336,10 +353,7 @@ class FeedbackStore:
                 mine.where(assignments.c.status == "open").order_by(assignments.c.id).limit(1)
             ).first()
             if current is None:
-                n_mine = conn.execute(
-                    select(func.count()).select_from(mine.subquery())
-                ).scalar_one()
-                gold_turn = proj.gold_every > 0 and n_mine % proj.gold_every == proj.gold_every - 1
+                gold_turn = proj.gold_every > 0 and self._rng.random() * proj.gold_every < 1
                 item_id = None
                 for want_gold in (True, False) if gold_turn else (False, True):
                     item_id = self._pick_item(conn, proj, user, want_gold, now)
@@ -393,23 +407,40 @@ class FeedbackStore:
             q = q.where(holding < proj.overlap)
         return conn.execute(q.order_by(holding.desc(), items.c.id).limit(1)).scalar()
 
-    def task(self, assignment_id: int, user: User) -> Task:
+    def _own_assignment(
+        self, conn: Connection, assignment_id: int, user: User, project: str | None
+    ):
+        """The user's assignment (with its item's type, responses and project), in
+        ``project`` when given; :class:`NotFound` for anyone else's or a malformed id."""
+        row = None
+        if isinstance(assignment_id, int) and 0 < assignment_id < 2**63:
+            q = (
+                select(assignments, items.c.type, items.c.responses, items.c.project_id)
+                .join(items, items.c.id == assignments.c.item_id)
+                .where(assignments.c.id == assignment_id, assignments.c.user_id == user.id)
+            )
+            if project is not None:
+                q = q.join(projects, projects.c.id == items.c.project_id).where(
+                    projects.c.name == project
+                )
+            row = conn.execute(q).first()
+        if row is None:
+            where = f" in project {project!r}" if project is not None else ""
+            raise NotFound(f"no assignment {assignment_id} for user {user.name!r}{where}")
+        return row
+
+    def task(self, assignment_id: int, user: User, *, project: str | None = None) -> Task:
         """One of the user's own assignments (:class:`NotFound` for anyone else's)."""
         with self.db.read() as conn:
-            row = conn.execute(
-                select(assignments).where(
-                    assignments.c.id == assignment_id, assignments.c.user_id == user.id
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"no assignment {assignment_id} for user {user.name!r}")
+            row = self._own_assignment(conn, assignment_id, user, project)
             it = conn.execute(select(items).where(items.c.id == row.item_id)).first()
             return self._task(conn, row, it)
 
-    def skip(self, assignment_id: int, user: User) -> None:
+    def skip(self, assignment_id: int, user: User, *, project: str | None = None) -> None:
         """Give an open assignment back (the item will not be offered to this user again)."""
         with self.db.write() as conn:
-            n = conn.execute(
+            self._own_assignment(conn, assignment_id, user, project)
+            conn.execute(
                 update(assignments)
                 .where(
                     assignments.c.id == assignment_id,
@@ -417,31 +448,27 @@ class FeedbackStore:
                     assignments.c.status == "open",
                 )
                 .values(status="skipped", finished_at=_now())
-            ).rowcount
-            if n == 0:
-                exists = conn.execute(
-                    select(assignments.c.status).where(
-                        assignments.c.id == assignment_id, assignments.c.user_id == user.id
-                    )
-                ).scalar()
-                if exists is None:
-                    raise NotFound(f"no assignment {assignment_id} for user {user.name!r}")
+            )
 
-    def record_vote(self, assignment_id: int, user: User, submitted: dict[str, Any]) -> VoteResult:
+    def record_vote(
+        self,
+        assignment_id: int,
+        user: User,
+        submitted: dict[str, Any],
+        *,
+        project: str | None = None,
+    ) -> VoteResult:
         """Validate and commit an answer; returns after the commit.
 
         Submitting the same assignment again returns the first vote (``duplicate=True``)
-        when the answer is the same and raises :class:`Conflict` when it differs.
+        when the answer is the same and raises :class:`Conflict` when it differs, or when
+        the assignment was skipped (a skipped item is given to someone else).
         """
         now = _now()
         with self.db.read() as conn:
-            row = conn.execute(
-                select(assignments, items.c.type, items.c.responses, items.c.project_id)
-                .join(items, items.c.id == assignments.c.item_id)
-                .where(assignments.c.id == assignment_id, assignments.c.user_id == user.id)
-            ).first()
-            if row is None:
-                raise NotFound(f"no assignment {assignment_id} for user {user.name!r}")
+            row = self._own_assignment(conn, assignment_id, user, project)
+            if row.status == "skipped":
+                raise Conflict(f"assignment {assignment_id} was skipped; it cannot be labelled")
             tags = conn.execute(
                 select(projects.c.tags).where(projects.c.id == row.project_id)
             ).scalar_one()
@@ -452,6 +479,11 @@ class FeedbackStore:
                 prior = conn.execute(
                     select(votes.c.id, votes.c.answer).where(votes.c.assignment_id == assignment_id)
                 ).first()
+                status = conn.execute(
+                    select(assignments.c.status).where(assignments.c.id == assignment_id)
+                ).scalar_one()
+                if prior is None and status == "skipped":  # skipped meanwhile
+                    raise Conflict(f"assignment {assignment_id} was skipped; it cannot be labelled")
                 if prior is None:
                     vid = conn.execute(
                         insert(votes).values(
@@ -483,6 +515,7 @@ class FeedbackStore:
     def progress(self, project: str, user: User) -> dict[str, int]:
         """The user's done/skipped counts and how many items they could still get."""
         proj = self.project(project)
+        self._require_member(proj, user)
         with self.db.read() as conn:
             mine = (
                 select(assignments.c.status, func.count())

@@ -158,3 +158,49 @@ class NullLogger:
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """Detach tensors into floats for logging."""
     return {k: (v.item() if hasattr(v, "item") else float(v)) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------- runs on 1 or N processes
+# (alignkit.scale.distributed: every rank trains, rank 0 alone writes)
+
+
+def open_run(cfg: Any, dist, *, global_batch: int, resume: bool, out: str | os.PathLike | None = None):
+    """Rank 0: write ``alignkit_config.json`` (the config plus the run's parallel layout under
+    ``"distributed"``) into ``out`` (default ``cfg.out``) and open the metrics logger there
+    (``cfg.tensorboard``). Other ranks, and runs without an output directory, get a
+    :class:`NullLogger`."""
+    from dataclasses import asdict
+
+    from alignkit.utils.metrics import MetricsLogger
+
+    out = out or cfg.out
+    if not out or not dist.is_main:
+        return NullLogger()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "alignkit_config.json", {**asdict(cfg), "distributed": dist.describe(global_batch)})
+    return MetricsLogger(out, tensorboard=cfg.tensorboard, resume=resume)
+
+
+def save_checkpoint_once(dist, path: str | os.PathLike, model, state: dict[str, Any]) -> None:
+    """:func:`save_checkpoint` of ``{"model": weights, **state}`` by rank 0, the weights of the
+    prepared ``model`` gathered first (every rank must call); all ranks wait for the file."""
+    weights = dist.full_state_dict(model)
+    if dist.is_main:
+        save_checkpoint(path, {"model": weights, **state})
+    dist.barrier()
+
+
+def save_policy_once(dist, wrapped, model, tokenizer, out_dir: str | os.PathLike) -> None:
+    """:func:`save_policy` by rank 0; all ranks wait. ``wrapped`` is the prepared model,
+    ``model`` the module inside it. Under FSDP/ZeRO-3 the full weights are gathered first
+    (every rank must call) and saved unmerged (not yet run on GPUs: docs/scale.md)."""
+    if dist.is_sharded:
+        weights = dist.full_state_dict(wrapped)
+        if dist.is_main:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(out_dir, state_dict=weights)
+            tokenizer.save_pretrained(out_dir)
+    elif dist.is_main:
+        save_policy(model, tokenizer, out_dir)
+    dist.barrier()

@@ -50,7 +50,10 @@ class DPOConfig:
     max_length: int = 256
     """Longest tokenised prompt + response; longer pairs keep the end of the prompt."""
     batch_size: int = 8
-    """Pairs per optimiser step."""
+    """Pairs per optimiser step: the global batch, split over the processes of a distributed
+    launch (the same command trains the same model on 1 or N processes)."""
+    micro_batch_size: int = 0
+    """Most pairs per forward pass on one process (0 = no limit); the rest is accumulated."""
     epochs: int = 1
     """Passes over the data."""
     max_steps: int = 0
@@ -95,6 +98,8 @@ class DPOConfig:
     rankings: str = "plackett_luce"
     """How K-way rankings train: plackett_luce (Plackett–Luce on the K implicit rewards, in
     batches of ``batch_size`` rankings; needs loss=dpo) or pairs (their K-choose-2 pairs)."""
+    ratings_to_pairs: bool = False
+    """Turn ratings of responses to the same prompt into comparisons (else ratings are dropped)."""
     entangle_every: int = 0
     """Every this many steps, measure gradient entanglement on a fixed probe set of pairs and
     log ``diag/entangle/*`` (0 = off). Costs 2 × entangle_pairs backward passes per probe."""
@@ -132,15 +137,17 @@ def _load(path: str) -> list[Any]:
     return load_records(path).records
 
 
-def split_rankings(records: list[Any], rankings: str) -> tuple[list[Any], list[Any]]:
+def split_rankings(records: list[Any], rankings: str, ratings_to_pairs: bool = False) -> tuple[list[Any], list[Any]]:
     """(comparisons, rankings) to train on: with ``rankings="plackett_luce"`` the
-    :class:`~alignkit.data.Ranking` records are kept whole, else they become pairs."""
+    :class:`~alignkit.data.Ranking` records are kept whole, else they become pairs; ratings
+    become pairs with ``ratings_to_pairs``."""
     from alignkit.data import Ranking, to_comparisons
 
     if rankings not in RANKINGS:
         raise ConfigError(f"rankings: expected one of {RANKINGS}, got {rankings!r}")
     whole = rankings == "plackett_luce"
-    return to_comparisons(records, rankings_to_pairs=not whole), [r for r in records if whole and isinstance(r, Ranking)]
+    comps = to_comparisons(records, rankings_to_pairs=not whole, ratings_to_pairs=ratings_to_pairs)
+    return comps, [r for r in records if whole and isinstance(r, Ranking)]
 
 
 def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
@@ -163,7 +170,6 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     from alignkit.models.groups import group_logps, tokenize_group
     from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
     from alignkit.recipes._common import (
-        NullLogger,
         adamw,
         batches,
         disable_dropout,
@@ -171,14 +177,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         format_prompt,
         load_checkpoint,
         load_policy,
-        pick_device,
+        open_run,
         require,
-        save_checkpoint,
-        save_policy,
+        save_checkpoint_once,
+        save_policy_once,
         scalars,
-        write_json,
     )
-    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.scale.distributed import Distributed
     from alignkit.utils.progress import track
     from alignkit.utils.seed import set_seed
 
@@ -190,10 +195,11 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     if cfg.beta <= 0:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    dist = Distributed(cfg.device, cfg.micro_batch_size)
+    device = dist.device
     out = Path(cfg.out)
     comps, rankings = split_rankings(records if records is not None else _load(require(cfg.data, "data")),
-                                     cfg.rankings)
+                                     cfg.rankings, cfg.ratings_to_pairs)
     if not comps and not rankings:
         raise DataError("no comparisons to train on", path=cfg.data or None)
     if rankings and cfg.loss != "dpo":
@@ -223,19 +229,20 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     ref_group_logps = state.get("ref_group_logps") if state is not None else None
     if not cfg.lora and rankings and ref_group_logps is None:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), dist.autocast():
             ref_group_logps = torch.cat([group_logps(model, groups[i : i + 16], tok.pad_token_id).float().cpu()
                                          for i in range(0, len(groups), 16)])
     if not cfg.lora and ref_logps is None:
         ref_logps = torch.zeros(2, len(comps))
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), dist.autocast():
             # order does not matter here: batch pairs of similar length to waste less padding
             by_len = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen))
             size = max(cfg.batch_size, 16)
-            for idx in [by_len[i : i + size] for i in range(0, len(by_len), size)]:
+            for idx in dist.shard([by_len[i : i + size] for i in range(0, len(by_len), size)]):
                 s = pair_logps(model, pair_batch(idx)).float().cpu()
                 ref_logps[0, idx], ref_logps[1, idx] = s[: len(idx)], s[len(idx) :]
+        ref_logps = dist.all_sum(ref_logps)  # each process computed its share of the batches
 
     def epoch_batches(epoch: int) -> list[tuple[str, list[int]]]:
         """The epoch's steps: batches of pairs, then (shuffled in among them) of rankings."""
@@ -259,20 +266,17 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
-    logger = NullLogger()
-    if cfg.out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "alignkit_config.json", vars(cfg))
-        logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+    wrapped, opt = dist.prepare(model, opt, batch_size=cfg.batch_size)  # DDP/FSDP/DeepSpeed or as is
+    logger = open_run(cfg, dist, global_batch=cfg.batch_size, resume=cfg.resume and step > 0)
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "step": step, "ref_logps": ref_logps,
-                                    "ref_group_logps": ref_group_logps})
+        save_checkpoint_once(dist, ckpt_path, wrapped, {
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "ref_logps": ref_logps,
+            "ref_group_logps": ref_group_logps})
 
     # --- the entanglement probe: the same pairs every time ----------------------------
     probe_idx = sorted(random.Random(cfg.seed).sample(range(len(comps)), min(cfg.entangle_pairs, len(comps))))
-    probe_batch = pair_batch(probe_idx) if cfg.entangle_every > 0 and probe_idx else None
+    probe_batch = pair_batch(probe_idx) if cfg.entangle_every > 0 and probe_idx and dist.is_main else None
     probe_update = "normalized" if cfg.loss == "normalized" else "dpo"
     history: list[dict[str, float]] = []
     probe_state: dict[str, Any] = {"start": None, "previous": None}
@@ -289,7 +293,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
 
     def ranking_loss(idx):
         batch = [groups[i] for i in idx]
-        lp = group_logps(model, batch, tok.pad_token_id)
+        lp = group_logps(wrapped, batch, tok.pad_token_id)
         if cfg.lora:
             with torch.inference_mode(), model.disable_adapter():
                 ref_lp = group_logps(model, batch, tok.pad_token_id).clone()
@@ -299,8 +303,31 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         return plackett_luce_dpo_loss(lp[rows.owner.to(device)], ref_lp[rows.owner.to(device)], cfg.beta,
                                       rows.order.to(device), rows.mask.to(device), rows.weights.to(device))
 
+    def pair_loss(idx):
+        n = len(idx)
+        b = pair_batch(idx)
+        policy_logps = pair_logps(wrapped, b)  # chosen and rejected in one pass
+        if cfg.lora:
+            with torch.inference_mode(), model.disable_adapter():
+                ref = pair_logps(model, b).clone()
+            ref_c, ref_r = ref[:n], ref[n:]
+        else:
+            ref_c, ref_r = ref_logps[0, idx].to(device), ref_logps[1, idx].to(device)
+        pol_c, pol_r = policy_logps[:n], policy_logps[n:]
+        if cfg.loss == "dpo":
+            return dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
+        if cfg.loss == "ipo":
+            return ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
+        if cfg.loss == "cdpo":
+            return cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
+        # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
+        norms = per_example_grad_norms(policy_logps, params)
+        return normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
+
     # --- loop -------------------------------------------------------------------------
-    model.train()
+    # each step: this process's share of the global batch, losses weighted so that the
+    # synchronised gradient is the global batch's (alignkit.scale.distributed)
+    wrapped.train()
     metrics: dict[str, float] = {}
     pairs_done = 0
     for _ in track(range(step, total_steps), "dpo", total=total_steps - step):
@@ -308,37 +335,14 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
             probe()
         epoch, k = divmod(step, steps_per_epoch)
         kind, idx = epoch_batches(epoch)[k]
-        n = len(idx)
-        if kind == "ranking":  # K responses each: Plackett–Luce on the implicit rewards
-            loss, m = ranking_loss(idx)
-        else:
-            b = pair_batch(idx)
-            policy_logps = pair_logps(model, b)  # chosen and rejected in one pass
-            if cfg.lora:
-                with torch.inference_mode(), model.disable_adapter():
-                    ref = pair_logps(model, b).clone()
-                ref_c, ref_r = ref[:n], ref[n:]
-            else:
-                ref_c, ref_r = ref_logps[0, idx].to(device), ref_logps[1, idx].to(device)
-            pol_c, pol_r = policy_logps[:n], policy_logps[n:]
-            if cfg.loss == "dpo":
-                loss, m = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-            elif cfg.loss == "ipo":
-                loss, m = ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-            elif cfg.loss == "cdpo":
-                loss, m = cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
-            else:  # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
-                norms = per_example_grad_norms(policy_logps, params)
-                loss, m = normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        opt.step()
+        m, grad_norm = dist.step(wrapped, opt, idx, ranking_loss if kind == "ranking" else pair_loss,
+                                 cfg.max_grad_norm)
         sched.step()
-        opt.zero_grad(set_to_none=True)
         step += 1
-        pairs_done += n
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"DPO loss became {loss.item()} at step {step}; lower lr")
+        pairs_done += len(idx)
+        loss = next(v for k, v in m.items() if k.startswith("loss/"))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"DPO loss became {loss} at step {step}; lower lr")
         if step % cfg.log_every == 0 or step == total_steps:
             metrics = scalars({**m, "diag/grad_norm": grad_norm, "diag/lr": sched.get_last_lr()[0]})
             logger.log(metrics, step)
@@ -353,7 +357,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         checkpoint()
     logger.close()
     if cfg.save_model and cfg.out:
-        save_policy(model, tok, out)
+        save_policy_once(dist, wrapped, model, tok, out)
     return DPOResult(out_dir=out, metrics={**metrics, "steps": float(step),
                                            "pairs_per_s": pairs_done / max(elapsed, 1e-9)}, model=model,
                      entangle=history)

@@ -150,20 +150,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     )
     from alignkit.models.value import ValueHead, policy_forward
     from alignkit.recipes._common import (
-        NullLogger,
         adamw,
         disable_dropout,
         format_prompt,
         load_checkpoint,
         load_policy,
-        pick_device,
+        open_run,
         require,
-        save_checkpoint,
-        save_policy,
+        save_checkpoint_once,
+        save_policy_once,
         scalars,
-        write_json,
     )
-    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.scale.distributed import Distributed
     from alignkit.utils.progress import track
     from alignkit.utils.seed import set_seed
 
@@ -173,7 +171,15 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     if cfg.kl_coef < 0:
         raise ConfigError(f"kl_coef: expected ≥ 0, got {cfg.kl_coef}")
     set_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    dist = Distributed(cfg.device)
+    device = dist.device
+    epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)
+    if dist.world_size > 1:
+        # every process must run the same number of synchronised backward passes
+        if cfg.rollout_batch_size % (dist.world_size * minibatches):
+            raise ConfigError(f"rollout_batch_size: {cfg.rollout_batch_size} must divide into "
+                              f"{dist.world_size} processes × {minibatches} minibatches")
+        torch.manual_seed(cfg.seed + 7919 * dist.rank)  # each process samples its own rollouts
     out = Path(cfg.out)
     if prompts is None:
         prompts = load_prompts(require(cfg.prompts, "prompts"))
@@ -195,7 +201,6 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
               else FixedKLController(cfg.kl_coef))
     text_prompts = [format_prompt(tok, p, cfg.use_chat_template) for p in prompts]
-    epochs, minibatches = (cfg.ppo_epochs, cfg.num_minibatches) if cfg.algo == "ppo" else (1, 1)
     clip_v = cfg.clip_eps_value if (cfg.algo == "ppo" and cfg.clip_eps_value > 0) else None
 
     step = 0
@@ -209,27 +214,27 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         kl_ctl.value = state["kl_coef"]
         step = state["step"]
         prompt_rng_state, order = state["prompt_rng"], state["prompt_order"]
-    logger = NullLogger()
-    if cfg.out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "alignkit_config.json", vars(cfg))
-        logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+    # under N processes: DDP on the policy and on the value head; each process rolls out its
+    # share of the prompts and the update averages the gradients
+    wrapped, value_head_w, opt = dist.prepare(model, value_head, opt, batch_size=cfg.rollout_batch_size)
+    logger = open_run(cfg, dist, global_batch=cfg.rollout_batch_size, resume=cfg.resume and step > 0)
     rng.setstate(prompt_rng_state)
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "value_head": value_head.state_dict(),
-                                    "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value, "step": step,
-                                    "prompt_rng": rng.getstate(), "prompt_order": order})
+        save_checkpoint_once(dist, ckpt_path, wrapped, {
+            "value_head": value_head.state_dict(), "optimizer": opt.state_dict(), "kl_coef": kl_ctl.value,
+            "step": step, "prompt_rng": rng.getstate(), "prompt_order": order})
 
     history: list[dict[str, float]] = []
     for _ in track(range(step, cfg.steps), cfg.algo, total=cfg.steps - step):
-        t_step = time.perf_counter()
+        t_step, cpu_step = time.perf_counter(), time.process_time()
         # --- 1. rollout ---------------------------------------------------------------
         while len(order) < cfg.rollout_batch_size:
             perm = list(range(len(prompts)))
             rng.shuffle(perm)
             order += perm
         idx, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
+        idx = dist.shard(idx)  # this process's prompts (all of them on one process)
         # Multi-pass PPO needs "old" log-probs/values of the rollout policy: the decode
         # loop computes them as it samples (log π_T of each token, the hidden state that a
         # value head reads), so no extra no-grad forward pass over the batch is needed.
@@ -259,9 +264,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         # minibatch) the rollout policy *is* the policy being updated, so its forward pass
         # (with grad) doubles as the "old" evaluation: one policy forward per step, not two.
         # Every forward scores only the response columns (completion_start=P).
-        model.train()
+        wrapped.train()
         if single_pass:
-            old = policy_forward(model, value_head, ids, attn, comp, temperature=cfg.temperature,
+            old = policy_forward(wrapped, value_head_w, ids, attn, comp, temperature=cfg.temperature,
                                  completion_start=P)
             old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
         else:
@@ -296,7 +301,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 if single_pass:
                     new = old
                 else:
-                    new = policy_forward(model, value_head, ids[mb], attn[mb], comp[mb],
+                    new = policy_forward(wrapped, value_head_w, ids[mb], attn[mb], comp[mb],
                                          temperature=cfg.temperature, completion_start=P)
                 logps, values = new.logps[:, P:], new.values[:, P:]
                 if cfg.algo == "ppo":
@@ -306,8 +311,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 vf_loss, vf_m = ppo_value_loss(values, old_values[mb], returns[mb], mask[mb], clip_v)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                dist.backward(loss)
+                gn = dist.clip_grad_norm(params, cfg.max_grad_norm)
                 opt.step()
                 for k, v in {**pg_m, **vf_m, "diag/grad_norm": gn}.items():
                     stats.setdefault(k, []).append(float(v))
@@ -316,7 +321,6 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
 
         # --- 6. KL controller and metrics -------------------------------------------
         seq_kl = (kl_k1(old_logps, ref_logps) * mask).sum(1)
-        kl_ctl.update(float(seq_kl.mean()), n)
         metrics = {
             "reward/score": scores.mean(),
             "reward/score_std": scores.std() if n > 1 else torch.zeros(()),
@@ -329,8 +333,10 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             "diag/response_len": mask.sum(1).mean(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
-        metrics = scalars(metrics)
+        metrics = dist.mean_metrics(scalars(metrics))  # over the processes (equal shares)
+        kl_ctl.update(metrics["kl/k1"], cfg.rollout_batch_size)
         metrics["diag/step_seconds"] = time.perf_counter() - t_step
+        metrics["diag/step_cpu_seconds"] = time.process_time() - cpu_step  # this process's CPU time
         metrics.update({"time/rollout": t_1 - t_0, "time/reward": t_2 - t_1, "time/policy_forward": t_3 - t_2,
                         "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4})
         step += 1
@@ -346,7 +352,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         checkpoint()
     logger.close()
     if cfg.save_model and cfg.out:
-        save_policy(model, tok, out)
-        value_head.save(out / "value_head.pt")
+        save_policy_once(dist, wrapped, model, tok, out)
+        if dist.is_main:
+            value_head.save(out / "value_head.pt")
     last = history[-1] if history else {}
     return PPOResult(out_dir=out, metrics={**last, "steps": float(step)}, history=history, model=model)

@@ -30,9 +30,11 @@ class SFTConfig:
     max_length: int = 256
     """Longest tokenised prompt + completion; longer rows keep the end of the prompt."""
     batch_size: int = 8
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch (one forward pass on one process)."""
     grad_accum: int = 1
-    """Micro-batches per optimiser step (loss normalised by the total completion tokens)."""
+    """Micro-batches per optimiser step: the global batch is batch_size × grad_accum sequences,
+    spread over the processes of a distributed launch; the loss is normalised by the global
+    batch's completion tokens."""
     epochs: int = 1
     """Passes over the data."""
     max_steps: int = 0
@@ -166,27 +168,27 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     from alignkit.models import sequence_logps
     from alignkit.models.pairs import collate, tokenize_example
     from alignkit.recipes._common import (
-        NullLogger,
         adamw,
         batches,
         format_completion,
         format_prompt,
         load_checkpoint,
         load_policy,
-        pick_device,
+        open_run,
         require,
-        save_checkpoint,
-        save_policy,
+        save_checkpoint_once,
+        save_policy_once,
         scalars,
-        write_json,
     )
-    from alignkit.utils.metrics import MetricsLogger
+    from alignkit.scale.distributed import Distributed
     from alignkit.utils.progress import track
     from alignkit.utils.seed import set_seed
 
     # --- setup ------------------------------------------------------------------------
     set_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    # a step's global batch is grad_accum micro-batches of batch_size, spread over the processes
+    dist = Distributed(cfg.device, micro_batch_size=cfg.batch_size)
+    device = dist.device
     out = Path(cfg.out)
     pairs = records_to_pairs(records) if records is not None else load_sft_pairs(require(cfg.data, "data"))
     if not pairs:
@@ -216,15 +218,18 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
-    logger = NullLogger()
-    if cfg.out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "alignkit_config.json", vars(cfg))
-        logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=cfg.resume and step > 0)
+    wrapped, opt = dist.prepare(model, opt, batch_size=cfg.batch_size * cfg.grad_accum)
+    logger = open_run(cfg, dist, global_batch=cfg.batch_size * cfg.grad_accum, resume=cfg.resume and step > 0)
 
     def checkpoint():
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "step": step})
+        save_checkpoint_once(dist, ckpt_path, wrapped, {"optimizer": opt.state_dict(),
+                                                        "scheduler": sched.state_dict(), "step": step})
+
+    def n_completion_tokens(i: int) -> int:
+        """Completion tokens of item i that get a loss (all but a sequence's first token)."""
+        if packed is None:
+            return len(examples[i].ids) - max(examples[i].n_prompt, 1)
+        return sum(packed[i][1][1:])
 
     def micro_batch(idx):
         if packed is None:
@@ -236,26 +241,26 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         return b
 
     # --- loop -------------------------------------------------------------------------
-    model.train()
+    wrapped.train()
     metrics: dict[str, float] = {}
     for _ in track(range(step, total_steps), "sft", total=total_steps - step):
         epoch, k = divmod(step, steps_per_epoch)
         order = batches(n_items, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
-        group = [micro_batch(i) for i in order[k * cfg.grad_accum : (k + 1) * cfg.grad_accum]]
-        # normalise by the completion tokens of the whole accumulated batch, so that
-        # grad_accum × batch_size gives the same gradient as one big batch
-        n_tokens = sum(float((b["completion_mask"][:, 1:] * b["attention_mask"][:, 1:]).sum()) for b in group)
-        total_nll = 0.0
-        for b in group:
-            b = {key: v.to(device) for key, v in b.items()}
-            lp = sequence_logps(model, b["input_ids"], b["attention_mask"], b["completion_mask"])
+        idx = [i for b in order[k * cfg.grad_accum : (k + 1) * cfg.grad_accum] for i in b]
+        # normalise by the completion tokens of the whole global batch (every process can
+        # count them), so that any split into micro-batches and processes gives the gradient
+        # of one big batch
+        n_tokens = float(sum(n_completion_tokens(i) for i in idx))
+
+        def nll_share(part, n_tokens=n_tokens):
+            b = {key: v.to(device) for key, v in micro_batch(part).items()}
+            lp = sequence_logps(wrapped, b["input_ids"], b["attention_mask"], b["completion_mask"])
             loss = -lp.sum.sum() / max(n_tokens, 1.0)
-            loss.backward()
-            total_nll += float(loss.detach())
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        opt.step()
+            return loss, {"loss/sft": loss.detach()}
+
+        m, grad_norm = dist.step(wrapped, opt, idx, nll_share, cfg.max_grad_norm, loss_is="share")
+        total_nll = m["loss/sft"]
         sched.step()
-        opt.zero_grad(set_to_none=True)
         step += 1
         metrics = scalars({"loss/sft": total_nll, "diag/perplexity": math.exp(min(total_nll, 50.0)),
                            "diag/grad_norm": grad_norm, "diag/tokens": n_tokens, "diag/lr": sched.get_last_lr()[0]})
@@ -271,5 +276,5 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         checkpoint()
     logger.close()
     if cfg.save_model and cfg.out:
-        save_policy(model, tok, out)
+        save_policy_once(dist, wrapped, model, tok, out)
     return SFTResult(out_dir=out, metrics={**metrics, "steps": float(step)}, model=model)

@@ -96,6 +96,11 @@ figure{display:inline-block;margin:.5em} img.plot{max-width:100%;border:1px soli
 """
 
 
+def _g(x: float | None) -> str:
+    """3 significant digits; None (an unbounded peak) as ∞."""
+    return "∞" if x is None else f"{x:.3g}"
+
+
 def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Path) -> Path:
     """Write ``out_path`` (report.html) from ``summary`` and the PNGs in ``plots``.
 
@@ -141,7 +146,7 @@ def render_report(summary: dict[str, Any], plots: dict[str, Path], out_path: Pat
             form = "d(α − βd)" if f["form"] == "bon" else "d(α − β log d)"
             rows.append([method, form, f"{f['alpha']:.3g} [{f['alpha_ci'][0]:.3g}, {f['alpha_ci'][1]:.3g}]",
                          f"{f['beta']:.3g} [{f['beta_ci'][0]:.3g}, {f['beta_ci'][1]:.3g}]",
-                         f"{f['peak_kl']:.3g} [{f['peak_kl_ci'][0]:.3g}, {f['peak_kl_ci'][1]:.3g}]",
+                         f"{_g(f['peak_kl'])} [{_g(f['peak_kl_ci'][0])}, {_g(f['peak_kl_ci'][1])}]",
                          f["observed_peak_kl"], f["r2"]])
         parts.append("<p>Gold gain over the base policy against d = √KL; bootstrap CIs over prompts × seeds.</p>")
         parts.append(_table(["sweep", "form", "α [CI]", "β [CI]", "predicted peak KL [CI]", "observed peak KL",

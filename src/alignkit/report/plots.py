@@ -142,10 +142,10 @@ def plot_entanglement(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path
     """DPO gradient entanglement over training, one line style per run.
 
     ``runs[name]`` = the ``diag/entangle/*`` probe points of a run, each with ``step``,
-    ``case1``..``case3`` (predicted shares), ``cosine``, ``logp_chosen`` and
-    ``logp_rejected`` (measured mean log-probs of the probe pairs). Three panels: the
-    share of case-2 pairs (both log-probs falling) and of case 1, the cosine of ∇log π_w
-    and ∇log π_l, and the measured log-probs.
+    ``case1``..``case3`` (predicted shares), ``cosine``, ``dlogp_chosen`` and
+    ``dlogp_rejected`` (measured change of the probe pairs' mean log-probs since the
+    start). Three panels: the share of case-2 pairs (both log-probs falling) and of case 1,
+    the cosine of ∇log π_w and ∇log π_l, and the measured changes.
     """
     plt = _plt()
     fig, (ax_c, ax_cos, ax_lp) = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -155,11 +155,12 @@ def plot_entanglement(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path
         ax_c.plot(steps, [p["case1"] for p in pts], "o-", color=c, label=f"{name}: case 1 (w↑ l↓)")
         ax_c.plot(steps, [p["case2"] for p in pts], "s--", color=c, label=f"{name}: case 2 (both ↓)")
         ax_cos.plot(steps, [p["cosine"] for p in pts], "o-", color=c, label=name)
-        ax_lp.plot(steps, [p["logp_chosen"] for p in pts], "o-", color=c, label=f"{name}: chosen")
-        ax_lp.plot(steps, [p["logp_rejected"] for p in pts], "s--", color=c, label=f"{name}: rejected")
+        ax_lp.plot(steps, [p["dlogp_chosen"] for p in pts], "o-", color=c, label=f"{name}: chosen")
+        ax_lp.plot(steps, [p["dlogp_rejected"] for p in pts], "s--", color=c, label=f"{name}: rejected")
     ax_c.set(title="Predicted case share of probe pairs", xlabel="step", ylabel="share", ylim=(-0.05, 1.05))
     ax_cos.set(title="cos(∇log π_w, ∇log π_l)", xlabel="step")
-    ax_lp.set(title="Measured log π of probe pairs", xlabel="step", ylabel="mean log-prob [nats]")
+    ax_lp.axhline(0.0, color="k", lw=0.6)
+    ax_lp.set(title="Measured change of log π since the start", xlabel="step", ylabel="mean Δ log-prob [nats]")
     for ax in (ax_c, ax_cos, ax_lp):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -167,7 +168,8 @@ def plot_entanglement(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path
 
 
 def plot_gao_fits(fits: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Gao et al. fits over the sweep points: gold gain over the base policy against KL.
+    """Gao et al. fits over the sweep points: gold gain over the base policy against d = √KL
+    (the variable of the functional forms; linear axes).
 
     ``fits[method]`` = :func:`alignkit.diagnostics.overoptimization.fit_gao`'s result
     (``points``, ``curve``, ``alpha``, ``beta`` and their CIs, ``peak_kl``,
@@ -179,17 +181,17 @@ def plot_gao_fits(fits: dict[str, dict[str, Any]], path: Path) -> Path:
     for ax, (method, f) in zip(axes[0], fits.items(), strict=False):
         c = COLORS.get(method)
         form = "d(α − βd)" if f["form"] == "bon" else "d(α − β log d)"
-        ax.plot([p["kl"] for p in f["points"]], [p["gain"] for p in f["points"]], "o", color=c, label="measured")
-        ax.plot([p["kl"] for p in f["curve"]], [p["gain"] for p in f["curve"]], "-", color=c,
+        ax.plot([p["kl"] ** 0.5 for p in f["points"]], [p["gain"] for p in f["points"]], "o", color=c,
+                label="measured")
+        ax.plot([p["kl"] ** 0.5 for p in f["curve"]], [p["gain"] for p in f["curve"]], "-", color=c,
                 label=f"fit {form}: α={f['alpha']:.3g} [{f['alpha_ci'][0]:.3g}, {f['alpha_ci'][1]:.3g}], "
                       f"β={f['beta']:.3g} [{f['beta_ci'][0]:.3g}, {f['beta_ci'][1]:.3g}]")
         best = max(f["points"], key=lambda p: p["gain"])
-        ax.plot([best["kl"]], [best["gain"]], "*", ms=14, color="k", label=f"observed peak KL {best['kl']:.3g}")
-        if f["peak_kl"] != float("inf"):
-            ax.axvline(f["peak_kl"], ls=":", color=c, label=f"predicted peak KL {f['peak_kl']:.3g}")
-        ax.set(title=f"{method}: gold gain vs KL (Gao et al. 2023)", xlabel="KL(π ‖ π_ref) [nats]",
+        ax.plot([best["kl"] ** 0.5], [best["gain"]], "*", ms=14, color="k", label=f"observed peak KL {best['kl']:.3g}")
+        if f["peak_kl"] is not None:
+            ax.axvline(f["peak_kl"] ** 0.5, ls=":", color=c, label=f"predicted peak KL {f['peak_kl']:.3g}")
+        ax.set(title=f"{method}: gold gain vs √KL (Gao et al. 2023)", xlabel="d = √KL(π ‖ π_ref) [√nats]",
                ylabel="gold − gold(base)")
-        ax.set_xscale("symlog", linthresh=1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)

@@ -178,8 +178,65 @@ class Distributed:
         out = self.accelerator.prepare(*objs, device_placement=[False] * len(objs))
         return out if len(objs) > 1 else (out,)
 
+    def call(self, model, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` — a method of the model other than ``forward``, such as
+        ``RewardModel.forward_comparisons`` — run *through* the prepared model's forward:
+        DDP only synchronises gradients of work that went through its forward (and FSDP
+        gathers parameters there). The module's ``forward`` is shadowed for this one call;
+        the launch config's autocast (bf16) applies as it does to ``forward``."""
+        module = self.unwrap(model)
+        if module is model:  # one process, no engine: nothing to go through
+            with self.accelerator.autocast():
+                return fn(*args, **kwargs)
+        saved = module.__dict__.get("forward")
+        module.forward = fn
+        try:
+            with self.accelerator.autocast():
+                return model(*args, **kwargs)
+        finally:
+            if saved is None:
+                del module.forward
+            else:
+                module.forward = saved
+
+    def autocast(self):
+        """The launch config's mixed-precision context (a no-op without one), for forward
+        passes outside the prepared model (reference log-probs, evaluation)."""
+        return self.accelerator.autocast()
+
     def backward(self, loss) -> None:
         self.accelerator.backward(loss)
+
+    def step(self, model, optimizer, idx: Sequence[int], loss_fn, max_grad_norm: float = 0.0, *,
+             loss_is: str = "mean"):
+        """One optimiser step on the global batch ``idx``: for each of this rank's parts,
+        ``loss, metrics = loss_fn(part_idx)``, backward of the weighted loss, gradients
+        synchronised after the last part; then clip, step, zero.
+
+        ``loss_is="mean"``: the loss is a mean over the part, weighted by
+        :attr:`Part.weight`; metrics are averaged the same way. ``loss_is="share"``: the loss
+        is already the part's share of the global batch's loss (e.g. a sum of token losses
+        over the part divided by the global batch's token count), weighted by ``world_size``
+        only (undoing DDP's average); metrics are summed over parts and ranks.
+
+        ``model`` is the prepared model (its parameters are the ones to clip: FSDP replaces
+        them). Returns the global batch's metrics (weighted means over all ranks) and the
+        gradient norm before clipping. A non-finite loss is the caller's to check, on the
+        returned (global) metrics: raising on one rank would leave the others waiting."""
+        if loss_is not in ("mean", "share"):
+            raise ValueError(f"loss_is: 'mean' or 'share', got {loss_is!r}")
+        weighted: dict[str, float] = {}
+        for part in self.parts(idx):
+            w = part.weight if loss_is == "mean" or not part.weight else float(self.world_size)
+            with self.sync(model, part.last):
+                loss, metrics = loss_fn(part.idx)
+                self.backward(loss * w)
+            for k, v in metrics.items():  # padding counts for nothing (its metrics may be NaN)
+                weighted[k] = weighted.get(k, 0.0) + (w * float(v) if w else 0.0)
+        grad_norm = self.clip_grad_norm([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return self.mean_metrics(weighted), grad_norm
 
     @contextlib.contextmanager
     def sync(self, model, last: bool) -> Iterator[None]:
@@ -199,7 +256,13 @@ class Distributed:
         return torch.tensor(float("nan")) if norm is None else norm
 
     def unwrap(self, model):
-        return self.accelerator.unwrap_model(model)
+        """The module inside a prepared model."""
+        if self.is_sharded:
+            return self.accelerator.unwrap_model(model)
+        # DDP by hand: accelerate's unwrap imports DeepSpeed (when installed) to check for it
+        from torch.nn.parallel import DistributedDataParallel
+
+        return model.module if isinstance(model, DistributedDataParallel) else model
 
     def full_state_dict(self, model) -> dict[str, Any]:
         """The whole model's state dict (gathered under FSDP / ZeRO-3: every rank must call)."""

@@ -149,6 +149,19 @@ def policy_regret(phi: np.ndarray, pool: DrivingPool, theta_hat: np.ndarray,
     return float((j.max() - j[c_hat]) / (j.max() - j.mean()))
 
 
+def trajectory_regret(phi: np.ndarray, pool: DrivingPool, theta_hat: np.ndarray,
+                      theta_star: np.ndarray = THETA_STAR) -> float:
+    """Per scenario, the true-reward regret of the trajectory chosen under θ̂,
+    max_ξ R*(ξ) − R*(argmax_ξ R_θ̂(ξ)), averaged over scenarios (in units of R*, i.e. of the
+    standardised features)."""
+    r_star, r_hat = true_reward(phi, theta_star), true_reward(phi, theta_hat)
+    out = []
+    for s in np.unique(pool.scenario):
+        m = np.flatnonzero(pool.scenario == s)
+        out.append(r_star[m].max() - r_star[m[np.argmax(r_hat[m])]])
+    return float(np.mean(out))
+
+
 def scenario_best(phi: np.ndarray, pool: DrivingPool, theta: np.ndarray) -> np.ndarray:
     """V*_θ(s(ξ)) for each trajectory: the best θ-reward any library controller reached in
     ξ's scenario — the optimal value of the start state, as far as the library knows."""
@@ -291,9 +304,20 @@ def load_pool(path: str | Path | None = None) -> DrivingPool:
     """The cached pool (default: the one shipped with alignkit); no highway-env needed."""
     import json
 
-    with np.load(Path(path) if path else DEFAULT_POOL) as z:
-        return DrivingPool(z["raw"].astype(float), z["scenario"], z["controller"], z["params"],
-                           json.loads(str(z["meta"])))
+    from alignkit.errors import ConfigError
+
+    p = Path(path) if path else DEFAULT_POOL
+    if not p.exists():
+        raise ConfigError(f"{p}: driving pool not found (make one with `alignkit driving-pool --out {p}`)")
+    try:
+        with np.load(p) as z:
+            pool = DrivingPool(z["raw"].astype(float), z["scenario"], z["controller"], z["params"],
+                               json.loads(str(z["meta"])))
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{p}: not a driving pool .npz ({e})") from None
+    if pool.raw.ndim != 3 or pool.raw.shape[-1] != len(RAW):
+        raise ConfigError(f"{p}: field 'raw': expected (N, T, {len(RAW)}) measurements, got {pool.raw.shape}")
+    return pool
 
 
 def angle_deg(theta_hat: np.ndarray, theta_star: np.ndarray = THETA_STAR) -> float:

@@ -45,6 +45,16 @@ document.addEventListener("DOMContentLoaded", function () {
   }
 });
 
+// ---- an edit box left as it was is not sent: it is not a correction, and a long response
+// need not travel back (the server also ignores unchanged text, for browsers without JS)
+document.addEventListener("submit", function (event) {
+  if (!event.target || event.target.id !== "label-form") return;
+  var boxes = event.target.querySelectorAll("textarea[name^='edit_']");
+  Array.prototype.forEach.call(boxes, function (box) {
+    if (box.value === box.defaultValue) box.disabled = true;
+  });
+});
+
 // ---- keyboard
 document.addEventListener("keydown", function (event) {
   if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;

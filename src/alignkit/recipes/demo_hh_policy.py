@@ -1,0 +1,360 @@
+"""Recipe: ``alignkit demo hh --policy smollm2`` — the RLHF pipeline on real preferences
+with a real pretrained language model.
+
+    alignkit demo hh --policy smollm2 [--quick] [--out runs/demo_hh_smollm2]
+
+Reads top to bottom:
+
+1. split the HH harmless pairs *by prompt* into three disjoint parts: the proxy reward
+   model's pairs, the judge's pairs, and held-out evaluation prompts;
+2. fit the **proxy** reward model (the one the policies are optimised against) and a
+   separate **judge** reward model on the other pairs (different data and seed: the
+   optimised proxy must not also be the judge); report both one's held-out accuracy next
+   to the two length rules (longer wins / shorter wins);
+3. the base policy (SmolLM2-135M-Instruct by default), prompted through its chat template;
+4. best-of-n against the proxy; DPO with LoRA on the proxy's pairs; PPO with LoRA and a
+   value head against the proxy; the DPO policy re-scaled from β to β′ by logit mixing
+   (π_ref^{1−β/β′}·π_DPO^{β/β′}, :func:`alignkit.decoding.mixing.beta_rescale`);
+5. on the held-out prompts: the judge's win rate of every method against the base policy
+   (paired by prompt, ties ½) with a 95 % CI, the proxy and judge means, KL to the
+   reference (the sampled-token estimate; for best-of-n the analytic log n − (n−1)/n), and
+   a table of sample responses (HTML-escaped) in ``OUT/report.html``; ``OUT/summary.json``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import ConfigError
+
+METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
+
+
+@dataclass
+class HHPolicyDemoConfig:
+    """Configuration of ``alignkit demo hh --policy MODEL`` (``--quick`` shrinks every size)."""
+
+    out: str = "runs/demo_hh_policy"
+    """Output directory: proxy_rm/, judge_rm/, summary.json, report.html."""
+    data: str = ""
+    """HH-format pairs (default: the shared hh_harmless_dev.jsonl.gz)."""
+    policy: str = "smollm2"
+    """Base policy: ``smollm2``, a ``*.gguf`` file or a save_pretrained causal LM."""
+    reward_model: str = "minilm"
+    """Backbone of the proxy and the judge reward models."""
+    quick: bool = False
+    """Tiny sizes for a smoke test (a few minutes on a CPU); the numbers mean little."""
+    seed: int = 0
+    """Seed of the split, the reward models, the policies and sampling."""
+    rm_pairs: int = 800
+    """Proxy reward model's training pairs (also DPO's pairs)."""
+    judge_pairs: int = 800
+    """Judge reward model's training pairs (disjoint prompts from the proxy's)."""
+    rm_heldout_pairs: int = 200
+    """Held-out pairs for the reward models' accuracy (prompts unseen by both)."""
+    rm_epochs: int = 1
+    """Reward-model epochs."""
+    rm_lr: float = 5e-5
+    """Reward-model learning rate."""
+    rm_max_length: int = 256
+    """Reward-model tokens per prompt + response."""
+    eval_prompts: int = 200
+    """Held-out prompts the policies answer (prompts unseen by either reward model)."""
+    max_prompt_tokens: int = 192
+    """Evaluation and PPO prompts longer than this (chat-rendered) are skipped."""
+    max_new_tokens: int = 48
+    """Response length limit."""
+    bon_n: int = 8
+    """Best-of-n's n."""
+    dpo_pairs: int = 256
+    """DPO training pairs (the first of the proxy's pairs)."""
+    dpo_beta: float = 0.1
+    """DPO's β."""
+    dpo_lr: float = 5e-4
+    """DPO learning rate (LoRA)."""
+    dpo_epochs: int = 1
+    """DPO epochs."""
+    dpo_max_length: int = 256
+    """DPO tokens per prompt + response (the prompt keeps its end)."""
+    mix_beta: float = 0.05
+    """β′ of the logit-mixed DPO policy (β′ < β: further from the reference)."""
+    ppo_steps: int = 20
+    """PPO iterations."""
+    ppo_batch_size: int = 16
+    """PPO rollouts per iteration."""
+    ppo_lr: float = 2e-4
+    """PPO learning rate (LoRA and value head)."""
+    ppo_kl_coef: float = 0.05
+    """PPO's KL leash β."""
+    lora_r: int = 8
+    """LoRA rank of DPO and PPO."""
+    samples_in_report: int = 6
+    """Prompts shown with every method's response in the report."""
+
+
+def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
+    """Tiny sizes for the smoke test."""
+    from dataclasses import replace
+
+    return replace(cfg, rm_pairs=48, judge_pairs=48, rm_heldout_pairs=32, rm_max_length=128, eval_prompts=8,
+                   max_prompt_tokens=96, max_new_tokens=16, bon_n=2, dpo_pairs=4, dpo_max_length=128, ppo_steps=1,
+                   ppo_batch_size=4, samples_in_report=3)
+
+
+def length_rules(pairs: list) -> dict[str, float]:
+    """Accuracy of "the longer response wins" and "the shorter response wins"."""
+    from alignkit.recipes.reward import length_baselines
+
+    return length_baselines(pairs)
+
+
+def paired_win_rate(judge_policy: list[float], judge_base: list[float]) -> dict[str, float]:
+    """Win rate against the base policy on the same prompts (ties ½) with a normal-approx.
+    95 % CI from the per-prompt outcomes' standard error."""
+    wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(judge_policy, judge_base, strict=True)]
+    n = len(wins)
+    mean = sum(wins) / n
+    sd = math.sqrt(sum((w - mean) ** 2 for w in wins) / max(n - 1, 1))
+    half = 1.96 * sd / math.sqrt(n)
+    return {"win_rate": mean, "ci95": [mean - half, mean + half], "se": sd / math.sqrt(n), "n": n}
+
+
+def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
+    """Run the pipeline and write the report; returns the summary dict."""
+
+    from alignkit.data import load_records, to_comparisons
+    from alignkit.data.splits import split_by_prompt
+    from alignkit.decoding.best_of_n import bon_kl_analytic
+    from alignkit.decoding.mixing import beta_rescale, mix_generate
+    from alignkit.evaluation import evaluate_reward_model, sample_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer, sequence_logps
+    from alignkit.models.chat import render_prompt
+    from alignkit.models.reward import load_reward_model
+    from alignkit.recipes.demo import find_hh_data
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+    from alignkit.recipes.ppo import PPOConfig, train_ppo
+    from alignkit.recipes.reward import RewardConfig, train_reward
+    from alignkit.utils.seed import set_seed
+
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    if not 0 < cfg.mix_beta:
+        raise ConfigError(f"mix_beta: expected a positive number, got {cfg.mix_beta}")
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+
+    # --- 1. three disjoint parts by prompt --------------------------------------------------
+    path = find_hh_data(cfg.data or None)
+    pairs = [c for c in to_comparisons(load_records(str(path)).records) if c.mu != 0.5]
+    proxy_part, judge_part, eval_part = split_by_prompt(pairs, (0.45, 0.35, 0.20), cfg.seed)
+    rng = random.Random(cfg.seed)
+    proxy_pairs = rng.sample(proxy_part, min(cfg.rm_pairs, len(proxy_part)))
+    judge_pairs = rng.sample(judge_part, min(cfg.judge_pairs, len(judge_part)))
+    rng.shuffle(eval_part)
+    rm_heldout = eval_part[: cfg.rm_heldout_pairs]
+
+    # --- 2. proxy and judge reward models ---------------------------------------------------
+    t = time.time()
+    rms, rm_report = {}, {}
+    for name, train, seed in (("proxy", proxy_pairs, cfg.seed), ("judge", judge_pairs, cfg.seed + 1000)):
+        res = train_reward(RewardConfig(model=cfg.reward_model, out=str(out / f"{name}_rm"), epochs=cfg.rm_epochs,
+                                        lr=cfg.rm_lr, batch_size=16, max_length=cfg.rm_max_length,
+                                        eval_fraction=0.0, seed=seed, tensorboard=False), train)
+        rms[name] = load_reward_model(res.out_dir)
+        m = evaluate_reward_model(rms[name], rm_heldout)
+        acc = m["accuracy"]
+        rm_report[name] = {"train_pairs": len(train), "heldout_pairs": len(rm_heldout), "accuracy": acc,
+                           "accuracy_se": math.sqrt(acc * (1 - acc) / len(rm_heldout)),
+                           "log_loss": m["log_loss"], "ece": m["ece"], **length_rules(rm_heldout)}
+    timings["reward_models"] = time.time() - t
+
+    # --- 3. the base policy and the held-out prompts ---------------------------------------
+    tok = load_tokenizer(cfg.policy, padding_side="left")
+    ref = load_causal_lm(cfg.policy).eval()
+    seen, prompts = set(), []
+    for c in eval_part:
+        rendered = render_prompt(tok, c.prompt)
+        if c.prompt in seen or len(tok(rendered, add_special_tokens=False)["input_ids"]) > cfg.max_prompt_tokens:
+            continue
+        seen.add(c.prompt)
+        prompts.append(c.prompt)
+        if len(prompts) == cfg.eval_prompts:
+            break
+    if not prompts:
+        raise ConfigError(f"no held-out prompt fits max_prompt_tokens={cfg.max_prompt_tokens}")
+    rendered = [render_prompt(tok, p) for p in prompts]
+    t = time.time()
+    samples: dict[str, Any] = {"base": sample_for_eval(ref, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 1)}
+    timings["base_samples"] = time.time() - t
+    kl: dict[str, float] = {"base": 0.0}
+
+    # --- 4a. best-of-n against the proxy ----------------------------------------------------
+    t = time.time()
+    pool = sample_for_eval(ref, ref, tok, [r for r in rendered for _ in range(cfg.bon_n)], cfg.max_new_tokens,
+                           seed=cfg.seed + 2)
+    proxy_pool = rms["proxy"].score([p for p in prompts for _ in range(cfg.bon_n)], pool.responses)
+    best = proxy_pool.reshape(len(prompts), cfg.bon_n).argmax(1).tolist()
+    samples["best_of_n"] = [pool.responses[i * cfg.bon_n + j] for i, j in enumerate(best)]
+    kl["best_of_n"] = bon_kl_analytic(cfg.bon_n)
+    timings["best_of_n"] = time.time() - t
+
+    # --- 4b. DPO (LoRA) on the proxy's pairs, and its β re-scaling by logit mixing -----------
+    t = time.time()
+    dpo = train_dpo(DPOConfig(policy=cfg.policy, out=str(out / "dpo"), beta=cfg.dpo_beta, lr=cfg.dpo_lr,
+                              epochs=cfg.dpo_epochs, batch_size=8, max_length=cfg.dpo_max_length, lora=True, lora_r=cfg.lora_r,
+                              lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
+                              save_checkpoints=False, save_model=False),
+                    records=proxy_pairs[: cfg.dpo_pairs]).model.eval()
+    samples["dpo"] = sample_for_eval(dpo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 3)
+    timings["dpo"] = time.time() - t
+    t = time.time()
+    models, weights = beta_rescale(ref, dpo, cfg.dpo_beta, cfg.mix_beta)
+    texts, kls = [], []
+    for i in range(0, len(rendered), 32):
+        chunk = rendered[i : i + 32]
+        mixed = mix_generate(models, weights, chunk, tokenizer=tok, max_new_tokens=cfg.max_new_tokens,
+                             do_sample=True, seed=cfg.seed + 4 + i, return_logps=True)
+        texts += [x.strip() for x in mixed.texts]
+        kls += _mixture_kl(mixed, ref, tok, chunk, sequence_logps)
+    samples["dpo_mixed"] = texts
+    kl["dpo_mixed"] = sum(kls) / len(kls)
+    timings["dpo_mixed"] = time.time() - t
+    del dpo, models
+
+    # --- 4c. PPO (LoRA + value head) against the proxy ---------------------------------------
+    t = time.time()
+    ppo_prompts = [c.prompt for c in proxy_pairs
+                   if len(tok(render_prompt(tok, c.prompt), add_special_tokens=False)["input_ids"])
+                   <= cfg.max_prompt_tokens]
+    ppo = train_ppo(PPOConfig(policy=cfg.policy, out=str(out / "ppo"), steps=cfg.ppo_steps,
+                              rollout_batch_size=cfg.ppo_batch_size, kl_coef=cfg.ppo_kl_coef, lr=cfg.ppo_lr,
+                              max_new_tokens=cfg.max_new_tokens, lora=True, lora_r=cfg.lora_r,
+                              lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
+                              save_checkpoints=False, save_model=False),
+                    reward_fn=rms["proxy"].score, prompts=ppo_prompts).model.eval()
+    samples["ppo"] = sample_for_eval(ppo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 5)
+    timings["ppo"] = time.time() - t
+    del ppo
+
+    # --- 5. evaluation by the judge ---------------------------------------------------------
+    responses = {k: (v.responses if hasattr(v, "responses") else v) for k, v in samples.items()}
+    for k, v in samples.items():
+        if hasattr(v, "kl") and k not in kl:
+            kl[k] = sum(v.kl) / len(v.kl)
+    judge = {k: rms["judge"].score(prompts, r).tolist() for k, r in responses.items()}
+    proxy = {k: rms["proxy"].score(prompts, r).tolist() for k, r in responses.items()}
+    methods = {}
+    for k in ("base", *METHODS):
+        methods[k] = {"judge": sum(judge[k]) / len(prompts), "proxy": sum(proxy[k]) / len(prompts), "kl": kl[k],
+                      "length_words": sum(len(r.split()) for r in responses[k]) / len(prompts)}
+        if k != "base":
+            methods[k]["judge_vs_base"] = paired_win_rate(judge[k], judge["base"])
+    summary = {
+        "task": f"hh harmless ({path.name}), policy {cfg.policy}",
+        "config": asdict(cfg),
+        "split": {"proxy_pairs": len(proxy_pairs), "judge_pairs": len(judge_pairs), "eval_prompts": len(prompts),
+                  "by": "first human turn; the three parts share no prompt"},
+        "reward_models": rm_report,
+        "methods": methods,
+        "samples": [{"prompt": prompts[i], **{k: responses[k][i] for k in responses}}
+                    for i in range(min(cfg.samples_in_report, len(prompts)))],
+        "timings_s": timings,
+        "wall_s": time.time() - t0,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_report(summary, out / "report.html")
+    if print_table:
+        _print_table(summary)
+    return summary
+
+
+def _mixture_kl(mixed, ref, tok, prompts: list[str], sequence_logps) -> list[float]:
+    """Per-sequence Σ_t log p_mix(y_t) − log π_ref(y_t) on the mixture's own samples."""
+    import torch
+
+    kls = []
+    for r, (prompt, ids) in enumerate(zip(prompts, mixed.token_ids, strict=True)):
+        if not ids:
+            kls.append(0.0)
+            continue
+        steps = torch.arange(len(ids))
+        mix_lp = mixed.step_logps[r, steps, torch.tensor(ids)].sum().item()
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        full = torch.tensor([p_ids + ids])
+        mask = torch.ones_like(full)
+        comp = torch.zeros_like(full)
+        comp[0, len(p_ids):] = 1
+        with torch.inference_mode():
+            ref_lp = sequence_logps(ref, full, mask, comp).sum.item()
+        kls.append(mix_lp - ref_lp)
+    return kls
+
+
+LABELS = {"base": "base policy", "best_of_n": "best-of-n (proxy)", "dpo": "DPO (LoRA)",
+          "dpo_mixed": "DPO re-scaled β→β′ (logit mixing)", "ppo": "PPO (LoRA, value head)"}
+
+
+def write_report(summary: dict[str, Any], path: Path) -> Path:
+    """report.html: reward models with length baselines, the method table, sample responses
+    (every model-written string HTML-escaped)."""
+    e = html.escape
+    cfg = summary["config"]
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>alignkit demo hh</title>",
+             "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{border:1px solid #ccc;"
+             "padding:.3em .5em;vertical-align:top}table{border-collapse:collapse}td.r{text-align:right}</style>",
+             "</head><body>", f"<h1>alignkit demo hh — {e(str(cfg['policy']))}</h1>",
+             f"<p>{e(summary['task'])}; wall time {summary['wall_s']:.0f} s; split by {e(summary['split']['by'])}. "
+             "Every number is in <code>summary.json</code>.</p>", "<h2>Reward models (held-out prompts)</h2>",
+             "<table><tr><th>model</th><th>train pairs</th><th>held-out pairs</th><th>accuracy ± s.e.</th>"
+             "<th>longer wins</th><th>shorter wins</th><th>log-loss</th><th>ECE</th></tr>"]
+    for name, r in summary["reward_models"].items():
+        parts.append(f"<tr><td>{e(name)}</td><td class=r>{r['train_pairs']}</td><td class=r>{r['heldout_pairs']}</td>"
+                     f"<td class=r>{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}</td><td class=r>{r['longer_wins']:.3f}</td>"
+                     f"<td class=r>{r['shorter_wins']:.3f}</td><td class=r>{r['log_loss']:.3f}</td>"
+                     f"<td class=r>{r['ece']:.3f}</td></tr>")
+    parts.append("</table><h2>Policies on held-out prompts (judged by the separate judge RM)</h2>"
+                 "<table><tr><th>method</th><th>judge win rate vs base [95% CI]</th><th>judge</th><th>proxy</th>"
+                 "<th>KL to reference</th><th>length (words)</th></tr>")
+    for k, m in summary["methods"].items():
+        w = m.get("judge_vs_base")
+        wr = f"{w['win_rate']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}]" if w else "—"
+        parts.append(f"<tr><td>{e(LABELS.get(k, k))}</td><td class=r>{wr}</td><td class=r>{m['judge']:.3f}</td>"
+                     f"<td class=r>{m['proxy']:.3f}</td><td class=r>{m['kl']:.3f}</td>"
+                     f"<td class=r>{m['length_words']:.1f}</td></tr>")
+    parts.append("</table><p>KL: mean per-sequence log π/π_ref on the method's own samples (best-of-n: the analytic "
+                 "log n − (n−1)/n).</p><h2>Sample responses</h2><table><tr><th>prompt</th>"
+                 + "".join(f"<th>{e(LABELS[k])}</th>" for k in ("base", *METHODS)) + "</tr>")
+    for s in summary["samples"]:
+        parts.append("<tr><td><pre style='white-space:pre-wrap'>" + e(s["prompt"][-600:]) + "</pre></td>"
+                     + "".join(f"<td>{e(s[k])}</td>" for k in ("base", *METHODS)) + "</tr>")
+    parts.append("</table></body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"alignkit demo hh — {summary['config']['policy']} (judge win rate vs base, 95% CI)")
+    for col in ("method", "win rate", "95% CI", "judge", "proxy", "KL"):
+        t.add_column(col, justify="right")
+    for k, m in summary["methods"].items():
+        w = m.get("judge_vs_base")
+        t.add_row(LABELS.get(k, k), f"{w['win_rate']:.3f}" if w else "—",
+                  f"[{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}]" if w else "—",
+                  f"{m['judge']:.3f}", f"{m['proxy']:.3f}", f"{m['kl']:.3f}")
+    Console().print(t)
+    for name, r in summary["reward_models"].items():
+        Console().print(f"{name} RM: accuracy {r['accuracy']:.3f} ± {r['accuracy_se']:.3f} on {r['heldout_pairs']} "
+                        f"held-out pairs (longer wins {r['longer_wins']:.3f}, shorter wins {r['shorter_wins']:.3f})")
