@@ -128,7 +128,7 @@ def demo_cmd(
                            quick=quick or None, data=str(data) if data else None, policy=policy)
         summary = run_demo_hh_policy(cfg)
     elif task == "hh":
-        from alignkit.recipes.demo import HHDemoConfig, run_demo_hh
+        from alignkit.recipes.demo_hh import HHDemoConfig, run_demo_hh
 
         cfg = build_config(HHDemoConfig, config, overrides, out=str(out) if out else None, seed=seed,
                            quick=quick or None, data=str(data) if data else None)
