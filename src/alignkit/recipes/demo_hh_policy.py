@@ -1,7 +1,6 @@
-"""Recipe: ``alignkit demo hh --policy smollm2`` — the RLHF pipeline on real preferences
-with a real pretrained language model.
-
-    alignkit demo hh --policy smollm2 [--quick] [--out runs/demo_hh_smollm2]
+"""Recipe: ``alignkit demo hh`` with a policy model (``policy: smollm2``) — the RLHF pipeline
+on real preferences with a real pretrained language model (run from ``alignkit.cli.loop``;
+``quick`` shrinks every size).
 
 Reads top to bottom:
 
@@ -39,7 +38,7 @@ METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
 
 @dataclass
 class HHPolicyDemoConfig:
-    """Configuration of ``alignkit demo hh --policy MODEL`` (``--quick`` shrinks every size)."""
+    """Configuration of ``alignkit demo hh`` with a policy model (``quick`` shrinks every size)."""
 
     out: str = "runs/demo_hh_policy"
     """Output directory: proxy_rm/, judge_rm/, summary.json, report.html."""
@@ -137,7 +136,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     from alignkit.models import load_causal_lm, load_tokenizer, sequence_logps
     from alignkit.models.chat import render_prompt
     from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.demo import find_hh_data
+    from alignkit.recipes.demo_hh import find_hh_data
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
     from alignkit.recipes.reward import RewardConfig, train_reward

@@ -1,6 +1,6 @@
 """Recipe: a reward model on frozen language-model features, measured on prompts it never saw.
 
-    alignkit reward features --model smollm2 --data FILE --out DIR [--l2 1.0] [--folds 5]
+    alignkit reward features (alignkit.cli.reward), with a FeatureRewardConfig
 
 Reads top to bottom: load comparisons → φ(x, a), φ(x, b) for every pair in one frozen
 bf16 forward pass each (cached in ``OUT/features.pt``, so re-running with another l2 costs
