@@ -111,3 +111,20 @@ def test_dpo_ratings_to_pairs(tiny_lm_dir):
     assert res.metrics["loss/dpo"] == pytest.approx(math.log(2), abs=1e-4)
     with pytest.raises(DataError, match="no comparisons"):
         train_dpo(DPOConfig(policy=str(tiny_lm_dir), out=""), records=ratings)
+
+
+def test_probe_reads_the_preferred_response_as_chosen(tiny_lm_dir):
+    """Pairs labelled b ≻ a (μ = 0) probe exactly like the same pairs written a ≻ b: the
+    probe's "chosen" is the preferred response; ties are never probed."""
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+
+    common = dict(policy=str(tiny_lm_dir), out="", batch_size=2, epochs=1, lr=3e-3, entangle_every=1,
+                  entangle_pairs=4, save_model=False)
+    written_ab = train_dpo(DPOConfig(**common), records=COMPS).entangle
+    flipped = [Comparison(c.prompt, c.b, c.a, mu=0.0) for c in COMPS]
+    written_ba = train_dpo(DPOConfig(**common), records=flipped).entangle
+    for x, y in zip(written_ab, written_ba, strict=True):
+        for key in ("logp_chosen", "logp_rejected", "case1", "cosine", "dlogp_chosen"):
+            assert x[key] == pytest.approx(y[key], abs=1e-4), key
+    tie_only = [Comparison(c.prompt, c.a, c.b, mu=0.5) for c in COMPS]
+    assert train_dpo(DPOConfig(**common), records=tie_only).entangle == []

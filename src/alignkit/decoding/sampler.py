@@ -208,8 +208,6 @@ class Decoded:
 
     ``tokens``: ``(B, R)`` new token ids, ``pad`` after a row's end;
     ``lengths``: ``(B,)`` tokens kept per row (up to and including EOS / the stop token);
-    ``step_logits``: when asked, a list of R tensors ``(B, V)`` of the picker's input for
-    model 0 (rows decoded at that step; dropped rows are zero);
     ``token_logps``/``entropy``: when asked, ``(B, R)`` log-prob and entropy of the
     temperature-scaled, unfiltered distribution of model 0 (0 after a row's end);
     ``hidden``: when asked, ``(B, R, H)`` model 0's last hidden state at the position that

@@ -355,7 +355,8 @@ AL_NOTE = (
     "the same way, and after a 20-label start the bootstrap spread is mostly noise. Info-gain scores the "
     "members' preference probabilities instead. Replayed on 10 seeds (benchmarks/lm_query_diagnosis.py): "
     "disagreement 114 labels vs random 80 (paired +34, 95 % CI [+11.6, +56.4]), info-gain 86 "
-    "(+6 [-13.1, +25.1]) and the highest accuracy at the full budget; docs/humans.md has the diagnosis."
+    "(+6 [-13.1, +25.1]) and the highest accuracy at the full budget; docs/humans.md has the diagnosis. "
+    "The demo's own 3 seeds cannot rank the strategies: in one measured run per-seed counts ranged 40–220."
 )
 
 
