@@ -168,7 +168,7 @@ def main() -> None:
 
     sizes = ["tiny"] if args.quick else (args.sizes or list(SIZES))
     repeats = 1 if args.quick else args.repeats
-    pairs = {"tiny": 32 if args.quick else 128, "small": 64, "smollm2": 16}
+    pairs = {"tiny": 32 if args.quick else 128, "small": 64, "smollm2": 8}
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -68,7 +68,7 @@ def summarise_run(history: list[dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--workloads", nargs="+", default=["samples", "edits"], choices=["samples", "edits"])
+    ap.add_argument("--workloads", nargs="+", default=["edits", "samples"], choices=["samples", "edits"])
     ap.add_argument("--pairs", type=int, default=384, help="labelled pairs per seed (before dropping ties)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--probe-every", type=int, default=4)
@@ -91,13 +91,18 @@ def main() -> None:
     demo = DemoConfig()
     runs: dict[str, dict[str, object]] = {}
     results = {}
-    for workload in args.workloads:
+    for workload in args.workloads:  # the file is rewritten after each workload
         results[workload] = run_workload(args, workload, base, tok, ref, demo, runs)
+        _write(args, torch, t0, results, runs)
+
+
+def _write(args, torch, t0, results, runs) -> None:
     meta = {"seeds": args.seeds, "pairs": args.pairs, "epochs": args.epochs, "probe_every": args.probe_every,
             "probe_pairs": args.probe_pairs, "threads": args.threads, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "wall_s": time.time() - t0,
             "load_average_end": os.getloadavg(),
-            "settings": "demo task, base policy, beta 0.3, lr 1e-4, batch 16, max_length 96"}
+            "settings": "demo task, base policy, beta 0.3, lr 1e-4, batch 16, max_length 96",
+            "probe": "preferred response as chosen (pairs labelled b > a are read b, a); ties never probed"}
     path = Path(__file__).resolve().parent / "results" / "entanglement_dpo.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, **results, "runs": runs}, indent=1))
@@ -106,10 +111,11 @@ def main() -> None:
 
 def run_workload(args, workload, base, tok, ref, demo, runs) -> dict[str, object]:
     import random
+    from dataclasses import replace
 
-    from alignkit.recipes.dpo import DPOConfig, train_dpo
+    from alignkit.recipes.dpo import train_dpo
     from alignkit.recipes.loop import collect_pairs, simulated_population
-    from alignkit.tasks.assistant import PROMPTS
+    from alignkit.tasks.assistant import GOLD, PROMPTS
 
     for seed in args.seeds:
         sampled = collect_pairs(ref, tok, PROMPTS, args.pairs, demo.max_new_tokens, seed)
@@ -122,15 +128,15 @@ def run_workload(args, workload, base, tok, ref, demo, runs) -> dict[str, object
                     del words[rng.randrange(len(words))]
                     edited.append((p, a, " " + " ".join(words)))
             sampled = edited
-        labels = simulated_population(demo, seed).label(sampled)
+        labels = simulated_population(demo.annotator, GOLD.scores, seed).label(sampled)
         data = [c for c in labels if c.mu != 0.5]
         for loss in ("dpo", "normalized"):
             t = time.time()
             name = f"{workload}_seed{seed}_{loss}"
-            res = train_dpo(DPOConfig(policy=str(base), out=str(Path(args.out) / name), beta=demo.dpo_beta,
-                                      lr=demo.dpo_lr, epochs=args.epochs, batch_size=16, max_length=96, seed=seed,
-                                      loss=loss, entangle_every=args.probe_every, entangle_pairs=args.probe_pairs,
-                                      tensorboard=False, save_checkpoints=False, save_model=False), records=data)
+            # the demo's DPO settings (β 0.3, lr 1e-4, batch 16, max length 96)
+            res = train_dpo(replace(demo.dpo, policy=str(base), out=str(Path(args.out) / name), epochs=args.epochs,
+                                    seed=seed, loss=loss, entangle_every=args.probe_every,
+                                    entangle_pairs=args.probe_pairs), records=data)
             runs[name] = {"workload": workload, "seed": seed, "loss": loss, "pairs": len(data),
                           "wall_s": time.time() - t, "summary": summarise_run(res.entangle), "history": res.entangle}
             print(name, json.dumps(runs[name]["summary"]), flush=True)

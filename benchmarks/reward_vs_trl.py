@@ -46,7 +46,7 @@ from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
 HH = HERE.parent.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=6, n_embd=384, n_head=6),
          "smollm2": None}
-PAIRS = {"tiny": 384, "small": 96, "smollm2": 16}
+PAIRS = {"tiny": 384, "small": 96, "smollm2": 8}
 VOCAB = (
     "please help me write a short polite reply to my neighbour about the noisy party last night "
     "thank you for asking here is a safe and helpful answer with three steps first second third "

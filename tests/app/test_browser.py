@@ -304,3 +304,36 @@ def test_video_pair_plays_in_sync_and_takes_a_keyboard_choice(browser, tmp_path,
     assert label.mu == (1.0 if vote["answer"]["choice"] == "a" else 0.0)
     assert label.meta["item_meta"] == {"segments": [7, 8]}
     assert dialogs == [] and not [c for c in console if "error" in c.lower()], console
+
+
+@pytest.mark.timeout(120)
+def test_untouched_edit_boxes_make_no_corrections_even_for_long_texts(
+    browser, tmp_path, start_server
+):
+    """Issue 15 items 2 and 3 in a real browser: CRLF / lone CR responses and a 1.2 MB one,
+    labelled by clicking A without touching the edit boxes → votes, and no corrections."""
+    db = tmp_path / "edits.db"
+    store = FeedbackStore(db)
+    store.ensure_project("ed", gold_every=0)
+    store.add_items(
+        "ed",
+        [
+            {"prompt": "line ends", "responses": ["line one\r\nline two\r\n", "before\rafter"]},
+            {"prompt": "long", "responses": ["z" * 1_200_000, "short"]},
+        ],
+    )
+    ann = store.add_user("ann", projects=["ed"])
+    server = start_server(db, "ed")
+    dialogs, console = [], []
+    context, page = open_page(browser, server.url, dialogs, console)
+    try:
+        log_in(page, server.url, "ann", ann.password)
+        for _ in range(2):
+            page.click("#choice-A")
+            next_page(page, lambda: page.click("#submit"))
+        assert page.is_visible("#all-done")
+    finally:
+        context.close()
+    assert store.count_votes("ed") == 2
+    assert store.export_records("ed", "corrections") == []
+    assert dialogs == [] and not [c for c in console if "error" in c.lower()], console

@@ -14,6 +14,7 @@ import stat
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
+from test_api import csrf_of, login
 
 from alignkit.app import bodies
 from alignkit.app.limits import FailureWindow
@@ -26,19 +27,6 @@ from alignkit.feedback.schema import votes
 from alignkit.feedback.store import FeedbackStore
 
 PAIR = {"prompt": "2+2?", "responses": ["4", "5"]}
-
-
-def csrf_of(html):
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def login(client, name, password):
-    token = csrf_of(client.get("/login").text)
-    return client.post(
-        "/login",
-        data={"username": name, "password": password, "csrf_token": token},
-        follow_redirects=False,
-    )
 
 
 def run_cli(args, capsys):

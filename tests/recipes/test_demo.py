@@ -78,7 +78,7 @@ def test_demo_rejects_unknown_variant(capsys):
 
 
 def test_demo_hh_quick(tmp_path):
-    from alignkit.recipes.demo import HHDemoConfig, find_hh_data, run_demo_hh
+    from alignkit.recipes.demo_hh import HHDemoConfig, find_hh_data, run_demo_hh
 
     try:
         find_hh_data()

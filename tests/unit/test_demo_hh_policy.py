@@ -6,12 +6,8 @@ import math
 import pytest
 
 from alignkit.data import Comparison
-from alignkit.recipes.demo_hh_policy import (
-    length_rules,
-    paired_win_rate,
-    split_by_prompt,
-    write_report,
-)
+from alignkit.data.splits import kfold_by_prompt, split_by_prompt
+from alignkit.recipes.demo_hh_policy import length_rules, paired_win_rate, write_report
 
 
 def _c(prompt, a="aa", b="b", mu=1.0):
@@ -26,6 +22,11 @@ def test_split_by_prompt_is_disjoint_and_groups_first_turns():
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
     assert [len(k) for k in keys] == [round(0.45 * 30), round(0.80 * 30) - round(0.45 * 30), 30 - round(0.80 * 30)]
     assert split_by_prompt(pairs, (0.5, 0.5), seed=0) == split_by_prompt(pairs, (0.5, 0.5), seed=0)
+    folds = kfold_by_prompt(pairs, 5, seed=0)
+    by_key = {}
+    for c, f in zip(pairs, folds, strict=True):
+        by_key.setdefault(c.prompt.split("\n\nAssistant:")[0], set()).add(f)
+    assert all(len(v) == 1 for v in by_key.values()) and set(folds) == set(range(5))
 
 
 def test_length_rules_hand_computed():

@@ -68,3 +68,18 @@ def test_one_process_is_the_plain_loop():
     assert dist.mean_metrics({"loss/dpo": 0.5}) == {"loss/dpo": 0.5}
     d = dist.describe(8)
     assert (d["world_size"], d["per_rank_batch"], d["accumulation"], d["engine"]) == (1, 8, 1, "no")
+
+
+def test_single_process_cpu_launch_is_flagged(monkeypatch, capsys):
+    """`accelerate launch --cpu --num_processes 2` starts one process (MASTER_PORT set, no
+    WORLD_SIZE): say so rather than silently train on one."""
+    from alignkit.scale.distributed import _warn_single_cpu_launch
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _warn_single_cpu_launch()
+    assert "started one process" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a real 2-process launch: nothing to say
+    _warn_single_cpu_launch()
+    assert capsys.readouterr().err == ""

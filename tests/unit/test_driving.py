@@ -45,6 +45,11 @@ def test_shipped_pool_is_standardised_and_consistent():
     assert j.max() - j.min() > 0.5
     assert driving.policy_regret(phi, pool, driving.THETA_STAR) == 0.0
     assert driving.policy_regret(phi, pool, -driving.THETA_STAR) > 1.0  # worse than a random pick
+    assert driving.trajectory_regret(phi, pool, driving.THETA_STAR) == 0.0
+    # θ̂ = −θ* picks each scenario's worst trajectory: the regret is the mean max − min of R*
+    r = phi @ driving.THETA_STAR
+    spread = np.mean([r[pool.scenario == s].max() - r[pool.scenario == s].min() for s in range(12)])
+    assert driving.trajectory_regret(phi, pool, -driving.THETA_STAR) == pytest.approx(spread)
 
 
 def test_regret_is_zero_for_each_scenarios_best_and_positive_elsewhere():

@@ -169,3 +169,20 @@ def test_unknown_pair_layout_is_refused(rm):
 def test_encoders_do_not_share_prompts():
     rm = RewardModel.from_backbone("minilm", max_length=64)
     assert rm.pooling == "mean" and not rm.can_share_prompt
+
+
+def test_shared_prompt_encoding_keeps_a_prompt_that_fits(tiny_lm_dir):
+    """Regression: a prompt of n tokens with room r for it, n < r < 2n, stays whole (the
+    shared-prompt encoder used to slice ``ids[n - r:]`` — a negative start — and kept only
+    its last r − n tokens). When it does not fit, its end is kept, against the longer response."""
+    tok_rm = RewardModel.from_backbone(tiny_lm_dir, max_length=256, seed=0)
+    prompt, a, b = "Human: " + "tell me about bread and salt " * 4 + "\n\nAssistant:", " good" * 6, " bad"
+    n = len(tok_rm._backend.encode(prompt, add_special_tokens=False).ids)
+    longest = len(tok_rm._backend.encode(a, add_special_tokens=False).ids)
+    rm = RewardModel.from_backbone(tiny_lm_dir, max_length=longest + n + n // 2, seed=0)
+    (pair,) = rm.encode_comparisons([prompt], [a], [b])
+    assert len(pair.prompt) == n and len(pair.chosen) == longest
+    rm = RewardModel.from_backbone(tiny_lm_dir, max_length=longest + n // 2, seed=0)
+    (pair,) = rm.encode_comparisons([prompt], [a], [b])
+    full = rm._backend.encode(prompt, add_special_tokens=False).ids
+    assert pair.prompt == full[n - n // 2 :] and len(pair.prompt) + len(pair.chosen) == rm.max_length

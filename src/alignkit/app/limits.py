@@ -15,7 +15,8 @@ from collections import OrderedDict, deque
 
 __all__ = ["HASH_THREADS", "FailureWindow"]
 
-HASH_THREADS = 2  # concurrent scrypt checks (each ~45 ms of one core, 16 MiB)
+HASH_THREADS = 1  # concurrent scrypt checks (each ~45 ms of one core, 16 MiB): at most one
+# core hashes, so a flood of (even valid) logins leaves the others to the annotators
 
 
 class FailureWindow:

@@ -70,10 +70,12 @@ def login_form(request: Request):
 async def login(request: Request):
     """Check a password — off the event loop, and only within the failed-login limits."""
     c = context(request)
-    form = await checked_form(request, request.cookies.get(LOGIN_CSRF_COOKIE) or "\0")
-    name, password = str(form.get("username", "")), str(form.get("password", ""))
     client = request.client.host if request.client else "?"
-    wait = max(c.account_failures.retry_after(name), c.client_failures.retry_after(client))
+    wait = c.client_failures.retry_after(client)  # before reading the form: a flood is cheap
+    if wait == 0:
+        form = await checked_form(request, request.cookies.get(LOGIN_CSRF_COOKIE) or "\0")
+        name, password = str(form.get("username", "")), str(form.get("password", ""))
+        wait = c.account_failures.retry_after(name)
     if wait > 0:
         seconds = int(wait) + 1
         return login_page(

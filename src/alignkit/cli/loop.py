@@ -32,15 +32,34 @@ def loop_cmd(
     out: Path | None = typer.Option(None, "--out", help="Output directory (overrides the config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue after the last finished round."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    seeds: str | None = typer.Option(None, "--seeds", help="Run once per seed (e.g. 0,1,2), into OUT/seed_S."),
+    ray: bool = typer.Option(False, "--ray", help="With --seeds: run the seeds as tasks on a local Ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="With --seeds: a Ray cluster (default: env ALIGNKIT_RAY_ADDRESS)."),
 ) -> None:
     """Rounds of: sample pairs → collect feedback → fit the reward model → optimise → evaluate."""
-    import json
-
-    from alignkit.recipes.loop import LoopConfig, run_loop
+    from alignkit.errors import ConfigError
+    from alignkit.recipes.loop import LoopConfig, run_loop, run_loop_seeds
 
     _quiet()
     cfg = build_config(LoopConfig, config, overrides, out=str(out) if out else None, resume=resume or None)
-    result = run_loop(cfg)
+    if seeds is None:
+        return _print_loop(cfg, run_loop(cfg))
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    from dataclasses import replace
+
+    from alignkit.scale.tasks import ray_address as resolve_ray
+
+    for seed, result in zip(seed_list, run_loop_seeds(cfg, seed_list, resolve_ray(ray, ray_address)), strict=True):
+        _print_loop(replace(cfg, seed=seed, out=result["out"]), result)
+
+
+def _print_loop(cfg, result) -> None:
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
@@ -71,6 +90,9 @@ def demo_cmd(
     data: Path | None = typer.Option(None, "--data", help="hh: the HH pairs file (default: the shared copy)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of DemoConfig (or HHDemoConfig) keys."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    ray: bool = typer.Option(False, "--ray", help="Run the seeds and KL-sweep points as tasks on a local Ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="A Ray cluster's address (default: env ALIGNKIT_RAY_ADDRESS)."),
     policy: str | None = typer.Option(
         None, "--policy", help="hh: also optimise this policy (smollm2, a *.gguf or a model directory): best-of-n, "
         "DPO and PPO with LoRA, β re-scaling by logit mixing, judged by a separate reward model."),
@@ -106,7 +128,7 @@ def demo_cmd(
                            quick=quick or None, data=str(data) if data else None, policy=policy)
         summary = run_demo_hh_policy(cfg)
     elif task == "hh":
-        from alignkit.recipes.demo import HHDemoConfig, run_demo_hh
+        from alignkit.recipes.demo_hh import HHDemoConfig, run_demo_hh
 
         cfg = build_config(HHDemoConfig, config, overrides, out=str(out) if out else None, seed=seed,
                            quick=quick or None, data=str(data) if data else None)
@@ -116,6 +138,8 @@ def demo_cmd(
 
         cfg = build_config(DemoConfig, config, overrides, out=str(out) if out else None,
                            seeds=list(range(seed, seed + n_seeds)), quick=quick or None)
-        summary = run_demo(cfg)
+        from alignkit.scale.tasks import ray_address as resolve_ray
+
+        summary = run_demo(cfg, ray_address=resolve_ray(ray, ray_address))
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}  summary: {Path(cfg.out) / 'summary.json'}  "
                f"({summary['wall_s']:.0f} s)")

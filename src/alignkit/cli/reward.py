@@ -79,9 +79,11 @@ def train_cmd(
     typer.echo(f"reward model saved to {result.out_dir}")
     if "eval/accuracy" in m:
         typer.echo(
-            f"held-out ({m['eval/count']} pairs): accuracy {m['eval/accuracy']:.3f}, "
+            f"held-out ({m['eval/count']} pairs): accuracy {m['eval/accuracy']:.3f} "
+            f"± {_se(m['eval/accuracy'], m['eval/count']):.3f}, "
             f"log-loss {m['eval/log_loss']:.3f}, ECE {m['eval/ece']:.3f}; baselines: "
-            f"longer response wins {m['baseline/longer_wins_accuracy']:.3f}"
+            f"longer response wins {m['baseline/longer_wins_accuracy']:.3f}, "
+            f"shorter response wins {m['baseline/shorter_wins_accuracy']:.3f}"
             + (
                 f", untrained head {m['baseline/untrained_accuracy']:.3f}"
                 if "baseline/untrained_accuracy" in m
@@ -92,12 +94,40 @@ def train_cmd(
         _print_table(m["disagreement"])
 
 
+def _se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy over n pairs."""
+    return (accuracy * (1 - accuracy) / max(n, 1)) ** 0.5
+
+
 def _print_table(table: dict[str, dict[str, float]]) -> None:
     groups = list(next(iter(table.values())))
     typer.echo("accuracy of each model (rows) on each group's held-out labels (columns):")
     typer.echo("model".ljust(16) + "".join(g[:12].rjust(13) for g in groups))
     for name, row in table.items():
         typer.echo(name[:15].ljust(16) + "".join(f"{row[g]:13.3f}" for g in groups))
+
+
+@reward_app.command("features")
+def features_cmd(
+    model: str = typer.Option("smollm2", "--model", help="Frozen backbone: smollm2, a *.gguf or a causal-LM directory."),
+    data: Path = typer.Option(..., "--data", help="Comparisons to fit (and cross-validate) on."),
+    out: Path = typer.Option(Path("runs/feature_rm"), "--out", help="Output directory."),
+    l2: float = typer.Option(1.0, "--l2", help="L2 weight on the standardised linear head."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds by prompt (0 = none)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Reward model = frozen LM features + linear head; accuracy on prompts never seen (k-fold by prompt)."""
+    from alignkit.recipes.feature_reward import FeatureRewardConfig, train_feature_reward
+
+    _quiet_transformers()
+    m = train_feature_reward(FeatureRewardConfig(model=model, data=str(data), out=str(out), l2=l2, folds=folds,
+                                                 seed=seed))
+    typer.echo(f"reward model saved to {out}")
+    if "cv/accuracy" in m:
+        typer.echo(f"{folds}-fold by prompt ({m['pairs']} pairs): accuracy {m['cv/accuracy']:.3f} "
+                   f"± {m['cv/accuracy_se']:.3f}, log-loss {m['cv/log_loss']:.3f}, ECE {m['cv/ece']:.3f}; "
+                   f"baselines: longer response wins {m['baseline/longer_wins_accuracy']:.3f}, "
+                   f"shorter response wins {m['baseline/shorter_wins_accuracy']:.3f}")
 
 
 @reward_app.command("eval")
@@ -114,7 +144,7 @@ def eval_cmd(
     from alignkit.data import load_records, to_comparisons
     from alignkit.errors import DataError
     from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.reward import evaluate_reward_model, length_baseline_accuracy
+    from alignkit.recipes.reward import evaluate_reward_model, length_baselines
 
     _quiet_transformers()
     pairs = to_comparisons(load_records(data).records, ratings_to_pairs=ratings_to_pairs)
@@ -122,8 +152,13 @@ def eval_cmd(
         raise DataError("no comparisons to evaluate on", path=str(data))
     rm = load_reward_model(model)
     metrics = evaluate_reward_model(rm, pairs, batch_size)
-    metrics["baseline/longer_wins_accuracy"] = length_baseline_accuracy(pairs)
+    metrics["accuracy_se"] = _se(metrics["accuracy"], metrics["count"])
+    rules = length_baselines(pairs)
+    metrics["baseline/longer_wins_accuracy"] = rules["longer_wins"]
+    metrics["baseline/shorter_wins_accuracy"] = rules["shorter_wins"]
     target = out or model / f"eval_{data.name.split('.')[0]}.json"
     target.write_text(json.dumps(metrics, indent=2))
     typer.echo(json.dumps(metrics, indent=2))
+    typer.echo(f"accuracy {metrics['accuracy']:.3f} ± {metrics['accuracy_se']:.3f} on {metrics['count']} pairs; "
+               f"longer response wins {rules['longer_wins']:.3f}, shorter response wins {rules['shorter_wins']:.3f}")
     typer.echo(f"written to {target}")

@@ -153,9 +153,12 @@ def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield i, json.loads(line)
+                    row = json.loads(line)
+                    if "\\u" in line:  # escapes may spell a lone surrogate: not Unicode
+                        json.dumps(row, ensure_ascii=False).encode("utf-8")
                 except (ValueError, RecursionError) as e:
                     raise DataError(_json_error(e), path=str(p), line=i) from None
+                yield i, row
     except (OSError, EOFError, UnicodeDecodeError) as e:
         # gzip.BadGzipFile is an OSError; a truncated gzip raises EOFError.
         what = "gzip-compressed JSON Lines" if gz else "UTF-8 JSON Lines"
@@ -165,6 +168,8 @@ def _read_jsonl(p: Path, *, gz: bool) -> Iterator[tuple[int, Any]]:
 def _read_json_array(p: Path, text: str) -> Iterator[tuple[int, Any]]:
     try:
         data = json.loads(text)
+        if "\\u" in text:  # escapes may spell a lone surrogate: not Unicode
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError) as e:
         line = e.lineno if isinstance(e, json.JSONDecodeError) else None
         raise DataError(_json_error(e), path=str(p), line=line) from None
@@ -179,6 +184,8 @@ def _json_error(e: Exception) -> str:
         return f"invalid JSON ({e.msg} at column {e.colno})"
     if isinstance(e, RecursionError):
         return "invalid JSON (nested too deeply)"
+    if isinstance(e, UnicodeEncodeError):
+        return "invalid JSON (a \\u escape spells a lone surrogate, which is not Unicode)"
     return f"invalid JSON ({str(e).splitlines()[0][:120]})"  # e.g. an integer of 5000 digits
 
 

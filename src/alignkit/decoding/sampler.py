@@ -24,9 +24,10 @@ matmuls are nearly all of a step; ``benchmarks/sampler_vs_hf.py``):
 
 On CUDA (by default) the loop uses transformers' ``StaticCache`` (fixed shapes, finished
 rows masked, not dropped) and ``torch.compile(mode="reduce-overhead")`` for the one-token
-step, which captures it as a CUDA graph. The static-cache loop is tested on CPU; the
-compiled CUDA step has not been run in this project (no GPU was available), and an error
-there is raised, not silently swapped for another path.
+step, which captures it as a CUDA graph. The static-cache loop is tested on CPU, and the
+compiled step too (``--runslow``: inductor on CPU, same tokens; the first call compiles
+for 28–47 s here); the CUDA-graph capture itself has not been run in this project (no GPU
+was available), and an error there is raised, not silently swapped for another path.
 
 Exactness: greedy decoding returns the same tokens as ``model.generate(do_sample=False)``
 (tested on left-padded batches with EOS mid-batch). With the HF-style picker the sampled
@@ -208,8 +209,6 @@ class Decoded:
 
     ``tokens``: ``(B, R)`` new token ids, ``pad`` after a row's end;
     ``lengths``: ``(B,)`` tokens kept per row (up to and including EOS / the stop token);
-    ``step_logits``: when asked, a list of R tensors ``(B, V)`` of the picker's input for
-    model 0 (rows decoded at that step; dropped rows are zero);
     ``token_logps``/``entropy``: when asked, ``(B, R)`` log-prob and entropy of the
     temperature-scaled, unfiltered distribution of model 0 (0 after a row's end);
     ``hidden``: when asked, ``(B, R, H)`` model 0's last hidden state at the position that

@@ -26,7 +26,7 @@ from alignkit.feedback.auth import (
     verify_password,
 )
 from alignkit.feedback.db import Database
-from alignkit.feedback.errors import InvalidRequest, NotFound
+from alignkit.feedback.errors import InvalidRequest, NotFound, ProjectNotFound
 from alignkit.feedback.schema import members, projects, sessions, users
 from alignkit.feedback.text import text_problem
 from alignkit.feedback.values import NewUser, User
@@ -129,8 +129,6 @@ class Accounts:
     def _project_id(conn: Connection, project: str) -> int:
         pid = conn.execute(select(projects.c.id).where(projects.c.name == project)).scalar()
         if pid is None:
-            from alignkit.feedback.errors import ProjectNotFound
-
             raise ProjectNotFound(project)
         return pid
 

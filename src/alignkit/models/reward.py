@@ -454,6 +454,10 @@ def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
             raise ConfigError(f"{manifest_path}: not valid JSON ({e})") from None
         if manifest.get("kind") == "ensemble":
             return RewardEnsemble([RewardModel.load(path / m) for m in manifest["members"]])
+        if manifest.get("kind") == "features":  # frozen LM features + linear head
+            from alignkit.models.feature_reward import FeatureRewardModel
+
+            return FeatureRewardModel.load(path)
         return RewardModel.load(path)
     if not (path / "config.json").exists():
         raise ConfigError(

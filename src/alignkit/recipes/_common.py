@@ -164,17 +164,19 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
 # (alignkit.scale.distributed: every rank trains, rank 0 alone writes)
 
 
-def open_run(cfg: Any, dist, *, global_batch: int, resume: bool):
-    """Rank 0: write ``cfg.out/alignkit_config.json`` (the config plus the run's parallel
-    layout under ``"distributed"``) and open the metrics logger (``cfg.tensorboard``). Other
-    ranks, and runs without ``out``, get a :class:`NullLogger`."""
+def open_run(cfg: Any, dist, *, global_batch: int, resume: bool, out: str | os.PathLike | None = None):
+    """Rank 0: write ``alignkit_config.json`` (the config plus the run's parallel layout under
+    ``"distributed"``) into ``out`` (default ``cfg.out``) and open the metrics logger there
+    (``cfg.tensorboard``). Other ranks, and runs without an output directory, get a
+    :class:`NullLogger`."""
     from dataclasses import asdict
 
     from alignkit.utils.metrics import MetricsLogger
 
-    if not cfg.out or not dist.is_main:
+    out = out or cfg.out
+    if not out or not dist.is_main:
         return NullLogger()
-    out = Path(cfg.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "alignkit_config.json", {**asdict(cfg), "distributed": dist.describe(global_batch)})
     return MetricsLogger(out, tensorboard=cfg.tensorboard, resume=resume)

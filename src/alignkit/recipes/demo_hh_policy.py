@@ -1,7 +1,6 @@
-"""Recipe: ``alignkit demo hh --policy smollm2`` — the RLHF pipeline on real preferences
-with a real pretrained language model.
-
-    alignkit demo hh --policy smollm2 [--quick] [--out runs/demo_hh_smollm2]
+"""Recipe: ``alignkit demo hh`` with a policy model (``policy: smollm2``) — the RLHF pipeline
+on real preferences with a real pretrained language model (run from ``alignkit.cli.loop``;
+``quick`` shrinks every size).
 
 Reads top to bottom:
 
@@ -39,7 +38,7 @@ METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
 
 @dataclass
 class HHPolicyDemoConfig:
-    """Configuration of ``alignkit demo hh --policy MODEL`` (``--quick`` shrinks every size)."""
+    """Configuration of ``alignkit demo hh`` with a policy model (``quick`` shrinks every size)."""
 
     out: str = "runs/demo_hh_policy"
     """Output directory: proxy_rm/, judge_rm/, summary.json, report.html."""
@@ -108,39 +107,11 @@ def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
                    ppo_batch_size=4, samples_in_report=3)
 
 
-def _first_turn(prompt: str) -> str:
-    """The grouping key of a prompt: its first human turn (HH dialogues that share an
-    opening are one prompt for the split)."""
-    return prompt.split("\n\nAssistant:")[0].strip().lower()
-
-
-def split_by_prompt(pairs: list, fractions: tuple[float, ...], seed: int) -> list[list]:
-    """Disjoint parts of ``pairs`` whose prompts (first human turns) never cross parts."""
-    keys = sorted({_first_turn(c.prompt) for c in pairs})
-    random.Random(seed).shuffle(keys)
-    bounds, acc = [], 0.0
-    for f in fractions:
-        acc += f
-        bounds.append(round(acc * len(keys)))
-    part_of = {}
-    for i, k in enumerate(keys):
-        part_of[k] = next((j for j, b in enumerate(bounds) if i < b), len(fractions) - 1)
-    parts: list[list] = [[] for _ in fractions]
-    for c in pairs:
-        parts[part_of[_first_turn(c.prompt)]].append(c)
-    return parts
-
-
 def length_rules(pairs: list) -> dict[str, float]:
-    """Accuracy of "the longer response wins" and "the shorter response wins" (characters;
-    equal lengths and ties count ½)."""
-    import torch
+    """Accuracy of "the longer response wins" and "the shorter response wins"."""
+    from alignkit.recipes.reward import length_baselines
 
-    from alignkit.diagnostics.calibration import pairwise_accuracy
-
-    delta = torch.tensor([float(len(c.a) - len(c.b)) for c in pairs])
-    mu = torch.tensor([c.mu for c in pairs])
-    return {"longer_wins": pairwise_accuracy(delta, mu), "shorter_wins": pairwise_accuracy(-delta, mu)}
+    return length_baselines(pairs)
 
 
 def paired_win_rate(judge_policy: list[float], judge_base: list[float]) -> dict[str, float]:
@@ -158,13 +129,14 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     """Run the pipeline and write the report; returns the summary dict."""
 
     from alignkit.data import load_records, to_comparisons
+    from alignkit.data.splits import split_by_prompt
     from alignkit.decoding.best_of_n import bon_kl_analytic
     from alignkit.decoding.mixing import beta_rescale, mix_generate
     from alignkit.evaluation import evaluate_reward_model, sample_for_eval
     from alignkit.models import load_causal_lm, load_tokenizer, sequence_logps
     from alignkit.models.chat import render_prompt
     from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.demo import find_hh_data
+    from alignkit.recipes.demo_hh import find_hh_data
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
     from alignkit.recipes.reward import RewardConfig, train_reward

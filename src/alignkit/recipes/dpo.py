@@ -104,7 +104,8 @@ class DPOConfig:
     """Every this many steps, measure gradient entanglement on a fixed probe set of pairs and
     log ``diag/entangle/*`` (0 = off). Costs 2 × entangle_pairs backward passes per probe."""
     entangle_pairs: int = 8
-    """Probe pairs for ``entangle_every`` (a seeded sample of the training pairs)."""
+    """Probe pairs for ``entangle_every`` (a seeded sample of the training pairs that are not
+    ties, each read with its preferred response as "chosen")."""
 
 
 @dataclass
@@ -275,7 +276,10 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
             "ref_group_logps": ref_group_logps})
 
     # --- the entanglement probe: the same pairs every time ----------------------------
-    probe_idx = sorted(random.Random(cfg.seed).sample(range(len(comps)), min(cfg.entangle_pairs, len(comps))))
+    # ties have no preferred side; a pair labelled b ≻ a (μ < ½) is probed with b as "chosen"
+    decided = [i for i in range(len(comps)) if mu[i] != 0.5]
+    probe_idx = sorted(random.Random(cfg.seed).sample(decided, min(cfg.entangle_pairs, len(decided))))
+    probe_flip = (mu[probe_idx] < 0.5).to(device)
     probe_batch = pair_batch(probe_idx) if cfg.entangle_every > 0 and probe_idx and dist.is_main else None
     probe_update = "normalized" if cfg.loss == "normalized" else "dpo"
     history: list[dict[str, float]] = []
@@ -284,7 +288,9 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     def probe():
         n_p = len(probe_idx)
         lp = pair_logps(model, probe_batch)
-        m, now = probe_metrics(lp[:n_p], lp[n_p:], params, probe_update,
+        lp_a, lp_b = lp[:n_p], lp[n_p:]
+        chosen, rejected = torch.where(probe_flip, lp_b, lp_a), torch.where(probe_flip, lp_a, lp_b)
+        m, now = probe_metrics(chosen, rejected, params, probe_update,
                                start=probe_state["start"], previous=probe_state["previous"])
         probe_state["previous"] = now
         probe_state["start"] = now if probe_state["start"] is None else probe_state["start"]
@@ -319,10 +325,12 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         if cfg.loss == "ipo":
             return ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
         if cfg.loss == "cdpo":
-            return cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
+            return cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing,
+                             mu=mu[idx].to(device))
         # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
         norms = per_example_grad_norms(policy_logps, params)
-        return normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
+        return normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:],
+                                            mu=mu[idx].to(device))
 
     # --- loop -------------------------------------------------------------------------
     # each step: this process's share of the global batch, losses weighted so that the

@@ -332,6 +332,7 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
         out[learner] = {
             "angle_deg": driving.angle_deg(th, st.theta),
             "policy_regret": driving.policy_regret(st.phi, st.pool, th, st.theta),
+            "trajectory_regret": driving.trajectory_regret(st.phi, st.pool, th, st.theta),
             "heldout_acc_annotator": _accuracy(u_hat, u_ann, test),
             "heldout_acc_true": _accuracy(st.phi @ th, st.u_true, test),
         }

@@ -297,6 +297,23 @@ def _check(cfg: LoopConfig) -> None:
 # ---------------------------------------------------------------------------
 
 
+def run_loop_seeds(cfg: LoopConfig, seeds: list[int], ray_address: str | None = None) -> list[dict[str, Any]]:
+    """:func:`run_loop` once per seed, each into ``OUT/seed_S``; with ``ray_address`` (see
+    :func:`alignkit.scale.tasks.ray_address`) the seeds run as Ray tasks. Each run is a
+    function of its config alone and both paths use this process's torch thread count, so
+    the results equal the serial runs'."""
+    import torch
+
+    from alignkit.scale.tasks import map_tasks
+
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    calls = [(replace(cfg, seed=s, out=str(Path(cfg.out) / f"seed_{s}")),) for s in seeds]
+    threads = torch.get_num_threads()
+    return map_tasks(run_loop, calls, address=ray_address, num_cpus=threads, threads=threads,
+                     description="loop seeds")
+
+
 def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> dict[str, Any]:
     """Run (or resume) the iterated loop; returns ``{"rounds": [per-round eval], ...}``.
 

@@ -45,6 +45,7 @@ __all__ = [
     "RewardTrainResult",
     "evaluate_reward_model",
     "length_baseline_accuracy",
+    "length_baselines",
     "train_reward",
 ]
 
@@ -71,7 +72,10 @@ class RewardConfig:
     warmup_fraction: float = 0.1
     """Fraction of all steps spent warming the learning rate up from 0."""
     batch_size: int = 16
-    """Comparisons per optimiser step (2× this many sequences per forward pass)."""
+    """Comparisons per optimiser step (2× this many sequences per forward pass): the global
+    batch, split over the processes of a distributed launch."""
+    micro_batch_size: int = 0
+    """Most comparisons per forward pass on one process (0 = no limit); the rest is accumulated."""
     eval_batch_size: int = 64
     """Sequences per forward pass when evaluating."""
     max_length: int = 256
@@ -155,6 +159,18 @@ def length_baseline_accuracy(pairs: list[Comparison]) -> float:
     return pairwise_accuracy(delta, mu)
 
 
+def length_baselines(pairs: list[Comparison]) -> dict[str, float]:
+    """Accuracy of both length rules, "the longer response wins" and "the shorter response
+    wins" (characters; equal lengths count ½): the bar a reward model must clear."""
+    import torch
+
+    from alignkit.diagnostics.calibration import pairwise_accuracy
+
+    delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
+    mu = torch.tensor([p.mu for p in pairs])
+    return {"longer_wins": pairwise_accuracy(delta, mu), "shorter_wins": pairwise_accuracy(-delta, mu)}
+
+
 # -- training one model ----------------------------------------------------------------
 
 
@@ -176,7 +192,7 @@ def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_leng
 
 
 def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: list[Comparison], out: Path,
-                seed: int) -> dict[str, Any]:
+                seed: int, dist) -> dict[str, Any]:
     """Train one reward model on ``train`` (comparisons and whole rankings); keep the best
     epoch in ``out``."""
     import random
@@ -196,13 +212,12 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         adamw,
         disable_dropout,
         load_checkpoint,
-        pick_device,
-        save_checkpoint,
+        open_run,
+        save_checkpoint_once,
     )
-    from alignkit.utils.metrics import MetricsLogger
     from alignkit.utils.progress import track
 
-    device = pick_device(cfg.device)
+    device = dist.device
     model = RewardModel.from_backbone(
         cfg.model,
         pooling=cfg.pooling,
@@ -270,8 +285,9 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
+    wrapped, optimizer = dist.prepare(model, optimizer, batch_size=cfg.batch_size)  # DDP/FSDP/... or as is
 
-    logger = MetricsLogger(out, tensorboard=cfg.tensorboard, resume=start_epoch > 0)
+    logger = open_run(cfg, dist, global_batch=cfg.batch_size, resume=start_epoch > 0, out=out)
     summary: dict[str, Any] = {}
     if evals and start_epoch == 0:
         untrained = evaluate_reward_model(model, evals, cfg.eval_batch_size)
@@ -279,7 +295,30 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         summary["baseline/untrained_accuracy"] = untrained["accuracy"]
         summary["baseline/untrained_log_loss"] = untrained["log_loss"]
 
-    model.train()
+    def batch_loss(kind: str, idx: list[int]):
+        if kind == "ranking":  # the K rewards of each ranking in one forward pass; Plackett–Luce
+            flat = [j for i in idx for j in range(rank_start[i], rank_start[i + 1])]
+            rewards = wrapped(**model.collate([enc_rank[j] for j in flat]))
+            rows = ranking_rows([rankings[i] for i in idx])
+            owner = rows.owner.to(device)
+            loss, metrics = plackett_luce_loss(rewards[rows.index.to(device)][owner], rows.order.to(device),
+                                               rows.mask.to(device), rows.weights.to(device))
+        else:
+            if shared is not None:  # each prompt computed once for both responses
+                r_a, r_b = dist.call(wrapped, model.forward_comparisons, [shared[i] for i in idx], cfg.pair_layout)
+                rewards = torch.cat([r_a, r_b])
+            else:  # a and b stacked into one forward pass of 2B rows
+                rewards = wrapped(**model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx]))
+                r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
+            loss, metrics = bradley_terry_loss(r_a, r_b, mu[idx], margin=cfg.margin or None)
+        if cfg.reg_lambda:
+            reg, reg_metrics = reward_centering_loss(rewards, cfg.reg_lambda)
+            loss = loss + reg
+            metrics.update(reg_metrics)
+        return loss, metrics
+
+    # each step: this process's share of the global batch (alignkit.scale.distributed)
+    wrapped.train()
     train_seconds, pairs_seen = 0.0, 0
     for epoch in range(start_epoch, cfg.epochs):
         batches = [("pair", b) for b in _epoch_batches(lengths, cfg.batch_size, seed * 1000 + epoch, cfg.group_by_length)]
@@ -291,35 +330,13 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         counts: dict[str, int] = defaultdict(int)
         started = time.perf_counter()
         for kind, idx in track(batches, f"reward epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
-            if kind == "ranking":  # the K rewards of each ranking in one forward pass; Plackett–Luce
-                flat = [j for i in idx for j in range(rank_start[i], rank_start[i + 1])]
-                rewards = model(**model.collate([enc_rank[j] for j in flat]))
-                rows = ranking_rows([rankings[i] for i in idx])
-                owner = rows.owner.to(device)
-                loss, metrics = plackett_luce_loss(rewards[rows.index.to(device)][owner], rows.order.to(device),
-                                                   rows.mask.to(device), rows.weights.to(device))
-            elif shared is not None:  # each prompt computed once for both responses
-                r_a, r_b = model.forward_comparisons([shared[i] for i in idx], cfg.pair_layout)
-                rewards = torch.cat([r_a, r_b])
-            else:  # a and b stacked into one forward pass of 2B rows
-                rewards = model(**model.collate([enc_a[i] for i in idx] + [enc_b[i] for i in idx]))
-                r_a, r_b = rewards[: len(idx)], rewards[len(idx) :]
-            if kind == "pair":
-                loss, metrics = bradley_terry_loss(r_a, r_b, mu[idx], margin=cfg.margin or None)
-            if cfg.reg_lambda:
-                reg, reg_metrics = reward_centering_loss(rewards, cfg.reg_lambda)
-                loss = loss + reg
-                metrics.update(reg_metrics)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            metrics, _ = dist.step(wrapped, optimizer, idx, lambda part, kind=kind: batch_loss(kind, part),
+                                   cfg.max_grad_norm)
             scheduler.step()
             step += 1
             for k, v in metrics.items():  # per-key counts: pair and ranking steps log different keys
-                if math.isfinite(v.item()):
-                    running[k] += v.item()
+                if math.isfinite(v):
+                    running[k] += v
                     counts[k] += 1
             if step % cfg.log_every == 0:
                 logger.log({**{k: v / counts[k] for k, v in running.items()},
@@ -335,9 +352,11 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         improved = not evals or eval_metrics["log_loss"] < best["log_loss"]
         if improved:
             best = {**eval_metrics, "epoch": epoch + 1} if evals else {"log_loss": math.inf, "epoch": epoch + 1}
-            model.save_pretrained(out, extra={"base_model": str(cfg.model), "best_epoch": epoch + 1})
-        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best})
+            if dist.is_main:
+                model.save_pretrained(out, extra={"base_model": str(cfg.model), "best_epoch": epoch + 1})
+        save_checkpoint_once(dist, ckpt, wrapped, {"optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                                                   "step": step, "best": best})
     logger.close()
     if pairs_seen:
         summary["perf/train_pairs_per_s"] = pairs_seen / train_seconds
@@ -348,14 +367,14 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
 # -- the recipe ------------------------------------------------------------------------
 
 
-def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path) -> dict[str, Any]:
+def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path, dist) -> dict[str, Any]:
     """A single model in ``out``, or ``cfg.ensemble`` members in ``out/member_i``."""
     import torch
 
     from alignkit.models.reward import load_reward_model, write_ensemble_manifest
 
     if cfg.ensemble <= 1:
-        summary = _fit_member(cfg, train, evals, out, cfg.seed)
+        summary = _fit_member(cfg, train, evals, out, cfg.seed, dist)
     else:
         summary = {}
         for i in range(cfg.ensemble):
@@ -364,13 +383,16 @@ def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], ou
             if cfg.bootstrap:
                 g = torch.Generator().manual_seed(seed)
                 member_train = [train[j] for j in torch.randint(len(train), (len(train),), generator=g).tolist()]
-            member = _fit_member(cfg, member_train, evals, out / f"member_{i}", seed)
+            member = _fit_member(cfg, member_train, evals, out / f"member_{i}", seed, dist)
             summary.update({f"member_{i}/{k}": v for k, v in member.items()})
-        write_ensemble_manifest(out, cfg.ensemble, {"base_model": str(cfg.model)})
+        if dist.is_main:
+            write_ensemble_manifest(out, cfg.ensemble, {"base_model": str(cfg.model)})
+        dist.barrier()
     if evals:
         final = evaluate_reward_model(load_reward_model(out), evals, cfg.eval_batch_size)
         summary.update({f"eval/{k}": v for k, v in final.items()})
         summary["baseline/longer_wins_accuracy"] = length_baseline_accuracy(evals)
+        summary["baseline/shorter_wins_accuracy"] = length_baselines(evals)["shorter_wins"]
     return summary
 
 
@@ -409,15 +431,19 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
     if not train:
         raise DataError("no training pairs left after the eval split", path=where)
 
+    from alignkit.scale.distributed import Distributed
+
+    dist = Distributed(cfg.device, cfg.micro_batch_size)  # one process, or one of N (rank 0 writes)
     out = Path(cfg.out)
-    if out.exists() and not cfg.resume:
+    if out.exists() and not cfg.resume and dist.is_main:
         for stale in ("checkpoint.pt", "groups", "metrics.jsonl", "tb"):
             target = out / stale
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    dist.barrier()
     n_rank = sum(isinstance(r, Ranking) for r in train)
     metrics: dict[str, Any] = {"data/train_pairs": len(train) - n_rank, "data/train_rankings": n_rank,
                                "data/eval_pairs": len(evals)}
-    metrics.update(_fit(cfg, train, evals, out))
+    metrics.update(_fit(cfg, train, evals, out, dist))
 
     if cfg.per_group:
         groups = sorted({p.group for p in pairs if p.group is not None})
@@ -427,13 +453,14 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
                 path=where,
                 field="group",
             )
-        metrics["disagreement"] = _per_group(cfg, train, evals, groups, out)
+        metrics["disagreement"] = _per_group(cfg, train, evals, groups, out, dist)
 
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=str))
+    if dist.is_main:
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=str))
     return RewardTrainResult(out_dir=out, metrics=metrics)
 
 
-def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path) -> dict[str, Any]:
+def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path, dist) -> dict[str, Any]:
     """One model per group; table[model][labels] = accuracy of that group's model (or the
     pooled one) on every group's held-out labels."""
     from alignkit.models.reward import load_reward_model
@@ -444,7 +471,7 @@ def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path) ->
         if not g_train:
             raise DataError(f"group {g!r} has no training pairs after the eval split", field="group")
         g_out = out / "groups" / _safe_name(g)
-        _fit(cfg, g_train, [p for p in evals if p.group == g], g_out)
+        _fit(cfg, g_train, [p for p in evals if p.group == g], g_out, dist)
         models[g] = g_out
     table: dict[str, dict[str, float]] = {}
     for name, path in models.items():
@@ -453,7 +480,8 @@ def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path) ->
         for g in groups:
             g_eval = [p for p in evals if p.group == g]
             table[name][g] = evaluate_reward_model(rm, g_eval, cfg.eval_batch_size)["accuracy"] if g_eval else math.nan
-    (out / "disagreement.json").write_text(json.dumps({"accuracy": table, "groups": groups}, indent=2))
+    if dist.is_main:
+        (out / "disagreement.json").write_text(json.dumps({"accuracy": table, "groups": groups}, indent=2))
     return table
 
 

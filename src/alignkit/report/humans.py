@@ -122,9 +122,10 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         for b in mx["learners"]:
             c = mx["cells"][a][b]
             rows.append([a, b, _cell_str(c["angle_deg"]), _cell_str(c["policy_regret"]),
+                         _cell_str(c["trajectory_regret"]) if "trajectory_regret" in c else "–",
                          _cell_str(c["heldout_acc_annotator"]), _cell_str(c["heldout_acc_true"])])
-    parts.append(_table(["annotator A", "learner B", "angle [deg]", "policy regret", "held-out acc (annotator)",
-                         "held-out acc (θ*)"], rows, "misspecification"))
+    parts.append(_table(["annotator A", "learner B", "angle [deg]", "policy regret", "trajectory regret (R*)",
+                         "held-out acc (annotator)", "held-out acc (θ*)"], rows, "misspecification"))
     parts.append("<h2>Stability</h2>")
     for kind, pts in summary["stability"].items():
         extra = pts and "angle_deg_matched_learner" in pts[0]

@@ -149,6 +149,19 @@ def policy_regret(phi: np.ndarray, pool: DrivingPool, theta_hat: np.ndarray,
     return float((j.max() - j[c_hat]) / (j.max() - j.mean()))
 
 
+def trajectory_regret(phi: np.ndarray, pool: DrivingPool, theta_hat: np.ndarray,
+                      theta_star: np.ndarray = THETA_STAR) -> float:
+    """Per scenario, the true-reward regret of the trajectory chosen under θ̂,
+    max_ξ R*(ξ) − R*(argmax_ξ R_θ̂(ξ)), averaged over scenarios (in units of R*, i.e. of the
+    standardised features)."""
+    r_star, r_hat = true_reward(phi, theta_star), true_reward(phi, theta_hat)
+    out = []
+    for s in np.unique(pool.scenario):
+        m = np.flatnonzero(pool.scenario == s)
+        out.append(r_star[m].max() - r_star[m[np.argmax(r_hat[m])]])
+    return float(np.mean(out))
+
+
 def scenario_best(phi: np.ndarray, pool: DrivingPool, theta: np.ndarray) -> np.ndarray:
     """V*_θ(s(ξ)) for each trajectory: the best θ-reward any library controller reached in
     ξ's scenario — the optimal value of the start state, as far as the library knows."""
