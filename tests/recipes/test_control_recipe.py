@@ -89,3 +89,58 @@ def test_demo_control_runs_end_to_end(tmp_path, capsys):
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "final_policy_frames.png" in html and "true_return.png" in html
     assert (tmp_path / "demo" / "labels.jsonl").exists() and (tmp_path / "demo" / "labels.npz").exists()
+
+
+def test_human_loop_through_the_store(tmp_path):
+    """--human end to end on a real SQLite store: the loop renders clips, imports them as
+    video_pair items and waits; a person (this thread) answers through the store; the loop
+    reads the labels back as TrajectoryPairs and finishes."""
+    import threading
+    import time
+
+    pytest.importorskip("sqlalchemy")
+    from alignkit.data.trajectories import load_trajectory_pairs
+    from alignkit.feedback.store import FeedbackStore
+
+    db = str(tmp_path / "fb.db")
+    cfg = ControlConfig(out=str(tmp_path / "run"), human=True, db=db, human_poll_s=0.2, human_timeout_s=600,
+                        **{**TINY, "labels": 4, "steps": 200, "oracle": False})
+    result: dict = {}
+
+    def work():
+        try:
+            result.update(run_control(cfg))
+        except BaseException as e:  # reported by the assertion below, not lost in the thread
+            result["error"] = repr(e)
+
+    # the schema first: two processes creating it at once on SQLite can hit "database is locked"
+    store = FeedbackStore(db)
+    user = None  # added, as a member, once the loop has made the project
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    answers = ["a", "b", "tie", "incomparable"]  # what the person says to items 1, 2, 3, 4 (query order)
+    given = 0
+    deadline = time.time() + 600  # generous: a loaded CI machine renders and encodes slowly
+    while worker.is_alive() and time.time() < deadline:
+        try:
+            store.project("control")
+            user = user or store.add_user("person", password=False, projects=["control"]).user
+            task = store.next_task("control", user)
+        except Exception:  # the loop has not created the project yet
+            task = None
+        if task is None:
+            time.sleep(0.3)
+            continue
+        assert task.type == "video_pair" and task.media_types == ["video/webm"] * 2
+        want = answers[task.item_id - 1]  # a fresh database numbers items from 1
+        choice = "AB"[task.display_order.index(0 if want == "a" else 1)] if want in "ab" else want
+        store.record_vote(task.assignment_id, user, {"choice": choice})
+        given += 1
+    worker.join(timeout=30)
+    assert result.get("finished"), f"the loop did not finish: {result.get('error')}"
+    assert given == 4
+    recs = load_trajectory_pairs(tmp_path / "run" / "labels.jsonl")
+    assert [(r.mu, r.incomparable) for r in recs] == [(1.0, False), (0.0, False), (0.5, False), (0.5, True)]
+    assert result["labels_used"] == 3  # can't-tell is kept on disk, left out of the fit
+    assert len(list((tmp_path / "run" / "clips").glob("*.webm"))) == 8
+    store.close()

@@ -128,3 +128,15 @@ def test_probe_reads_the_preferred_response_as_chosen(tiny_lm_dir):
             assert x[key] == pytest.approx(y[key], abs=1e-4), key
     tie_only = [Comparison(c.prompt, c.a, c.b, mu=0.5) for c in COMPS]
     assert train_dpo(DPOConfig(**common), records=tie_only).entangle == []
+
+
+@pytest.mark.parametrize("loss", ["cdpo", "normalized"])
+def test_label_b_over_a_trains_like_the_swapped_pair(tiny_lm_dir, loss):
+    """cDPO and normalised-gradient DPO read μ: pairs written (b, a, μ = 0) train the same
+    model as (a, b, μ = 1) (they used to train a ≻ b whatever the label)."""
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+
+    common = dict(policy=str(tiny_lm_dir), out="", batch_size=4, epochs=2, lr=3e-3, loss=loss, save_model=False)
+    ab = train_dpo(DPOConfig(**common), records=COMPS).model.state_dict()
+    ba = train_dpo(DPOConfig(**common), records=[Comparison(c.prompt, c.b, c.a, mu=0.0) for c in COMPS]).model
+    assert all(torch.allclose(ab[k], v, atol=1e-5) for k, v in ba.state_dict().items())

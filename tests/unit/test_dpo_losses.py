@@ -172,3 +172,27 @@ def test_pl_dpo_k3_hand_computed():
     assert m2["reward/top1_accuracy"].item() == 0.5
     # policy == reference: every implicit reward is 0, the loss is log K! = log 6
     assert plackett_luce_dpo_loss(ref, ref, 0.5, torch.tensor([[0, 1, 2]]))[0].item() == pytest.approx(math.log(6))
+
+
+def test_cdpo_and_normalized_respect_the_data_label():
+    """A pair labelled b ≻ a (μ = 0) trains as the swapped pair labelled a ≻ b: cDPO with ε = 0.2
+    is DPO with μ' = 0.2 (= 0.8 on the swapped pair); normalised-gradient DPO with μ = 0 has the
+    swapped pair's gradient, and its value is the soft-label DPO loss."""
+    a = torch.tensor([-1.0, -3.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([-2.0, -2.5], dtype=torch.float64, requires_grad=True)
+    ra, rb = torch.tensor([-1.5, -2.0], dtype=torch.float64), torch.tensor([-1.5, -2.2], dtype=torch.float64)
+    mu = torch.tensor([0.0, 0.0], dtype=torch.float64)
+    c0 = cdpo_loss(a, b, ra, rb, 0.5, label_smoothing=0.2, mu=mu)[0]
+    assert c0.item() == pytest.approx(dpo_loss(a, b, ra, rb, 0.5, mu=0.2)[0].item())
+    assert c0.item() == pytest.approx(cdpo_loss(b, a, rb, ra, 0.5, label_smoothing=0.2)[0].item())
+    na, nb = torch.tensor([2.0, 3.0], dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64)
+    loss0, _ = normalized_gradient_dpo_loss(a, b, ra, rb, 0.5, na, nb, mu=mu)
+    g0 = torch.autograd.grad(loss0, [a, b])
+    loss1, _ = normalized_gradient_dpo_loss(b, a, rb, ra, 0.5, nb, na)
+    g1 = torch.autograd.grad(loss1, [b, a])
+    assert torch.allclose(g0[0], g1[1]) and torch.allclose(g0[1], g1[0])
+    assert loss0.item() == pytest.approx(dpo_loss(a, b, ra, rb, 0.5, mu=0.0)[0].item())
+    # a tie pulls the margin to 0: h > 0 here for pair 0 → its chosen log-prob gets pushed down
+    tie, _ = normalized_gradient_dpo_loss(a[:1], b[:1], ra[:1], rb[:1], 0.5, na[:1], nb[:1], mu=0.5)
+    (ga,) = torch.autograd.grad(tie, [a])
+    assert ga[0].item() > 0  # descent lowers log π(a)

@@ -245,3 +245,13 @@ def test_policy_forward_completion_start_gives_the_same_numbers(tok):
     for name in ("logps", "values", "entropy"):
         torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_static_step_equals_preallocated(tok):
+    """The CUDA path's compiled one-token step (torch.compile on the static cache), run on
+    CPU: same greedy tokens. Slow: the first call compiles (28–47 s on the shared CPU)."""
+    model = spiky(build_tiny_lm(tok, seed=14), seed=15)
+    a = generate_ids(model, tok, PROMPTS, 6, do_sample=False, static_cache=False)
+    b = generate_ids(model, tok, PROMPTS, 6, do_sample=False, static_cache=True, compile_step=True)
+    assert torch.equal(a.input_ids, b.input_ids)

@@ -39,13 +39,19 @@ class LabelledPair:
 
 
 class RewardNet(nn.Module):
-    """MLP r̂(o, a[, o′]) → scalar per step. Discrete actions enter one-hot."""
+    """MLP r̂(o, a[, o′]) → scalar per step. Discrete actions enter one-hot.
 
-    def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, use_next_obs: bool = False,
-                 hidden: int = 64, layers: int = 2):
+    ``use_action=False`` gives a state reward r̂(o[, o′]): when the policy's actions are
+    confounded with the states it visits, a reward on actions can pick up a spurious
+    preference for some actions that the labels never asked for.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, use_action: bool = True,
+                 use_next_obs: bool = False, hidden: int = 64, layers: int = 2):
         super().__init__()
-        self.obs_dim, self.act_dim, self.discrete, self.use_next_obs = obs_dim, act_dim, discrete, use_next_obs
-        d_in = obs_dim * (2 if use_next_obs else 1) + act_dim
+        self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
+        self.use_action, self.use_next_obs = use_action, use_next_obs
+        d_in = obs_dim * (2 if use_next_obs else 1) + (act_dim if use_action else 0)
         mods: list[nn.Module] = []  # layers = 0 is a linear reward
         for _ in range(layers):
             mods += [nn.Linear(d_in, hidden), nn.LeakyReLU()]
@@ -54,6 +60,8 @@ class RewardNet(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def features(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None) -> torch.Tensor:
+        if not self.use_action:
+            return torch.cat([obs] + ([next_obs] if self.use_next_obs else []), dim=-1)
         if self.discrete:
             actions = nn.functional.one_hot(actions.long().reshape(obs.shape[:-1]), self.act_dim).to(obs.dtype)
         else:
@@ -87,11 +95,12 @@ class RewardEnsemble:
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, members: int = 3,
-                 use_next_obs: bool = False, hidden: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 use_action: bool = True, use_next_obs: bool = False, hidden: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                  epochs: int = 20, batch_size: int = 64, random_answer_prob: float = 0.1,
                  val_frac: float = 0.2, seed: int = 0):
         torch.manual_seed(seed)
-        self.nets = [RewardNet(obs_dim, act_dim, discrete=discrete, use_next_obs=use_next_obs, hidden=hidden)
+        self.nets = [RewardNet(obs_dim, act_dim, discrete=discrete, use_action=use_action,
+                               use_next_obs=use_next_obs, hidden=hidden)
                      for _ in range(members)]
         self.opts = [torch.optim.Adam(n.parameters(), lr=lr, weight_decay=weight_decay) for n in self.nets]
         self.epochs, self.batch_size = epochs, batch_size

@@ -24,9 +24,10 @@ matmuls are nearly all of a step; ``benchmarks/sampler_vs_hf.py``):
 
 On CUDA (by default) the loop uses transformers' ``StaticCache`` (fixed shapes, finished
 rows masked, not dropped) and ``torch.compile(mode="reduce-overhead")`` for the one-token
-step, which captures it as a CUDA graph. The static-cache loop is tested on CPU; the
-compiled CUDA step has not been run in this project (no GPU was available), and an error
-there is raised, not silently swapped for another path.
+step, which captures it as a CUDA graph. The static-cache loop is tested on CPU, and the
+compiled step too (``--runslow``: inductor on CPU, same tokens; the first call compiles
+for 28–47 s here); the CUDA-graph capture itself has not been run in this project (no GPU
+was available), and an error there is raised, not silently swapped for another path.
 
 Exactness: greedy decoding returns the same tokens as ``model.generate(do_sample=False)``
 (tested on left-padded batches with EOS mid-batch). With the HF-style picker the sampled

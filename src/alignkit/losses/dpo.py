@@ -95,6 +95,7 @@ def cdpo_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float,
     label_smoothing: float = 0.1,
+    mu: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences").
 
@@ -103,12 +104,15 @@ def cdpo_loss(
         L = mean_b[ −(1 − ε) log σ(h) − ε log σ(−h) ]
 
     i.e. :func:`dpo_loss` with the soft label μ = 1 − ε; h is bounded at its optimum
-    logit(1 − ε) instead of growing without limit. Shapes as :func:`dpo_loss`.
+    logit(1 − ε) instead of growing without limit. With a data label ``mu`` the flipped
+    label is μ' = (1 − ε)μ + ε(1 − μ) (so μ = 0 gives ε). Shapes as :func:`dpo_loss`.
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    m = torch.as_tensor(1.0 if mu is None else mu, dtype=chosen_logps.dtype, device=chosen_logps.device)
     loss, metrics = dpo_loss(
-        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, mu=1.0 - label_smoothing
+        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+        mu=(1.0 - label_smoothing) * m + label_smoothing * (1.0 - m),
     )
     metrics["loss/cdpo"] = metrics.pop("loss/dpo")
     return loss, metrics
@@ -148,6 +152,7 @@ def normalized_gradient_dpo_loss(
     chosen_grad_norms: torch.Tensor,
     rejected_grad_norms: torch.Tensor,
     eps: float = 1e-12,
+    mu: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO with pairwise-normalised gradients (the variant from the alignment lecture).
 
@@ -165,15 +170,22 @@ def normalized_gradient_dpo_loss(
 
     (sg = stop-gradient) has exactly that gradient. The *value* returned is the plain
     DPO loss (−log σ(h)) so logs stay comparable: loss = L_dpo.detach() + S − S.detach().
+
+    Soft labels as :func:`dpo_loss`: with ``mu`` the DPO gradient's weight σ(−h) becomes
+    μ − σ(h) (the derivative of −μ log σ(h) − (1 − μ) log σ(−h)), so μ = 0 trains the pair
+    the other way round and μ = ½ pulls the margin to 0; the value is the soft-label loss.
     """
     r_w, r_l = implicit_rewards(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    weight = torch.sigmoid(r_l - r_w).detach()
+    h = r_w - r_l
+    mu_t = torch.as_tensor(1.0 if mu is None else mu, dtype=h.dtype, device=h.device)
+    # μ − σ(h), written so that μ = 1 gives σ(−h) exactly (no 1 − σ(h) round-off)
+    weight = (mu_t * torch.sigmoid(-h) - (1.0 - mu_t) * torch.sigmoid(h)).detach()
     surrogate = -beta * weight * (
         chosen_logps / chosen_grad_norms.detach().clamp(min=eps)
         - rejected_logps / rejected_grad_norms.detach().clamp(min=eps)
     )
     surrogate = surrogate.mean()
-    value = -F.logsigmoid(r_w - r_l).mean().detach()
+    value = (-mu_t * F.logsigmoid(h) - (1.0 - mu_t) * F.logsigmoid(-h)).mean().detach()
     loss = value + surrogate - surrogate.detach()
     metrics = _pair_metrics("normalized_dpo", value, r_w, r_l, chosen_logps, rejected_logps)
     metrics["diag/grad_norm_chosen"] = chosen_grad_norms.detach().mean()

@@ -325,10 +325,12 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         if cfg.loss == "ipo":
             return ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
         if cfg.loss == "cdpo":
-            return cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing)
+            return cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing,
+                             mu=mu[idx].to(device))
         # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
         norms = per_example_grad_norms(policy_logps, params)
-        return normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:])
+        return normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:],
+                                            mu=mu[idx].to(device))
 
     # --- loop -------------------------------------------------------------------------
     # each step: this process's share of the global batch, losses weighted so that the
