@@ -101,3 +101,7 @@ def _learned_wall(metrics: Path, summary: dict) -> float:
         return float(summary.get("wall_s", float("nan")))
     per_it = (rows[-1]["time"] - rows[0]["time"]) / (len(rows) - 1)
     return rows[-1]["time"] - rows[0]["time"] + per_it
+
+
+if __name__ == "__main__":
+    main()
