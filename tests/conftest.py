@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for modules of thousands of tiny tensor ops (tiny models, bandits):
+    on a busy 2-core box, intra-op threads mostly wait on each other. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory):
     """A 2-layer, 64-wide GPT-2 and a byte-level BPE tokenizer, saved with save_pretrained."""

@@ -25,12 +25,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "ddp_c
 WORDS = "the cat sat on a mat dog ran far away quickly slowly red blue".split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

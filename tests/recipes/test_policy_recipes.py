@@ -27,13 +27,7 @@ COMPS = [
 PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick brown fox", "Numbers:", "Please help"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: two OpenMP threads on a busy 2-core CI box mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def length_reward(prompts, responses):

@@ -18,14 +18,7 @@ from alignkit.losses.ppo import (
     whiten,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These are thousands of tiny tensor ops: intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tv(p: torch.Tensor, q: torch.Tensor) -> float:

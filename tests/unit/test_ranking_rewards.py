@@ -16,13 +16,7 @@ import torch
 from alignkit.data import Ranking, ranking_pairs
 from alignkit.losses.preference import bradley_terry_loss, plackett_luce_loss, ranking_rows
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(loss_fn, d):
