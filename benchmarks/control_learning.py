@@ -55,6 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from alignkit.cli.common import parse_sets
     from alignkit.config import apply_overrides
     from alignkit.recipes.control import ControlConfig, run_control
 
@@ -69,7 +70,7 @@ def main() -> None:
         else:
             cfg = ControlConfig(env_id=args.env, seed=seed, labels=args.labels, steps=args.steps, out=str(out),
                                 annotator=args.annotator, query=args.query, oracle=True, resume=True)
-            cfg = apply_overrides(cfg, dict(kv.split("=", 1) for kv in args.set), source="--set")
+            cfg = apply_overrides(cfg, parse_sets(args.set), source="--set")
             s = run_control(cfg)
         per_seed.append({k: s[k] for k in ("seed", "true_return", "random_return", "oracle_return",
                                            "normalized_score", "labels_used", "env_steps", "wall_s")})
