@@ -6,6 +6,12 @@ For each side: wall time per call (median of ``--calls``), then one call under
 ``torch.profiler`` with the self-CPU time per op (top ``--top``), and the split into
 dense matmuls (``aten::addmm``/``aten::mm``/``aten::linear``'s kernels), attention
 (SDPA), the other ops, and time outside any aten op (Python, module calls, kwargs).
+Then the floor a decode step cannot go below with the model's own numerics: the CPU time
+of the prompt's forward alone (the same on both sides), and of one step's linear layers
+alone — the 4 ``addmm`` per layer over every layer's own weights, in order, as the step
+runs them — in the Conv1D layout GPT-2 uses and, for comparison, in the layouts other
+kernels would need (``nn.Linear``'s transposed one, MKL-packed, oneDNN), with each
+variant's largest difference from ``addmm`` (interleaved repeats, median).
 Output: a table on stdout and ``--out`` JSON.
 
     .venv/bin/python benchmarks/profile_decode.py
@@ -104,8 +110,72 @@ def main() -> None:
               f"other ops {(total_ops-mm-attn)/1e3:.1f} (ops total {total_ops/1e3:.1f})")
         for r in side["top_ops"]:
             print(f"   {r['op']:<58} {r['self_ms']:8.2f} ms  x{r['calls']}")
+    report["floor"] = floor(model, enc, args.batch)
+    print("floor:", json.dumps(report["floor"]))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def floor(model, enc, batch: int, repeats: int = 8, calls: int = 10) -> dict:
+    """CPU ms of the prompt forward, and of one decode step's linear layers alone per layout."""
+    import torch
+
+    from alignkit.decoding.sampler import make_cache
+
+    def prefill():
+        with torch.inference_mode():
+            model(**enc, cache=make_cache(model, enc["input_ids"].shape[1] + 1), use_cache=True, logits_to_keep=1)
+
+    blocks = model.transformer.h
+    d = model.config.n_embd
+    x = torch.randn(batch, d)
+    layers = [[(m.weight.detach(), m.bias.detach()) for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+              for b in blocks]
+
+    def layout(prep, fn):
+        ws = [[(prep(w), b) for w, b in layer] for layer in layers]
+
+        def step():
+            outs = []
+            for (qkv, proj, fc, out) in ws:
+                t = fn(x, *qkv)
+                outs.append(t)
+                outs.append(fn(t[:, :d], *proj))
+                u = fn(x, *fc)
+                outs.append(u)
+                outs.append(fn(u, *out))
+            return outs
+        return step
+
+    variants = {
+        "prefill": prefill,
+        "step_linears_addmm_conv1d_layout": layout(lambda w: w, lambda x, w, b: torch.addmm(b, x, w)),
+        "step_linears_linear_transposed": layout(lambda w: w.t().contiguous(),
+                                                 lambda x, w, b: torch.nn.functional.linear(x, w, b)),
+    }
+    try:
+        pack = torch.ops.mkl._mkl_reorder_linear_weight
+        variants["step_linears_mkl_packed"] = layout(
+            lambda w: (pack(w.t().contiguous(), batch), w.t().contiguous()),
+            lambda x, w, b: torch.ops.mkl._mkl_linear(x, w[0], w[1], b, batch))
+    except (AttributeError, RuntimeError):
+        pass
+    variants["step_linears_onednn"] = layout(lambda w: w.t().contiguous().to_mkldnn(),
+                                             lambda x, w, b: torch._C._nn.mkldnn_linear(x.to_mkldnn(), w, b).to_dense())
+    ref = variants["step_linears_addmm_conv1d_layout"]()
+    diffs = {}
+    for k, f in variants.items():
+        if k != "prefill":
+            diffs[k] = max(float((a - b).abs().max()) for a, b in zip(f(), ref, strict=True))
+    times = {k: [] for k in variants}
+    for r in range(repeats):
+        for k in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            c = time.process_time()
+            for _ in range(calls):
+                variants[k]()
+            times[k].append((time.process_time() - c) / calls * 1e3)
+    return {"cpu_ms": {k: statistics.median(v) for k, v in times.items()}, "max_abs_diff_vs_addmm": diffs,
+            "weights_mb": sum(w.numel() * 4 for layer in layers for w, _ in layer) / 2**20}
 
 
 if __name__ == "__main__":
