@@ -239,7 +239,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         # loop computes them as it samples (log π_T of each token, the hidden state that a
         # value head reads), so no extra no-grad forward pass over the batch is needed.
         single_pass = epochs == 1 and minibatches == 1
-        t_0 = time.perf_counter()
+        t_0, c_0 = time.perf_counter(), time.process_time()
         model.eval()
         gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -252,12 +252,12 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         mask = gen.response_mask.float()  # (B, R): response tokens up to EOS
         texts = tok.batch_decode(gen.response_ids.masked_fill(gen.response_mask == 0, tok.pad_token_id),
                                  skip_special_tokens=True)
-        t_1 = time.perf_counter()
+        t_1, c_1 = time.perf_counter(), time.process_time()
 
         # --- 2. score -----------------------------------------------------------------
         scores = torch.as_tensor(reward_fn([prompts[i] for i in idx], texts), dtype=torch.float32)
         scores = scores.reshape(-1).to(device)
-        t_2 = time.perf_counter()
+        t_2, c_2 = time.perf_counter(), time.process_time()
 
         # --- 3. evaluate: old log-probs, values, reference log-probs ------------------
         # With a single update pass over the whole batch (A2C, or PPO with 1 epoch × 1
@@ -273,7 +273,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             with torch.no_grad():
                 old_logps = gen.token_logps
                 old_values = value_head(gen.hidden).float() * mask
-        t_3 = time.perf_counter()
+        t_3, c_3 = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             if ref_model is None:
                 with model.disable_adapter():
@@ -283,7 +283,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature,
                                      completion_start=P)
         ref_logps = ref.logps[:, P:].clone()
-        t_4 = time.perf_counter()
+        t_4, c_4 = time.perf_counter(), time.process_time()
 
         # --- 4. advantages -------------------------------------------------------------
         beta = kl_ctl.value
@@ -317,7 +317,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 for k, v in {**pg_m, **vf_m, "diag/grad_norm": gn}.items():
                     stats.setdefault(k, []).append(float(v))
 
-        t_5 = time.perf_counter()
+        t_5, c_5 = time.perf_counter(), time.process_time()
 
         # --- 6. KL controller and metrics -------------------------------------------
         seq_kl = (kl_k1(old_logps, ref_logps) * mask).sum(1)
@@ -338,7 +338,11 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         metrics["diag/step_seconds"] = time.perf_counter() - t_step
         metrics["diag/step_cpu_seconds"] = time.process_time() - cpu_step  # this process's CPU time
         metrics.update({"time/rollout": t_1 - t_0, "time/reward": t_2 - t_1, "time/policy_forward": t_3 - t_2,
-                        "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4})
+                        "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4,
+                        # the same split in this process's CPU time (steadier on a shared machine)
+                        "time/rollout_cpu": c_1 - c_0, "time/reward_cpu": c_2 - c_1,
+                        "time/policy_forward_cpu": c_3 - c_2, "time/ref_forward_cpu": c_4 - c_3,
+                        "time/update_cpu": c_5 - c_4})
         step += 1
         history.append({"step": float(step), **metrics})
         logger.log(metrics, step)
