@@ -66,6 +66,7 @@ PROMPTS = [
 ]
 NEW_TOKENS, KL, STEPS = 32, 0.05, 5
 SPLIT = ("time/rollout", "time/reward", "time/policy_forward", "time/ref_forward", "time/update")
+SPLIT_CPU = tuple(f"{k}_cpu" for k in SPLIT)  # the same split in the process's CPU time
 
 
 def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings: str = "matched",
@@ -91,7 +92,7 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
         res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
         times = [h["diag/step_seconds"] for h in res.history]
         cpu = [h["diag/step_cpu_seconds"] for h in res.history]
-        split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT}
+        split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT + SPLIT_CPU}
         return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split,
                 "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
     else:
@@ -189,6 +190,7 @@ def main() -> None:
                 model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
                 config = {"n_layer": n_layer, "n_embd": n_embd}
             runs = {v: [] for v in variants}
+            load_start = os.getloadavg()
             paired = {"same_responses_16": [], "issue_workload_8_prompts": [],
                       "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": []}
             for r in range(repeats):
@@ -203,8 +205,13 @@ def main() -> None:
                 paired["issue_workload_8_prompts_cpu_time"].append(trl_c / together["alignkit_8"]["cpu_s_per_step"])
                 print(size, r, {k: round(v["s_per_step"], 3) for k, v in together.items()}, flush=True)
             med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
-            defaults = None if args.no_trl_defaults else run_together(
-                model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps)["trl"]
+            med_cpu = {v: statistics.median(x["cpu_s_per_step"] for x in runs[v]) for v in variants}
+            if args.no_trl_defaults:  # keep an earlier run's row, labelled as such
+                defaults = (results.get(size) or {}).get(TRL_DEFAULTS_ROW)
+                if defaults is not None:
+                    defaults = {**defaults, "from_an_earlier_run": True}
+            else:
+                defaults = run_together(model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps)["trl"]
             results[size] = {
                 "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items()},
                 "paired_speedups": paired,
@@ -212,7 +219,11 @@ def main() -> None:
                            "kl_coef": KL, "steps_per_run": args.steps},
                 "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT}
                                      for v in variants if v.startswith("alignkit")},
+                "alignkit_split_cpu_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT_CPU}
+                                         for v in variants if v.startswith("alignkit")},
                 "median_s_per_step": med,
+                "median_cpu_s_per_step": med_cpu,
+                "repeats": repeats, "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(),
                 "runs": runs,
                 "speedup_same_responses_16": med["trl_rloo_16"] / med["alignkit_16"],
                 "speedup_issue_workload_8_prompts": med["trl_rloo_16"] / med["alignkit_8"],
@@ -223,6 +234,7 @@ def main() -> None:
             print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")},
                   {k: round(v, 2) for k, v in results[size]["median_of_paired_speedups"].items()}, flush=True)
             print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
+            print(size, "alignkit split (CPU s):", json.dumps(results[size]["alignkit_split_cpu_s"]), flush=True)
     meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

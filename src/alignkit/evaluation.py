@@ -111,7 +111,8 @@ class PolicySamples:
 def sample_for_eval(model, ref_model, tokenizer, prompts: list[str], max_new_tokens: int,
                     seed: int, batch_size: int = 128) -> PolicySamples:
     """Sample from ``model`` and measure per-sequence log π(y|x) − log π_ref(y|x) on the
-    sampled tokens themselves (no re-tokenisation)."""
+    sampled tokens themselves (no re-tokenisation). When ``model is ref_model`` the
+    log-ratio is 0 by definition and the two scoring passes (2/3 of the cost) are skipped."""
     from alignkit.decoding.sampling import generate_ids
     from alignkit.models import sequence_logps
 
@@ -119,12 +120,15 @@ def sample_for_eval(model, ref_model, tokenizer, prompts: list[str], max_new_tok
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]
         gen = generate_ids(model, tokenizer, chunk, max_new_tokens, seed=seed + i)
-        comp = torch.zeros_like(gen.attention_mask)
-        comp[:, gen.prompt_len :] = gen.response_mask
-        with torch.inference_mode():
-            lp = sequence_logps(model, gen.input_ids, gen.attention_mask, comp).sum
-            lr = sequence_logps(ref_model, gen.input_ids, gen.attention_mask, comp).sum
-        kls += (lp - lr).tolist()
+        if model is ref_model:
+            kls += [0.0] * len(chunk)
+        else:
+            comp = torch.zeros_like(gen.attention_mask)
+            comp[:, gen.prompt_len :] = gen.response_mask
+            with torch.inference_mode():
+                lp = sequence_logps(model, gen.input_ids, gen.attention_mask, comp).sum
+                lr = sequence_logps(ref_model, gen.input_ids, gen.attention_mask, comp).sum
+            kls += (lp - lr).tolist()
         ids = gen.response_ids.masked_fill(gen.response_mask == 0, tokenizer.pad_token_id)
         responses += [r.strip() for r in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return PolicySamples(list(prompts), responses, kls)

@@ -255,3 +255,96 @@ def test_compiled_static_step_equals_preallocated(tok):
     a = generate_ids(model, tok, PROMPTS, 6, do_sample=False, static_cache=False)
     b = generate_ids(model, tok, PROMPTS, 6, do_sample=False, static_cache=True, compile_step=True)
     assert torch.equal(a.input_ids, b.input_ids)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-eager"])
+def test_lean_step_logits_bitwise_equal_model_forward(tok, arch):
+    """The lean one-token step (decoding/lean_step.py) against the model's own forward with
+    the mask transformers builds from the 2-D padding mask: the same logits and last hidden
+    state, bit for bit, over four steps of a left-padded batch."""
+    from alignkit.decoding.lean_step import lean_step
+    from alignkit.decoding.sampler import _step_mask_4d
+
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok, attn="eager" if "eager" in arch else "sdpa")
+    model = spiky(lm, seed=2)
+    left = copy.deepcopy(tok)
+    left.padding_side = "left"
+    enc = left(PROMPTS, return_tensors="pt", padding=True)
+    ids, am = enc["input_ids"], enc["attention_mask"]
+    B, P = ids.shape
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([am, torch.ones(B, 4, dtype=am.dtype)], 1)
+    runs = []
+    for lean in (False, True):
+        cache = make_cache(model, P + 4)
+        step = lean_step(model, cache) if lean else None
+        assert (step is not None) == lean
+        m4 = _step_mask_4d(model, cache, mask)
+        with torch.inference_mode():
+            t = model(input_ids=ids, attention_mask=am, position_ids=pos, cache=cache, use_cache=True).logits[:, -1]
+            p, seen = pos[:, -1:], []
+            for s in range(4):
+                t, p, n = t.argmax(-1)[:, None], p + 1, P + s + 1
+                if lean:
+                    t, h = step(t, m4[..., :n], p, cache, True)
+                else:
+                    o = model(input_ids=t, attention_mask=mask[:, :n], position_ids=p, cache=cache, use_cache=True,
+                              output_hidden_states=True)
+                    t, h = o.logits[:, -1], o.hidden_states[-1][:, -1]
+                seen.append((t.clone(), h.clone()))
+        runs.append(seen)
+    for (z, h), (z_lean, h_lean) in zip(*runs, strict=True):
+        assert torch.equal(z, z_lean) and torch.equal(h, h_lean)
+
+
+def test_lean_step_falls_back_in_training_mode_and_for_other_caches(tok):
+    from alignkit.decoding.lean_step import lean_step
+
+    model = build_tiny_lm(tok)
+    assert lean_step(model.train(), make_cache(model, 8)) is None
+    assert lean_step(model.eval(), make_cache(model, 8, static=True)) is None
+    assert lean_step(model, make_cache(model, 8)) is not None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_repeated_prompts_prefill_once_greedy_equals_hf_generate(tok, arch):
+    """Several samples of one prompt: the decode loop runs the prompt's forward once and
+    copies its cache rows; greedy output is still generate's, token for token."""
+    from alignkit.models.packing import repeated_prompts
+
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok)
+    model = spiky(lm, seed=2)
+    prompts = [PROMPTS[i % 3] for i in range(7)]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    first, inverse = repeated_prompts(enc["input_ids"], enc["attention_mask"])
+    assert sorted(first.tolist()) == [0, 1, 2]  # the first row of each distinct prompt
+    assert torch.equal(enc["input_ids"][first][inverse], enc["input_ids"])
+    ref = hf_generate(model, tok, prompts, 8, do_sample=False)
+    assert torch.equal(generate_ids(model, tok, prompts, 8, do_sample=False).input_ids, ref)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_policy_forward_share_prompts_equals_full_forward(tok, arch):
+    """``share_prompts=True`` (each distinct prompt run once, its KV cache gathered for its
+    samples) gives the full forward's log-probs, values, entropies and gradients."""
+    from alignkit.models.value import ValueHead, policy_forward
+
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok)
+    model = spiky(lm, seed=2)
+    gen = generate_ids(model, tok, [PROMPTS[i % 3] for i in range(7)], 6, seed=0)
+    head = ValueHead.for_model(model)
+    comp = torch.zeros_like(gen.attention_mask)
+    comp[:, gen.prompt_len :] = gen.response_mask
+    outs, grads = [], []
+    for share in (False, True):
+        model.zero_grad()
+        head.zero_grad()
+        o = policy_forward(model, head, gen.input_ids, gen.attention_mask, comp, temperature=0.7,
+                           with_entropy=True, completion_start=gen.prompt_len, share_prompts=share)
+        (o.logps.sum() + o.values.sum()).backward()
+        outs.append(o)
+        grads.append([p.grad.clone() for p in [*model.parameters(), *head.parameters()]])
+    for name in ("logps", "values", "entropy"):
+        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), atol=1e-4, rtol=1e-4)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

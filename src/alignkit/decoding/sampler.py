@@ -17,9 +17,9 @@ matmuls are nearly all of a step; ``benchmarks/sampler_vs_hf.py``):
   batch is compacted — the caches, masks and positions keep only live rows — so later
   steps cost in proportion to the rows still decoding. Until a drop, finished rows are
   masked (their tokens replaced by ``pad``).
-* **No per-step generation bookkeeping**: one preallocated attention mask whose 4-D form
-  (bool for SDPA, additive for eager) is passed ready-made to each one-token step, so the
-  model does not rebuild it; positions as a ``(B, 1)`` counter; the prompt's logits only
+* **No per-step generation bookkeeping**: one preallocated attention mask whose 4-D
+  additive form is passed ready-made to each one-token step, so neither the model nor
+  SDPA rebuilds it; positions as a ``(B, 1)`` counter; the prompt's logits only
   for its last token; ``torch.inference_mode``; one uniform per row per draw (:func:`draw`).
 
 On CUDA (by default) the loop uses transformers' ``StaticCache`` (fixed shapes, finished
@@ -47,6 +47,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from alignkit.decoding.lean_step import lean_step
 
 __all__ = ["Decoded", "PreallocatedCache", "decode", "draw", "hf_warp", "make_cache"]
 
@@ -283,6 +285,8 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     capacity = P + max_new_tokens
     caches = [make_cache(m, capacity, static=static) for m in models]
     steps_fwd = [_step_fn(m, compiled) for m in models]
+    # GPT-2 / Llama: the same ops as the model's forward without its per-step plumbing
+    lean = [None if static else lean_step(m, c) for m, c in zip(models, caches, strict=True)]
     keep_last = [_accepts(m, "logits_to_keep") for m in models]
     cache_kw = [_cache_kw(m) for m in models]
 
@@ -299,6 +303,11 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     logps_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
     ent_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
     hidden_out = None
+    # Several samples of one prompt: its forward runs once, its cache rows are copied
+    # (the prompt's logits do not depend on the batch's other rows, bit for bit).
+    from alignkit.models.packing import repeated_prompts
+
+    shared = None if static else repeated_prompts(input_ids, attention_mask)
     rows = torch.arange(B, device=device)  # original index of each live row
     done = torch.zeros(B, dtype=torch.bool, device=device)  # per live row
     step_input, step_pos = input_ids, positions
@@ -311,8 +320,14 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                 kwargs = {"logits_to_keep": 1} if keep_last[i] else {}
                 want_h = return_hidden and i == 0
                 kwargs[cache_kw[i]] = cache
-                out = m(input_ids=step_input, attention_mask=mask[:, :P], position_ids=step_pos,
+                first = slice(None) if shared is None else shared[0]
+                out = m(input_ids=step_input[first], attention_mask=mask[first, :P], position_ids=step_pos[first],
                         use_cache=True, output_hidden_states=want_h, **kwargs)
+                if shared is not None:
+                    _select_rows(cache, shared[1])
+                    z = out.logits[:, -1][shared[1]]
+                    h = out.hidden_states[-1][:, -1][shared[1]] if want_h else None
+                    out = None
             else:
                 want_h = return_hidden and i == 0
                 if static:
@@ -321,15 +336,21 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                     step_mask = masks4[i][:, :, :, :length]
                 else:
                     step_mask = mask[:, :length]
-                out = steps_fwd[i](step_input, step_mask, step_pos, cache, want_h)
-            z = out.logits[:, -1]
+                if lean[i] is not None:
+                    z, h = lean[i](step_input, step_mask, step_pos, cache, want_h)
+                    out = None
+                else:
+                    out = steps_fwd[i](step_input, step_mask, step_pos, cache, want_h)
+            if out is not None:
+                z = out.logits[:, -1]
+                h = out.hidden_states[-1][:, -1] if want_h else None
             if compiled:  # a captured graph reuses its output buffers at the next replay
                 z = z.clone()
             if vocab is not None:
                 z = z[:, :vocab]
             logits.append(z.float() if z.dtype != torch.float64 else z)
             if want_h:
-                hiddens.append(out.hidden_states[-1][:, -1])
+                hiddens.append(h)
         if static:
             mask[:, length] = 1  # the next step attends to the token just written
         if on_step is not None:
@@ -381,14 +402,16 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
 
 
 def _step_mask_4d(model, cache, mask: torch.Tensor) -> torch.Tensor | None:
-    """``(B, 1, 1, capacity)`` mask in the form the model's attention takes (bool for
-    SDPA, additive for eager), or None to let the model build its own (other attention
+    """``(B, 1, 1, capacity)`` additive mask (0 / −inf for SDPA, which turns a bool mask into
+    exactly that at every call; 0 / dtype-min for eager, as transformers builds it), or None to let the model build its own (other attention
     kernels, caches that are not plain full attention)."""
     if not getattr(cache, "alignkit_preallocated", False):
         return None
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if impl == "sdpa":
-        return mask.bool()[:, None, None, :]
+        # the additive form SDPA itself makes of a bool mask (0 / −inf) at every call, made once
+        return torch.zeros(mask.shape, dtype=next(model.parameters()).dtype, device=mask.device).masked_fill_(
+            mask == 0, -math.inf)[:, None, None, :]
     if impl == "eager":
         dtype = next(model.parameters()).dtype
         return ((1.0 - mask.to(dtype)) * torch.finfo(dtype).min)[:, None, None, :]

@@ -66,13 +66,14 @@ class HHPolicyDemoConfig:
     """Reward-model tokens per prompt + response."""
     eval_prompts: int = 200
     """Held-out prompts the policies answer (prompts unseen by either reward model)."""
-    max_prompt_tokens: int = 192
-    """Evaluation and PPO prompts longer than this (chat-rendered) are skipped."""
-    max_new_tokens: int = 48
+    max_prompt_tokens: int = 160
+    """Evaluation and PPO prompts longer than this (chat-rendered) are skipped (228 of the
+    365 held-out first turns fit 160 SmolLM2 tokens, 174 fit 128)."""
+    max_new_tokens: int = 32
     """Response length limit."""
-    bon_n: int = 8
-    """Best-of-n's n."""
-    dpo_pairs: int = 256
+    bon_n: int = 4
+    """Best-of-n's n (the pool is n × eval_prompts samples)."""
+    dpo_pairs: int = 128
     """DPO training pairs (the first of the proxy's pairs)."""
     dpo_beta: float = 0.1
     """DPO's β."""
@@ -84,10 +85,12 @@ class HHPolicyDemoConfig:
     """DPO tokens per prompt + response (the prompt keeps its end)."""
     mix_beta: float = 0.05
     """β′ of the logit-mixed DPO policy (β′ < β: further from the reference)."""
-    ppo_steps: int = 20
+    ppo_steps: int = 8
     """PPO iterations."""
     ppo_batch_size: int = 16
     """PPO rollouts per iteration."""
+    ppo_epochs: int = 2
+    """PPO optimisation epochs over each iteration's rollouts."""
     ppo_lr: float = 2e-4
     """PPO learning rate (LoRA and value head)."""
     ppo_kl_coef: float = 0.05
@@ -236,7 +239,8 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                    if len(tok(render_prompt(tok, c.prompt), add_special_tokens=False)["input_ids"])
                    <= cfg.max_prompt_tokens]
     ppo = train_ppo(PPOConfig(policy=cfg.policy, out=str(out / "ppo"), steps=cfg.ppo_steps,
-                              rollout_batch_size=cfg.ppo_batch_size, kl_coef=cfg.ppo_kl_coef, lr=cfg.ppo_lr,
+                              rollout_batch_size=cfg.ppo_batch_size, ppo_epochs=cfg.ppo_epochs,
+                              kl_coef=cfg.ppo_kl_coef, lr=cfg.ppo_lr,
                               max_new_tokens=cfg.max_new_tokens, lora=True, lora_r=cfg.lora_r,
                               lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
                               save_checkpoints=False, save_model=False),

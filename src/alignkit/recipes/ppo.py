@@ -10,7 +10,8 @@ One iteration, read top to bottom:
 2. **Score**: r̂ = ``reward_fn(prompts, responses)``.
 3. **Evaluate**: old log-probs + values (from the rollout, or the single update pass's own
    forward) and reference log-probs (no grad; a frozen copy, or the same weights with LoRA
-   adapters disabled), all on the response columns only.
+   adapters disabled), all on the response columns only; a prompt sampled several times
+   runs once per forward (its KV cache shared by its samples).
 4. **Advantages**: per-token KL-penalised rewards → GAE(γ, λ) → whitening.
 5. **Update**: ``ppo_epochs`` × minibatches of the clipped surrogate + clipped value
    loss (A2C: one pass, no clipping).
@@ -239,7 +240,10 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         # loop computes them as it samples (log π_T of each token, the hidden state that a
         # value head reads), so no extra no-grad forward pass over the batch is needed.
         single_pass = epochs == 1 and minibatches == 1
-        t_0 = time.perf_counter()
+        # several samples of one prompt: every forward runs that prompt once (not under DDP,
+        # which expects one forward per backward)
+        share = dist.world_size == 1
+        t_0, c_0 = time.perf_counter(), time.process_time()
         model.eval()
         gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -252,12 +256,12 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         mask = gen.response_mask.float()  # (B, R): response tokens up to EOS
         texts = tok.batch_decode(gen.response_ids.masked_fill(gen.response_mask == 0, tok.pad_token_id),
                                  skip_special_tokens=True)
-        t_1 = time.perf_counter()
+        t_1, c_1 = time.perf_counter(), time.process_time()
 
         # --- 2. score -----------------------------------------------------------------
         scores = torch.as_tensor(reward_fn([prompts[i] for i in idx], texts), dtype=torch.float32)
         scores = scores.reshape(-1).to(device)
-        t_2 = time.perf_counter()
+        t_2, c_2 = time.perf_counter(), time.process_time()
 
         # --- 3. evaluate: old log-probs, values, reference log-probs ------------------
         # With a single update pass over the whole batch (A2C, or PPO with 1 epoch × 1
@@ -267,23 +271,23 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         wrapped.train()
         if single_pass:
             old = policy_forward(wrapped, value_head_w, ids, attn, comp, temperature=cfg.temperature,
-                                 completion_start=P)
+                                 completion_start=P, share_prompts=share)
             old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
         else:
             with torch.no_grad():
                 old_logps = gen.token_logps
                 old_values = value_head(gen.hidden).float() * mask
-        t_3 = time.perf_counter()
+        t_3, c_3 = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             if ref_model is None:
                 with model.disable_adapter():
                     ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature,
-                                         completion_start=P)
+                                         completion_start=P, share_prompts=share)
             else:
                 ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature,
-                                     completion_start=P)
+                                     completion_start=P, share_prompts=share)
         ref_logps = ref.logps[:, P:].clone()
-        t_4 = time.perf_counter()
+        t_4, c_4 = time.perf_counter(), time.process_time()
 
         # --- 4. advantages -------------------------------------------------------------
         beta = kl_ctl.value
@@ -302,7 +306,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                     new = old
                 else:
                     new = policy_forward(wrapped, value_head_w, ids[mb], attn[mb], comp[mb],
-                                         temperature=cfg.temperature, completion_start=P)
+                                         temperature=cfg.temperature, completion_start=P, share_prompts=share)
                 logps, values = new.logps[:, P:], new.values[:, P:]
                 if cfg.algo == "ppo":
                     pg_loss, pg_m = ppo_policy_loss(logps, old_logps[mb], advantages[mb], mask[mb], cfg.clip_eps)
@@ -317,7 +321,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 for k, v in {**pg_m, **vf_m, "diag/grad_norm": gn}.items():
                     stats.setdefault(k, []).append(float(v))
 
-        t_5 = time.perf_counter()
+        t_5, c_5 = time.perf_counter(), time.process_time()
 
         # --- 6. KL controller and metrics -------------------------------------------
         seq_kl = (kl_k1(old_logps, ref_logps) * mask).sum(1)
@@ -338,7 +342,11 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         metrics["diag/step_seconds"] = time.perf_counter() - t_step
         metrics["diag/step_cpu_seconds"] = time.process_time() - cpu_step  # this process's CPU time
         metrics.update({"time/rollout": t_1 - t_0, "time/reward": t_2 - t_1, "time/policy_forward": t_3 - t_2,
-                        "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4})
+                        "time/ref_forward": t_4 - t_3, "time/update": t_5 - t_4,
+                        # the same split in this process's CPU time (steadier on a shared machine)
+                        "time/rollout_cpu": c_1 - c_0, "time/reward_cpu": c_2 - c_1,
+                        "time/policy_forward_cpu": c_3 - c_2, "time/ref_forward_cpu": c_4 - c_3,
+                        "time/update_cpu": c_5 - c_4})
         step += 1
         history.append({"step": float(step), **metrics})
         logger.log(metrics, step)

@@ -1,0 +1,127 @@
+"""One-token decode steps for the two model families alignkit trains (GPT-2, Llama).
+
+:func:`lean_step` returns, for a model in eval mode whose KV cache is a
+:class:`~alignkit.decoding.sampler.PreallocatedCache`, a function
+``step(ids (b, 1), mask, positions (b, 1), cache, want_hidden) -> (logits (b, V), hidden | None)``
+that runs the model's forward for one new token **with the model's own modules and
+functions, in the same order** — the same layer norms, linear layers (so LoRA adapters and
+other wrapped linears are honoured), activation, rotary embedding and transformers'
+attention function — but without what the generic forward does around them at every step:
+the causal-mask builder, the ``Cache`` object's ``update`` dispatch, keyword plumbing
+through four module levels, decorators, output dataclasses and dropout modules.
+Keys/values are written in place into the cache's ``(b, H, capacity, D)`` buffers and
+attention reads the filled prefix as a view; ``mask`` is the ready-made 4-D padding mask
+the decode loop slices per step.
+
+Because every op is the one the model's forward calls, on the same inputs, the logits are
+bitwise those of ``model(...)`` (tested against it, and greedy decoding against
+``model.generate``). Other architectures, training mode, cross-attention, GPT-2's
+``reorder_and_upcast_attn`` and attention kernels other than SDPA/eager get ``None``: the
+decode loop then calls the model's own forward.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["lean_step"]
+
+Step = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def lean_step(model, cache) -> Step | None:
+    """The lean one-token step for ``model`` (GPT-2 or Llama family) or ``None``."""
+    if not getattr(cache, "alignkit_preallocated", False):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.training or model.training:
+        return None
+    impl = getattr(base.config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return None
+    name = type(base).__name__
+    if name == "GPT2LMHeadModel":
+        return _gpt2(base, impl)
+    if name == "LlamaForCausalLM":
+        return _llama(base, impl)
+    return None
+
+
+def _attention_fn(model, impl: str):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    eager = sys.modules[type(model).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
+
+
+def _write_kv(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append one token's ``(b, h, 1, D)`` keys/values in place; the filled prefix as views."""
+    t = layer.length
+    if t >= layer.capacity:
+        raise RuntimeError(f"KV cache full: {t + 1} > capacity {layer.capacity}")
+    layer._k[:, :, t : t + 1].copy_(k)
+    layer._v[:, :, t : t + 1].copy_(v)
+    layer.length = t + 1
+    return layer._k[:, :, : t + 1], layer._v[:, :, : t + 1]
+
+
+def _gpt2(model, impl: str) -> Step | None:
+    cfg = model.config
+    if cfg.add_cross_attention or (impl == "eager" and cfg.reorder_and_upcast_attn):
+        return None
+    tr = model.transformer
+    wte, wpe, blocks, ln_f, lm_head = tr.wte, tr.wpe, list(tr.h), tr.ln_f, model.lm_head
+    attend = _attention_fn(model, impl)
+    H = cfg.n_head
+    D = cfg.n_embd // H
+    d = cfg.n_embd
+
+    def step(ids, mask, pos, cache, want_hidden):
+        b = ids.shape[0]
+        h = wte(ids) + wpe(pos)  # (b, 1, d); dropout is the identity in eval mode
+        for block, layer in zip(blocks, cache.layers, strict=True):
+            attn, mlp = block.attn, block.mlp
+            q, k, v = attn.c_attn(block.ln_1(h)).split(d, dim=2)
+            q = q.view(b, 1, H, D).transpose(1, 2)
+            k, v = _write_kv(layer, k.view(b, 1, H, D).transpose(1, 2), v.view(b, 1, H, D).transpose(1, 2))
+            a, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
+            h = attn.c_proj(a.reshape(b, 1, d).contiguous()) + h
+            h = h + mlp.c_proj(mlp.act(mlp.c_fc(block.ln_2(h))))
+        h = ln_f(h)
+        return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
+
+    return step
+
+
+def _llama(model, impl: str) -> Step | None:
+    inner = model.model
+    layers = list(inner.layers)
+    if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in layers):
+        return None
+    rope = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
+    embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, inner.norm, model.lm_head
+    attend = _attention_fn(model, impl)
+
+    def step(ids, mask, pos, cache, want_hidden):
+        b = ids.shape[0]
+        h = embed(ids)
+        cos, sin = rotary(h, pos)
+        for layer, kv in zip(layers, cache.layers, strict=True):
+            at = layer.self_attn
+            D = at.head_dim
+            x = layer.input_layernorm(h)
+            q = at.q_proj(x).view(b, 1, -1, D).transpose(1, 2)
+            k = at.k_proj(x).view(b, 1, -1, D).transpose(1, 2)
+            v = at.v_proj(x).view(b, 1, -1, D).transpose(1, 2)
+            q, k = rope(q, k, cos, sin)
+            k, v = _write_kv(kv, k, v)
+            a, _ = attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling)
+            h = h + at.o_proj(a.reshape(b, 1, -1).contiguous())
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = norm(h)
+        return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
+
+    return step
