@@ -39,8 +39,13 @@ def main() -> None:
     ap.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
     ap.add_argument("--runs", default="runs/bench_control", help="alignkit runs (shared with control_learning.py)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--set", action="append", default=[],
+                    help="Extra ControlConfig key=value (the same as control_learning.py's, so runs are shared).")
     args = ap.parse_args()
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from alignkit.cli.common import parse_sets
+    from alignkit.config import apply_overrides
     from alignkit.recipes.control import ControlConfig, run_control
 
     if not Path(args.imitation_python).exists():
@@ -50,35 +55,45 @@ def main() -> None:
     for seed in args.seeds:
         out = Path(args.runs) / f"{args.env}_seed{seed}"
         summary = out / "summary.json"
+        cfg = apply_overrides(ControlConfig(env_id=args.env, seed=seed, labels=args.labels, steps=args.steps,
+                                            out=str(out), oracle=True, resume=True), parse_sets(args.set),
+                              source="--set").resolved()
+        ak_load = [os.getloadavg()]
         if summary.exists() and json.loads(summary.read_text()).get("finished"):
             ak = json.loads(summary.read_text())
         else:
-            ak = run_control(ControlConfig(env_id=args.env, seed=seed, labels=args.labels, steps=args.steps,
-                                           out=str(out), oracle=True, resume=True))
+            ak = run_control(cfg)
+        ak_load.append(os.getloadavg())
         # alignkit's wall time for the learned-reward half only (the oracle is normalisation, not the method)
         ak_learned_s = _learned_wall(out / "metrics.jsonl", ak)
         im_path = out / "imitation.json"
         if not im_path.exists():
             t = time.time()
+            load0 = os.getloadavg()
             subprocess.run([args.imitation_python, str(Path(__file__).with_name("imitation_side.py")),
                             "--env", args.env, "--seed", str(seed), "--labels", str(args.labels),
-                            "--steps", str(args.steps), "--out", str(im_path)], check=True,
-                           env={**os.environ, "PYTHONPATH": ""})
+                            "--steps", str(args.steps), "--out", str(im_path), *imitation_ppo_args(cfg)],
+                           check=True, env={**os.environ, "PYTHONPATH": ""})
             print(f"imitation seed {seed}: {time.time() - t:.0f} s", flush=True)
+            im = json.loads(im_path.read_text())
+            im["load"] = [load0, os.getloadavg()]
+            im_path.write_text(json.dumps(im, indent=2))
         im = json.loads(im_path.read_text())
         rnd, orc = ak["random_return"], ak["oracle_return"]
         rows.append({"seed": seed, "random_return": rnd, "oracle_return": orc,
                      "alignkit_return": ak["true_return"], "imitation_return": im["true_return"],
                      "alignkit_score": (ak["true_return"] - rnd) / (orc - rnd),
                      "imitation_score": (im["true_return"] - rnd) / (orc - rnd),
-                     "alignkit_wall_s": ak_learned_s, "imitation_wall_s": im["train_wall_s"]})
+                     "alignkit_wall_s": ak_learned_s, "imitation_wall_s": im["train_wall_s"],
+                     "alignkit_load": ak_load, "imitation_load": im.get("load"),
+                     "imitation_env_run": im.get("env_run", args.env), "imitation_ppo": im.get("ppo")})
         print(json.dumps(rows[-1]), flush=True)
     diff = [r["alignkit_score"] - r["imitation_score"] for r in rows]
     mean_d, lo, hi = t_interval(diff)
     a = statistics.fmean(r["alignkit_score"] for r in rows)
     b = statistics.fmean(r["imitation_score"] for r in rows)
     result = {
-        "env": args.env, "labels": args.labels, "steps": args.steps, "seeds": rows,
+        "env": args.env, "labels": args.labels, "steps": args.steps, "extra": args.set, "seeds": rows,
         "alignkit_score_mean": a, "imitation_score_mean": b,
         "score_ratio": a / b if b else float("nan"),
         "score_difference": {"mean": mean_d, "ci95": [lo, hi]},
@@ -92,6 +107,22 @@ def main() -> None:
     path.write_text(json.dumps(result, indent=2))
     print(f"normalised score alignkit {a:.3f} vs imitation {b:.3f} (ratio {result['score_ratio']:.2f}); "
           f"wall ratio {result['wall_ratio']:.2f} → {path}")
+
+
+# MuJoCo: alignkit's policy normalises observations and the policy's reward, so imitation gets
+# what its own scripts use for that (VecNormalize on obs, NormalizedRewardNet). Pendulum-v1 keeps
+# the settings its published comparison ran with.
+NORMALIZE_IMITATION = {"HalfCheetah-v5", "Hopper-v5"}
+
+
+def imitation_ppo_args(cfg) -> list[str]:
+    """alignkit's resolved PPO hyperparameters as imitation_side.py flags (the same on both sides)."""
+    batch = cfg.num_envs * cfg.num_steps
+    flags = ["--num-envs", cfg.num_envs, "--num-steps", cfg.num_steps, "--gamma", cfg.gamma,
+             "--gae-lambda", cfg.gae_lambda, "--lr", cfg.learning_rate, "--epochs", cfg.update_epochs,
+             "--minibatches", cfg.num_minibatches, "--clip", cfg.clip_eps,
+             "--fragment-length", cfg.segment_length, "--iterations", max(1, cfg.steps // batch)]
+    return [str(f) for f in flags] + (["--normalize"] if cfg.env_id in NORMALIZE_IMITATION else [])
 
 
 def _learned_wall(metrics: Path, summary: dict) -> float:

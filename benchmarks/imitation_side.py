@@ -5,9 +5,18 @@
 
 imitation's ``preference_comparisons`` with a synthetic Boltzmann gatherer (temperature 1,
 no discount: P = σ(ΔR), the same annotator as alignkit's ``boltzmann`` with β = 1), a
-``BasicRewardNet`` on (o, a), and SB3 PPO with the same hyperparameters as alignkit's
-Pendulum preset (4 envs × 1000 steps, γ 0.9, λ 0.95, lr 1e-3, 10 epochs, 32 minibatches,
-clip 0.2, no entropy bonus, 64×64 tanh MLPs). The final policy is evaluated on the true
+``BasicRewardNet`` on (o, a), and SB3 PPO with the PPO hyperparameters that
+benchmarks/control_vs_imitation.py passes from alignkit's preset for the env (defaults here:
+the Pendulum preset, 4 envs × 1000 steps, γ 0.9, λ 0.95, lr 1e-3, 10 epochs, 32 minibatches,
+clip 0.2, no entropy bonus, 64×64 tanh MLPs). ``--normalize`` (used for MuJoCo, where
+alignkit's policy normalises observations and the policy's reward) adds what imitation's own
+scripts use for that: ``VecNormalize`` on observations only (the gatherer still sees the true
+rewards) and a ``NormalizedRewardNet`` (RunningNorm) between the reward net and PPO.
+
+imitation 1.0.1 pins gymnasium 0.29, which has no ``-v5`` MuJoCo ids: ``HalfCheetah-v5`` is
+run as ``HalfCheetah-v4``, whose dynamics, reward and observations are the same (checked: 1000
+random steps from the same seed give bit-identical observations and return under
+gymnasium 0.29.1 / 1.4.0 with mujoco 4.0.0). The final policy is evaluated on the true
 reward for 10 deterministic episodes, seeded as alignkit's evaluation is. This file
 imports nothing from alignkit: imitation pins older gymnasium / SB3 versions.
 """
@@ -29,6 +38,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--fragment-length", type=int, default=25)
     ap.add_argument("--iterations", type=int, default=25, help="reward-model refits (one per PPO batch)")
+    ap.add_argument("--num-envs", type=int, default=4)
+    ap.add_argument("--num-steps", type=int, default=1000, help="steps per env per PPO batch")
+    ap.add_argument("--gamma", type=float, default=0.9)
+    ap.add_argument("--gae-lambda", type=float, default=0.95)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--minibatches", type=int, default=32)
+    ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--normalize", action="store_true", help="VecNormalize (obs) + NormalizedRewardNet")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -36,26 +54,32 @@ def main() -> None:
     import gymnasium as gym
     import torch
     from imitation.algorithms import preference_comparisons
-    from imitation.rewards.reward_nets import BasicRewardNet
+    from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
     from imitation.util.networks import RunningNorm
     from imitation.util.util import make_vec_env
     from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)
+    env_id = args.env if args.env in gym.registry else args.env.replace("-v5", "-v4")  # see the docstring
     t0 = time.time()
     rng = np.random.default_rng(args.seed)
-    venv = make_vec_env(args.env, rng=rng, n_envs=4)
+    venv = make_vec_env(env_id, rng=rng, n_envs=args.num_envs)
+    if args.normalize:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False)
     reward_net = BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
+    policy_reward = NormalizedRewardNet(reward_net, RunningNorm) if args.normalize else reward_net
     fragmenter = preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng)
     gatherer = preference_comparisons.SyntheticGatherer(rng=rng)
     preference_model = preference_comparisons.PreferenceModel(reward_net)
     reward_trainer = preference_comparisons.BasicRewardTrainer(
         preference_model=preference_model, loss=preference_comparisons.CrossEntropyRewardLoss(), epochs=3, rng=rng)
-    agent = PPO("MlpPolicy", venv, seed=args.seed, n_steps=1000, batch_size=125, n_epochs=10, gamma=0.9,
-                gae_lambda=0.95, learning_rate=1e-3, ent_coef=0.0, clip_range=0.2,
-                policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), device="cpu")
+    agent = PPO("MlpPolicy", venv, seed=args.seed, n_steps=args.num_steps,
+                batch_size=args.num_envs * args.num_steps // args.minibatches, n_epochs=args.epochs,
+                gamma=args.gamma, gae_lambda=args.gae_lambda, learning_rate=args.lr, ent_coef=0.0,
+                clip_range=args.clip, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), device="cpu")
     trajectory_generator = preference_comparisons.AgentTrainer(
-        algorithm=agent, reward_fn=reward_net, venv=venv, exploration_frac=0.0, rng=rng)
+        algorithm=agent, reward_fn=policy_reward, venv=venv, exploration_frac=0.0, rng=rng)
     pc = preference_comparisons.PreferenceComparisons(
         trajectory_generator, reward_net, num_iterations=args.iterations, fragmenter=fragmenter,
         preference_gatherer=gatherer, reward_trainer=reward_trainer, fragment_length=args.fragment_length,
@@ -64,19 +88,20 @@ def main() -> None:
     pc.train(total_timesteps=args.steps, total_comparisons=args.labels)
     train_s = time.time() - t0
 
-    env = gym.make(args.env)
+    env = gym.make(env_id)
     returns = []
     eval_seed = 10_000 + args.seed * 100  # as alignkit.recipes.control.run_control
     for i in range(args.eval_episodes):
         obs, _ = env.reset(seed=eval_seed + i)
         done, total = False, 0.0
         while not done:
-            a, _ = agent.predict(obs, deterministic=True)
+            a, _ = agent.predict(venv.normalize_obs(obs) if args.normalize else obs, deterministic=True)
             obs, r, term, trunc, _ = env.step(a)
             total += float(r)
             done = term or trunc
         returns.append(total)
-    result = {"env": args.env, "seed": args.seed, "labels": args.labels, "steps": args.steps,
+    result = {"env": args.env, "env_run": env_id, "seed": args.seed, "ppo": {k: getattr(args, k) for k in (
+              "num_envs", "num_steps", "gamma", "gae_lambda", "lr", "epochs", "minibatches", "clip", "normalize")}, "labels": args.labels, "steps": args.steps,
               "true_return": float(np.mean(returns)), "true_returns": returns, "train_wall_s": train_s,
               "wall_s": time.time() - t0, "env_steps": int(agent.num_timesteps)}
     with open(args.out, "w") as f:

@@ -58,6 +58,30 @@ def test_cli_bad_input_is_one_line_exit_2(args, msg, tmp_path, capsys):
     assert msg in err and len(err.splitlines()) == 1
 
 
+def test_cli_flags_left_out_do_not_override_the_config_file(tmp_path, monkeypatch):
+    import yaml
+
+    import alignkit.recipes.control as recipe
+
+    seen = {}
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        return {"finished": False, "out": cfg.out}
+
+    monkeypatch.setattr(recipe, "run_control", fake_run)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"env_id": "HalfCheetah-v5", "labels": 700, "steps": 5000, "seed": 3,
+                                   "query": "disagreement", "out": str(tmp_path / "from_file")}))
+    with pytest.raises(SystemExit) as e:
+        main(["control", "train", "--config", str(cfg), "--seed", "4"])
+    assert e.value.code == 0
+    c = seen["cfg"]
+    assert (c.env_id, c.labels, c.steps, c.query, c.out) == ("HalfCheetah-v5", 700, 5000, "disagreement",
+                                                             str(tmp_path / "from_file"))
+    assert c.seed == 4  # a flag that was passed wins over the file
+
+
 def test_cli_clips_need_rgb_array(tmp_path, capsys):
     import gymnasium as gym
 

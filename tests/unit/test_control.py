@@ -102,6 +102,9 @@ def test_robust_loss_is_bt_at_zero_and_bounded():
     torch.testing.assert_close(bt, rob0)
     big, _ = bradley_terry_robust_loss(ra * 100, rb, mu, random_answer_prob=0.1)
     assert big.item() <= -math.log(0.05) + 1e-6  # a wrong label costs at most −log(ε/2)
+    import alignkit.losses
+
+    assert alignkit.losses.bradley_terry_robust_loss is bradley_terry_robust_loss  # re-exported like the others
 
 
 def test_ensemble_learns_the_reward_from_preferences():
@@ -202,6 +205,27 @@ def test_bpref_teachers_on_segments():
     assert skip.incomparable
     flip = bpref_segment_annotator(mistake=1.0).label([("", seg([[0.0]], [1.0]), seg([[0.0]], [0.0]))])[0]
     assert flip.mu == 0.0  # ε = 1 always flips the rational answer
+
+
+def test_segment_annotators_satisfy_the_annotator_protocol():
+    """``feedback.annotators.Annotator`` asks for ``name``, ``compare`` and ``label``; the
+    segment annotators have all three (the items are segments, the records TrajectoryPairs),
+    so library code written against the protocol — here ``AnnotatorPopulation`` — takes them."""
+    from alignkit.feedback.annotators import Annotator, AnnotatorPopulation
+
+    a, b = seg([[0.0]] * 2, [1.0, 1.0]), seg([[0.0]] * 2, [0.0, 0.0])
+    mdp = chain_mdp(3)
+    members = [boltzmann_segment_annotator(beta=math.inf), myopic_segment_annotator(gamma=0.5, beta=math.inf),
+               bpref_segment_annotator(), regret_segment_annotator(mdp.value_fn(), gamma=1.0, beta=math.inf)]
+    wanted = {n for n in dir(Annotator) if not n.startswith("_")} | set(Annotator.__annotations__)
+    for ann in members:
+        assert wanted <= set(dir(ann)) and isinstance(ann.name, str)
+        if ann.name != "regret":
+            rec = ann.compare("ctx", a, b)
+            assert isinstance(rec, TrajectoryPair) and rec.mu == 1.0 and rec.annotator == ann.name
+    pop = AnnotatorPopulation(members[:3], seed=0)
+    recs = pop.label([("ctx", a, b)] * 6)
+    assert all(isinstance(r, TrajectoryPair) and r.mu == 1.0 for r in recs)
 
 
 # --------------------------------------------------------------------------------- GAE

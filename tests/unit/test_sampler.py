@@ -304,3 +304,47 @@ def test_lean_step_falls_back_in_training_mode_and_for_other_caches(tok):
     assert lean_step(model.train(), make_cache(model, 8)) is None
     assert lean_step(model.eval(), make_cache(model, 8, static=True)) is None
     assert lean_step(model, make_cache(model, 8)) is not None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_repeated_prompts_prefill_once_greedy_equals_hf_generate(tok, arch):
+    """Several samples of one prompt: the decode loop runs the prompt's forward once and
+    copies its cache rows; greedy output is still generate's, token for token."""
+    from alignkit.models.packing import repeated_prompts
+
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok)
+    model = spiky(lm, seed=2)
+    prompts = [PROMPTS[i % 3] for i in range(7)]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    first, inverse = repeated_prompts(enc["input_ids"], enc["attention_mask"])
+    assert sorted(first.tolist()) == [0, 1, 2]  # the first row of each distinct prompt
+    assert torch.equal(enc["input_ids"][first][inverse], enc["input_ids"])
+    ref = hf_generate(model, tok, prompts, 8, do_sample=False)
+    assert torch.equal(generate_ids(model, tok, prompts, 8, do_sample=False).input_ids, ref)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_policy_forward_share_prompts_equals_full_forward(tok, arch):
+    """``share_prompts=True`` (each distinct prompt run once, its KV cache gathered for its
+    samples) gives the full forward's log-probs, values, entropies and gradients."""
+    from alignkit.models.value import ValueHead, policy_forward
+
+    lm = build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok)
+    model = spiky(lm, seed=2)
+    gen = generate_ids(model, tok, [PROMPTS[i % 3] for i in range(7)], 6, seed=0)
+    head = ValueHead.for_model(model)
+    comp = torch.zeros_like(gen.attention_mask)
+    comp[:, gen.prompt_len :] = gen.response_mask
+    outs, grads = [], []
+    for share in (False, True):
+        model.zero_grad()
+        head.zero_grad()
+        o = policy_forward(model, head, gen.input_ids, gen.attention_mask, comp, temperature=0.7,
+                           with_entropy=True, completion_start=gen.prompt_len, share_prompts=share)
+        (o.logps.sum() + o.values.sum()).backward()
+        outs.append(o)
+        grads.append([p.grad.clone() for p in [*model.parameters(), *head.parameters()]])
+    for name in ("logps", "values", "entropy"):
+        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), atol=1e-4, rtol=1e-4)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

@@ -17,17 +17,17 @@ def register(app: typer.Typer) -> None:
 
 
 def train_cmd(
-    env: str = typer.Option("Pendulum-v1", "--env", help="gymnasium environment id."),
-    labels: int = typer.Option(1000, "--labels", help="Preference labels (segment pairs) in total."),
-    steps: int = typer.Option(100_000, "--steps", help="Environment steps for the policy."),
-    seed: int = typer.Option(0, "--seed", help="Seed of envs, networks, annotator and queries."),
-    out: Path = typer.Option(Path("runs/control"), "--out", help="Output directory."),
-    algo: str = typer.Option("ppo", "--algo", help="ppo or a2c."),
-    annotator: str = typer.Option("boltzmann", "--annotator", help="boltzmann, regret, myopic or noisy."),
-    query: str = typer.Option("random", "--query", help="random, disagreement or info-gain."),
+    env: str | None = typer.Option(None, "--env", help="gymnasium environment id (default Pendulum-v1)."),
+    labels: int | None = typer.Option(None, "--labels", help="Preference labels (segment pairs) in total (default 1000)."),
+    steps: int | None = typer.Option(None, "--steps", help="Environment steps for the policy (default 100000)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of envs, networks, annotator and queries (default 0)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/control)."),
+    algo: str | None = typer.Option(None, "--algo", help="ppo (default) or a2c."),
+    annotator: str | None = typer.Option(None, "--annotator", help="boltzmann (default), regret, myopic or noisy."),
+    query: str | None = typer.Option(None, "--query", help="random (default), disagreement or info-gain."),
     oracle: bool = typer.Option(False, "--oracle", help="Also train on the true reward; report normalized_score."),
     human: bool = typer.Option(False, "--human", help="People label clips in the annotation app (needs --db)."),
-    db: str = typer.Option("", "--db", help="Feedback store URL for --human."),
+    db: str | None = typer.Option(None, "--db", help="Feedback store URL for --human."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in --out."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of ControlConfig keys."),
     overrides: list[str] = typer.Option([], "--set", help="Any ControlConfig key, as key=value (repeatable)."),
@@ -41,9 +41,10 @@ def train_cmd(
     from alignkit.config import apply_overrides, load_config
     from alignkit.recipes.control import ControlConfig, run_control
 
-    cfg = load_config(ControlConfig, config, env_id=env, labels=labels, steps=steps, seed=seed, out=str(out),
-                      algo=algo, annotator=annotator, query=query, oracle=oracle or None, human=human or None,
-                      db=db or None, resume=resume or None)
+    # a flag left out is None, so it never overrides the --config file (only passed flags do)
+    cfg = load_config(ControlConfig, config, env_id=env, labels=labels, steps=steps, seed=seed,
+                      out=str(out) if out is not None else None, algo=algo, annotator=annotator, query=query,
+                      oracle=oracle or None, human=human or None, db=db, resume=resume or None)
     cfg = apply_overrides(cfg, parse_sets(overrides), source="--set")
     s = run_control(cfg)
     if not s.get("finished"):

@@ -303,6 +303,11 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     logps_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
     ent_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
     hidden_out = None
+    # Several samples of one prompt: its forward runs once, its cache rows are copied
+    # (the prompt's logits do not depend on the batch's other rows, bit for bit).
+    from alignkit.models.packing import repeated_prompts
+
+    shared = None if static else repeated_prompts(input_ids, attention_mask)
     rows = torch.arange(B, device=device)  # original index of each live row
     done = torch.zeros(B, dtype=torch.bool, device=device)  # per live row
     step_input, step_pos = input_ids, positions
@@ -315,8 +320,14 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                 kwargs = {"logits_to_keep": 1} if keep_last[i] else {}
                 want_h = return_hidden and i == 0
                 kwargs[cache_kw[i]] = cache
-                out = m(input_ids=step_input, attention_mask=mask[:, :P], position_ids=step_pos,
+                first = slice(None) if shared is None else shared[0]
+                out = m(input_ids=step_input[first], attention_mask=mask[first, :P], position_ids=step_pos[first],
                         use_cache=True, output_hidden_states=want_h, **kwargs)
+                if shared is not None:
+                    _select_rows(cache, shared[1])
+                    z = out.logits[:, -1][shared[1]]
+                    h = out.hidden_states[-1][:, -1][shared[1]] if want_h else None
+                    out = None
             else:
                 want_h = return_hidden and i == 0
                 if static:

@@ -22,6 +22,7 @@ from alignkit.losses.ppo import (  # noqa: F401
 from alignkit.losses.preference import (  # noqa: F401  (reward helper)
     RankingRows,
     bradley_terry_loss,
+    bradley_terry_robust_loss,
     plackett_luce_loss,
     ranking_rows,
     ranking_to_comparisons,

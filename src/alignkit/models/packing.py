@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["PACK_ROW_TOKENS", "pack_completions"]
+__all__ = ["PACK_ROW_TOKENS", "pack_completions", "repeated_prompts"]
 
 PACK_ROW_TOKENS = 256
 """Rows hold whole groups up to this many tokens: attention cost per token grows with the
@@ -128,3 +128,19 @@ def pack_completions(
         "last": torch.tensor(last),
         "n_seqs": torch.tensor(k * n_groups),
     }
+
+
+def repeated_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | None = None):
+    """``(first, inverse)`` when some rows of a left-padded batch share their first
+    ``width`` columns (ids and mask; default: all of them), e.g. several samples of one
+    prompt: ``first`` ``(U,)`` one row per distinct prompt, ``inverse`` ``(B,)`` the
+    distinct prompt of every row (``first[inverse]`` has each row's prompt). ``None`` when
+    all B prompts differ."""
+    width = input_ids.shape[1] if width is None else width
+    key = torch.cat([input_ids[:, :width], attention_mask[:, :width].to(input_ids.dtype)], 1)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if distinct.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((distinct.shape[0],), key.shape[0], dtype=torch.long, device=key.device)
+    return first.scatter_reduce_(0, inverse, rows, "amin"), inverse

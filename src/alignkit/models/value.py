@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from alignkit.models.logprobs import gather_token_logps, position_ids_from_mask
+from alignkit.models.packing import repeated_prompts
 
 
 class ValueHead(nn.Module):
@@ -60,6 +61,7 @@ def policy_forward(
     temperature: float = 1.0,
     with_entropy: bool = False,
     completion_start: int = 1,
+    share_prompts: bool = False,
 ) -> PolicyOutput:
     """One forward pass: token log-probs, values and (optionally) entropies, all ``(B, T)``.
 
@@ -67,22 +69,36 @@ def policy_forward(
     completion starts there, as in a left-padded rollout). Logits — the LM head, the
     log-softmax and their backward — are computed only from the column before it on, not
     for the prompt; the results are the same, 0 before ``completion_start``.
+
+    ``share_prompts``: rows whose columns before ``completion_start`` are the same (ids and
+    mask: several samples of one prompt) run that prompt once; its KV cache is gathered for
+    each of its rows, and the completions run on top of it (the DPO recipe's shared-prompt
+    layout, for any number of samples per prompt). Causal attention keeps a prompt's states
+    independent of what follows, so the numbers are those of the full forward up to float
+    rounding (tested, values and gradients); without repeated prompts nothing changes. The
+    model is called twice, so not under DDP (two forwards before one backward).
     """
     b, t = input_ids.shape
     start = max(1, int(completion_start))
-    kwargs = {}
-    if start > 1 and _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = t - start + 1  # positions start-1 .. t-1
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        output_hidden_states=value_head is not None,
-        **kwargs,
-    )
-    logits = out.logits[:, -(t - start + 1) :] if kwargs else out.logits[:, start - 1 :]
-    logits = logits[:, :-1]  # (B, t - start, V): logits[:, j] predicts token start + j
+    groups = repeated_prompts(input_ids, attention_mask, start) if share_prompts and start > 1 else None
+    if groups is not None:
+        logits, hidden = _shared_prompt_forward(model, input_ids, attention_mask, start, *groups,
+                                                want_hidden=value_head is not None)
+    else:
+        kwargs = {}
+        if start > 1 and _accepts_logits_to_keep(model):
+            kwargs["logits_to_keep"] = t - start + 1  # positions start-1 .. t-1
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            output_hidden_states=value_head is not None,
+            **kwargs,
+        )
+        logits = out.logits[:, -(t - start + 1) :] if kwargs else out.logits[:, start - 1 :]
+        logits = logits[:, :-1]  # (B, t - start, V): logits[:, j] predicts token start + j
+        hidden = out.hidden_states[-1][:, start - 1 : -1] if value_head is not None else None
     if temperature != 1.0:
         logits = logits / temperature
     mask = (completion_mask[:, start:] * attention_mask[:, start:]).to(torch.float32)
@@ -91,7 +107,7 @@ def policy_forward(
     values = None
     if value_head is not None:
         values = torch.zeros((b, t), dtype=torch.float32, device=input_ids.device)
-        values[:, start:] = value_head(out.hidden_states[-1][:, start - 1 : -1]).float() * mask
+        values[:, start:] = value_head(hidden).float() * mask
     entropy = None
     if with_entropy:
         with torch.no_grad():
@@ -102,11 +118,40 @@ def policy_forward(
     return PolicyOutput(logps, values, entropy)
 
 
+def _shared_prompt_forward(model, input_ids, attention_mask, start, first, inverse, *, want_hidden: bool):
+    """Logits ``(B, T − start, V)`` predicting columns ``start..T−1`` (and the last hidden
+    states at the predicting positions) with each distinct prompt run once."""
+    pm = attention_mask[first, :start]
+    kwargs = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    out_p = model(input_ids=input_ids[first, :start], attention_mask=pm, position_ids=position_ids_from_mask(pm),
+                  use_cache=True, output_hidden_states=want_hidden, **kwargs)
+    cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
+    for layer in cache.layers:  # row i of the completions reads its prompt's keys/values
+        layer.batch_select_indices(inverse)
+    positions = position_ids_from_mask(attention_mask)[:, start:]
+    out_c = model(input_ids=input_ids[:, start:], attention_mask=attention_mask, position_ids=positions,
+                  use_cache=False, output_hidden_states=want_hidden, **{_cache_kw(model): cache})
+    logits = torch.cat([out_p.logits[:, -1:][inverse], out_c.logits[:, :-1]], 1)
+    hidden = None
+    if want_hidden:
+        hidden = torch.cat([out_p.hidden_states[-1][:, -1:][inverse], out_c.hidden_states[-1][:, :-1]], 1)
+    return logits, hidden
+
+
 def _accepts_logits_to_keep(model) -> bool:
+    return _accepts(model, "logits_to_keep")
+
+
+def _cache_kw(model) -> str:
+    """transformers ≥ 5.2x names the forward's cache argument ``cache``; before, ``past_key_values``."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
+def _accepts(model, name: str) -> bool:
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return name in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
         return False

@@ -10,7 +10,8 @@ One iteration, read top to bottom:
 2. **Score**: r̂ = ``reward_fn(prompts, responses)``.
 3. **Evaluate**: old log-probs + values (from the rollout, or the single update pass's own
    forward) and reference log-probs (no grad; a frozen copy, or the same weights with LoRA
-   adapters disabled), all on the response columns only.
+   adapters disabled), all on the response columns only; a prompt sampled several times
+   runs once per forward (its KV cache shared by its samples).
 4. **Advantages**: per-token KL-penalised rewards → GAE(γ, λ) → whitening.
 5. **Update**: ``ppo_epochs`` × minibatches of the clipped surrogate + clipped value
    loss (A2C: one pass, no clipping).
@@ -239,6 +240,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         # loop computes them as it samples (log π_T of each token, the hidden state that a
         # value head reads), so no extra no-grad forward pass over the batch is needed.
         single_pass = epochs == 1 and minibatches == 1
+        # several samples of one prompt: every forward runs that prompt once (not under DDP,
+        # which expects one forward per backward)
+        share = dist.world_size == 1
         t_0, c_0 = time.perf_counter(), time.process_time()
         model.eval()
         gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
@@ -267,7 +271,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         wrapped.train()
         if single_pass:
             old = policy_forward(wrapped, value_head_w, ids, attn, comp, temperature=cfg.temperature,
-                                 completion_start=P)
+                                 completion_start=P, share_prompts=share)
             old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
         else:
             with torch.no_grad():
@@ -278,10 +282,10 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             if ref_model is None:
                 with model.disable_adapter():
                     ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature,
-                                         completion_start=P)
+                                         completion_start=P, share_prompts=share)
             else:
                 ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature,
-                                     completion_start=P)
+                                     completion_start=P, share_prompts=share)
         ref_logps = ref.logps[:, P:].clone()
         t_4, c_4 = time.perf_counter(), time.process_time()
 
@@ -302,7 +306,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                     new = old
                 else:
                     new = policy_forward(wrapped, value_head_w, ids[mb], attn[mb], comp[mb],
-                                         temperature=cfg.temperature, completion_start=P)
+                                         temperature=cfg.temperature, completion_start=P, share_prompts=share)
                 logps, values = new.logps[:, P:], new.values[:, P:]
                 if cfg.algo == "ppo":
                     pg_loss, pg_m = ppo_policy_loss(logps, old_logps[mb], advantages[mb], mask[mb], cfg.clip_eps)
