@@ -5,8 +5,9 @@
 ``step(ids (b, 1), mask, positions (b, 1), cache, want_hidden) -> (logits (b, V), hidden | None)``
 that runs the model's forward for one new token **with the model's own modules and
 functions, in the same order** — the same layer norms, linear layers (so LoRA adapters and
-other wrapped linears are honoured), activation, rotary embedding and transformers'
-attention function — but without what the generic forward does around them at every step:
+other wrapped linears are honoured), activation, rotary embedding, and the attention call
+transformers makes (SDPA with its grouped-query packing, or its eager function) — but
+without what the generic forward does around them at every step:
 the causal-mask builder, the ``Cache`` object's ``update`` dispatch, keyword plumbing
 through four module levels, decorators, output dataclasses and dropout modules.
 Keys/values are written in place into the cache's ``(b, H, capacity, D)`` buffers and
@@ -15,7 +16,8 @@ the decode loop slices per step.
 
 Because every op is the one the model's forward calls, on the same inputs, the logits are
 bitwise those of ``model(...)`` (tested against it, and greedy decoding against
-``model.generate``). Other architectures, training mode, cross-attention, GPT-2's
+``model.generate``); GPT-2's ``gelu_new`` and the residual adds write their temporaries
+in place, the same float32 ops in the same order. Other architectures, training mode, cross-attention, GPT-2's
 ``reorder_and_upcast_attn`` and attention kernels other than SDPA/eager get ``None``: the
 decode loop then calls the model's own forward.
 """
