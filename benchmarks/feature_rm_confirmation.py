@@ -53,7 +53,7 @@ def main(run_dir: str, out: str = "benchmarks/results/reward_features_smollm2.js
     run = Path(run_dir)
     cached = torch.load(run / "features.pt")
     cfg = json.loads((run / "eval.json").read_text())["config"]
-    comps = to_comparisons(load_records(cached["stamp"]["data"]).records)
+    comps = to_comparisons(load_records(cached.get("data") or cached["stamp"]["data"]).records)
     phi_a, phi_b = cached["phi_a"], cached["phi_b"]
     mu = torch.tensor([c.mu for c in comps], dtype=torch.float64)
     order = list(range(len(comps)))

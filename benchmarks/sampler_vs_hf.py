@@ -23,6 +23,8 @@ static cache (``cache_implementation="static"``), and reports decode ms/step at 
     .venv/bin/python benchmarks/sampler_vs_hf.py                 # CPU, 5 repeats
     .venv/bin/python benchmarks/sampler_vs_hf.py --quick         # 1 repeat
     .venv/bin/python benchmarks/sampler_vs_hf.py --device cuda --gpt2-124m --batch 8
+    .venv/bin/python benchmarks/sampler_vs_hf.py --model smollm2 --repeats 2 --calls 2 \
+        --out benchmarks/results/sampler_vs_hf_smollm2.json
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=384)
     ap.add_argument("--gpt2-124m", action="store_true", help="GPT-2 small config (12×768, 50257 vocab)")
+    ap.add_argument("--model", default="", help="a model directory or alias (e.g. smollm2) instead of a random GPT-2")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(ROOT / "results" / "sampler_vs_hf.json"))
     args = ap.parse_args()
@@ -80,7 +83,13 @@ def main() -> None:
     device = torch.device(args.device)
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        if args.gpt2_124m:
+        if args.model:
+            from alignkit.models import load_causal_lm, load_tokenizer, resolve_model
+
+            path = resolve_model(args.model)
+            tok, model = load_tokenizer(path), load_causal_lm(path)
+            desc = {"model": f"{args.model} ({type(model).__name__}, {model.config._attn_implementation})"}
+        elif args.gpt2_124m:
             from transformers import GPT2Config, GPT2LMHeadModel
 
             from alignkit.models import build_tokenizer

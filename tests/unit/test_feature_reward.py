@@ -67,6 +67,9 @@ def test_recipe_cross_validates_by_prompt_and_caches(tiny_lm_dir, tmp_path):
     mp.setattr(fr.FeatureRewardModel, "features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     try:
         again = train_feature_reward(cfg, comps)
+        changed = [*comps[:-1], Comparison(comps[-1].prompt, comps[-1].a + " !", comps[-1].b, comps[-1].mu)]
+        with pytest.raises(AssertionError, match="recomputed"):  # keyed on content: other pairs, new features
+            train_feature_reward(cfg, changed)
     finally:
         mp.undo()
     assert again["cv/accuracy"] == m["cv/accuracy"]

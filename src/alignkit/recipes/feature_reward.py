@@ -47,6 +47,17 @@ class FeatureRewardConfig:
     """Seed of the fold assignment."""
 
 
+def pairs_digest(comps: list[Any]) -> str:
+    """SHA-256 of the comparisons' prompts, responses and labels, in order (the feature
+    cache's key, with the backbone and the feature spec)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in comps:
+        h.update(json.dumps([c.prompt, c.a, c.b, c.mu]).encode())
+    return h.hexdigest()
+
+
 def cross_validate(phi_a, phi_b, mu, folds: list[int], l2: float):
     """Out-of-fold Δ = r̂(a) − r̂(b) ``(N,)``: fold k's pairs scored by the head fitted on
     the other folds."""
@@ -91,7 +102,9 @@ def train_feature_reward(cfg: FeatureRewardConfig, records: list[Any] | None = N
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "features.pt"
-    stamp = {"model": cfg.model, "spec": asdict(spec), "n": len(comps), "data": cfg.data}
+    # keyed on the backbone, the feature spec and the pairs' content (not the file's path):
+    # the same pairs under another path or order-preserving copy reuse the features
+    stamp = {"model": cfg.model, "spec": asdict(spec), "n": len(comps), "pairs_sha256": pairs_digest(comps)}
     cached = torch.load(cache) if cache.exists() else None
     if cached is not None and cached["stamp"] == stamp:
         phi_a, phi_b = cached["phi_a"], cached["phi_b"]
@@ -100,7 +113,7 @@ def train_feature_reward(cfg: FeatureRewardConfig, records: list[Any] | None = N
         phi = rm.features(prompts + prompts, [c.a for c in comps] + [c.b for c in comps], cfg.batch_size,
                           progress=lambda it: track(it, "features"))
         phi_a, phi_b = phi[: len(comps)], phi[len(comps):]
-        torch.save({"stamp": stamp, "phi_a": phi_a, "phi_b": phi_b}, cache)
+        torch.save({"stamp": stamp, "data": cfg.data, "phi_a": phi_a, "phi_b": phi_b}, cache)
     mu = torch.tensor([c.mu for c in comps], dtype=torch.float64)
     metrics: dict[str, Any] = {"pairs": len(comps), "l2": cfg.l2, "folds": cfg.folds}
     if cfg.folds:
