@@ -83,7 +83,8 @@ def main() -> None:
         "normalized_score": {"mean": mean, "ci95": [lo, hi], "n": len(scores)},
         "meta": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": os.environ.get("OMP_NUM_THREADS"),
                  "load_start": load_start, "load_end": os.getloadavg(), "wall_s": time.time() - t0,
-                 "note": "measured on a shared 2-core machine under nice -n 10; wall times are not comparable"},
+                 "nice": os.nice(0),
+                 "note": "measured on a shared 2-core machine; wall times are not comparable"},
     }
     path = Path(args.out or f"benchmarks/results/control_{args.env}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
     python benchmarks/control_vs_imitation.py --env Pendulum-v1 --seeds 0 1 2 --labels 1000 --steps 100000 \
         --imitation-python /work/venv_imitation/bin/python
 
-Same env, label budget, environment steps, seeds, segment length (25), annotator
-(Boltzmann over the partial return, β = 1) and PPO hyperparameters on both sides; each
+Same env, label budget, environment steps, seeds, segment length (alignkit's preset: 25 on
+Pendulum-v1, 50 on HalfCheetah-v5), annotator (Boltzmann over the partial return, β = 1) and
+PPO hyperparameters (alignkit's resolved preset, passed to imitation_side.py) on both sides; each
 side's final policy is evaluated on the true reward over the same 10 seeded episodes.
 Scores are normalised by the same random policy and the same oracle (alignkit's PPO on
 the true reward, from the ``--oracle`` run of that seed):

@@ -25,6 +25,7 @@ the paired speedups, and each side's median.
     .venv/bin/python benchmarks/rl_step_vs_trl.py --quick   # 1 repeat, tiny only
     .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 2
     .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 1 --steps 3 --no-trl-defaults
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 1 --steps 3 --no-trl-defaults --same-responses-only
 
 "smollm2" is the real SmolLM2-135M-Instruct with LoRA rank 8 on q_proj/v_proj on both sides
 (the reference is then the adapter-free model for both). Both sides run in float32 without
@@ -165,6 +166,8 @@ def main() -> None:
     ap.add_argument("--trl-settings", default="matched", choices=["matched", "defaults"], help=argparse.SUPPRESS)
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sizes to run (default: all)")
     ap.add_argument("--no-trl-defaults", action="store_true", help="skip the separate TRL-defaults row")
+    ap.add_argument("--same-responses-only", action="store_true",
+                    help="run only alignkit and TRL on the same 16 responses (not the 8-prompt workload)")
     ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
@@ -177,6 +180,8 @@ def main() -> None:
     sizes = ["tiny"] if args.quick else (args.sizes or list(SIZES))
     repeats = 1 if args.quick else args.repeats
     variants = {"alignkit_8": ("alignkit", 1), "alignkit_16": ("alignkit", 2), "trl_rloo_16": ("trl", 1)}
+    if args.same_responses_only:  # the like-for-like pair only (shorter runs)
+        del variants["alignkit_8"]
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,10 +204,13 @@ def main() -> None:
                     runs[name].append(together[name])
                 trl_s = together["trl_rloo_16"]["s_per_step"]
                 paired["same_responses_16"].append(trl_s / together["alignkit_16"]["s_per_step"])
-                paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
+                if "alignkit_8" in together:
+                    paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
                 trl_c = together["trl_rloo_16"]["cpu_s_per_step"]
                 paired["same_responses_16_cpu_time"].append(trl_c / together["alignkit_16"]["cpu_s_per_step"])
-                paired["issue_workload_8_prompts_cpu_time"].append(trl_c / together["alignkit_8"]["cpu_s_per_step"])
+                if "alignkit_8" in together:
+                    paired["issue_workload_8_prompts_cpu_time"].append(
+                        trl_c / together["alignkit_8"]["cpu_s_per_step"])
                 print(size, r, {k: round(v["s_per_step"], 3) for k, v in together.items()}, flush=True)
             med = {v: statistics.median(x["s_per_step"] for x in runs[v]) for v in variants}
             med_cpu = {v: statistics.median(x["cpu_s_per_step"] for x in runs[v]) for v in variants}
@@ -213,7 +221,7 @@ def main() -> None:
             else:
                 defaults = run_together(model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps)["trl"]
             results[size] = {
-                "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items()},
+                "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items() if v},
                 "paired_speedups": paired,
                 "config": {**config, "prompts": 8, "new_tokens": NEW_TOKENS,
                            "kl_coef": KL, "steps_per_run": args.steps},
@@ -226,12 +234,13 @@ def main() -> None:
                 "repeats": repeats, "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(),
                 "runs": runs,
                 "speedup_same_responses_16": med["trl_rloo_16"] / med["alignkit_16"],
-                "speedup_issue_workload_8_prompts": med["trl_rloo_16"] / med["alignkit_8"],
+                "speedup_issue_workload_8_prompts": (med["trl_rloo_16"] / med["alignkit_8"]
+                                                     if "alignkit_8" in med else None),
                 # TRL with its own defaults (bf16 autocast + gradient checkpointing): one run,
                 # a separate row, in no ratio
                 TRL_DEFAULTS_ROW: defaults,
             }
-            print(size, {k: round(v, 2) for k, v in results[size].items() if k.startswith("speedup")},
+            print(size, {k: v if v is None else round(v, 2) for k, v in results[size].items() if k.startswith("speedup")},
                   {k: round(v, 2) for k, v in results[size]["median_of_paired_speedups"].items()}, flush=True)
             print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
             print(size, "alignkit split (CPU s):", json.dumps(results[size]["alignkit_split_cpu_s"]), flush=True)

@@ -109,3 +109,39 @@ def test_best_of_n_equals_the_generate_based_run(tiny_lm_dir, monkeypatch):
     old = best_of_n(PROMPTS, sample, length_reward, n=4)
     assert new.responses == old.responses
     torch.testing.assert_close(new.all_rewards, old.all_rewards)
+
+
+def test_ppo_with_repeated_prompts_equals_the_unshared_run(tiny_lm_dir, monkeypatch):
+    """Two samples of each prompt per batch: the rollout's prompt forward and the policy and
+    reference forwards run each prompt once; the run's metrics equal those of the same run
+    with every row computed on its own."""
+    import alignkit.models.packing as packing
+    import alignkit.models.value as value
+    from alignkit.recipes.ppo import PPOConfig, train_ppo
+
+    def run():
+        cfg = PPOConfig(policy=str(tiny_lm_dir), out="", steps=2, rollout_batch_size=4, ppo_epochs=1,
+                        num_minibatches=1, max_new_tokens=6, lr=1e-3, temperature=0.9,
+                        save_model=False, save_checkpoints=False, tensorboard=False, seed=1)
+        return train_ppo(cfg, reward_fn=length_reward, prompts=PROMPTS[:2] * 2).history
+
+    shared_calls = []
+    real = packing.repeated_prompts
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        shared_calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(packing, "repeated_prompts", counting)
+    monkeypatch.setattr(value, "repeated_prompts", counting)
+    shared = run()
+    assert shared_calls and all(shared_calls)  # every batch shared its prompts
+    monkeypatch.setattr(packing, "repeated_prompts", lambda *a, **k: None)
+    monkeypatch.setattr(value, "repeated_prompts", lambda *a, **k: None)
+    unshared = run()
+    for a, b in zip(shared, unshared, strict=True):
+        for key, v in b.items():
+            if key.startswith("time/") or key.endswith("_seconds") or key == "diag/vf_clipfrac":
+                continue
+            assert math.isclose(a[key], v, rel_tol=1e-3, abs_tol=1e-4), (key, a[key], v)

@@ -94,6 +94,22 @@ def test_bt_on_segments_by_hand():
     assert loss.item() == pytest.approx(1.126928, abs=1e-5)
 
 
+def test_reward_inputs_choose_what_the_net_sees():
+    """r̂(o, o′) with weights (1, 2) on a 1-d obs: the action is ignored, R̂ = Σ o + 2 o′."""
+    net = RewardNet(1, 3, use_action=False, use_next_obs=True, layers=0)
+    with torch.no_grad():
+        net.net[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        net.net[0].bias.zero_()
+    obs, nxt = torch.tensor([[[1.0], [2.0]]]), torch.tensor([[[2.0], [3.0]]])
+    R = segment_returns(net, obs, torch.full((1, 2, 3), 9.0), nxt)
+    torch.testing.assert_close(R, torch.tensor([1.0 + 4.0 + 2.0 + 6.0]))
+    from alignkit.recipes.control import REWARD_INPUTS, ControlConfig, validate
+
+    assert ControlConfig(env_id="HalfCheetah-v5").resolved().reward_inputs == "obs_next"
+    for ri in REWARD_INPUTS:
+        validate(ControlConfig(reward_inputs=ri).resolved())
+
+
 def test_robust_loss_is_bt_at_zero_and_bounded():
     ra, rb = torch.tensor([5.0, -3.0]), torch.tensor([0.0, 1.0])
     mu = torch.tensor([0.0, 1.0])  # both confidently wrong

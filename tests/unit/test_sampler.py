@@ -348,3 +348,23 @@ def test_policy_forward_share_prompts_equals_full_forward(tok, arch):
         torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), atol=1e-4, rtol=1e-4)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_lean_step_runs_lora_adapters_and_equals_generate(tok):
+    """A peft LoRA model (non-zero adapters on q/v): the lean Llama step calls the wrapped
+    linear layers, so greedy decoding still equals ``generate`` on the adapted model."""
+    from alignkit.decoding.lean_step import lean_step
+    from alignkit.models import LoraSpec, add_lora
+
+    model = add_lora(spiky(tiny_llama(tok), seed=2), LoraSpec(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    model.eval()
+    assert lean_step(model, make_cache(model, 8)) is not None
+    ref = hf_generate(model, tok, PROMPTS, 8, do_sample=False)
+    assert torch.equal(generate_ids(model, tok, PROMPTS, 8, do_sample=False).input_ids, ref)
+    with model.disable_adapter():
+        plain = generate_ids(model, tok, PROMPTS, 8, do_sample=False).input_ids
+    assert not torch.equal(plain, ref)  # the adapters did change the output

@@ -5,8 +5,9 @@
 ``step(ids (b, 1), mask, positions (b, 1), cache, want_hidden) -> (logits (b, V), hidden | None)``
 that runs the model's forward for one new token **with the model's own modules and
 functions, in the same order** — the same layer norms, linear layers (so LoRA adapters and
-other wrapped linears are honoured), activation, rotary embedding and transformers'
-attention function — but without what the generic forward does around them at every step:
+other wrapped linears are honoured), activation, rotary embedding, and the attention call
+transformers makes (SDPA with its grouped-query packing, or its eager function) — but
+without what the generic forward does around them at every step:
 the causal-mask builder, the ``Cache`` object's ``update`` dispatch, keyword plumbing
 through four module levels, decorators, output dataclasses and dropout modules.
 Keys/values are written in place into the cache's ``(b, H, capacity, D)`` buffers and
@@ -15,13 +16,15 @@ the decode loop slices per step.
 
 Because every op is the one the model's forward calls, on the same inputs, the logits are
 bitwise those of ``model(...)`` (tested against it, and greedy decoding against
-``model.generate``). Other architectures, training mode, cross-attention, GPT-2's
+``model.generate``); GPT-2's ``gelu_new`` and the residual adds write their temporaries
+in place, the same float32 ops in the same order. Other architectures, training mode, cross-attention, GPT-2's
 ``reorder_and_upcast_attn`` and attention kernels other than SDPA/eager get ``None``: the
 decode loop then calls the model's own forward.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -51,10 +54,40 @@ def lean_step(model, cache) -> Step | None:
 
 
 def _attention_fn(model, impl: str):
+    if impl == "sdpa":
+        return _sdpa_one_token
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     eager = sys.modules[type(model).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
+
+
+def _sdpa_one_token(module, q, k, v, mask, *, dropout: float = 0.0, scaling: float | None = None):
+    """transformers' ``sdpa_attention_forward`` for one query token with a mask, without
+    its dispatch: with grouped-query attention the query heads of one key/value head take
+    the place of query tokens (its ``pack_gqa``), then ``(b, 1, H, D)`` as it returns."""
+    b, h, _, d = q.shape
+    kv_heads = k.shape[1]
+    if kv_heads != h:
+        q = q.reshape(b, kv_heads, h // kv_heads, d)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                           scale=scaling, is_causal=False)
+    return out.reshape(b, h, 1, v.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _activation(act):
+    """GPT-2's ``gelu_new`` (transformers' ``NewGELUActivation``) with its temporaries
+    written in place — the same float32 ops in the same order, so the same values — or
+    the module itself for any other activation."""
+    if type(act).__name__ != "NewGELUActivation":
+        return act
+    c = math.sqrt(2.0 / math.pi)
+
+    def gelu_new(x):  # 0.5·x·(1 + tanh(c·(x + 0.044715·x³)))
+        t = torch.pow(x, 3.0).mul_(0.044715).add_(x).mul_(c).tanh_().add_(1.0)
+        return t.mul_(x * 0.5)
+
+    return gelu_new
 
 
 def _write_kv(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +108,7 @@ def _gpt2(model, impl: str) -> Step | None:
     tr = model.transformer
     wte, wpe, blocks, ln_f, lm_head = tr.wte, tr.wpe, list(tr.h), tr.ln_f, model.lm_head
     attend = _attention_fn(model, impl)
+    acts = [_activation(block.mlp.act) for block in blocks]
     H = cfg.n_head
     D = cfg.n_embd // H
     d = cfg.n_embd
@@ -82,14 +116,14 @@ def _gpt2(model, impl: str) -> Step | None:
     def step(ids, mask, pos, cache, want_hidden):
         b = ids.shape[0]
         h = wte(ids) + wpe(pos)  # (b, 1, d); dropout is the identity in eval mode
-        for block, layer in zip(blocks, cache.layers, strict=True):
+        for block, layer, act in zip(blocks, cache.layers, acts, strict=True):
             attn, mlp = block.attn, block.mlp
             q, k, v = attn.c_attn(block.ln_1(h)).split(d, dim=2)
             q = q.view(b, 1, H, D).transpose(1, 2)
             k, v = _write_kv(layer, k.view(b, 1, H, D).transpose(1, 2), v.view(b, 1, H, D).transpose(1, 2))
             a, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
-            h = attn.c_proj(a.reshape(b, 1, d).contiguous()) + h
-            h = h + mlp.c_proj(mlp.act(mlp.c_fc(block.ln_2(h))))
+            h = attn.c_proj(a.reshape(b, 1, d)).add_(h)  # residual adds in place: a + b == b + a
+            h = mlp.c_proj(act(mlp.c_fc(block.ln_2(h)))).add_(h)
         h = ln_f(h)
         return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
 
@@ -119,8 +153,8 @@ def _llama(model, impl: str) -> Step | None:
             q, k = rope(q, k, cos, sin)
             k, v = _write_kv(kv, k, v)
             a, _ = attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling)
-            h = h + at.o_proj(a.reshape(b, 1, -1).contiguous())
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = at.o_proj(a.reshape(b, 1, -1)).add_(h)
+            h = layer.mlp(layer.post_attention_layernorm(h)).add_(h)
         h = norm(h)
         return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
 

@@ -6,8 +6,13 @@ temperature/top-k/top-p, or a logit mixture). It is what :func:`~alignkit.decodi
 (PPO/A2C, best-of-n, the loop) and :func:`~alignkit.decoding.mixing.mix_generate` call.
 
 What it does differently from ``model.generate`` on the same model (measured on the
-shared CPU: 1.5–1.7× the tokens/s on a 2×64 GPT-2, 1.01–1.05× on 6×384, where dense
-matmuls are nearly all of a step; ``benchmarks/sampler_vs_hf.py``):
+shared CPU: 2.1–2.2× the tokens/s on a 2×64 GPT-2, 1.06–1.22× on 6×384, where reading
+the weights is most of a step, 1.07–1.12× on SmolLM2-135M; ``benchmarks/sampler_vs_hf.py``):
+
+* **A lean one-token step** for GPT-2 and Llama (:mod:`alignkit.decoding.lean_step`):
+  the model's own modules in its forward's order without the per-step plumbing around
+  them, bitwise the same logits; other models run their own forward.
+* **A prompt sampled several times** is prefilled once (cache rows copied).
 
 * **Preallocated KV cache** (:class:`PreallocatedCache`): each layer's keys/values live
   in one ``(B, H, P + R, D)`` buffer written in place; attention reads the filled prefix

@@ -80,7 +80,7 @@ def policy_forward(
     """
     b, t = input_ids.shape
     start = max(1, int(completion_start))
-    groups = repeated_prompts(input_ids, attention_mask, start) if share_prompts and start > 1 else None
+    groups = repeated_prompts(input_ids, attention_mask, start) if share_prompts and 1 < start < t else None
     if groups is not None:
         logits, hidden = _shared_prompt_forward(model, input_ids, attention_mask, start, *groups,
                                                 want_hidden=value_head is not None)

@@ -38,9 +38,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": dict(num_envs=4, num_steps=1000, gamma=0.9, learning_rate=1e-3, num_minibatches=32,
                         update_epochs=10, segment_length=25, reward_inputs="obs_action"),
     # 4 envs × 1000 steps: every iteration holds 4 whole episodes (the envs reset each iteration);
-    # r̂(o): with r̂(o, a), seed 0 reached 192 where r̂(o) reached 1110 (oracle 1198), docs/control.md
+    # r̂(o, o′): the reward is the x-velocity over the step, which o′ shows (docs/control.md)
     "HalfCheetah-v5": dict(num_envs=4, num_steps=1000, gamma=0.99, learning_rate=3e-4, num_minibatches=32,
-                           update_epochs=10, segment_length=50, reward_inputs="obs"),
+                           update_epochs=10, segment_length=50, reward_inputs="obs_next"),
     "Hopper-v5": dict(num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4, num_minibatches=32,
                       update_epochs=10, segment_length=50, reward_inputs="obs_action"),  # not measured
 }
@@ -48,6 +48,7 @@ DEFAULTS = dict(num_envs=4, num_steps=512, gamma=0.99, learning_rate=3e-4, num_m
                 update_epochs=10, segment_length=25, reward_inputs="obs_action")
 ANNOTATORS = ("boltzmann", "regret", "myopic", "noisy")
 QUERIES = ("random", "disagreement", "info-gain")
+REWARD_INPUTS = ("obs_action", "obs", "obs_next", "obs_action_next")
 
 
 @dataclass
@@ -102,8 +103,8 @@ class ControlConfig:
     segment_length: int | None = None
     """k steps per segment (None: per-env preset)."""
     reward_inputs: str | None = None
-    """What r̂ sees: obs_action (r̂(o, a)), obs (r̂(o)) or obs_action_next (r̂(o, a, o′)); None:
-    per-env preset (obs_action, but obs on HalfCheetah-v5)."""
+    """What r̂ sees: obs_action (r̂(o, a)), obs (r̂(o)), obs_next (r̂(o, o′)) or obs_action_next
+    (r̂(o, a, o′)); None: per-env preset (obs_action, but obs_next on HalfCheetah-v5)."""
     reward_members: int = 3
     """Reward ensemble size (bootstrap resamples)."""
     reward_epochs: int = 10
@@ -177,8 +178,8 @@ def validate(cfg: ControlConfig) -> None:
         raise ConfigError(f"algo: expected ppo or a2c, got {cfg.algo!r}")
     if cfg.annotator not in ANNOTATORS:
         raise ConfigError(f"annotator: expected one of {', '.join(ANNOTATORS)}, got {cfg.annotator!r}")
-    if cfg.reward_inputs not in ("obs_action", "obs", "obs_action_next"):
-        raise ConfigError(f"reward_inputs: expected obs_action, obs or obs_action_next, got {cfg.reward_inputs!r}")
+    if cfg.reward_inputs not in REWARD_INPUTS:
+        raise ConfigError(f"reward_inputs: expected one of {', '.join(REWARD_INPUTS)}, got {cfg.reward_inputs!r}")
     if cfg.query not in QUERIES:
         raise ConfigError(f"query: expected one of {', '.join(QUERIES)}, got {cfg.query!r}")
     if cfg.human and not cfg.db:
@@ -313,8 +314,8 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     schedule = label_schedule(cfg.labels, iterations, cfg.initial_label_frac, cfg.label_iters_frac)
     if learned:
         ensemble = RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
-                                  use_action=cfg.reward_inputs != "obs",
-                                  use_next_obs=cfg.reward_inputs == "obs_action_next",
+                                  use_action="action" in cfg.reward_inputs,
+                                  use_next_obs=cfg.reward_inputs.endswith("_next"),
                                   hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
                                   random_answer_prob=cfg.random_answer_prob, seed=cfg.seed)
         if cfg.human:
