@@ -49,3 +49,25 @@ def test_without_gold_nothing_gold_based_is_reported():
     rm = evaluate_reward_model(_LengthRM(), comps)
     assert rm["accuracy"] == 0.5 and "gold_accuracy" not in rm
     assert evaluate_reward_model(_LengthRM(), comps, gold=lambda p, r: [len(x) for x in r])["gold_accuracy"] == 1.0
+
+
+def test_sample_for_eval_kl_same_in_score_chunks_and_zero_for_the_reference(tiny_lm_dir):
+    """The scoring passes run score_batch_size rows at a time: chunks of 1 give the KL of
+    one pass over the batch; a model scored against itself has KL 0 without any pass."""
+    import copy
+
+    from alignkit.evaluation import sample_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_lm_dir), padding_side="left")
+    ref = load_causal_lm(str(tiny_lm_dir)).eval()
+    pol = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts = ["hello there", "how are you doing today", "bread"]
+    whole = sample_for_eval(pol, ref, tok, prompts, 6, seed=3, score_batch_size=16)
+    rows = sample_for_eval(pol, ref, tok, prompts, 6, seed=3, score_batch_size=1)
+    assert whole.responses == rows.responses
+    assert whole.kl == pytest.approx(rows.kl, abs=1e-5) and any(abs(k) > 1e-4 for k in whole.kl)
+    assert sample_for_eval(ref, ref, tok, prompts, 6, seed=3).kl == [0.0, 0.0, 0.0]
