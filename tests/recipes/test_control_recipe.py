@@ -82,6 +82,28 @@ def test_cli_flags_left_out_do_not_override_the_config_file(tmp_path, monkeypatc
     assert c.seed == 4  # a flag that was passed wins over the file
 
 
+@pytest.mark.parametrize("flags, expected_seed", [([], 3), (["--seed", "5"], 5)])
+def test_demo_control_seed_from_the_config_unless_passed(tmp_path, monkeypatch, flags, expected_seed):
+    import yaml
+
+    import alignkit.recipes.control as recipe
+
+    seen = {}
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        return {"true_return": 0.0, "random_return": 0.0, "oracle_return": 1.0, "normalized_score": 0.0,
+                "labels_used": 0, "env_steps": 0, "wall_s": 0.0}
+
+    monkeypatch.setattr(recipe, "run_control", fake_run)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 3}))
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "control", "--config", str(cfg), "--out", str(tmp_path / "o"), *flags])
+    assert e.value.code == 0
+    assert seen["cfg"].seed == expected_seed
+
+
 def test_cli_clips_need_rgb_array(tmp_path, capsys):
     import gymnasium as gym
 

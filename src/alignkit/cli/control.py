@@ -55,7 +55,7 @@ def train_cmd(
     typer.echo(f"report: {Path(s['out']) / 'report.html'}  summary: {Path(s['out']) / 'summary.json'}")
 
 
-def demo_control(out: Path | None, seed: int, quick: bool, config: Path | None) -> None:
+def demo_control(out: Path | None, seed: int | None, quick: bool, config: Path | None) -> None:
     """``alignkit demo control``: Pendulum-v1 from 1,000 Boltzmann labels vs the oracle (≤ 10 min CPU)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     from alignkit.config import load_config

@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     app.command("driving-pool")(driving_pool_cmd)
 
 
-def demo_humans(*, out: Path | None, seed: int, n_seeds: int | None, quick: bool, config: Path | None) -> None:
+def demo_humans(*, out: Path | None, seed: int | None, n_seeds: int | None, quick: bool, config: Path | None) -> None:
     """Label efficiency per query strategy, the misspecification matrix, the stability curves."""
     from alignkit.config import load_config
     from alignkit.recipes.humans import HumansConfig, quick_overrides, run_humans
@@ -22,8 +22,9 @@ def demo_humans(*, out: Path | None, seed: int, n_seeds: int | None, quick: bool
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)
         cfg.quick = False  # applied
-    if n_seeds is not None or seed != 0:
-        cfg.seeds = list(range(seed, seed + (n_seeds or len(cfg.seeds))))
+    if n_seeds is not None or seed is not None:
+        first = cfg.seeds[0] if seed is None and cfg.seeds else (seed or 0)
+        cfg.seeds = list(range(first, first + (n_seeds or len(cfg.seeds))))
     summary = run_humans(cfg)
     le = summary["label_efficiency_detail"]["vs_random"].get("info-gain")
     if le:

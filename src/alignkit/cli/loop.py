@@ -84,7 +84,8 @@ def demo_cmd(
         "segment preferences; 'humans' for the human-model experiments on the driving task."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo, runs/demo_hh)."),
     task: str = typer.Option("assistant", "--task", help="assistant (embedded, offline) or hh (real HH pairs)."),
-    seed: int = typer.Option(0, "--seed", help="First seed; the demo runs --n-seeds consecutive seeds."),
+    seed: int | None = typer.Option(None, "--seed", help="First seed (default: the config's, else 0); the demo runs "
+                                    "--n-seeds consecutive seeds."),
     n_seeds: int | None = typer.Option(None, "--n-seeds", help="Number of seeds (default 3; humans: 10, --quick 5)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes: a smoke run in about a minute."),
     data: Path | None = typer.Option(None, "--data", help="hh: the HH pairs file (default: the shared copy)."),
@@ -112,6 +113,7 @@ def demo_cmd(
         from alignkit.cli.humans import demo_humans
 
         return demo_humans(out=out, seed=seed, n_seeds=n_seeds, quick=quick, config=config)
+    seeds_given = seed is not None or n_seeds is not None
     n_seeds = 3 if n_seeds is None else n_seeds
     if variant is not None:
         if variant != "hh":
@@ -137,7 +139,8 @@ def demo_cmd(
         from alignkit.recipes.demo import DemoConfig, run_demo
 
         cfg = build_config(DemoConfig, config, overrides, out=str(out) if out else None,
-                           seeds=list(range(seed, seed + n_seeds)), quick=quick or None)
+                           seeds=list(range(seed or 0, (seed or 0) + n_seeds)) if seeds_given else None,
+                           quick=quick or None)
         from alignkit.scale.tasks import ray_address as resolve_ray
 
         summary = run_demo(cfg, ray_address=resolve_ray(ray, ray_address))
