@@ -8,12 +8,30 @@ without fast bf16 TRL's small-model DPO ran ~25× slower than in float32). So th
 rows run TRL with :data:`TRL_MATCHED` (float32, no checkpointing, as alignkit); TRL's own
 defaults are measured only as a separate, labelled row (:data:`TRL_DEFAULTS_ROW`), never
 inside a ratio.
+
+It also holds the workloads several benchmarks feed to both sides: :data:`PROMPTS` for the
+generation benchmarks and :func:`hh_rows` for the HH-pair ones.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
+from pathlib import Path
+
+HH = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
+PROMPTS = [
+    "Human: How do I bake bread? Assistant:",
+    "Human: What is the capital of France? Assistant:",
+    "Please help me write a short, polite reply to my neighbour.",
+    "The quick brown fox",
+    "Human: Tell me a number. Assistant:",
+    "Thank you for asking! Here is",
+    "Human: Can you help me? Assistant:",
+    "Numbers: 0 1 2",
+]
+"""The prompts of the generation benchmarks (sampler and RL step), cycled to the batch size."""
 
 TRL_MATCHED = {"bf16": False, "fp16": False, "gradient_checkpointing": False}
 """TRL settings for the like-for-like rows: alignkit's precision (float32) and memory
@@ -83,3 +101,22 @@ def machine_meta() -> dict:
     if torch.cuda.is_available():
         meta["gpu"] = torch.cuda.get_device_name(0)
     return meta
+
+
+def hh_rows(n: int, model_dir: str, max_length: int = 128) -> list[dict]:
+    """The first ``n`` HH harmless pairs whose prompt + longer response fits ``max_length``
+    tokens of the model's tokenizer (plus EOS), so neither side truncates anything."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    from alignkit.data import load_records, to_comparisons
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for c in to_comparisons(load_records(str(HH)).records):
+        n_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in (c.prompt, c.a, c.b)]
+        if n_tok[0] + max(n_tok[1:]) + 1 <= max_length:
+            rows.append({"prompt": c.prompt, "chosen": c.a, "rejected": c.b})
+        if len(rows) == n:
+            return rows
+    raise SystemExit(f"only {len(rows)} HH pairs fit in {max_length} tokens")

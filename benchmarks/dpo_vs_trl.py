@@ -34,9 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
+from _fair import TRL_DEFAULTS_ROW, hh_rows, machine_meta, trl_settings  # noqa: E402
 
-HH = ROOT.parent.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 LORA_R, LORA_TARGETS = 8, ["q_proj", "v_proj"]
 # One intra-op thread for both sides: on a shared, oversubscribed 2-core machine, 2 OpenMP
 # threads per process mostly wait on each other at every op's barrier, which adds noise
@@ -57,25 +56,6 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
     return [{"prompt": "Human: " + text(6, 14) + " Assistant:", "chosen": " " + text(6, 18),
              "rejected": " " + text(6, 18)} for _ in range(n)]
-
-
-def hh_rows(n: int, model_dir: str, max_length: int = 128) -> list[dict]:
-    """The first ``n`` HH harmless pairs whose prompt + longer response fits ``max_length``
-    tokens of the model's tokenizer (plus EOS), so neither side truncates anything."""
-    from transformers import AutoTokenizer
-
-    sys.path.insert(0, str(ROOT.parent / "src"))
-    from alignkit.data import load_records, to_comparisons
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = []
-    for c in to_comparisons(load_records(str(HH)).records):
-        n_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in (c.prompt, c.a, c.b)]
-        if n_tok[0] + max(n_tok[1:]) + 1 <= max_length:
-            rows.append({"prompt": c.prompt, "chosen": c.a, "rejected": c.b})
-        if len(rows) == n:
-            return rows
-    raise SystemExit(f"only {len(rows)} HH pairs fit in {max_length} tokens")
 
 
 def peak_rss_mb() -> float:

@@ -41,9 +41,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
+from _fair import TRL_DEFAULTS_ROW, hh_rows, machine_meta, trl_settings  # noqa: E402
 
-HH = HERE.parent.parent / "shared" / "data" / "hh_harmless_dev.jsonl.gz"
 SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=6, n_embd=384, n_head=6),
          "smollm2": None}
 PAIRS = {"tiny": 384, "small": 96, "smollm2": 8}
@@ -86,23 +85,6 @@ def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool, pair_l
         )
         metrics = train_reward(cfg, records).metrics
         return metrics["perf/train_pairs_per_s"], metrics["data/train_pairs"]
-
-
-def hh_rows(n: int, model_dir: str, max_length: int = 128) -> list[dict]:
-    """The first ``n`` HH harmless pairs whose prompt + longer response fits ``max_length``."""
-    from transformers import AutoTokenizer
-
-    from alignkit.data import load_records, to_comparisons
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = []
-    for c in to_comparisons(load_records(str(HH)).records):
-        n_tok = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in (c.prompt, c.a, c.b)]
-        if n_tok[0] + max(n_tok[1:]) + 1 <= max_length:
-            rows.append({"prompt": c.prompt, "chosen": c.a, "rejected": c.b})
-        if len(rows) == n:
-            return rows
-    raise SystemExit(f"only {len(rows)} HH pairs fit in {max_length} tokens")
 
 
 def run_trl(model_dir: str, rows: list[dict], settings: str = "matched") -> tuple[float, int]:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from _fair import TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
+from _fair import PROMPTS, TRL_DEFAULTS_ROW, machine_meta, trl_settings  # noqa: E402
 
 LORA_R, LORA_TARGETS = 8, ["q_proj", "v_proj"]
 # One intra-op thread for both sides: on a shared, oversubscribed 2-core machine, 2 OpenMP
@@ -55,16 +55,6 @@ LORA_R, LORA_TARGETS = 8, ["q_proj", "v_proj"]
 # unrelated to either implementation. Override with ALIGNKIT_BENCH_THREADS.
 THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
 SIZES = {"tiny": (2, 64, 2), "small": (6, 384, 6), "smollm2": None}
-PROMPTS = [
-    "Human: How do I bake bread? Assistant:",
-    "Human: What is the capital of France? Assistant:",
-    "Please help me write a short, polite reply to my neighbour.",
-    "The quick brown fox",
-    "Human: Tell me a number. Assistant:",
-    "Thank you for asking! Here is",
-    "Human: Can you help me? Assistant:",
-    "Numbers: 0 1 2",
-]
 NEW_TOKENS, KL, STEPS = 32, 0.05, 5
 SPLIT = ("time/rollout", "time/reward", "time/policy_forward", "time/ref_forward", "time/update")
 SPLIT_CPU = tuple(f"{k}_cpu" for k in SPLIT)  # the same split in the process's CPU time

@@ -41,19 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
-from _fair import machine_meta  # noqa: E402
+from _fair import PROMPTS, machine_meta  # noqa: E402
 
 THREADS = int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1"))
-PROMPTS = [
-    "Human: How do I bake bread? Assistant:",
-    "Human: What is the capital of France? Assistant:",
-    "Please help me write a short, polite reply to my neighbour.",
-    "The quick brown fox",
-    "Human: Tell me a number. Assistant:",
-    "Thank you for asking! Here is",
-    "Human: Can you help me? Assistant:",
-    "Numbers: 0 1 2",
-]
 
 
 def main() -> None:
