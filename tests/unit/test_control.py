@@ -142,6 +142,46 @@ def test_ensemble_learns_the_reward_from_preferences():
     assert np.corrcoef(r.reshape(-1), np.stack([s.rewards for s in segs]).reshape(-1))[0, 1] > 0.9
 
 
+def test_reward_input_normaliser_sees_each_labelled_segment_once_and_is_scale_free():
+    rng = np.random.default_rng(1)
+    segs = [seg(rng.normal(size=(5, 2)) * [1.0, 50.0] + [0.0, 200.0], np.zeros(5)) for _ in range(200)]
+    for s in segs:
+        s.next_obs = s.obs + rng.normal(size=s.obs.shape).astype(np.float32)
+        s.rewards = s.next_obs[:, 0].astype(float)
+    pairs = [LabelledPair(a, b, float(partial_return(a.rewards) > partial_return(b.rewards)))
+             for a, b in zip(segs[::2], segs[1::2], strict=True)]
+    ens = RewardEnsemble(2, 1, members=2, epochs=3, use_action=False, use_next_obs=True, normalize_obs=True, seed=0)
+    ens.fit(pairs[:40])
+    ens.fit(pairs)  # the label list grew: only the 60 new pairs update the statistics
+    seen = np.concatenate([np.concatenate([s.obs, s.next_obs]) for p in pairs for s in (p.a, p.b)])
+    for net in ens.nets:
+        np.testing.assert_allclose(net.obs_norm.mean.numpy(), seen.mean(0), rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(net.obs_norm.var.numpy(), seen.var(0), rtol=1e-4)
+    assert ens.n_normed == len(pairs)
+    state = ens.state_dict()
+    again = RewardEnsemble(2, 1, members=2, use_action=False, use_next_obs=True, normalize_obs=True, seed=5)
+    again.load_state_dict(state)
+    o, n = np.stack([s.obs for s in segs]), np.stack([s.next_obs for s in segs])
+    a = np.zeros(o.shape[:-1] + (1,), np.float32)
+    np.testing.assert_array_equal(again.member_rewards(o, a, n), ens.member_rewards(o, a, n))
+    assert again.n_normed == len(pairs)
+
+    # an affine change of units of one observation feature leaves the fitted reward unchanged
+    def fitted(scale, shift):
+        view = [LabelledPair(*(Segment(s.obs * scale + shift, s.actions, s.rewards, s.next_obs * scale + shift)
+                               for s in (p.a, p.b)), p.mu) for p in pairs]
+        e = RewardEnsemble(2, 1, members=2, epochs=3, use_action=False, use_next_obs=True, normalize_obs=True, seed=0)
+        e.fit(view)
+        return e.member_rewards(o * scale + shift, a, n * scale + shift).numpy()
+
+    unit = np.array([1.0, 1.0], np.float32)
+    np.testing.assert_allclose(fitted(np.array([1.0, 1e-3], np.float32), np.array([5.0, -300.0], np.float32)),
+                               fitted(unit, unit * 0),
+                               atol=2e-3)
+    plain = RewardEnsemble(2, 1, members=2, epochs=3, use_action=False, use_next_obs=True, seed=0)
+    assert plain.nets[0].obs_norm is None  # off by default
+
+
 # ---------------------------------------------------------------------------- wrapper
 
 

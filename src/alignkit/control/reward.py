@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alignkit.control.policy import RunningNorm
 from alignkit.control.segments import Segment
 from alignkit.losses.preference import bradley_terry_loss, bradley_terry_robust_loss
 
@@ -44,13 +45,19 @@ class RewardNet(nn.Module):
     ``use_action=False`` gives a state reward r̂(o[, o′]): when the policy's actions are
     confounded with the states it visits, a reward on actions can pick up a spurious
     preference for some actions that the labels never asked for.
+
+    ``normalize_obs=True`` standardises o and o′ with a running mean/std (``obs_norm``,
+    updated by :meth:`RewardEnsemble.fit` from the labelled segments; part of the state
+    dict) before the MLP, so observation features on different scales (joint angles vs
+    velocities) start on an equal footing.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, use_action: bool = True,
-                 use_next_obs: bool = False, hidden: int = 64, layers: int = 2):
+                 use_next_obs: bool = False, hidden: int = 64, layers: int = 2, normalize_obs: bool = False):
         super().__init__()
         self.obs_dim, self.act_dim, self.discrete = obs_dim, act_dim, discrete
         self.use_action, self.use_next_obs = use_action, use_next_obs
+        self.obs_norm = RunningNorm(obs_dim) if normalize_obs else None
         d_in = obs_dim * (2 if use_next_obs else 1) + (act_dim if use_action else 0)
         mods: list[nn.Module] = []  # layers = 0 is a linear reward
         for _ in range(layers):
@@ -60,6 +67,9 @@ class RewardNet(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def features(self, obs: torch.Tensor, actions: torch.Tensor, next_obs: torch.Tensor | None) -> torch.Tensor:
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
+            next_obs = self.obs_norm(next_obs) if self.use_next_obs else next_obs
         if not self.use_action:
             return torch.cat([obs] + ([next_obs] if self.use_next_obs else []), dim=-1)
         if self.discrete:
@@ -97,11 +107,12 @@ class RewardEnsemble:
     def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, members: int = 3,
                  use_action: bool = True, use_next_obs: bool = False, hidden: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                  epochs: int = 20, batch_size: int = 64, random_answer_prob: float = 0.1,
-                 val_frac: float = 0.2, seed: int = 0):
+                 val_frac: float = 0.2, normalize_obs: bool = False, seed: int = 0):
         torch.manual_seed(seed)
         self.nets = [RewardNet(obs_dim, act_dim, discrete=discrete, use_action=use_action,
-                               use_next_obs=use_next_obs, hidden=hidden)
+                               use_next_obs=use_next_obs, hidden=hidden, normalize_obs=normalize_obs)
                      for _ in range(members)]
+        self.n_normed = 0  # labelled pairs whose observations the input normalisers have seen
         self.opts = [torch.optim.Adam(n.parameters(), lr=lr, weight_decay=weight_decay) for n in self.nets]
         self.epochs, self.batch_size = epochs, batch_size
         self.random_answer_prob, self.val_frac = random_answer_prob, val_frac
@@ -116,10 +127,23 @@ class RewardEnsemble:
         return bradley_terry_loss(ra, rb, mu)
 
     def fit(self, pairs: Sequence[LabelledPair]) -> dict[str, float]:
-        """Train every member for ``epochs`` passes over its resample; returns metrics."""
+        """Train every member for ``epochs`` passes over its resample; returns metrics.
+
+        ``pairs`` grows by appending between calls (the loop's label list): with input
+        normalisation, the observations of pairs not seen before update the normalisers.
+        """
         n = len(pairs)
         if n == 0:
             raise ValueError("no labelled pairs to fit")
+        if self.nets[0].obs_norm is not None and n > self.n_normed:
+            new = [s for p in pairs[self.n_normed:] for s in (p.a, p.b)]
+            o = torch.as_tensor(np.concatenate([np.stack([s.obs for s in new]).reshape(-1, new[0].obs.shape[-1]),
+                                                np.stack([s.next_obs for s in new]).reshape(-1, new[0].obs.shape[-1])]))
+            for net in self.nets:
+                if self.n_normed == 0:
+                    net.obs_norm.count.zero_()  # no prior pseudo-count: the first labels' exact mean/var
+                net.obs_norm.update(o)
+            self.n_normed = n
         perm = self.rng.permutation(n)
         n_val = int(round(self.val_frac * n)) if n >= 10 else 0
         val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -183,7 +207,7 @@ class RewardEnsemble:
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],
-                "rng": self.rng.bit_generator.state, "mean": self.mean, "std": self.std}
+                "rng": self.rng.bit_generator.state, "mean": self.mean, "std": self.std, "n_normed": self.n_normed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for n, s in zip(self.nets, state["nets"], strict=True):
@@ -192,3 +216,4 @@ class RewardEnsemble:
             o.load_state_dict(s)
         self.rng.bit_generator.state = state["rng"]
         self.mean, self.std = state["mean"], state["std"]
+        self.n_normed = state.get("n_normed", 0)

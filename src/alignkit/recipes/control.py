@@ -111,6 +111,8 @@ class ControlConfig:
     """Passes over the labels at each refit."""
     reward_lr: float = 1e-3
     """Adam learning rate of the reward nets."""
+    reward_normalize_obs: bool = False
+    """Standardise r̂'s observation inputs (o, o′) with a running mean/std over the labelled segments."""
     random_answer_prob: float = 0.0
     """Christiano's robustness: chance the annotator answered at random (0 = plain BT; 0.1 on
     Pendulum-v1 seed 0 reached −563 where plain BT reached −155, see docs/control.md)."""
@@ -317,7 +319,8 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                                   use_action="action" in cfg.reward_inputs,
                                   use_next_obs=cfg.reward_inputs.endswith("_next"),
                                   hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
-                                  random_answer_prob=cfg.random_answer_prob, seed=cfg.seed)
+                                  random_answer_prob=cfg.random_answer_prob,
+                                  normalize_obs=cfg.reward_normalize_obs, seed=cfg.seed)
         if cfg.human:
             from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
             from alignkit.feedback.store import FeedbackStore
