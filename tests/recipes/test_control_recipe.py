@@ -23,12 +23,14 @@ def test_label_schedule_spends_the_budget():
     assert label_schedule(7, 1, 0.25, 0.5) == [7]
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    full = run_control(ControlConfig(out=str(tmp_path / "full"), **TINY))
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_resume_equals_uninterrupted(tmp_path, algo):
+    tiny = {**TINY, "algo": algo, "a2c_steps": 20}
+    full = run_control(ControlConfig(out=str(tmp_path / "full"), **tiny))
     part = tmp_path / "part"
-    first = run_control(ControlConfig(out=str(part), stop_after_iterations=2, **TINY))
+    first = run_control(ControlConfig(out=str(part), stop_after_iterations=2, **tiny))
     assert first["finished"] is False  # the oracle phase stopped after 2 of its 3 iterations
-    while not (res := run_control(ControlConfig(out=str(part), resume=True, stop_after_iterations=2, **TINY)))[
+    while not (res := run_control(ControlConfig(out=str(part), resume=True, stop_after_iterations=2, **tiny)))[
             "finished"]:
         pass
     for key in ("true_returns", "oracle_returns", "random_return", "labels_used", "normalized_score"):
@@ -42,6 +44,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert (part / "report.html").exists() and (part / "metrics.jsonl").exists() and (part / "tb").is_dir()
     a, b = full["curve"]["learned"], res["curve"]["learned"]
     np.testing.assert_array_equal([p["true_return"] for p in a], [p["true_return"] for p in b])
+
+
+def test_a2c_updates_after_every_piece(tmp_path):
+    from alignkit.recipes.control import train_phase
+    from alignkit.utils.metrics import MetricsLogger
+
+    cfg = ControlConfig(out=str(tmp_path), algo="a2c", a2c_steps=20, **{**TINY, "oracle": False}).resolved()
+    with MetricsLogger(tmp_path) as logger:
+        res = train_phase(cfg, "oracle", logger)
+    # 3 iterations × 100 steps / 20-step pieces = 15 plain policy-gradient steps (PPO here: 3 × 2 epochs × 2)
+    import torch
+
+    state = torch.load(tmp_path / "checkpoint_oracle.pt", weights_only=False)
+    assert all(s["step"] == 15 for s in state["optimizer"]["state"].values())
+    assert res["finished"] and res["env_steps"] == 300
+    with pytest.raises(Exception, match="a2c_steps: expected a positive divisor of num_steps"):
+        run_control(ControlConfig(out=str(tmp_path / "bad"), algo="a2c", a2c_steps=30, **TINY))
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -287,6 +287,30 @@ def test_segment_annotators_satisfy_the_annotator_protocol():
 # --------------------------------------------------------------------------------- GAE
 
 
+def test_a_rollout_in_pieces_is_the_rollout_in_one_go():
+    import gymnasium as gym  # noqa: F401
+
+    from alignkit.control.policy import ActorCritic
+    from alignkit.control.rollout import collect_rollout, concat_rollouts, make_envs
+
+    agent = ActorCritic(3, 1)
+    runs = []
+    for sizes in ([230], [100, 100, 30]):
+        envs = make_envs("Pendulum-v1", 2)
+        obs, _ = envs.reset(seed=7)
+        torch.manual_seed(0)
+        state, pieces = {}, []
+        for n in sizes:
+            piece, obs = collect_rollout(envs, agent, obs, n, state)
+            pieces.append(piece)
+        runs.append(concat_rollouts(pieces))
+    whole, joined = runs
+    for name in ("obs", "actions", "logprobs", "values", "rewards", "next_obs", "terminated", "dones"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(joined, name))
+    # the 200-step episodes end inside the second piece and are reported whole, once
+    assert joined.episode_returns == whole.episode_returns and joined.episode_lengths == [200, 200]
+
+
 def test_episode_advantages_by_hand():
     """rewards 1, 1, 1; V = ½ each; V(o_{t+1}) = ½, ½, 2; the episode ends (time limit) after
     step 1; γ = ½, λ = 1.

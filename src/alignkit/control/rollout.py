@@ -20,7 +20,7 @@ import torch
 from alignkit.errors import ConfigError
 from alignkit.losses.ppo import gae
 
-__all__ = ["Rollout", "collect_rollout", "episode_advantages", "make_env", "make_envs"]
+__all__ = ["Rollout", "collect_rollout", "concat_rollouts", "episode_advantages", "make_env", "make_envs"]
 
 
 def _check_env_id(env_id: str) -> None:
@@ -70,12 +70,21 @@ class Rollout:
 
 
 @torch.no_grad()
-def collect_rollout(envs: Any, agent: Any, obs: np.ndarray, num_steps: int) -> tuple[Rollout, np.ndarray]:
-    """Step ``envs`` ``num_steps`` times with ``agent`` from ``obs``; returns (rollout, last obs)."""
+def collect_rollout(envs: Any, agent: Any, obs: np.ndarray, num_steps: int,
+                    episode_state: dict[str, np.ndarray] | None = None) -> tuple[Rollout, np.ndarray]:
+    """Step ``envs`` ``num_steps`` times with ``agent`` from ``obs``; returns (rollout, last obs).
+
+    ``episode_state`` (a dict, updated in place) carries each env's running return and
+    length from one call to the next, so an episode collected in several pieces (A2C's
+    short rollouts) is reported once, whole, in the piece where it ends.
+    """
     N = envs.num_envs
     bufs: dict[str, list[np.ndarray]] = {k: [] for k in
                                          ("obs", "actions", "logprobs", "values", "rewards", "next_obs", "term", "done")}
-    ep_ret, ep_len = np.zeros(N), np.zeros(N, dtype=int)
+    if episode_state is None:
+        episode_state = {}
+    ep_ret = episode_state.setdefault("return", np.zeros(N))
+    ep_len = episode_state.setdefault("length", np.zeros(N, dtype=int))
     returns, lengths = [], []
     for _ in range(num_steps):
         o = torch.as_tensor(obs, dtype=torch.float32)
@@ -93,7 +102,7 @@ def collect_rollout(envs: Any, agent: Any, obs: np.ndarray, num_steps: int) -> t
                      ("rewards", np.asarray(r, dtype=np.float64)), ("next_obs", real_next),
                      ("term", np.asarray(term)), ("done", done)):
             bufs[k].append(x)
-        ep_ret += r
+        ep_ret += np.asarray(r, dtype=np.float64)
         ep_len += 1
         for n in np.flatnonzero(done):
             returns.append(float(ep_ret[n]))
@@ -104,6 +113,14 @@ def collect_rollout(envs: Any, agent: Any, obs: np.ndarray, num_steps: int) -> t
     ro = Rollout(st["obs"].astype(np.float32), st["actions"], st["logprobs"], st["values"], st["rewards"],
                  st["next_obs"].astype(np.float32), st["term"], st["done"], returns, lengths)
     return ro, obs
+
+
+def concat_rollouts(pieces: list[Rollout]) -> Rollout:
+    """Consecutive rollouts of the same envs as one, time-major (the pieces' steps in order)."""
+    cat = {name: np.concatenate([getattr(p, name) for p in pieces]) for name in
+           ("obs", "actions", "logprobs", "values", "rewards", "next_obs", "terminated", "dones")}
+    return Rollout(**cat, episode_returns=[r for p in pieces for r in p.episode_returns],
+                   episode_lengths=[n for p in pieces for n in p.episode_lengths])
 
 
 def episode_advantages(

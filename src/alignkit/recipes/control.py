@@ -56,7 +56,8 @@ class ControlConfig:
     env_id: str = "Pendulum-v1"
     """gymnasium environment id (Box or Discrete actions)."""
     algo: str = "ppo"
-    """ppo (clipped objective, several epochs) or a2c (one on-policy pass per batch)."""
+    """ppo (clipped objective, several epochs over each rollout) or a2c (one plain policy-gradient
+    step after every ``a2c_steps`` steps of the envs: A2C's short on-policy rollouts)."""
     labels: int = 1000
     """Total preference labels (pairs of segments) the annotator gives."""
     steps: int = 100_000
@@ -130,7 +131,11 @@ class ControlConfig:
     num_minibatches: int | None = None
     """Minibatches per PPO epoch."""
     update_epochs: int | None = None
-    """PPO epochs per batch (A2C always uses 1 pass, one batch)."""
+    """PPO epochs per batch."""
+    a2c_steps: int = 5
+    """A2C: steps of each env between updates (n-step advantages, bootstrapped with V); the
+    iteration's ``num_steps`` are collected in pieces of this many. The labels still come from
+    the whole iteration's rollout."""
     clip_eps: float = 0.2
     """PPO ratio clip ε."""
     vf_clip_eps: float | None = None
@@ -178,6 +183,8 @@ def validate(cfg: ControlConfig) -> None:
         raise ConfigError(f"torch_threads: expected ≥ 1, got {cfg.torch_threads}")
     if cfg.algo not in ("ppo", "a2c"):
         raise ConfigError(f"algo: expected ppo or a2c, got {cfg.algo!r}")
+    if cfg.algo == "a2c" and (cfg.a2c_steps < 1 or cfg.num_steps % cfg.a2c_steps):
+        raise ConfigError(f"a2c_steps: expected a positive divisor of num_steps ({cfg.num_steps}), got {cfg.a2c_steps}")
     if cfg.annotator not in ANNOTATORS:
         raise ConfigError(f"annotator: expected one of {', '.join(ANNOTATORS)}, got {cfg.annotator!r}")
     if cfg.reward_inputs not in REWARD_INPUTS:
@@ -291,10 +298,9 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     from alignkit.control.annotators import make_segment_annotator
     from alignkit.control.policy import ActorCritic
     from alignkit.control.reward import LabelledPair, RewardEnsemble
-    from alignkit.control.rollout import collect_rollout, episode_advantages, make_envs
+    from alignkit.control.rollout import collect_rollout, concat_rollouts, make_envs
     from alignkit.control.segments import Segment, segments_from_rollout
     from alignkit.data.trajectories import save_trajectory_pairs
-    from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
     from alignkit.utils.progress import track
 
     learned = phase == "learned"
@@ -304,8 +310,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     batch = cfg.num_envs * cfg.num_steps
     iterations = max(1, cfg.steps // batch)
     a2c = cfg.algo == "a2c"
-    minibatch = batch if a2c else max(1, batch // cfg.num_minibatches)
-    epochs = 1 if a2c else cfg.update_epochs
+    minibatch, epochs = max(1, batch // cfg.num_minibatches), cfg.update_epochs
 
     torch.manual_seed(cfg.seed)
     py_rng = random.Random(cfg.seed)
@@ -351,8 +356,25 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
             g["lr"] = cfg.learning_rate * (1.0 - it / iterations)
         reset_seed = cfg.seed * 100_003 + it * 1_000  # env n gets reset_seed + n
         obs, _ = envs.reset(seed=reset_seed)
-        ro, _ = collect_rollout(envs, agent, obs, cfg.num_steps)
         metrics: dict[str, float] = {}
+        stats: dict[str, list[float]] = {}
+        if a2c:  # short on-policy pieces, one update after each (the reward fitted so far)
+            pieces, ep_state = [], {}
+            for _ in range(cfg.num_steps // cfg.a2c_steps):
+                piece, obs = collect_rollout(envs, agent, obs, cfg.a2c_steps, ep_state)
+                pieces.append(piece)
+                if learned and not labels:
+                    continue  # nothing to learn from before the first labels
+                if learned:
+                    r = ensemble.reward(piece.obs, piece.actions, piece.next_obs).astype(np.float64)
+                else:
+                    reward_scale = _update_scale(reward_scale, piece.rewards)
+                    r = piece.rewards / math.sqrt(reward_scale["var"] + 1e-8)
+                _update(agent, optimizer, piece, r, cfg, discrete, epochs=1, minibatch=piece.num_steps,
+                        stats=stats, a2c=True)
+            ro = concat_rollouts(pieces)
+        else:
+            ro, _ = collect_rollout(envs, agent, obs, cfg.num_steps)
 
         # 1. preferences → reward model
         if learned:
@@ -379,47 +401,14 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
             rewards = ensemble.reward(ro.obs, ro.actions, ro.next_obs).astype(np.float64)
             # how well r̂ tracks the (hidden) true reward on this rollout, per step
             metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro.rewards.reshape(-1))[0, 1])
-        else:
-            r = ro.rewards
-            reward_scale = _update_scale(reward_scale, r)
-            rewards = r / math.sqrt(reward_scale["var"] + 1e-8)
+        elif not a2c:
+            reward_scale = _update_scale(reward_scale, ro.rewards)
+            rewards = ro.rewards / math.sqrt(reward_scale["var"] + 1e-8)
 
-        # 2. advantages (GAE over episode pieces, library gae)
-        t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
-        with torch.no_grad():
-            next_values = agent.value(t(ro.next_obs))
-        adv, ret = episode_advantages(t(rewards), t(ro.values), next_values, torch.as_tensor(ro.terminated),
-                                      torch.as_tensor(ro.dones), cfg.gamma, cfg.gae_lambda)
-
-        # 3. PPO / A2C update (library losses; a batch is one (1, B) row with an all-ones mask)
-        b_obs, b_act = t(ro.obs).reshape(batch, obs_dim), torch.as_tensor(ro.actions).reshape(batch, -1)
-        b_act = b_act.reshape(batch) if discrete else b_act.float()
-        b_lp, b_v = t(ro.logprobs).reshape(batch), t(ro.values).reshape(batch)
-        b_adv, b_ret = adv.reshape(batch), ret.reshape(batch)
-        stats: dict[str, list[float]] = {}
-        for _ in range(epochs):
-            perm = torch.randperm(batch)
-            for s in range(0, batch, minibatch):
-                mb = perm[s:s + minibatch]
-                dist = agent.dist(b_obs[mb])
-                new_lp = agent.log_prob(dist, b_act[mb])[None]
-                ones = torch.ones_like(new_lp)
-                mb_adv = whiten(b_adv[mb][None], ones)
-                if a2c:
-                    pg_loss, pm = a2c_policy_loss(new_lp, mb_adv, ones)
-                else:
-                    pg_loss, pm = ppo_policy_loss(new_lp, b_lp[mb][None], mb_adv, ones, cfg.clip_eps)
-                v_loss, vm = ppo_value_loss(agent.value(b_obs[mb])[None], b_v[mb][None], b_ret[mb][None], ones,
-                                            cfg.vf_clip_eps)
-                entropy = agent.entropy(dist).mean()
-                loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                for k, v in {**pm, **vm, "loss/entropy": entropy.detach()}.items():
-                    stats.setdefault(k, []).append(float(v))
-        agent.obs_norm.update(b_obs)  # after the update: the old log-probs saw the old normaliser
+        # 2.–3. GAE and the PPO update on the whole rollout (A2C has updated piece by piece above)
+        if not a2c:
+            _update(agent, optimizer, ro, rewards, cfg, discrete, epochs=epochs, minibatch=minibatch, stats=stats,
+                    a2c=False)
 
         env_steps = (it + 1) * batch
         point = {"env_steps": float(env_steps),
@@ -438,6 +427,52 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     envs.close()
     return {"agent": agent, "curve": curve, "labels_used": len(labels), "env_steps": iterations * batch,
             "ensemble": ensemble, "finished": end_it == iterations, "labels": labels, "reward_scale": reward_scale}
+
+
+def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: ControlConfig, discrete: bool, *,
+            epochs: int, minibatch: int, stats: dict[str, list[float]], a2c: bool) -> None:
+    """GAE over the rollout's episode pieces (library ``gae``), then ``epochs`` passes of
+    minibatch updates with the library's losses (a batch is one ``(1, B)`` row with an
+    all-ones mask): PPO's clipped objective with whitened advantages, or A2C's plain
+    policy gradient on the raw advantages of one short on-policy piece. The observation
+    normaliser is updated after the update (the rollout's log-probs saw the old one)."""
+    from alignkit.control.rollout import episode_advantages
+    from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
+
+    t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
+    with torch.no_grad():
+        next_values = agent.value(t(ro.next_obs))
+    adv, ret = episode_advantages(t(rewards), t(ro.values), next_values, torch.as_tensor(ro.terminated),
+                                  torch.as_tensor(ro.dones), cfg.gamma, cfg.gae_lambda)
+    batch = ro.num_steps
+    b_obs = t(ro.obs).reshape(batch, -1)
+    b_act = torch.as_tensor(ro.actions).reshape(batch, -1)
+    b_act = b_act.reshape(batch) if discrete else b_act.float()
+    b_lp, b_v = t(ro.logprobs).reshape(batch), t(ro.values).reshape(batch)
+    b_adv, b_ret = adv.reshape(batch), ret.reshape(batch)
+    for _ in range(epochs):
+        perm = torch.randperm(batch)
+        for s in range(0, batch, minibatch):
+            mb = perm[s:s + minibatch]
+            dist = agent.dist(b_obs[mb])
+            new_lp = agent.log_prob(dist, b_act[mb])[None]
+            ones = torch.ones_like(new_lp)
+            if a2c:
+                pg_loss, pm = a2c_policy_loss(new_lp, b_adv[mb][None], ones)
+            else:
+                pg_loss, pm = ppo_policy_loss(new_lp, b_lp[mb][None], whiten(b_adv[mb][None], ones), ones,
+                                              cfg.clip_eps)
+            v_loss, vm = ppo_value_loss(agent.value(b_obs[mb])[None], b_v[mb][None], b_ret[mb][None], ones,
+                                        cfg.vf_clip_eps)
+            entropy = agent.entropy(dist).mean()
+            loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            for k, v in {**pm, **vm, "loss/entropy": entropy.detach()}.items():
+                stats.setdefault(k, []).append(float(v))
+    agent.obs_norm.update(b_obs)
 
 
 def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, float]:
