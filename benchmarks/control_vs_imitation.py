@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
     ap.add_argument("--runs", default="runs/bench_control", help="alignkit runs (shared with control_learning.py)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--imitation-active", action="store_true",
+                    help="imitation with its ensemble + ActiveSelectionFragmenter (imitation_active.json per seed), "
+                         "the counterpart of alignkit's --set query=disagreement|info-gain")
     ap.add_argument("--set", action="append", default=[],
                     help="Extra ControlConfig key=value (the same as control_learning.py's, so runs are shared).")
     args = ap.parse_args()
@@ -67,13 +70,14 @@ def main() -> None:
         ak_load.append(os.getloadavg())
         # alignkit's wall time for the learned-reward half only (the oracle is normalisation, not the method)
         ak_learned_s = _learned_wall(out / "metrics.jsonl", ak)
-        im_path = out / "imitation.json"
+        im_path = out / ("imitation_active.json" if args.imitation_active else "imitation.json")
         if not im_path.exists():
             t = time.time()
             load0 = os.getloadavg()
             subprocess.run([args.imitation_python, str(Path(__file__).with_name("imitation_side.py")),
                             "--env", args.env, "--seed", str(seed), "--labels", str(args.labels),
-                            "--steps", str(args.steps), "--out", str(im_path), *imitation_ppo_args(cfg)],
+                            "--steps", str(args.steps), "--out", str(im_path), *imitation_ppo_args(cfg),
+                            *(["--active"] if args.imitation_active else [])],
                            check=True, env={**os.environ, "PYTHONPATH": ""})
             print(f"imitation seed {seed}: {time.time() - t:.0f} s", flush=True)
             im = json.loads(im_path.read_text())
@@ -94,7 +98,8 @@ def main() -> None:
     a = statistics.fmean(r["alignkit_score"] for r in rows)
     b = statistics.fmean(r["imitation_score"] for r in rows)
     result = {
-        "env": args.env, "labels": args.labels, "steps": args.steps, "extra": args.set, "seeds": rows,
+        "env": args.env, "labels": args.labels, "steps": args.steps, "extra": args.set,
+        "imitation_active": args.imitation_active, "seeds": rows,
         "alignkit_score_mean": a, "imitation_score_mean": b,
         "score_ratio": a / b if b else float("nan"),
         "score_difference": {"mean": mean_d, "ci95": [lo, hi]},

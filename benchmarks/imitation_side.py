@@ -12,6 +12,11 @@ clip 0.2, no entropy bonus, 64×64 tanh MLPs). ``--normalize`` (used for MuJoCo,
 alignkit's policy normalises observations and the policy's reward) adds what imitation's own
 scripts use for that: ``VecNormalize`` on observations only (the gatherer still sees the true
 rewards) and a ``NormalizedRewardNet`` (RunningNorm) between the reward net and PPO.
+``--active`` is imitation's own active learning, the counterpart of alignkit's ensemble
+queries: a ``RewardEnsemble`` of 3 such nets trained by its ``EnsembleTrainer``, and the
+``ActiveSelectionFragmenter`` keeping, of ``--sample-factor`` (10, as alignkit's
+``query_candidates``) times as many random candidate pairs, those whose predicted preference
+probability varies most across the members (``uncertainty_on="probability"``).
 
 imitation 1.0.1 pins gymnasium 0.29, which has no ``-v5`` MuJoCo ids: ``HalfCheetah-v5`` is
 run as ``HalfCheetah-v4``, whose dynamics, reward and observations are the same (checked: 1000
@@ -47,6 +52,8 @@ def main() -> None:
     ap.add_argument("--minibatches", type=int, default=32)
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--normalize", action="store_true", help="VecNormalize (obs) + NormalizedRewardNet")
+    ap.add_argument("--active", action="store_true", help="3-member ensemble + ActiveSelectionFragmenter")
+    ap.add_argument("--sample-factor", type=float, default=10.0, help="--active: candidates per query")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -54,7 +61,7 @@ def main() -> None:
     import gymnasium as gym
     import torch
     from imitation.algorithms import preference_comparisons
-    from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
+    from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet, RewardEnsemble
     from imitation.util.networks import RunningNorm
     from imitation.util.util import make_vec_env
     from stable_baselines3 import PPO
@@ -67,13 +74,23 @@ def main() -> None:
     venv = make_vec_env(env_id, rng=rng, n_envs=args.num_envs)
     if args.normalize:
         venv = VecNormalize(venv, norm_obs=True, norm_reward=False)
-    reward_net = BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
+    def net():
+        return BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
+
+    reward_net = RewardEnsemble(venv.observation_space, venv.action_space, [net() for _ in range(3)]) \
+        if args.active else net()
     policy_reward = NormalizedRewardNet(reward_net, RunningNorm) if args.normalize else reward_net
     fragmenter = preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng)
     gatherer = preference_comparisons.SyntheticGatherer(rng=rng)
     preference_model = preference_comparisons.PreferenceModel(reward_net)
-    reward_trainer = preference_comparisons.BasicRewardTrainer(
-        preference_model=preference_model, loss=preference_comparisons.CrossEntropyRewardLoss(), epochs=3, rng=rng)
+    loss = preference_comparisons.CrossEntropyRewardLoss()
+    if args.active:
+        fragmenter = preference_comparisons.ActiveSelectionFragmenter(
+            preference_model, fragmenter, fragment_sample_factor=args.sample_factor, uncertainty_on="probability")
+        reward_trainer = preference_comparisons.EnsembleTrainer(preference_model, loss, rng=rng, epochs=3)
+    else:
+        reward_trainer = preference_comparisons.BasicRewardTrainer(
+            preference_model=preference_model, loss=loss, epochs=3, rng=rng)
     agent = PPO("MlpPolicy", venv, seed=args.seed, n_steps=args.num_steps,
                 batch_size=args.num_envs * args.num_steps // args.minibatches, n_epochs=args.epochs,
                 gamma=args.gamma, gae_lambda=args.gae_lambda, learning_rate=args.lr, ent_coef=0.0,
@@ -101,7 +118,8 @@ def main() -> None:
             done = term or trunc
         returns.append(total)
     result = {"env": args.env, "env_run": env_id, "seed": args.seed, "ppo": {k: getattr(args, k) for k in (
-              "num_envs", "num_steps", "gamma", "gae_lambda", "lr", "epochs", "minibatches", "clip", "normalize")}, "labels": args.labels, "steps": args.steps,
+              "num_envs", "num_steps", "gamma", "gae_lambda", "lr", "epochs", "minibatches", "clip", "normalize")},
+              "active": args.active, "labels": args.labels, "steps": args.steps,
               "true_return": float(np.mean(returns)), "true_returns": returns, "train_wall_s": train_s,
               "wall_s": time.time() - t0, "env_steps": int(agent.num_timesteps)}
     with open(args.out, "w") as f:
