@@ -34,20 +34,21 @@ def main() -> None:
     from alignkit.control.reward import LabelledPair, RewardEnsemble
     from alignkit.control.segments import Segment
     from alignkit.data.trajectories import load_trajectory_pairs
+    from alignkit.recipes.control import _spaces
 
     torch.set_num_threads(1)
     cfg = json.loads((Path(args.run) / "config.json").read_text())
     recs = load_trajectory_pairs(Path(args.run) / "labels.jsonl")
     pairs = [LabelledPair(Segment.from_dict(r.segment_a), Segment.from_dict(r.segment_b), r.mu)
              for r in recs if not r.incomparable]
-    kw = {"use_action": "action" in cfg["reward_inputs"], "use_next_obs": cfg["reward_inputs"].endswith("_next"),
+    obs_dim, act_dim, discrete, _, _ = _spaces(cfg["env_id"])
+    kw = {"discrete": discrete, "use_action": "action" in cfg["reward_inputs"], "use_next_obs": cfg["reward_inputs"].endswith("_next"),
           "epochs": cfg["reward_epochs"], "members": cfg["reward_members"],
           "random_answer_prob": cfg["random_answer_prob"], "seed": args.seed}
     for item in args.set:
         key, _, value = item.partition("=")
         kw[key] = json.loads(value)
-    first = pairs[0].a
-    ens = RewardEnsemble(first.obs.shape[-1], first.actions.reshape(len(first.obs), -1).shape[-1], **kw)
+    ens = RewardEnsemble(obs_dim, act_dim, **kw)
     ens.fit(pairs[: args.train])
     test = pairs[args.test_from:]
     segs = [s for p in test for s in (p.a, p.b)]

@@ -137,8 +137,7 @@ class RewardEnsemble:
             raise ValueError("no labelled pairs to fit")
         if self.nets[0].obs_norm is not None and n > self.n_normed:
             new = [s for p in pairs[self.n_normed:] for s in (p.a, p.b)]
-            o = torch.as_tensor(np.concatenate([np.stack([s.obs for s in new]).reshape(-1, new[0].obs.shape[-1]),
-                                                np.stack([s.next_obs for s in new]).reshape(-1, new[0].obs.shape[-1])]))
+            o = torch.as_tensor(np.concatenate([s.obs for s in new] + [s.next_obs for s in new]))
             for net in self.nets:
                 if self.n_normed == 0:
                     net.obs_norm.count.zero_()  # no prior pseudo-count: the first labels' exact mean/var

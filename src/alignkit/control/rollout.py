@@ -102,7 +102,7 @@ def collect_rollout(envs: Any, agent: Any, obs: np.ndarray, num_steps: int,
                      ("rewards", np.asarray(r, dtype=np.float64)), ("next_obs", real_next),
                      ("term", np.asarray(term)), ("done", done)):
             bufs[k].append(x)
-        ep_ret += np.asarray(r, dtype=np.float64)
+        ep_ret += r
         ep_len += 1
         for n in np.flatnonzero(done):
             returns.append(float(ep_ret[n]))

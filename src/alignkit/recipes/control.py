@@ -310,7 +310,6 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     batch = cfg.num_envs * cfg.num_steps
     iterations = max(1, cfg.steps // batch)
     a2c = cfg.algo == "a2c"
-    minibatch, epochs = max(1, batch // cfg.num_minibatches), cfg.update_epochs
 
     torch.manual_seed(cfg.seed)
     py_rng = random.Random(cfg.seed)
@@ -368,10 +367,8 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                 if learned:
                     r = ensemble.reward(piece.obs, piece.actions, piece.next_obs).astype(np.float64)
                 else:
-                    reward_scale = _update_scale(reward_scale, piece.rewards)
-                    r = piece.rewards / math.sqrt(reward_scale["var"] + 1e-8)
-                _update(agent, optimizer, piece, r, cfg, discrete, epochs=1, minibatch=piece.num_steps,
-                        stats=stats, a2c=True)
+                    reward_scale, r = _scaled_true_rewards(reward_scale, piece.rewards)
+                _update(agent, optimizer, piece, r, cfg, discrete, stats)
             ro = concat_rollouts(pieces)
         else:
             ro, _ = collect_rollout(envs, agent, obs, cfg.num_steps)
@@ -402,13 +399,11 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
             # how well r̂ tracks the (hidden) true reward on this rollout, per step
             metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro.rewards.reshape(-1))[0, 1])
         elif not a2c:
-            reward_scale = _update_scale(reward_scale, ro.rewards)
-            rewards = ro.rewards / math.sqrt(reward_scale["var"] + 1e-8)
+            reward_scale, rewards = _scaled_true_rewards(reward_scale, ro.rewards)
 
         # 2.–3. GAE and the PPO update on the whole rollout (A2C has updated piece by piece above)
         if not a2c:
-            _update(agent, optimizer, ro, rewards, cfg, discrete, epochs=epochs, minibatch=minibatch, stats=stats,
-                    a2c=False)
+            _update(agent, optimizer, ro, rewards, cfg, discrete, stats)
 
         env_steps = (it + 1) * batch
         point = {"env_steps": float(env_steps),
@@ -429,13 +424,14 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
             "ensemble": ensemble, "finished": end_it == iterations, "labels": labels, "reward_scale": reward_scale}
 
 
-def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: ControlConfig, discrete: bool, *,
-            epochs: int, minibatch: int, stats: dict[str, list[float]], a2c: bool) -> None:
-    """GAE over the rollout's episode pieces (library ``gae``), then ``epochs`` passes of
-    minibatch updates with the library's losses (a batch is one ``(1, B)`` row with an
-    all-ones mask): PPO's clipped objective with whitened advantages, or A2C's plain
-    policy gradient on the raw advantages of one short on-policy piece. The observation
-    normaliser is updated after the update (the rollout's log-probs saw the old one)."""
+def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: ControlConfig, discrete: bool,
+            stats: dict[str, list[float]]) -> None:
+    """GAE over the rollout's episode pieces (library ``gae``), then the update with the
+    library's losses (a batch is one ``(1, B)`` row with an all-ones mask): PPO's clipped
+    objective with whitened advantages, ``update_epochs`` passes of ``num_minibatches``
+    minibatches; or A2C's plain policy gradient on the raw advantages of one short
+    on-policy piece, one step. The observation normaliser is updated after the update
+    (the rollout's log-probs saw the old one)."""
     from alignkit.control.rollout import episode_advantages
     from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
 
@@ -444,7 +440,9 @@ def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: Contr
         next_values = agent.value(t(ro.next_obs))
     adv, ret = episode_advantages(t(rewards), t(ro.values), next_values, torch.as_tensor(ro.terminated),
                                   torch.as_tensor(ro.dones), cfg.gamma, cfg.gae_lambda)
+    a2c = cfg.algo == "a2c"
     batch = ro.num_steps
+    epochs, minibatch = (1, batch) if a2c else (cfg.update_epochs, max(1, batch // cfg.num_minibatches))
     b_obs = t(ro.obs).reshape(batch, -1)
     b_act = torch.as_tensor(ro.actions).reshape(batch, -1)
     b_act = b_act.reshape(batch) if discrete else b_act.float()
@@ -473,6 +471,12 @@ def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: Contr
             for k, v in {**pm, **vm, "loss/entropy": entropy.detach()}.items():
                 stats.setdefault(k, []).append(float(v))
     agent.obs_norm.update(b_obs)
+
+
+def _scaled_true_rewards(state: dict[str, float] | None, r: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """The oracle's reward: the true one over the running std of all true rewards so far."""
+    state = _update_scale(state, r)
+    return state, r / math.sqrt(state["var"] + 1e-8)
 
 
 def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, float]:
