@@ -62,6 +62,29 @@ def _attention_fn(model, impl: str):
     return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
 
 
+def _attention_rows(model, impl: str):
+    """The attention call for one query token, its output as ``(b, H·D)`` rows in head
+    order (what the model's ``(b, 1, H, D)`` output holds before its output projection;
+    for SDPA's output a view, no copy, except with grouped-query packing)."""
+    if impl == "sdpa":
+        def sdpa_rows(module, q, k, v, mask, *, dropout: float = 0.0, scaling: float | None = None):
+            b, h, _, d = q.shape
+            if k.shape[1] != h:  # grouped-query attention: transformers' pack_gqa, see _sdpa_one_token
+                q = q.reshape(b, k.shape[1], h // k.shape[1], d)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                                   scale=scaling, is_causal=False)
+            return out.reshape(b, -1)
+
+        return sdpa_rows
+    attend = _attention_fn(model, impl)
+
+    def rows(module, q, k, v, mask, **kw):
+        a, _ = attend(module, q, k, v, mask, **kw)
+        return a.reshape(q.shape[0], -1)
+
+    return rows
+
+
 def _sdpa_one_token(module, q, k, v, mask, *, dropout: float = 0.0, scaling: float | None = None):
     """transformers' ``sdpa_attention_forward`` for one query token with a mask, without
     its dispatch: with grouped-query attention the query heads of one key/value head take
@@ -101,31 +124,65 @@ def _write_kv(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, to
     return layer._k[:, :, : t + 1], layer._v[:, :, : t + 1]
 
 
+def _hooked(module) -> bool:
+    from torch import nn
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
+
+
+def _own(module):
+    """``module.forward`` itself when no hook is registered (what ``__call__`` would run,
+    without its bookkeeping), else the module."""
+    return module if _hooked(module) else module.forward
+
+
+def _plain(module, kind: str):
+    """``module``'s forward as the one function it calls, when ``module`` is exactly that
+    class with no hooks (``nn.Module.__call__`` then only adds its own bookkeeping, a few
+    µs per call, 40 calls a step); otherwise the module itself (LoRA adapters and other
+    wrappers, hooked modules). Same op, same arguments, so the same values; rows are
+    ``(b, features)``.
+    """
+    from torch import nn
+
+    if _hooked(module):
+        return module
+    if kind == "conv1d" and type(module).__name__ == "Conv1D":  # transformers' GPT-2 linear
+        return lambda x: torch.addmm(module.bias, x, module.weight)
+    if kind == "linear" and type(module) is nn.Linear:
+        return lambda x: torch.nn.functional.linear(x, module.weight, module.bias)
+    if kind == "layer_norm" and type(module) is nn.LayerNorm:
+        return lambda x: torch.nn.functional.layer_norm(x, module.normalized_shape, module.weight, module.bias,
+                                                        module.eps)
+    return module
+
+
 def _gpt2(model, impl: str) -> Step | None:
     cfg = model.config
     if cfg.add_cross_attention or (impl == "eager" and cfg.reorder_and_upcast_attn):
         return None
     tr = model.transformer
-    wte, wpe, blocks, ln_f, lm_head = tr.wte, tr.wpe, list(tr.h), tr.ln_f, model.lm_head
-    attend = _attention_fn(model, impl)
-    acts = [_activation(block.mlp.act) for block in blocks]
+    wte, wpe, ln_f, lm_head = tr.wte, tr.wpe, _plain(tr.ln_f, "layer_norm"), _plain(model.lm_head, "linear")
+    attend = _attention_rows(model, impl)
+    layers = [(_plain(blk.ln_1, "layer_norm"), _plain(blk.attn.c_attn, "conv1d"), _plain(blk.attn.c_proj, "conv1d"),
+               _plain(blk.ln_2, "layer_norm"), _plain(blk.mlp.c_fc, "conv1d"), _activation(blk.mlp.act),
+               _plain(blk.mlp.c_proj, "conv1d"), blk.attn) for blk in model.transformer.h]
     H = cfg.n_head
     D = cfg.n_embd // H
     d = cfg.n_embd
 
     def step(ids, mask, pos, cache, want_hidden):
         b = ids.shape[0]
-        h = wte(ids) + wpe(pos)  # (b, 1, d); dropout is the identity in eval mode
-        for block, layer, act in zip(blocks, cache.layers, acts, strict=True):
-            attn, mlp = block.attn, block.mlp
-            q, k, v = attn.c_attn(block.ln_1(h)).split(d, dim=2)
-            q = q.view(b, 1, H, D).transpose(1, 2)
-            k, v = _write_kv(layer, k.view(b, 1, H, D).transpose(1, 2), v.view(b, 1, H, D).transpose(1, 2))
-            a, _ = attend(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
-            h = attn.c_proj(a.reshape(b, 1, d)).add_(h)  # residual adds in place: a + b == b + a
-            h = mlp.c_proj(act(mlp.c_fc(block.ln_2(h)))).add_(h)
+        h = (wte(ids) + wpe(pos)).view(b, d)  # dropout is the identity in eval mode
+        for (ln_1, c_attn, a_proj, ln_2, c_fc, act, m_proj, attn), layer in zip(layers, cache.layers, strict=True):
+            q, k, v = c_attn(ln_1(h)).split(d, dim=1)
+            k, v = _write_kv(layer, k.view(b, H, 1, D), v.view(b, H, 1, D))
+            a = attend(attn, q.view(b, H, 1, D), k, v, mask, dropout=0.0, scaling=attn.scaling)
+            h = a_proj(a).add_(h)  # residual adds in place: a + b == b + a
+            h = m_proj(act(c_fc(ln_2(h)))).add_(h)
         h = ln_f(h)
-        return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
+        return lm_head(h), (h if want_hidden else None)
 
     return step
 
@@ -136,25 +193,32 @@ def _llama(model, impl: str) -> Step | None:
     if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in layers):
         return None
     rope = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
-    embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, inner.norm, model.lm_head
-    attend = _attention_fn(model, impl)
+    embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, _own(inner.norm), _plain(model.lm_head, "linear")
+    attend = _attention_rows(model, impl)
+    parts = []
+    for layer in layers:
+        at, mlp = layer.self_attn, layer.mlp
+        if type(mlp).__name__ == "LlamaMLP" and not _hooked(mlp):  # down(act(gate(x)) · up(x)), as its forward
+            gate, up, down, act = (_plain(mlp.gate_proj, "linear"), _plain(mlp.up_proj, "linear"),
+                                   _plain(mlp.down_proj, "linear"), _own(mlp.act_fn))
+            mlp = (lambda x, gate=gate, up=up, down=down, act=act: down(act(gate(x)) * up(x)))
+        parts.append((_own(layer.input_layernorm), _plain(at.q_proj, "linear"), _plain(at.k_proj, "linear"),
+                      _plain(at.v_proj, "linear"), _plain(at.o_proj, "linear"), _own(layer.post_attention_layernorm),
+                      mlp, at, at.head_dim))
 
     def step(ids, mask, pos, cache, want_hidden):
         b = ids.shape[0]
         h = embed(ids)
         cos, sin = rotary(h, pos)
-        for layer, kv in zip(layers, cache.layers, strict=True):
-            at = layer.self_attn
-            D = at.head_dim
-            x = layer.input_layernorm(h)
-            q = at.q_proj(x).view(b, 1, -1, D).transpose(1, 2)
-            k = at.k_proj(x).view(b, 1, -1, D).transpose(1, 2)
-            v = at.v_proj(x).view(b, 1, -1, D).transpose(1, 2)
+        for (ln_in, q_proj, k_proj, v_proj, o_proj, ln_post, mlp, at, D), kv in zip(parts, cache.layers, strict=True):
+            x = ln_in(h)
+            q = q_proj(x).view(b, 1, -1, D).transpose(1, 2)
+            k = k_proj(x).view(b, 1, -1, D).transpose(1, 2)
+            v = v_proj(x).view(b, 1, -1, D).transpose(1, 2)
             q, k = rope(q, k, cos, sin)
             k, v = _write_kv(kv, k, v)
-            a, _ = attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling)
-            h = at.o_proj(a.reshape(b, 1, -1)).add_(h)
-            h = layer.mlp(layer.post_attention_layernorm(h)).add_(h)
+            h = o_proj(attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling).view(b, 1, -1)).add_(h)
+            h = mlp(ln_post(h)).add_(h)
         h = norm(h)
         return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
 

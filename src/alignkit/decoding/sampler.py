@@ -118,9 +118,14 @@ class PreallocatedCache:
                 return self.capacity
 
             def batch_select_indices(self, indices):
-                if self.is_initialized:
-                    self._k, self._v = self._k[indices], self._v[indices]
-                    self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+                if self.is_initialized:  # copy the filled prefix only, into fresh full-capacity buffers
+                    n = self.length
+                    k, v = self._k.new_empty((len(indices), *self._k.shape[1:])), self._v.new_empty(
+                        (len(indices), *self._v.shape[1:]))
+                    torch.index_select(self._k[:, :, :n], 0, indices, out=k[:, :, :n])
+                    torch.index_select(self._v[:, :, :n], 0, indices, out=v[:, :, :n])
+                    self._k, self._v = k, v
+                    self.keys, self.values = k[:, :, :n], v[:, :, :n]
 
             def crop(self, tokens_to_remove: int) -> None:
                 raise NotImplementedError("the preallocated decode cache is not croppable")
@@ -316,7 +321,7 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     rows = torch.arange(B, device=device)  # original index of each live row
     done = torch.zeros(B, dtype=torch.bool, device=device)  # per live row
     step_input, step_pos = input_ids, positions
-    ran = 0
+    ran, n_done, compacted = 0, 0, False
     for step in range(max_new_tokens):
         length = P + step
         logits, hiddens = [], []
@@ -365,10 +370,12 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
             lp_all = torch.log_softmax(z0, -1)
         if step < min_new_tokens and eos.numel():
             logits = [z.index_fill(-1, eos, -math.inf) for z in logits]
-        token = pick(logits, step)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        token = pick(logits, step).masked_fill(done, pad_token_id)
         live = ~done
-        tokens[rows, step] = token
+        if compacted:
+            tokens[rows, step] = token
+        else:  # every row still in place: a column write, not a scatter
+            tokens[:, step] = token
         if return_token_logps:
             picked = lp_all.gather(-1, token[:, None]).squeeze(-1)
             logps_out[rows, step] = torch.where(live, picked, torch.zeros_like(picked))
@@ -383,9 +390,10 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
         ended = torch.isin(token, eos) & live if eos.numel() else torch.zeros_like(done)
         if stop_fn is not None:
             ended |= stop_fn(tokens[rows, : step + 1], live) & live
-        lengths[rows[ended]] = step + 1
         done |= ended
-        n_done = int(done.sum())
+        n_done_before, n_done = n_done, int(done.sum())
+        if n_done > n_done_before:
+            lengths[rows[ended]] = step + 1
         if n_done == done.numel():
             break
         step_input, step_pos = token[:, None], step_pos[:, -1:] + 1
@@ -394,7 +402,7 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
             keep = (~done).nonzero().squeeze(-1)
             for cache in caches:
                 _select_rows(cache, keep)
-            rows, done = rows[keep], done[keep]
+            rows, done, n_done, compacted = rows[keep], done[keep], 0, True
             mask, step_input, step_pos = mask[keep], step_input[keep], step_pos[keep]
             masks4 = [m4 if m4 is None else m4[keep] for m4 in masks4]
     tokens = tokens[:, :ran]

@@ -18,16 +18,20 @@ import torch
 
 
 def gather_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[labels] without materialising the full log-softmax.
+    """log softmax(logits)[labels].
 
-    Shapes: logits ``(B, T, V)``, labels ``(B, T)`` → ``(B, T)`` in float32.
-    Uses log p = z_y − logsumexp(z); bf16/fp16 logits are upcast to float32, float64
-    stays float64.
+    Shapes: logits ``(B, T, V)``, labels ``(B, T)`` → ``(B, T)`` in float32 (bf16/fp16
+    logits are upcast, float64 stays float64).
+
+    torch's fused ``log_softmax`` kernel, then a gather: over SmolLM2's 49 152-token
+    vocabulary (16 × 32 positions, one thread) forward + backward took 60 + 102 ms, against
+    76 + 205 ms for z_y − logsumexp(z), whose forward materialises z − max and its exp and
+    whose backward recomputes the exp. Both keep one ``(B, T, V)`` tensor for the backward
+    (the log-softmax instead of the logits).
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
