@@ -5,8 +5,10 @@ work could measure.
 The work (what alignkit's step does, and all of it necessary with a KL term and one update
 pass): sample R new tokens for B rows (U distinct prompts); one reference forward and one
 policy forward over the prompts (once each) and the B × R response tokens; the backward
-pass (twice the forward's matmul FLOPs: input and weight gradients); one fused AdamW step.
-TRL's RLOO step does the same plus one more policy forward (its old log-probs).
+pass (the input gradients' matmuls, as many FLOPs as the forward, and with a fully trained
+model as many again for the weight gradients; with LoRA the frozen base has none); one
+fused AdamW step. TRL's RLOO step does the same plus one more policy forward (its old
+log-probs).
 
 Lower bounds, each measured or counted here, with the model's own numerics (float32):
 
@@ -15,14 +17,14 @@ Lower bounds, each measured or counted here, with the model's own numerics (floa
   model's own layer shapes at the pass's token count — as if nothing but matmuls ran, at
   peak;
 * **sampling**: the prompts' forward at that peak, plus R − 1 decode steps of the linear
-  layers alone at B rows (``profile_decode.floor``: every step reads every weight);
-* **optimiser**: the fused AdamW step over the model's parameters, timed.
+  layers and the LM head alone at B rows (timed: every step reads every weight);
+* **optimiser**: the fused AdamW step over the trained parameters, timed.
 
-TRL's step time comes from a result file of ``rl_step_vs_trl.py`` (same machine, same
-workload); ``max_speedup = trl_step_s / floor_s``.
+TRL's step time comes from ``rl_step_vs_trl.py``'s result file (same machine, same
+workload); ``max_speedup_over_trl = trl_step_s / floor_s``.
 
-    .venv/bin/python benchmarks/rl_step_floor.py \\
-        --trl-result benchmarks/results/rl_step_vs_trl_small_quiet.json
+    .venv/bin/python benchmarks/rl_step_floor.py --size small
+    .venv/bin/python benchmarks/rl_step_floor.py --size smollm2
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
 from _fair import PROMPTS, machine_meta  # noqa: E402
-from profile_decode import floor as decode_floor  # noqa: E402
 
 
 def gemm_peak(shapes: list[tuple[int, int, int]], repeats: int = 5) -> float:
@@ -61,51 +62,91 @@ def gemm_peak(shapes: list[tuple[int, int, int]], repeats: int = 5) -> float:
     return best
 
 
+def linear_weights(model) -> list:
+    """The weight of every linear layer inside the decoder blocks, in the order the
+    forward runs them (``nn.Linear`` as ``(out, in)``, GPT-2's ``Conv1D`` as ``(in, out)``)."""
+    from torch import nn
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = []
+    for name, m in base.named_modules():
+        if "lora_" in name or name.endswith("lm_head"):
+            continue
+        if type(m).__name__ == "Conv1D":
+            out.append(m.weight.detach())
+        elif isinstance(m, nn.Linear) and not hasattr(m, "base_layer"):
+            out.append(m.weight.detach().t())  # as (in, out), like Conv1D
+    return out
+
+
+def step_linears_s(weights, head, rows: int, repeats: int = 7) -> float:
+    """CPU seconds of one decode step's linear layers alone at ``rows`` rows: every weight
+    (and the LM head) multiplied once, in order — what any decode step must read."""
+    import torch
+
+    xs = [torch.randn(rows, w.shape[0]) for w in weights]
+    xh = torch.randn(rows, head.shape[1])
+    times = []
+    for _ in range(repeats):
+        t = time.process_time()
+        for x, w in zip(xs, weights, strict=True):
+            torch.mm(x, w)
+        torch.nn.functional.linear(xh, head)
+        times.append(time.process_time() - t)
+    return statistics.median(times[1:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--width", type=int, default=384)
+    ap.add_argument("--size", default="small", choices=["small", "smollm2"],
+                    help="the RL-step benchmark's model (smollm2: LoRA r = 8 on q_proj/v_proj, as there)")
     ap.add_argument("--copies", type=int, default=2, help="samples per prompt (TRL's RLOO: 2)")
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--trl-result", default=str(ROOT / "results" / "rl_step_vs_trl_small_quiet.json"))
-    ap.add_argument("--size", default="small", help="the entry of --trl-result to compare with")
-    ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_floor_small.json"))
+    ap.add_argument("--trl-result", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
+    ap.add_argument("--out", default="")
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignkit.models import make_tiny_lm_dir
-    from alignkit.recipes._common import adamw
+    from alignkit.recipes._common import adamw, load_policy
 
     torch.set_num_threads(int(os.environ.get("ALIGNKIT_BENCH_THREADS", "1")))
+    lora = args.size == "smollm2"
     with tempfile.TemporaryDirectory() as tmp:
-        d = make_tiny_lm_dir(Path(tmp) / "m", n_layer=args.layers, n_embd=args.width, n_head=max(1, args.width // 64))
-        tok, model = AutoTokenizer.from_pretrained(d), AutoModelForCausalLM.from_pretrained(d)
-    model.eval()
+        if lora:
+            from alignkit.models import resolve_model
+
+            path = str(resolve_model("smollm2"))
+        else:
+            from alignkit.models import make_tiny_lm_dir
+
+            path = str(make_tiny_lm_dir(Path(tmp) / "m", n_layer=6, n_embd=384, n_head=6))
+        model, tok = load_policy(path, lora=lora, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "v_proj"],
+                                 device="cpu")
     tok.padding_side = "left"
-    prompts = [p for p in PROMPTS for _ in range(args.copies)]
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    B, P = enc["input_ids"].shape
-    U, R = len(PROMPTS), args.new_tokens
+    B, U, R = len(PROMPTS) * args.copies, len(PROMPTS), args.new_tokens
+    P = tok(PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape[1]
     cfg = model.config
-    dm, L, V = cfg.n_embd, cfg.n_layer, len(tok)
-    lin = sum(m.weight.numel() for blk in model.transformer.h
-              for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj))
+    dm = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    L = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    head = (model.get_base_model() if lora else model).get_output_embeddings().weight.detach()
+    V = head.shape[0]
+    weights = linear_weights(model)
+    lin = sum(w.numel() for w in weights)
     # one forward over U prompts (P columns each) and B × R response tokens on top of them
     tokens = U * P + B * R
     attn = 4 * L * dm * (U * P * P / 2 + B * sum(P + j for j in range(R)))  # QKᵀ and A·V, causal
     fwd_flops = 2 * lin * tokens + attn + 2 * dm * V * B * R
-    shapes = [(tokens, dm, 3 * dm), (tokens, dm, dm), (tokens, dm, 4 * dm), (tokens, 4 * dm, dm)]
-    peak = gemm_peak(shapes)
+    shapes = sorted({(tokens, *w.shape) for w in weights})
+    peak = gemm_peak([(m, k, n) for m, k, n in shapes])
     forward_s = fwd_flops / (peak * 1e9)
+    # the backward's matmuls: input gradients (1 forward) + weight gradients (1 more, unless frozen)
+    backward_s = forward_s * (1 if lora else 2)
 
-    dec = decode_floor(model, {k: v[: U] for k, v in tok(PROMPTS, return_tensors="pt", padding=True).items()}, B)
-    step_linears_s = dec["cpu_ms"]["step_linears_addmm_conv1d_layout"] / 1e3
-    prefill_s = 2 * lin * U * P / (peak * 1e9)
-    rollout_s = prefill_s + (R - 1) * step_linears_s
+    step_s = step_linears_s(weights, head, B)
+    prefill_s = (2 * lin * U * P + 2 * dm * V * U) / (peak * 1e9)
+    rollout_s = prefill_s + (R - 1) * step_s
 
-    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -117,28 +158,29 @@ def main() -> None:
         times.append(time.process_time() - t)
     adam_s = statistics.median(times[1:])
 
-    floor_s = rollout_s + 4 * forward_s + adam_s  # policy + reference forward, backward = 2 forwards
+    floor_s = rollout_s + 2 * forward_s + backward_s + adam_s  # policy + reference forward, backward
     trl = json.loads(Path(args.trl_result).read_text())["results"][args.size]
     trl_s = trl["median_s_per_step"]["trl_rloo_16"]
     ours_s = trl["median_s_per_step"]["alignkit_16"]
     report = {
-        "meta": {**machine_meta(), "model": f"gpt2 {args.layers}x{args.width}, vocab {V}",
-                 "rows": B, "distinct_prompts": U, "prompt_columns": P, "new_tokens": R,
-                 "trl_result": str(Path(args.trl_result).name)},
+        "meta": {**machine_meta(), "model": f"{args.size}: {type(model).__name__}, {L} layers, width {dm}, vocab {V}",
+                 "lora": lora, "rows": B, "distinct_prompts": U, "prompt_columns": P, "new_tokens": R,
+                 "trl_result": f"{Path(args.trl_result).name} [{args.size}]"},
         "gemm_peak_gflops": peak,
         "forward_gflop": fwd_flops / 1e9,
         "floor_s": {"rollout": rollout_s, "policy_forward": forward_s, "ref_forward": forward_s,
-                    "backward": 2 * forward_s, "adamw": adam_s, "step": floor_s},
-        "decode_step_linears_ms": step_linears_s * 1e3,
+                    "backward": backward_s, "adamw": adam_s, "step": floor_s},
+        "decode_step_linears_ms": step_s * 1e3,
         "measured_s": {"alignkit_step": ours_s, "trl_rloo_step": trl_s,
                        "alignkit_split": trl["alignkit_split_s"]["alignkit_16"]},
         "max_speedup_over_trl": trl_s / floor_s,
         "measured_speedup": trl_s / ours_s,
         "alignkit_over_floor": ours_s / floor_s,
     }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("gemm_peak_gflops", "forward_gflop", "floor_s", "measured_s",
-                                              "max_speedup_over_trl", "measured_speedup")}, indent=1))
+    out = Path(args.out or ROOT / "results" / f"rl_step_floor_{args.size}.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("gemm_peak_gflops", "forward_gflop", "decode_step_linears_ms", "floor_s",
+                                              "measured_s", "max_speedup_over_trl", "measured_speedup")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -297,6 +297,56 @@ def test_lean_step_logits_bitwise_equal_model_forward(tok, arch):
         assert torch.equal(z, z_lean) and torch.equal(h, h_lean)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lean_step_calls_hooked_modules_as_modules(tok, arch):
+    """Plain linear/norm modules are called as their function (no ``__call__``), but a
+    module with a forward hook is called as a module: the hook runs at every step and
+    what it returns is used."""
+    lm = build_tiny_lm(tok, seed=3) if arch == "gpt2" else tiny_llama(tok, seed=3)
+    model = spiky(lm, seed=4)
+    layer = model.transformer.h[0].mlp.c_fc if arch == "gpt2" else model.model.layers[0].mlp.up_proj
+    plain = generate_ids(model, tok, PROMPTS, 5, do_sample=False)
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(args[0].shape[-2] if args[0].dim() == 3 else 1)
+        return out * 0  # changes what the model computes
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        hooked = generate_ids(model, tok, PROMPTS, 5, do_sample=False)
+        ref = hf_generate(model, tok, PROMPTS, 5, do_sample=False)
+    finally:
+        handle.remove()
+    assert torch.equal(hooked.input_ids, ref[:, : hooked.input_ids.shape[1]])
+    assert not torch.equal(hooked.input_ids, plain.input_ids[:, : hooked.input_ids.shape[1]])
+    assert len(calls) >= 1 + (hooked.response_ids.shape[1] - 1)  # prefill + every decode step (and generate's)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_policy_forward_gives_the_lm_head_a_contiguous_input(tok, share):
+    """With ``completion_start`` the model keeps only the needed positions; they must reach
+    the LM head as a contiguous tensor (a slice view makes ``F.linear`` a per-row batched
+    matmul against the weight expanded per row when the weight needs no grad)."""
+    from alignkit.models.value import policy_forward
+
+    model = spiky(build_tiny_lm(tok, seed=5), seed=6)
+    gen = generate_ids(model, tok, [PROMPTS[i % 2] for i in range(4)], 4, seed=0)
+    comp = torch.zeros_like(gen.attention_mask)
+    comp[:, gen.prompt_len :] = gen.response_mask
+    seen = []
+    handle = model.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        model.requires_grad_(False)
+        with torch.inference_mode():
+            policy_forward(model, None, gen.input_ids, gen.attention_mask, comp, completion_start=gen.prompt_len,
+                           share_prompts=share)
+    finally:
+        handle.remove()
+        model.requires_grad_(True)
+    assert seen and all(seen)
+
+
 def test_lean_step_falls_back_in_training_mode_and_for_other_caches(tok):
     from alignkit.decoding.lean_step import lean_step
 

@@ -10,6 +10,8 @@ transformers makes (SDPA with its grouped-query packing, or its eager function) 
 without what the generic forward does around them at every step:
 the causal-mask builder, the ``Cache`` object's ``update`` dispatch, keyword plumbing
 through four module levels, decorators, output dataclasses and dropout modules.
+Plain ``nn.Linear``/``nn.LayerNorm``/``Conv1D`` modules without hooks are called as the
+one function their forward calls, skipping ``nn.Module.__call__`` (:func:`_plain`).
 Keys/values are written in place into the cache's ``(b, H, capacity, D)`` buffers and
 attention reads the filled prefix as a view; ``mask`` is the ready-made 4-D padding mask
 the decode loop slices per step.
@@ -187,6 +189,17 @@ def _gpt2(model, impl: str) -> Step | None:
     return step
 
 
+def _llama_mlp(mlp):
+    """``LlamaMLP.forward`` — down(act(gate(x)) · up(x)) — over its plain parts."""
+    gate, up, down = (_plain(mlp.gate_proj, "linear"), _plain(mlp.up_proj, "linear"), _plain(mlp.down_proj, "linear"))
+    act = _own(mlp.act_fn)
+
+    def forward(x):
+        return down(act(gate(x)) * up(x))
+
+    return forward
+
+
 def _llama(model, impl: str) -> Step | None:
     inner = model.model
     layers = list(inner.layers)
@@ -198,10 +211,8 @@ def _llama(model, impl: str) -> Step | None:
     parts = []
     for layer in layers:
         at, mlp = layer.self_attn, layer.mlp
-        if type(mlp).__name__ == "LlamaMLP" and not _hooked(mlp):  # down(act(gate(x)) · up(x)), as its forward
-            gate, up, down, act = (_plain(mlp.gate_proj, "linear"), _plain(mlp.up_proj, "linear"),
-                                   _plain(mlp.down_proj, "linear"), _own(mlp.act_fn))
-            mlp = (lambda x, gate=gate, up=up, down=down, act=act: down(act(gate(x)) * up(x)))
+        if type(mlp).__name__ == "LlamaMLP" and not _hooked(mlp):
+            mlp = _llama_mlp(mlp)
         parts.append((_own(layer.input_layernorm), _plain(at.q_proj, "linear"), _plain(at.k_proj, "linear"),
                       _plain(at.v_proj, "linear"), _plain(at.o_proj, "linear"), _own(layer.post_attention_layernorm),
                       mlp, at, at.head_dim))

@@ -5,9 +5,10 @@ next token from their per-step logits with a caller-given rule (argmax, HF-style
 temperature/top-k/top-p, or a logit mixture). It is what :func:`~alignkit.decoding.sampling.generate_ids`
 (PPO/A2C, best-of-n, the loop) and :func:`~alignkit.decoding.mixing.mix_generate` call.
 
-What it does differently from ``model.generate`` on the same model (measured on the
-shared CPU: 2.1–2.2× the tokens/s on a 2×64 GPT-2, 1.06–1.22× on 6×384, where reading
-the weights is most of a step, 1.07–1.12× on SmolLM2-135M; ``benchmarks/sampler_vs_hf.py``):
+What it does differently from ``model.generate`` on the same model (measured on an idle
+2-core CPU, greedy / sampling: 2.66× / 2.88× the tokens/s on a 2×64 GPT-2, 1.27× / 1.28×
+on 6×384, where reading the weights is most of a step, 1.11× / 1.24× on SmolLM2-135M;
+``benchmarks/sampler_vs_hf.py``):
 
 * **A lean one-token step** for GPT-2 and Llama (:mod:`alignkit.decoding.lean_step`):
   the model's own modules in its forward's order without the per-step plumbing around
