@@ -20,6 +20,10 @@ Lower bounds, each measured or counted here, with the model's own numerics (floa
   layers and the LM head alone at B rows (timed: every step reads every weight);
 * **optimiser**: the fused AdamW step over the trained parameters, timed.
 
+With LoRA the script also gives the floor of alignkit's default, where the reference is
+decoded next to the policy (``reference_in_rollout``): 2B-row decode steps, no reference
+forward.
+
 TRL's step time comes from ``rl_step_vs_trl.py``'s result file (same machine, same
 workload); ``max_speedup_over_trl = trl_step_s / floor_s``.
 
@@ -44,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from _fair import PROMPTS, machine_meta  # noqa: E402
 
 
-def gemm_peak(shapes: list[tuple[int, int, int]], repeats: int = 5) -> float:
+def gemm_peak(shapes: list[tuple[int, int, int]], repeats: int = 15) -> float:
     """Best float32 GFLOP/s of ``(m × k) @ (k × n)`` over ``shapes``, one thread."""
     import torch
 
@@ -159,6 +163,11 @@ def main() -> None:
     adam_s = statistics.median(times[1:])
 
     floor_s = rollout_s + 2 * forward_s + backward_s + adam_s  # policy + reference forward, backward
+    paired = None
+    if lora:  # the reference decoded next to the policy (reference_in_rollout): 2B-row steps, no reference forward
+        paired_step_s = step_linears_s(weights, head, 2 * B)
+        paired = {"rollout": 2 * prefill_s + (R - 1) * paired_step_s, "decode_step_linears_ms": paired_step_s * 1e3}
+        paired["step"] = paired["rollout"] + forward_s + backward_s + adam_s
     trl = json.loads(Path(args.trl_result).read_text())["results"][args.size]
     trl_s = trl["median_s_per_step"]["trl_rloo_16"]
     ours_s = trl["median_s_per_step"]["alignkit_16"]
@@ -171,6 +180,8 @@ def main() -> None:
         "floor_s": {"rollout": rollout_s, "policy_forward": forward_s, "ref_forward": forward_s,
                     "backward": backward_s, "adamw": adam_s, "step": floor_s},
         "decode_step_linears_ms": step_s * 1e3,
+        "floor_s_reference_in_rollout": paired,
+        "max_speedup_over_trl_reference_in_rollout": None if paired is None else trl_s / paired["step"],
         "measured_s": {"alignkit_step": ours_s, "trl_rloo_step": trl_s,
                        "alignkit_split": trl["alignkit_split_s"]["alignkit_16"]},
         "max_speedup_over_trl": trl_s / floor_s,
@@ -180,7 +191,8 @@ def main() -> None:
     out = Path(args.out or ROOT / "results" / f"rl_step_floor_{args.size}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("gemm_peak_gflops", "forward_gflop", "decode_step_linears_ms", "floor_s",
-                                              "measured_s", "max_speedup_over_trl", "measured_speedup")}, indent=1))
+                                              "floor_s_reference_in_rollout", "measured_s", "max_speedup_over_trl",
+                                              "max_speedup_over_trl_reference_in_rollout", "measured_speedup")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -194,6 +194,30 @@ def test_ppo_runs_and_reloads(tiny_lm_dir, tmp_path, algo, lora, adaptive):
     assert (coefs[0] != coefs[1]) if adaptive else (coefs[0] == coefs[1] == cfg.kl_coef)
 
 
+def test_lora_ppo_reference_from_the_rollout_equals_the_reference_forward(tiny_lm_dir, tmp_path):
+    """With LoRA the reference log-probs come from the rollout (the base decoded next to
+    the policy) instead of a reference forward: the same training run, step for step, to
+    float rounding (KL, rewards and the trained adapters)."""
+    from alignkit.recipes.ppo import PPOConfig, train_ppo
+
+    runs = []
+    for in_rollout in (False, True):
+        cfg = PPOConfig(policy=str(tiny_lm_dir), out=str(tmp_path / str(in_rollout)), steps=3, rollout_batch_size=4,
+                        ppo_epochs=1, max_new_tokens=8, lr=1e-2, lora=True, lora_targets=["c_attn", "c_fc"],
+                        reference_in_rollout=in_rollout, tensorboard=False, save_model=False, seed=4)
+        runs.append(train_ppo(cfg, reward_fn=length_reward, prompts=PROMPTS))
+    forward, rollout = runs
+    assert [h["diag/reference_from_rollout"] for h in forward.history + rollout.history] == [0.0] * 3 + [1.0] * 3
+    assert abs(forward.history[-1]["kl/k1"]) > 1e-3  # the adapters moved the policy away from the reference
+    for a, b in zip(forward.history, rollout.history, strict=True):
+        for key in ("kl/k1", "kl/k3", "reward/score", "loss/policy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
+    lora = [(n, p) for n, p in forward.model.named_parameters() if "lora_" in n]
+    other = dict(rollout.model.named_parameters())
+    for n, p in lora:
+        torch.testing.assert_close(p, other[n], atol=1e-4, rtol=1e-3)
+
+
 def test_ppo_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
     from alignkit.recipes.ppo import PPOConfig, train_ppo
 

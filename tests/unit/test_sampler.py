@@ -418,3 +418,56 @@ def test_lean_step_runs_lora_adapters_and_equals_generate(tok):
     with model.disable_adapter():
         plain = generate_ids(model, tok, PROMPTS, 8, do_sample=False).input_ids
     assert not torch.equal(plain, ref)  # the adapters did change the output
+
+
+def lora_model(tok, arch: str, targets: list[str] | None = None, seed: int = 2):
+    """A tiny GPT-2 / Llama with non-zero LoRA adapters (so the policy ≠ its base)."""
+    from alignkit.models import LoraSpec, add_lora
+
+    base = spiky(build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok), seed=seed)
+    targets = targets or (["c_attn", "c_fc"] if arch == "gpt2" else ["q_proj", "v_proj", "up_proj"])
+    model = add_lora(base, LoraSpec(r=4, target_modules=targets))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_reference_rows_give_the_base_models_logps_and_leave_the_policy_unchanged(tok, arch):
+    """``return_ref_logps`` decodes the adapter-free base next to a LoRA policy in the same
+    batch: the policy's tokens and log-probs are those of a plain rollout (bit for bit,
+    seeded sampling, rows ending mid-batch and dropped), and the reference log-probs equal
+    a forward pass of the model with adapters disabled."""
+    from alignkit.models.value import policy_forward
+
+    model = lora_model(tok, arch)
+    prompts = [PROMPTS[i % 3] for i in range(7)]  # repeated prompts: the shared prefill too
+    eos = with_eos(tok, mid_batch_eos(model, tok, 10))
+    plain = generate_ids(model, eos, prompts, 10, seed=3, return_logps=True)
+    paired = generate_ids(model, eos, prompts, 10, seed=3, return_logps=True, return_ref_logps=True)
+    assert plain.ref_token_logps is None and paired.ref_token_logps is not None
+    assert (paired.response_mask == 0).any()  # some rows ended early
+    assert torch.equal(plain.input_ids, paired.input_ids)
+    assert torch.equal(plain.token_logps, paired.token_logps)
+    P = paired.prompt_len
+    comp = torch.zeros_like(paired.attention_mask)
+    comp[:, P:] = paired.response_mask
+    with torch.no_grad(), model.disable_adapter():
+        ref = policy_forward(model, None, paired.input_ids, paired.attention_mask, comp, completion_start=P)
+    torch.testing.assert_close(paired.ref_token_logps, ref.logps[:, P:], atol=1e-4, rtol=1e-4)
+    assert (paired.ref_token_logps - paired.token_logps).abs().max() > 0.1  # the adapters matter
+
+
+def test_reference_rows_only_where_every_adapter_is_covered(tok):
+    """No reference rows (``None``, the caller scores the reference itself) for a model
+    without adapters, or when an adapted layer is one the lean step does not run through
+    its base layer (here GPT-2's token embedding)."""
+    assert generate_ids(spiky(build_tiny_lm(tok, seed=1), seed=2), tok, PROMPTS, 3, seed=0,
+                        return_ref_logps=True).ref_token_logps is None
+    model = lora_model(tok, "gpt2", targets=["c_attn", "wte"])
+    assert generate_ids(model, tok, PROMPTS, 3, seed=0, return_ref_logps=True).ref_token_logps is None
+    assert generate_ids(lora_model(tok, "gpt2"), tok, PROMPTS, 3, seed=0,
+                        return_ref_logps=True).ref_token_logps is not None

@@ -37,8 +37,16 @@ __all__ = ["lean_step"]
 Step = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def lean_step(model, cache) -> Step | None:
-    """The lean one-token step for ``model`` (GPT-2 or Llama family) or ``None``."""
+def lean_step(model, cache, *, reference_rows: bool = False) -> Step | None:
+    """The lean one-token step for ``model`` (GPT-2 or Llama family) or ``None``.
+
+    ``reference_rows``: ``model`` is a peft LoRA model and the batch's second half decodes
+    the adapter-free base model (the reference) next to the first half: every LoRA linear
+    runs its base layer once over all rows and adds its adapter to the first half only, so
+    the two halves share each weight read. ``None`` unless every LoRA layer of the model is
+    a plain one (one active, unmerged adapter without a variant such as DoRA) that the step
+    calls, and no other module differs between the two (peft's ``modules_to_save``).
+    """
     if not getattr(cache, "alignkit_preallocated", False):
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -47,12 +55,51 @@ def lean_step(model, cache) -> Step | None:
     impl = getattr(base.config, "_attn_implementation", None)
     if impl not in ("sdpa", "eager"):
         return None
-    name = type(base).__name__
-    if name == "GPT2LMHeadModel":
-        return _gpt2(base, impl)
-    if name == "LlamaForCausalLM":
-        return _llama(base, impl)
-    return None
+    build = {"GPT2LMHeadModel": _gpt2, "LlamaForCausalLM": _llama}.get(type(base).__name__)
+    if build is None:
+        return None
+    if not reference_rows:
+        return build(base, impl, _plain)
+    lora = [m for m in base.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    if not lora or any(type(m).__name__ == "ModulesToSaveWrapper" for m in base.modules()):
+        return None
+    seen: list = []
+    try:
+        step = build(base, impl, lambda module, kind: _paired(module, kind, seen))
+    except _Unsupported:
+        return None
+    return step if step is not None and {id(m) for m in seen} == {id(m) for m in lora} else None
+
+
+class _Unsupported(Exception):
+    """A LoRA layer the paired (policy + reference rows) step cannot run."""
+
+
+def _paired(module, kind: str, seen: list):
+    """A linear layer for a batch whose first half is the LoRA policy and whose second half
+    the adapter-free reference: the base layer over all rows, then peft's vanilla-LoRA
+    update ``result + lora_B(lora_A(dropout(x))) · scaling`` on the first half only. Any
+    module without an adapter as :func:`_plain` (the same weights for both halves)."""
+    if not (hasattr(module, "base_layer") and hasattr(module, "lora_A")):
+        return _plain(module, kind)
+    active = [n for n in module.active_adapters if n in module.lora_A]
+    if (module.merged or module.disable_adapters or _hooked(module) or len(active) != 1
+            or active[0] in getattr(module, "lora_variant", {})
+            or module.lora_A[active[0]].weight.dtype != module.base_layer.weight.dtype):
+        raise _Unsupported(type(module).__name__)
+    name = active[0]
+    seen.append(module)
+    layer = _plain(module.base_layer, kind)
+    lora_a, lora_b, dropout, scaling = (module.lora_A[name], module.lora_B[name], module.lora_dropout[name],
+                                        module.scaling[name])
+
+    def forward(x):
+        y = layer(x)
+        h = x.shape[0] // 2
+        y[:h] = y[:h] + lora_b(lora_a(dropout(x[:h]))) * scaling
+        return y
+
+    return forward
 
 
 def _attention_fn(model, impl: str):
@@ -160,16 +207,16 @@ def _plain(module, kind: str):
     return module
 
 
-def _gpt2(model, impl: str) -> Step | None:
+def _gpt2(model, impl: str, lin) -> Step | None:
     cfg = model.config
     if cfg.add_cross_attention or (impl == "eager" and cfg.reorder_and_upcast_attn):
         return None
     tr = model.transformer
-    wte, wpe, ln_f, lm_head = tr.wte, tr.wpe, _plain(tr.ln_f, "layer_norm"), _plain(model.lm_head, "linear")
+    wte, wpe, ln_f, lm_head = tr.wte, tr.wpe, _plain(tr.ln_f, "layer_norm"), lin(model.lm_head, "linear")
     attend = _attention_rows(model, impl)
-    layers = [(_plain(blk.ln_1, "layer_norm"), _plain(blk.attn.c_attn, "conv1d"), _plain(blk.attn.c_proj, "conv1d"),
-               _plain(blk.ln_2, "layer_norm"), _plain(blk.mlp.c_fc, "conv1d"), _activation(blk.mlp.act),
-               _plain(blk.mlp.c_proj, "conv1d"), blk.attn) for blk in model.transformer.h]
+    layers = [(_plain(blk.ln_1, "layer_norm"), lin(blk.attn.c_attn, "conv1d"), lin(blk.attn.c_proj, "conv1d"),
+               _plain(blk.ln_2, "layer_norm"), lin(blk.mlp.c_fc, "conv1d"), _activation(blk.mlp.act),
+               lin(blk.mlp.c_proj, "conv1d"), blk.attn) for blk in model.transformer.h]
     H = cfg.n_head
     D = cfg.n_embd // H
     d = cfg.n_embd
@@ -189,9 +236,9 @@ def _gpt2(model, impl: str) -> Step | None:
     return step
 
 
-def _llama_mlp(mlp):
-    """``LlamaMLP.forward`` — down(act(gate(x)) · up(x)) — over its plain parts."""
-    gate, up, down = (_plain(mlp.gate_proj, "linear"), _plain(mlp.up_proj, "linear"), _plain(mlp.down_proj, "linear"))
+def _llama_mlp(mlp, lin):
+    """``LlamaMLP.forward`` — down(act(gate(x)) · up(x)) — over its parts."""
+    gate, up, down = lin(mlp.gate_proj, "linear"), lin(mlp.up_proj, "linear"), lin(mlp.down_proj, "linear")
     act = _own(mlp.act_fn)
 
     def forward(x):
@@ -200,21 +247,21 @@ def _llama_mlp(mlp):
     return forward
 
 
-def _llama(model, impl: str) -> Step | None:
+def _llama(model, impl: str, lin) -> Step | None:
     inner = model.model
     layers = list(inner.layers)
     if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in layers):
         return None
     rope = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
-    embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, _own(inner.norm), _plain(model.lm_head, "linear")
+    embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, _own(inner.norm), lin(model.lm_head, "linear")
     attend = _attention_rows(model, impl)
     parts = []
     for layer in layers:
         at, mlp = layer.self_attn, layer.mlp
         if type(mlp).__name__ == "LlamaMLP" and not _hooked(mlp):
-            mlp = _llama_mlp(mlp)
-        parts.append((_own(layer.input_layernorm), _plain(at.q_proj, "linear"), _plain(at.k_proj, "linear"),
-                      _plain(at.v_proj, "linear"), _plain(at.o_proj, "linear"), _own(layer.post_attention_layernorm),
+            mlp = _llama_mlp(mlp, lin)
+        parts.append((_own(layer.input_layernorm), lin(at.q_proj, "linear"), lin(at.k_proj, "linear"),
+                      lin(at.v_proj, "linear"), lin(at.o_proj, "linear"), _own(layer.post_attention_layernorm),
                       mlp, at, at.head_dim))
 
     def step(ids, mask, pos, cache, want_hidden):

@@ -233,6 +233,7 @@ class Decoded:
     token_logps: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    ref_token_logps: torch.Tensor | None = None
 
 
 def decode(
@@ -254,6 +255,7 @@ def decode(
     return_hidden: bool = False,
     static_cache: bool | None = None,
     compile_step: bool | None = None,
+    reference_rows: bool = False,
 ) -> Decoded:
     """Decode up to ``max_new_tokens`` for a left-padded batch ``input_ids`` ``(B, P)``.
 
@@ -269,14 +271,20 @@ def decode(
     ``static_cache`` (default: on CUDA) uses transformers' ``StaticCache`` with fixed
     shapes (rows are masked, never dropped); ``compile_step`` (default: on CUDA, needs the
     static cache) compiles the one-token step with CUDA graphs.
+    ``reference_rows`` (one peft LoRA model): also decode its adapter-free base model — the
+    reference — on the same tokens, as B more rows of the same batch that share every
+    base-weight read with the policy's rows (:func:`~alignkit.decoding.lean_step.lean_step`),
+    and return ``ref_token_logps``: log p_ref of each picked token at ``temperature``
+    (``None`` when the model's layers do not allow it: the caller then scores the
+    reference itself). The policy's rows are unchanged by them.
     """
     # inference_mode (no autograd bookkeeping per op) inside; the returned tensors are
     # cloned out of it so callers can feed them to a forward pass with grad (PPO).
     with torch.inference_mode():
         out = _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_id, pad_token_id,
                       vocab, min_new_tokens, stop_fn, on_step, drop_finished, return_token_logps,
-                      temperature, return_hidden, static_cache, compile_step)
-    for name in ("tokens", "lengths", "token_logps", "entropy", "hidden"):
+                      temperature, return_hidden, static_cache, compile_step, reference_rows)
+    for name in ("tokens", "lengths", "token_logps", "entropy", "hidden", "ref_token_logps"):
         value = getattr(out, name)
         if value is not None:
             setattr(out, name, value.clone())
@@ -285,7 +293,7 @@ def decode(
 
 def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_id, pad_token_id, vocab,
             min_new_tokens, stop_fn, on_step, drop_finished, return_token_logps, temperature, return_hidden,
-            static_cache, compile_step) -> Decoded:
+            static_cache, compile_step, reference_rows=False) -> Decoded:
     device = input_ids.device
     B, P = input_ids.shape
     eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=device).reshape(-1)
@@ -298,6 +306,15 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     steps_fwd = [_step_fn(m, compiled) for m in models]
     # GPT-2 / Llama: the same ops as the model's forward without its per-step plumbing
     lean = [None if static else lean_step(m, c) for m, c in zip(models, caches, strict=True)]
+    # Reference rows: rows B..2B-1 of the model's batch mirror rows 0..B-1 with the LoRA
+    # adapters off (the paired lean step); every other state below stays per policy row.
+    paired = False
+    if reference_rows:
+        if len(models) != 1 or static:
+            raise ValueError("reference_rows: one LoRA model on the preallocated cache")
+        pair_step = lean_step(models[0], caches[0], reference_rows=True)
+        if pair_step is not None:
+            lean, paired = [pair_step], True
     keep_last = [_accepts(m, "logits_to_keep") for m in models]
     cache_kw = [_cache_kw(m) for m in models]
 
@@ -307,12 +324,13 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     # One-token steps on a full-attention cache: the 4-D mask the model would build from
     # the 2-D one is just the padding mask (a new token may see every cached one), so
     # pass it ready-made (a view per step) instead of rebuilding it in every forward.
-    masks4 = [_step_mask_4d(m, c, mask) for m, c in zip(models, caches, strict=True)]
+    masks4 = [_step_mask_4d(m, c, mask.repeat(2, 1) if paired else mask) for m, c in zip(models, caches, strict=True)]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     logps_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
     ent_out = torch.zeros((B, max_new_tokens), device=device) if return_token_logps else None
+    ref_out = torch.zeros((B, max_new_tokens), device=device) if paired else None
     hidden_out = None
     # Several samples of one prompt: its forward runs once, its cache rows are copied
     # (the prompt's logits do not depend on the batch's other rows, bit for bit).
@@ -332,12 +350,21 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                 want_h = return_hidden and i == 0
                 kwargs[cache_kw[i]] = cache
                 first = slice(None) if shared is None else shared[0]
-                out = m(input_ids=step_input[first], attention_mask=mask[first, :P], position_ids=step_pos[first],
+                ids0, am0, pos0 = step_input[first], mask[first, :P], step_pos[first]
+                if paired:  # the prompts twice: adapters on, then off (peft's mixed-adapter batch)
+                    u = ids0.shape[0]
+                    ids0, am0, pos0 = ids0.repeat(2, 1), am0.repeat(2, 1), pos0.repeat(2, 1)
+                    kwargs["adapter_names"] = [m.active_adapter] * u + ["__base__"] * u
+                out = m(input_ids=ids0, attention_mask=am0, position_ids=pos0,
                         use_cache=True, output_hidden_states=want_h, **kwargs)
-                if shared is not None:
-                    _select_rows(cache, shared[1])
-                    z = out.logits[:, -1][shared[1]]
-                    h = out.hidden_states[-1][:, -1][shared[1]] if want_h else None
+                if shared is not None or paired:
+                    sel = torch.arange(B, device=device) if shared is None else shared[1]
+                    if paired:
+                        sel = torch.cat([sel, sel + u])
+                    if shared is not None:
+                        _select_rows(cache, sel)
+                    z = out.logits[:, -1][sel]
+                    h = out.hidden_states[-1][:, -1][sel] if want_h else None
                     out = None
             else:
                 want_h = return_hidden and i == 0
@@ -347,7 +374,10 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                     step_mask = masks4[i][:, :, :, :length]
                 else:
                     step_mask = mask[:, :length]
-                if lean[i] is not None:
+                if paired:
+                    z, h = lean[i](step_input.repeat(2, 1), step_mask, step_pos.repeat(2, 1), cache, want_h)
+                    out = None
+                elif lean[i] is not None:
                     z, h = lean[i](step_input, step_mask, step_pos, cache, want_h)
                     out = None
                 else:
@@ -359,6 +389,10 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                 z = z.clone()
             if vocab is not None:
                 z = z[:, :vocab]
+            if paired:  # the policy's rows, then the reference's
+                n = rows.shape[0]
+                z, z_ref = z[:n], z[n:]
+                h = h[:n] if h is not None else None
             logits.append(z.float() if z.dtype != torch.float64 else z)
             if want_h:
                 hiddens.append(h)
@@ -382,6 +416,10 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
             logps_out[rows, step] = torch.where(live, picked, torch.zeros_like(picked))
             ent = -(lp_all.exp() * lp_all).nan_to_num().sum(-1)  # 0·(−inf) terms count as 0
             ent_out[rows, step] = torch.where(live, ent, torch.zeros_like(ent))
+        if paired:
+            zr = z_ref.float() / temperature if temperature != 1.0 else z_ref.float()
+            picked = torch.log_softmax(zr, -1).gather(-1, token[:, None]).squeeze(-1)
+            ref_out[rows, step] = torch.where(live, picked, torch.zeros_like(picked))
         if return_hidden:
             h = hiddens[0]
             if hidden_out is None:
@@ -401,17 +439,20 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
         # Compact when at least 1/8 of the live batch has ended (one cache copy per drop).
         if drop and n_done and n_done * 8 >= done.numel():
             keep = (~done).nonzero().squeeze(-1)
+            keep_model = torch.cat([keep, keep + done.numel()]) if paired else keep  # the model's rows
             for cache in caches:
-                _select_rows(cache, keep)
+                _select_rows(cache, keep_model)
             rows, done, n_done, compacted = rows[keep], done[keep], 0, True
             mask, step_input, step_pos = mask[keep], step_input[keep], step_pos[keep]
-            masks4 = [m4 if m4 is None else m4[keep] for m4 in masks4]
+            masks4 = [m4 if m4 is None else m4[keep_model] for m4 in masks4]
     tokens = tokens[:, :ran]
     out = Decoded(tokens, lengths.clamp(max=ran))
     if return_token_logps:
         out.token_logps, out.entropy = logps_out[:, :ran], ent_out[:, :ran]
     if return_hidden and hidden_out is not None:
         out.hidden = hidden_out[:, :ran]
+    if paired:
+        out.ref_token_logps = ref_out[:, :ran]
     return out
 
 

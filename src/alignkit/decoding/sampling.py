@@ -30,7 +30,8 @@ class Generation:
     outside ``response_mask``: ``token_logps`` ``(B, R)`` = log π_T(y_t | x, y_<t) and
     ``entropy`` ``(B, R)`` of the temperature-T distribution *before* top-k/top-p (what
     PPO's old log-probs are); ``hidden`` ``(B, R, H)`` the last hidden state that
-    predicted y_t (a value head on it gives V(s_t)).
+    predicted y_t (a value head on it gives V(s_t)); ``ref_token_logps`` ``(B, R)`` =
+    log π_ref,T(y_t | x, y_<t) of a LoRA model's adapter-free base (``return_ref_logps``).
     """
 
     input_ids: torch.Tensor
@@ -40,6 +41,7 @@ class Generation:
     token_logps: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    ref_token_logps: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -95,6 +97,7 @@ def generate_ids(
     static_cache: bool | None = None,
     compile_step: bool | None = None,
     sampler: str = "cdf",
+    return_ref_logps: bool = False,
 ) -> Generation:
     """Sample one response per prompt (batched, left-padded, KV-cached).
 
@@ -106,7 +109,10 @@ def generate_ids(
     ``sampler="multinomial"`` draws exactly as ``model.generate`` does (the same tokens
     for the same seed while no row has ended); the default inverse-CDF draw has the same
     distribution and is much cheaper for large vocabularies. At least one token is
-    generated per row.
+    generated per row. ``return_ref_logps`` (a peft LoRA ``model``): ``gen.ref_token_logps``,
+    the adapter-free base model's log-probs of the sampled tokens at ``temperature``,
+    decoded alongside (see :func:`~alignkit.decoding.sampler.decode`'s ``reference_rows``);
+    ``None`` when the model does not allow it.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -130,7 +136,7 @@ def generate_ids(
                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                  min_new_tokens=1, return_token_logps=return_logps,
                  temperature=temperature if sample else 1.0, return_hidden=return_hidden,
-                 static_cache=static_cache, compile_step=compile_step)
+                 static_cache=static_cache, compile_step=compile_step, reference_rows=return_ref_logps)
     prompt_len = enc["input_ids"].shape[1]
     resp_mask = response_mask(dec.tokens, tokenizer.eos_token_id)
     out = torch.cat([enc["input_ids"], dec.tokens], 1)
@@ -140,6 +146,8 @@ def generate_ids(
         gen.token_logps, gen.entropy = dec.token_logps * resp_mask, dec.entropy * resp_mask
     if return_hidden:
         gen.hidden = dec.hidden
+    if dec.ref_token_logps is not None:
+        gen.ref_token_logps = dec.ref_token_logps * resp_mask
     return gen
 
 

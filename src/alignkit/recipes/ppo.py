@@ -6,11 +6,12 @@ One iteration, read top to bottom:
 
 1. **Rollout**: sample responses with :func:`~alignkit.decoding.sampling.generate_ids`
    (left-padded prompts, preallocated KV cache); it also returns log π_T of each sampled
-   token, the entropy and, for multi-pass PPO, the hidden states a value head reads.
+   token, the entropy and, for multi-pass PPO, the hidden states a value head reads;
+   with LoRA, also the reference's log-probs (the base model decoded alongside).
 2. **Score**: r̂ = ``reward_fn(prompts, responses)``.
 3. **Evaluate**: old log-probs + values (from the rollout, or the single update pass's own
    forward) and reference log-probs (no grad; a frozen copy, or the same weights with LoRA
-   adapters disabled), all on the response columns only; a prompt sampled several times
+   adapters disabled, unless the rollout gave them), all on the response columns only; a prompt sampled several times
    runs once per forward (its KV cache shared by its samples).
 4. **Advantages**: per-token KL-penalised rewards → GAE(γ, λ) → whitening.
 5. **Update**: ``ppo_epochs`` × minibatches of the clipped surrogate + clipped value
@@ -94,6 +95,11 @@ class PPOConfig:
     """Wrap prompts in the tokenizer's chat template when it has one."""
     lora: bool = False
     """Train LoRA adapters; the reference is then the same weights with adapters off."""
+    reference_in_rollout: bool = True
+    """With LoRA: decode the reference (adapters off) next to the policy during the rollout,
+    its rows sharing every read of the base weights with the policy's, instead of a separate
+    reference forward; its log-probs equal that forward's to float rounding. Falls back to
+    the forward for models the lean decode step does not cover."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
@@ -248,7 +254,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                            max_prompt_tokens=cfg.max_prompt_tokens, return_logps=True,
-                           return_hidden=not single_pass)
+                           return_hidden=not single_pass,
+                           return_ref_logps=ref_model is None and cfg.reference_in_rollout)
         P = gen.prompt_len
         ids, attn = gen.input_ids, gen.attention_mask
         comp = torch.zeros_like(attn)
@@ -278,15 +285,18 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                 old_logps = gen.token_logps
                 old_values = value_head(gen.hidden).float() * mask
         t_3, c_3 = time.perf_counter(), time.process_time()
-        with torch.inference_mode():
-            if ref_model is None:
-                with model.disable_adapter():
-                    ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature,
+        if gen.ref_token_logps is not None:  # decoded next to the policy (LoRA)
+            ref_logps = gen.ref_token_logps
+        else:
+            with torch.inference_mode():
+                if ref_model is None:
+                    with model.disable_adapter():
+                        ref = policy_forward(model, None, ids, attn, comp, temperature=cfg.temperature,
+                                             completion_start=P, share_prompts=share)
+                else:
+                    ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature,
                                          completion_start=P, share_prompts=share)
-            else:
-                ref = policy_forward(ref_model, None, ids, attn, comp, temperature=cfg.temperature,
-                                     completion_start=P, share_prompts=share)
-        ref_logps = ref.logps[:, P:].clone()
+            ref_logps = ref.logps[:, P:].clone()
         t_4, c_4 = time.perf_counter(), time.process_time()
 
         # --- 4. advantages -------------------------------------------------------------
@@ -335,6 +345,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             "diag/entropy": masked_mean(gen.entropy, mask),  # of π_T, from the rollout
             "diag/explained_variance": explained_variance(old_values, returns, mask),
             "diag/response_len": mask.sum(1).mean(),
+            "diag/reference_from_rollout": float(gen.ref_token_logps is not None),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
         metrics = dist.mean_metrics(scalars(metrics))  # over the processes (equal shares)
