@@ -162,6 +162,7 @@ def main() -> None:
                 config = {"n_layer": n_layer, "n_embd": n_embd}
             runs = {"alignkit": [], "trl": []}
             ratios = []
+            load_start = os.getloadavg()
             for r in range(repeats):
                 pair = run_pair(model_dir, pairs[size], r, size)
                 for impl in runs:
@@ -178,6 +179,8 @@ def main() -> None:
                 "runs": runs,
                 "speedup": med["alignkit"]["pairs_per_s"] / med["trl"]["pairs_per_s"],
                 "rss_ratio": med["alignkit"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"],
+                # each size's own run conditions (a --sizes run keeps the other sizes' entries)
+                "repeats": repeats, "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(),
                 # TRL with its own defaults (bf16 autocast + gradient checkpointing): one run,
                 # a separate row, in no ratio -- the like-for-like rows above run it in float32
                 TRL_DEFAULTS_ROW: defaults,
