@@ -102,49 +102,34 @@ def _paired(module, kind: str, seen: list):
     return forward
 
 
-def _attention_fn(model, impl: str):
-    if impl == "sdpa":
-        return _sdpa_one_token
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    eager = sys.modules[type(model).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
-
-
 def _attention_rows(model, impl: str):
     """The attention call for one query token, its output as ``(b, H·D)`` rows in head
-    order (what the model's ``(b, 1, H, D)`` output holds before its output projection;
-    for SDPA's output a view, no copy, except with grouped-query packing)."""
+    order (what the model's ``(b, 1, H, D)`` output holds before its output projection).
+
+    SDPA: transformers' ``sdpa_attention_forward`` for one query token with a mask, without
+    its dispatch — with grouped-query attention the query heads of one key/value head take
+    the place of query tokens (its ``pack_gqa``); SDPA's output is then already the rows'
+    memory layout (a view, no copy, except with that packing). Eager: the model's own
+    ``eager_attention_forward`` (or the registered interface)."""
     if impl == "sdpa":
         def sdpa_rows(module, q, k, v, mask, *, dropout: float = 0.0, scaling: float | None = None):
             b, h, _, d = q.shape
-            if k.shape[1] != h:  # grouped-query attention: transformers' pack_gqa, see _sdpa_one_token
+            if k.shape[1] != h:
                 q = q.reshape(b, k.shape[1], h // k.shape[1], d)
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                                    scale=scaling, is_causal=False)
             return out.reshape(b, -1)
 
         return sdpa_rows
-    attend = _attention_fn(model, impl)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(impl, sys.modules[type(model).__module__].eager_attention_forward)
 
     def rows(module, q, k, v, mask, **kw):
         a, _ = attend(module, q, k, v, mask, **kw)
         return a.reshape(q.shape[0], -1)
 
     return rows
-
-
-def _sdpa_one_token(module, q, k, v, mask, *, dropout: float = 0.0, scaling: float | None = None):
-    """transformers' ``sdpa_attention_forward`` for one query token with a mask, without
-    its dispatch: with grouped-query attention the query heads of one key/value head take
-    the place of query tokens (its ``pack_gqa``), then ``(b, 1, H, D)`` as it returns."""
-    b, h, _, d = q.shape
-    kv_heads = k.shape[1]
-    if kv_heads != h:
-        q = q.reshape(b, kv_heads, h // kv_heads, d)
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                           scale=scaling, is_causal=False)
-    return out.reshape(b, h, 1, v.shape[-1]).transpose(1, 2).contiguous(), None
 
 
 def _activation(act):
