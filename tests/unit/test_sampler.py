@@ -435,21 +435,25 @@ def lora_model(tok, arch: str, targets: list[str] | None = None, seed: int = 2):
     return model.eval()
 
 
+@pytest.mark.parametrize("repeated", [True, False])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_reference_rows_give_the_base_models_logps_and_leave_the_policy_unchanged(tok, arch):
+def test_reference_rows_give_the_base_models_logps_and_leave_the_policy_unchanged(tok, arch, repeated):
     """``return_ref_logps`` decodes the adapter-free base next to a LoRA policy in the same
     batch: the policy's tokens and log-probs are those of a plain rollout (bit for bit,
     seeded sampling, rows ending mid-batch and dropped), and the reference log-probs equal
-    a forward pass of the model with adapters disabled."""
+    a forward pass of the model with adapters disabled — with repeated prompts (the shared
+    prefill) and with distinct ones (the plain prefill)."""
     from alignkit.models.value import policy_forward
 
     model = lora_model(tok, arch)
-    prompts = [PROMPTS[i % 3] for i in range(7)]  # repeated prompts: the shared prefill too
+    # repeated prompts take the shared prefill (cache rows copied), distinct ones the plain one
+    prompts = [PROMPTS[i % 3] if repeated else f"{PROMPTS[i % 4]} {i}" for i in range(7)]
     eos = with_eos(tok, mid_batch_eos(model, tok, 10))
     plain = generate_ids(model, eos, prompts, 10, seed=3, return_logps=True)
     paired = generate_ids(model, eos, prompts, 10, seed=3, return_logps=True, return_ref_logps=True)
     assert plain.ref_token_logps is None and paired.ref_token_logps is not None
-    assert (paired.response_mask == 0).any()  # some rows ended early
+    if repeated:  # mid_batch_eos picks its EOS from these prompts: some rows end early and are dropped
+        assert (paired.response_mask == 0).any()
     assert torch.equal(plain.input_ids, paired.input_ids)
     assert torch.equal(plain.token_logps, paired.token_logps)
     P = paired.prompt_len

@@ -60,7 +60,7 @@ def lean_step(model, cache, *, reference_rows: bool = False) -> Step | None:
         return None
     if not reference_rows:
         return build(base, impl, _plain)
-    lora = [m for m in base.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    lora = [m for m in base.modules() if _is_lora(m)]
     if not lora or any(type(m).__name__ == "ModulesToSaveWrapper" for m in base.modules()):
         return None
     seen: list = []
@@ -69,6 +69,11 @@ def lean_step(model, cache, *, reference_rows: bool = False) -> Step | None:
     except _Unsupported:
         return None
     return step if step is not None and {id(m) for m in seen} == {id(m) for m in lora} else None
+
+
+def _is_lora(module) -> bool:
+    """A peft LoRA layer (a wrapped ``base_layer`` with ``lora_A``/``lora_B`` adapters)."""
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A")
 
 
 class _Unsupported(Exception):
@@ -80,7 +85,7 @@ def _paired(module, kind: str, seen: list):
     the adapter-free reference: the base layer over all rows, then peft's vanilla-LoRA
     update ``result + lora_B(lora_A(dropout(x))) · scaling`` on the first half only. Any
     module without an adapter as :func:`_plain` (the same weights for both halves)."""
-    if not (hasattr(module, "base_layer") and hasattr(module, "lora_A")):
+    if not _is_lora(module):
         return _plain(module, kind)
     active = [n for n in module.active_adapters if n in module.lora_A]
     if (module.merged or module.disable_adapters or _hooked(module) or len(active) != 1

@@ -357,12 +357,9 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                     kwargs["adapter_names"] = [m.active_adapter] * u + ["__base__"] * u
                 out = m(input_ids=ids0, attention_mask=am0, position_ids=pos0,
                         use_cache=True, output_hidden_states=want_h, **kwargs)
-                if shared is not None or paired:
-                    sel = torch.arange(B, device=device) if shared is None else shared[1]
-                    if paired:
-                        sel = torch.cat([sel, sel + u])
-                    if shared is not None:
-                        _select_rows(cache, sel)
+                if shared is not None:  # each row's prompt (paired: the policy's rows, then the reference's)
+                    sel = torch.cat([shared[1], shared[1] + u]) if paired else shared[1]
+                    _select_rows(cache, sel)
                     z = out.logits[:, -1][sel]
                     h = out.hidden_states[-1][:, -1][sel] if want_h else None
                     out = None
