@@ -17,6 +17,10 @@ from alignkit.decoding.sampling import generate_ids, hf_picker
 from alignkit.models import build_tiny_lm, build_tokenizer
 from alignkit.models.logprobs import position_ids_from_mask
 
+# Bit-for-bit claims (paired rows vs a plain rollout, prefetch on vs off) are made at one
+# intra-op thread: with several, a matmul over more rows may split its work differently.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick", "Numbers: 0 1 2",
            "Please help me write a short, polite reply to my neighbour."]
 
@@ -99,13 +103,28 @@ def test_static_cache_path_equals_preallocated(tok):
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.response_mask, b.response_mask)
 
 
-def test_preallocated_cache_is_used_and_sized(tok):
-    model = build_tiny_lm(tok)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_preallocated_cache_is_used_and_sized(tok, arch):
+    """The token-major ``(capacity, B, H, D)`` buffers: the model's own forward over a
+    left-padded batch (its attention reading the cache's ``(B, H, t, D)`` views) gives the
+    logits, keys and values of ``DynamicCache``, bit for bit."""
+    from transformers.cache_utils import DynamicCache
+
+    model = spiky(build_tiny_lm(tok, seed=1) if arch == "gpt2" else tiny_llama(tok), seed=2)
     cache = make_cache(model, 40)
-    assert type(cache.layers[0]).__name__ == "_Layer" and len(cache.layers) == model.config.n_layer
-    ids = torch.tensor([[5, 6, 7]])
-    model(input_ids=ids, cache=cache, use_cache=True)
-    assert cache.get_seq_length() == 3 and cache.layers[0]._k.shape[2] == 40
+    assert type(cache.layers[0]).__name__ == "_Layer" and len(cache.layers) == model.config.num_hidden_layers
+    left = copy.deepcopy(tok)
+    left.padding_side = "left"
+    enc = left(PROMPTS, return_tensors="pt", padding=True)
+    B, P = enc["input_ids"].shape
+    dynamic = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        a = model(**enc, cache=cache, use_cache=True).logits
+        b = model(**enc, cache=dynamic, use_cache=True).logits
+    assert torch.equal(a, b)
+    layer = cache.layers[0]
+    assert cache.get_seq_length() == P and layer._k.shape[:2] == (40, B)
+    assert torch.equal(layer.keys, dynamic.layers[0].keys) and torch.equal(layer.values, dynamic.layers[0].values)
     assert isinstance(PreallocatedCache.build(1, 4), type(cache))
 
 
@@ -257,11 +276,13 @@ def test_compiled_static_step_equals_preallocated(tok):
     assert torch.equal(a.input_ids, b.input_ids)
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-eager"])
-def test_lean_step_logits_bitwise_equal_model_forward(tok, arch):
+def test_lean_step_logits_bitwise_equal_model_forward(tok, arch, prefetch):
     """The lean one-token step (decoding/lean_step.py) against the model's own forward with
     the mask transformers builds from the 2-D padding mask: the same logits and last hidden
-    state, bit for bit, over four steps of a left-padded batch."""
+    state, bit for bit, over four steps of a left-padded batch (with and without reading
+    weights and keys/values ahead)."""
     from alignkit.decoding.lean_step import lean_step
     from alignkit.decoding.sampler import _step_mask_4d
 
@@ -277,7 +298,7 @@ def test_lean_step_logits_bitwise_equal_model_forward(tok, arch):
     runs = []
     for lean in (False, True):
         cache = make_cache(model, P + 4)
-        step = lean_step(model, cache) if lean else None
+        step = lean_step(model, cache, prefetch=prefetch) if lean else None
         assert (step is not None) == lean
         m4 = _step_mask_4d(model, cache, mask)
         with torch.inference_mode():
@@ -475,3 +496,58 @@ def test_reference_rows_only_where_every_adapter_is_covered(tok):
     assert generate_ids(model, tok, PROMPTS, 3, seed=0, return_ref_logps=True).ref_token_logps is None
     assert generate_ids(lora_model(tok, "gpt2"), tok, PROMPTS, 3, seed=0,
                         return_ref_logps=True).ref_token_logps is not None
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_prefetch_changes_no_value(tok, paired):
+    """Decoding with the lean step's read-ahead forced on and off: the same tokens and
+    log-probs, bit for bit (greedy with rows ending mid-batch and dropped; with ``paired``
+    the LoRA policy and its reference rows)."""
+    model = lora_model(tok, "gpt2") if paired else spiky(build_tiny_lm(tok, seed=1), seed=2)
+    eos = with_eos(tok, mid_batch_eos(model, tok, 10))
+    a, b = (generate_ids(model, eos, PROMPTS * 2, 10, do_sample=False, return_logps=True,
+                         return_ref_logps=paired, prefetch=pf) for pf in (False, True))
+    assert (a.response_mask == 0).any()
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.token_logps, b.token_logps)
+    if paired:
+        assert a.ref_token_logps is not None and torch.equal(a.ref_token_logps, b.ref_token_logps)
+
+
+def test_prefetch_choice_times_both_variants_then_remembers(tok):
+    """``_PrefetchChoice``: steps alternate the variants until each has ``TRIALS`` timings,
+    the faster best time wins and is remembered per model and key; a forced value wins;
+    ``restart`` (rows dropped) discards the timings. End to end, a decode long enough to
+    time both variants makes a choice that a later two-step decode (too short to time
+    anything) reuses."""
+    from alignkit.decoding.sampler import _PrefetchChoice
+
+    model = build_tiny_lm(tok, seed=1).eval()
+    c = _PrefetchChoice(model, ("k",), None)
+    assert c.choice is None and [c.use(s) for s in (1, 2, 3, 4)] == [True, False, True, False]
+    for t_on, t_off in [(3.0, 2.0), (1.0, 9.0)]:
+        c.record(True, t_on)
+        c.record(False, t_off)
+    c.restart()  # the timings so far are gone: 1.0 < 2.0 no longer decides
+    for t_on, t_off in [(5.0, 2.0), (4.0, 3.0)]:
+        c.record(True, t_on)
+        c.record(False, t_off)
+    assert c.choice is None
+    c.record(True, 4.5)
+    assert c.choice is None  # off has only two timings
+    c.record(False, 2.5)
+    assert c.choice is False and c.use(1) is False
+    assert _PrefetchChoice(model, ("k",), None).choice is False
+    assert _PrefetchChoice(model, ("other",), None).choice is None
+    assert _PrefetchChoice(model, ("k",), True).choice is True
+
+    left = copy.deepcopy(tok)
+    left.padding_side = "left"
+    enc = left(PROMPTS, return_tensors="pt", padding=True)
+    args = (enc["input_ids"], enc["attention_mask"])
+    kw = dict(pick=hf_picker(False), eos_token_id=None, pad_token_id=tok.pad_token_id)
+    fresh = build_tiny_lm(tok, seed=1).eval()
+    assert decode([fresh], *args, 2, **kw).prefetch is None  # one decode step: no choice yet
+    first = decode([fresh], *args, 2 * _PrefetchChoice.TRIALS + 1, **kw)
+    assert first.prefetch in (True, False)
+    assert decode([fresh], *args, 2, **kw).prefetch is first.prefetch
+    assert decode([fresh], *args, 2, prefetch=not first.prefetch, **kw).prefetch is (not first.prefetch)

@@ -6,8 +6,8 @@ temperature/top-k/top-p, or a logit mixture). It is what :func:`~alignkit.decodi
 (PPO/A2C, best-of-n, the loop) and :func:`~alignkit.decoding.mixing.mix_generate` call.
 
 What it does differently from ``model.generate`` on the same model (measured on an idle
-2-core CPU, greedy / sampling: 2.66× / 2.88× the tokens/s on a 2×64 GPT-2, 1.27× / 1.28×
-on 6×384, where reading the weights is most of a step, 1.11× / 1.24× on SmolLM2-135M;
+2-core CPU, greedy / sampling: 2.65× / 2.82× the tokens/s on a 2×64 GPT-2, 1.46× / 1.47×
+on 6×384, where reading the weights is most of a step, 1.18× / 1.29× on SmolLM2-135M;
 ``benchmarks/sampler_vs_hf.py``):
 
 * **A lean one-token step** for GPT-2 and Llama (:mod:`alignkit.decoding.lean_step`):
@@ -16,9 +16,13 @@ on 6×384, where reading the weights is most of a step, 1.11× / 1.24× on SmolL
 * **A prompt sampled several times** is prefilled once (cache rows copied).
 
 * **Preallocated KV cache** (:class:`PreallocatedCache`): each layer's keys/values live
-  in one ``(B, H, P + R, D)`` buffer written in place; attention reads the filled prefix
-  as a view. No ``torch.cat`` of the whole cache per layer per step (what
-  ``DynamicCache`` does), no growing allocation.
+  in one token-major ``(P + R, B, H, D)`` buffer written in place; attention reads the
+  filled prefix (one contiguous block) as a view. No ``torch.cat`` of the whole cache per
+  layer per step (what ``DynamicCache`` does), no growing allocation.
+* **Prefetch, where it pays** (CPU): the lean step can read each weight matrix and KV
+  prefix just before the op that uses it, which on this project's CPU cuts a decode call
+  of the 6×384 GPT-2 by ~11 % and changes no value; the first decode steps for a
+  model and batch size time both variants and keep the faster (``decode``'s ``prefetch``).
 * **Finished rows are dropped**: once enough rows have hit EOS (or a stop rule), the
   batch is compacted — the caches, masks and positions keep only live rows — so later
   steps cost in proportion to the rows still decoding. Until a drop, finished rows are
@@ -49,6 +53,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -94,9 +100,9 @@ class PreallocatedCache:
 
             def lazy_initialization(self, key_states, value_states):
                 self.device = key_states.device
-                b, h, _, d = key_states.shape
-                self._k = key_states.new_empty((b, h, self.capacity, d))
-                self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+                b, h, _, d = key_states.shape  # token-major: the filled prefix is one block
+                self._k = key_states.new_empty((self.capacity, b, h, d))
+                self._v = value_states.new_empty((self.capacity, b, h, value_states.shape[-1]))
                 self.is_initialized = True
 
             def update(self, key_states, value_states, *args, **kwargs):
@@ -106,10 +112,10 @@ class PreallocatedCache:
                 end = self.length + n
                 if end > self.capacity:
                     raise RuntimeError(f"KV cache full: {end} > capacity {self.capacity}")
-                self._k[:, :, self.length : end].copy_(key_states)
-                self._v[:, :, self.length : end].copy_(value_states)
+                self._k[self.length : end].copy_(key_states.permute(2, 0, 1, 3))
+                self._v[self.length : end].copy_(value_states.permute(2, 0, 1, 3))
                 self.length = end
-                self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+                self.keys, self.values = self._k[:end].permute(1, 2, 0, 3), self._v[:end].permute(1, 2, 0, 3)
                 return self.keys, self.values
 
             def get_seq_length(self) -> int:
@@ -121,12 +127,11 @@ class PreallocatedCache:
             def batch_select_indices(self, indices):
                 if self.is_initialized:  # copy the filled prefix only, into fresh full-capacity buffers
                     n = self.length
-                    k, v = self._k.new_empty((len(indices), *self._k.shape[1:])), self._v.new_empty(
-                        (len(indices), *self._v.shape[1:]))
-                    torch.index_select(self._k[:, :, :n], 0, indices, out=k[:, :, :n])
-                    torch.index_select(self._v[:, :, :n], 0, indices, out=v[:, :, :n])
+                    k, v = (t.new_empty((t.shape[0], len(indices), *t.shape[2:])) for t in (self._k, self._v))
+                    torch.index_select(self._k[:n], 1, indices, out=k[:n])
+                    torch.index_select(self._v[:n], 1, indices, out=v[:n])
                     self._k, self._v = k, v
-                    self.keys, self.values = k[:, :, :n], v[:, :, :n]
+                    self.keys, self.values = k[:n].permute(1, 2, 0, 3), v[:n].permute(1, 2, 0, 3)
 
             def crop(self, tokens_to_remove: int) -> None:
                 raise NotImplementedError("the preallocated decode cache is not croppable")
@@ -234,6 +239,8 @@ class Decoded:
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
     ref_token_logps: torch.Tensor | None = None
+    prefetch: bool | None = None
+    """Whether the lean step prefetched by the call's end (``None``: no lean CPU step)."""
 
 
 def decode(
@@ -256,6 +263,7 @@ def decode(
     static_cache: bool | None = None,
     compile_step: bool | None = None,
     reference_rows: bool = False,
+    prefetch: bool | None = None,
 ) -> Decoded:
     """Decode up to ``max_new_tokens`` for a left-padded batch ``input_ids`` ``(B, P)``.
 
@@ -276,14 +284,21 @@ def decode(
     base-weight read with the policy's rows (:func:`~alignkit.decoding.lean_step.lean_step`),
     and return ``ref_token_logps``: log p_ref of each picked token at ``temperature``
     (``None`` when the model's layers do not allow it: the caller then scores the
-    reference itself). The policy's rows are unchanged by them.
+    reference itself). The policy's rows are unchanged by them (bit for bit at one
+    intra-op thread; with several, a matmul over twice the rows may split its work
+    differently and round differently, ~1e-6).
+    ``prefetch`` (lean steps on CPU): read each weight and key/value prefix just before
+    its use (:mod:`~alignkit.decoding.lean_step`); the same logits either way. ``None``
+    (default): a choice an earlier call made for these models and batch size, or, the
+    first time, the first one-token steps alternate the two variants and the faster wins
+    (:class:`_PrefetchChoice`).
     """
     # inference_mode (no autograd bookkeeping per op) inside; the returned tensors are
     # cloned out of it so callers can feed them to a forward pass with grad (PPO).
     with torch.inference_mode():
         out = _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_id, pad_token_id,
                       vocab, min_new_tokens, stop_fn, on_step, drop_finished, return_token_logps,
-                      temperature, return_hidden, static_cache, compile_step, reference_rows)
+                      temperature, return_hidden, static_cache, compile_step, reference_rows, prefetch)
     for name in ("tokens", "lengths", "token_logps", "entropy", "hidden", "ref_token_logps"):
         value = getattr(out, name)
         if value is not None:
@@ -293,7 +308,7 @@ def decode(
 
 def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_id, pad_token_id, vocab,
             min_new_tokens, stop_fn, on_step, drop_finished, return_token_logps, temperature, return_hidden,
-            static_cache, compile_step, reference_rows=False) -> Decoded:
+            static_cache, compile_step, reference_rows=False, prefetch=None) -> Decoded:
     device = input_ids.device
     B, P = input_ids.shape
     eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=device).reshape(-1)
@@ -304,17 +319,17 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     capacity = P + max_new_tokens
     caches = [make_cache(m, capacity, static=static) for m in models]
     steps_fwd = [_step_fn(m, compiled) for m in models]
-    # GPT-2 / Llama: the same ops as the model's forward without its per-step plumbing
-    lean = [None if static else lean_step(m, c) for m, c in zip(models, caches, strict=True)]
+    if reference_rows and (len(models) != 1 or static):
+        raise ValueError("reference_rows: one LoRA model on the preallocated cache")
+    # GPT-2 / Llama: the same ops as the model's forward without its per-step plumbing.
     # Reference rows: rows B..2B-1 of the model's batch mirror rows 0..B-1 with the LoRA
     # adapters off (the paired lean step); every other state below stays per policy row.
-    paired = False
-    if reference_rows:
-        if len(models) != 1 or static:
-            raise ValueError("reference_rows: one LoRA model on the preallocated cache")
-        pair_step = lean_step(models[0], caches[0], reference_rows=True)
-        if pair_step is not None:
-            lean, paired = [pair_step], True
+    lean, paired = _lean_steps(models, caches, static, reference_rows, prefetch=False)
+    tune = None
+    if device.type == "cpu" and any(s is not None for s in lean):
+        tune = _PrefetchChoice(models[0], (len(models), B, paired), prefetch)
+        lean_pf = lean if tune.choice is False else _lean_steps(models, caches, static, reference_rows,
+                                                                 prefetch=True)[0]
     keep_last = [_accepts(m, "logits_to_keep") for m in models]
     cache_kw = [_cache_kw(m) for m in models]
 
@@ -344,6 +359,11 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
     for step in range(max_new_tokens):
         length = P + step
         logits, hiddens = [], []
+        if step and tune is not None:  # this step's variant, and its start time while choosing
+            pf = tune.use(step)
+            steps_lean, t0 = (lean_pf if pf else lean), time.perf_counter()
+        else:
+            steps_lean = lean
         for i, (m, cache) in enumerate(zip(models, caches, strict=True)):
             if step == 0:
                 kwargs = {"logits_to_keep": 1} if keep_last[i] else {}
@@ -372,10 +392,10 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
                 else:
                     step_mask = mask[:, :length]
                 if paired:
-                    z, h = lean[i](step_input.repeat(2, 1), step_mask, step_pos.repeat(2, 1), cache, want_h)
+                    z, h = steps_lean[i](step_input.repeat(2, 1), step_mask, step_pos.repeat(2, 1), cache, want_h)
                     out = None
-                elif lean[i] is not None:
-                    z, h = lean[i](step_input, step_mask, step_pos, cache, want_h)
+                elif steps_lean[i] is not None:
+                    z, h = steps_lean[i](step_input, step_mask, step_pos, cache, want_h)
                     out = None
                 else:
                     out = steps_fwd[i](step_input, step_mask, step_pos, cache, want_h)
@@ -393,6 +413,8 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
             logits.append(z.float() if z.dtype != torch.float64 else z)
             if want_h:
                 hiddens.append(h)
+        if step and tune is not None:
+            tune.record(pf, time.perf_counter() - t0)
         if static:
             mask[:, length] = 1  # the next step attends to the token just written
         if on_step is not None:
@@ -442,6 +464,8 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
             rows, done, n_done, compacted = rows[keep], done[keep], 0, True
             mask, step_input, step_pos = mask[keep], step_input[keep], step_pos[keep]
             masks4 = [m4 if m4 is None else m4[keep_model] for m4 in masks4]
+            if tune is not None:
+                tune.restart()  # fewer rows: the timings so far no longer compare
     tokens = tokens[:, :ran]
     out = Decoded(tokens, lengths.clamp(max=ran))
     if return_token_logps:
@@ -450,7 +474,55 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
         out.hidden = hidden_out[:, :ran]
     if paired:
         out.ref_token_logps = ref_out[:, :ran]
+    if tune is not None:
+        out.prefetch = tune.choice
     return out
+
+
+def _lean_steps(models, caches, static: bool, reference_rows: bool, *, prefetch: bool) -> tuple[list, bool]:
+    """Each model's lean one-token step (``None``: its own forward), and whether it is the
+    paired policy + reference step of ``reference_rows``."""
+    lean = [None if static else lean_step(m, c, prefetch=prefetch) for m, c in zip(models, caches, strict=True)]
+    if reference_rows:
+        pair_step = lean_step(models[0], caches[0], reference_rows=True, prefetch=prefetch)
+        if pair_step is not None:
+            return [pair_step], True
+    return lean, False
+
+
+class _PrefetchChoice:
+    """Whether one decode call's lean steps prefetch (:mod:`~alignkit.decoding.lean_step`).
+
+    Forced by the caller, or the choice an earlier call made for the same first model and
+    ``key`` (number of models, batch rows, paired), or made now: one-token steps 1, 2, …
+    alternate prefetch on / off until each variant has :attr:`TRIALS` timings, and the
+    variant with the faster best step wins and is remembered for the model (a weak
+    reference: it goes with the model). Both variants compute the same logits, so the
+    choice changes speed only, like ``torch.backends.cudnn.benchmark``. Until then
+    ``choice`` is ``None``.
+    """
+
+    TRIALS = 3
+    _known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, model, key: tuple, forced: bool | None):
+        self.model, self.key = model, key
+        self.choice = forced if forced is not None else self._known.get(model, {}).get(key)
+        self.times: tuple[list[float], list[float]] = ([], [])
+
+    def use(self, step: int) -> bool:
+        return self.choice if self.choice is not None else step % 2 == 1
+
+    def record(self, prefetched: bool, seconds: float) -> None:
+        if self.choice is not None:
+            return
+        self.times[prefetched].append(seconds)
+        if min(map(len, self.times)) >= self.TRIALS:
+            self.choice = min(self.times[True]) < min(self.times[False])
+            self._known.setdefault(self.model, {})[self.key] = self.choice
+
+    def restart(self) -> None:
+        self.times = ([], [])
 
 
 def _step_mask_4d(model, cache, mask: torch.Tensor) -> torch.Tensor | None:

@@ -98,6 +98,7 @@ def generate_ids(
     compile_step: bool | None = None,
     sampler: str = "cdf",
     return_ref_logps: bool = False,
+    prefetch: bool | None = None,
 ) -> Generation:
     """Sample one response per prompt (batched, left-padded, KV-cached).
 
@@ -112,7 +113,9 @@ def generate_ids(
     generated per row. ``return_ref_logps`` (a peft LoRA ``model``): ``gen.ref_token_logps``,
     the adapter-free base model's log-probs of the sampled tokens at ``temperature``,
     decoded alongside (see :func:`~alignkit.decoding.sampler.decode`'s ``reference_rows``);
-    ``None`` when the model does not allow it.
+    ``None`` when the model does not allow it. ``prefetch``: the CPU decode step's
+    read-ahead (see :func:`~alignkit.decoding.sampler.decode`; default: timed once per
+    model and batch size, the faster kept); the same output either way.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -136,7 +139,8 @@ def generate_ids(
                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                  min_new_tokens=1, return_token_logps=return_logps,
                  temperature=temperature if sample else 1.0, return_hidden=return_hidden,
-                 static_cache=static_cache, compile_step=compile_step, reference_rows=return_ref_logps)
+                 static_cache=static_cache, compile_step=compile_step, reference_rows=return_ref_logps,
+                 prefetch=prefetch)
     prompt_len = enc["input_ids"].shape[1]
     resp_mask = response_mask(dec.tokens, tokenizer.eos_token_id)
     out = torch.cat([enc["input_ids"], dec.tokens], 1)
