@@ -10,7 +10,8 @@ Then the floor a decode step cannot go below with the model's own numerics: the 
 of the prompt's forward alone (the same on both sides), and of one step's linear layers
 alone — the 4 ``addmm`` per layer over every layer's own weights, in order, as the step
 runs them — in the Conv1D layout GPT-2 uses and, for comparison, in the layouts other
-kernels would need (``nn.Linear``'s transposed one, MKL-packed, oneDNN), with each
+kernels would need (``nn.Linear``'s transposed one, MKL-packed, oneDNN) and with each
+weight read ahead just before its matmul (the lean step's ``prefetch``), with each
 variant's largest difference from ``addmm`` (interleaved repeats, median).
 Output: a table on stdout and ``--out`` JSON.
 
@@ -150,6 +151,8 @@ def floor(model, enc, batch: int, repeats: int = 8, calls: int = 10) -> dict:
     variants = {
         "prefill": prefill,
         "step_linears_addmm_conv1d_layout": layout(lambda w: w, lambda x, w, b: torch.addmm(b, x, w)),
+        # the lean step's prefetch: a streaming read of the weight just before its matmul
+        "step_linears_addmm_read_ahead": layout(lambda w: w, lambda x, w, b: (w.amax(), torch.addmm(b, x, w))[1]),
         "step_linears_linear_transposed": layout(lambda w: w.t().contiguous(),
                                                  lambda x, w, b: torch.nn.functional.linear(x, w, b)),
     }

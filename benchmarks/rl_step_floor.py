@@ -85,19 +85,29 @@ def linear_weights(model) -> list:
 
 def step_linears_s(weights, head, rows: int, repeats: int = 7) -> float:
     """CPU seconds of one decode step's linear layers alone at ``rows`` rows: every weight
-    (and the LM head) multiplied once, in order — what any decode step must read."""
+    (and the LM head) multiplied once, in order — what any decode step must read — as
+    plain matmuls and with each weight read ahead first (the lean step's ``prefetch``,
+    weights up to ``PREFETCH_MAX_BYTES``); the faster of the two."""
     import torch
+
+    from alignkit.decoding.lean_step import PREFETCH_MAX_BYTES
 
     xs = [torch.randn(rows, w.shape[0]) for w in weights]
     xh = torch.randn(rows, head.shape[1])
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        for x, w in zip(xs, weights, strict=True):
-            torch.mm(x, w)
-        torch.nn.functional.linear(xh, head)
-        times.append(time.process_time() - t)
-    return statistics.median(times[1:])
+    ahead = [w.numel() * w.element_size() <= PREFETCH_MAX_BYTES for w in weights]
+    best = []
+    for read_ahead in (False, True):
+        times = []
+        for _ in range(repeats):
+            t = time.process_time()
+            for x, w, a in zip(xs, weights, ahead, strict=True):
+                if read_ahead and a:
+                    w.amax()
+                torch.mm(x, w)
+            torch.nn.functional.linear(xh, head)
+            times.append(time.process_time() - t)
+        best.append(statistics.median(times[1:]))
+    return min(best)
 
 
 def main() -> None:

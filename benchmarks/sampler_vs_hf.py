@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--gpt2-124m", action="store_true", help="GPT-2 small config (12×768, 50257 vocab)")
     ap.add_argument("--model", default="", help="a model directory or alias (e.g. smollm2) instead of a random GPT-2")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prefetch", choices=["auto", "on", "off"], default="auto",
+                    help="the CPU decode step's read-ahead: timed and chosen (auto), or forced")
     ap.add_argument("--out", default=str(ROOT / "results" / "sampler_vs_hf.json"))
     args = ap.parse_args()
 
@@ -113,8 +115,10 @@ def main() -> None:
 
         return resp, int(response_mask(resp, tok.eos_token_id).sum())
 
+    prefetch = {"auto": None, "on": True, "off": False}[args.prefetch]
+
     def ours(sample: bool, seed: int):
-        gen = generate_ids(model, tok, prompts, args.new_tokens, do_sample=sample, seed=seed)
+        gen = generate_ids(model, tok, prompts, args.new_tokens, do_sample=sample, seed=seed, prefetch=prefetch)
         return gen.response_ids, int(gen.response_mask.sum())
 
     def timed(fn, *a):
@@ -177,7 +181,8 @@ def main() -> None:
     meta = {**machine_meta(), "transformers": transformers.__version__, "threads": THREADS,
             "device": str(device), "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
             "calls_per_repeat": args.calls,
-            "batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", **desc}
+            "batch": args.batch, "new_tokens": args.new_tokens, "dtype": "float32", **desc,
+            "prefetch": args.prefetch, "prefetch_chosen": prefetch_chosen(model)}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
     if not args.quick:
@@ -185,6 +190,14 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(json.dumps({m: {"wall": r["median_paired_speedup"], "cpu": r["median_paired_speedup_cpu_time"]}
                       for m, r in results.items()}))
+
+
+def prefetch_chosen(model) -> dict:
+    """The decode step's read-ahead choice per (models, rows, paired) key for ``model``
+    (``decode``'s ``prefetch=None`` times both variants once and keeps the faster)."""
+    from alignkit.decoding.sampler import _PrefetchChoice
+
+    return {str(k): v for k, v in _PrefetchChoice._known.get(model, {}).items()}
 
 
 if __name__ == "__main__":
