@@ -100,6 +100,15 @@ class PPOConfig:
     its rows sharing every read of the base weights with the policy's, instead of a separate
     reference forward; its log-probs equal that forward's to float rounding. Falls back to
     the forward for models the lean decode step does not cover."""
+    rollout_engine: str = "alignkit"
+    """Who samples the rollouts: ``alignkit`` (the shared decode loop, ``generate_ids``) or
+    ``vllm`` (an in-process vLLM engine on the policy's directory, its weights synced from
+    the policy before every rollout; :mod:`alignkit.decoding.vllm_engine`; the ``rollout``
+    extra). With vLLM the old log-probs and values come from the policy itself (a no-grad
+    forward unless the update is a single pass) and the reference from its own forward;
+    one process only."""
+    vllm_kwargs: dict = field(default_factory=dict)
+    """Extra ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``max_model_len``, ``dtype``, …)."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
@@ -143,7 +152,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     import torch
 
     from alignkit.data import load_prompts
-    from alignkit.decoding.sampling import generate_ids
+    from alignkit.decoding.sampling import Generation, generate_ids
     from alignkit.losses.kl import AdaptiveKLController, FixedKLController, kl_k1, kl_k3
     from alignkit.losses.ppo import (
         a2c_policy_loss,
@@ -177,6 +186,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         raise ConfigError(f"algo: expected one of {ALGOS}, got {cfg.algo!r}")
     if cfg.kl_coef < 0:
         raise ConfigError(f"kl_coef: expected ≥ 0, got {cfg.kl_coef}")
+    if cfg.rollout_engine not in ("alignkit", "vllm"):
+        raise ConfigError(f"rollout_engine: expected 'alignkit' or 'vllm', got {cfg.rollout_engine!r}")
     set_seed(cfg.seed)
     dist = Distributed(cfg.device)
     device = dist.device
@@ -224,6 +235,14 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     # under N processes: DDP on the policy and on the value head; each process rolls out its
     # share of the prompts and the update averages the gradients
     wrapped, value_head_w, opt = dist.prepare(model, value_head, opt, batch_size=cfg.rollout_batch_size)
+    engine = None
+    if cfg.rollout_engine == "vllm":
+        if dist.world_size > 1:
+            raise ConfigError("rollout_engine='vllm': one process only (each would hold its own engine)")
+        from alignkit.decoding.vllm_engine import VLLMSampler
+        from alignkit.models.loading import resolve_model
+
+        engine = VLLMSampler(resolve_model(cfg.policy), tok, seed=cfg.seed, **{"dtype": "auto", **cfg.vllm_kwargs})
     logger = open_run(cfg, dist, global_batch=cfg.rollout_batch_size, resume=cfg.resume and step > 0)
     rng.setstate(prompt_rng_state)
 
@@ -251,11 +270,20 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         share = dist.world_size == 1
         t_0, c_0 = time.perf_counter(), time.process_time()
         model.eval()
-        gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                           max_prompt_tokens=cfg.max_prompt_tokens, return_logps=True,
-                           return_hidden=not single_pass,
-                           return_ref_logps=ref_model is None and cfg.reference_in_rollout)
+        if engine is None:
+            gen = generate_ids(model, tok, [text_prompts[i] for i in idx], cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                               max_prompt_tokens=cfg.max_prompt_tokens, return_logps=True,
+                               return_hidden=not single_pass,
+                               return_ref_logps=ref_model is None and cfg.reference_in_rollout)
+        else:  # the engine samples with the policy's current weights
+            engine.sync(model)
+            t_sync = time.perf_counter() - t_0
+            gen = engine.generate([text_prompts[i] for i in idx], cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_k=cfg.top_k, top_p=cfg.top_p, max_prompt_tokens=cfg.max_prompt_tokens,
+                                  seed=cfg.seed * 100_003 + step)
+            gen = Generation(gen.input_ids.to(device), gen.attention_mask.to(device), gen.prompt_len,
+                             gen.response_mask.to(device), token_logps=gen.token_logps.to(device))
         P = gen.prompt_len
         ids, attn = gen.input_ids, gen.attention_mask
         comp = torch.zeros_like(attn)
@@ -280,6 +308,11 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             old = policy_forward(wrapped, value_head_w, ids, attn, comp, temperature=cfg.temperature,
                                  completion_start=P, share_prompts=share)
             old_logps, old_values = old.logps[:, P:].detach(), old.values[:, P:].detach()
+        elif engine is not None:  # the engine's log-probs are its own numerics: re-score with the policy
+            with torch.no_grad():
+                old_eval = policy_forward(wrapped, value_head_w, ids, attn, comp, temperature=cfg.temperature,
+                                          completion_start=P, share_prompts=share)
+            old_logps, old_values = old_eval.logps[:, P:], old_eval.values[:, P:]
         else:
             with torch.no_grad():
                 old_logps = gen.token_logps
@@ -342,10 +375,12 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             "kl/k1": seq_kl.mean(),
             "kl/k3": (kl_k3(old_logps, ref_logps) * mask).sum(1).mean(),
             "kl/coef": beta,
-            "diag/entropy": masked_mean(gen.entropy, mask),  # of π_T, from the rollout
+            **({} if gen.entropy is None else {"diag/entropy": masked_mean(gen.entropy, mask)}),  # of π_T
             "diag/explained_variance": explained_variance(old_values, returns, mask),
             "diag/response_len": mask.sum(1).mean(),
             "diag/reference_from_rollout": float(gen.ref_token_logps is not None),
+            **({} if engine is None else _engine_metrics(gen, old_logps, mask, cfg.temperature, cfg.top_k,
+                                                         cfg.top_p)),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
         metrics = dist.mean_metrics(scalars(metrics))  # over the processes (equal shares)
@@ -358,6 +393,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                         "time/rollout_cpu": c_1 - c_0, "time/reward_cpu": c_2 - c_1,
                         "time/policy_forward_cpu": c_3 - c_2, "time/ref_forward_cpu": c_4 - c_3,
                         "time/update_cpu": c_5 - c_4})
+        if engine is not None:
+            metrics["time/weight_sync"] = t_sync
         step += 1
         history.append({"step": float(step), **metrics})
         logger.log(metrics, step)
@@ -375,4 +412,16 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         if dist.is_main:
             value_head.save(out / "value_head.pt")
     last = history[-1] if history else {}
+    if engine is not None:
+        engine.close()
     return PPOResult(out_dir=out, metrics={**last, "steps": float(step)}, history=history, model=model)
+
+
+def _engine_metrics(gen, old_logps, mask, temperature: float, top_k: int, top_p: float) -> dict:
+    """How far an external engine's log-probs of its sampled tokens are from the policy's
+    (mean |Δ log p| over response tokens): vLLM reports the raw distribution's, so the
+    gap is only measured at temperature 1 without filters."""
+    if temperature != 1.0 or top_k or top_p < 1.0:
+        return {}
+    gap = ((gen.token_logps - old_logps).abs() * mask).sum() / mask.sum().clamp(min=1)
+    return {"diag/engine_logp_gap": gap}
