@@ -27,6 +27,14 @@ the paired speedups, and each side's median.
     .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 1 --steps 3 --no-trl-defaults
     .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes smollm2 --repeats 1 --steps 3 --no-trl-defaults --same-responses-only
 
+``--vllm`` adds alignkit with ``rollout_engine="vllm"`` (the in-process vLLM engine, its
+OpenMP threads bound to one core) on the same 16 responses; it needs vLLM and TRL in one
+environment, so it runs in the rollout virtualenv (``make test-rollout`` builds it; then
+``pip install trl==1.16.0`` there — transformers stays at 5.19):
+
+    .venv-rollout/bin/python benchmarks/rl_step_vs_trl.py --sizes small smollm2 --repeats 2 --steps 3 \
+        --no-trl-defaults --same-responses-only --vllm --out benchmarks/results/rl_step_vs_trl_vllm.json
+
 "smollm2" is the real SmolLM2-135M-Instruct with LoRA rank 8 on q_proj/v_proj on both sides
 (the reference is then the adapter-free model for both). Both sides run in float32 without
 gradient checkpointing; TRL's defaults (bf16 autocast + checkpointing) run once per size as a
@@ -67,8 +75,14 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
     import torch
 
     torch.set_num_threads(THREADS)
-    if impl == "alignkit":
+    if impl in ("alignkit", "alignkit-vllm"):
         sys.path.insert(0, str(ROOT.parent / "src"))
+        engine = {}
+        if impl == "alignkit-vllm":  # rollouts on the in-process vLLM engine, one OpenMP thread (CPU 0)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+            engine = dict(rollout_engine="vllm",
+                          vllm_kwargs={"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
         from alignkit.recipes.ppo import PPOConfig, train_ppo
 
         def reward_fn(prompts, responses):
@@ -79,11 +93,13 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
         cfg = PPOConfig(policy=model_dir, out="", steps=steps, rollout_batch_size=len(prompts),
                         ppo_epochs=1, num_minibatches=1, max_new_tokens=NEW_TOKENS, kl_coef=KL, lr=1e-5,
                         save_model=False, save_checkpoints=False, tensorboard=False,
-                        use_chat_template=False, device="cpu", **lora_kw)
+                        use_chat_template=False, device="cpu", **lora_kw, **engine)
         res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
         times = [h["diag/step_seconds"] for h in res.history]
         cpu = [h["diag/step_cpu_seconds"] for h in res.history]
         split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT + SPLIT_CPU}
+        if engine:
+            split["time/weight_sync"] = statistics.median(h["time/weight_sync"] for h in res.history[1:])
         return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split,
                 "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
     else:
@@ -148,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--worker", choices=["alignkit", "trl"])
+    ap.add_argument("--worker", choices=["alignkit", "alignkit-vllm", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--steps", type=int, default=STEPS, help="RL steps per run (the first is warm-up)")
@@ -158,6 +174,9 @@ def main() -> None:
     ap.add_argument("--no-trl-defaults", action="store_true", help="skip the separate TRL-defaults row")
     ap.add_argument("--same-responses-only", action="store_true",
                     help="run only alignkit and TRL on the same 16 responses (not the 8-prompt workload)")
+    ap.add_argument("--vllm", action="store_true",
+                    help="also alignkit with rollout_engine='vllm' on the same 16 responses (run in the "
+                         "rollout virtualenv, with trl installed there)")
     ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
@@ -172,6 +191,8 @@ def main() -> None:
     variants = {"alignkit_8": ("alignkit", 1), "alignkit_16": ("alignkit", 2), "trl_rloo_16": ("trl", 1)}
     if args.same_responses_only:  # the like-for-like pair only (shorter runs)
         del variants["alignkit_8"]
+    if args.vllm:
+        variants["alignkit_vllm_16"] = ("alignkit-vllm", 2)
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +208,8 @@ def main() -> None:
             runs = {v: [] for v in variants}
             load_start = os.getloadavg()
             paired = {"same_responses_16": [], "issue_workload_8_prompts": [],
-                      "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": []}
+                      "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": [],
+                      "same_responses_16_vllm_engine": []}
             for r in range(repeats):
                 together = run_together(model_dir, variants, r, lora, args.steps)
                 for name in variants:
@@ -196,6 +218,8 @@ def main() -> None:
                 paired["same_responses_16"].append(trl_s / together["alignkit_16"]["s_per_step"])
                 if "alignkit_8" in together:
                     paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
+                if "alignkit_vllm_16" in together:
+                    paired["same_responses_16_vllm_engine"].append(trl_s / together["alignkit_vllm_16"]["s_per_step"])
                 trl_c = together["trl_rloo_16"]["cpu_s_per_step"]
                 paired["same_responses_16_cpu_time"].append(trl_c / together["alignkit_16"]["cpu_s_per_step"])
                 if "alignkit_8" in together:
@@ -215,7 +239,8 @@ def main() -> None:
                 "paired_speedups": paired,
                 "config": {**config, "prompts": 8, "new_tokens": NEW_TOKENS,
                            "kl_coef": KL, "steps_per_run": args.steps},
-                "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT}
+                "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v])
+                                         for k in SPLIT + (("time/weight_sync",) if "vllm" in v else ())}
                                      for v in variants if v.startswith("alignkit")},
                 "alignkit_split_cpu_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT_CPU}
                                          for v in variants if v.startswith("alignkit")},

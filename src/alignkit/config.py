@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -37,6 +38,15 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         (inner, *_) = typing.get_args(tp) or (Any,)
         out = [_coerce(name, v, inner) for v in value]
         return out if origin is list else tuple(out)
+    if tp is dict or origin is dict:
+        if isinstance(value, str):  # --set key='{"a": 1}'
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"config key '{name}': expected a mapping (JSON object), got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{name}': expected a mapping, got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value

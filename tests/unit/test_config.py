@@ -77,3 +77,17 @@ def test_nested_configs_from_yaml_and_dotted_keys(tmp_path):
         apply_overrides(Outer(), {"seed.x": 1})
     with pytest.raises(ConfigError, match="expected a mapping"):
         apply_overrides(Outer(), {"inner": 3})
+
+
+def test_mapping_fields_from_yaml_and_json_overrides():
+    """A dict field (``PPOConfig.vllm_kwargs``): a YAML mapping or a ``--set`` JSON object;
+    anything else is a one-line error naming the key."""
+    from alignkit.recipes.ppo import PPOConfig
+
+    cfg = apply_overrides(PPOConfig(), {"vllm_kwargs": {"max_model_len": 256}})
+    assert cfg.vllm_kwargs == {"max_model_len": 256}
+    cfg = apply_overrides(PPOConfig(), {"vllm_kwargs": '{"dtype": "float32", "enforce_eager": true}'})
+    assert cfg.vllm_kwargs == {"dtype": "float32", "enforce_eager": True}
+    for bad in ("dtype=float32", "[1, 2]", 3):
+        with pytest.raises(ConfigError, match="config key 'vllm_kwargs': expected a mapping"):
+            apply_overrides(PPOConfig(), {"vllm_kwargs": bad})
