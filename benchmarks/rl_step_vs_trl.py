@@ -75,14 +75,15 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
     import torch
 
     torch.set_num_threads(THREADS)
-    if impl in ("alignkit", "alignkit-vllm"):
+    if impl in ("alignkit", "alignkit-vllm", "alignkit-vllm-ref"):
         sys.path.insert(0, str(ROOT.parent / "src"))
         engine = {}
-        if impl == "alignkit-vllm":  # rollouts on the in-process vLLM engine, one OpenMP thread (CPU 0)
+        if impl.startswith("alignkit-vllm"):  # rollouts on the in-process vLLM engine, one OpenMP thread (CPU 0)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
             engine = dict(rollout_engine="vllm",
-                          vllm_kwargs={"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
+                          vllm_kwargs={"dtype": "float32", "max_model_len": 256, "enforce_eager": True},
+                          vllm_reference=impl == "alignkit-vllm-ref")
         from alignkit.recipes.ppo import PPOConfig, train_ppo
 
         def reward_fn(prompts, responses):
@@ -100,6 +101,9 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
         split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT + SPLIT_CPU}
         if engine:
             split["time/weight_sync"] = statistics.median(h["time/weight_sync"] for h in res.history[1:])
+            # at step 1 the policy is the reference: the KL estimate is the engines' rounding gap
+            split["kl_k1_first_step"] = res.history[0]["kl/k1"]
+            split["engine_logp_gap"] = statistics.median(h["diag/engine_logp_gap"] for h in res.history)
         return {"s_per_step": statistics.median(times[1:]), "steps": times, "split": split,
                 "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
     else:
@@ -164,7 +168,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--worker", choices=["alignkit", "alignkit-vllm", "trl"])
+    ap.add_argument("--worker", choices=["alignkit", "alignkit-vllm", "alignkit-vllm-ref", "trl"])
     ap.add_argument("--model")
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--steps", type=int, default=STEPS, help="RL steps per run (the first is warm-up)")
@@ -177,6 +181,8 @@ def main() -> None:
     ap.add_argument("--vllm", action="store_true",
                     help="also alignkit with rollout_engine='vllm' on the same 16 responses (run in the "
                          "rollout virtualenv, with trl installed there)")
+    ap.add_argument("--vllm-reference", action="store_true",
+                    help="also alignkit on vLLM with the reference scored on a second engine (vllm_reference)")
     ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
@@ -193,6 +199,8 @@ def main() -> None:
         del variants["alignkit_8"]
     if args.vllm:
         variants["alignkit_vllm_16"] = ("alignkit-vllm", 2)
+    if args.vllm_reference:
+        variants["alignkit_vllm_ref_16"] = ("alignkit-vllm-ref", 2)
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,7 +217,7 @@ def main() -> None:
             load_start = os.getloadavg()
             paired = {"same_responses_16": [], "issue_workload_8_prompts": [],
                       "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": [],
-                      "same_responses_16_vllm_engine": []}
+                      "same_responses_16_vllm_engine": [], "same_responses_16_vllm_engine_reference": []}
             for r in range(repeats):
                 together = run_together(model_dir, variants, r, lora, args.steps)
                 for name in variants:
@@ -220,6 +228,9 @@ def main() -> None:
                     paired["issue_workload_8_prompts"].append(trl_s / together["alignkit_8"]["s_per_step"])
                 if "alignkit_vllm_16" in together:
                     paired["same_responses_16_vllm_engine"].append(trl_s / together["alignkit_vllm_16"]["s_per_step"])
+                if "alignkit_vllm_ref_16" in together:
+                    paired["same_responses_16_vllm_engine_reference"].append(
+                        trl_s / together["alignkit_vllm_ref_16"]["s_per_step"])
                 trl_c = together["trl_rloo_16"]["cpu_s_per_step"]
                 paired["same_responses_16_cpu_time"].append(trl_c / together["alignkit_16"]["cpu_s_per_step"])
                 if "alignkit_8" in together:
@@ -240,7 +251,8 @@ def main() -> None:
                 "config": {**config, "prompts": 8, "new_tokens": NEW_TOKENS,
                            "kl_coef": KL, "steps_per_run": args.steps},
                 "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v])
-                                         for k in SPLIT + (("time/weight_sync",) if "vllm" in v else ())}
+                                         for k in SPLIT + (("time/weight_sync", "kl_k1_first_step", "engine_logp_gap")
+                                                           if "vllm" in v else ())}
                                      for v in variants if v.startswith("alignkit")},
                 "alignkit_split_cpu_s": {v: {k: statistics.median(x["split"][k] for x in runs[v]) for k in SPLIT_CPU}
                                          for v in variants if v.startswith("alignkit")},

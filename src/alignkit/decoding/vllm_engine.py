@@ -19,6 +19,9 @@ How the pieces map onto vLLM (0.32):
   computed aside, so the training weights are never merged and unmerged in place (which
   would round them differently at every step). The prefix cache is reset after each
   sync: keys/values cached under the old weights must not be reused.
+* **Scoring** (:meth:`VLLMSampler.score`): log-probs of given responses from vLLM's prompt
+  log-probs — PPO's ``vllm_reference`` scores the reference with a second engine that
+  keeps the starting weights.
 * **Sampling**: temperature, top-k, top-p as ``SamplingParams``; stopping at the
   tokenizer's EOS only (``ignore_eos`` + ``stop_token_ids``, the EOS kept, as
   ``generate_ids`` does), at least one new token, a seed per request when ``seed`` is
@@ -104,7 +107,9 @@ class VLLMSampler:
         self.syncs += 1
 
     def close(self) -> None:
-        """Shut the engine down (its worker, KV cache and model copy); idempotent."""
+        """Shut the engine down (its worker, KV cache and model copy); idempotent. vLLM's
+        shutdown also tears down its process-wide parallel state: other in-process engines
+        still open stop working, so close them together (as PPO does)."""
         llm, self.llm = self.llm, None
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
@@ -137,6 +142,24 @@ class VLLMSampler:
         logps = [[lp[t].logprob for t, lp in zip(r, o.outputs[0].logprobs, strict=True)]
                  for r, o in zip(responses, outs, strict=True)]
         return _as_generation(enc, responses, logps, tok.pad_token_id)
+
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """``(B, R)`` log p(y_t | x, y_<t) of each response token of a ``generate_ids``-layout
+        batch under the engine's current weights (the raw, temperature-1 distribution; vLLM's
+        prompt log-probs over each row's real tokens), 0 outside the response."""
+        from vllm import SamplingParams
+
+        B, T = input_ids.shape
+        rows = [input_ids[b][attention_mask[b].bool()].tolist() for b in range(B)]
+        n_prompt = attention_mask[:, :prompt_len].sum(1).tolist()
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outs = self.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+        logps = torch.zeros((B, T - prompt_len))
+        for b, (r, o) in enumerate(zip(rows, outs, strict=True)):
+            for j in range(int(n_prompt[b]), len(r)):
+                logps[b, j - int(n_prompt[b])] = o.prompt_logprobs[j][r[j]].logprob
+        return logps
 
 
 def _as_generation(prompts: list[list[int]], responses: list[list[int]], logps: list[list[float]],

@@ -107,6 +107,13 @@ class PPOConfig:
     extra). With vLLM the old log-probs and values come from the policy itself (a no-grad
     forward unless the update is a single pass) and the reference from its own forward;
     one process only."""
+    vllm_reference: bool = False
+    """With ``rollout_engine='vllm'``: score the reference's log-probs of the sampled tokens
+    on a second vLLM engine that keeps the starting weights (the reference: the initial
+    policy, or the LoRA base) instead of a reference forward of the training model. Faster
+    on CPU for SmolLM2-sized models, but the KL penalty then compares the policy's
+    log-probs with vLLM's numerics for the reference (a gap of about 1e-5 nats a token in
+    float32 here, so the first step's KL is that, not 0). Temperature 1 only."""
     vllm_kwargs: dict = field(default_factory=dict)
     """Extra ``vllm.LLM`` arguments (``gpu_memory_utilization``, ``max_model_len``, ``dtype``, …)."""
     lora_r: int = 8
@@ -188,6 +195,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         raise ConfigError(f"kl_coef: expected ≥ 0, got {cfg.kl_coef}")
     if cfg.rollout_engine not in ("alignkit", "vllm"):
         raise ConfigError(f"rollout_engine: expected 'alignkit' or 'vllm', got {cfg.rollout_engine!r}")
+    if cfg.vllm_reference and (cfg.rollout_engine != "vllm" or cfg.temperature != 1.0):
+        raise ConfigError("vllm_reference: needs rollout_engine='vllm' and temperature 1 "
+                          f"(got {cfg.rollout_engine!r}, temperature {cfg.temperature})")
     set_seed(cfg.seed)
     dist = Distributed(cfg.device)
     device = dist.device
@@ -235,7 +245,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     # under N processes: DDP on the policy and on the value head; each process rolls out its
     # share of the prompts and the update averages the gradients
     wrapped, value_head_w, opt = dist.prepare(model, value_head, opt, batch_size=cfg.rollout_batch_size)
-    engine = None
+    engine = ref_engine = None
     if cfg.rollout_engine == "vllm":
         if dist.world_size > 1:
             raise ConfigError("rollout_engine='vllm': one process only (each would hold its own engine)")
@@ -243,6 +253,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         from alignkit.models.loading import resolve_model
 
         engine = VLLMSampler(resolve_model(cfg.policy), tok, seed=cfg.seed, **{"dtype": "auto", **cfg.vllm_kwargs})
+        if cfg.vllm_reference:  # never synced: it keeps the starting weights, the reference's
+            ref_engine = VLLMSampler(resolve_model(cfg.policy), tok, seed=cfg.seed,
+                                     **{"dtype": "auto", **cfg.vllm_kwargs})
     logger = open_run(cfg, dist, global_batch=cfg.rollout_batch_size, resume=cfg.resume and step > 0)
     rng.setstate(prompt_rng_state)
 
@@ -320,6 +333,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         t_3, c_3 = time.perf_counter(), time.process_time()
         if gen.ref_token_logps is not None:  # decoded next to the policy (LoRA)
             ref_logps = gen.ref_token_logps
+        elif ref_engine is not None:
+            ref_logps = ref_engine.score(ids.cpu(), attn.cpu(), P).to(device)
         else:
             with torch.inference_mode():
                 if ref_model is None:
@@ -379,6 +394,7 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
             "diag/explained_variance": explained_variance(old_values, returns, mask),
             "diag/response_len": mask.sum(1).mean(),
             "diag/reference_from_rollout": float(gen.ref_token_logps is not None),
+            "diag/reference_from_engine": float(ref_engine is not None),
             **({} if engine is None else _engine_metrics(gen, old_logps, mask, cfg.temperature, cfg.top_k,
                                                          cfg.top_p)),
             **{k: sum(v) / len(v) for k, v in stats.items()},
@@ -412,8 +428,9 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         if dist.is_main:
             value_head.save(out / "value_head.pt")
     last = history[-1] if history else {}
-    if engine is not None:
-        engine.close()
+    for e in (engine, ref_engine):
+        if e is not None:
+            e.close()
     return PPOResult(out_dir=out, metrics={**last, "steps": float(step)}, history=history, model=model)
 
 
