@@ -25,22 +25,13 @@ from alignkit.decoding.sampling import generate_ids  # noqa: E402
 from alignkit.decoding.vllm_engine import VLLMSampler, merged_state_dict  # noqa: E402
 from alignkit.models import LoraSpec, add_lora, build_tiny_lm, build_tokenizer  # noqa: E402
 from alignkit.models.value import policy_forward  # noqa: E402
+from lm_helpers import spiky, with_eos  # noqa: E402
 
 PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick", "Numbers: 0 1 2",
            "Please help me write a short, polite reply to my neighbour."]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def spiky(model, seed: int):
-    """Large random weights: greedy paths vary and logit gaps are wide (engine numerics
-    differ from the training model's by ~1e-6, far below them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 def tiny_llama(tok, seed: int = 0):  # head_dim 32: the CPU build has no kernel for 16
@@ -80,11 +71,6 @@ def llama(tmp_path_factory, tok):
     yield model, engine
     engine.close()
 
-
-def with_eos(tok, token_id: int):
-    tok = copy.deepcopy(tok)
-    tok.eos_token = tok.convert_ids_to_tokens(token_id)
-    return tok
 
 
 def mid_batch_eos(model, tok, n: int) -> int:

@@ -16,6 +16,7 @@ from alignkit.decoding.sampler import PreallocatedCache, decode, make_cache
 from alignkit.decoding.sampling import generate_ids, hf_picker
 from alignkit.models import build_tiny_lm, build_tokenizer
 from alignkit.models.logprobs import position_ids_from_mask
+from lm_helpers import spiky, with_eos
 
 # Bit-for-bit claims (paired rows vs a plain rollout, prefetch on vs off) are made at one
 # intra-op thread: with several, a matmul over more rows may split its work differently.
@@ -29,15 +30,6 @@ PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick", "Numbers: 0 1 
 def tok():
     return build_tokenizer()
 
-
-def spiky(model, seed: int):
-    """Large random weights so that greedy paths vary from token to token."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 def tiny_llama(tok, seed: int = 0, attn: str = "sdpa"):
@@ -58,13 +50,6 @@ def hf_generate(model, tok, prompts, n, **kw):
         return model.generate(**enc, max_new_tokens=n, min_new_tokens=1, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, **kw)
 
-
-def with_eos(tok, token_id: int):
-    """A copy of ``tok`` whose EOS is ``token_id`` (to put an EOS in the middle of a batch)."""
-    tok = copy.deepcopy(tok)
-    tok.eos_token = tok.convert_ids_to_tokens(token_id)
-    assert tok.eos_token_id == token_id
-    return tok
 
 
 def mid_batch_eos(model, tok, n: int) -> int:
