@@ -482,12 +482,11 @@ def _decode(models, input_ids, attention_mask, max_new_tokens, pick, eos_token_i
 def _lean_steps(models, caches, static: bool, reference_rows: bool, *, prefetch: bool) -> tuple[list, bool]:
     """Each model's lean one-token step (``None``: its own forward), and whether it is the
     paired policy + reference step of ``reference_rows``."""
-    lean = [None if static else lean_step(m, c, prefetch=prefetch) for m, c in zip(models, caches, strict=True)]
     if reference_rows:
         pair_step = lean_step(models[0], caches[0], reference_rows=True, prefetch=prefetch)
         if pair_step is not None:
             return [pair_step], True
-    return lean, False
+    return [None if static else lean_step(m, c, prefetch=prefetch) for m, c in zip(models, caches, strict=True)], False
 
 
 class _PrefetchChoice:

@@ -16,7 +16,7 @@ import torch
 
 from alignkit.decoding.sampler import decode, draw, hf_warp
 
-__all__ = ["Generation", "generate", "generate_ids", "hf_picker", "response_mask"]
+__all__ = ["Generation", "encode_prompts", "generate", "generate_ids", "hf_picker", "response_mask"]
 
 
 @dataclass
@@ -46,6 +46,18 @@ class Generation:
     @property
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len :]
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int | None = None, **kwargs):
+    """``tokenizer(prompts, **kwargs)`` with left padding and left truncation to
+    ``max_prompt_tokens`` (a prompt keeps its last tokens), the tokenizer's own sides
+    restored afterwards."""
+    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        return tokenizer(prompts, truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens, **kwargs)
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
@@ -119,18 +131,7 @@ def generate_ids(
     """
     if seed is not None:
         torch.manual_seed(seed)
-    old_side, old_trunc = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    try:
-        enc = tokenizer(
-            prompts,
-            return_tensors="pt",
-            padding=True,
-            truncation=max_prompt_tokens is not None,
-            max_length=max_prompt_tokens,
-        )
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
+    enc = encode_prompts(tokenizer, prompts, max_prompt_tokens, return_tensors="pt", padding=True)
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     sample = do_sample and temperature > 0

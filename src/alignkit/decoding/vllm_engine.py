@@ -42,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from alignkit.decoding.sampling import Generation
+from alignkit.decoding.lean_step import _is_lora
+from alignkit.decoding.sampling import Generation, encode_prompts
 from alignkit.errors import ConfigError
 
 __all__ = ["VLLMSampler", "merged_state_dict"]
@@ -58,7 +59,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     adapted: list[str] = []
     with torch.no_grad():
         for name, module in base.named_modules():
-            if not (hasattr(module, "base_layer") and hasattr(module, "lora_A")):
+            if not _is_lora(module):
                 continue
             layer = module.base_layer
             w = layer.weight.detach()
@@ -124,12 +125,7 @@ class VLLMSampler:
         from vllm import SamplingParams
 
         tok = self.tokenizer
-        old_trunc = tok.truncation_side
-        tok.truncation_side = "left"
-        try:
-            enc = tok(prompts, truncation=max_prompt_tokens is not None, max_length=max_prompt_tokens)["input_ids"]
-        finally:
-            tok.truncation_side = old_trunc
+        enc = encode_prompts(tok, prompts, max_prompt_tokens)["input_ids"]
         greedy = not do_sample or temperature <= 0
         eos = tok.eos_token_id
         params = [SamplingParams(
