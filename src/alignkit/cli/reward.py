@@ -77,7 +77,9 @@ def train_cmd(
     result = train_reward(cfg)
     m = result.metrics
     typer.echo(f"reward model saved to {result.out_dir}")
-    if "eval/accuracy" in m:
+    if "eval/accuracy" in m and m["eval/n_ties"] == m["eval/count"]:
+        typer.echo(f"held-out ({m['eval/count']} pairs): all ties, no preference to score; the last epoch was kept")
+    elif "eval/accuracy" in m:
         typer.echo(
             f"held-out ({m['eval/count']} pairs): accuracy {m['eval/accuracy']:.3f} "
             f"± {_se(m['eval/accuracy'], m['eval/count']):.3f}, "

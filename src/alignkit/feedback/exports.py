@@ -29,12 +29,21 @@ __all__ = [
     "export_rows",
     "format_stat",
     "json_safe",
+    "trl_rows",
     "vote_records",
     "vote_stats",
     "write_jsonl",
 ]
 
-EXPORT_FORMATS = ("trl", "comparisons", "rankings", "ratings", "corrections", "raw")
+EXPORT_FORMATS = (
+    "trl",
+    "trl_conversational",
+    "comparisons",
+    "rankings",
+    "ratings",
+    "corrections",
+    "raw",
+)
 RECORD_KINDS = ("comparisons", "rankings", "ratings", "corrections")
 
 
@@ -44,7 +53,9 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
     Comparisons keep incomparable votes (``incomparable=True``; training loaders drop
     them); ties and "both bad" have ``mu = ½``. Every record carries the annotator,
     their group and ``meta = {item_id, vote_id, ...}``, plus ``comment`` when the
-    annotator wrote one. A ``video_pair`` vote is a comparison of two clips (``a``/``b``
+    annotator wrote one and ``tags`` when they ticked any: one list per response of the
+    record (a comparison ``[tags of a, tags of b]``, a ranking one per response), or the
+    one response's list for a rating or a correction. A ``video_pair`` vote is a comparison of two clips (``a``/``b``
     = ``"media:<sha256>"``) whose ``meta.item_meta`` is the item's own meta (e.g. the
     segment ids given at import).
     """
@@ -63,6 +74,9 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
         if v["type"] == "video_pair":  # the clips' own meta (e.g. segment ids) comes back
             common["meta"]["item_meta"] = v["item_meta"]
         responses = v["responses"]
+        tags = _tags(ans, len(responses))
+        if any(tags) and v["type"] != "rating":  # a rating's records: one response's tags each
+            common["meta"]["tags"] = tags
         if kind == "comparisons" and v["type"] in PAIR_TYPES:
             choice = ans["choice"]
             if choice == "both_bad":
@@ -83,6 +97,8 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
         elif kind == "ratings" and v["type"] == "rating":
             for i, score in enumerate(ans["scores"]):
                 meta = dict(common["meta"], response_index=i)
+                if tags[i]:
+                    meta["tags"] = tags[i]
                 out.append(
                     Rating(
                         v["prompt"],
@@ -98,6 +114,9 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
             for i, edited in enumerate(ans.get("edits") or []):
                 if edited is not None:
                     meta = dict(common["meta"], response_index=i)
+                    meta.pop("tags", None)
+                    if tags[i]:
+                        meta["tags"] = tags[i]
                     out.append(
                         Correction(
                             v["prompt"],
@@ -111,6 +130,12 @@ def vote_records(raw: Iterable[dict[str, Any]], kind: str) -> list[Record]:
         elif kind not in RECORD_KINDS:
             raise UnknownFormat(kind, RECORD_KINDS)
     return out
+
+
+def _tags(answer: dict[str, Any], k: int) -> list[list[str]]:
+    """The answer's tags, one list per response in original order (empty lists if none)."""
+    tags = answer.get("tags") or []
+    return [list(tags[i]) if i < len(tags) and tags[i] else [] for i in range(k)]
 
 
 def combine_labels(
@@ -150,10 +175,7 @@ def combine_labels(
 def export_rows(raw: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     """The rows of export format ``fmt`` (one of :data:`EXPORT_FORMATS`).
 
-    * ``trl``: ``{"prompt", "chosen", "rejected"}`` per pairwise vote, plus ``"mu": 0.5``
-      for ties and "both bad"; incomparable votes are left out. Multi-turn items use
-      TRL's conversational form (prompt = list of turns, chosen/rejected = one
-      assistant turn).
+    * ``trl`` / ``trl_conversational``: TRL preference rows, see :func:`trl_rows`.
     * ``comparisons`` / ``rankings`` / ``ratings`` / ``corrections``: alignkit records.
     * ``raw``: one row per vote with everything stored.
     """
@@ -180,27 +202,58 @@ def export_rows(raw: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
                 }
             )
         return rows
-    if fmt == "trl":
-        rows = []
-        for v in raw:
-            if v["type"] != "pairwise" or v["answer"]["choice"] == "incomparable":
-                continue
-            mu = choice_mu(v["answer"]["choice"])
-            a, b = v["responses"]
-            chosen, rejected = (a, b) if mu >= 0.5 else (b, a)
-            if v["turns"]:
-                row = {
-                    "prompt": v["turns"],
-                    "chosen": [{"role": "assistant", "content": chosen}],
-                    "rejected": [{"role": "assistant", "content": rejected}],
-                }
-            else:
-                row = {"prompt": v["prompt"], "chosen": chosen, "rejected": rejected}
-            if mu == 0.5:
-                row["mu"] = 0.5
-            rows.append(row)
-        return rows
+    if fmt in ("trl", "trl_conversational"):
+        return trl_rows(raw, conversational=fmt == "trl_conversational")
     return [record_to_dict(r) for r in vote_records(raw, fmt)]
+
+
+def trl_rows(raw: Iterable[dict[str, Any]], *, conversational: bool = False) -> list[dict[str, Any]]:
+    """TRL preference rows, one per pairwise vote: ``{"prompt", "chosen", "rejected"}``
+    plus ``"mu": 0.5`` for ties and "both bad"; "can't compare" votes are left out.
+
+    One form per file, because readers (TRL's and :func:`alignkit.data.load_records`)
+    take the form of the first row for every row: the standard form (strings) when every
+    exported prompt is plain text, else — or when ``conversational`` — TRL's
+    conversational form for every row (``prompt`` = the turns, a plain prompt as one user
+    turn; ``chosen``/``rejected`` = one assistant turn). Who labelled and what they added
+    ride along as extra columns (the data layer reads them into ``meta``): ``annotator``,
+    ``group``, ``item_id``, ``vote_id``, and when given ``comment``, ``chosen_tags``,
+    ``rejected_tags``.
+    """
+    votes = [v for v in raw if v["type"] == "pairwise" and v["answer"]["choice"] != "incomparable"]
+    conversational = conversational or any(v["turns"] for v in votes)
+    rows = []
+    for v in votes:
+        ans = v["answer"]
+        mu = choice_mu(ans["choice"])
+        a, b = v["responses"]
+        tags = _tags(ans, 2)
+        (chosen, chosen_tags), (rejected, rejected_tags) = (
+            ((a, tags[0]), (b, tags[1])) if mu >= 0.5 else ((b, tags[1]), (a, tags[0]))
+        )
+        if conversational:
+            prompt = v["turns"] or [{"role": "user", "content": v["prompt"]}]
+            row: dict[str, Any] = {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        else:
+            row = {"prompt": v["prompt"], "chosen": chosen, "rejected": rejected}
+        if mu == 0.5:
+            row["mu"] = 0.5
+        row["annotator"] = v["annotator"]
+        if v["group_name"] is not None:
+            row["group"] = v["group_name"]
+        row["item_id"], row["vote_id"] = v["item_id"], v["id"]
+        if ans.get("comment"):
+            row["comment"] = ans["comment"]
+        if chosen_tags:
+            row["chosen_tags"] = chosen_tags
+        if rejected_tags:
+            row["rejected_tags"] = rejected_tags
+        rows.append(row)
+    return rows
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: str | os.PathLike) -> int:

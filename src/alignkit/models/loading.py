@@ -227,10 +227,27 @@ def load_causal_lm(path: str | Path, *, lora: LoraSpec | None = None, dtype=None
         from peft import AutoPeftModelForCausalLM
 
         return AutoPeftModelForCausalLM.from_pretrained(str(p), is_trainable=True)
+    _check_causal(p)
     model = AutoModelForCausalLM.from_pretrained(_check_dir(p, "model"), dtype=dtype)
     if lora is not None:
         model = add_lora(model, lora)
     return model
+
+
+_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _check_causal(p: Path) -> None:
+    """Refuse a directory whose saved architecture has no language-model head (a sentence
+    encoder such as ``minilm``): transformers would load it with a freshly initialised head
+    and train an encoder as a policy."""
+    try:
+        archs = json.loads((p / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # _check_dir reports a missing or unreadable config
+    if archs and not any(a.endswith(_CAUSAL_HEADS) for a in archs):
+        raise ConfigError(f"{p}: a {archs[0]} is not a causal language model, so it cannot be a policy; "
+                          "use a decoder (e.g. smollm2, or a *ForCausalLM directory)")
 
 
 def load_sequence_classifier(path: str | Path, *, num_labels: int = 1, lora: LoraSpec | None = None):

@@ -349,9 +349,11 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         eval_metrics = evaluate_reward_model(model, evals, cfg.eval_batch_size) if evals else {}
         if eval_metrics:
             logger.log({f"eval/{k}": v for k, v in eval_metrics.items()} | {"diag/epoch": epoch + 1}, step)
-        improved = not evals or eval_metrics["log_loss"] < best["log_loss"]
+        # held-out pairs that are all ties (μ = ½) decide nothing (log-loss NaN): keep the last epoch
+        undecided = not evals or not math.isfinite(eval_metrics["log_loss"])
+        improved = undecided or eval_metrics["log_loss"] < best["log_loss"]
         if improved:
-            best = {**eval_metrics, "epoch": epoch + 1} if evals else {"log_loss": math.inf, "epoch": epoch + 1}
+            best = {**eval_metrics, "epoch": epoch + 1} if not undecided else {"log_loss": math.inf, "epoch": epoch + 1}
             if dist.is_main:
                 model.save_pretrained(out, extra={"base_model": str(cfg.model), "best_epoch": epoch + 1})
         save_checkpoint_once(dist, ckpt, wrapped, {"optimizer": optimizer.state_dict(),
