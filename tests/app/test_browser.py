@@ -263,7 +263,7 @@ def test_video_pair_plays_in_sync_and_takes_a_keyboard_choice(browser, tmp_path,
     a = make_webm(tmp_path / "a.webm", 10, n=30)
     b = make_webm(tmp_path / "b.webm", 150, codec="libvpx", n=30)
     (item_id,) = import_video_pairs(
-        store, "ctl", [{"video_a": a, "video_b": b, "meta": {"segments": [7, 8]}}]
+        store, "ctl", [{"video_a": a.name, "video_b": b.name, "meta": {"segments": [7, 8]}}], base_dir=tmp_path
     ).item_ids
     ann = store.add_user("ann", projects=["ctl"])
     server = start_server(db, "ctl")

@@ -50,13 +50,13 @@ def test_import_play_label_export_as_comparisons(db_url, clips):
     store = FeedbackStore(db_url, shuffle=True)
     store.ensure_project("ctl", overlap=1, gold_every=0)
     pairs = [
-        {"video_a": clips["a"], "video_b": clips["b"], "meta": {"segments": [1, 2]}},
-        {"video_a": clips["b"], "video_b": clips["c"], "meta": {"segments": [2, 3]}},
-        {"video_a": clips["a"], "video_b": clips["c"], "meta": {"segments": [1, 3]}},
-        {"video_a": clips["c"], "video_b": clips["a"], "meta": {"segments": [3, 1]}},
+        {"video_a": "a.webm", "video_b": "b.webm", "meta": {"segments": [1, 2]}},
+        {"video_a": "b.webm", "video_b": "c.webm", "meta": {"segments": [2, 3]}},
+        {"video_a": "a.webm", "video_b": "c.webm", "meta": {"segments": [1, 3]}},
+        {"video_a": "c.webm", "video_b": "a.webm", "meta": {"segments": [3, 1]}},
     ]
-    first = import_video_pairs(store, "ctl", pairs)
-    again = import_video_pairs(store, "ctl", pairs)
+    first = import_video_pairs(store, "ctl", pairs, base_dir=clips["a"].parent)
+    again = import_video_pairs(store, "ctl", pairs, base_dir=clips["a"].parent)
     assert (first.added, again.added, again.skipped) == (4, 0, 4)
     assert again.item_ids == first.item_ids
     with store.engine.connect() as c:  # three distinct clips, each stored once
@@ -104,7 +104,7 @@ def test_training_loaders_drop_cant_tell(tmp_path, clips):
         store,
         "ctl",
         [
-            {"video_a": clips["a"], "video_b": clips["b"]},
+            {"video_a": "a.webm", "video_b": "b.webm"},
             {"video_a": "b.webm", "video_b": "c.webm"},
         ],
         base_dir=clips["a"].parent,
@@ -122,14 +122,13 @@ def test_bad_clips_are_refused_clearly(tmp_path, clips):
     store = FeedbackStore(tmp_path / "f.db")
     store.ensure_project("ctl")
     (tmp_path / "x.webm").write_bytes(b"not a video")
+    (tmp_path / "a.webm").write_bytes(clips["a"].read_bytes())
     with pytest.raises(DataError, match=r"line 1: field 'video_b': .*x\.webm.*WebM, MP4 or GIF"):
-        import_video_pairs(store, "ctl", [{"video_a": clips["a"], "video_b": tmp_path / "x.webm"}])
+        import_video_pairs(store, "ctl", [{"video_a": "a.webm", "video_b": "x.webm"}], base_dir=tmp_path)
     with pytest.raises(DataError, match="field 'video_a'.*no such file"):
-        import_video_pairs(
-            store, "ctl", [{"video_a": tmp_path / "gone.webm", "video_b": clips["a"]}]
-        )
+        import_video_pairs(store, "ctl", [{"video_a": "gone.webm", "video_b": "a.webm"}], base_dir=tmp_path)
     with pytest.raises(DataError, match="field 'video_a'.*expected a .webm"):
-        import_video_pairs(store, "ctl", [{"video_a": tmp_path / "a.avi", "video_b": clips["a"]}])
+        import_video_pairs(store, "ctl", [{"video_a": "a.avi", "video_b": "a.webm"}], base_dir=tmp_path)
     with pytest.raises(NotFound, match="clip"):  # a reference to a clip that was never stored
         store.add_items("ctl", [{"type": "video_pair", "responses": ["media:" + "0" * 64] * 2}])
     with pytest.raises(DataError, match="responses"):
@@ -140,7 +139,7 @@ def test_bad_clips_are_refused_clearly(tmp_path, clips):
 def test_api_serves_clips_only_to_their_annotator(tmp_path, clips):
     store = FeedbackStore(tmp_path / "f.db")
     store.ensure_project("ctl", gold_every=0)
-    import_video_pairs(store, "ctl", [{"video_a": clips["a"], "video_b": clips["b"]}])
+    import_video_pairs(store, "ctl", [{"video_a": "a.webm", "video_b": "b.webm"}], base_dir=clips["a"].parent)
     ann = store.add_user("ann", password=False, projects=["ctl"])
     eve = store.add_user("eve", password=False, projects=["ctl"])
     app = create_app(store.url, "ctl", store=store)
@@ -174,12 +173,11 @@ def test_cli_imports_a_file_of_clip_pairs(tmp_path, clips, capsys):
 
     from alignkit.cli import main
 
-    items = tmp_path / "pairs.jsonl"
-    rows = [{"type": "video_pair", "video_a": str(clips["a"]), "video_b": "../clips0/b.webm"}]
-    (tmp_path / "clips0").mkdir(exist_ok=True)
-    (tmp_path / "clips0" / "b.webm").write_bytes(clips["b"].read_bytes())
+    rows = [{"type": "video_pair", "video_a": "a.webm", "video_b": "clips0/b.webm"}]
     sub = tmp_path / "sub"
-    sub.mkdir()
+    (sub / "clips0").mkdir(parents=True)
+    (sub / "a.webm").write_bytes(clips["a"].read_bytes())
+    (sub / "clips0" / "b.webm").write_bytes(clips["b"].read_bytes())
     items = sub / "pairs.jsonl"
     items.write_text("".join(json.dumps(r) + "\n" for r in rows))
     db = str(tmp_path / "f.db")

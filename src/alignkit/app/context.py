@@ -6,6 +6,7 @@ it on ``app.state``; a route gets it with ``context(request)``.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,11 @@ class AppContext:
     store: FeedbackStore
     project: str
     secure_cookies: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    """Peer addresses whose X-Forwarded-For / -Proto / -Host headers are believed (none by default)."""
 
     def __post_init__(self) -> None:
+        self.login_secret = os.urandom(32)  # signs the login form's pre-session (auth.py)
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=True, undefined=StrictUndefined
         )
@@ -58,10 +62,18 @@ class AppContext:
         # "replace": text stored before validation existed (a lone surrogate) cannot break a page
         return HTMLResponse(html.encode("utf-8", "replace"), status_code=status)
 
+    def is_secure(self, request: Request) -> bool:
+        """Served over HTTPS: ``--secure-cookies``, an https request, or a trusted proxy's
+        ``X-Forwarded-Proto: https``."""
+        if self.secure_cookies or request.url.scheme == "https":
+            return True
+        peer = request.client.host if request.client else ""
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+        return peer in self.trusted_proxies and proto == "https"
+
     def cookie_flags(self, request: Request) -> dict[str, Any]:
         """HttpOnly, SameSite=Strict; Secure behind HTTPS (or when the request is https)."""
-        secure = self.secure_cookies or request.url.scheme == "https"
-        return {"httponly": True, "samesite": "strict", "secure": secure, "path": "/"}
+        return {"httponly": True, "samesite": "strict", "secure": self.is_secure(request), "path": "/"}
 
 
 def context(request: Request) -> AppContext:

@@ -11,16 +11,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from alignkit.app.auth import (
-    LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
+    check_login_csrf,
     checked_form,
+    client_address,
+    login_csrf,
+    login_csrf_cookie,
     require_session,
     session_of,
 )
 from alignkit.app.clips import clip_response
 from alignkit.app.context import AppContext, context
 from alignkit.app.errors import HTTPProblem
-from alignkit.feedback.auth import new_token
 from alignkit.feedback.errors import InvalidAnswer
 from alignkit.feedback.exports import EXPORT_FORMATS
 from alignkit.feedback.values import Task, User
@@ -52,12 +54,12 @@ def root():
 def login_page(
     request: Request, status: int = 200, error: str | None = None, headers: dict | None = None
 ) -> HTMLResponse:
-    """The login form with a fresh double-submit CSRF token (cookie + hidden field)."""
+    """The login form with a fresh pre-session (cookie) and its token (hidden field)."""
     c = context(request)
-    token = new_token("akl_")
+    pre_session, token = login_csrf(c)
     resp = c.page("login.html", status, csrf=token, error=error)
     resp.headers.update(headers or {})
-    resp.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, **c.cookie_flags(request))
+    resp.set_cookie(login_csrf_cookie(c, request), pre_session, max_age=3600, **c.cookie_flags(request))
     return resp
 
 
@@ -66,32 +68,43 @@ def login_form(request: Request):
     return login_page(request)
 
 
+def _too_many(request: Request, wait: float) -> HTMLResponse:
+    seconds = int(wait) + 1
+    return login_page(
+        request,
+        429,
+        error=f"Too many failed logins; try again in {seconds} s.",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 @router.post("/login")
 async def login(request: Request):
-    """Check a password — off the event loop, and only within the failed-login limits."""
+    """Check a password — off the event loop, and only within the failed-login limits.
+
+    The attempt is counted against the client and the account *before* the (slow)
+    password check, so simultaneous guesses cannot all slip past the limits."""
     c = context(request)
-    client = request.client.host if request.client else "?"
+    client = client_address(request)
     wait = c.client_failures.retry_after(client)  # before reading the form: a flood is cheap
-    if wait == 0:
-        form = await checked_form(request, request.cookies.get(LOGIN_CSRF_COOKIE) or "\0")
-        name, password = str(form.get("username", "")), str(form.get("password", ""))
-        wait = c.account_failures.retry_after(name)
     if wait > 0:
-        seconds = int(wait) + 1
-        return login_page(
-            request,
-            429,
-            error=f"Too many failed logins; try again in {seconds} s.",
-            headers={"Retry-After": str(seconds)},
-        )
+        return _too_many(request, wait)
+    form = await checked_form(request, check_login_csrf(c, request))
+    name, password = str(form.get("username", "")), str(form.get("password", ""))
+    wait, client_stamp = c.client_failures.attempt(client)
+    if wait > 0:
+        return _too_many(request, wait)
+    wait, account_stamp = c.account_failures.attempt(name)
+    if wait > 0:
+        c.client_failures.forgive(client, client_stamp)  # refused unchecked: not a guess
+        return _too_many(request, wait)
     user = await anyio.to_thread.run_sync(
         c.store.check_password, name, password, limiter=c.hash_slots
     )
-    if user is None:
-        c.account_failures.failed(name)
-        c.client_failures.failed(client)
+    if user is None:  # both attempts stay counted as failures
         return login_page(request, 401, error="Wrong user name or password.")
     c.account_failures.clear(name)
+    c.client_failures.forgive(client, client_stamp)
     if not await run_in_threadpool(c.store.is_member, c.project, user):
         return login_page(request, 403, error=f"You are not a member of project {c.project!r}.")
     sid, _ = await run_in_threadpool(c.store.create_session, user)
@@ -99,7 +112,7 @@ async def login(request: Request):
     resp.set_cookie(
         SESSION_COOKIE, sid, max_age=int(c.store.session_ttl), **c.cookie_flags(request)
     )
-    resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+    resp.delete_cookie(login_csrf_cookie(c, request), path="/", secure=c.is_secure(request))
     return resp
 
 

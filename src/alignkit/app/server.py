@@ -22,9 +22,11 @@ Security, since prompts and model outputs are untrusted text:
   Content-Security-Policy allows scripts and styles from ``'self'`` only (no
   ``unsafe-inline``), so injected markup could not run even if it got through.
 * People log in with a password (scrypt-hashed); the session cookie is HttpOnly and
-  SameSite=Strict, and every form carries a per-session CSRF token checked server-side
-  (the login form uses a double-submit cookie). Bots send ``Authorization: Bearer
-  <token>``; the API never reads cookies, so it needs no CSRF token.
+  SameSite=Strict, every form carries a per-session CSRF token checked server-side, and
+  form posts from another origin (another port of the same host included) are refused;
+  the login form is bound to a server-signed pre-session (see :mod:`~alignkit.app.auth`).
+  Bots send ``Authorization: Bearer <token>``; the API never reads cookies, so it needs
+  no CSRF token.
 * No CORS headers are sent at all: other origins cannot read API responses.
 * No default account: ``alignkit annotate add-user`` prints a one-time secret.
 """
@@ -38,6 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignkit.app import api, pages
 from alignkit.app.bodies import BodyLimit
@@ -100,6 +103,15 @@ async def on_problem(request: Request, exc: HTTPProblem):
     return context(request).page("error.html", exc.status, message=exc.message, code=exc.status)
 
 
+async def on_http_error(request: Request, exc: StarletteHTTPException):
+    """Starlette's own errors (no such route: 404, wrong method: 405) as a page or JSON."""
+    message = {404: "there is no page here", 405: "this address does not take that method"}
+    return await on_problem(
+        request,
+        HTTPProblem(exc.status_code, message.get(exc.status_code, str(exc.detail)), dict(exc.headers or {})),
+    )
+
+
 async def on_user_error(request: Request, exc: AlignkitError):
     return await on_problem(request, HTTPProblem(status_of(exc), str(exc)))
 
@@ -111,12 +123,20 @@ async def on_invalid_request(request: Request, exc: RequestValidationError):
 
 
 def create_app(
-    db_url: str, project: str, *, secure_cookies: bool = False, store: FeedbackStore | None = None
+    db_url: str,
+    project: str,
+    *,
+    secure_cookies: bool = False,
+    store: FeedbackStore | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> FastAPI:
     """The annotation app for ``project`` in the database at ``db_url``.
 
     ``secure_cookies=True`` adds the Secure flag to cookies (set it behind HTTPS; it is
     also added automatically when the request itself arrives over https).
+    ``trusted_proxies``: peer addresses (e.g. ``("127.0.0.1",)`` for a reverse proxy on
+    the same host) whose ``X-Forwarded-For``/``-Proto``/``-Host`` are believed; from anyone
+    else those headers are ignored, so they cannot dodge the per-client login limit.
     """
     store = store or FeedbackStore(db_url)
     store.ensure_project(project)
@@ -127,12 +147,13 @@ def create_app(
         openapi_url=None,
         default_response_class=SafeJSONResponse,
     )
-    app.state.ctx = AppContext(store, project, secure_cookies)
+    app.state.ctx = AppContext(store, project, secure_cookies, tuple(trusted_proxies))
     app.state.store, app.state.project = store, project
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodyLimit, store_of=lambda scope: store)
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(HTTPProblem, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(AlignkitError, on_user_error)
     app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.include_router(pages.router)

@@ -27,18 +27,61 @@ DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db
 PROJECT_HELP = "Project name (items, settings and labels are kept per project)."
 
 
-def _store(db: str):
+def _store(db: str, *, existing: bool = False):
+    """The store at ``db``; with ``existing`` a SQLite file must already be there (commands
+    that only read or serve never create a database from a mistyped path)."""
     try:
-        from alignkit.feedback.store import FeedbackStore
+        from alignkit.feedback.store import FeedbackStore, normalise_db_url
     except ModuleNotFoundError as e:
         raise AlignkitError(
             f"`alignkit annotate` needs the app extra ({e.name} is missing): "
             "pip install 'alignkit[app]'"
         ) from None
     try:
+        url = normalise_db_url(db)
+        if existing and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            raise AlignkitError(
+                f"--db: no database at {db} (a new one is made by `alignkit annotate import`, "
+                "`project` or `add-user`)"
+            )
         return FeedbackStore(db)
     except InvalidRequest as e:  # not a database URL
         raise AlignkitError(f"--db: {e}") from None
+
+
+def _existing_project(store, db: str, project: str) -> None:
+    """Refuse a project name the database does not hold, naming the ones it does."""
+    try:
+        store.project(project)
+    except ProjectNotFound:
+        known = store.project_names()
+        listed = f" (projects: {', '.join(known)})" if known else " (it has no projects yet)"
+        raise AlignkitError(
+            f"--project: no project named {project!r} in {db}{listed}; create it with "
+            f"`alignkit annotate project --db {db} --project {project}` or import items into it"
+        ) from None
+
+
+def _listen(host: str, port: int):
+    """A listening socket on (host, port), or a one-line error when it is taken."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise AlignkitError(
+                f"--port: {host}:{port} is already in use (another server?); pick another with --port"
+            ) from None
+        raise AlignkitError(f"--host/--port: cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextmanager
@@ -92,24 +135,45 @@ def register(app: typer.Typer) -> None:
         secure_cookies: bool = typer.Option(
             False, "--secure-cookies", help="Mark cookies Secure (when served behind HTTPS)."
         ),
+        trusted_proxy: list[str] = typer.Option(
+            [],
+            "--trusted-proxy",
+            help="Address of a reverse proxy whose X-Forwarded-For/-Proto/-Host are believed "
+            "(repeatable; e.g. 127.0.0.1 for Caddy on the same host). Without it they are ignored.",
+        ),
+        create: bool = typer.Option(
+            False, "--create", help="Create the project when the database does not hold it yet."
+        ),
     ):
         """Run the annotation web app (HTML for people, /api/v1 for bots)."""
         import uvicorn
 
         from alignkit.app.server import create_app
 
-        store = _store(db)
+        store = _store(db, existing=not create)
+        if not create:
+            _existing_project(store, db, project)
         if not store.list_users():
             typer.echo(
                 "warning: no accounts yet; create one with "
                 f"`alignkit annotate add-user --db {db} NAME --role admin`",
                 err=True,
             )
-        web = create_app(store.url, project, secure_cookies=secure_cookies, store=store)
-        typer.echo(f"alignkit annotate: project {project!r} on http://{host}:{port}/", err=True)
-        uvicorn.run(
-            web, host=host, port=port, log_level="warning", access_log=False, server_header=False
+        web = create_app(
+            store.url,
+            project,
+            secure_cookies=secure_cookies,
+            store=store,
+            trusted_proxies=tuple(trusted_proxy),
         )
+        sock = _listen(host, port)  # before saying anything: a taken port is a one-line error
+        typer.echo(f"alignkit annotate: project {project!r} on http://{host}:{port}/", err=True)
+        # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from
+        # 127.0.0.1; the app reads it itself, from --trusted-proxy addresses only
+        config = uvicorn.Config(
+            web, log_level="warning", access_log=False, server_header=False, proxy_headers=False
+        )
+        uvicorn.Server(config).run(sockets=[sock])
 
     @group.command("import")
     def import_(
@@ -222,7 +286,7 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Option(..., "--db", help=DB_HELP),
     ):
         """Stop an account at once: its token, password and sessions no longer work."""
-        _store(db).set_active(name, False)
+        _store(db, existing=True).set_active(name, False)
         typer.echo(f"deactivated {name!r}; its sessions are ended")
 
     @user.command("activate")
@@ -231,7 +295,7 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Option(..., "--db", help=DB_HELP),
     ):
         """Let a deactivated account log in again (with its current secrets)."""
-        _store(db).set_active(name, True)
+        _store(db, existing=True).set_active(name, True)
         typer.echo(f"activated {name!r}")
 
     @user.command("rotate-token")
@@ -240,7 +304,7 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Option(..., "--db", help=DB_HELP),
     ):
         """Replace an account's API token (the old one stops working; sessions end)."""
-        tok = _store(db).rotate_token(name)
+        tok = _store(db, existing=True).rotate_token(name)
         typer.echo(f"new token for {name!r} (shown only once):\ntoken:    {tok}")
 
     @user.command("reset-password")
@@ -249,7 +313,7 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Option(..., "--db", help=DB_HELP),
     ):
         """Replace an account's password (the old one stops working; sessions end)."""
-        pw = _store(db).reset_password(name)
+        pw = _store(db, existing=True).reset_password(name)
         typer.echo(f"new password for {name!r} (shown only once):\npassword: {pw}")
 
     @user.command("add-to-project")
@@ -260,7 +324,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Let an annotator work on another project."""
         with _flags(db):
-            _store(db).add_to_project(name, project)
+            _store(db, existing=True).add_to_project(name, project)
         typer.echo(f"{name!r} is a member of project {project!r}")
 
     @group.command("stats")
@@ -273,7 +337,7 @@ def register(app: typer.Typer) -> None:
         from alignkit.feedback.store import format_stat, json_safe
 
         with _flags(db):
-            s = _store(db).stats(project)
+            s = _store(db, existing=True).stats(project)
         if as_json:
             typer.echo(json.dumps(json_safe(s), indent=2))
             return
@@ -309,11 +373,13 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Option(..., "--db", help=DB_HELP),
         project: str = typer.Option("default", "--project", help=PROJECT_HELP),
         format: str = typer.Option(
-            "trl", "--format", help="trl | comparisons | rankings | ratings | corrections | raw"
+            "trl",
+            "--format",
+            help="trl | trl_conversational | comparisons | rankings | ratings | corrections | raw",
         ),
         out: Path = typer.Option(..., "--out", help="Output JSONL file (written atomically)."),
     ):
         """Export labels: TRL prompt/chosen/rejected (+ mu for ties), records, or raw votes."""
         with _flags(db):
-            n = _store(db).export(project, format, out)
+            n = _store(db, existing=True).export(project, format, out)
         typer.echo(f"wrote {n} rows ({format}) to {out}")

@@ -132,24 +132,50 @@ def read_clip(conn: Connection, project_id: int, ref: str) -> tuple[str, bytes] 
     return (row.content_type, bytes(row.data)) if row is not None else None
 
 
-def _clip_bytes(value: Any, base_dir: Path | None, n: int, field: str) -> tuple[bytes, str]:
+def _confined(value: str | os.PathLike, base: Path, n: int, field: str) -> Path:
+    """The clip file ``value`` names inside ``base``: a relative path without ``..`` and
+    without a symbolic link anywhere along it (a dataset file must not make the server read,
+    and show annotators, a file outside its own folder)."""
+    raw = os.fspath(value)
+    rel = Path(raw)
+    if rel.is_absolute() or raw.startswith(("/", "\\")):
+        raise DataError(
+            f"{raw!r} is an absolute path; give clip paths relative to the dataset folder",
+            line=n,
+            field=field,
+        )
+    if ".." in rel.parts:
+        raise DataError(f"{raw!r} leaves the dataset folder ('..'); clips must lie inside it", line=n, field=field)
+    path = base
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            raise DataError(
+                f"{raw!r} goes through a symbolic link; clips must be plain files inside the dataset folder",
+                line=n,
+                field=field,
+            )
+    return path
+
+
+def _clip_bytes(value: Any, base: Path, n: int, field: str) -> tuple[bytes, str]:
     if isinstance(value, bytes | bytearray):
         return bytes(value), f"pair {n} {field}"
     if not isinstance(value, str | os.PathLike):
         raise DataError("expected a file path (or bytes)", line=n, field=field)
-    path = Path(value)
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    if path.suffix.lower() not in SUFFIXES:
+    if Path(value).suffix.lower() not in SUFFIXES:
         raise DataError(
-            f"expected a {', '.join(SUFFIXES)} file, got {path.name!r}", line=n, field=field
+            f"expected a {', '.join(SUFFIXES)} file, got {Path(value).name!r}", line=n, field=field
         )
+    path = _confined(value, base, n, field)
     try:
         if not path.is_file():
             raise DataError(f"no such file {str(path)!r}", line=n, field=field)
         if path.stat().st_size > MAX_CLIP_BYTES:
             raise DataError(f"{path.name}: over {MAX_CLIP_BYTES // 2**20} MiB", line=n, field=field)
-        return path.read_bytes(), str(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link swapped in meanwhile
+        with os.fdopen(fd, "rb") as f:
+            return f.read(MAX_CLIP_BYTES + 1), str(path)
     except OSError as e:
         raise DataError(f"cannot read {str(path)!r}: {e.strerror}", line=n, field=field) from None
 
@@ -167,11 +193,12 @@ def import_video_pairs(
     Each pair: ``{"video_a": path or bytes, "video_b": path or bytes, "prompt"?: the
     question (default :data:`DEFAULT_QUESTION`), "id"?: a stable key, "meta"?: {...}
     (e.g. segment ids; it comes back in each label's ``meta["item_meta"]``), "gold"?:
-    {"choice": "a" | "b" | "tie" | "incomparable"}}``. Relative paths are read from
-    ``base_dir``. Idempotent like :meth:`~alignkit.feedback.store.FeedbackStore.add_items`:
+    {"choice": "a" | "b" | "tie" | "incomparable"}}``. Paths are relative to ``base_dir``
+    (the dataset folder; default: the working directory) and must stay inside it: absolute
+    paths, ``..`` and symbolic links are refused. Idempotent like :meth:`~alignkit.feedback.store.FeedbackStore.add_items`:
     the same pair again keeps its item id. ``result.item_ids`` has one id per pair, in order.
     """
-    base = Path(base_dir) if base_dir is not None else None
+    base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
     entries = []
     for n, pair in enumerate(pairs, start=1):
         if not isinstance(pair, dict):

@@ -185,6 +185,10 @@ class FeedbackStore:
             row.id, row.name, row.guidelines, tuple(row.tags), row.overlap, row.gold_every
         )
 
+    def project_names(self) -> list[str]:
+        with self.db.read() as conn:
+            return list(conn.execute(select(projects.c.name).order_by(projects.c.id)).scalars())
+
     # ------------------------------------------------------------------ users (accounts.py)
 
     @property
@@ -428,6 +432,18 @@ class FeedbackStore:
             where = f" in project {project!r}" if project is not None else ""
             raise NotFound(f"no assignment {assignment_id} for user {user.name!r}{where}")
         return row
+
+    def assignment_size(self, assignment_id: int) -> int | None:
+        """How many responses the item of an assignment has (None: no such assignment);
+        the app sizes a label's body limit by it."""
+        if not 0 < assignment_id < 2**63:
+            return None
+        with self.db.read() as conn:  # counted by the database: responses may be long
+            return conn.execute(
+                select(func.json_array_length(items.c.responses))
+                .join(assignments, assignments.c.item_id == items.c.id)
+                .where(assignments.c.id == assignment_id)
+            ).scalar()
 
     def task(self, assignment_id: int, user: User, *, project: str | None = None) -> Task:
         """One of the user's own assignments (:class:`NotFound` for anyone else's)."""
