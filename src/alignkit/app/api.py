@@ -1,7 +1,7 @@
 """The JSON API under ``/api/v1``, for bots and scripts (``Authorization: Bearer <token>``).
 
 Annotators: ``me``, ``tasks/next``, ``assignments/ID`` (+ ``/label``, ``/skip``, ``/clip/N``),
-``progress``. Admins also: ``items`` (import), ``items/labels``, ``users``, ``export``,
+``progress``. Admins also: ``items`` (import), ``items/labels``, ``items/close``, ``users``, ``export``,
 ``stats``, ``users/NAME/deactivate|activate|rotate-token|reset-password``. See docs/api.md.
 """
 
@@ -130,6 +130,19 @@ async def item_labels(request: Request):
         raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
     labels = await run_in_threadpool(c.store.item_labels, c.project, ids)
     return {"labels": {str(k): record_to_dict(v) for k, v in labels.items()}}
+
+
+@router.post("/items/close")
+async def close_items(request: Request):
+    """Close items (their round took its labels): no longer offered, labels final (admin)."""
+    await run_in_threadpool(bearer_admin, request)
+    c = context(request)
+    ids = (await json_body(request)).get("ids")
+    if not isinstance(ids, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ids
+    ):
+        raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
+    return {"closed": await run_in_threadpool(c.store.close_items, c.project, ids)}
 
 
 @router.post("/users")

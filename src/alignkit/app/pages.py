@@ -23,6 +23,9 @@ from alignkit.app.auth import (
 from alignkit.app.clips import clip_response
 from alignkit.app.context import AppContext, context
 from alignkit.app.errors import HTTPProblem
+from alignkit.app.render import MAX_RENDER_CHARS, render_markdown
+from alignkit.data.records import Ranking
+from alignkit.feedback.answers import MAX_TEXT
 from alignkit.feedback.errors import InvalidAnswer
 from alignkit.feedback.exports import EXPORT_FORMATS
 from alignkit.feedback.values import Task, User
@@ -131,19 +134,84 @@ async def logout(request: Request):
 # ---------------------------------------------------------------------- labelling
 
 
+SHOWN_CHARS = MAX_RENDER_CHARS  # of one response, prompt or turn; the rest on demand
+KEYS = {
+    "pairwise": [("1", "A is better"), ("2", "B is better"), ("t", "Tie"), ("b", "Both bad"),
+                 ("c", "Can't compare"), ("s", "Skip"), ("Enter", "Submit")],
+    "video_pair": [("1", "A is better"), ("2", "B is better"), ("t", "Tie"), ("c", "Can't tell"),
+                   ("p", "Play / pause both"), ("r", "Restart both"), ("s", "Skip"), ("Enter", "Submit")],
+    "ranking": [("s", "Skip"), ("Enter", "Submit")],
+    "rating": [("s", "Skip"), ("Enter", "Submit")],
+}
+CHOICE_WORDS = {"tie": "Tie", "both_bad": "Both bad", "incomparable": "Can't compare"}
+
+
+def shown_text(text: str, part: str, markdown: bool) -> dict[str, Any]:
+    """A text as the page shows it: model output as sanitised markdown, anything else as
+    plain text; cut at :data:`SHOWN_CHARS` (the whole text is fetched on demand by
+    ``part``: an unbroken megabyte would take Chromium minutes to lay out)."""
+    shown = min(len(text), SHOWN_CHARS)
+    html = render_markdown(text, SHOWN_CHARS).html if markdown else None
+    return {"html": html, "text": None if markdown else text[:shown], "truncated": shown < len(text),
+            "chars": len(text), "shown": shown, "part": part}
+
+
+def answer_summary(kind: str, answer: dict[str, Any], display_order: list[int]) -> str:
+    """A stored answer (original terms) in the words and letters its annotator saw."""
+    letter = {orig: LETTERS[pos] for pos, orig in enumerate(display_order)}
+    if kind in ("pairwise", "video_pair"):
+        choice = answer["choice"]
+        if choice in ("a", "b"):
+            text = f"{letter[0 if choice == 'a' else 1]} is better"
+            return text + (f" ({answer['strength']})" if answer.get("strength") else "")
+        if kind == "video_pair" and choice == "incomparable":
+            return "Can't tell"
+        return CHOICE_WORDS.get(choice, choice)
+    if kind == "ranking":
+        tiers = Ranking("", [""] * len(answer["order"]), answer["order"], answer["ties"]).tier()
+        return "ranks " + ", ".join(f"{letter[i]} {tiers[i] + 1}" for i in display_order)
+    return "ratings " + ", ".join(f"{letter[i]} {answer['scores'][i]}" for i in display_order)
+
+
+def history_rows(c: AppContext, user: User) -> list[dict[str, Any]]:
+    rows = c.store.history(c.project, user, limit=10)
+    for r in rows:
+        r["summary"] = answer_summary(r["type"], r["answer"], r["display_order"])
+    return rows
+
+
 def task_page(
     c: AppContext, user: User, csrf: str, task: Task | None, error: str | None = None, status=200
 ) -> HTMLResponse:
+    shown = None
+    if task is not None:
+        video = task.type == "video_pair"
+        shown = {
+            "prompt": shown_text(task.prompt, "prompt", markdown=False),
+            "turns": [
+                shown_text(t["content"], f"turn{i}", markdown=t["role"] == "assistant")
+                for i, t in enumerate(task.turns or [])
+            ],
+            "responses": [
+                None if video else shown_text(text, f"response{i}", markdown=True)
+                for i, text in enumerate(task.responses)
+            ],
+            "editable": [len(text) <= MAX_TEXT for text in task.responses],
+        }
     return c.page(
         "annotate.html",
         status,
         user=user,
         csrf=csrf,
         task=task,
+        shown=shown,
         error=error,
         letters=LETTERS,
+        keys=KEYS[task.type] if task is not None else [],
         tags=c.store.project(c.project).all_tags,
         progress=c.store.progress(c.project, user),
+        history=history_rows(c, user),
+        max_text=MAX_TEXT,
     )
 
 
@@ -155,6 +223,40 @@ def annotate(request: Request):
     c = context(request)
     user, csrf = s
     return task_page(c, user, csrf, c.store.next_task(c.project, user))
+
+
+@router.get("/annotate/poll")
+def poll(request: Request):
+    """For a page with nothing to label: is there something now? (assigns nothing)"""
+    user, _ = require_session(request)
+    c = context(request)
+    return {"task": c.store.has_task(c.project, user), "progress": c.store.progress(c.project, user)}
+
+
+@router.get("/annotate/{assignment_id}/full/{part}")
+def full_text(request: Request, assignment_id: int, part: str):
+    """The whole of a cut text of the annotator's own assignment, as plain text:
+    ``prompt``, ``turnK`` or ``responseK`` (display position K)."""
+    user, _ = require_session(request)
+    c = context(request)
+    task = c.store.task(assignment_id, user, project=c.project)
+    texts = {"prompt": task.prompt}
+    texts |= {f"turn{i}": t["content"] for i, t in enumerate(task.turns or [])}
+    if task.type != "video_pair":
+        texts |= {f"response{i}": r for i, r in enumerate(task.responses)}
+    if part not in texts:
+        raise HTTPProblem(404, f"assignment {assignment_id} has no text {part!r}")
+    return Response(texts[part], media_type="text/plain; charset=utf-8")
+
+
+@router.post("/annotate/history/{assignment_id}/undo")
+async def undo(request: Request, assignment_id: int):
+    """Take back one's own label (until its round closes): the task comes back to answer again."""
+    c = context(request)
+    user, csrf = await run_in_threadpool(require_session, request)
+    await checked_form(request, csrf)
+    await run_in_threadpool(c.store.undo, assignment_id, user, project=c.project)
+    return RedirectResponse("/annotate", 303)
 
 
 def form_answer(task: Task, form) -> dict[str, Any]:

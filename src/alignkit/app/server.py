@@ -18,7 +18,10 @@ Security, since prompts and model outputs are untrusted text:
 
 * Jinja2 autoescapes every template; untrusted text is only ever placed in element
   content or a ``<textarea>``, never in attributes that load URLs, inline scripts or
-  ``innerHTML``. The only script is ``/static/annotate.js`` (keyboard shortcuts), and the
+  ``innerHTML``. Model output is rendered as markdown by
+  :func:`~alignkit.app.render.render_markdown` (raw HTML escaped, only http/https/mailto
+  links, no images) and cut at 20,000 characters; the rest is fetched on demand as plain
+  text and inserted as ``textContent``. The only script is ``/static/annotate.js``, and the
   Content-Security-Policy allows scripts and styles from ``'self'`` only (no
   ``unsafe-inline``), so injected markup could not run even if it got through.
 * People log in with a password (scrypt-hashed); the session cookie is HttpOnly and

@@ -24,6 +24,7 @@ from sqlalchemy import (
 
 __all__ = [
     "assignments",
+    "closed",
     "items",
     "media",
     "members",
@@ -32,6 +33,7 @@ __all__ = [
     "sessions",
     "users",
     "votes",
+    "withdrawn",
 ]
 
 metadata = MetaData()
@@ -125,6 +127,30 @@ votes = Table(
     Column("time_spent_ms", Integer, nullable=False),
     UniqueConstraint("assignment_id", name="uq_vote_assignment"),
     Index("ix_vote_item", "item_id"),
+)
+
+# Items whose round took its labels (the loop closes them when it collects their labels):
+# they are offered no more, and labels on them can no longer be taken back.
+closed = Table(
+    "ak_closed",
+    metadata,
+    Column("item_id", Integer, ForeignKey("ak_items.id"), primary_key=True),
+    Column("closed_at", Float, nullable=False),
+)
+
+# Labels their annotator took back (undo / change, before the item was closed): kept for
+# the record, the assignment is open again.
+withdrawn = Table(
+    "ak_withdrawn",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("vote_id", Integer, nullable=False),
+    Column("assignment_id", Integer, ForeignKey("ak_assignments.id"), nullable=False),
+    Column("item_id", Integer, ForeignKey("ak_items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    Column("answer", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("withdrawn_at", Float, nullable=False),
 )
 
 # Clips of video_pair items, stored in the database itself (BLOB on SQLite, BYTEA on

@@ -62,7 +62,7 @@ from alignkit.feedback.errors import (
 )
 from alignkit.feedback.exports import EXPORT_FORMATS, format_stat, json_safe
 from alignkit.feedback.items import item_row
-from alignkit.feedback.schema import assignments, items, projects, users, votes
+from alignkit.feedback.schema import assignments, closed, items, projects, users, votes, withdrawn
 from alignkit.feedback.text import text_problem
 from alignkit.feedback.values import ImportResult, NewUser, Project, Task, User, VoteResult
 
@@ -405,11 +405,35 @@ class FeedbackStore:
         )
         seen = select(assignments.c.item_id).where(assignments.c.user_id == user.id)
         q = select(items.c.id).where(
-            items.c.project_id == proj.id, items.c.is_gold == gold, items.c.id.not_in(seen)
+            items.c.project_id == proj.id,
+            items.c.is_gold == gold,
+            items.c.id.not_in(seen),
+            items.c.id.not_in(select(closed.c.item_id)),  # their round took its labels
         )
         if not gold:
             q = q.where(holding < proj.overlap)
         return conn.execute(q.order_by(holding.desc(), items.c.id).limit(1)).scalar()
+
+    def has_task(self, project: str, user: User) -> bool:
+        """Whether :meth:`next_task` would give the user something now (assigns nothing:
+        what a waiting page asks every few seconds)."""
+        proj = self.project(project)
+        self._require_member(proj, user)
+        now = _now()
+        with self.db.read() as conn:
+            open_one = conn.execute(
+                select(assignments.c.id)
+                .join(items, items.c.id == assignments.c.item_id)
+                .where(
+                    assignments.c.user_id == user.id,
+                    assignments.c.status == "open",
+                    items.c.project_id == proj.id,
+                )
+                .limit(1)
+            ).first()
+            return open_one is not None or any(
+                self._pick_item(conn, proj, user, gold, now) is not None for gold in (False, True)
+            )
 
     def _own_assignment(
         self, conn: Connection, assignment_id: int, user: User, project: str | None
@@ -548,6 +572,99 @@ class FeedbackStore:
             "skipped": counts.get("skipped", 0),
             "items": total,
         }
+
+    # ------------------------------------------------------------------ rounds: history, undo, close
+
+    def history(self, project: str, user: User, limit: int = 20) -> list[dict[str, Any]]:
+        """The user's latest labels in ``project``, newest first: ``assignment_id``,
+        ``item_id``, ``type``, ``prompt``, ``answer`` (original terms), ``display_order``,
+        ``created_at`` and ``closed`` (the item's round took its labels: no undo)."""
+        proj = self.project(project)
+        self._require_member(proj, user)
+        q = (
+            select(
+                votes.c.assignment_id,
+                votes.c.item_id,
+                votes.c.answer,
+                votes.c.display_order,
+                votes.c.created_at,
+                items.c.type,
+                func.substr(items.c.prompt, 1, 200).label("prompt"),
+                closed.c.item_id.label("closed_item"),
+            )
+            .join(items, items.c.id == votes.c.item_id)
+            .outerjoin(closed, closed.c.item_id == votes.c.item_id)
+            .where(votes.c.user_id == user.id, items.c.project_id == proj.id)
+            .order_by(votes.c.id.desc())
+            .limit(limit)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(q).all()
+        out = []
+        for r in rows:
+            row = dict(r._mapping)
+            row["closed"] = row.pop("closed_item") is not None
+            out.append(row)
+        return out
+
+    def undo(self, assignment_id: int, user: User, *, project: str | None = None) -> None:
+        """Take back the user's label on an assignment: the vote is withdrawn (kept in
+        ``ak_withdrawn``) and the assignment is open again — served to the user next, to
+        answer anew. :class:`Conflict` once the item is closed (its round took the label)."""
+        now = _now()
+        with self.db.write() as conn:
+            row = self._own_assignment(conn, assignment_id, user, project)
+            vote = conn.execute(select(votes).where(votes.c.assignment_id == assignment_id)).first()
+            if vote is None:
+                raise Conflict(f"assignment {assignment_id} has no label to take back")
+            if conn.execute(select(closed.c.item_id).where(closed.c.item_id == row.item_id)).first():
+                raise Conflict(
+                    f"assignment {assignment_id}: its round has closed and its label is in use; "
+                    "it can no longer be changed"
+                )
+            conn.execute(
+                insert(withdrawn).values(
+                    vote_id=vote.id,
+                    assignment_id=assignment_id,
+                    item_id=vote.item_id,
+                    user_id=user.id,
+                    answer=vote.answer,
+                    created_at=vote.created_at,
+                    withdrawn_at=now,
+                )
+            )
+            conn.execute(votes.delete().where(votes.c.id == vote.id))
+            conn.execute(
+                update(assignments)
+                .where(assignments.c.id == assignment_id)
+                .values(status="open", created_at=now, finished_at=None)
+            )
+
+    def close_items(self, project: str, item_ids: Iterable[int]) -> int:
+        """Close items of ``project`` (their round took its labels): they are offered no
+        more and their labels can no longer be taken back. Returns how many were newly closed."""
+        proj = self.project(project)
+        wanted = sorted({int(i) for i in item_ids})
+        if not wanted:
+            return 0
+        now = _now()
+        try:
+            return self._close(proj, wanted, now)
+        except IntegrityError:  # closed concurrently: what is left is already closed
+            return self._close(proj, wanted, now)
+
+    def _close(self, proj: Project, wanted: list[int], now: float) -> int:
+        with self.db.write() as conn:
+            mine = set(
+                conn.execute(
+                    select(items.c.id).where(items.c.project_id == proj.id, items.c.id.in_(wanted))
+                ).scalars()
+            )
+            done = set(conn.execute(select(closed.c.item_id).where(closed.c.item_id.in_(wanted))).scalars())
+            new = sorted(mine - done)
+            if new:
+                conn.execute(insert(closed), [{"item_id": i, "closed_at": now} for i in new])
+        return len(new)
 
     # ------------------------------------------------------------------ reading votes
 

@@ -1,7 +1,98 @@
-// Keyboard shortcuts for the annotation page, and the one play control of a clip pair.
-// No inline scripts anywhere (the CSP forbids them); this file only checks radio buttons,
-// submits the forms already on the page and plays/pauses the page's own <video> elements.
+// Keyboard shortcuts for the annotation page, the one play control of a clip pair, the
+// "how much better" choice kept to A/B, "show all" of a cut text, and a page with nothing
+// to label that notices new items by itself. No inline scripts anywhere (the CSP forbids
+// them). Untrusted text only ever goes in as textContent, never as HTML.
 "use strict";
+
+// ---- "how much better" only qualifies A or B: off (and reset) for tie, both bad, can't compare
+function syncStrength() {
+  var box = document.getElementById("strength");
+  if (!box) return;
+  var a = document.getElementById("choice-A"), b = document.getElementById("choice-B");
+  var preference = (a && a.checked) || (b && b.checked);
+  box.disabled = !preference;
+  if (!preference) {
+    var none = document.getElementById("strength-none");
+    if (none) none.checked = true;
+  }
+}
+document.addEventListener("change", function (event) {
+  if (event.target && event.target.name === "choice") syncStrength();
+});
+document.addEventListener("DOMContentLoaded", syncStrength);
+
+// ---- "show all": the whole of a cut text, fetched when asked for and laid out in blocks of
+// CHUNK characters a few per frame (one unbroken block of a megabyte takes a browser minutes)
+var CHUNK = 20000;
+function showAll(link) {
+  var box = link.closest(".long");
+  if (!box || box.getAttribute("data-full")) return;
+  box.setAttribute("data-full", "loading");
+  link.textContent = "Loading…";
+  fetch(link.getAttribute("href"), { credentials: "same-origin" })
+    .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+    .then(function (text) {
+      var shown = box.firstElementChild;
+      var full = document.createElement("div");
+      full.className = "full";
+      box.replaceChild(full, shown);
+      var note = box.querySelector(".cut");
+      var start = 0;
+      function more() {
+        for (var n = 0; n < 4 && start < text.length; n++, start += CHUNK) {
+          var part = document.createElement("div");
+          part.className = "text chunk";
+          part.textContent = text.slice(start, start + CHUNK);
+          full.appendChild(part);
+        }
+        if (start < text.length) {
+          window.requestAnimationFrame(more);
+        } else {
+          box.setAttribute("data-full", "1");
+          if (note) note.textContent = "All " + text.length.toLocaleString("en") + " characters, as plain text.";
+        }
+      }
+      more();
+    })
+    .catch(function (e) {
+      box.removeAttribute("data-full");
+      link.textContent = "Show all (failed: " + e.message + "; try again)";
+    });
+}
+document.addEventListener("click", function (event) {
+  var link = event.target && event.target.closest && event.target.closest("a.show-all");
+  if (!link) return;
+  event.preventDefault();
+  showAll(link);
+});
+
+// ---- nothing to label: ask every few seconds whether something came, and show it when it did
+document.addEventListener("DOMContentLoaded", function () {
+  var card = document.getElementById("all-done");
+  if (!card) return;
+  var url = card.getAttribute("data-poll");
+  var waiting = document.getElementById("waiting");
+  var checks = 0;
+  function check() {
+    fetch(url, { credentials: "same-origin", cache: "no-store" })
+      .then(function (r) {
+        if (r.status === 401) { window.location.assign("/login"); return null; }
+        return r.ok ? r.json() : null;
+      })
+      .then(function (data) {
+        checks += 1;
+        if (data && data.task) { window.location.reload(); return; }
+        if (waiting) waiting.textContent = "Waiting for new items… (checked " + checks + " times; you have labelled " +
+          (data ? data.progress.done : "?") + ")";
+        window.setTimeout(check, 3000);
+      })
+      .catch(function () {
+        if (waiting) waiting.textContent = "The server is not answering; trying again…";
+        window.setTimeout(check, 5000);
+      });
+  }
+  window.setTimeout(check, 3000);
+});
 
 // ---- clips of a video pair: one play/pause/restart control drives both, kept in step
 function clips() {
@@ -69,6 +160,7 @@ document.addEventListener("keydown", function (event) {
     if (!input) return false;
     input.checked = true;
     input.focus();
+    syncStrength();  // a programmatic check fires no change event
     return true;
   }
   var handled = false;
