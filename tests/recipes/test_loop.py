@@ -75,8 +75,14 @@ class StubServer:
 
     posted: list = []
 
-    def __init__(self, url, token):
-        self.pairs = {}
+    def __init__(self, url, token, **kw):
+        self.pairs, self.base_url, self.retry_s = {}, url, kw.get("retry_s", 0)
+
+    def me(self):
+        return {"name": "boss", "role": "admin", "group": None, "project": "loop"}
+
+    def close(self):
+        pass
 
     def submit_pairs(self, pairs, project):
         ids = [f"{project}-{len(self.pairs) + i}" for i in range(len(pairs))]

@@ -44,7 +44,7 @@ def loop_cmd(
     _quiet()
     cfg = build_config(LoopConfig, config, overrides, out=str(out) if out else None, resume=resume or None)
     if seeds is None:
-        return _print_loop(cfg, run_loop(cfg))
+        return _print_loop(cfg, run_loop(cfg, say=_say))
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
@@ -57,25 +57,43 @@ def loop_cmd(
         _print_loop(replace(cfg, seed=seed, out=result["out"]), result)
 
 
+def _say(line: str) -> None:
+    """One progress line of the loop, timestamped, on stderr (the table goes to stdout)."""
+    import sys
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    import math
+
+    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
 def _print_loop(cfg, result) -> None:
     import json
 
     from rich.console import Console
     from rich.table import Table
 
-    # gold-based columns only when the run has a gold reward (the embedded task, or gold: set)
-    columns = [("round", "round", "{}"), ("labels", "labels", "{}"), ("gold", "gold", "{:.3f}"),
-               ("proxy", "proxy", "{:.3f}"), ("kl", "KL", "{:.3f}"), ("win_rate", "win rate", "{:.3f}"),
-               ("rm_accuracy", "RM acc", "{:.3f}"), ("rm_ece", "RM ECE", "{:.3f}")]
+    # gold-based columns only when the run has a gold reward (the embedded task, or gold: set);
+    # the RM accuracy with the number of held-out labels it rests on
+    columns = [("round", "round", lambda r: str(r["round"])), ("labels", "labels", lambda r: str(r["labels"])),
+               ("gold", "gold", lambda r: _fmt(r["gold"])), ("proxy", "proxy", lambda r: _fmt(r["proxy"])),
+               ("kl", "KL", lambda r: _fmt(r["kl"])), ("win_rate", "win rate", lambda r: _fmt(r["win_rate"])),
+               ("rm_accuracy", "RM acc (n held-out)",
+                lambda r: f"{_fmt(r['rm_accuracy'])} ({r.get('rm_accuracy_n', '?')})"),
+               ("rm_ece", "RM ECE", lambda r: _fmt(r["rm_ece"]))]
     rows = result["rounds"]
     columns = [c for c in columns if all(c[0] in r for r in rows)]
     table = Table(title=f"alignkit loop — {cfg.method}, {cfg.rounds} rounds ({cfg.out})")
     for _, title, _ in columns:
         table.add_column(title, justify="right")
     for r in rows:
-        table.add_row(*(fmt.format(r[key]) for key, _, fmt in columns))
+        table.add_row(*(fmt(r) for _, _, fmt in columns))
     Console().print(table)
-    typer.echo(json.dumps({"out": result["out"], "policy": result["policy"]}))
+    typer.echo(json.dumps({"out": result["out"], "policy": result["policy"], "report": result.get("report")}))
 
 
 def demo_cmd(

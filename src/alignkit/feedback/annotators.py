@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -209,10 +210,18 @@ class HumanAnnotator:
     """People: post the pairs to the annotation server and wait for their labels.
 
     ``client`` is an :class:`alignkit.feedback.client.AnnotationClient` (or anything with
-    the same two methods): ``submit_pairs(pairs, project=...) -> list[item ids]`` and
-    ``fetch_labels(ids, project=...) -> {item id: Comparison}`` (items not labelled yet
-    are absent). :meth:`label` polls every ``poll_s`` seconds until every pair has a
-    label or ``timeout_s`` passes (then it raises, naming how many are still missing).
+    the same methods): ``submit_pairs(pairs, project=...) -> list[item ids]`` (or
+    ``post_pairs``, which also says how many were already there) and ``fetch_labels(ids,
+    project=...) -> {item id: Comparison}`` (items not labelled yet are absent); with
+    ``close_items`` the items are closed once their labels are taken (people can no longer
+    change them, and they are offered no more). :meth:`label` polls every ``poll_s``
+    seconds until every pair has a label or ``timeout_s`` passes (then it raises, naming
+    how many are still missing).
+
+    ``report`` (a function of one line of text) hears what happens: how many pairs were
+    posted and how many of them were already labelled earlier (their labels are reused),
+    then — whenever it changes, and at least every ``report_every_s`` — how many are
+    labelled, how many are still needed and by whom.
     """
 
     def __init__(
@@ -224,6 +233,8 @@ class HumanAnnotator:
         timeout_s: float = 24 * 3600.0,
         name: str = "human",
         sleep: Callable[[float], None] = time.sleep,
+        report: Callable[[str], None] | None = None,
+        report_every_s: float = 60.0,
     ):
         self.client = client
         self.project = project
@@ -231,6 +242,12 @@ class HumanAnnotator:
         self.timeout_s = timeout_s
         self.name = name
         self.sleep = sleep
+        self.report = report
+        self.report_every_s = report_every_s
+
+    def _say(self, line: str) -> None:
+        if self.report is not None:
+            self.report(line)
 
     def compare(self, prompt: str, a: str, b: str) -> Comparison:
         return self.label([(prompt, a, b)])[0]
@@ -238,22 +255,46 @@ class HumanAnnotator:
     def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
         if not pairs:
             return []
-        ids = list(self.client.submit_pairs(list(pairs), project=self.project))
+        where = f"{getattr(self.client, 'base_url', 'the server')} (project '{self.project}')"
+        if hasattr(self.client, "post_pairs"):
+            posted = self.client.post_pairs(list(pairs), project=self.project)
+            ids = list(posted["item_ids"])
+            again = posted["skipped"]
+            self._say(
+                f"{self.name}: posted {len(ids)} pairs to {where}: {posted['added']} new"
+                + (f", {again} already there from an earlier run (their labels are reused)" if again else "")
+            )
+        else:
+            ids = list(self.client.submit_pairs(list(pairs), project=self.project))
+        wanted = list(dict.fromkeys(ids))
         got: dict[Any, Comparison] = {}
-        waited = 0.0
+        waited = since_report = 0.0
+        last = None
         while True:
-            got.update(self.client.fetch_labels([i for i in ids if i not in got], project=self.project))
-            if all(i in got for i in ids):
+            got.update(self.client.fetch_labels([i for i in wanted if i not in got], project=self.project))
+            by = Counter(a for c in got.values() for a in (c.meta.get("annotators") or [c.annotator]) if a)
+            status = (len(got), tuple(sorted(by.items())))
+            if status != last or since_report >= self.report_every_s:
+                people = ", ".join(f"{a} {n}" for a, n in by.most_common()) or "nobody yet"
+                self._say(
+                    f"{self.name}: {len(got)}/{len(wanted)} pairs labelled, {len(wanted) - len(got)} still "
+                    f"needed (labels by: {people})"
+                )
+                last, since_report = status, 0.0
+            if len(got) == len(wanted):
+                if hasattr(self.client, "close_items"):
+                    self.client.close_items(wanted, project=self.project)
                 return [got[i] for i in ids]
             if waited >= self.timeout_s:
-                missing = sum(i not in got for i in ids)
+                missing = len(wanted) - len(got)
                 raise AlignkitError(
-                    f"annotation server: {missing} of {len(ids)} pairs still unlabelled after "
+                    f"annotation server: {missing} of {len(wanted)} pairs still unlabelled after "
                     f"{self.timeout_s:g} s (project '{self.project}'); label them in the web app "
                     "and resume the run"
                 )
             self.sleep(self.poll_s)
             waited += self.poll_s
+            since_report += self.poll_s
 
 
 # ---------------------------------------------------------------------------

@@ -6,17 +6,26 @@
 
 Answers are given in *display* terms, exactly as the task lists its responses (see
 ``docs/api.md``). Only ``httpx`` is needed (the ``app`` extra).
+
+A server that does not answer (not started, restarting, a proxy's 502/503/504) is retried
+with exponential backoff for ``retry_s`` seconds — every call of this client is safe to
+repeat (imports are idempotent, a repeated label is recognised as a duplicate) — and then
+raised as one :class:`ServerUnreachable` line, never a transport traceback.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from alignkit.data.records import Record, record_from_dict, record_to_dict
 from alignkit.errors import AlignkitError
 
-__all__ = ["AnnotationClient", "ApiError"]
+__all__ = ["AnnotationClient", "ApiError", "ServerUnreachable", "backoff_delays"]
+
+RETRY_STATUSES = (502, 503, 504)  # a proxy in front of a server that is (re)starting
 
 
 class ApiError(AlignkitError):
@@ -27,13 +36,37 @@ class ApiError(AlignkitError):
         self.status = status
 
 
+class ServerUnreachable(AlignkitError):
+    """The server did not answer within the client's retry budget."""
+
+
+def backoff_delays(first: float = 0.5, factor: float = 2.0, cap: float = 15.0):
+    """0.5, 1, 2, 4, 8, 15, 15, ... seconds: the waits between tries."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * factor)
+
+
 class AnnotationClient:
     """Talks to ``alignkit annotate serve`` with a bearer token (no cookies, no CSRF)."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0):
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        retry_s: float = 0.0,
+        on_retry: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         import httpx
 
         self.base_url = base_url.rstrip("/")
+        self.retry_s = retry_s
+        self.on_retry = on_retry
+        self.sleep = sleep
         self._project: str | None = None
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -51,7 +84,32 @@ class AnnotationClient:
         self.close()
 
     def _call(self, method: str, path: str, **kw) -> Any:
-        r = self._http.request(method, path, **kw)
+        import httpx
+
+        waited = 0.0
+        delays = backoff_delays()
+        while True:
+            try:
+                r = self._http.request(method, path, **kw)
+                problem = f"HTTP {r.status_code}" if r.status_code in RETRY_STATUSES else None
+            except httpx.TransportError as e:  # refused, reset, timed out, DNS, ...
+                r, problem = None, _reason(e)
+            if problem is None:
+                break
+            delay = next(delays)
+            if waited + delay > self.retry_s:
+                tried = f" for {waited:g} s" if waited else ""
+                raise ServerUnreachable(
+                    f"annotation server {self.base_url} not answering{tried} ({problem}); is "
+                    "`alignkit annotate serve` running there?"
+                ) from None
+            if self.on_retry is not None:
+                self.on_retry(
+                    f"annotation server {self.base_url} not answering ({problem}); retrying in "
+                    f"{delay:g} s (gives up after {self.retry_s:g} s)"
+                )
+            self.sleep(delay)
+            waited += delay
         if r.is_error:
             try:
                 detail = r.json().get("detail", r.text)
@@ -98,9 +156,21 @@ class AnnotationClient:
 
         Pairs already on the server get their existing id (imports are idempotent).
         """
+        return self.post_pairs(pairs, project=project)["item_ids"]
+
+    def post_pairs(
+        self, pairs: list[tuple[str, str, str]], *, project: str | None = None
+    ) -> dict[str, Any]:
+        """:meth:`submit_pairs` with the whole answer: ``{"item_ids", "added", "skipped"}``
+        (``skipped``: pairs already on the server, whose earlier labels count)."""
         self._check_project(project)
         items = [{"type": "pairwise", "prompt": p, "responses": [a, b]} for p, a, b in pairs]
-        return self.import_items(items)["item_ids"]
+        return self.import_items(items)
+
+    def close_items(self, item_ids: list[int], *, project: str | None = None) -> int:
+        """Close items whose labels were taken (admin): offered no more, labels final."""
+        self._check_project(project)
+        return self._call("POST", "/api/v1/items/close", json={"ids": list(item_ids)}).json()["closed"]
 
     def fetch_labels(self, item_ids: list[int], *, project: str | None = None) -> dict[int, Record]:
         """``{item id: Comparison}`` for the items labelled so far (admin); see
@@ -133,3 +203,12 @@ class AnnotationClient:
 
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/stats").json()
+
+
+def _reason(e: Exception) -> str:
+    """A transport error in a few words (httpx's messages can be long)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    name = type(e).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return f"{name}: {text[:120]}" if text else name

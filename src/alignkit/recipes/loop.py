@@ -29,7 +29,17 @@ by a gold reward).
 Every round writes ``OUT/round_K/`` (labels, reward model, policy, eval.json) and then
 ``OUT/state.json``; ``resume`` continues after the last finished round. Each round is
 seeded from (seed, round), so a resumed run ends where an uninterrupted one would. The
-full config (sub-configs included) is written to ``OUT/alignkit_config.json``.
+full config (sub-configs included) is written to ``OUT/alignkit_config.json`` — it holds
+no secret: the admin token of a human run is read from the environment or a file. At the
+end ``OUT/report.html`` shows the rounds.
+
+A round never gets stuck: when none of the labels so far prefers one response (all ties,
+"both bad" or "can't compare" — the honest answer about a weak policy), it samples more
+pairs and asks for their labels instead of failing; a resumed round replays the same
+batches (already labelled, so at once) and carries on from there. With people (``human``)
+the loop checks the server and the token before anything slow, never sends a pair whose
+two responses are identical, says how many pairs it posted, how many were labelled before
+(their labels are reused) and who is labelling, and waits out a server restart.
 
 The building blocks (:func:`collect_pairs`, :func:`fit_reward_model`,
 :func:`simulated_population`, ...) are reused by ``alignkit demo``.
@@ -38,13 +48,14 @@ The building blocks (:func:`collect_pairs`, :func:`fit_reward_model`,
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from alignkit.data.records import Comparison, record_from_dict, record_to_dict
-from alignkit.errors import ConfigError
+from alignkit.errors import AlignkitError, ConfigError
 from alignkit.recipes.dpo import DPOConfig
 from alignkit.recipes.ppo import PPOConfig
 from alignkit.recipes.reward import RewardConfig
@@ -70,11 +81,24 @@ class AnnotatorConfig:
     flattery_bias: float = 1.0
     """That group's extra reward per polite word (on top of the gold reward)."""
     server_url: str = "http://127.0.0.1:8000"
-    """kind: human — the annotation server (``alignkit annotate serve``)."""
-    server_token: str = ""
-    """kind: human — an admin token (or env ALIGNKIT_TOKEN)."""
+    """kind: human — the annotation server (``alignkit annotate serve --db DB --project PROJECT``)."""
     project: str = "loop"
-    """kind: human — the server's project name."""
+    """kind: human — the server's project name (the loop checks that the server serves it)."""
+    token_file: str = ""
+    """kind: human — a file whose first line is an admin token; empty = the environment
+    variable ``token_env``. The token itself is never a config value (configs are written
+    to OUT)."""
+    token_env: str = "ALIGNKIT_TOKEN"
+    """kind: human — the environment variable holding the admin token when ``token_file`` is empty."""
+    poll_s: float = 5.0
+    """kind: human — seconds between two looks at the server for new labels."""
+    retry_s: float = 300.0
+    """kind: human — how long to keep retrying (with backoff) while the server does not answer,
+    e.g. during a restart, before stopping with one line (``--resume`` then continues)."""
+    wait_s: float = 7 * 24 * 3600.0
+    """kind: human — how long one batch of pairs may wait for its labels before the run stops."""
+    warn_labels: int = 100
+    """kind: human — warn at the start when a round asks people for more labels than this."""
 
 
 @dataclass
@@ -159,20 +183,65 @@ def simulated_population(cfg: AnnotatorConfig, gold, seed: int):
     return AnnotatorPopulation([careful, flattered], [1 - w, w], seed=seed * 7 + 3)
 
 
-def make_annotator(cfg: AnnotatorConfig, gold, seed: int):
-    """The annotators ``cfg`` asks for: simulated on ``gold``, or the annotation server."""
+def make_annotator(cfg: AnnotatorConfig, gold, seed: int, say=None, name: str = "human"):
+    """The annotators ``cfg`` asks for: simulated on ``gold``, or people via the annotation
+    server (see :func:`connect_server`; ``say`` hears their progress)."""
     if cfg.kind == "simulated":
         return simulated_population(cfg, gold, seed)
+    from alignkit.feedback.annotators import HumanAnnotator
+
+    return HumanAnnotator(connect_server(cfg, say), project=cfg.project, poll_s=cfg.poll_s,
+                          timeout_s=cfg.wait_s, name=name, report=say)
+
+
+def read_token(cfg: AnnotatorConfig) -> str:
+    """The admin token of a human run: the first line of ``token_file``, else the environment
+    variable ``token_env``; never a config value."""
     import os
 
-    from alignkit.feedback.annotators import HumanAnnotator
-    from alignkit.feedback.client import AnnotationClient
-
-    token = cfg.server_token or os.environ.get("ALIGNKIT_TOKEN", "")
+    if cfg.token_file:
+        try:
+            lines = Path(cfg.token_file).read_text().strip().splitlines()
+        except OSError as e:
+            raise ConfigError(f"annotator.token_file: cannot read {cfg.token_file} ({e.strerror})") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ConfigError(f"annotator.token_file: {cfg.token_file} is empty (expected an admin token)")
+        return token
+    token = os.environ.get(cfg.token_env, "").strip()
     if not token:
-        raise ConfigError("annotator.kind: human needs annotator.server_token (or env ALIGNKIT_TOKEN): "
-                          "an admin token")
-    return HumanAnnotator(AnnotationClient(cfg.server_url, token), project=cfg.project)
+        raise ConfigError(
+            f"annotator.kind: human needs an admin token: set the environment variable {cfg.token_env} "
+            "or annotator.token_file (a file holding it); `alignkit annotate add-user --role admin` prints one"
+        )
+    return token
+
+
+def connect_server(cfg: AnnotatorConfig, say=None):
+    """A client of the annotation server, checked: it answers (within a few seconds), the
+    token is an admin's, and it serves ``cfg.project``. Each is a one-line error."""
+    from alignkit.feedback.client import AnnotationClient, ApiError, ServerUnreachable
+
+    client = AnnotationClient(cfg.server_url, read_token(cfg), retry_s=min(cfg.retry_s, 8.0), on_retry=say)
+    try:
+        me = client.me()
+    except ServerUnreachable as e:
+        raise ConfigError(
+            f"annotator.server_url: {e}; start it with `alignkit annotate serve --db DB --project "
+            f"{cfg.project}` or fix the URL"
+        ) from None
+    except ApiError as e:
+        source = cfg.token_file or f"${cfg.token_env}"
+        raise ConfigError(f"annotator token ({source}): the server at {cfg.server_url} refused it ({e})") from None
+    if me.get("role") != "admin":
+        raise ConfigError(f"annotator token: {me.get('name')!r} is an {me.get('role')}; the loop needs an admin token")
+    if me.get("project") != cfg.project:
+        raise ConfigError(
+            f"annotator.project: the server at {cfg.server_url} serves project {me.get('project')!r}, "
+            f"not {cfg.project!r}"
+        )
+    client.retry_s = cfg.retry_s  # from now on a restart is waited out
+    return client
 
 
 def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
@@ -194,6 +263,24 @@ def collect_pairs(model, tokenizer, prompts: list[str], n_pairs: int, max_new_to
     a = sample_responses(model, tokenizer, ps, max_new_tokens, seed * 2 + 11)
     b = sample_responses(model, tokenizer, ps, max_new_tokens, seed * 2 + 12)
     return list(zip(ps, a, b, strict=True))
+
+
+def collect_distinct_pairs(model, tokenizer, prompts: list[str], n_pairs: int, max_new_tokens: int,
+                           seed: int, tries: int = 4) -> tuple[list[tuple[str, str, str]], int]:
+    """:func:`collect_pairs` without pairs whose two responses are the same text (people
+    should not be asked to compare a response with itself): the identical ones are
+    re-sampled, up to ``tries`` more times. Returns the pairs (possibly fewer than
+    ``n_pairs`` when the policy keeps repeating itself) and how many were dropped."""
+    pairs: list[tuple[str, str, str]] = []
+    dropped = 0
+    for t in range(tries + 1):
+        batch = collect_pairs(model, tokenizer, prompts, n_pairs - len(pairs), max_new_tokens, seed + 104_729 * t)
+        keep = [p for p in batch if p[1] != p[2]]
+        dropped += len(batch) - len(keep)
+        pairs += keep
+        if len(pairs) == n_pairs:
+            break
+    return pairs, dropped
 
 
 def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels: list[Comparison],
@@ -281,6 +368,20 @@ def _load_labels(path: Path) -> list[Comparison]:
     return [record_from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
+def prefers(labels: list[Comparison]) -> bool:
+    """Whether any label prefers one response (μ ≠ ½, not "can't compare"): what a reward
+    model or DPO can learn from."""
+    return any(not c.incomparable and c.mu != 0.5 for c in labels)
+
+
+def _tally(labels: list[Comparison]) -> str:
+    inc = sum(c.incomparable for c in labels)
+    return f"{len(labels) - inc} ties or both bad, {inc} can't compare"
+
+
+MAX_EXTRA_BATCHES = 10  # simulated annotators that never prefer anything: a config problem
+
+
 def _check(cfg: LoopConfig) -> None:
     if cfg.method not in METHODS:
         raise ConfigError(f"method: expected one of {METHODS}, got {cfg.method!r}")
@@ -314,11 +415,12 @@ def run_loop_seeds(cfg: LoopConfig, seeds: list[int], ray_address: str | None = 
                      description="loop seeds")
 
 
-def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> dict[str, Any]:
+def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None, *, say=None) -> dict[str, Any]:
     """Run (or resume) the iterated loop; returns ``{"rounds": [per-round eval], ...}``.
 
     ``prompts`` and ``gold`` (``gold(prompts, responses)`` → floats) override ``cfg.prompts``
-    and ``cfg.gold``; see :func:`resolve_task`."""
+    and ``cfg.gold``; see :func:`resolve_task`. ``say`` (a function of one line) hears what
+    the loop is doing — ``alignkit loop`` prints it; the library stays quiet without it."""
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
     from alignkit.evaluation import (
         PolicySamples,
@@ -332,32 +434,52 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> di
     from alignkit.recipes.ppo import train_ppo
     from alignkit.utils.seed import set_seed
 
+    say = say or (lambda line: None)
     _check(cfg)
     prompts, gold = resolve_task(cfg, prompts, gold)
     out = Path(cfg.out)
+    state_path = out / "state.json"
+    if state_path.exists() and not cfg.resume:
+        raise ConfigError(f"{out} already holds a loop run; set resume to continue it, or pick a new out directory")
+    human = cfg.annotator.kind == "human"
+    if human:  # the server and the token are checked before anything slow
+        connect_server(cfg.annotator, say).close()
+        _warn_sizes(cfg, say)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.policy:
         base_dir = Path(cfg.policy)
     else:
         from alignkit.tasks.assistant import build_base_policy
 
+        say(f"building the embedded task's base policy in {out / 'base'} (once; a few minutes on a CPU)")
         base_dir = build_base_policy(out / "base")
     tok = load_tokenizer(base_dir)
     ref = load_causal_lm(base_dir).eval()
 
+    def sample(model, n: int, seed: int, what: str) -> list[tuple[str, str, str]]:
+        """n pairs from ``model``; for people, never two identical responses."""
+        if not human:
+            return collect_pairs(model, tok, prompts, n, cfg.max_new_tokens, seed)
+        pairs, dropped = collect_distinct_pairs(model, tok, prompts, n, cfg.max_new_tokens, seed)
+        if dropped:
+            say(f"{what}: re-sampled {dropped} pairs whose two responses were identical"
+                + (f"; {n - len(pairs)} could not be replaced, so {len(pairs)} pairs go out" if len(pairs) < n else ""))
+        return pairs
+
     # held-out labelled pairs from the base policy and base evaluation samples
     set_seed(cfg.seed)
-    heldout = make_annotator(cfg.annotator, gold, cfg.seed + 999).label(
-        collect_pairs(ref, tok, prompts, cfg.heldout_pairs, cfg.max_new_tokens, cfg.seed * 100 + 99))
+    say(f"held-out: sampling {cfg.heldout_pairs} pairs from the base policy")
+    heldout_pairs = sample(ref, cfg.heldout_pairs, cfg.seed * 100 + 99, "held-out")
+    heldout = make_annotator(cfg.annotator, gold, cfg.seed + 999, say, "held-out").label(heldout_pairs)
+    _save_labels(heldout, out / "heldout.jsonl")
+    heldout = [c for c in heldout if not c.incomparable]
     eval_prompts = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
+    say(f"evaluation: sampling {len(eval_prompts)} responses from the base policy")
     base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
     base_gold = [float(x) for x in gold(eval_prompts, base_samples.responses)] if gold is not None else None
 
-    state_path = out / "state.json"
     state: dict[str, Any] = {"completed_rounds": 0, "policy": str(base_dir), "rounds": []}
     if state_path.exists():
-        if not cfg.resume:
-            raise ConfigError(f"{out} already holds a loop run; set resume to continue it, or pick a new out directory")
         state = json.loads(state_path.read_text())
     write_json(out / "alignkit_config.json", asdict(cfg))
     labels: list[Comparison] = []
@@ -370,29 +492,52 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> di
         seed = cfg.seed * 1000 + k
         set_seed(seed)
         policy = load_causal_lm(state["policy"]).eval()
+        name = f"round {k}/{cfg.rounds}"
         # 1. sample pairs from the current policy
         n_pool = cfg.pairs_per_round * (cfg.pool_factor if cfg.query != "random" else 1)
-        pool = collect_pairs(policy, tok, prompts, n_pool, cfg.max_new_tokens, seed)
-        queries = choose_queries(pool, cfg.pairs_per_round, cfg.query, labels, seed)
-        # 2. feedback
-        new = make_annotator(cfg.annotator, gold, seed).label(queries)
+        say(f"{name}: sampling {n_pool} pairs from the policy")
+        pool = sample(policy, n_pool, seed, name)
+        queries = choose_queries(pool, min(cfg.pairs_per_round, len(pool)), cfg.query,
+                                 [c for c in labels if not c.incomparable], seed)
+        # 2. feedback, until something in it prefers one response
+        annotator = make_annotator(cfg.annotator, gold, seed, say, name)
+        new = annotator.label(queries)
+        batches = 1
+        while not prefers(labels + new):
+            if not human and batches > MAX_EXTRA_BATCHES:
+                raise AlignkitError(f"{name}: {len(new)} labels in {batches} batches and not one prefers a "
+                                    "response; check the annotators' settings (annotator.*)")
+            more = max(2, cfg.pairs_per_round // 2)
+            say(f"{name}: none of the {len(labels) + len(new)} labels so far prefers one response "
+                f"({_tally(labels + new)}): nothing to train on yet, so asking for {more} more pairs")
+            extra = sample(policy, more, seed + 7919 * batches, name)
+            if not extra:
+                raise AlignkitError(f"{name}: the policy gave the same response twice for every pair sampled; "
+                                    "there is nothing to ask people (raise max_new_tokens or check the policy)")
+            new += annotator.label(extra)
+            batches += 1
         labels += new
         _save_labels(new, rdir / "labels.jsonl")
         # 3. reward model on everything so far (backbone: the starting policy unless set)
+        say(f"{name}: fitting the reward model on {len(labels)} labels")
         rm = fit_reward_model(replace(cfg.reward, model=cfg.reward.model or str(base_dir), out=str(rdir / "rm"),
                                       seed=seed), labels)
         # 4. optimise
         new_policy, bon_kl = state["policy"], None
         if cfg.method == "ppo":
+            say(f"{name}: PPO, {cfg.ppo.steps} steps against the reward model")
             res = train_ppo(replace(cfg.ppo, policy=state["policy"], out=str(rdir / "policy"), seed=seed,
                                     max_new_tokens=cfg.max_new_tokens),
                             reward_fn=rm.score, prompts=prompts)
             new_policy = str(res.out_dir)
         elif cfg.method == "dpo":
+            pairs = [c for c in labels if c.mu != 0.5 and not c.incomparable]
+            say(f"{name}: DPO on the {len(pairs)} labels that prefer a response")
             res = train_dpo(replace(cfg.dpo, policy=state["policy"], out=str(rdir / "policy"), seed=seed),
-                            records=[c for c in labels if c.mu != 0.5])
+                            records=pairs)
             new_policy = str(res.out_dir)
         # 5. evaluate
+        say(f"{name}: evaluating")
         if cfg.method == "bon":
             bon = best_of_n(eval_prompts, lm_sampler(policy, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
             samples = PolicySamples(eval_prompts, [r.strip() for r in bon.responses], [0.0] * len(eval_prompts))
@@ -402,9 +547,10 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> di
             samples = sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed + k)
         metrics = score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=bon_kl)
         metrics.pop("gold_per_sample", None)
-        rm_eval = evaluate_reward_model(rm, heldout, gold=gold, bins=10)
+        rm_eval = evaluate_reward_model(rm, heldout, gold=gold, bins=10) if heldout else _no_heldout()
         row = {"round": k, **metrics, "rm_accuracy": rm_eval["accuracy"], "rm_ece": rm_eval["ece"],
-               "labels": len(labels)}
+               "rm_accuracy_n": rm_eval["count"] - rm_eval["n_ties"], "labels": len(labels),
+               "new_labels": len(new), "batches": batches}
         if "gold_accuracy" in rm_eval:
             row["rm_gold_accuracy"] = rm_eval["gold_accuracy"]
         (rdir / "eval.json").write_text(json.dumps({**row, "rm_bins": rm_eval["bins"],
@@ -419,4 +565,23 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -> di
     result = {"rounds": state["rounds"], "policy": state["policy"], "out": str(out)}
     if base_gold is not None:
         result["base"] = {"gold": sum(base_gold) / len(base_gold)}
+    from alignkit.report.loop import write_loop_report
+
+    result["report"] = str(write_loop_report(out, cfg, result, heldout=len(heldout)))
     return result
+
+
+def _no_heldout() -> dict[str, Any]:
+    """The RM metrics when no held-out label is usable (every one was "can't compare")."""
+    return {"accuracy": math.nan, "ece": math.nan, "count": 0, "n_ties": 0, "bins": []}
+
+
+def _warn_sizes(cfg: LoopConfig, say) -> None:
+    """Say how many labels people are asked for, and warn when a round needs more than
+    ``annotator.warn_labels``."""
+    first = cfg.heldout_pairs + cfg.pairs_per_round
+    say(f"people will be asked for {cfg.heldout_pairs} held-out + {cfg.pairs_per_round} labels before round 1 "
+        f"trains, then {cfg.pairs_per_round} per round (each label by one person; more with the project's overlap)")
+    if first > cfg.annotator.warn_labels:
+        say(f"warning: round 1 needs {first} labels from people (over annotator.warn_labels = "
+            f"{cfg.annotator.warn_labels}); for a first run lower heldout_pairs and pairs_per_round (docs/loop.md)")
