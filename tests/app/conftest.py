@@ -55,8 +55,8 @@ def free_port() -> int:
 class Server:
     """`alignkit annotate serve` in a subprocess; .kill() sends SIGKILL."""
 
-    def __init__(self, db, project, log_path):
-        self.port = free_port()
+    def __init__(self, db, project, log_path, port=None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "ab")
         cmd = [
@@ -103,11 +103,12 @@ class Server:
 
 @pytest.fixture
 def start_server(tmp_path):
-    """Factory: ``start_server(db, project)`` → a running :class:`Server`; all stopped at teardown."""
+    """Factory: ``start_server(db, project, port=None)`` → a running :class:`Server` (on
+    ``port``, e.g. to restart one, or a free port); all stopped at teardown."""
     started = []
 
-    def start(db, project):
-        server = Server(db, project, tmp_path / f"server{len(started)}.log")
+    def start(db, project, port=None):
+        server = Server(db, project, tmp_path / f"server{len(started)}.log", port=port)
         started.append(server)
         return server
 

@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from test_api import csrf_of, login
+from test_api import csrf_of
 
 from alignkit.app import bodies
 from alignkit.app.server import create_app
@@ -223,3 +223,10 @@ def test_cli_refuses_typos_and_taken_ports(tmp_path, capsys):
     assert code == 2 and f"127.0.0.1:{port} is already in use" in err
     assert "alignkit annotate: project" not in err  # it did not claim to be serving
     assert err.splitlines()[-1].startswith("error: --port") and "Traceback" not in err
+    # the socket the server listens on is a TCP one as asyncio knows it (proto set): its
+    # connections get TCP_NODELAY, else each response waits out a 40 ms delayed ACK
+    from alignkit.cli.annotate import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    assert sock.proto == socket.IPPROTO_TCP
+    sock.close()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from alignkit.errors import AlignkitError
-from alignkit.feedback.client import AnnotationClient, ApiError
+from alignkit.feedback.client import AnnotationClient
 from alignkit.feedback.store import FeedbackStore
 
 PG_URL = os.environ.get("ALIGNKIT_TEST_PG_URL")
@@ -50,7 +50,7 @@ def annotate_until_done(url, token, acked, errors, stop, max_labels=200):
                 choice = "AB"[task["assignment_id"] % 2]
                 result = client.submit(task["assignment_id"], choice=choice)
                 acked.append((task["assignment_id"], result["vote_id"]))
-    except (httpx.HTTPError, ApiError) as e:
+    except (httpx.HTTPError, AlignkitError) as e:  # ServerUnreachable, ApiError
         errors.append(repr(e))
 
 

@@ -93,7 +93,9 @@ def check_origin(request: Request) -> None:
     """403 for a form posted from another origin (see the module docstring)."""
     site = request.headers.get("sec-fetch-site")
     if site is not None and site.lower() not in SAME_ORIGIN:
-        raise HTTPProblem(403, f"a form from another site ({site}) is refused; use this server's own pages")
+        raise HTTPProblem(
+            403, f"a form from another site ({site}) is refused; use this server's own pages"
+        )
     origin = request.headers.get("origin")
     # "null": an opaque origin, also what a no-referrer page sends for its own forms; the
     # CSRF token decides then
@@ -145,14 +147,16 @@ def bearer_user(request: Request) -> User:
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     c = context(request)
-    user = c.store.user_by_token(token.strip()) if scheme.lower() == "bearer" else None
+    user, member = (None, False)
+    if scheme.lower() == "bearer":
+        user, member = c.store.member_by_token(c.project, token.strip())  # one connection
     if user is None:
         raise HTTPProblem(
             401,
             "missing or invalid API token (send 'Authorization: Bearer <token>')",
             {"WWW-Authenticate": "Bearer"},
         )
-    if not c.store.is_member(c.project, user):
+    if not member:
         raise HTTPProblem(403, f"user {user.name!r} is not a member of project {c.project!r}")
     return user
 

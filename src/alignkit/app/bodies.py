@@ -115,7 +115,10 @@ class BodyLimit:
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if declared is None and not chunked:
             return await self.app(scope, receive, send)  # no body
-        limit = await run_in_threadpool(self._limit, scope, headers)
+        if not chunked and declared.isdigit() and int(declared) <= MAX_SMALL:
+            limit = MAX_SMALL  # under every limit: no need to ask the database who is asking
+        else:
+            limit = await run_in_threadpool(self._limit, scope, headers)
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await problem_response(_too_large(limit))(scope, receive, send)
         received = 0

@@ -73,7 +73,12 @@ class AppContext:
 
     def cookie_flags(self, request: Request) -> dict[str, Any]:
         """HttpOnly, SameSite=Strict; Secure behind HTTPS (or when the request is https)."""
-        return {"httponly": True, "samesite": "strict", "secure": self.is_secure(request), "path": "/"}
+        return {
+            "httponly": True,
+            "samesite": "strict",
+            "secure": self.is_secure(request),
+            "path": "/",
+        }
 
 
 def context(request: Request) -> AppContext:

@@ -62,7 +62,9 @@ def login_page(
     pre_session, token = login_csrf(c)
     resp = c.page("login.html", status, csrf=token, error=error)
     resp.headers.update(headers or {})
-    resp.set_cookie(login_csrf_cookie(c, request), pre_session, max_age=3600, **c.cookie_flags(request))
+    resp.set_cookie(
+        login_csrf_cookie(c, request), pre_session, max_age=3600, **c.cookie_flags(request)
+    )
     return resp
 
 
@@ -136,10 +138,25 @@ async def logout(request: Request):
 
 SHOWN_CHARS = MAX_RENDER_CHARS  # of one response, prompt or turn; the rest on demand
 KEYS = {
-    "pairwise": [("1", "A is better"), ("2", "B is better"), ("t", "Tie"), ("b", "Both bad"),
-                 ("c", "Can't compare"), ("s", "Skip"), ("Enter", "Submit")],
-    "video_pair": [("1", "A is better"), ("2", "B is better"), ("t", "Tie"), ("c", "Can't tell"),
-                   ("p", "Play / pause both"), ("r", "Restart both"), ("s", "Skip"), ("Enter", "Submit")],
+    "pairwise": [
+        ("1", "A is better"),
+        ("2", "B is better"),
+        ("t", "Tie"),
+        ("b", "Both bad"),
+        ("c", "Can't compare"),
+        ("s", "Skip"),
+        ("Enter", "Submit"),
+    ],
+    "video_pair": [
+        ("1", "A is better"),
+        ("2", "B is better"),
+        ("t", "Tie"),
+        ("c", "Can't tell"),
+        ("p", "Play / pause both"),
+        ("r", "Restart both"),
+        ("s", "Skip"),
+        ("Enter", "Submit"),
+    ],
     "ranking": [("s", "Skip"), ("Enter", "Submit")],
     "rating": [("s", "Skip"), ("Enter", "Submit")],
 }
@@ -152,8 +169,14 @@ def shown_text(text: str, part: str, markdown: bool) -> dict[str, Any]:
     ``part``: an unbroken megabyte would take Chromium minutes to lay out)."""
     shown = min(len(text), SHOWN_CHARS)
     html = render_markdown(text, SHOWN_CHARS).html if markdown else None
-    return {"html": html, "text": None if markdown else text[:shown], "truncated": shown < len(text),
-            "chars": len(text), "shown": shown, "part": part}
+    return {
+        "html": html,
+        "text": None if markdown else text[:shown],
+        "truncated": shown < len(text),
+        "chars": len(text),
+        "shown": shown,
+        "part": part,
+    }
 
 
 def answer_summary(kind: str, answer: dict[str, Any], display_order: list[int]) -> str:
@@ -230,7 +253,10 @@ def poll(request: Request):
     """For a page with nothing to label: is there something now? (assigns nothing)"""
     user, _ = require_session(request)
     c = context(request)
-    return {"task": c.store.has_task(c.project, user), "progress": c.store.progress(c.project, user)}
+    return {
+        "task": c.store.has_task(c.project, user),
+        "progress": c.store.progress(c.project, user),
+    }
 
 
 @router.get("/annotate/{assignment_id}/full/{part}")

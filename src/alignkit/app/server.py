@@ -111,7 +111,9 @@ async def on_http_error(request: Request, exc: StarletteHTTPException):
     message = {404: "there is no page here", 405: "this address does not take that method"}
     return await on_problem(
         request,
-        HTTPProblem(exc.status_code, message.get(exc.status_code, str(exc.detail)), dict(exc.headers or {})),
+        HTTPProblem(
+            exc.status_code, message.get(exc.status_code, str(exc.detail)), dict(exc.headers or {})
+        ),
     )
 
 

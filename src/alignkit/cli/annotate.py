@@ -39,7 +39,11 @@ def _store(db: str, *, existing: bool = False):
         ) from None
     try:
         url = normalise_db_url(db)
-        if existing and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        if (
+            existing
+            and url.startswith("sqlite:///")
+            and not Path(url.removeprefix("sqlite:///")).is_file()
+        ):
             raise AlignkitError(
                 f"--db: no database at {db} (a new one is made by `alignkit annotate import`, "
                 "`project` or `add-user`)"
@@ -68,7 +72,9 @@ def _listen(host: str, port: int):
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, as getaddrinfo gives: asyncio sets TCP_NODELAY on accepted
+    # connections only then (without it every response waits out a 40 ms delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -78,7 +84,9 @@ def _listen(host: str, port: int):
             raise AlignkitError(
                 f"--port: {host}:{port} is already in use (another server?); pick another with --port"
             ) from None
-        raise AlignkitError(f"--host/--port: cannot listen on {host}:{port}: {e.strerror}") from None
+        raise AlignkitError(
+            f"--host/--port: cannot listen on {host}:{port}: {e.strerror}"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -208,13 +208,17 @@ class Accounts:
 
     # ------------------------------------------------------------------ credentials
 
-    def user_by_token(self, token: str) -> User | None:
+    def user_by_token(self, token: str, conn: Connection | None = None) -> User | None:
+        """The active user of an API token (None for an unknown or inactive one); in
+        ``conn`` when given."""
         if not token:
             return None
-        with self.db.read() as conn:
-            row = conn.execute(
-                select(users).where(users.c.token_hash == hash_token(token), users.c.active)
-            ).first()
+        if conn is None:
+            with self.db.read() as conn:
+                return self.user_by_token(token, conn)
+        row = conn.execute(
+            select(users).where(users.c.token_hash == hash_token(token), users.c.active)
+        ).first()
         return self._user(row) if row else None
 
     def check_password(self, name: str, password: str) -> User | None:

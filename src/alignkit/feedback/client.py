@@ -170,7 +170,9 @@ class AnnotationClient:
     def close_items(self, item_ids: list[int], *, project: str | None = None) -> int:
         """Close items whose labels were taken (admin): offered no more, labels final."""
         self._check_project(project)
-        return self._call("POST", "/api/v1/items/close", json={"ids": list(item_ids)}).json()["closed"]
+        return self._call("POST", "/api/v1/items/close", json={"ids": list(item_ids)}).json()[
+            "closed"
+        ]
 
     def fetch_labels(self, item_ids: list[int], *, project: str | None = None) -> dict[int, Record]:
         """``{item id: Comparison}`` for the items labelled so far (admin); see

@@ -207,7 +207,9 @@ def export_rows(raw: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     return [record_to_dict(r) for r in vote_records(raw, fmt)]
 
 
-def trl_rows(raw: Iterable[dict[str, Any]], *, conversational: bool = False) -> list[dict[str, Any]]:
+def trl_rows(
+    raw: Iterable[dict[str, Any]], *, conversational: bool = False
+) -> list[dict[str, Any]]:
     """TRL preference rows, one per pairwise vote: ``{"prompt", "chosen", "rejected"}``
     plus ``"mu": 0.5`` for ties and "both bad"; "can't compare" votes are left out.
 

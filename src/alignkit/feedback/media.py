@@ -145,7 +145,11 @@ def _confined(value: str | os.PathLike, base: Path, n: int, field: str) -> Path:
             field=field,
         )
     if ".." in rel.parts:
-        raise DataError(f"{raw!r} leaves the dataset folder ('..'); clips must lie inside it", line=n, field=field)
+        raise DataError(
+            f"{raw!r} leaves the dataset folder ('..'); clips must lie inside it",
+            line=n,
+            field=field,
+        )
     path = base
     for part in rel.parts:
         path = path / part
@@ -173,7 +177,9 @@ def _clip_bytes(value: Any, base: Path, n: int, field: str) -> tuple[bytes, str]
             raise DataError(f"no such file {str(path)!r}", line=n, field=field)
         if path.stat().st_size > MAX_CLIP_BYTES:
             raise DataError(f"{path.name}: over {MAX_CLIP_BYTES // 2**20} MiB", line=n, field=field)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link swapped in meanwhile
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        )  # a link swapped in meanwhile
         with os.fdopen(fd, "rb") as f:
             return f.read(MAX_CLIP_BYTES + 1), str(path)
     except OSError as e:

@@ -175,10 +175,14 @@ class FeedbackStore:
         return self.project(name)
 
     def project(self, name: str) -> Project:
+        with self.db.read() as conn:
+            return self._project_in(conn, name)
+
+    @staticmethod
+    def _project_in(conn: Connection, name: str) -> Project:
         if not isinstance(name, str) or text_problem(name):
             raise ProjectNotFound(str(name))
-        with self.db.read() as conn:
-            row = conn.execute(select(projects).where(projects.c.name == name)).first()
+        row = conn.execute(select(projects).where(projects.c.name == name)).first()
         if row is None:
             raise ProjectNotFound(name)
         return Project(
@@ -221,10 +225,21 @@ class FeedbackStore:
         with self.db.read() as conn:
             return self.accounts.is_member(conn, proj.id, user)
 
-    def _require_member(self, proj: Project, user: User) -> None:
+    def _require_member(self, proj: Project, user: User, conn: Connection | None = None) -> None:
+        if conn is None:
+            with self.db.read() as conn:
+                return self._require_member(proj, user, conn)
+        if not self.accounts.is_member(conn, proj.id, user):
+            raise NotMember(f"user {user.name!r} is not a member of project {proj.name!r}")
+
+    def member_by_token(self, project: str, token: str) -> tuple[User | None, bool]:
+        """(the active user of an API token or None, whether they may work on ``project``),
+        in one connection: what every API request asks first."""
         with self.db.read() as conn:
-            if not self.accounts.is_member(conn, proj.id, user):
-                raise NotMember(f"user {user.name!r} is not a member of project {proj.name!r}")
+            user = self.accounts.user_by_token(token, conn)
+            if user is None:
+                return None, False
+            return user, self.accounts.is_member(conn, self._project_in(conn, project).id, user)
 
     def list_users(self) -> list[User]:
         return self.accounts.list_users()
@@ -340,10 +355,10 @@ class FeedbackStore:
         1/``gold_every`` (at random positions, so annotators cannot tell which are gold).
         Raises :class:`NotMember` when the user is not a member of the project.
         """
-        proj = self.project(project)
-        self._require_member(proj, user)
         now = _now()
-        with self.db.write() as conn:
+        with self.db.write() as conn:  # one transaction: each connection costs round trips
+            proj = self._project_in(conn, project)
+            self._require_member(proj, user, conn)
             if not self.is_sqlite:  # serialise assignment per project (SQLite: BEGIN IMMEDIATE)
                 conn.execute(
                     select(projects.c.id).where(projects.c.id == proj.id).with_for_update()
@@ -505,25 +520,23 @@ class FeedbackStore:
         the assignment was skipped (a skipped item is given to someone else).
         """
         now = _now()
-        with self.db.read() as conn:
-            row = self._own_assignment(conn, assignment_id, user, project)
-            if row.status == "skipped":
-                raise Conflict(f"assignment {assignment_id} was skipped; it cannot be labelled")
-            tags = conn.execute(
-                select(projects.c.tags).where(projects.c.id == row.project_id)
-            ).scalar_one()
-        allowed = DEFAULT_TAGS + tuple(tags)
-        answer = canonical_answer(row.type, row.responses, row.display_order, submitted, allowed)
         try:
+            # one transaction: on PostgreSQL every connection costs three round trips besides
+            # its statements (pool ping, BEGIN, COMMIT; benchmarks/app_label_latency.py)
             with self.db.write() as conn:
+                row = self._own_assignment(conn, assignment_id, user, project)
+                if row.status == "skipped":
+                    raise Conflict(f"assignment {assignment_id} was skipped; it cannot be labelled")
+                tags = conn.execute(
+                    select(projects.c.tags).where(projects.c.id == row.project_id)
+                ).scalar_one()
+                allowed = DEFAULT_TAGS + tuple(tags)
+                answer = canonical_answer(
+                    row.type, row.responses, row.display_order, submitted, allowed
+                )
                 prior = conn.execute(
                     select(votes.c.id, votes.c.answer).where(votes.c.assignment_id == assignment_id)
                 ).first()
-                status = conn.execute(
-                    select(assignments.c.status).where(assignments.c.id == assignment_id)
-                ).scalar_one()
-                if prior is None and status == "skipped":  # skipped meanwhile
-                    raise Conflict(f"assignment {assignment_id} was skipped; it cannot be labelled")
                 if prior is None:
                     vid = conn.execute(
                         insert(votes).values(
@@ -617,7 +630,9 @@ class FeedbackStore:
             vote = conn.execute(select(votes).where(votes.c.assignment_id == assignment_id)).first()
             if vote is None:
                 raise Conflict(f"assignment {assignment_id} has no label to take back")
-            if conn.execute(select(closed.c.item_id).where(closed.c.item_id == row.item_id)).first():
+            if conn.execute(
+                select(closed.c.item_id).where(closed.c.item_id == row.item_id)
+            ).first():
                 raise Conflict(
                     f"assignment {assignment_id}: its round has closed and its label is in use; "
                     "it can no longer be changed"
@@ -660,7 +675,9 @@ class FeedbackStore:
                     select(items.c.id).where(items.c.project_id == proj.id, items.c.id.in_(wanted))
                 ).scalars()
             )
-            done = set(conn.execute(select(closed.c.item_id).where(closed.c.item_id.in_(wanted))).scalars())
+            done = set(
+                conn.execute(select(closed.c.item_id).where(closed.c.item_id.in_(wanted))).scalars()
+            )
             new = sorted(mine - done)
             if new:
                 conn.execute(insert(closed), [{"item_id": i, "closed_at": now} for i in new])
