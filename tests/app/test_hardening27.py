@@ -59,15 +59,16 @@ def test_simultaneous_guesses_are_counted_before_hashing(env, monkeypatch):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             page = await client.get("/login")
-            token = csrf_of(page.text)
-            guesses = [f"wrong{i}" for i in range(120)]
-            guesses[60] = ann.password
+            token, cookies = csrf_of(page.text), dict(client.cookies)
+        guesses = [f"wrong{i}" for i in range(120)]
+        guesses[60] = ann.password
 
-            async def one(pw):
-                r = await client.post("/login", data={"username": "ann", "password": pw, "csrf_token": token})
+        async def one(pw):  # a client each: one guess's answer must not change another's cookie
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver", cookies=cookies) as c:
+                r = await c.post("/login", data={"username": "ann", "password": pw, "csrf_token": token})
                 return r.status_code
 
-            return await asyncio.gather(*(one(pw) for pw in guesses))
+        return await asyncio.gather(*(one(pw) for pw in guesses))
 
     codes = asyncio.run(burst())
     assert len(checked) <= 5 and ann.password not in checked[5:]
