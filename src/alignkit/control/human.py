@@ -37,15 +37,17 @@ class VideoPairClient:
         for key, a, b in pairs:
             if a.frames is None or b.frames is None:
                 raise ValueError("segments need rendered frames to be shown to people")
-            entries.append({
-                "video_a": str(write_clip(a.frames, self.clip_dir / f"{key}_a.webm", self.fps)),
-                "video_b": str(write_clip(b.frames, self.clip_dir / f"{key}_b.webm", self.fps)),
+            write_clip(a.frames, self.clip_dir / f"{key}_a.webm", self.fps)
+            write_clip(b.frames, self.clip_dir / f"{key}_b.webm", self.fps)
+            entries.append({  # names inside clip_dir: the import reads no file outside it
+                "video_a": f"{key}_a.webm",
+                "video_b": f"{key}_b.webm",
                 "prompt": self.question, "id": str(key),
                 "meta": {"segment_a": {k: a.meta[k] for k in ("iteration", "env_index", "t0") if k in a.meta},
                          "segment_b": {k: b.meta[k] for k in ("iteration", "env_index", "t0") if k in b.meta}},
             })
         self.store.ensure_project(project)
-        return list(import_video_pairs(self.store, project, entries).item_ids)
+        return list(import_video_pairs(self.store, project, entries, base_dir=self.clip_dir).item_ids)
 
     def fetch_labels(self, ids: Sequence[int], project: str) -> dict[int, Any]:
         return self.store.item_labels(project, ids)
