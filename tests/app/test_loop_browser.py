@@ -22,6 +22,9 @@ from alignkit.feedback.store import FeedbackStore
 pytestmark = pytest.mark.browser
 
 PROMPTS = ["Say hello.", "Name a colour.", "Give a number.", "Describe rain."]
+# docs/loop.md's screenshots come from this test run on a trained policy: ALIGNKIT_LOOP_POLICY=DIR
+# (e.g. the embedded task's base policy) with the embedded task's prompts
+DOCS_POLICY = os.environ.get("ALIGNKIT_LOOP_POLICY")
 
 
 class Loop:
@@ -93,12 +96,19 @@ def test_two_people_two_rounds_both_bad_and_a_restart_end_in_a_report(tmp_path, 
     store.close()
     server = start_server(db, "loop")
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
+    policy, max_new = tiny_lm_dir, 8
+    if DOCS_POLICY:
+        from alignkit.tasks.assistant import PROMPTS as TASK_PROMPTS
+
+        policy, max_new = DOCS_POLICY, 24
+        prompts.write_text("\n".join(TASK_PROMPTS[::6][:4]) + "\n")
+    else:
+        prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "run"
     config = tmp_path / "loop.yaml"
     config.write_text(
-        f"out: {out}\npolicy: {tiny_lm_dir}\nprompts: {prompts}\nrounds: 2\nmethod: dpo\npairs_per_round: 4\n"
-        "heldout_pairs: 4\neval_samples_per_prompt: 1\nmax_new_tokens: 8\nseed: 0\n"
+        f"out: {out}\npolicy: {policy}\nprompts: {prompts}\nrounds: 2\nmethod: dpo\npairs_per_round: 4\n"
+        f"heldout_pairs: 4\neval_samples_per_prompt: 1\nmax_new_tokens: {max_new}\nseed: 0\n"
         f"annotator:\n  kind: human\n  server_url: {server.url}\n  project: loop\n  poll_s: 1\n  retry_s: 120\n"
         "reward:\n  epochs: 1\n  max_length: 48\ndpo:\n  epochs: 1\n  batch_size: 2\n  max_length: 48\n"
     )
@@ -140,7 +150,7 @@ def test_two_people_two_rounds_both_bad_and_a_restart_end_in_a_report(tmp_path, 
             assert loop.proc.returncode == 0, loop.text()
             rp = browser.new_page(viewport={"width": 1100, "height": 900})
             rp.goto(report.as_uri())
-            rp.screenshot(path=str(ARTIFACTS / "loop-4-report.png"), full_page=True)
+            rp.screenshot(path=str(ARTIFACTS / "loop-4-report.png"))
             who = rp.inner_text("#annotators")
             browser.close()
     finally:

@@ -33,7 +33,7 @@ from typing import Any
 
 from alignkit.errors import ConfigError
 from alignkit.recipes.dpo import DPOConfig
-from alignkit.recipes.loop import AnnotatorConfig, LoopConfig
+from alignkit.recipes.loop import HUMAN_KEYS, AnnotatorConfig, LoopConfig
 from alignkit.recipes.ppo import PPOConfig
 from alignkit.recipes.reward import RewardConfig
 
@@ -503,7 +503,7 @@ def _report_config(cfg: DemoConfig) -> dict[str, Any]:
     """The config as the report shows it (alignkit_config.json has all of it): the demo's
     annotators are simulated, so the annotation-server settings are left out."""
     config = asdict(cfg)
-    for key in ("server_url", "server_token", "project"):
+    for key in HUMAN_KEYS:
         config["annotator"].pop(key)
     return config
 

@@ -101,6 +101,10 @@ class AnnotatorConfig:
     """kind: human — warn at the start when a round asks people for more labels than this."""
 
 
+HUMAN_KEYS = ("server_url", "project", "token_file", "token_env", "poll_s", "retry_s", "wait_s", "warn_labels")
+"""The ``annotator.*`` keys that only a run with people (``kind: human``) reads."""
+
+
 @dataclass
 class LoopConfig:
     """Configuration of ``alignkit loop`` (YAML keys = field names; sub-configs as nested
@@ -421,6 +425,27 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None, *, sa
     ``prompts`` and ``gold`` (``gold(prompts, responses)`` → floats) override ``cfg.prompts``
     and ``cfg.gold``; see :func:`resolve_task`. ``say`` (a function of one line) hears what
     the loop is doing — ``alignkit loop`` prints it; the library stays quiet without it."""
+    say = say or (lambda line: None)
+    _check(cfg)
+    prompts, gold = resolve_task(cfg, prompts, gold)
+    out = Path(cfg.out)
+    state_path = out / "state.json"
+    if state_path.exists() and not cfg.resume:
+        raise ConfigError(f"{out} already holds a loop run; set resume to continue it, or pick a new out directory")
+    human = cfg.annotator.kind == "human"
+    people = None  # one client of the annotation server for the whole run
+    if human:  # the server and the token are checked before anything slow
+        people = make_annotator(cfg.annotator, gold, cfg.seed, say, "held-out")
+        _warn_sizes(cfg, say)
+    try:
+        return _loop(cfg, prompts, gold, people, say)
+    finally:
+        if people is not None:
+            people.client.close()
+
+
+def _loop(cfg: LoopConfig, prompts: list[str], gold, people, say) -> dict[str, Any]:
+    """The body of :func:`run_loop`, once the task and (for people) the server are known."""
     from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
     from alignkit.evaluation import (
         PolicySamples,
@@ -434,17 +459,9 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None, *, sa
     from alignkit.recipes.ppo import train_ppo
     from alignkit.utils.seed import set_seed
 
-    say = say or (lambda line: None)
-    _check(cfg)
-    prompts, gold = resolve_task(cfg, prompts, gold)
     out = Path(cfg.out)
     state_path = out / "state.json"
-    if state_path.exists() and not cfg.resume:
-        raise ConfigError(f"{out} already holds a loop run; set resume to continue it, or pick a new out directory")
-    human = cfg.annotator.kind == "human"
-    if human:  # the server and the token are checked before anything slow
-        connect_server(cfg.annotator, say).close()
-        _warn_sizes(cfg, say)
+    human = people is not None
     out.mkdir(parents=True, exist_ok=True)
     if cfg.policy:
         base_dir = Path(cfg.policy)
@@ -470,7 +487,7 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None, *, sa
     set_seed(cfg.seed)
     say(f"held-out: sampling {cfg.heldout_pairs} pairs from the base policy")
     heldout_pairs = sample(ref, cfg.heldout_pairs, cfg.seed * 100 + 99, "held-out")
-    heldout = make_annotator(cfg.annotator, gold, cfg.seed + 999, say, "held-out").label(heldout_pairs)
+    heldout = (people or make_annotator(cfg.annotator, gold, cfg.seed + 999)).label(heldout_pairs)
     _save_labels(heldout, out / "heldout.jsonl")
     heldout = [c for c in heldout if not c.incomparable]
     eval_prompts = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
@@ -500,7 +517,9 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None, *, sa
         queries = choose_queries(pool, min(cfg.pairs_per_round, len(pool)), cfg.query,
                                  [c for c in labels if not c.incomparable], seed)
         # 2. feedback, until something in it prefers one response
-        annotator = make_annotator(cfg.annotator, gold, seed, say, name)
+        annotator = people or make_annotator(cfg.annotator, gold, seed)
+        if people is not None:
+            people.name = name  # its progress lines say which round
         new = annotator.label(queries)
         batches = 1
         while not prefers(labels + new):
