@@ -224,6 +224,13 @@ def test_cli_refuses_typos_and_taken_ports(tmp_path, capsys):
     assert code == 2 and f"127.0.0.1:{port} is already in use" in err
     assert "alignkit annotate: project" not in err  # it did not claim to be serving
     assert err.splitlines()[-1].startswith("error: --port") and "Traceback" not in err
+    with socket.socket() as taken:  # --create makes nothing when it cannot serve
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(["annotate", "serve", "--db", db, "--project", "new", "--create", "--port", str(port)],
+                               capsys)
+    assert code == 2 and FeedbackStore(db).project_names() == ["demo"]
     # the socket the server listens on is a TCP one as asyncio knows it (proto set): its
     # connections get TCP_NODELAY, else each response waits out a 40 ms delayed ACK
     from alignkit.cli.annotate import _listen

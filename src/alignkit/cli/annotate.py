@@ -161,6 +161,7 @@ def register(app: typer.Typer) -> None:
         store = _store(db, existing=not create)
         if not create:
             _existing_project(store, db, project)
+        sock = _listen(host, port)  # before creating or saying anything: a taken port is one line
         if not store.list_users():
             typer.echo(
                 "warning: no accounts yet; create one with "
@@ -174,7 +175,6 @@ def register(app: typer.Typer) -> None:
             store=store,
             trusted_proxies=tuple(trusted_proxy),
         )
-        sock = _listen(host, port)  # before saying anything: a taken port is a one-line error
         typer.echo(f"alignkit annotate: project {project!r} on http://{host}:{port}/", err=True)
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from
         # 127.0.0.1; the app reads it itself, from --trusted-proxy addresses only
