@@ -55,10 +55,11 @@ def _plot(rounds: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _annotators(out: Path, k_rounds: int) -> list[list[str]]:
-    """Labels per annotator and round, from the saved labels (people's names; simulated groups)."""
+    """Labels per annotator, held-out and per round, from the saved labels (people's names;
+    for simulated annotators their groups)."""
+    files = [out / "heldout.jsonl"] + [out / f"round_{k}" / "labels.jsonl" for k in range(1, k_rounds + 1)]
     table: dict[str, Counter] = {}
-    for k in range(1, k_rounds + 1):
-        path = out / f"round_{k}" / "labels.jsonl"
+    for column, path in enumerate(files):
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
@@ -67,8 +68,8 @@ def _annotators(out: Path, k_rounds: int) -> list[list[str]]:
             row = json.loads(line)
             names = (row.get("meta") or {}).get("annotators") or [row.get("annotator") or row.get("group") or "?"]
             for n in names:
-                table.setdefault(str(n), Counter())[k] += 1
-    return [[name] + [str(c[k]) for k in range(1, k_rounds + 1)] + [str(sum(c.values()))]
+                table.setdefault(str(n), Counter())[column] += 1
+    return [[name] + [str(c[k]) for k in range(len(files))] + [str(sum(c.values()))]
             for name, c in sorted(table.items())]
 
 
@@ -106,7 +107,8 @@ def write_loop_report(out: str | Path, cfg, result: dict[str, Any], *, heldout: 
     people = _annotators(out, len(rounds))
     if people:
         parts += ["<h2>Who labelled</h2>",
-                  _table(["annotator"] + [f"round {r['round']}" for r in rounds] + ["all"], people, "annotators")]
+                  _table(["annotator", "held-out"] + [f"round {r['round']}" for r in rounds] + ["all"], people,
+                         "annotators")]
     if not gold:
         parts.append("<p>No gold reward in this run: only what the labels can measure is shown.</p>")
     config = {k: v for k, v in asdict(cfg).items()}
