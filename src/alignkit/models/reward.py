@@ -403,7 +403,10 @@ class RewardModel(nn.Module):
         tokenizer = load_tokenizer(path)
         seqcls = manifest.get("pooling", "seqcls") == "seqcls"
         if (path / "adapter_config.json").exists():  # LoRA saved unmerged (a sharded run): merge now
-            from peft import AutoPeftModelForFeatureExtraction, AutoPeftModelForSequenceClassification
+            from peft import (
+                AutoPeftModelForFeatureExtraction,
+                AutoPeftModelForSequenceClassification,
+            )
 
             if seqcls:
                 backbone = AutoPeftModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
