@@ -180,6 +180,11 @@ class Distributed:
         self.is_sharded = self.engine in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.param_dtype = param_dtype(self.precision)
         """The dtype trainable models are loaded in (float32 but for ``bf16-pure``)."""
+        self.pad_multiple = BF16_CPU_PAD if self.device.type == "cpu" and self.precision != "fp32" else 1
+        """Batches round their token dimension up to a multiple of this. On a CPU under bf16,
+        oneDNN builds a kernel for every new matmul shape (benchmarks/bf16_matmul.py: a linear
+        layer with a new row count costs ~6× one with a shape it has seen), and variable-length
+        batches bring new shapes every step; float32 batches are left as they are."""
         enable_tf32(self.device)
         _fsdp2_reduce_in_fp32(self.accelerator)
 
@@ -413,6 +418,10 @@ class Distributed:
                 "precision": self.precision, "mixed_precision": self.accelerator.mixed_precision, "global_batch": plan.global_batch,
                 "per_rank_batch": plan.per_rank, "micro_batch": plan.micro_batch,
                 "accumulation": plan.accumulation}
+
+
+BF16_CPU_PAD = 32
+"""``Distributed.pad_multiple`` on a CPU under bf16."""
 
 
 def _launched() -> bool:
