@@ -19,7 +19,9 @@ change under N processes. The contract that makes 1 and N processes train the sa
   (:meth:`Distributed.sync`). With one process and no limit, :meth:`parts` returns the
   global batch as a single part of weight 1, and the recipe is the one-process loop.
 * Files (metrics, checkpoints, the model, reports) are written by rank 0 only
-  (:attr:`Distributed.is_main`); the other ranks wait at :meth:`Distributed.barrier`.
+  (:attr:`Distributed.is_main`); the other ranks wait at :meth:`Distributed.barrier`. Under
+  FSDP2/ZeRO-3 every rank first takes part in gathering the weights
+  (:meth:`Distributed.full_state_dict`, :meth:`Distributed.full_optimizer_state_dict`).
   The saved config records the world size and the per-rank batch (:meth:`describe`).
 
 Engines are accelerate's: :meth:`prepare` wraps the model (DDP, FSDP2 or a DeepSpeed engine
