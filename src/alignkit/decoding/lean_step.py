@@ -173,6 +173,14 @@ def _activation(act):
     return gelu_new
 
 
+def _residual(y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``h + y`` (the residual stream plus a block's output) as the model's forward adds
+    them: in place into ``y`` when the dtypes agree (a + b == b + a, bit for bit); under
+    autocast a bf16 ``y`` and a float32 ``h`` give a new float32 tensor, as the forward's
+    out-of-place add does (an in-place add would round the sum to bf16)."""
+    return y.add_(h) if y.dtype == h.dtype else h + y
+
+
 def _write_kv(layer, k: torch.Tensor, v: torch.Tensor, prefetch: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Append one token's ``(b, h, 1, D)`` keys/values in place (row ``t`` of the
     token-major buffers); the filled prefix as ``(b, h, t + 1, D)`` views."""
@@ -260,8 +268,8 @@ def _gpt2(model, impl: str, lin, prefetch: bool) -> Step | None:
             q, k, v = c_attn(ln_1(h)).split(d, dim=1)
             k, v = _write_kv(layer, k.view(b, H, 1, D), v.view(b, H, 1, D), prefetch)
             a = attend(attn, q.view(b, H, 1, D), k, v, mask, dropout=0.0, scaling=attn.scaling)
-            h = a_proj(a).add_(h)  # residual adds in place: a + b == b + a
-            h = m_proj(act(c_fc(ln_2(h)))).add_(h)
+            h = _residual(a_proj(a), h)
+            h = _residual(m_proj(act(c_fc(ln_2(h)))), h)
         h = ln_f(h)
         return lm_head(h), (h if want_hidden else None)
 
@@ -307,8 +315,8 @@ def _llama(model, impl: str, lin, prefetch: bool) -> Step | None:
             v = v_proj(x).view(b, 1, -1, D).transpose(1, 2)
             q, k = rope(q, k, cos, sin)
             k, v = _write_kv(kv, k, v, prefetch)
-            h = o_proj(attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling).view(b, 1, -1)).add_(h)
-            h = mlp(ln_post(h)).add_(h)
+            h = _residual(o_proj(attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling).view(b, 1, -1)), h)
+            h = _residual(mlp(ln_post(h)), h)
         h = norm(h)
         return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
 

@@ -173,6 +173,6 @@ def _as_generation(prompts: list[list[int]], responses: list[list[int]], logps: 
         attn[b, P - len(p) : P + len(r)] = 1
         resp_mask[b, : len(r)] = 1
         token_logps[b, : len(r)] = torch.tensor(lp)
-    gen = Generation(ids, attn, P, resp_mask)
+    gen = Generation(ids, attn, P, resp_mask, exact=False)  # vLLM's numerics, not the policy's
     gen.token_logps = token_logps
     return gen
