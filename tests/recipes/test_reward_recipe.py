@@ -76,7 +76,7 @@ def test_resume_on_a_set_device_equals_uninterrupted_with_rng_restored(tiny_lm_d
     full = train_reward(_cfg(tiny_lm_dir, tmp_path / "full", **kw), pairs)
     train_reward(_cfg(tiny_lm_dir, tmp_path / "cut", epochs=1, **kw), pairs)
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
-    assert saved["epoch"] == 1 and {"torch", "python"} <= set(saved["rng"])
+    assert saved["epoch"] == 1 and {"torch", "python"} <= set(saved["rng"]["ranks"][0])  # one process
     resumed = train_reward(_cfg(tiny_lm_dir, tmp_path / "cut", resume=True, **kw), pairs)
     state_full = torch.load(full.out_dir / "checkpoint.pt", weights_only=False)["model"]
     state_res = torch.load(resumed.out_dir / "checkpoint.pt", weights_only=False)["model"]

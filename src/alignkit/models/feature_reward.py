@@ -72,7 +72,7 @@ class FeatureRewardModel:
     """Frozen causal-LM features + a linear head (see the module docstring)."""
 
     def __init__(self, backbone_name: str, spec: FeatureSpec | None = None, w: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None):
+                 scale: torch.Tensor | None = None, *, device: str | torch.device | None = None):
         from alignkit.models.loading import load_causal_lm, load_tokenizer
 
         self.backbone_name = str(backbone_name)
@@ -80,8 +80,10 @@ class FeatureRewardModel:
         if self.spec.dtype not in ("bfloat16", "float32"):
             raise ConfigError(f"dtype: expected bfloat16 or float32, got {self.spec.dtype!r}")
         self.tokenizer = load_tokenizer(backbone_name)
-        lm = load_causal_lm(backbone_name, dtype=getattr(torch, self.spec.dtype)).eval()
+        lm = load_causal_lm(backbone_name, dtype=getattr(torch, self.spec.dtype)).to(device or "cpu").eval()
         self.backbone = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
+        self.device = next(self.backbone.parameters()).device
+        """Where the backbone runs (``device``, default the CPU); features come back on the CPU."""
         n_layers = lm.config.num_hidden_layers
         self.last_layers = [max(1, round(d * n_layers)) for d in self.spec.last_depths]
         self.mean_layers = [max(1, round(d * n_layers)) for d in self.spec.mean_depths]
@@ -117,13 +119,16 @@ class FeatureRewardModel:
             for row, i in enumerate(idx):
                 ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
                 mask[row, : len(seqs[i][0])] = 1
-            hs = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            hs = self.backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                               output_hidden_states=True).hidden_states
+            rows = []
             for row, i in enumerate(idx):
                 n, n_p = len(seqs[i][0]), seqs[i][1]
                 parts = [hs[layer][row, n - 1].float() for layer in self.last_layers]
                 parts += [hs[layer][row, n_p:n].float().mean(0) for layer in self.mean_layers]
-                parts.append(torch.tensor([math.log1p(n - n_p)]))
-                out[i] = torch.cat(parts)
+                parts.append(torch.tensor([math.log1p(n - n_p)], device=self.device))
+                rows.append(torch.cat(parts))
+            out[idx] = torch.stack(rows).cpu()  # one copy per batch
         return out
 
     def fit(self, phi_a: torch.Tensor, phi_b: torch.Tensor, mu: torch.Tensor, l2: float) -> FeatureRewardModel:
@@ -154,7 +159,8 @@ class FeatureRewardModel:
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> FeatureRewardModel:
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> FeatureRewardModel:
+        """A saved feature reward model, its backbone on ``device`` (default: the CPU)."""
         from safetensors.torch import load_file
 
         from alignkit.models.reward import MANIFEST
@@ -162,4 +168,4 @@ class FeatureRewardModel:
         path = Path(path)
         manifest = json.loads((path / MANIFEST).read_text())
         head = load_file(path / HEAD_FILE)
-        return cls(manifest["backbone"], FeatureSpec(**manifest["spec"]), head["w"], head["scale"])
+        return cls(manifest["backbone"], FeatureSpec(**manifest["spec"]), head["w"], head["scale"], device=device)

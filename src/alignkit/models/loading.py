@@ -215,30 +215,37 @@ def add_lora(model, spec: LoraSpec, *, task_type: str = "CAUSAL_LM"):
 
 
 def load_causal_lm(path: str | Path, *, lora: LoraSpec | None = None, dtype=None):
-    """``AutoModelForCausalLM.from_pretrained(path)``, optionally with LoRA adapters.
+    """``AutoModelForCausalLM.from_pretrained(path)`` in ``dtype``, optionally with LoRA adapters.
 
-    A directory holding a saved peft adapter (``adapter_config.json``) is loaded onto its
-    base model.
+    ``dtype=None`` means float32, whatever dtype the checkpoint was saved in (transformers
+    would keep the checkpoint's, bf16 for most hub models, and a model that trains needs
+    float32 master weights); pass ``torch.bfloat16`` for a frozen model or ``"auto"`` for
+    the checkpoint's dtype. A directory holding a saved peft adapter
+    (``adapter_config.json``) is loaded onto its base model.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
+    dtype = torch.float32 if dtype is None else dtype
     p = resolve_model(path)
     if (p / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(str(p), is_trainable=True)
+        return AutoPeftModelForCausalLM.from_pretrained(str(p), is_trainable=True, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(_check_dir(p, "model"), dtype=dtype)
     if lora is not None:
         model = add_lora(model, lora)
     return model
 
 
-def load_sequence_classifier(path: str | Path, *, num_labels: int = 1, lora: LoraSpec | None = None):
-    """``AutoModelForSequenceClassification.from_pretrained(path, num_labels=...)``."""
+def load_sequence_classifier(path: str | Path, *, num_labels: int = 1, lora: LoraSpec | None = None, dtype=None):
+    """``AutoModelForSequenceClassification.from_pretrained(path, num_labels=...)`` in
+    ``dtype`` (None = float32, as :func:`load_causal_lm`)."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        _check_dir(path, "model"), num_labels=num_labels
+        _check_dir(path, "model"), num_labels=num_labels, dtype=torch.float32 if dtype is None else dtype
     )
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id

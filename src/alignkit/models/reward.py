@@ -47,6 +47,7 @@ from alignkit.models.pairs import (
     keep_lengths,
     pair_tokens,
 )
+from alignkit.scale.precision import no_grad
 
 __all__ = [
     "MANIFEST",
@@ -198,10 +199,13 @@ class RewardModel(nn.Module):
         max_length: int = 512,
         seed: int = 0,
         chat_template: bool | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> RewardModel:
         """A fresh reward model on the pretrained backbone at ``path`` (head initialised
         with std 1/√(H+1), seeded by ``seed``); ``chat_template=None`` renders through the
-        tokenizer's chat template when it has one."""
+        tokenizer's chat template when it has one. The backbone is loaded in ``dtype``
+        whatever dtype it was saved in (float32: a model that trains keeps float32 master
+        weights); the head is float32."""
         from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
         path = resolve_model_path(path)
@@ -215,12 +219,12 @@ class RewardModel(nn.Module):
         config = AutoConfig.from_pretrained(path)
         torch.manual_seed(seed)
         if sequence_classifier:
-            backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
             if backbone.config.pad_token_id is None:
                 backbone.config.pad_token_id = tokenizer.pad_token_id
             head, pooling = None, "seqcls"
         else:
-            backbone = AutoModel.from_pretrained(path)
+            backbone = AutoModel.from_pretrained(path, dtype=dtype)
             use_fused_gelu(backbone)
             pooling = _auto_pooling(path, config) if pooling == "auto" else pooling
             hidden = backbone.config.hidden_size
@@ -243,7 +247,13 @@ class RewardModel(nn.Module):
         if self.head is None:
             return self.backbone(**kwargs).logits.squeeze(-1).float()
         hidden = self.backbone(**kwargs).last_hidden_state
-        return self.head(_pool(hidden, attention_mask, self.pooling)).squeeze(-1).float()
+        return self.apply_head(_pool(hidden, attention_mask, self.pooling))
+
+    def apply_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The linear head on pooled vectors ``(N, H)`` → rewards ``(N,)`` float32. The
+        vectors are cast to the head's dtype first: a bf16 backbone (a bf16 checkpoint, or
+        bf16 autocast) hands bf16 activations to a float32 head."""
+        return self.head(features.to(self.head.weight.dtype)).squeeze(-1).float()
 
     def render_prompts(self, prompts: list[str]) -> list[str]:
         """Prompts as the backbone reads them (unchanged without a chat template)."""
@@ -312,10 +322,10 @@ class RewardModel(nn.Module):
         if layout == "packed":
             hidden = forward_packed(self.backbone, batch).last_hidden_state
             # only the 2B last-token vectors go through the head: [a_1..a_B, b_1..b_B]
-            rewards = self.head(hidden.reshape(-1, hidden.shape[-1])[batch["last"]]).squeeze(-1).float()
+            rewards = self.apply_head(hidden.reshape(-1, hidden.shape[-1])[batch["last"]])
             return rewards[:n], rewards[n:]
         hidden = forward_shared_prompt(self.backbone, batch)[1].last_hidden_state  # rows a1, b1, a2, ...
-        rewards = self.head(_pool(hidden, batch["completion_mask"], "last")).squeeze(-1).float()
+        rewards = self.apply_head(_pool(hidden, batch["completion_mask"], "last"))
         return rewards[0::2], rewards[1::2]
 
     def score_encoded(self, pairs: list[EncodedPair], batch_size: int = 32) -> torch.Tensor:
@@ -325,7 +335,7 @@ class RewardModel(nn.Module):
         self.eval()
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].ids))
         out = torch.empty(len(pairs))
-        with torch.inference_mode():
+        with no_grad(self):  # inference_mode, or no_grad when sharded (FSDP2)
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
                 out[idx] = self(**self.collate([pairs[i] for i in idx])).cpu()
@@ -341,19 +351,31 @@ class RewardModel(nn.Module):
         return self.score_encoded(self.encode(prompts, responses), batch_size)
 
     # -- saving / loading ----------------------------------------------------------
-    def save_pretrained(self, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write backbone (LoRA merged in), tokenizer, head and manifest to ``out_dir``."""
+    def save_pretrained(self, out_dir: str | Path, extra: dict[str, Any] | None = None,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write backbone (LoRA merged in), tokenizer, head and manifest to ``out_dir``.
+
+        ``state_dict``: this model's whole state dict gathered from a sharded copy (FSDP2 /
+        ZeRO-3: ``Distributed.full_state_dict``), written instead of the module's own
+        (sharded) parameters; LoRA adapters are then saved unmerged, as a peft adapter next to
+        the head (``RewardModel.load`` reads it onto its base model)."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         backbone = self.backbone
-        if hasattr(backbone, "merge_and_unload"):  # peft: save plain merged weights
-            backbone = copy.deepcopy(backbone).merge_and_unload()
-        backbone.save_pretrained(out)
+        head_state = self.head.state_dict() if self.head is not None else {}
+        if state_dict is not None:
+            backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+            head_state = {k.removeprefix("head."): v for k, v in state_dict.items() if k.startswith("head.")}
+            backbone.save_pretrained(out, state_dict=backbone_state)
+        else:
+            if hasattr(backbone, "merge_and_unload"):  # peft: save plain merged weights
+                backbone = copy.deepcopy(backbone).merge_and_unload()
+            backbone.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         if self.head is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, out / HEAD_FILE)
+            save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()}, out / HEAD_FILE)
         manifest = {
             "format": "alignkit-reward",
             "version": 1,
@@ -367,18 +389,28 @@ class RewardModel(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> RewardModel:
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None,
+             dtype: torch.dtype | str | None = None) -> RewardModel:
+        """A saved reward model, in eval mode, on ``device`` (default: the CPU), its backbone
+        in ``dtype`` (default float32; ``torch.bfloat16`` for a frozen scorer on a GPU, or
+        ``"auto"`` for the dtype it was saved in). The head stays float32."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoModelForSequenceClassification
 
         path = Path(path)
+        dtype = torch.float32 if dtype is None else dtype
         manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).exists() else {}
         tokenizer = load_tokenizer(path)
         if manifest.get("pooling", "seqcls") == "seqcls":
-            backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
             head = None
         else:
-            backbone = AutoModel.from_pretrained(path)
+            if (path / "adapter_config.json").exists():  # saved from a sharded LoRA run: merge now
+                from peft import AutoPeftModel
+
+                backbone = AutoPeftModel.from_pretrained(str(path), dtype=dtype).merge_and_unload()
+            else:
+                backbone = AutoModel.from_pretrained(path, dtype=dtype)
             weights = load_file(path / HEAD_FILE)
             head = nn.Linear(weights["weight"].shape[1], 1)
             head.load_state_dict(weights)
@@ -390,7 +422,7 @@ class RewardModel(nn.Module):
             max_length=manifest.get("max_length", tokenizer.model_max_length or 512),
             chat_template=manifest.get("chat_template", False),  # older manifests: plain text
         )
-        return model.eval()
+        return model.to(device or "cpu").eval()
 
 
 class RewardEnsemble:
@@ -440,9 +472,12 @@ def write_ensemble_manifest(out_dir: str | Path, n_members: int, extra: dict[str
     return out
 
 
-def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
+def load_reward_model(path: str | Path, *, device: str | torch.device | None = None,
+                      dtype: torch.dtype | str | None = None) -> RewardModel | RewardEnsemble:
     """Load a reward model directory written by ``alignkit reward train`` (single model or
-    ensemble), or a Hugging Face sequence-classification directory with one label."""
+    ensemble), or a Hugging Face sequence-classification directory with one label, on
+    ``device`` (default: the CPU), its backbone in ``dtype`` (default float32; bf16 is fine for
+    scoring — the head casts its input; a feature model keeps the dtype it was fitted in)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: reward model directory not found")
@@ -453,12 +488,12 @@ def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{manifest_path}: not valid JSON ({e})") from None
         if manifest.get("kind") == "ensemble":
-            return RewardEnsemble([RewardModel.load(path / m) for m in manifest["members"]])
+            return RewardEnsemble([RewardModel.load(path / m, device=device, dtype=dtype) for m in manifest["members"]])
         if manifest.get("kind") == "features":  # frozen LM features + linear head
             from alignkit.models.feature_reward import FeatureRewardModel
 
-            return FeatureRewardModel.load(path)
-        return RewardModel.load(path)
+            return FeatureRewardModel.load(path, device=device)
+        return RewardModel.load(path, device=device, dtype=dtype)
     if not (path / "config.json").exists():
         raise ConfigError(
             f"{path}: not a reward model directory (no {MANIFEST} or config.json); "
@@ -470,4 +505,4 @@ def load_reward_model(path: str | Path) -> RewardModel | RewardEnsemble:
             f"{path}: a plain {config.get('model_type', '?')} model, not a reward model; "
             f"train one with `alignkit reward train --model {path}`"
         )
-    return RewardModel.load(path)
+    return RewardModel.load(path, device=device, dtype=dtype)

@@ -61,13 +61,18 @@ def batches(n: int, batch_size: int, *, shuffle: bool, seed: int) -> list[list[i
 # ------------------------------------------------------------------------ models
 
 
-def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_targets: list[str] | None, device):
-    """Load a causal LM by path (optionally with fresh LoRA adapters) and its tokenizer."""
+def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_targets: list[str] | None, device,
+                dtype: torch.dtype = torch.float32):
+    """Load a causal LM by path (optionally with fresh LoRA adapters) and its tokenizer.
+
+    The weights are loaded in ``dtype`` whatever dtype the checkpoint was saved in: float32
+    for a model that trains (its master weights; bf16 autocast computes in bf16 from them),
+    ``Distributed.param_dtype``; bf16 only for ``precision=bf16-pure`` or a frozen model."""
     from alignkit.models import LoraSpec, load_causal_lm, load_tokenizer
     from alignkit.models.loading import use_fused_gelu
 
     spec = LoraSpec(r=lora_r, alpha=lora_alpha, target_modules=lora_targets or None) if lora else None
-    model = load_causal_lm(path, lora=spec).to(device)
+    model = load_causal_lm(path, lora=spec, dtype=dtype).to(device)
     use_fused_gelu(model)
     tokenizer = load_tokenizer(path)
     return model, tokenizer
@@ -113,29 +118,61 @@ def adamw(params, lr: float, weight_decay: float = 0.0, eps: float = 1e-8):
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused or None)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a training state plus the RNG states (torch CPU and CUDA,
-    Python's ``random``): write to a temp file, then rename."""
+def rng_state() -> dict[str, Any]:
+    """This process's random state: torch's CPU generator, Python's ``random``, and the
+    current CUDA device's generator when there is one."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a :func:`rng_state` (also the older layout, with every CUDA device's state)."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        if isinstance(state["cuda"], list | tuple):  # older checkpoints: all devices
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], rng: list[dict[str, Any]] | None = None) -> None:
+    """Atomically ``torch.save`` a training state plus the RNG state of every process
+    (``rng``, one :func:`rng_state` per rank; default: this process's alone): write to a temp
+    file, then rename."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({**state, "rng": rng}, tmp)
+    torch.save({**state, "rng": {"ranks": rng if rng is not None else [rng_state()]}}, tmp)
     os.replace(tmp, p)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The saved training state, or None when there is no checkpoint yet (RNG restored)."""
+def load_checkpoint(path: str | os.PathLike, dist=None) -> dict[str, Any] | None:
+    """The saved training state, or None when there is no checkpoint yet; this process's RNG
+    state is restored (rank r gets rank r's). ``dist`` (the run's
+    :class:`~alignkit.scale.distributed.Distributed`) says which rank this is; under
+    DeepSpeed, resuming is refused."""
+    if dist is not None and dist.is_deepspeed:
+        raise ConfigError("resume: not supported under DeepSpeed (its optimizer state is partitioned); "
+                          "resume under DDP or FSDP2, or start without --resume")
     p = Path(path)
     if not p.exists():
         return None
     state = torch.load(p, map_location="cpu", weights_only=False)
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    saved = state["rng"]
+    if "ranks" not in saved:  # older checkpoints: rank 0's state, for every rank
+        set_rng_state(saved)
+    elif len(saved["ranks"]) == world:
+        set_rng_state(saved["ranks"][rank])
+    else:  # another world size: keep this run's own per-rank seeding
+        if rank == 0:
+            import sys
+
+            print(f"warning: {p} was written by {len(saved['ranks'])} processes, this run has {world}; "
+                  "random states are not restored", file=sys.stderr)
     return state
 
 
@@ -182,25 +219,46 @@ def open_run(cfg: Any, dist, *, global_batch: int, resume: bool, out: str | os.P
     return MetricsLogger(out, tensorboard=cfg.tensorboard, resume=resume)
 
 
-def save_checkpoint_once(dist, path: str | os.PathLike, model, state: dict[str, Any]) -> None:
-    """:func:`save_checkpoint` of ``{"model": weights, **state}`` by rank 0, the weights of the
-    prepared ``model`` gathered first (every rank must call); all ranks wait for the file."""
+def save_checkpoint_once(dist, path: str | os.PathLike, model, state: dict[str, Any], optimizer=None) -> None:
+    """:func:`save_checkpoint` of ``{"model": weights, "optimizer": ..., **state}`` by rank 0
+    (every rank must call): the weights of the prepared ``model`` and the state of the
+    prepared ``optimizer`` gathered whole first (FSDP2 shards both), and every rank's RNG
+    state; all ranks wait for the file."""
     weights = dist.full_state_dict(model)
+    if optimizer is not None:
+        state = {**state, "optimizer": dist.full_optimizer_state_dict(model, optimizer)}
+    rng = dist.all_gather_object(rng_state())
     if dist.is_main:
-        save_checkpoint(path, {"model": weights, **state})
+        save_checkpoint(path, {"model": weights, **state}, rng)
+    dist.barrier()
+
+
+def save_once(dist, wrapped, save) -> None:
+    """Write a model from the prepared ``wrapped`` by rank 0 — ``save(state_dict)`` — while
+    every rank calls this and then waits. Under FSDP2/ZeRO-3 each rank holds only its shards,
+    so the whole state dict is gathered first (a collective: every rank takes part) and
+    passed in; otherwise ``save(None)`` (the module's own weights)."""
+    if dist.is_sharded:
+        weights = dist.full_state_dict(wrapped)
+        if dist.is_main:
+            save(weights)
+    elif dist.is_main:
+        save(None)
     dist.barrier()
 
 
 def save_policy_once(dist, wrapped, model, tokenizer, out_dir: str | os.PathLike) -> None:
     """:func:`save_policy` by rank 0; all ranks wait. ``wrapped`` is the prepared model,
-    ``model`` the module inside it. Under FSDP/ZeRO-3 the full weights are gathered first
-    (every rank must call) and saved unmerged (not yet run on GPUs: docs/scale.md)."""
-    if dist.is_sharded:
-        weights = dist.full_state_dict(wrapped)
-        if dist.is_main:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(out_dir, state_dict=weights)
-            tokenizer.save_pretrained(out_dir)
-    elif dist.is_main:
-        save_policy(model, tokenizer, out_dir)
-    dist.barrier()
+    ``model`` the module inside it. Under FSDP2/ZeRO-3 the full weights are gathered first
+    (every rank must call); LoRA adapters are then saved unmerged (a peft adapter directory,
+    which :func:`~alignkit.models.load_causal_lm` loads onto its base model)."""
+
+    def save(weights):
+        if weights is None:
+            save_policy(model, tokenizer, out_dir)
+            return
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir, state_dict=weights)
+        tokenizer.save_pretrained(out_dir)
+
+    save_once(dist, wrapped, save)

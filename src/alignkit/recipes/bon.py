@@ -43,6 +43,12 @@ class BoNConfig:
     """Random seed."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ..."""
+    precision: str = "auto"
+    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
+    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
+    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
+    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
+    (docs/scale.md)."""
 
 
 @dataclass
@@ -60,6 +66,8 @@ def run_bon(
     prompts: list[str] | None = None,
 ) -> BoNRun:
     """Best-of-``cfg.n`` on every prompt; see :class:`BoNConfig`."""
+    import torch
+
     from alignkit.data import load_prompts
     from alignkit.decoding.best_of_n import best_of_n
     from alignkit.decoding.sampling import generate
@@ -70,27 +78,40 @@ def run_bon(
         require,
         write_json,
     )
+    from alignkit.scale.precision import param_dtype, resolve_precision
     from alignkit.utils.seed import set_seed
 
     if cfg.n < 1:
         raise ConfigError(f"n: expected ≥ 1, got {cfg.n}")
     set_seed(cfg.seed)
     device = pick_device(cfg.device)
+    # nothing trains here: bf16-mixed runs the float32 models under bf16 autocast, bf16-pure
+    # loads them in bf16
+    precision = resolve_precision(cfg.precision, device.type)
+    dtype = param_dtype(precision)
     if prompts is None:
         prompts = load_prompts(require(cfg.prompts, "prompts"))
     if reward_fn is None:
         from alignkit.models.reward import load_reward_model
 
-        reward_fn = load_reward_model(require(cfg.reward, "reward")).score
+        reward_fn = load_reward_model(require(cfg.reward, "reward"), device=device, dtype=dtype).score
     model, tok = load_policy(require(cfg.policy, "policy"), lora=False, lora_r=0, lora_alpha=0,
-                             lora_targets=None, device=device)
+                             lora_targets=None, device=device, dtype=dtype)
     model.eval()
+
+    def autocast():
+        return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def sample(ps: list[str]) -> list[str]:
         formatted = [format_prompt(tok, p, cfg.use_chat_template) for p in ps]
-        return generate(model, tok, formatted, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+        with autocast():
+            return generate(model, tok, formatted, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
 
-    res = best_of_n(prompts, sample, reward_fn, n=cfg.n, n_reference=cfg.n_reference, batch_size=cfg.batch_size)
+    def reward(ps: list[str], rs: list[str]):
+        with autocast():
+            return reward_fn(ps, rs)
+
+    res = best_of_n(prompts, sample, reward, n=cfg.n, n_reference=cfg.n_reference, batch_size=cfg.batch_size)
     metrics = {
         "reward/best": float(res.rewards.mean()),
         "reward/sample_mean": float(res.all_rewards.mean()),

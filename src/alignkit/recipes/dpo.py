@@ -6,8 +6,9 @@ Read top to bottom: config → data → model → reference log-probs → loop �
   once (``pair_layout``; the layouts and :func:`~alignkit.models.pairs.pair_logps` live in
   :mod:`alignkit.models.pairs`, shared with the reward model).
 * The reference is never a second model copy: without LoRA its log-probs are computed
-  once, before training, by the initial weights (``inference_mode``); with LoRA they
-  come from the same weights with the adapters disabled.
+  once, before training, by the initial weights; with LoRA they come from the same weights
+  with the adapters disabled — either way without gradients and under the policy's
+  autocast (``precision``), so at step 0 the loss is log 2 in bf16 too.
 * The loss is a pure function from :mod:`alignkit.losses.dpo`, picked by ``cfg.loss``.
 
 A :class:`~alignkit.data.Comparison`'s ``a`` plays "chosen" and its soft label ``mu``
@@ -95,6 +96,12 @@ class DPOConfig:
     """Log metrics every this many steps."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ..."""
+    precision: str = "auto"
+    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
+    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
+    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
+    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
+    (docs/scale.md)."""
     rankings: str = "plackett_luce"
     """How K-way rankings train: plackett_luce (Plackett–Luce on the K implicit rewards, in
     batches of ``batch_size`` rankings; needs loss=dpo) or pairs (their K-choose-2 pairs)."""
@@ -196,7 +203,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     if cfg.beta <= 0:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)
-    dist = Distributed(cfg.device, cfg.micro_batch_size)
+    dist = Distributed(cfg.device, cfg.micro_batch_size, cfg.precision)
     device = dist.device
     out = Path(cfg.out)
     comps, rankings = split_rankings(records if records is not None else _load(require(cfg.data, "data")),
@@ -206,7 +213,8 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     if rankings and cfg.loss != "dpo":
         raise ConfigError(f"rankings: plackett_luce trains with loss=dpo, not {cfg.loss!r}; set rankings=pairs")
     model, tok = load_policy(require(cfg.policy, "policy"), lora=cfg.lora, lora_r=cfg.lora_r,
-                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
+                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device,
+                             dtype=dist.param_dtype)
     disable_dropout(model)
     chat = cfg.use_chat_template
     pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, chat, c.meta), format_completion(tok, c.a, chat),
@@ -222,7 +230,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         return {k: v.to(device) for k, v in b.items()}
 
     ckpt_path = out / "checkpoint.pt"
-    state = load_checkpoint(ckpt_path) if cfg.resume else None
+    state = load_checkpoint(ckpt_path, dist) if cfg.resume else None
 
     t_start = time.perf_counter()
     # --- reference log-probs: once, up front (no second model copy) -------------------
@@ -230,13 +238,13 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     ref_group_logps = state.get("ref_group_logps") if state is not None else None
     if not cfg.lora and rankings and ref_group_logps is None:
         model.eval()
-        with torch.inference_mode(), dist.autocast():
+        with dist.frozen():  # the policy's autocast, no gradients
             ref_group_logps = torch.cat([group_logps(model, groups[i : i + 16], tok.pad_token_id).float().cpu()
                                          for i in range(0, len(groups), 16)])
     if not cfg.lora and ref_logps is None:
         ref_logps = torch.zeros(2, len(comps))
         model.eval()
-        with torch.inference_mode(), dist.autocast():
+        with dist.frozen():
             # order does not matter here: batch pairs of similar length to waste less padding
             by_len = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt) + len(pairs[i].chosen))
             size = max(cfg.batch_size, 16)
@@ -258,22 +266,23 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, cfg.lr)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
     wrapped, opt = dist.prepare(model, opt, batch_size=cfg.batch_size)  # DDP/FSDP/DeepSpeed or as is
+    if state is not None:  # into the prepared optimizer (FSDP2 shards its state)
+        dist.load_optimizer_state_dict(wrapped, opt, state["optimizer"])
+    params = dist.trainable(wrapped)  # after prepare: FSDP2 replaces the parameters
     logger = open_run(cfg, dist, global_batch=cfg.batch_size, resume=cfg.resume and step > 0)
 
     def checkpoint():
         save_checkpoint_once(dist, ckpt_path, wrapped, {
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "ref_logps": ref_logps,
-            "ref_group_logps": ref_group_logps})
+            "scheduler": sched.state_dict(), "step": step, "ref_logps": ref_logps,
+            "ref_group_logps": ref_group_logps}, optimizer=opt)
 
     # --- the entanglement probe: the same pairs every time ----------------------------
     # ties have no preferred side; a pair labelled b ≻ a (μ < ½) is probed with b as "chosen"
@@ -301,7 +310,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         batch = [groups[i] for i in idx]
         lp = group_logps(wrapped, batch, tok.pad_token_id)
         if cfg.lora:
-            with torch.inference_mode(), model.disable_adapter():
+            with dist.frozen(), model.disable_adapter():  # under the policy's autocast
                 ref_lp = group_logps(model, batch, tok.pad_token_id).clone()
         else:
             ref_lp = ref_group_logps[idx].to(device)
@@ -314,7 +323,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         b = pair_batch(idx)
         policy_logps = pair_logps(wrapped, b)  # chosen and rejected in one pass
         if cfg.lora:
-            with torch.inference_mode(), model.disable_adapter():
+            with dist.frozen(), model.disable_adapter():  # under the policy's autocast
                 ref = pair_logps(model, b).clone()
             ref_c, ref_r = ref[:n], ref[n:]
         else:

@@ -13,8 +13,8 @@ one model per annotator group is trained next to the pooled one and a disagreeme
 is written. Speed: for decoders each comparison's prompt goes through the backbone once,
 packed with both responses into unpadded rows under a block-causal mask
 (``pair_layout``); otherwise a and b go through in one forward pass of 2B rows.
-Batches group pairs of similar length (less padding), and evaluation runs under
-``torch.inference_mode``.
+Batches group pairs of similar length (less padding), and evaluation runs without
+gradients under the run's autocast (``precision``).
 """
 
 from __future__ import annotations
@@ -135,6 +135,12 @@ class RewardConfig:
     """Write TensorBoard event files next to metrics.jsonl."""
     device: str = "auto"
     """Where training and the per-epoch evaluation run: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ..."""
+    precision: str = "auto"
+    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
+    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
+    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
+    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
+    (docs/scale.md)."""
 
 
 @dataclass
@@ -214,6 +220,7 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         load_checkpoint,
         open_run,
         save_checkpoint_once,
+        save_once,
     )
     from alignkit.utils.progress import track
 
@@ -225,7 +232,8 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         lora=LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora else None,
         max_length=cfg.max_length,
         seed=seed,
-    ).to(device)
+        dtype=dist.param_dtype,  # float32 master weights whatever the checkpoint's dtype
+    ).to(device, dist.param_dtype)  # (the head too, under bf16-pure)
     if cfg.freeze_backbone:
         for name, p in model.backbone.named_parameters():
             p.requires_grad_(cfg.sequence_classifier and ("score" in name or "classifier" in name))
@@ -259,8 +267,7 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         enc_a, enc_b = model.encode(prompts, texts_a), model.encode(prompts, texts_b)
         lengths = [max(len(x.ids), len(y.ids)) for x, y in zip(enc_a, enc_b, strict=True)]
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, cfg.lr, cfg.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size) + math.ceil(len(rankings) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_fraction * total)
@@ -279,18 +286,20 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     start_epoch, step, best = 0, 0, {"log_loss": math.inf}
-    state = load_checkpoint(ckpt) if cfg.resume else None
+    state = load_checkpoint(ckpt, dist) if cfg.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
     wrapped, optimizer = dist.prepare(model, optimizer, batch_size=cfg.batch_size)  # DDP/FSDP/... or as is
+    if state is not None:  # into the prepared optimizer (FSDP2 shards its state)
+        dist.load_optimizer_state_dict(wrapped, optimizer, state["optimizer"])
 
     logger = open_run(cfg, dist, global_batch=cfg.batch_size, resume=start_epoch > 0, out=out)
     summary: dict[str, Any] = {}
     if evals and start_epoch == 0:
-        untrained = evaluate_reward_model(model, evals, cfg.eval_batch_size)
+        with dist.autocast():  # the numerics of training (no gradients: RewardModel.score)
+            untrained = evaluate_reward_model(model, evals, cfg.eval_batch_size)
         logger.log({f"eval/{k}": v for k, v in untrained.items()}, step)
         summary["baseline/untrained_accuracy"] = untrained["accuracy"]
         summary["baseline/untrained_log_loss"] = untrained["log_loss"]
@@ -346,17 +355,17 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         train_seconds += time.perf_counter() - started
         pairs_seen += len(train) + len(rankings)
 
-        eval_metrics = evaluate_reward_model(model, evals, cfg.eval_batch_size) if evals else {}
+        with dist.autocast():
+            eval_metrics = evaluate_reward_model(model, evals, cfg.eval_batch_size) if evals else {}
         if eval_metrics:
             logger.log({f"eval/{k}": v for k, v in eval_metrics.items()} | {"diag/epoch": epoch + 1}, step)
         improved = not evals or eval_metrics["log_loss"] < best["log_loss"]
         if improved:
             best = {**eval_metrics, "epoch": epoch + 1} if evals else {"log_loss": math.inf, "epoch": epoch + 1}
-            if dist.is_main:
-                model.save_pretrained(out, extra={"base_model": str(cfg.model), "best_epoch": epoch + 1})
-        save_checkpoint_once(dist, ckpt, wrapped, {"optimizer": optimizer.state_dict(),
-                                                   "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                                   "step": step, "best": best})
+            extra = {"base_model": str(cfg.model), "best_epoch": epoch + 1}
+            save_once(dist, wrapped, lambda weights, extra=extra: model.save_pretrained(out, extra, weights))
+        save_checkpoint_once(dist, ckpt, wrapped, {"scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                                                   "step": step, "best": best}, optimizer=optimizer)
     logger.close()
     if pairs_seen:
         summary["perf/train_pairs_per_s"] = pairs_seen / train_seconds
@@ -389,7 +398,8 @@ def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], ou
             write_ensemble_manifest(out, cfg.ensemble, {"base_model": str(cfg.model)})
         dist.barrier()
     if evals:
-        final = evaluate_reward_model(load_reward_model(out), evals, cfg.eval_batch_size)
+        with dist.autocast():
+            final = evaluate_reward_model(load_reward_model(out, device=dist.device), evals, cfg.eval_batch_size)
         summary.update({f"eval/{k}": v for k, v in final.items()})
         summary["baseline/longer_wins_accuracy"] = length_baseline_accuracy(evals)
         summary["baseline/shorter_wins_accuracy"] = length_baselines(evals)["shorter_wins"]
@@ -433,7 +443,7 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
 
     from alignkit.scale.distributed import Distributed
 
-    dist = Distributed(cfg.device, cfg.micro_batch_size)  # one process, or one of N (rank 0 writes)
+    dist = Distributed(cfg.device, cfg.micro_batch_size, cfg.precision)  # one process, or one of N (rank 0 writes)
     out = Path(cfg.out)
     if out.exists() and not cfg.resume and dist.is_main:
         for stale in ("checkpoint.pt", "groups", "metrics.jsonl", "tb"):
@@ -475,11 +485,12 @@ def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path, di
         models[g] = g_out
     table: dict[str, dict[str, float]] = {}
     for name, path in models.items():
-        rm = load_reward_model(path)
+        rm = load_reward_model(path, device=dist.device)
         table[name] = {}
         for g in groups:
             g_eval = [p for p in evals if p.group == g]
-            table[name][g] = evaluate_reward_model(rm, g_eval, cfg.eval_batch_size)["accuracy"] if g_eval else math.nan
+            with dist.autocast():
+                table[name][g] = evaluate_reward_model(rm, g_eval, cfg.eval_batch_size)["accuracy"] if g_eval else math.nan
     if dist.is_main:
         (out / "disagreement.json").write_text(json.dumps({"accuracy": table, "groups": groups}, indent=2))
     return table

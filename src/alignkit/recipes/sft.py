@@ -75,6 +75,12 @@ class SFTConfig:
     """Log metrics every this many steps."""
     device: str = "auto"
     """``auto``, ``cpu``, ``cuda``, ..."""
+    precision: str = "auto"
+    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
+    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
+    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
+    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
+    (docs/scale.md)."""
 
 
 @dataclass
@@ -187,14 +193,15 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     # --- setup ------------------------------------------------------------------------
     set_seed(cfg.seed)
     # a step's global batch is grad_accum micro-batches of batch_size, spread over the processes
-    dist = Distributed(cfg.device, micro_batch_size=cfg.batch_size)
+    dist = Distributed(cfg.device, micro_batch_size=cfg.batch_size, precision=cfg.precision)
     device = dist.device
     out = Path(cfg.out)
     pairs = records_to_pairs(records) if records is not None else load_sft_pairs(require(cfg.data, "data"))
     if not pairs:
         raise DataError("no training examples")
     model, tok = load_policy(require(cfg.model, "model"), lora=cfg.lora, lora_r=cfg.lora_r,
-                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device)
+                             lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device,
+                             dtype=dist.param_dtype)
     examples = [
         tokenize_example(tok, format_prompt(tok, p, cfg.use_chat_template) if p else "",
                          format_completion(tok, c, cfg.use_chat_template) if p else c, cfg.max_length)
@@ -207,23 +214,24 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps) if cfg.epochs > 0 else cfg.max_steps
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, cfg.lr, cfg.weight_decay)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
 
     step = 0
     ckpt_path = out / "checkpoint.pt"
-    if cfg.resume and (state := load_checkpoint(ckpt_path)) is not None:
+    state = load_checkpoint(ckpt_path, dist) if cfg.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
     wrapped, opt = dist.prepare(model, opt, batch_size=cfg.batch_size * cfg.grad_accum)
+    if state is not None:  # into the prepared optimizer (FSDP2 shards its state)
+        dist.load_optimizer_state_dict(wrapped, opt, state["optimizer"])
     logger = open_run(cfg, dist, global_batch=cfg.batch_size * cfg.grad_accum, resume=cfg.resume and step > 0)
 
     def checkpoint():
-        save_checkpoint_once(dist, ckpt_path, wrapped, {"optimizer": opt.state_dict(),
-                                                        "scheduler": sched.state_dict(), "step": step})
+        save_checkpoint_once(dist, ckpt_path, wrapped, {"scheduler": sched.state_dict(), "step": step},
+                             optimizer=opt)
 
     def n_completion_tokens(i: int) -> int:
         """Completion tokens of item i that get a loss (all but a sequence's first token)."""

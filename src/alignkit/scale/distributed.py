@@ -24,9 +24,20 @@ change under N processes. The contract that makes 1 and N processes train the sa
 
 Engines are accelerate's: :meth:`prepare` wraps the model (DDP, FSDP2 or a DeepSpeed engine
 as ``accelerate launch`` configured), :meth:`backward` and :meth:`clip_grad_norm` route to
-it; mixed precision (bf16 on GPU) comes from the launch config. The learning-rate scheduler
-is *not* handed to accelerate, whose prepared scheduler steps once per process per step
-(it assumes per-process batches); ours steps once per global batch.
+it. The learning-rate scheduler is *not* handed to accelerate, whose prepared scheduler steps
+once per process per step (it assumes per-process batches); ours steps once per global batch.
+
+Precision is the recipe's ``precision`` setting (:mod:`alignkit.scale.precision`), resolved
+once here and passed to ``Accelerator(mixed_precision=...)``: the prepared model's forward
+runs under its autocast, :meth:`autocast` and :meth:`frozen` give the same numerics to
+forward passes outside it (a reference, a reward model, evaluation). TF32 is switched on
+for CUDA runs.
+
+On CPU (gloo), an FSDP2 launch config (``configs/accelerate/fsdp2.yaml``) runs torch's
+``fully_shard`` through accelerate's own FSDP2 code, on 1 or N processes: accelerate itself
+only joins CPU processes as plain DDP, so :class:`Distributed` switches the state to FSDP
+after the process group exists (how the tests run the GPU engine's code paths on CPU).
+DeepSpeed on CPU and FSDP version 1 are refused with one line.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignkit.errors import ConfigError
+from alignkit.scale.precision import ACCELERATE_MIXED, enable_tf32, param_dtype, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -119,18 +131,40 @@ class Distributed:
     ``device``: the recipe's device option. With one process an explicit device is used as
     given; under ``accelerate launch`` each rank gets accelerate's device for its local rank
     (``cpu`` forces CPU + gloo even where CUDA is visible). ``micro_batch_size``: 0 = no limit.
+    ``precision``: the recipe's precision setting (:data:`~alignkit.scale.precision.PRECISIONS`);
+    the resolved value is :attr:`precision`.
     """
 
-    def __init__(self, device: str = "auto", micro_batch_size: int = 0):
+    def __init__(self, device: str = "auto", micro_batch_size: int = 0, precision: str = "auto"):
         import torch
-        from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
         _warn_single_cpu_launch()
+        asked = _asked_engine()
+        on_cpu = device == "cpu" or not torch.cuda.is_available()
         # accelerate only joins the processes of a CPU launch into one group (gloo) when told
-        # it is on CPU; it then runs plain DDP whatever the config asked for (FSDP, DeepSpeed)
-        cpu = _launched() and (device == "cpu" or not torch.cuda.is_available())
-        self.accelerator = Accelerator(cpu=cpu)
+        # it is on CPU (as plain DDP whatever the config asked for); an FSDP2 launch on CPU
+        # is switched to FSDP below, also for one process (torchrun sets LOCAL_RANK)
+        cpu = on_cpu and (_launched() or (asked == "fsdp2" and "LOCAL_RANK" in os.environ))
+        if on_cpu and asked == "deepspeed" and (_launched() or "LOCAL_RANK" in os.environ):
+            raise ConfigError("DeepSpeed needs GPUs (its CPU back-end needs oneCCL): on CPU use "
+                              "configs/accelerate/fsdp2.yaml or ddp_cpu.yaml")
+        if asked == "fsdp1":
+            raise ConfigError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate "
+                              "config (configs/accelerate/fsdp2.yaml)")
+        if cpu or device == "cpu":
+            device_type = "cpu"
+        elif device == "auto":
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            device_type = torch.device(device).type
+        self.precision = resolve_precision(precision, device_type)
+        if self.precision == "bf16-pure" and asked == "deepspeed":
+            raise ConfigError("precision: bf16-pure under DeepSpeed is not supported; use bf16-mixed "
+                              "(DeepSpeed's bf16 keeps fp32 master weights)")
+        self.accelerator = _accelerator(cpu, ACCELERATE_MIXED[self.precision])
+        if cpu and asked == "fsdp2":
+            _switch_to_fsdp2(self.accelerator)
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
@@ -140,13 +174,14 @@ class Distributed:
             self.device = torch.device(device)
         else:
             self.device = self.accelerator.device
+        if self.device.type == "cpu":
+            self.device = torch.device("cpu")  # accelerate's FSDP path says cpu:0; the models say cpu
         self.is_deepspeed = self.engine == DistributedType.DEEPSPEED
         self.is_sharded = self.engine in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-                 if os.environ.get(var, "").lower() == "true"]
-        if cpu and asked and self.is_main:
-            print(f"warning: {asked[0]} needs GPUs; running plain DDP on {self.world_size} CPU processes",
-                  file=sys.stderr)
+        self.param_dtype = param_dtype(self.precision)
+        """The dtype trainable models are loaded in (float32 but for ``bf16-pure``)."""
+        enable_tf32(self.device)
+        _fsdp2_reduce_in_fp32(self.accelerator)
 
     # --- batches ------------------------------------------------------------------------
 
@@ -185,9 +220,11 @@ class Distributed:
         gathers parameters there). The module's ``forward`` is shadowed for this one call;
         the launch config's autocast (bf16) applies as it does to ``forward``."""
         module = self.unwrap(model)
-        if module is model:  # one process, no engine: nothing to go through
+        if module is model and not _is_fsdp2(model):  # one process, no engine: nothing to go through
             with self.accelerator.autocast():
                 return fn(*args, **kwargs)
+        # (FSDP2 shards the module in place, so unwrap returns it; its root unit gathers the
+        # parameters it owns — embeddings, final norm, heads — in a hook of its __call__)
         saved = module.__dict__.get("forward")
         module.forward = fn
         try:
@@ -200,9 +237,28 @@ class Distributed:
                 module.forward = saved
 
     def autocast(self):
-        """The launch config's mixed-precision context (a no-op without one), for forward
-        passes outside the prepared model (reference log-probs, evaluation)."""
+        """The run's mixed-precision context (bf16 autocast under ``bf16-mixed``, else a
+        no-op), for forward passes outside the prepared model (reference log-probs,
+        evaluation): the prepared model's forward runs under the same one."""
         return self.accelerator.autocast()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The context for forward passes of frozen models and for evaluation — a reference,
+        a reward model, the policy scored without gradients: the run's autocast (a frozen
+        model sees the numerics of the policy's forward, so at step 0 the reference's
+        log-probs equal the policy's) and no gradients (``inference_mode``; ``no_grad`` under
+        FSDP2/ZeRO, where inference tensors break a sharded module's unshard)."""
+        import torch
+
+        with torch.no_grad() if self.is_sharded else torch.inference_mode(), self.accelerator.autocast():
+            yield
+
+    def trainable(self, model) -> list:
+        """The parameters of the prepared ``model`` that train. Read them *after*
+        :meth:`prepare`: FSDP2 replaces the Parameter objects (a list taken before holds
+        unsharded copies that get no gradients)."""
+        return [p for p in model.parameters() if p.requires_grad]
 
     def backward(self, loss) -> None:
         self.accelerator.backward(loss)
@@ -225,15 +281,16 @@ class Distributed:
         returned (global) metrics: raising on one rank would leave the others waiting."""
         if loss_is not in ("mean", "share"):
             raise ValueError(f"loss_is: 'mean' or 'share', got {loss_is!r}")
-        weighted: dict[str, float] = {}
+        weighted: dict[str, Any] = {}
         for part in self.parts(idx):
             w = part.weight if loss_is == "mean" or not part.weight else float(self.world_size)
             with self.sync(model, part.last):
                 loss, metrics = loss_fn(part.idx)
                 self.backward(loss * w)
             for k, v in metrics.items():  # padding counts for nothing (its metrics may be NaN)
-                weighted[k] = weighted.get(k, 0.0) + (w * float(v) if w else 0.0)
-        grad_norm = self.clip_grad_norm([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+                v = v.detach() if hasattr(v, "detach") else v  # tensors stay on the device: no sync here
+                weighted[k] = weighted.get(k, 0.0) + (w * v if w else 0.0)
+        grad_norm = self.clip_grad_norm(self.trainable(model), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return self.mean_metrics(weighted), grad_norm
@@ -270,6 +327,43 @@ class Distributed:
             return self.accelerator.get_state_dict(model)
         return self.unwrap(model).state_dict()
 
+    def full_optimizer_state_dict(self, model, optimizer) -> dict[str, Any] | None:
+        """The prepared ``optimizer``'s whole state, for a checkpoint (every rank must call).
+        Under FSDP2 the sharded state is gathered into torch's full, parameter-name keyed
+        layout (``torch.distributed.checkpoint``; ``{"fsdp2_full": ...}``); under DeepSpeed
+        None (its state is partitioned, and resume is refused there); otherwise
+        ``optimizer.state_dict()``."""
+        if self.is_deepspeed:
+            return None
+        if _is_fsdp2(model):
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
+
+            inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+            full = get_optimizer_state_dict(model, inner, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+            return {"fsdp2_full": full}
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, model, optimizer, state: dict[str, Any]) -> None:
+        """Load a :meth:`full_optimizer_state_dict` into the *prepared* ``optimizer`` of the
+        prepared ``model`` (every rank, each from the same whole state)."""
+        if "fsdp2_full" in state:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            inner = getattr(optimizer, "optimizer", optimizer)
+            set_optimizer_state_dict(model, inner, state["fsdp2_full"],
+                                     options=StateDictOptions(full_state_dict=True))
+            return
+        if _is_fsdp2(model):
+            raise ConfigError("resume: this checkpoint was written without FSDP2; resume it the way it was run")
+        optimizer.load_state_dict(state)
+
     # --- collectives --------------------------------------------------------------------
 
     def all_sum(self, tensor):
@@ -282,16 +376,30 @@ class Distributed:
         td.all_reduce(t)
         return t.to(tensor.device)
 
-    def mean_metrics(self, weighted: dict[str, float]) -> dict[str, float]:
-        """Global-batch metrics from ``Σ_parts weight · metric`` sums on each rank: the weights
-        of all ranks add up to world_size, so the global mean is the all-rank sum / world_size."""
-        if self.world_size == 1:
-            return dict(weighted)
+    def mean_metrics(self, weighted: dict[str, Any]) -> dict[str, float]:
+        """Global-batch metrics from ``Σ_parts weight · metric`` sums on each rank (floats or
+        0-d tensors): the weights of all ranks add up to world_size, so the global mean is the
+        all-rank sum / world_size. One host sync for all of them."""
         import torch
 
         keys = sorted(weighted)
-        vec = self.all_sum(torch.tensor([float(weighted[k]) for k in keys], dtype=torch.float64))
-        return {k: float(v) / self.world_size for k, v in zip(keys, vec.tolist(), strict=True)}
+        if not keys:
+            return {}
+        vec = torch.stack([torch.as_tensor(weighted[k], dtype=torch.float64, device=self.device).reshape(())
+                           for k in keys])
+        if self.world_size > 1:
+            vec = self.all_sum(vec) / self.world_size
+        return dict(zip(keys, vec.tolist(), strict=True))
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out: list[Any] = [None] * self.world_size
+        td.all_gather_object(out, obj)
+        return out
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -302,7 +410,7 @@ class Distributed:
         """What the saved config records about the parallel layout of the run."""
         plan = self.plan(global_batch)
         return {"world_size": self.world_size, "engine": str(self.engine.value).lower(),
-                "mixed_precision": self.accelerator.mixed_precision, "global_batch": plan.global_batch,
+                "precision": self.precision, "mixed_precision": self.accelerator.mixed_precision, "global_batch": plan.global_batch,
                 "per_rank_batch": plan.per_rank, "micro_batch": plan.micro_batch,
                 "accumulation": plan.accumulation}
 
@@ -310,3 +418,74 @@ class Distributed:
 def _launched() -> bool:
     """Started by a distributed launcher (torchrun / accelerate launch with N processes)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _is_fsdp2(model) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def _asked_engine() -> str | None:
+    """The sharded engine ``accelerate launch`` asked for: ``fsdp2``, ``fsdp1``, ``deepspeed``
+    or None (DDP or no launch)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp2" if os.environ.get("FSDP_VERSION", "1") == "2" else "fsdp1"
+    return None
+
+
+def _accelerator(cpu: bool, mixed_precision: str):
+    """``Accelerator(cpu=cpu, mixed_precision=...)``. accelerate keeps one process-wide state
+    and refuses a second Accelerator with another mixed precision; runs in one process (tests,
+    ``alignkit loop``) may differ in precision, so that state is reset first (the process group,
+    accelerate's ``PartialState``, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def _switch_to_fsdp2(accelerator) -> None:
+    """Turn a CPU launch (joined by accelerate as DDP over gloo) into accelerate's FSDP2: its
+    plugin built from the launch environment, as on GPUs; torch's ``fully_shard`` runs on CPU."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if not PartialState._shared_state.get("backend"):  # one process: no group was made
+        import torch.distributed as td
+
+        if not td.is_initialized():
+            td.init_process_group("gloo", rank=int(os.environ.get("RANK", "0")),
+                                  world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        PartialState._shared_state["backend"] = "gloo"
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+def _fsdp2_reduce_in_fp32(accelerator) -> None:
+    """Under FSDP2 with bf16, compute in bf16 but reduce-scatter gradients in float32
+    (accelerate's policy reduces in bf16, rounding every gradient to 8 bits of mantissa
+    before it reaches the float32 master weights; torchtitan's default is float32 too)."""
+    if not getattr(accelerator, "is_fsdp2", False):
+        return
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    plugin = accelerator.state.fsdp_plugin
+    policy = plugin.mixed_precision_policy
+    if policy is not None and policy.param_dtype is not None:
+        plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=policy.param_dtype,
+                                                             reduce_dtype=torch.float32,
+                                                             output_dtype=policy.output_dtype,
+                                                             cast_forward_inputs=policy.cast_forward_inputs)

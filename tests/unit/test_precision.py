@@ -1,0 +1,194 @@
+"""The precision setting (alignkit.scale.precision, Distributed), bf16 checkpoints, and the
+checkpoints' per-rank random state — what a bf16 GPU run goes through, forced on this CPU
+(bf16 autocast runs on CPU too; a bf16 checkpoint is a tiny model saved in bf16)."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignkit.errors import ConfigError
+from alignkit.scale.precision import enable_tf32, no_grad, param_dtype, resolve_precision
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bf16_lm_dir(tiny_lm_dir, tmp_path_factory):
+    """The tiny GPT-2 saved in bf16 (as most hub checkpoints are), with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny_bf16")
+    AutoModelForCausalLM.from_pretrained(tiny_lm_dir).to(torch.bfloat16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def no_launch_env(monkeypatch):
+    for var in ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION",
+                "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# --- resolving the setting ------------------------------------------------------------------
+
+
+def test_auto_is_fp32_on_cpu_and_bf16_mixed_on_cuda(no_launch_env):
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "bf16-mixed"
+    assert resolve_precision("bf16-pure", "cpu") == "bf16-pure"
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    assert param_dtype("bf16-pure") == torch.bfloat16
+    assert param_dtype("bf16-mixed") == param_dtype("fp32") == torch.float32
+
+
+def test_auto_follows_the_launch_config(no_launch_env, monkeypatch):
+    """Under `accelerate launch`, ACCELERATE_MIXED_PRECISION (what every shipped GPU config
+    sets) decides; an explicit setting wins; fp16 is refused in one line."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert resolve_precision("auto", "cuda") == "fp32"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="fp16.*not supported"):
+        resolve_precision("auto", "cuda")
+    with pytest.raises(ConfigError, match="precision: expected one of"):
+        resolve_precision("bf16", "cpu")
+
+
+def test_tf32_only_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    enable_tf32(torch.device("cpu"))  # on CPU "high" would change float32 results
+    assert calls == []
+    enable_tf32(torch.device("cuda"))
+    assert calls == ["high"]
+
+
+def test_distributed_passes_the_precision_to_accelerate(no_launch_env):
+    """bf16-mixed: accelerate's bf16 autocast (on CPU too), float32 parameters; fp32 after
+    it in the same process (accelerate's one-per-process state is reset, not refused)."""
+    from alignkit.scale.distributed import Distributed
+
+    dist = Distributed("cpu", precision="bf16-mixed")
+    assert (dist.precision, dist.accelerator.mixed_precision, dist.param_dtype) == ("bf16-mixed", "bf16",
+                                                                                     torch.float32)
+    lin = torch.nn.Linear(4, 4)
+    with dist.autocast():
+        assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
+    with dist.frozen():
+        assert torch.is_inference_mode_enabled() and lin(torch.randn(2, 4)).dtype == torch.bfloat16
+    assert dist.describe(4)["precision"] == "bf16-mixed"
+
+    dist = Distributed("cpu")  # auto on CPU: fp32, as before
+    assert (dist.precision, dist.accelerator.mixed_precision) == ("fp32", "no")
+    with dist.frozen():
+        assert lin(torch.randn(2, 4)).dtype == torch.float32
+    assert Distributed("cpu", precision="bf16-pure").param_dtype == torch.bfloat16
+
+
+def test_deepspeed_and_fsdp1_are_refused_in_one_line(no_launch_env, monkeypatch):
+    from alignkit.scale.distributed import Distributed
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="FSDP version 1 is not supported"):
+        Distributed("cpu")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ConfigError, match="DeepSpeed needs GPUs"):
+        Distributed("cpu")
+
+
+# --- bf16 checkpoints (W1, C2, S4) ------------------------------------------------------------
+
+
+def test_a_bf16_checkpoint_trains_from_float32_weights(bf16_lm_dir):
+    """W1: transformers 5 loads a checkpoint in its own dtype; a policy that trains is loaded
+    in float32 (its master weights) whatever the checkpoint's dtype — bf16 only when asked."""
+    from alignkit.models import load_causal_lm
+    from alignkit.recipes._common import load_policy
+
+    model, _ = load_policy(str(bf16_lm_dir), lora=False, lora_r=4, lora_alpha=8, lora_targets=None, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    lora, _ = load_policy(str(bf16_lm_dir), lora=True, lora_r=4, lora_alpha=8, lora_targets=["c_attn"], device="cpu")
+    assert {p.dtype for p in lora.parameters()} == {torch.float32}
+    assert {p.dtype for p in load_causal_lm(bf16_lm_dir, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+    # the float32 copy holds exactly the bf16 values (an exact widening)
+    ref = load_causal_lm(bf16_lm_dir, dtype=torch.bfloat16)
+    w, w16 = model.transformer.h[0].attn.c_attn.weight, ref.transformer.h[0].attn.c_attn.weight
+    assert torch.equal(w, w16.float())
+
+
+def test_reward_model_on_a_bf16_backbone(bf16_lm_dir, tmp_path):
+    """C2: a bf16 backbone hands bf16 activations to the float32 head; the head casts them.
+    From a bf16 checkpoint the reward model trains in float32; loaded for scoring in bf16
+    (S4: on a given device) its rewards are float32 and close to the float32 model's."""
+    from alignkit.models.reward import RewardModel, load_reward_model
+
+    rm = RewardModel.from_backbone(bf16_lm_dir, pooling="last")
+    assert {p.dtype for p in rm.parameters()} == {torch.float32}
+    rm16 = RewardModel.from_backbone(bf16_lm_dir, pooling="last", dtype=torch.bfloat16)
+    prompts, responses = ["hello there", "the cat"], ["a b c", "sat on the mat"]
+    r16 = rm16.score(prompts, responses)  # raised "mat1 and mat2 must have the same dtype"
+    assert r16.dtype == torch.float32
+    enc = rm16.encode_comparisons(prompts, responses, ["no", "dog ran"])
+    for layout in ("packed", "shared"):
+        a, b = rm16.forward_comparisons(enc, layout)
+        assert a.dtype == torch.float32 and torch.isfinite(torch.cat([a, b])).all()
+    with torch.autocast("cpu", torch.bfloat16):  # a float32 model under bf16 autocast
+        r_auto = rm.score(prompts, responses)
+    torch.testing.assert_close(r_auto, rm.score(prompts, responses), atol=0.05, rtol=0.05)
+
+    rm.save_pretrained(tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm", device="cpu", dtype=torch.bfloat16)
+    assert next(loaded.backbone.parameters()).dtype == torch.bfloat16 and loaded.head.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.score(prompts, responses), rm.score(prompts, responses), atol=0.05, rtol=0.05)
+    assert next(load_reward_model(tmp_path / "rm").parameters()).dtype == torch.float32
+
+
+def test_no_grad_is_inference_mode_unless_sharded():
+    lin = torch.nn.Linear(2, 2)
+    with no_grad(lin):
+        assert torch.is_inference_mode_enabled()
+
+
+# --- per-rank random state in checkpoints (W4) ------------------------------------------------
+
+
+def _fake_dist(rank, world, deepspeed=False):
+    return SimpleNamespace(rank=rank, world_size=world, is_deepspeed=deepspeed)
+
+
+def test_each_rank_resumes_its_own_random_state(tmp_path):
+    """W4: a checkpoint of 2 processes holds both ranks' RNG states and rank r restores rank
+    r's (it used to hold rank 0's alone, restored on every rank: correlated ranks after resume)."""
+    from alignkit.recipes._common import load_checkpoint, rng_state, save_checkpoint
+
+    states = []
+    for r in range(2):  # what each rank's generators hold at the save
+        torch.manual_seed(100 + r)
+        random.seed(100 + r)
+        states.append(rng_state())
+    save_checkpoint(tmp_path / "ck.pt", {"step": 3}, states)
+    draws = []
+    for r in range(2):
+        torch.manual_seed(0)
+        assert load_checkpoint(tmp_path / "ck.pt", _fake_dist(r, 2))["step"] == 3
+        draws.append((torch.rand(3), random.random()))
+    for r in range(2):
+        torch.manual_seed(100 + r)
+        random.seed(100 + r)
+        assert torch.equal(draws[r][0], torch.rand(3)) and draws[r][1] == random.random()
+    assert not torch.equal(draws[0][0], draws[1][0])
+
+
+def test_resume_under_deepspeed_is_refused(tmp_path):
+    from alignkit.recipes._common import load_checkpoint
+
+    with pytest.raises(ConfigError, match="resume: not supported under DeepSpeed"):
+        load_checkpoint(tmp_path / "missing.pt", _fake_dist(0, 2, deepspeed=True))
