@@ -290,7 +290,9 @@ def _llama_mlp(mlp, lin):
 def _llama(model, impl: str, lin, prefetch: bool) -> Step | None:
     inner = model.model
     layers = list(inner.layers)
-    if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in layers):
+    # (FSDP2 swaps a sharded block's class for FSDPLlamaDecoderLayer: the same modules inside,
+    # which the step calls directly once the run has gathered their weights)
+    if any(type(layer).__name__ not in ("LlamaDecoderLayer", "FSDPLlamaDecoderLayer") for layer in layers):
         return None
     rope = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
     embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, _own(inner.norm), lin(model.lm_head, "linear")
