@@ -166,6 +166,27 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
             "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
 
 
+def matmul_gflops(m: int = 512, k: int = 1536, n: int = 384) -> dict:
+    """GFLOP/s of an ``m×k @ k×n`` matmul in float32 and in bf16 at this script's thread
+    count (best of 7 runs of 20), and their ratio: the floor bf16 can lift on this CPU."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        for _ in range(5):
+            a @ b
+        best = float("inf")
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(20):
+                a @ b
+            best = min(best, (time.perf_counter() - t) / 20)
+        out[name] = 2 * m * k * n / best / 1e9
+    return {"shape": [m, k, n], "gflops": out, "bf16_vs_fp32": out["bfloat16"] / out["float32"]}
+
+
 def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False, steps: int = STEPS,
                  device: str = "cpu", precision: str = "fp32") -> dict:
     """Run every variant back to back (reversing the order on odd repeats, so a drifting
@@ -318,7 +339,8 @@ def main() -> None:
                   {k: round(v, 2) for k, v in results[size]["median_of_paired_speedups"].items()}, flush=True)
             print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
             print(size, "alignkit split (CPU s):", json.dumps(results[size]["alignkit_split_cpu_s"]), flush=True)
-    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats, "precision": args.precision}
+    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats, "precision": args.precision,
+            "matmul_512x1536x384": matmul_gflops() if args.device == "cpu" else None}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(json.dumps({s: {k: v for k, v in r.items() if k.startswith("speedup")} for s, r in results.items()}))

@@ -121,27 +121,35 @@ def launch_fsdp2(n: int, runs: list[dict], out: Path) -> list[dict]:
     return json.loads(out.read_text())
 
 
-def test_ppo_fsdp2_two_processes_lora_bf16(tiny_lm_dir, tmp_path):
-    """C3, C5, W5 on 2 gloo processes (FSDP2, the config's bf16): policy and value head are
-    one prepared module, the rollout decodes with every unit's parameters gathered (the lean
-    step reads whole weights) under ``no_grad``, both ranks decode the same number of steps,
-    the gradients reach the LoRA adapters (parameters read after ``prepare``), and the saved
-    adapter and value head load."""
+def test_ppo_fsdp2_two_processes_lora_bf16_and_resume(tiny_lm_dir, tmp_path):
+    """C3, C5, W4, W5 on 2 gloo processes (FSDP2, the config's bf16): policy and value head
+    are one prepared module, the rollout decodes with every unit's parameters gathered (the
+    lean step reads whole weights) under ``no_grad``, both ranks decode the same number of
+    steps, the gradients reach the LoRA adapters (parameters read after ``prepare``), the
+    saved adapter and value head load; and 1 step + ``resume`` trains what 2 steps in one
+    go do — each rank's own random state restored (with rank 0's on both ranks, rank 1
+    would sample other responses after the resume)."""
+    from safetensors.torch import load_file
+
     from alignkit.models import load_causal_lm
 
-    out = tmp_path / "two"
-    run = dict(policy=str(tiny_lm_dir), out=str(out), steps=2, rollout_batch_size=4, max_new_tokens=6, lr=1e-2,
-               ppo_epochs=2, lora=True, lora_targets=["c_attn", "c_fc"], tensorboard=False, use_chat_template=False)
-    (res,) = launch_fsdp2(2, [run], tmp_path / "res.json")
-    saved = json.loads((out / "alignkit_config.json").read_text())["distributed"]
+    common = dict(policy=str(tiny_lm_dir), rollout_batch_size=4, max_new_tokens=6, lr=1e-2, ppo_epochs=2,
+                  lora=True, lora_targets=["c_attn", "c_fc"], tensorboard=False, use_chat_template=False)
+    runs = [dict(common, out=str(tmp_path / "full"), steps=2), dict(common, out=str(tmp_path / "r"), steps=1),
+            dict(common, out=str(tmp_path / "r"), steps=2, resume=True)]
+    full, _, resumed = launch_fsdp2(2, runs, tmp_path / "res.json")
+    saved = json.loads((tmp_path / "full" / "alignkit_config.json").read_text())["distributed"]
     assert (saved["engine"], saved["world_size"], saved["precision"]) == ("fsdp", 2, "bf16-mixed")
-    assert_starts_on_policy(res["history"])
-    assert res["history"][0]["diag/grad_norm"] > 0
-    model = load_causal_lm(out)
+    assert_starts_on_policy(full["history"])
+    assert full["history"][0]["diag/grad_norm"] > 0
+    model = load_causal_lm(tmp_path / "full")
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().max() > 0 for p in lora_b)  # trained (peft starts B at 0)
-    head = torch.load(out / "value_head.pt")
+    head = torch.load(tmp_path / "full" / "value_head.pt")
     assert type(head["proj.weight"]) is torch.Tensor and head["proj.weight"].shape[-1] == model.config.n_embd
+    assert resumed["history"][0]["reward/score"] == pytest.approx(full["history"][1]["reward/score"])
+    a, b = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("full", "r"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
 def test_ppo_fsdp2_one_process_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
