@@ -155,15 +155,20 @@ def test_ppo_fsdp2_two_processes_lora_bf16_and_resume(tiny_lm_dir, tmp_path):
 def test_ppo_fsdp2_one_process_resume_equals_uninterrupted(tiny_lm_dir, tmp_path):
     """FSDP2 on one process, full fine-tuning in float32: 2 steps in one go, and 1 step then
     ``resume`` for the second (weights and optimizer state gathered into the checkpoint,
-    loaded into the prepared, sharded optimizer) train the same policy."""
+    loaded into the prepared, sharded optimizer) train the same policy. And the CUDA
+    default's decode path on the sharded model: the static step compiled (``eager``
+    backend) over the gathered weights, with LoRA."""
     from safetensors.torch import load_file
 
     common = dict(policy=str(tiny_lm_dir), rollout_batch_size=4, max_new_tokens=6, lr=1e-3, ppo_epochs=2,
                   tensorboard=False, use_chat_template=False, precision="fp32")
     runs = [dict(common, out=str(tmp_path / "full"), steps=2), dict(common, out=str(tmp_path / "r"), steps=1),
-            dict(common, out=str(tmp_path / "r"), steps=2, resume=True)]
-    full, _, resumed = launch_fsdp2(1, runs, tmp_path / "res.json")
+            dict(common, out=str(tmp_path / "r"), steps=2, resume=True),
+            dict(common, out="", steps=1, lora=True, lora_targets=["c_attn"], decode="static",
+                 decode_compile="eager", save_model=False, save_checkpoints=False)]
+    full, _, resumed, static = launch_fsdp2(1, runs, tmp_path / "res.json")
     assert_starts_on_policy(full["history"], tol=1e-5)
+    assert_starts_on_policy(static["history"], tol=1e-5)
     assert len(resumed["history"]) == 1
     assert resumed["history"][0]["reward/score"] == pytest.approx(full["history"][1]["reward/score"])
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "r"))
