@@ -14,6 +14,13 @@ Timed: the training call only (alignkit: reference log-prob pass + all steps; TR
 ``trainer.train()``, which runs its reference model every step). Model loading and
 tokenisation are outside the timer for both.
 
+``--precision bf16-mixed`` runs both sides under bf16 autocast (alignkit
+``precision=bf16-mixed``, float32 master weights; TRL ``bf16=True``, no gradient
+checkpointing) and alignkit in float32 in the same repeats (``alignkit_fp32``):
+ours-bf16 / TRL-bf16 and ours-bf16 / ours-fp32 per repeat (``results/dpo_vs_trl_bf16.json``).
+``--baseline-src DIR`` adds, to every float32 repeat, alignkit from another source tree
+(``alignkit_base``; e.g. the previous commit, ``git archive``-ed): ours / base per repeat.
+
     .venv/bin/python benchmarks/dpo_vs_trl.py           # 5 repeats, both sizes
     .venv/bin/python benchmarks/dpo_vs_trl.py --quick   # 1 repeat, tiny only, fewer pairs
     .venv/bin/python benchmarks/dpo_vs_trl.py --sizes smollm2 --repeats 2
@@ -64,7 +71,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str) -> dict:
+def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str, precision: str = "fp32") -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
     import torch
@@ -73,8 +80,8 @@ def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str) ->
     lora = size == "smollm2"
     rows = hh_rows(n_pairs, model_dir) if lora else make_rows(n_pairs)
     batch = BATCH[size]
-    if impl == "alignkit":
-        sys.path.insert(0, str(ROOT.parent / "src"))
+    if impl.startswith("alignkit"):
+        sys.path.insert(0, os.environ.get("ALIGNKIT_BENCH_SRC") or str(ROOT.parent / "src"))
         from alignkit.data import Comparison
         from alignkit.recipes.dpo import DPOConfig, train_dpo
 
@@ -82,7 +89,9 @@ def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str) ->
         cfg = DPOConfig(policy=model_dir, out="", batch_size=batch, max_length=128, beta=0.1, lr=5e-5,
                         epochs=1, save_model=False, save_checkpoints=False, tensorboard=False,
                         use_chat_template=False, device="cpu", lora=lora, lora_r=LORA_R,
-                        lora_alpha=2 * LORA_R, lora_targets=LORA_TARGETS if lora else [])
+                        lora_alpha=2 * LORA_R, lora_targets=LORA_TARGETS if lora else [],
+                        # float32 passes no precision (the CPU default): an older tree runs too
+                        **({"precision": precision} if impl == "alignkit" and precision != "fp32" else {}))
         res = train_dpo(cfg, records=records)
         return {"pairs_per_s": res.metrics["pairs_per_s"], "peak_rss_mb": peak_rss_mb()}
     from datasets import Dataset
@@ -95,7 +104,7 @@ def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str) ->
         args = DPOConfig(output_dir=tmp, per_device_train_batch_size=batch, max_length=128, beta=0.1,
                          learning_rate=5e-5, num_train_epochs=1, report_to=[], save_strategy="no",
                          logging_steps=10_000, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
-                         **trl_settings(settings))
+                         **{**trl_settings(settings), **({"bf16": True} if precision == "bf16-mixed" else {})})
         peft = None
         if lora:
             from peft import LoraConfig
@@ -110,38 +119,48 @@ def worker(impl: str, model_dir: str, n_pairs: int, size: str, settings: str) ->
     return {"pairs_per_s": n_pairs / elapsed, "peak_rss_mb": peak_rss_mb()}
 
 
-def measure(impl: str, model_dir: str, n_pairs: int, size: str, settings: str = "matched") -> dict:
+def measure(impl: str, model_dir: str, n_pairs: int, size: str, settings: str = "matched",
+            precision: str = "fp32", baseline_src: str = "") -> dict:
+    env = {**os.environ, **({"ALIGNKIT_BENCH_SRC": baseline_src} if impl == "alignkit_base" else {})}
     proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--model", model_dir,
-                           "--pairs", str(n_pairs), "--size", size, "--trl-settings", settings],
-                          capture_output=True, text=True, check=False)
+                           "--pairs", str(n_pairs), "--size", size, "--trl-settings", settings,
+                           "--precision", precision], capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_pair(model_dir: str, n_pairs: int, repeat: int, size: str) -> dict:
-    """Run the two workers back to back (alternating which goes first between repeats, so
-    a drifting machine load does not favour either side)."""
-    order = ("alignkit", "trl") if repeat % 2 == 0 else ("trl", "alignkit")
-    return {impl: measure(impl, model_dir, n_pairs, size) for impl in order}
+def run_pair(model_dir: str, n_pairs: int, repeat: int, size: str, impls: list[str], precision: str = "fp32",
+             baseline_src: str = "") -> dict:
+    """Run the workers back to back (reversing the order every other repeat, so a drifting
+    machine load does not favour either side)."""
+    order = impls if repeat % 2 == 0 else impls[::-1]
+    return {impl: measure(impl, model_dir, n_pairs, size, precision=precision, baseline_src=baseline_src)
+            for impl in order}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="1 repeat, tiny size only, 32 pairs")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--worker", choices=["alignkit", "trl"])
+    ap.add_argument("--worker", choices=["alignkit", "alignkit_fp32", "alignkit_base", "trl"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"],
+                    help="both sides' precision (bf16-mixed also runs alignkit in fp32 in every repeat)")
+    ap.add_argument("--baseline-src", default="", help="float32 only: also run alignkit from this src directory")
     ap.add_argument("--model")
     ap.add_argument("--pairs", type=int, default=0)
     ap.add_argument("--size", default="tiny", help=argparse.SUPPRESS)
     ap.add_argument("--trl-settings", default="matched", choices=["matched", "defaults"], help=argparse.SUPPRESS)
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), help="sizes to run (default: all)")
     ap.add_argument("--no-trl-defaults", action="store_true", help="skip the separate TRL-defaults row")
-    ap.add_argument("--out", default=str(ROOT / "results" / "dpo_vs_trl.json"))
+    ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.pairs, args.size, args.trl_settings)))
+        print(json.dumps(worker(args.worker, args.model, args.pairs, args.size, args.trl_settings, args.precision)))
         return
+    bf16 = args.precision == "bf16-mixed"
+    args.out = args.out or str(ROOT / "results" / f"dpo_vs_trl{'_bf16' if bf16 else ''}.json")
+    impls = ["alignkit", "trl"] + (["alignkit_fp32"] if bf16 else ["alignkit_base"] if args.baseline_src else [])
 
     sys.path.insert(0, str(ROOT.parent / "src"))
     from alignkit.models import make_tiny_lm_dir, resolve_model
@@ -160,20 +179,27 @@ def main() -> None:
                 n_layer, n_embd, n_head = SIZES[size]
                 model_dir = str(make_tiny_lm_dir(Path(tmp) / size, n_layer=n_layer, n_embd=n_embd, n_head=n_head))
                 config = {"n_layer": n_layer, "n_embd": n_embd}
-            runs = {"alignkit": [], "trl": []}
+            runs = {impl: [] for impl in impls}
             ratios = []
             load_start = os.getloadavg()
             for r in range(repeats):
-                pair = run_pair(model_dir, pairs[size], r, size)
+                pair = run_pair(model_dir, pairs[size], r, size, impls, args.precision, args.baseline_src)
                 for impl in runs:
                     runs[impl].append(pair[impl])
                 ratios.append(pair["alignkit"]["pairs_per_s"] / pair["trl"]["pairs_per_s"])
                 print(size, r, pair, flush=True)
             med = {impl: {k: statistics.median(x[k] for x in v) for k in v[0]} for impl, v in runs.items()}
-            defaults = None if args.no_trl_defaults else measure("trl", model_dir, pairs[size], size, "defaults")
+            versus = {f"paired_vs_{other}": [a["pairs_per_s"] / o["pairs_per_s"]
+                                             for a, o in zip(runs["alignkit"], runs[other], strict=True)]
+                      for other in impls[2:]}
+            defaults = None if args.no_trl_defaults or bf16 else measure("trl", model_dir, pairs[size], size,
+                                                                         "defaults")
+            if defaults is None and size in results:  # not re-measured: keep the recorded row
+                defaults = results[size].get(TRL_DEFAULTS_ROW)
             results[size] = {
                 "median_of_paired_speedups": statistics.median(ratios),
                 "paired_speedups": ratios,
+                **versus, **{f"median_{k}": statistics.median(v) for k, v in versus.items()},
                 "config": {**config, "pairs": pairs[size], "batch_size": BATCH[size], "max_length": 128},
                 "median": med,
                 "runs": runs,
@@ -187,10 +213,16 @@ def main() -> None:
             }
             print(size, "speedup", round(results[size]["speedup"], 2), "rss ratio",
                   round(results[size]["rss_ratio"], 2), flush=True)
-    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
+    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats, "precision": args.precision,
+            "baseline_src": args.baseline_src or None,
+            **({"alignkit_settings": {"precision": "bf16-mixed", "gradient_checkpointing": False},
+                "trl_matched_settings": {**trl_settings("matched"), "bf16": True},
+                "target": "both at bf16: speedup >= 2 and faster than alignkit_fp32"} if bf16 else {})}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    print(json.dumps({s: {"speedup": r["speedup"], "rss_ratio": r["rss_ratio"]} for s, r in results.items()}))
+    print(json.dumps({s: {"speedup": r["speedup"], "median_of_paired_speedups": r["median_of_paired_speedups"],
+                          "rss_ratio": r["rss_ratio"], **{k: v for k, v in r.items() if k.startswith("median_paired_vs_")}}
+                      for s, r in results.items()}))
 
 
 if __name__ == "__main__":

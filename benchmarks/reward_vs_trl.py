@@ -21,8 +21,17 @@ alignkit without it, and ``--pair-layout shared|full`` to measure alignkit's oth
 layouts (default ``packed``, the recipe's default). The load average at the start and end
 is recorded: the machine is shared, so read the per-repeat paired ratios.
 
+``--precision bf16-mixed`` measures both sides under bf16 autocast (alignkit
+``precision=bf16-mixed``, float32 master weights; TRL ``bf16=True``, no gradient
+checkpointing) and, in the same repeats, alignkit in float32 (``alignkit_fp32``), so each
+repeat gives ours-bf16 / TRL-bf16 and ours-bf16 / ours-fp32 (``results/reward_vs_trl_bf16.json``).
+``--baseline-src DIR`` adds alignkit from another source tree (e.g. the previous commit,
+``git archive``-ed) to every float32 repeat (``alignkit_base``): ours / base says whether a
+change made the float32 path slower, under the same load.
+
     .venv/bin/python benchmarks/reward_vs_trl.py           # 3 repeats, both sizes
     .venv/bin/python benchmarks/reward_vs_trl.py --quick   # 1 repeat, tiny only
+    .venv/bin/python benchmarks/reward_vs_trl.py --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -73,21 +82,25 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool, pair_layout: str) -> tuple[float, int]:
+def run_alignkit(model_dir: str, rows: list[dict], group_by_length: bool, pair_layout: str,
+                 precision: str = "fp32") -> tuple[float, int]:
     from alignkit.data import Comparison
     from alignkit.recipes.reward import RewardConfig, train_reward
 
     records = [Comparison(prompt=r["prompt"], a=r["chosen"], b=r["rejected"]) for r in rows]
+    # float32 passes no precision (the default on CPU), so an older tree without the field runs too
+    extra = {} if precision == "fp32" else {"precision": precision}
     with tempfile.TemporaryDirectory() as out:
         cfg = RewardConfig(
             model=model_dir, out=out, epochs=1, lr=5e-5, batch_size=8, max_length=128,
             eval_fraction=0.0, tensorboard=False, group_by_length=group_by_length, pair_layout=pair_layout,
+            **extra,
         )
         metrics = train_reward(cfg, records).metrics
         return metrics["perf/train_pairs_per_s"], metrics["data/train_pairs"]
 
 
-def run_trl(model_dir: str, rows: list[dict], settings: str = "matched") -> tuple[float, int]:
+def run_trl(model_dir: str, rows: list[dict], settings: str = "matched", precision: str = "fp32") -> tuple[float, int]:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -99,7 +112,8 @@ def run_trl(model_dir: str, rows: list[dict], settings: str = "matched") -> tupl
         args = RewardConfig(
             output_dir=out, per_device_train_batch_size=8, max_length=128, learning_rate=5e-5,
             num_train_epochs=1, report_to=[], save_strategy="no", logging_steps=10_000,
-            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, **trl_settings(settings),
+            use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+            **{**trl_settings(settings), **({"bf16": True} if precision == "bf16-mixed" else {})},
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
@@ -112,22 +126,25 @@ def run_trl(model_dir: str, rows: list[dict], settings: str = "matched") -> tupl
 
 
 def worker(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, pair_layout: str,
-           size: str = "tiny", settings: str = "matched") -> dict:
+           size: str = "tiny", settings: str = "matched", precision: str = "fp32") -> dict:
     rows = hh_rows(n_pairs, model_dir) if size == "smollm2" else synthetic_rows(n_pairs)
-    if impl == "alignkit":
-        pairs_per_s, trained = run_alignkit(model_dir, rows, group_by_length, pair_layout)
+    if impl.startswith("alignkit"):
+        pairs_per_s, trained = run_alignkit(model_dir, rows, group_by_length, pair_layout,
+                                            "fp32" if impl != "alignkit" else precision)
     else:
-        pairs_per_s, trained = run_trl(model_dir, rows, settings)
+        pairs_per_s, trained = run_trl(model_dir, rows, settings, precision)
     return {"pairs_per_s": pairs_per_s, "peak_rss_mb": _peak_rss_mb(), "pairs_trained": trained}
 
 
 def measure(impl: str, model_dir: str, n_pairs: int, group_by_length: bool, threads: int, pair_layout: str,
-            size: str = "tiny", settings: str = "matched") -> dict:
+            size: str = "tiny", settings: str = "matched", precision: str = "fp32", baseline_src: str = "") -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--pairs", str(n_pairs),
-           "--pair-layout", pair_layout, "--size", size, "--trl-settings", settings]
+           "--pair-layout", pair_layout, "--size", size, "--trl-settings", settings, "--precision", precision]
     if not group_by_length:
         cmd.append("--no-group-by-length")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALIGNKIT_NO_PROGRESS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if impl == "alignkit_base":  # the other source tree first on the path
+        env["PYTHONPATH"] = os.pathsep.join([baseline_src, env.get("PYTHONPATH", "")])
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -148,8 +165,11 @@ def main() -> None:
         help="OMP threads per worker (default 1: on a shared, loaded machine multi-threaded "
         "BLAS spin-waits and the numbers become noise); 0 = torch's default",
     )
-    ap.add_argument("--out", default=str(HERE / "results" / "reward_vs_trl.json"))
-    ap.add_argument("--worker", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16-mixed"],
+                    help="both sides' precision (bf16-mixed also runs alignkit in fp32 in every repeat)")
+    ap.add_argument("--baseline-src", default="", help="float32 only: also run alignkit from this src directory")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--worker", choices=["alignkit", "alignkit_fp32", "alignkit_base", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--pairs", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--size", default="tiny", help=argparse.SUPPRESS)
@@ -159,8 +179,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, args.pairs, args.group_by_length, args.pair_layout,
-                                args.size, args.trl_settings)))
+                                args.size, args.trl_settings, args.precision)))
         return
+    bf16 = args.precision == "bf16-mixed"
+    args.out = args.out or str(HERE / "results" / f"reward_vs_trl{'_bf16' if bf16 else ''}.json")
+    # implementations in every repeat: ours, TRL, and ours in fp32 (bf16 rows) or the baseline tree
+    impls = ["alignkit", "trl"] + (["alignkit_fp32"] if bf16 else ["alignkit_base"] if args.baseline_src else [])
 
     from alignkit.models import make_tiny_lm_dir, resolve_model
 
@@ -176,22 +200,29 @@ def main() -> None:
             else:
                 model_dir, config = str(make_tiny_lm_dir(Path(tmp) / size, **SIZES[size])), SIZES[size]
             n_pairs = 64 if args.quick else PAIRS[size]
-            runs: dict[str, list[dict]] = {"alignkit": [], "trl": []}
+            runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for rep in range(repeats):
-                for impl in ("alignkit", "trl"):  # interleaved: both see the same machine load
+                for impl in impls:  # interleaved: all see the same machine load
                     runs[impl].append(measure(impl, model_dir, n_pairs, args.group_by_length, args.threads,
-                                              args.pair_layout, size))
+                                              args.pair_layout, size, precision=args.precision,
+                                              baseline_src=args.baseline_src))
                     print(size, rep, impl, runs[impl][-1], flush=True)
             median = {
                 impl: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()
             }
             # each repeat's ours/TRL ratio (the two ran back to back, under similar load)
             paired = [a["pairs_per_s"] / t["pairs_per_s"] for a, t in zip(runs["alignkit"], runs["trl"], strict=True)]
-            defaults = None if args.no_trl_defaults else measure(
+            versus = {f"paired_vs_{other}": [a["pairs_per_s"] / o["pairs_per_s"]
+                                             for a, o in zip(runs["alignkit"], runs[other], strict=True)]
+                      for other in impls[2:]}
+            defaults = None if args.no_trl_defaults or bf16 else measure(
                 "trl", model_dir, n_pairs, args.group_by_length, args.threads, args.pair_layout, size, "defaults")
+            if defaults is None and size in results:  # not re-measured: keep the recorded row
+                defaults = results[size].get(TRL_DEFAULTS_ROW)
             results[size] = {
                 "paired_speedups": paired,
                 "median_paired_speedup": statistics.median(paired),
+                **versus, **{f"median_{k}": statistics.median(v) for k, v in versus.items()},
                 "config": {**config, "pairs": n_pairs, "batch_size": 8, "max_length": 128},
                 "median": median,
                 "runs": runs,
@@ -209,10 +240,16 @@ def main() -> None:
     meta = {
         **machine_meta(), "threads_per_worker": args.threads or torch.get_num_threads(),
         "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg(), "repeats": repeats,
-        "alignkit_group_by_length": args.group_by_length, "alignkit_pair_layout": args.pair_layout, "target": "speedup >= 1.5, rss_ratio <= 1",
+        "alignkit_group_by_length": args.group_by_length, "alignkit_pair_layout": args.pair_layout,
+        "precision": args.precision, "baseline_src": args.baseline_src or None,
+        **({"alignkit_settings": {"precision": "bf16-mixed", "gradient_checkpointing": False},
+            "trl_matched_settings": {**trl_settings("matched"), "bf16": True}} if bf16 else {}),
+        "target": ("both at bf16: speedup >= 2 and faster than alignkit_fp32" if bf16
+                   else "speedup >= 1.5, rss_ratio <= 1"),
     }
     summary = {
-        s: {"speedup": r["speedup"], "median_paired_speedup": r["median_paired_speedup"], "rss_ratio": r["rss_ratio"]}
+        s: {"speedup": r["speedup"], "median_paired_speedup": r["median_paired_speedup"], "rss_ratio": r["rss_ratio"],
+            **{k: v for k, v in r.items() if k.startswith("median_paired_vs_")}}
         for s, r in results.items()
     }
     if not args.quick:

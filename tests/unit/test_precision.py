@@ -192,3 +192,30 @@ def test_resume_under_deepspeed_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="resume: not supported under DeepSpeed"):
         load_checkpoint(tmp_path / "missing.pt", _fake_dist(0, 2, deepspeed=True))
+
+
+# --- declared versions (C11) ------------------------------------------------------------------
+
+
+def test_declared_lower_bounds_are_what_ci_runs():
+    """C11: pyproject declared transformers>=4.45 while the code needs transformers 5 (lazily
+    allocated StaticCache, Cache(layers=...), from_pretrained(dtype=...)). The bounds of the ML
+    stack are now the versions CI runs: torch 2.13, transformers 5.19 (the rollout virtualenv;
+    the main one runs the newest), accelerate 1.16, peft 0.21 — each installed version
+    satisfies them."""
+    import importlib.metadata as md
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    bounds = {}
+    for dep in project["dependencies"]:
+        m = re.fullmatch(r"([a-z0-9_-]+)>=([0-9.]+)", dep)
+        if m:
+            bounds[m[1]] = tuple(int(x) for x in m[2].split("."))
+    assert bounds["transformers"] >= (5, 19) and bounds["torch"] >= (2, 13)
+    assert bounds["accelerate"] >= (1, 16) and bounds["peft"] >= (0, 21)
+    for name in ("torch", "transformers", "accelerate", "peft", "tokenizers"):
+        installed = tuple(int(x) for x in re.findall(r"\d+", md.version(name))[:2])
+        assert installed >= bounds[name][:2], name

@@ -97,19 +97,31 @@ def pair_gradient_stats(
     """
     inner, sq_w, sq_l = [], [], []
     for b in range(chosen_logps.shape[0]):
-        g_w = _flat_grad(chosen_logps[b], params)
-        g_l = _flat_grad(rejected_logps[b], params)
-        inner.append(g_w @ g_l)
-        sq_w.append(g_w @ g_w)
-        sq_l.append(g_l @ g_l)
+        g_w = _grads(chosen_logps[b], params)
+        g_l = _grads(rejected_logps[b], params)
+        inner.append(_dot(g_w, g_l))
+        sq_w.append(_dot(g_w, g_w))
+        sq_l.append(_dot(g_l, g_l))
     return EntanglementStats(torch.stack(inner), torch.stack(sq_w), torch.stack(sq_l))
 
 
-def _flat_grad(scalar: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    grads = torch.autograd.grad(scalar, params, retain_graph=True, allow_unused=True)
-    return torch.cat([
-        (g if g is not None else torch.zeros_like(p)).reshape(-1).double() for g, p in zip(grads, params, strict=True)
-    ])
+def _grads(scalar: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    return list(torch.autograd.grad(scalar, params, retain_graph=True, allow_unused=True))
+
+
+def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> torch.Tensor:
+    """Σ_params ⟨a_i, b_i⟩ as a float64 scalar. On the CPU every product is float64 (as a
+    flattened float64 copy would give); elsewhere each parameter's inner product is taken in
+    its own dtype and only the per-parameter sums are float64 — no float64 copy of the
+    gradients on a GPU (1/64-rate arithmetic on many cards, and 2 × 8 bytes per parameter)."""
+    total = None
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None:
+            continue
+        d = torch.dot(x.reshape(-1).double(), y.reshape(-1).double()) if x.device.type == "cpu" else \
+            torch.dot(x.reshape(-1), y.reshape(-1)).double()
+        total = d if total is None else total + d
+    return total if total is not None else torch.zeros((), dtype=torch.float64)
 
 
 def predicted_changes(

@@ -217,7 +217,7 @@ def pair_logps(model, batch: dict) -> torch.Tensor:
         logits = forward_packed(model, batch).logits
         logits = logits.reshape(-1, logits.shape[-1])
         token = gather_token_logps(logits[batch["prev"]], batch["input_ids"].reshape(-1)[batch["target"]])
-        n = int(batch["n_seqs"])
+        n = batch["last"].shape[0]  # S sequences (a shape: no device sync, unlike int(batch["n_seqs"]))
         return torch.zeros(n, dtype=token.dtype, device=token.device).index_add_(0, batch["owner"], token)
     if "prompt_ids" not in batch:
         return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum

@@ -401,16 +401,25 @@ class RewardModel(nn.Module):
         dtype = torch.float32 if dtype is None else dtype
         manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).exists() else {}
         tokenizer = load_tokenizer(path)
-        if manifest.get("pooling", "seqcls") == "seqcls":
+        seqcls = manifest.get("pooling", "seqcls") == "seqcls"
+        if (path / "adapter_config.json").exists():  # LoRA saved unmerged (a sharded run): merge now
+            from peft import (
+                AutoPeftModelForFeatureExtraction,
+                AutoPeftModelForSequenceClassification,
+            )
+
+            if seqcls:
+                backbone = AutoPeftModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+            else:
+                backbone = AutoPeftModelForFeatureExtraction.from_pretrained(str(path), dtype=dtype)
+            backbone = backbone.merge_and_unload()
+        elif seqcls:
             backbone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        else:
+            backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        if seqcls:
             head = None
         else:
-            if (path / "adapter_config.json").exists():  # saved from a sharded LoRA run: merge now
-                from peft import AutoPeftModel
-
-                backbone = AutoPeftModel.from_pretrained(str(path), dtype=dtype).merge_and_unload()
-            else:
-                backbone = AutoModel.from_pretrained(path, dtype=dtype)
             weights = load_file(path / HEAD_FILE)
             head = nn.Linear(weights["weight"].shape[1], 1)
             head.load_state_dict(weights)

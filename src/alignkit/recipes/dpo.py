@@ -204,6 +204,12 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)
     dist = Distributed(cfg.device, cfg.micro_batch_size, cfg.precision)
+    if dist.is_sharded and cfg.loss == "normalized":  # torch.autograd.grad cannot reach sharded parameters
+        raise ConfigError("loss: normalized needs per-example gradients, which FSDP2/ZeRO do not give "
+                          "(parameters are sharded); run it on one process or under DDP")
+    if dist.is_sharded and cfg.entangle_every > 0:
+        raise ConfigError("entangle_every: the probe needs per-example gradients, which FSDP2/ZeRO do not give "
+                          "(parameters are sharded); run it on one process or under DDP")
     device = dist.device
     out = Path(cfg.out)
     comps, rankings = split_rankings(records if records is not None else _load(require(cfg.data, "data")),
