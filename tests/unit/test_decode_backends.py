@@ -206,6 +206,17 @@ def test_lean_step_under_bf16_autocast_equals_the_models_forward(tok, arch):
     assert fp32.exact and not torch.equal(fp32.token_logps, lean.token_logps)
 
 
+def test_static_cache_is_kept_per_dtype(tok):
+    """The reused StaticCache holds keys/values in the dtype of its first call: a call under
+    bf16 autocast after a float32 one (and back) gets a cache of its own."""
+    model = model_for(tok, "gpt2")
+    fp32 = generate_ids(model, tok, PROMPTS, 5, do_sample=False, backend="static", compile_step=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generate_ids(model, tok, PROMPTS, 5, do_sample=False, backend="static", compile_step=False)
+    again = generate_ids(model, tok, PROMPTS, 5, do_sample=False, backend="static", compile_step=False)
+    assert torch.equal(fp32.input_ids, again.input_ids)
+
+
 def test_exact_says_when_logps_are_the_forwards(tok):
     """``Decoded.exact``: float32 weights on the lean/hf step (a forward's numerics up to
     float rounding), not for the static step or bf16 weights."""

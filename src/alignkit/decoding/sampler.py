@@ -598,9 +598,13 @@ _STATIC_KEEP = 4  # static caches kept per model (the most recently used shapes)
 def _static_cache(model, batch: int, capacity: int):
     """The model's ``StaticCache`` for ``(batch, capacity)``, reset — the same object (and
     buffer addresses) on every call, so a compiled step neither recompiles nor re-records
-    its CUDA graph; a new one the first time (its buffers are allocated at the prefill)."""
+    its CUDA graph; a new one the first time (its buffers are allocated at the prefill, in
+    the dtype the keys come in: so the weights' dtype and the autocast around the call are
+    part of the key too)."""
     per_model = _STATIC_CACHES.setdefault(model, {})
-    key = (batch, capacity)
+    device_type = next(iter(model.parameters())).device.type
+    autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    key = (batch, capacity, _weights_dtype(model), autocast)
     cache = per_model.pop(key, None)
     if cache is None:
         cache = make_cache(model, capacity, static=True)
