@@ -3,18 +3,21 @@
     python benchmarks/gpu_check.py                 # on a CUDA machine (≤ 10 min on one H100)
     python benchmarks/gpu_check.py --only check    # the assertions alone (~2 min)
     python benchmarks/gpu_check.py --cpu           # every assertion that can run on a CPU (tiny models)
+    python benchmarks/gpu_check.py --cpu --smollm2 --out benchmarks/results/gpu_check_cpu_smollm2.json
 
 Correctness (each asserted; a failure is printed and the script exits 1 after the rest ran):
 
 1. ``static_equals_plain``: greedy tokens of the static, compiled decode step (the CUDA
    default; inductor + CUDA graphs, ``eager`` with ``--cpu``) equal those of the plain
-   per-token forward, on a 2-layer GPT-2 with spread-out logits.
+   per-token forward, on a 2-layer GPT-2 with spread-out logits; ``static_equals_lean_lora``
+   the same for a LoRA policy against the lean step (float32; bf16 reported).
 2. ``static_compiles_once``: three prompt lengths (and batches of 3 and 4 rows) compile the
    static step at most twice (Dynamo's graph count; the cache is bucketed and reused).
 3. ``dpo_bf16_step0``: DPO under ``precision=bf16-mixed``: the first step's loss is log 2
    (the reference's log-probs under the policy's autocast).
-4. ``ppo_bf16_start``: PPO under bf16-mixed, with and without LoRA, on the CUDA default
-   decode path: step-1 KL |k1| < 1e-3 and π/π_old of the first minibatch 1 ± 1e-3.
+4. ``ppo_bf16_start``: PPO under bf16-mixed, with and without LoRA, on the device's default
+   decode path: step-1 KL |k1| < 1e-3 and π/π_old of the first minibatch 1 ± 1e-3 (on a
+   GPU, and with ``--smollm2``, also on SmolLM2-135M).
 5. ``reward_bf16_checkpoint``: a reward model trained and scored on a bf16-saved backbone.
 6. ``vllm_beside_trainer`` (when vLLM imports): PPO with ``rollout_engine=vllm`` on the
    trainer's GPU (``vllm_gpu_memory`` 0.3), step-1 KL ≈ 0; with sleep mode where the build
@@ -114,6 +117,44 @@ def check_static_equals_plain(device: str, compile_with) -> dict:
     static = generate_ids(model, tok, PROMPTS, 16, do_sample=False, backend="static", compile_step=compile_with)
     same = torch.equal(plain.input_ids, static.input_ids)
     return {"ok": same, "tokens": int(plain.response_mask.sum()), "equal": same}
+
+
+def check_static_equals_lean_lora(device: str, compile_with, policy: str | None = None) -> dict:
+    """A LoRA policy (adapters set to non-zero values) on the static path, the CUDA default
+    that PPO+LoRA crashed on: float32 greedy tokens equal the lean (paired-capable) path's;
+    the same under bf16 autocast reported as the share of equal tokens (bf16 rounding can
+    flip a near tie)."""
+    import torch
+
+    from alignkit.decoding.sampling import generate_ids
+    from alignkit.models import LoraSpec, add_lora, build_tokenizer, load_tokenizer
+    from alignkit.recipes._common import load_policy
+
+    if policy is None:
+        tok = build_tokenizer()
+        model = add_lora(spiky_tiny(tok, "cpu"), LoraSpec(r=4, target_modules=["c_attn", "c_fc"])).to(device)
+        scale = 0.5
+    else:
+        model, tok = load_policy(policy, lora=True, lora_r=8, lora_alpha=16, lora_targets=["q_proj", "v_proj"],
+                                 device=device)
+        tok = load_tokenizer(policy)
+        scale = 0.01
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.device))
+    model.eval()
+    out = {}
+    for prec in ("fp32", "bf16"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=prec == "bf16"):
+            lean = generate_ids(model, tok, PROMPTS, 24, do_sample=False, backend="lean", return_ref_logps=True)
+            static = generate_ids(model, tok, PROMPTS, 24, do_sample=False, backend="static",
+                                  compile_step=compile_with, return_ref_logps=True)
+        out[prec] = {"equal": bool(torch.equal(lean.input_ids, static.input_ids)),
+                     "fraction_equal": (lean.input_ids == static.input_ids).float().mean().item(),
+                     "reference_rows": [lean.ref_token_logps is not None, static.ref_token_logps is not None]}
+    return {"ok": out["fp32"]["equal"], **out}
 
 
 def check_static_compiles_once(device: str, compile_with) -> dict:
@@ -252,6 +293,7 @@ def speed(args, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="the assertions that run on a CPU (tiny models), nothing written")
+    ap.add_argument("--smollm2", action="store_true", help="with --cpu: also the SmolLM2-135M checks (minutes)")
     ap.add_argument("--only", choices=["check", "speed"])
     ap.add_argument("--model", default="smollm2", help="speed: gpt2-124m, smollm2 or a model directory")
     ap.add_argument("--pairs", type=int, default=256)
@@ -286,13 +328,16 @@ def main() -> None:
         make_tiny_lm_dir(tmp / "tiny", n_layer=2, n_embd=64, seed=0)
         if args.only in (None, "check"):
             checks.run("static_equals_plain", check_static_equals_plain, device, compile_with)
+            checks.run("static_equals_lean_lora", check_static_equals_lean_lora, device, compile_with)
             checks.run("static_compiles_once", check_static_compiles_once, device, compile_with)
             checks.run("dpo_bf16_step0", check_dpo_bf16_step0, device, tmp)
             checks.run("ppo_bf16_start", check_ppo_bf16_start, device, tmp)
-            if not args.cpu:  # the real model, on the GPU
+            if not args.cpu or args.smollm2:  # the real model (minutes on a CPU)
                 from alignkit.models.loading import resolve_model
 
-                checks.run("ppo_bf16_start_smollm2", check_ppo_bf16_start, device, tmp, str(resolve_model("smollm2")))
+                smol = str(resolve_model("smollm2"))
+                checks.run("ppo_bf16_start_smollm2", check_ppo_bf16_start, device, tmp, smol)
+                checks.run("static_equals_lean_lora_smollm2", check_static_equals_lean_lora, device, compile_with, smol)
             checks.run("reward_bf16_checkpoint", check_reward_bf16_checkpoint, device, tmp)
             checks.run("vllm_beside_trainer", check_vllm_beside_trainer, device, tmp)
         results = {"meta": meta, "checks": checks.results}

@@ -20,6 +20,6 @@ def test_gpu_check_cpu_assertions_pass():
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     lines = [line for line in res.stdout.splitlines() if line[:4] in ("ok  ", "FAIL", "skip")]
     names = {line.split()[1].rstrip(":") for line in lines}
-    assert {"static_equals_plain", "static_compiles_once", "dpo_bf16_step0", "ppo_bf16_start",
+    assert {"static_equals_plain", "static_equals_lean_lora", "static_compiles_once", "dpo_bf16_step0", "ppo_bf16_start",
             "reward_bf16_checkpoint", "vllm_beside_trainer"} <= names
     assert not any(line.startswith("FAIL") for line in lines)
