@@ -30,7 +30,10 @@ work. The decode loop therefore times both variants and keeps the faster
 Because every op is the one the model's forward calls, on the same inputs, the logits are
 bitwise those of ``model(...)`` (tested against it, and greedy decoding against
 ``model.generate``); GPT-2's ``gelu_new`` and the residual adds write their temporaries
-in place, the same float32 ops in the same order. Other architectures, training mode, cross-attention, GPT-2's
+in place, the same float32 ops in the same order. Under bf16 autocast (accelerate's mixed
+precision wraps ``forward``, which the step does not call) the decode loop runs the step
+under the same autocast, and the residual adds follow the forward's type promotion
+(:func:`_residual`): the same values again (tested). Other architectures, training mode, cross-attention, GPT-2's
 ``reorder_and_upcast_attn`` and attention kernels other than SDPA/eager get ``None``: the
 decode loop then calls the model's own forward.
 """
