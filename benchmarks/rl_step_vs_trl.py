@@ -276,15 +276,17 @@ def main() -> None:
                       "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": [],
                       "same_responses_16_vllm_engine": [], "same_responses_16_vllm_engine_reference": [],
                       "alignkit_bf16_vs_its_fp32": [], "this_checkout_vs_baseline": [],
-                      "baseline_same_responses_16": []}
+                      "baseline_same_responses_16": [], "alignkit_bf16_vs_its_fp32_cpu_time": [],
+                      "this_checkout_vs_baseline_cpu_time": []}
             for r in range(repeats):
                 together = run_together(model_dir, variants, r, lora, args.steps, args.device, args.precision)
-                if "alignkit_16_fp32" in together:
-                    paired["alignkit_bf16_vs_its_fp32"].append(together["alignkit_16_fp32"]["s_per_step"]
-                                                               / together["alignkit_16"]["s_per_step"])
+                for other, key in (("alignkit_16_fp32", "alignkit_bf16_vs_its_fp32"),
+                                   ("alignkit_16_baseline", "this_checkout_vs_baseline")):
+                    if other in together:
+                        for unit, suffix in (("s_per_step", ""), ("cpu_s_per_step", "_cpu_time")):
+                            paired[key + suffix].append(together[other][unit] / together["alignkit_16"][unit])
                 if "alignkit_16_baseline" in together:
                     base = together["alignkit_16_baseline"]["s_per_step"]
-                    paired["this_checkout_vs_baseline"].append(base / together["alignkit_16"]["s_per_step"])
                     paired["baseline_same_responses_16"].append(together["trl_rloo_16"]["s_per_step"] / base)
                 for name in variants:
                     runs[name].append(together[name])
