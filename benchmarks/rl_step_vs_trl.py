@@ -115,7 +115,7 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
         times = [h["diag/step_seconds"] for h in res.history]
         cpu = [h["diag/step_cpu_seconds"] for h in res.history]
         split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT + SPLIT_CPU}
-        if engine:
+        if impl.startswith("alignkit-vllm"):
             split["time/weight_sync"] = statistics.median(h["time/weight_sync"] for h in res.history[1:])
             # at step 1 the policy is the reference: the KL estimate is the engines' rounding gap
             split["kl_k1_first_step"] = res.history[0]["kl/k1"]
