@@ -173,12 +173,7 @@ def test_reference_rows_are_dropped_where_the_backend_cannot_pair(tok, backend):
     assert torch.equal(paired.input_ids, other.input_ids)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-eager", "lora"])
-def test_lean_step_under_bf16_autocast_equals_the_models_forward(tok, arch):
-    """C8: under accelerate-style bf16 mixed precision (autocast around ``forward``) the
-    lean step runs under the same autocast: its tokens, log-probs and hidden states are
-    bit for bit those of the model's own forward per step (the hf backend) — greedy, rows
-    ending mid-batch and dropped — and the reference rows of a LoRA policy still come."""
+def bf16_lora_or_plain(tok, arch):
     from alignkit.models import LoraSpec, add_lora
 
     model = model_for(tok, "gpt2" if arch == "lora" else arch)
@@ -188,7 +183,20 @@ def test_lean_step_under_bf16_autocast_equals_the_models_forward(tok, arch):
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
-    bf16_forward(model.eval())
+    return bf16_forward(model.eval())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-eager", "lora"])
+def test_lean_step_under_bf16_autocast_equals_the_models_forward(tok, arch, monkeypatch):
+    """C8: under accelerate-style bf16 mixed precision (autocast around ``forward``) the
+    lean step runs under the same autocast (its linear weights cast once, not per token):
+    with bf16 attention too, its tokens, log-probs and hidden states are bit for bit those
+    of the model's own forward per step (the hf backend) — greedy, rows ending mid-batch
+    and dropped — and the reference rows of a LoRA policy still come."""
+    import alignkit.decoding.lean_step as lean_step
+
+    monkeypatch.setattr(lean_step, "FLOAT32_ATTENTION_ON_CPU", False)
+    model = bf16_lora_or_plain(tok, arch)
     eos = eos_mid_batch(model, tok, 10)
     kw = dict(do_sample=False, return_logps=True, return_hidden=True, return_ref_logps=arch == "lora")
     lean = generate_ids(model, eos, PROMPTS * 2, 10, backend="lean", **kw)
@@ -204,6 +212,22 @@ def test_lean_step_under_bf16_autocast_equals_the_models_forward(tok, arch):
     plain.forward = MethodType(type(plain).forward, plain)
     fp32 = generate_ids(plain, eos, PROMPTS * 2, 10, backend="lean", **kw)
     assert fp32.exact and not torch.equal(fp32.token_logps, lean.token_logps)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "lora"])
+def test_lean_step_bf16_attention_in_float32_on_cpu(tok, arch):
+    """The CPU default under bf16: SDPA in float32 on the (exactly upcast) bf16 queries,
+    keys and values — torch's bf16 CPU kernel is ~8× slower for one query token. The same
+    greedy tokens as the forward's bf16 attention and log-probs within bf16 rounding of
+    it (not bit for bit: less rounding), with the reference rows of a LoRA policy."""
+    model = bf16_lora_or_plain(tok, arch)
+    kw = dict(do_sample=False, return_logps=True, return_ref_logps=arch == "lora")
+    lean = generate_ids(model, tok, PROMPTS * 2, 10, backend="lean", **kw)
+    hf = generate_ids(model, tok, PROMPTS * 2, 10, backend="hf", **kw)
+    assert torch.equal(lean.input_ids, hf.input_ids)
+    gap = (lean.token_logps - hf.token_logps).abs().max().item()
+    assert 0 < gap < 0.1, gap
+    assert (lean.ref_token_logps is not None) == (arch == "lora")
 
 
 def test_static_cache_is_kept_per_dtype(tok):

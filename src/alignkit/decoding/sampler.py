@@ -499,15 +499,22 @@ class _Cached:
 
     def _under_autocast(self) -> None:
         """Run the lean steps under the autocast the model's forward ran under (accelerate's
-        mixed precision wraps ``forward``, which the lean step does not call)."""
-        def wrap(steps):
+        mixed precision wraps ``forward``, which the lean step does not call), rebuilt with
+        their linear weights cast to its dtype once (not by autocast at every token)."""
+        if not any(self.autocasts) or not any(s is not None for s in self.steps):
+            return
+
+        def rebuild(prefetch: bool):
+            steps = _lean_steps(self.models, self.caches, True, self.opts.reference_rows, prefetch=prefetch,
+                                weight_dtypes=self.autocasts)[0]
             return [s if s is None or dt is None else
                     functools.partial(_autocast_step, s, device_type=self.ids.device.type, dtype=dt)
                     for s, dt in zip(steps, self.autocasts, strict=True)]
 
-        self.steps = wrap(self.steps)
+        pf_is_plain = self.steps_pf is self.steps
+        self.steps = rebuild(False)
         if self.steps_pf is not None:
-            self.steps_pf = wrap(self.steps_pf)
+            self.steps_pf = self.steps if pf_is_plain else rebuild(True)
 
     def prefetch_choice(self) -> bool | None:
         return None if self.tune is None else self.tune.choice
@@ -773,16 +780,20 @@ Picker = Callable[[list[torch.Tensor], int], torch.Tensor]
 # ---------------------------------------------------------------------------------------
 
 
-def _lean_steps(models, caches, lean: bool, reference_rows: bool, *, prefetch: bool) -> tuple[list, bool]:
+def _lean_steps(models, caches, lean: bool, reference_rows: bool, *, prefetch: bool,
+                weight_dtypes: list | None = None) -> tuple[list, bool]:
     """Each model's lean one-token step (``None``: its own forward), and whether it is the
-    paired policy + reference step of ``reference_rows``."""
+    paired policy + reference step of ``reference_rows``; ``weight_dtypes``: each model's
+    autocast dtype (its linear weights cast to it once, :func:`~alignkit.decoding.lean_step.lean_step`)."""
     if not lean:
         return [None] * len(models), False
+    dtypes = weight_dtypes or [None] * len(models)
     if reference_rows and len(models) == 1:
-        pair_step = lean_step(models[0], caches[0], reference_rows=True, prefetch=prefetch)
+        pair_step = lean_step(models[0], caches[0], reference_rows=True, prefetch=prefetch, weight_dtype=dtypes[0])
         if pair_step is not None:
             return [pair_step], True
-    return [lean_step(m, c, prefetch=prefetch) for m, c in zip(models, caches, strict=True)], False
+    return [lean_step(m, c, prefetch=prefetch, weight_dtype=dt)
+            for m, c, dt in zip(models, caches, dtypes, strict=True)], False
 
 
 def _autocast_step(step, *args, device_type: str, dtype: torch.dtype):
