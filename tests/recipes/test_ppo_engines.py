@@ -174,3 +174,26 @@ def test_ppo_fsdp2_one_process_resume_equals_uninterrupted(tiny_lm_dir, tmp_path
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "r"))
     moved = max((a[k] - load_file(str(Path(tiny_lm_dir) / "model.safetensors"))[k]).abs().max().item() for k in a)
     assert moved > 1e-4 and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_ppo_refuses_what_the_engines_cannot_run():
+    """One line each: PPO under DeepSpeed ZeRO-3 (the rollout would need the partitioned
+    weights gathered: not built), vLLM rollouts on several processes or a sharded model,
+    and a rollout batch that does not split into processes × minibatches."""
+    from types import SimpleNamespace
+
+    from alignkit.recipes.ppo import PPOConfig, _check_engine
+
+    def dist(world=1, sharded=False, zero=None):
+        plugin = SimpleNamespace(zero_stage=zero)
+        return SimpleNamespace(world_size=world, is_sharded=sharded or zero is not None, is_deepspeed=zero is not None,
+                               accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
+
+    _check_engine(PPOConfig(), dist(zero=2), 1)  # ZeRO-2 holds whole weights: allowed
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        _check_engine(PPOConfig(), dist(zero=3), 1)
+    for d in (dist(world=2), dist(sharded=True)):
+        with pytest.raises(ConfigError, match="rollout_engine='vllm'"):
+            _check_engine(PPOConfig(rollout_engine="vllm"), d, 1)
+    with pytest.raises(ConfigError, match="rollout_batch_size"):
+        _check_engine(PPOConfig(rollout_batch_size=6), dist(world=2), 2)
