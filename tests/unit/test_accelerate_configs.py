@@ -1,10 +1,11 @@
 """configs/accelerate/*.yaml go through accelerate's own launch-argument processing, and the
 FSDP2 / DeepSpeed plugins are built from the environment `accelerate launch` would set.
 
-That is as far as CPU goes: on CPU accelerate runs FSDP and DeepSpeed configs as plain DDP
-(it must be told cpu=True to join CPU processes at all), and a ZeRO-2 launch through
-DeepSpeed's own CPU back-end did not get past start-up within 2 minutes here. Training under FSDP2/ZeRO needs GPUs
-(benchmarks/gpu_bench.py --engines)."""
+accelerate alone runs FSDP and DeepSpeed configs on CPU as plain DDP (it must be told cpu=True
+to join CPU processes at all); alignkit switches an FSDP2 launch on CPU to accelerate's FSDP2
+(training under it: tests/recipes/test_engine_recipes.py) and refuses DeepSpeed on CPU (a ZeRO-2
+launch through DeepSpeed's own CPU back-end did not get past start-up within 2 minutes here;
+benchmarks/gpu_bench.py --engines runs it on GPUs)."""
 
 from pathlib import Path
 

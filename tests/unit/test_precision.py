@@ -82,9 +82,10 @@ def test_distributed_passes_the_precision_to_accelerate(no_launch_env):
     with dist.frozen():
         assert torch.is_inference_mode_enabled() and lin(torch.randn(2, 4)).dtype == torch.bfloat16
     assert dist.describe(4)["precision"] == "bf16-mixed"
+    assert dist.pad_multiple == 32  # bf16 on CPU: bucketed batch shapes (oneDNN builds a kernel per shape)
 
     dist = Distributed("cpu")  # auto on CPU: fp32, as before
-    assert (dist.precision, dist.accelerator.mixed_precision) == ("fp32", "no")
+    assert (dist.precision, dist.accelerator.mixed_precision, dist.pad_multiple) == ("fp32", "no", 1)
     with dist.frozen():
         assert lin(torch.randn(2, 4)).dtype == torch.float32
     assert Distributed("cpu", precision="bf16-pure").param_dtype == torch.bfloat16

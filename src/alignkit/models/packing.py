@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["PACK_ROW_TOKENS", "pack_completions", "repeated_prompts"]
+__all__ = ["PACK_ROW_TOKENS", "pack_completions", "repeated_prompts", "round_up"]
 
 PACK_ROW_TOKENS = 256
 """Rows hold whole groups up to this many tokens: attention cost per token grows with the
@@ -35,10 +35,17 @@ row length (≈ 2·L·d multiply-adds against ≈ 12·d² for the dense layers),
 rows beat one long one; a longer group gets a row of its own."""
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (1 = unchanged): the padded width of a
+    batch when its token dimension is bucketed (see ``Distributed.pad_multiple``)."""
+    return -(-n // multiple) * multiple
+
+
 def pack_completions(
     groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
     pad_id: int,
     row_tokens: int = PACK_ROW_TOKENS,
+    pad_multiple: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Pack ``groups`` = ``[(prompt_ids, [completion_ids_0, ..., completion_ids_{K-1}]), ...]``
     (G groups, the same K completions each, every prompt and completion non-empty) into rows.
@@ -46,6 +53,7 @@ def pack_completions(
     Groups are placed in order, a new row starting when the next group would push the row
     past ``row_tokens``; rows are right-padded to the longest. Sequence ``s = k·G + g`` is
     prompt g + its completion k (completion-major: for K = 2, ``[a_1..a_G, b_1..b_G]``).
+    ``pad_multiple`` rounds the row width up to a multiple (more padding, fewer distinct shapes).
 
     Returns (R rows of width L; N completion tokens in all; S = K·G sequences):
 
@@ -79,7 +87,7 @@ def pack_completions(
             used = 0
         rows[-1].append(g)
         used += size
-    width = max(sum(sizes[g] for g in row) for row in rows)
+    width = round_up(max(sum(sizes[g] for g in row) for row in rows), pad_multiple)
     n_rows, n_groups = len(rows), len(groups)
 
     ids = torch.full((n_rows, width), pad_id, dtype=torch.long)

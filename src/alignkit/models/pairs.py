@@ -88,10 +88,12 @@ def tokenize_example(tokenizer, prompt: str, completion: str, max_length: int, a
     return Example(p_ids + c_ids[:kc], len(p_ids))
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: ``input_ids``, ``attention_mask``,
-    ``completion_mask`` (1 on completion tokens), all ``(B, T)``."""
-    t = max(len(e.ids) for e in examples)
+def collate(examples: list[Example], pad_id: int, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example (rounded up to a multiple of ``pad_multiple``):
+    ``input_ids``, ``attention_mask``, ``completion_mask`` (1 on completion tokens), all ``(B, T)``."""
+    from alignkit.models.packing import round_up
+
+    t = round_up(max(len(e.ids) for e in examples), pad_multiple)
     b = len(examples)
     input_ids = torch.full((b, t), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((b, t), dtype=torch.long)
@@ -139,8 +141,11 @@ def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, max_length
     return pair
 
 
-def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", row_tokens: int | None = None) -> dict:
-    """Tensors for :func:`pair_logps` / the reward model, in one of :data:`PAIR_LAYOUTS`.
+def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", row_tokens: int | None = None,
+                  pad_multiple: int = 1) -> dict:
+    """Tensors for :func:`pair_logps` / the reward model, in one of :data:`PAIR_LAYOUTS`;
+    ``pad_multiple`` rounds every padded token dimension up to a multiple (the numbers do not
+    change: padding is masked; fewer distinct shapes — see ``Distributed.pad_multiple``).
 
     ``packed``: rows ``(R, L)`` of whole pairs, prompt_1 chosen_1 rejected_1 prompt_2 ...,
     up to ``row_tokens`` (default ``PACK_ROW_TOKENS``) tokens a row; see
@@ -151,18 +156,18 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", 
     (chosen_1, rejected_1, chosen_2, ...).
     ``full``: full sequences ``(2B, T)`` right-padded, rows [chosen_1..B, rejected_1..B].
     """
-    if layout == "packed":
-        from alignkit.models.packing import PACK_ROW_TOKENS, pack_completions
+    from alignkit.models.packing import PACK_ROW_TOKENS, pack_completions, round_up
 
+    if layout == "packed":
         groups = [(x.prompt, (x.chosen, x.rejected)) for x in pairs]
-        return pack_completions(groups, pad_id, row_tokens or PACK_ROW_TOKENS)
+        return pack_completions(groups, pad_id, row_tokens or PACK_ROW_TOKENS, pad_multiple)
     if layout == "full":
         seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
         seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
-        return collate(seqs, pad_id)
-    b, p_len = len(pairs), max(len(x.prompt) for x in pairs)
+        return collate(seqs, pad_id, pad_multiple)
+    b, p_len = len(pairs), round_up(max(len(x.prompt) for x in pairs), pad_multiple)
     comps = [c for x in pairs for c in (x.chosen, x.rejected)]
-    c_len = max(len(c) for c in comps)
+    c_len = round_up(max(len(c) for c in comps), pad_multiple)
     prompt_ids = torch.full((b, p_len), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros((b, p_len), dtype=torch.long)
     for i, x in enumerate(pairs):

@@ -118,10 +118,13 @@ def encode_prompt_response(
 
 
 def collate(
-    pairs: list[EncodedPair], pad_id: int, *, with_type_ids: bool
+    pairs: list[EncodedPair], pad_id: int, *, with_type_ids: bool, pad_multiple: int = 1
 ) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence in the batch (not to max_length)."""
-    width = max(len(p.ids) for p in pairs)
+    """Right-pad to the longest sequence in the batch (not to max_length), rounded up to a
+    multiple of ``pad_multiple``."""
+    from alignkit.models.packing import round_up
+
+    width = round_up(max(len(p.ids) for p in pairs), pad_multiple)
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
     types = torch.zeros((len(pairs), width), dtype=torch.long) if with_type_ids else None
@@ -186,6 +189,8 @@ class RewardModel(nn.Module):
         self.chat_template = has_chat_template(tokenizer) if chat_template is None else chat_template
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self._backend = _plain_backend(tokenizer)
+        self.pad_multiple = 1
+        """Batches' token dimension rounded up to a multiple of this (``Distributed.pad_multiple``)."""
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -272,7 +277,8 @@ class RewardModel(nn.Module):
         return encode_prompt_response(self.tokenizer, prompts, responses, self.max_length, self._backend)
 
     def collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
-        batch = collate(pairs, self.tokenizer.pad_token_id, with_type_ids=self.with_type_ids)
+        batch = collate(pairs, self.tokenizer.pad_token_id, with_type_ids=self.with_type_ids,
+                        pad_multiple=self.pad_multiple)
         device = next(self.parameters()).device
         return {k: v.to(device) for k, v in batch.items()}
 
@@ -317,7 +323,8 @@ class RewardModel(nn.Module):
         if layout not in ("packed", "shared"):
             raise ConfigError(f"pair layout: expected 'packed' or 'shared', got {layout!r}")
         device = next(self.parameters()).device
-        batch = {k: v.to(device) for k, v in collate_pairs(pairs, self.tokenizer.pad_token_id, layout).items()}
+        batch = collate_pairs(pairs, self.tokenizer.pad_token_id, layout, pad_multiple=self.pad_multiple)
+        batch = {k: v.to(device) for k, v in batch.items()}
         n = len(pairs)
         if layout == "packed":
             hidden = forward_packed(self.backbone, batch).last_hidden_state

@@ -232,7 +232,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
               for r in rankings]
 
     def pair_batch(idx):
-        b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout)
+        b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout, pad_multiple=dist.pad_multiple)
         return {k: v.to(device) for k, v in b.items()}
 
     ckpt_path = out / "checkpoint.pt"

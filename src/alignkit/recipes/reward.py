@@ -234,6 +234,7 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
         seed=seed,
         dtype=dist.param_dtype,  # float32 master weights whatever the checkpoint's dtype
     ).to(device, dist.param_dtype)  # (the head too, under bf16-pure)
+    model.pad_multiple = dist.pad_multiple  # bucketed batch shapes (bf16 on CPU)
     if cfg.freeze_backbone:
         for name, p in model.backbone.named_parameters():
             p.requires_grad_(cfg.sequence_classifier and ("score" in name or "classifier" in name))

@@ -241,8 +241,8 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
 
     def micro_batch(idx):
         if packed is None:
-            return collate([examples[i] for i in idx], tok.pad_token_id)
-        b = collate([packed[i][0] for i in idx], tok.pad_token_id)
+            return collate([examples[i] for i in idx], tok.pad_token_id, dist.pad_multiple)
+        b = collate([packed[i][0] for i in idx], tok.pad_token_id, dist.pad_multiple)
         for row, i in enumerate(idx):
             comp = packed[i][1]
             b["completion_mask"][row, : len(comp)] = torch.tensor(comp)

@@ -19,7 +19,9 @@ change under N processes. The contract that makes 1 and N processes train the sa
   (:meth:`Distributed.sync`). With one process and no limit, :meth:`parts` returns the
   global batch as a single part of weight 1, and the recipe is the one-process loop.
 * Files (metrics, checkpoints, the model, reports) are written by rank 0 only
-  (:attr:`Distributed.is_main`); the other ranks wait at :meth:`Distributed.barrier`.
+  (:attr:`Distributed.is_main`); the other ranks wait at :meth:`Distributed.barrier`. Under
+  FSDP2/ZeRO-3 every rank first takes part in gathering the weights
+  (:meth:`Distributed.full_state_dict`, :meth:`Distributed.full_optimizer_state_dict`).
   The saved config records the world size and the per-rank batch (:meth:`describe`).
 
 Engines are accelerate's: :meth:`prepare` wraps the model (DDP, FSDP2 or a DeepSpeed engine
@@ -145,7 +147,9 @@ class Distributed:
         # accelerate only joins the processes of a CPU launch into one group (gloo) when told
         # it is on CPU (as plain DDP whatever the config asked for); an FSDP2 launch on CPU
         # is switched to FSDP below, also for one process (torchrun sets LOCAL_RANK)
-        cpu = on_cpu and (_launched() or (asked == "fsdp2" and "LOCAL_RANK" in os.environ))
+        launched = _launched() or (asked == "fsdp2" and "LOCAL_RANK" in os.environ)
+        # an explicit device=cpu also tells accelerate, so its autocast is the CPU's
+        cpu = (on_cpu and launched) or device == "cpu"
         if on_cpu and asked == "deepspeed" and (_launched() or "LOCAL_RANK" in os.environ):
             raise ConfigError("DeepSpeed needs GPUs (its CPU back-end needs oneCCL): on CPU use "
                               "configs/accelerate/fsdp2.yaml or ddp_cpu.yaml")
@@ -162,7 +166,7 @@ class Distributed:
         if self.precision == "bf16-pure" and asked == "deepspeed":
             raise ConfigError("precision: bf16-pure under DeepSpeed is not supported; use bf16-mixed "
                               "(DeepSpeed's bf16 keeps fp32 master weights)")
-        self.accelerator = _accelerator(cpu, ACCELERATE_MIXED[self.precision])
+        self.accelerator = _accelerator(cpu, ACCELERATE_MIXED[self.precision], launched)
         if cpu and asked == "fsdp2":
             _switch_to_fsdp2(self.accelerator)
         self.rank = self.accelerator.process_index
@@ -180,6 +184,11 @@ class Distributed:
         self.is_sharded = self.engine in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.param_dtype = param_dtype(self.precision)
         """The dtype trainable models are loaded in (float32 but for ``bf16-pure``)."""
+        self.pad_multiple = BF16_CPU_PAD if self.device.type == "cpu" and self.precision != "fp32" else 1
+        """Batches round their token dimension up to a multiple of this. On a CPU under bf16,
+        oneDNN builds a kernel for every new matmul shape (benchmarks/bf16_matmul.py: a bf16
+        linear layer with a row count it has not seen costs several times one it has), and
+        variable-length batches bring new shapes every step; float32 batches are left as they are."""
         enable_tf32(self.device)
         _fsdp2_reduce_in_fp32(self.accelerator)
 
@@ -415,6 +424,10 @@ class Distributed:
                 "accumulation": plan.accumulation}
 
 
+BF16_CPU_PAD = 32
+"""``Distributed.pad_multiple`` on a CPU under bf16."""
+
+
 def _launched() -> bool:
     """Started by a distributed launcher (torchrun / accelerate launch with N processes)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -438,17 +451,21 @@ def _asked_engine() -> str | None:
     return None
 
 
-def _accelerator(cpu: bool, mixed_precision: str):
+def _accelerator(cpu: bool, mixed_precision: str, launched: bool):
     """``Accelerator(cpu=cpu, mixed_precision=...)``. accelerate keeps one process-wide state
-    and refuses a second Accelerator with another mixed precision; runs in one process (tests,
-    ``alignkit loop``) may differ in precision, so that state is reset first (the process group,
-    accelerate's ``PartialState``, is kept)."""
+    and refuses a second Accelerator with another mixed precision (or device); runs in one
+    process (tests, ``alignkit loop``) may differ, so that state is reset first — without a
+    launch all of it, under one only the precision part (the process group, accelerate's
+    ``PartialState``, is kept)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
 
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, mixed_precision):
-        AcceleratorState._reset_state()
+        AcceleratorState._reset_state(reset_partial_state=not launched)
+    partial = PartialState._shared_state
+    if not launched and partial and cpu and partial.get("device") is not None and partial["device"].type != "cpu":
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
