@@ -47,15 +47,22 @@ def assert_starts_on_policy(history, tol: float = 1e-3):
         assert all(v == v for v in h.values())  # no NaN
 
 
+@pytest.mark.parametrize("precision", ["launch-bf16", "bf16-pure"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_ppo_under_bf16_mixed_precision_starts_with_zero_kl_and_unit_ratio(tiny_lm_dir, monkeypatch, lora):
+def test_ppo_under_bf16_mixed_precision_starts_with_zero_kl_and_unit_ratio(tiny_lm_dir, monkeypatch, lora, precision):
     """C8, W2, W3: ``ACCELERATE_MIXED_PRECISION=bf16`` (accelerate's autocast around the
     prepared forward). The rollout decodes under that autocast, its numbers are not the
     training forward's, so the old log-probs and values are recomputed by a forward and the
     reference (frozen copy, or adapters off) runs under the same autocast: step-1 KL and
-    π/π_old − 1 are 0 up to rounding (the review measured KL −0.09 and ratio − 1 up to 0.18)."""
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    res = run_ppo(tiny_lm_dir, lora=lora, lora_targets=["c_attn", "c_fc"] if lora else [])
+    π/π_old − 1 are 0 up to rounding (the review measured KL −0.09 and ratio − 1 up to 0.18).
+    The same with bf16 weights (``precision=bf16-pure``, no autocast)."""
+    kw = {}
+    if precision == "launch-bf16":
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    else:
+        kw["precision"] = precision
+    res = run_ppo(tiny_lm_dir, lora=lora, lora_targets=["c_attn", "c_fc"] if lora else [], **kw)
+    assert next(res.model.parameters()).dtype == (torch.bfloat16 if precision == "bf16-pure" else torch.float32)
     assert_starts_on_policy(res.history)
     assert res.history[0]["diag/old_from_rollout"] == 0.0  # recomputed: bf16 decode ≠ the forward
     assert res.history[0]["diag/reference_from_rollout"] == 0.0
