@@ -34,9 +34,11 @@ both sides, so the MFU ratio is the speed ratio.
 
 Decode workload: a batch of 8 or 64 prompts of 32 tokens, 128 new tokens forced (EOS off),
 greedy; ms/step = median wall time / 128 after 2 warm-up runs (compilation), 5 repeats.
-Variants: alignkit's decode loop plain (dynamic cache) and with ``static_cache`` +
-``compile_step`` (CUDA graphs), and transformers' ``generate`` plain and with
-``cache_implementation="static"`` (+ ``torch.compile`` of the forward).
+Variants: alignkit's decode loop with the model's forward per token (``backend="hf"``) and
+with the static backend compiled (CUDA graphs; one cache per shape, reset between calls,
+so a timed call replays the graph rather than re-recording it), and transformers'
+``generate`` plain and with ``cache_implementation="static"`` (+ ``torch.compile`` of the
+forward). ``gpu_check.py`` runs this part and the training part, after its assertions.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+"""Dense bf16 peaks of SXM cards; PCIe/NVL H100s peak at 756 (:func:`peak_tflops`)."""
+
+
+def peak_tflops(name: str) -> float | None:
+    """The dense bf16 peak of the GPU called ``name`` (None when not in the table)."""
+    if "H100" in name and ("PCIe" in name or "NVL" in name):
+        return 756.0
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 WORDS = ("the a quick brown fox jumps over lazy dog please help me write short polite reply to my "
          "neighbour thank you for asking here is safe and helpful answer bake bread mix flour water "
          "yeast salt then knead capital of france paris numbers punctuation").split()
@@ -221,7 +231,7 @@ def bench_train(args, path: str, device: str) -> dict:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def bench_decode(args, path: str, device: str) -> dict:
+def bench_decode(args, path: str, device: str, batches=(8, 64), new: int | None = None) -> dict:
     import torch
 
     from alignkit.decoding.sampler import decode
@@ -230,7 +240,7 @@ def bench_decode(args, path: str, device: str) -> dict:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_causal_lm(path, dtype=dtype).to(device).eval()
     tok = load_tokenizer(path)
-    new = 8 if args.cpu_smoke else 128
+    new = new or (8 if args.cpu_smoke else 128)
     warmup, repeats = (0, 1) if args.cpu_smoke else (2, 5)
     vocab = model.config.vocab_size
     results = {}
@@ -248,15 +258,15 @@ def bench_decode(args, path: str, device: str) -> dict:
                 times.append(time.perf_counter() - t)
         return {"ms_per_step": 1000 * statistics.median(times) / new, "seconds": times}
 
-    for batch in (8, 64):
+    for batch in batches:
         g = torch.Generator().manual_seed(batch)
         ids = torch.randint(0, min(vocab, len(tok)), (batch, 32), generator=g).to(device)
         mask = torch.ones_like(ids)
 
-        def ours(static: bool, ids=ids, mask=mask):
+        def ours(static: bool, ids=ids, mask=mask):  # the static step compiled (CUDA graphs), or the forward
             return lambda: decode([model], ids, mask, new, lambda logits, step: logits[0].argmax(-1),
                                   eos_token_id=None, pad_token_id=tok.pad_token_id, min_new_tokens=new,
-                                  static_cache=static, compile_step=static and device == "cuda")
+                                  backend="static" if static else "hf", compile=static and device == "cuda")
 
         def hf(static: bool, ids=ids, mask=mask):
             kw = {"cache_implementation": "static"} if static else {}
@@ -343,7 +353,7 @@ def main() -> None:
         name = torch.cuda.get_device_name()
         meta["gpu"] = name
         if args.peak_tflops is None:
-            args.peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+            args.peak_tflops = peak_tflops(name)
         meta["peak_bf16_tflops"] = args.peak_tflops
     try:
         import trl

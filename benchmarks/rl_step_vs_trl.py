@@ -39,6 +39,18 @@ environment, so it runs in the rollout virtualenv (``make test-rollout`` builds 
 (the reference is then the adapter-free model for both). Both sides run in float32 without
 gradient checkpointing; TRL's defaults (bf16 autocast + checkpointing) run once per size as a
 separate labelled row, in no ratio (``_fair.py``).
+
+``--precision bf16``: both sides under bf16 autocast over float32 weights (alignkit
+``precision=bf16-mixed``, TRL ``bf16=True``, neither checkpointing), plus alignkit's own
+float32 step in the same repeats (``alignkit_bf16_vs_its_fp32``). ``--baseline-src DIR``
+adds alignkit from another checkout's ``src`` (e.g. main's) to every repeat
+(``this_checkout_vs_baseline``: baseline s/step ÷ this checkout's). ``--device cuda`` runs
+both on a GPU (``gpu_check.py`` does, in bf16):
+
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes small smollm2 --repeats 3 --precision bf16 \
+        --no-trl-defaults --same-responses-only --out benchmarks/results/rl_step_vs_trl_bf16.json
+    .venv/bin/python benchmarks/rl_step_vs_trl.py --sizes tiny small --repeats 3 --no-trl-defaults \
+        --same-responses-only --baseline-src ../main/src --out benchmarks/results/rl_step_vs_trl_vs_main.json
 """
 
 from __future__ import annotations
@@ -69,14 +81,14 @@ SPLIT_CPU = tuple(f"{k}_cpu" for k in SPLIT)  # the same split in the process's 
 
 
 def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings: str = "matched",
-           steps: int = STEPS) -> dict:
+           steps: int = STEPS, device: str = "cpu", precision: str = "fp32", src: str | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("ALIGNKIT_NO_PROGRESS", "1")
     import torch
 
     torch.set_num_threads(THREADS)
     if impl in ("alignkit", "alignkit-vllm", "alignkit-vllm-ref"):
-        sys.path.insert(0, str(ROOT.parent / "src"))
+        sys.path.insert(0, src or str(ROOT.parent / "src"))
         engine = {}
         if impl.startswith("alignkit-vllm"):  # rollouts on the in-process vLLM engine, one OpenMP thread (CPU 0)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
@@ -91,15 +103,19 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
 
         prompts = [p for p in PROMPTS for _ in range(copies)]
         lora_kw = dict(lora=True, lora_r=LORA_R, lora_alpha=2 * LORA_R, lora_targets=LORA_TARGETS) if lora else {}
+        if precision != "fp32":  # the precision API (a checkout from before it has no such field)
+            engine["precision"] = "bf16-mixed"
         cfg = PPOConfig(policy=model_dir, out="", steps=steps, rollout_batch_size=len(prompts),
                         ppo_epochs=1, num_minibatches=1, max_new_tokens=NEW_TOKENS, kl_coef=KL, lr=1e-5,
                         save_model=False, save_checkpoints=False, tensorboard=False,
-                        use_chat_template=False, device="cpu", **lora_kw, **engine)
+                        use_chat_template=False, device=device, **lora_kw, **engine)
         res = train_ppo(cfg, reward_fn=reward_fn, prompts=prompts)
+        if device == "cuda":
+            torch.cuda.synchronize()
         times = [h["diag/step_seconds"] for h in res.history]
         cpu = [h["diag/step_cpu_seconds"] for h in res.history]
         split = {k: statistics.median(h[k] for h in res.history[1:]) for k in SPLIT + SPLIT_CPU}
-        if engine:
+        if impl.startswith("alignkit-vllm"):
             split["time/weight_sync"] = statistics.median(h["time/weight_sync"] for h in res.history[1:])
             # at step 1 the policy is the reference: the KL estimate is the engines' rounding gap
             split["kl_k1_first_step"] = res.history[0]["kl/k1"]
@@ -126,13 +142,16 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
 
         tok = AutoTokenizer.from_pretrained(model_dir)
         tok.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trl_kw = trl_settings(settings)
+        if precision != "fp32":  # both sides in bf16 autocast over float32 weights
+            trl_kw = {**trl_kw, "bf16": True}
         with tempfile.TemporaryDirectory() as tmp:
             args = RLOOConfig(output_dir=tmp, per_device_train_batch_size=16, num_generations=2,
                               max_completion_length=NEW_TOKENS, beta=KL, learning_rate=1e-5,
                               max_steps=steps, report_to=[], save_strategy="no", logging_steps=10_000,
-                              use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
-                              **trl_settings(settings))
+                              use_cpu=device == "cpu", disable_tqdm=True, dataloader_num_workers=0,
+                              **trl_kw)
             peft = None
             if lora:
                 from peft import LoraConfig
@@ -147,16 +166,42 @@ def worker(impl: str, model_dir: str, copies: int, lora: bool = False, settings:
             "cpu_s_per_step": statistics.median(cpu[1:]), "cpu_steps": cpu}
 
 
-def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False, steps: int = STEPS) -> dict:
+def matmul_gflops(m: int = 512, k: int = 1536, n: int = 384) -> dict:
+    """GFLOP/s of an ``m×k @ k×n`` matmul in float32 and in bf16 at this script's thread
+    count (best of 7 runs of 20), and their ratio: the floor bf16 can lift on this CPU."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        for _ in range(5):
+            a @ b
+        best = float("inf")
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(20):
+                a @ b
+            best = min(best, (time.perf_counter() - t) / 20)
+        out[name] = 2 * m * k * n / best / 1e9
+    return {"shape": [m, k, n], "gflops": out, "bf16_vs_fp32": out["bfloat16"] / out["float32"]}
+
+
+def run_together(model_dir: str, variants: dict, repeat: int, lora: bool = False, steps: int = STEPS,
+                 device: str = "cpu", precision: str = "fp32") -> dict:
     """Run every variant back to back (reversing the order on odd repeats, so a drifting
-    machine load does not favour either side)."""
+    machine load does not favour either side). A variant is ``(impl, copies[, trl settings
+    [, precision [, alignkit source directory]]])``; ``precision`` is every variant's default."""
     names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
     out = {}
     for name in names:
-        impl, copies, *settings = variants[name]
+        impl, copies, *rest = variants[name]
+        settings, prec, src = (list(rest) + [None, None, None])[:3]
         cmd = [sys.executable, __file__, "--worker", impl, "--model", model_dir, "--copies", str(copies),
-               "--trl-settings", settings[0] if settings else "matched", "--steps", str(steps)]
+               "--trl-settings", settings or "matched", "--steps", str(steps), "--device", device,
+               "--precision", prec or precision]
         cmd += ["--lora"] if lora else []
+        cmd += ["--src", src] if src else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{name} worker failed:\n{proc.stderr[-3000:]}")
@@ -183,10 +228,18 @@ def main() -> None:
                          "rollout virtualenv, with trl installed there)")
     ap.add_argument("--vllm-reference", action="store_true",
                     help="also alignkit on vLLM with the reference scored on a second engine (vllm_reference)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: both sides under bf16 autocast over float32 weights (alignkit bf16-mixed, TRL "
+                         "bf16=True without checkpointing), next to alignkit's own fp32 row")
+    ap.add_argument("--src", help=argparse.SUPPRESS)
+    ap.add_argument("--baseline-src", default=None,
+                    help="also alignkit from this src directory (e.g. main's), paired with this checkout's")
     ap.add_argument("--out", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.copies, args.lora, args.trl_settings, args.steps)))
+        print(json.dumps(worker(args.worker, args.model, args.copies, args.lora, args.trl_settings, args.steps,
+                                args.device, args.precision, args.src)))
         return
 
     sys.path.insert(0, str(ROOT.parent / "src"))
@@ -201,6 +254,10 @@ def main() -> None:
         variants["alignkit_vllm_16"] = ("alignkit-vllm", 2)
     if args.vllm_reference:
         variants["alignkit_vllm_ref_16"] = ("alignkit-vllm-ref", 2)
+    if args.precision == "bf16":  # and alignkit's own float32 step, paired with its bf16 one
+        variants["alignkit_16_fp32"] = ("alignkit", 2, None, "fp32")
+    if args.baseline_src:
+        variants["alignkit_16_baseline"] = ("alignkit", 2, None, None, str(Path(args.baseline_src).resolve()))
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()).get("results", {}) if out_path.exists() and args.sizes else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,9 +274,20 @@ def main() -> None:
             load_start = os.getloadavg()
             paired = {"same_responses_16": [], "issue_workload_8_prompts": [],
                       "same_responses_16_cpu_time": [], "issue_workload_8_prompts_cpu_time": [],
-                      "same_responses_16_vllm_engine": [], "same_responses_16_vllm_engine_reference": []}
+                      "same_responses_16_vllm_engine": [], "same_responses_16_vllm_engine_reference": [],
+                      "alignkit_bf16_vs_its_fp32": [], "this_checkout_vs_baseline": [],
+                      "baseline_same_responses_16": [], "alignkit_bf16_vs_its_fp32_cpu_time": [],
+                      "this_checkout_vs_baseline_cpu_time": []}
             for r in range(repeats):
-                together = run_together(model_dir, variants, r, lora, args.steps)
+                together = run_together(model_dir, variants, r, lora, args.steps, args.device, args.precision)
+                for other, key in (("alignkit_16_fp32", "alignkit_bf16_vs_its_fp32"),
+                                   ("alignkit_16_baseline", "this_checkout_vs_baseline")):
+                    if other in together:
+                        for unit, suffix in (("s_per_step", ""), ("cpu_s_per_step", "_cpu_time")):
+                            paired[key + suffix].append(together[other][unit] / together["alignkit_16"][unit])
+                if "alignkit_16_baseline" in together:
+                    base = together["alignkit_16_baseline"]["s_per_step"]
+                    paired["baseline_same_responses_16"].append(together["trl_rloo_16"]["s_per_step"] / base)
                 for name in variants:
                     runs[name].append(together[name])
                 trl_s = together["trl_rloo_16"]["s_per_step"]
@@ -244,12 +312,14 @@ def main() -> None:
                 if defaults is not None:
                     defaults = {**defaults, "from_an_earlier_run": True}
             else:
-                defaults = run_together(model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps)["trl"]
+                defaults = run_together(model_dir, {"trl": ("trl", 1, "defaults")}, 0, lora, args.steps,
+                                        args.device)["trl"]
             results[size] = {
                 "median_of_paired_speedups": {k: statistics.median(v) for k, v in paired.items() if v},
                 "paired_speedups": paired,
                 "config": {**config, "prompts": 8, "new_tokens": NEW_TOKENS,
-                           "kl_coef": KL, "steps_per_run": args.steps},
+                           "kl_coef": KL, "steps_per_run": args.steps, "precision": args.precision,
+                           "device": args.device, "baseline_src": args.baseline_src},
                 "alignkit_split_s": {v: {k: statistics.median(x["split"][k] for x in runs[v])
                                          for k in SPLIT + (("time/weight_sync", "kl_k1_first_step", "engine_logp_gap")
                                                            if "vllm" in v else ())}
@@ -271,7 +341,8 @@ def main() -> None:
                   {k: round(v, 2) for k, v in results[size]["median_of_paired_speedups"].items()}, flush=True)
             print(size, "alignkit split (s):", json.dumps(results[size]["alignkit_split_s"]), flush=True)
             print(size, "alignkit split (CPU s):", json.dumps(results[size]["alignkit_split_cpu_s"]), flush=True)
-    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats}
+    meta = {**machine_meta(), "threads": THREADS, "repeats": repeats, "precision": args.precision,
+            "matmul_512x1536x384": matmul_gflops() if args.device == "cpu" else None}
     if not args.quick:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(json.dumps({s: {k: v for k, v in r.items() if k.startswith("speedup")} for s, r in results.items()}))

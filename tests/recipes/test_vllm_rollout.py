@@ -218,3 +218,29 @@ def test_ppo_with_the_reference_on_a_second_engine(gpt2, tok, tmp_path):
     assert abs(history[0]["kl/k1"]) < 1e-3
     with pytest.raises(ConfigError, match="vllm_reference"):
         train_ppo(PPOConfig(**{**kw, "temperature": 0.7}), reward_fn=reward, prompts=PROMPTS)
+
+
+def test_ppo_engine_takes_an_explicit_share_of_the_gpu_and_sleep_is_refused_without_it(gpt2, tok, tmp_path):
+    """C7: PPO's engines get ``gpu_memory_utilization = vllm_gpu_memory`` (0.3 by default,
+    not vLLM's 0.9, which cannot start next to a trainer); ``vllm_sleep`` on a build without
+    sleep mode (the CPU one) is refused with one line before any engine starts."""
+    from alignkit.errors import ConfigError
+    from alignkit.recipes.ppo import PPOConfig, _vllm_engines
+
+    model, _ = gpt2
+    d = tmp_path / "policy"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    kw = dict(policy=str(d), rollout_engine="vllm",
+              vllm_kwargs={"dtype": "float32", "max_model_len": 256, "enforce_eager": True})
+    engine, ref = _vllm_engines(PPOConfig(**kw), tok)
+    try:
+        assert ref is None
+        assert engine.llm.llm_engine.vllm_config.cache_config.gpu_memory_utilization == 0.3
+    finally:
+        engine.close()
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_sleep_mode_available():
+        with pytest.raises(ConfigError, match="vllm_sleep"):
+            _vllm_engines(PPOConfig(**kw, vllm_sleep=True), tok)

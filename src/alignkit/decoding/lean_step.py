@@ -30,7 +30,10 @@ work. The decode loop therefore times both variants and keeps the faster
 Because every op is the one the model's forward calls, on the same inputs, the logits are
 bitwise those of ``model(...)`` (tested against it, and greedy decoding against
 ``model.generate``); GPT-2's ``gelu_new`` and the residual adds write their temporaries
-in place, the same float32 ops in the same order. Other architectures, training mode, cross-attention, GPT-2's
+in place, the same float32 ops in the same order. Under bf16 autocast (accelerate's mixed
+precision wraps ``forward``, which the step does not call) the decode loop runs the step
+under the same autocast, and the residual adds follow the forward's type promotion
+(:func:`_residual`): the same values again (tested). Other architectures, training mode, cross-attention, GPT-2's
 ``reorder_and_upcast_attn`` and attention kernels other than SDPA/eager get ``None``: the
 decode loop then calls the model's own forward.
 """
@@ -44,17 +47,22 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["PREFETCH_MAX_BYTES", "lean_step"]
+__all__ = ["FLOAT32_ATTENTION_ON_CPU", "PREFETCH_MAX_BYTES", "lean_step"]
 
 PREFETCH_MAX_BYTES = 8 << 20
 """The largest tensor ``prefetch`` reads ahead (bytes): one that fits in a server CPU's
 last-level cache with room to spare, so it is still there when the matmul reads it (a
 tied 49,152 × 576 LM head, 113 MB, is not prefetched)."""
 
+FLOAT32_ATTENTION_ON_CPU = True
+"""Under bf16 autocast on CPU, run the step's SDPA attention in float32 (see
+:func:`lean_step`); ``False``: autocast's bf16 attention, bit for bit the forward's."""
+
 Step = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def lean_step(model, cache, *, reference_rows: bool = False, prefetch: bool = False) -> Step | None:
+def lean_step(model, cache, *, reference_rows: bool = False, prefetch: bool = False,
+              weight_dtype: torch.dtype | None = None) -> Step | None:
     """The lean one-token step for ``model`` (GPT-2 or Llama family) or ``None``.
 
     ``reference_rows``: ``model`` is a peft LoRA model and the batch's second half decodes
@@ -66,6 +74,19 @@ def lean_step(model, cache, *, reference_rows: bool = False, prefetch: bool = Fa
 
     ``prefetch``: read each weight (up to :data:`PREFETCH_MAX_BYTES`) and key/value prefix
     just before it is used (see the module docstring); the same logits either way.
+
+    ``weight_dtype``: the step runs under autocast to this dtype (the decode loop's bf16
+    mixed precision). Autocast casts every linear layer's float32 weight to it at every
+    call — a read of the float32 weight and a write of the copy per layer per token, more
+    than the matmul itself reads at a few rows — so the step casts each linear weight and
+    bias once, when it is built, and multiplies with those copies (autocast leaves a tensor
+    already in its dtype alone: the same values). Plain LoRA layers are then run as their
+    base layer (cast once) plus the adapter, as ``reference_rows`` does. On CPU the
+    step's SDPA attention then runs in float32 on the bf16 queries, keys and values
+    (exactly upcast) and returns bf16 as autocast's would: torch's bf16 CPU kernel is ~8x
+    slower for one query token. That attention rounds less than the forward's bf16 one,
+    so under bf16 on CPU the step is not bit for bit the forward (its log-probs are not
+    used as PPO's old ones under bf16 anyway).
     """
     if not getattr(cache, "alignkit_preallocated", False):
         return None
@@ -78,15 +99,21 @@ def lean_step(model, cache, *, reference_rows: bool = False, prefetch: bool = Fa
     build = {"GPT2LMHeadModel": _gpt2, "LlamaForCausalLM": _llama}.get(type(base).__name__)
     if build is None:
         return None
-    plain = functools.partial(_plain, prefetch=prefetch)
+    # bf16 on CPU: attention in float32 (torch's bf16 CPU attention kernel takes ~8x its
+    # float32 time for one query token: 1050 vs 129 µs at 16 rows x 6 heads x 48 keys here)
+    float32_attention = (FLOAT32_ATTENTION_ON_CPU and weight_dtype is not None
+                         and next(base.parameters()).device.type == "cpu")
+    build = functools.partial(build, float32_attention=float32_attention)
     if not reference_rows:
-        return build(base, impl, plain, prefetch)
+        if weight_dtype is None:
+            return build(base, impl, functools.partial(_plain, prefetch=prefetch), prefetch)
+        return build(base, impl, lambda module, kind: _lora_or_plain(module, kind, prefetch, weight_dtype), prefetch)
     lora = [m for m in base.modules() if _is_lora(m)]
     if not lora or any(type(m).__name__ == "ModulesToSaveWrapper" for m in base.modules()):
         return None
     seen: list = []
     try:
-        step = build(base, impl, lambda module, kind: _paired(module, kind, seen, prefetch), prefetch)
+        step = build(base, impl, lambda module, kind: _paired(module, kind, seen, prefetch, weight_dtype), prefetch)
     except _Unsupported:
         return None
     return step if step is not None and {id(m) for m in seen} == {id(m) for m in lora} else None
@@ -101,26 +128,47 @@ class _Unsupported(Exception):
     """A LoRA layer the paired (policy + reference rows) step cannot run."""
 
 
-def _paired(module, kind: str, seen: list, prefetch: bool = False):
+def _paired(module, kind: str, seen: list, prefetch: bool = False, dtype: torch.dtype | None = None):
     """A linear layer for a batch whose first half is the LoRA policy and whose second half
     the adapter-free reference: the base layer over all rows, then peft's vanilla-LoRA
     update ``result + lora_B(lora_A(dropout(x))) · scaling`` on the first half only. Any
     module without an adapter as :func:`_plain` (the same weights for both halves)."""
     if not _is_lora(module):
-        return _plain(module, kind, prefetch)
+        return _plain(module, kind, prefetch, dtype)
+    seen.append(module)
+    return _adapted(module, kind, prefetch, dtype, half=True)
+
+
+def _lora_or_plain(module, kind: str, prefetch: bool, dtype: torch.dtype | None):
+    """A plain LoRA layer as its base layer plus its adapter over every row (the same ops as
+    peft's forward), any other module as :func:`_plain`; a LoRA layer the split does not
+    cover as the module itself."""
+    if not _is_lora(module):
+        return _plain(module, kind, prefetch, dtype)
+    try:
+        return _adapted(module, kind, prefetch, dtype, half=False)
+    except _Unsupported:
+        return module
+
+
+def _adapted(module, kind: str, prefetch: bool, dtype: torch.dtype | None, *, half: bool):
+    """peft's vanilla-LoRA linear over its parts: the base layer (:func:`_plain`), then
+    ``+ lora_B(lora_A(dropout(x))) · scaling`` on every row, or on the first half only
+    (``half``: the rows after it are the adapter-free reference)."""
     active = [n for n in module.active_adapters if n in module.lora_A]
     if (module.merged or module.disable_adapters or _hooked(module) or len(active) != 1
             or active[0] in getattr(module, "lora_variant", {})
             or module.lora_A[active[0]].weight.dtype != module.base_layer.weight.dtype):
         raise _Unsupported(type(module).__name__)
     name = active[0]
-    seen.append(module)
-    layer = _plain(module.base_layer, kind, prefetch)
+    layer = _plain(module.base_layer, kind, prefetch, dtype)
     lora_a, lora_b, dropout, scaling = (module.lora_A[name], module.lora_B[name], module.lora_dropout[name],
                                         module.scaling[name])
 
     def forward(x):
         y = layer(x)
+        if not half:
+            return y + lora_b(lora_a(dropout(x))) * scaling
         h = x.shape[0] // 2
         y[:h] = y[:h] + lora_b(lora_a(dropout(x[:h]))) * scaling
         return y
@@ -128,7 +176,7 @@ def _paired(module, kind: str, seen: list, prefetch: bool = False):
     return forward
 
 
-def _attention_rows(model, impl: str):
+def _attention_rows(model, impl: str, float32_attention: bool = False):
     """The attention call for one query token, its output as ``(b, H·D)`` rows in head
     order (what the model's ``(b, 1, H, D)`` output holds before its output projection).
 
@@ -142,6 +190,13 @@ def _attention_rows(model, impl: str):
             b, h, _, d = q.shape
             if k.shape[1] != h:
                 q = q.reshape(b, k.shape[1], h // k.shape[1], d)
+            if float32_attention:  # autocast's dtype in and out, float32 inside (see lean_step)
+                dtype = torch.get_autocast_dtype(q.device.type)
+                with torch.autocast(q.device.type, enabled=False):
+                    out = torch.nn.functional.scaled_dot_product_attention(
+                        q.float(), k.float(), v.float(), attn_mask=mask.float(), dropout_p=dropout, scale=scaling,
+                        is_causal=False).to(dtype)
+                return out.reshape(b, -1)
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                                    scale=scaling, is_causal=False)
             return out.reshape(b, -1)
@@ -171,6 +226,14 @@ def _activation(act):
         return t.mul_(x * 0.5)
 
     return gelu_new
+
+
+def _residual(y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``h + y`` (the residual stream plus a block's output) as the model's forward adds
+    them: in place into ``y`` when the dtypes agree (a + b == b + a, bit for bit); under
+    autocast a bf16 ``y`` and a float32 ``h`` give a new float32 tensor, as the forward's
+    out-of-place add does (an in-place add would round the sum to bf16)."""
+    return y.add_(h) if y.dtype == h.dtype else h + y
 
 
 def _write_kv(layer, k: torch.Tensor, v: torch.Tensor, prefetch: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,29 +271,35 @@ def _own(module):
     return module if _hooked(module) else module.forward
 
 
-def _plain(module, kind: str, prefetch: bool = False):
+def _plain(module, kind: str, prefetch: bool = False, dtype: torch.dtype | None = None):
     """``module``'s forward as the one function it calls, when ``module`` is exactly that
     class with no hooks (``nn.Module.__call__`` then only adds its own bookkeeping, a few
     µs per call, 40 calls a step); otherwise the module itself (LoRA adapters and other
     wrappers, hooked modules). Same op, same arguments, so the same values; rows are
     ``(b, features)``. ``prefetch``: read the weight ahead of the matmul (:func:`_read_ahead`).
+    ``dtype``: a linear layer's weight and bias cast to it once, here (the autocast dtype
+    the step runs under; see :func:`lean_step`).
     """
     from torch import nn
 
     if _hooked(module):
         return module
     if kind == "conv1d" and type(module).__name__ == "Conv1D":  # transformers' GPT-2 linear
+        w, b = _cast(module.weight, dtype), _cast(module.bias, dtype)
+
         def conv1d(x):
             if prefetch:
-                _read_ahead(module.weight)
-            return torch.addmm(module.bias, x, module.weight)
+                _read_ahead(w)
+            return torch.addmm(b, x, w)
 
         return conv1d
     if kind == "linear" and type(module) is nn.Linear:
+        w, b = _cast(module.weight, dtype), _cast(module.bias, dtype)
+
         def linear(x):
             if prefetch:
-                _read_ahead(module.weight)
-            return torch.nn.functional.linear(x, module.weight, module.bias)
+                _read_ahead(w)
+            return torch.nn.functional.linear(x, w, b)
 
         return linear
     if kind == "layer_norm" and type(module) is nn.LayerNorm:
@@ -239,13 +308,20 @@ def _plain(module, kind: str, prefetch: bool = False):
     return module
 
 
-def _gpt2(model, impl: str, lin, prefetch: bool) -> Step | None:
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """``t`` in ``dtype`` (a detached copy), or ``t`` itself."""
+    if t is None or dtype is None or t.dtype == dtype:
+        return t
+    return t.detach().to(dtype)
+
+
+def _gpt2(model, impl: str, lin, prefetch: bool, float32_attention: bool = False) -> Step | None:
     cfg = model.config
     if cfg.add_cross_attention or (impl == "eager" and cfg.reorder_and_upcast_attn):
         return None
     tr = model.transformer
     wte, wpe, ln_f, lm_head = tr.wte, tr.wpe, _plain(tr.ln_f, "layer_norm"), lin(model.lm_head, "linear")
-    attend = _attention_rows(model, impl)
+    attend = _attention_rows(model, impl, float32_attention)
     layers = [(_plain(blk.ln_1, "layer_norm"), lin(blk.attn.c_attn, "conv1d"), lin(blk.attn.c_proj, "conv1d"),
                _plain(blk.ln_2, "layer_norm"), lin(blk.mlp.c_fc, "conv1d"), _activation(blk.mlp.act),
                lin(blk.mlp.c_proj, "conv1d"), blk.attn) for blk in model.transformer.h]
@@ -260,8 +336,8 @@ def _gpt2(model, impl: str, lin, prefetch: bool) -> Step | None:
             q, k, v = c_attn(ln_1(h)).split(d, dim=1)
             k, v = _write_kv(layer, k.view(b, H, 1, D), v.view(b, H, 1, D), prefetch)
             a = attend(attn, q.view(b, H, 1, D), k, v, mask, dropout=0.0, scaling=attn.scaling)
-            h = a_proj(a).add_(h)  # residual adds in place: a + b == b + a
-            h = m_proj(act(c_fc(ln_2(h)))).add_(h)
+            h = _residual(a_proj(a), h)
+            h = _residual(m_proj(act(c_fc(ln_2(h)))), h)
         h = ln_f(h)
         return lm_head(h), (h if want_hidden else None)
 
@@ -279,14 +355,16 @@ def _llama_mlp(mlp, lin):
     return forward
 
 
-def _llama(model, impl: str, lin, prefetch: bool) -> Step | None:
+def _llama(model, impl: str, lin, prefetch: bool, float32_attention: bool = False) -> Step | None:
     inner = model.model
     layers = list(inner.layers)
-    if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in layers):
+    # (FSDP2 swaps a sharded block's class for FSDPLlamaDecoderLayer: the same modules inside,
+    # which the step calls directly once the run has gathered their weights)
+    if any(type(layer).__name__ not in ("LlamaDecoderLayer", "FSDPLlamaDecoderLayer") for layer in layers):
         return None
     rope = sys.modules[type(layers[0].self_attn).__module__].apply_rotary_pos_emb
     embed, rotary, norm, lm_head = inner.embed_tokens, inner.rotary_emb, _own(inner.norm), lin(model.lm_head, "linear")
-    attend = _attention_rows(model, impl)
+    attend = _attention_rows(model, impl, float32_attention)
     parts = []
     for layer in layers:
         at, mlp = layer.self_attn, layer.mlp
@@ -307,8 +385,8 @@ def _llama(model, impl: str, lin, prefetch: bool) -> Step | None:
             v = v_proj(x).view(b, 1, -1, D).transpose(1, 2)
             q, k = rope(q, k, cos, sin)
             k, v = _write_kv(kv, k, v, prefetch)
-            h = o_proj(attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling).view(b, 1, -1)).add_(h)
-            h = mlp(ln_post(h)).add_(h)
+            h = _residual(o_proj(attend(at, q, k, v, mask, dropout=0.0, scaling=at.scaling).view(b, 1, -1)), h)
+            h = _residual(mlp(ln_post(h)), h)
         h = norm(h)
         return lm_head(h)[:, -1], (h[:, -1] if want_hidden else None)
 

@@ -3,7 +3,8 @@
 :func:`generate_ids` returns token ids and masks (what PPO needs); :func:`generate`
 returns decoded strings. Prompts are left-padded so that every row's response starts
 at the same column ``prompt_len``. Decoding runs in :func:`alignkit.decoding.sampler.decode`
-(preallocated KV cache, finished rows dropped); its greedy output is token-identical to
+(one step backend per call: the lean CPU step, the static/compiled CUDA step, or the
+model's own forward); its greedy output is token-identical to
 ``model.generate(do_sample=False)`` and its sampling uses the same warpers as
 ``generate(do_sample=True)`` (temperature, then top-k, then top-p).
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.decoding.sampler import decode, draw, hf_warp
+from alignkit.decoding.sampler import DecodeOptions, decode, draw, hf_warp
 
 __all__ = ["Generation", "encode_prompts", "generate", "generate_ids", "hf_picker", "response_mask"]
 
@@ -42,6 +43,11 @@ class Generation:
     entropy: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
     ref_token_logps: torch.Tensor | None = None
+    exact: bool = True
+    """Whether ``token_logps``/``hidden`` are the float32 numerics of the model's forward
+    (equal to a forward pass up to float rounding); ``False`` for the static/compiled step,
+    under autocast, for bf16 weights and for other engines' log-probs (vLLM): recompute
+    them with a forward where they must match one (PPO's old log-probs)."""
 
     @property
     def response_ids(self) -> torch.Tensor:
@@ -71,13 +77,15 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int | list[int] | No
 
 
 def hf_picker(sample: bool, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              generator: torch.Generator | None = None, sampler: str = "cdf"):
+              generator: torch.Generator | None = None, sampler: str = "auto"):
     """Token rule for one model: argmax, or ``model.generate``'s sampling distribution
-    (warpers as transformers applies them, softmax, one draw per row). ``sampler="cdf"``
-    draws by inverse CDF (:func:`~alignkit.decoding.sampler.draw`); ``"multinomial"``
-    calls ``torch.multinomial`` as ``generate`` does (same seed → same draws)."""
-    if sampler not in ("cdf", "multinomial"):
-        raise ValueError(f"sampler: expected 'cdf' or 'multinomial', got {sampler!r}")
+    (warpers as transformers applies them, softmax, one draw per row). ``sampler="auto"``
+    draws by inverse CDF on CPU and by the exponential race elsewhere
+    (:func:`~alignkit.decoding.sampler.draw`); ``"cdf"``/``"race"`` force one of them;
+    ``"multinomial"`` calls ``torch.multinomial`` as ``generate`` does (same seed → same draws)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
+    method = None if sampler == "auto" else sampler
 
     def pick(logits: list[torch.Tensor], step: int) -> torch.Tensor:
         scores = logits[0]
@@ -86,9 +94,12 @@ def hf_picker(sample: bool, *, temperature: float = 1.0, top_k: int = 0, top_p: 
         probs = torch.softmax(hf_warp(scores, temperature=temperature, top_k=top_k, top_p=top_p), -1)
         if sampler == "multinomial":
             return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return draw(probs, generator)
+        return draw(probs, generator, method=method)
 
     return pick
+
+
+SAMPLERS = ("auto", "cdf", "race", "multinomial")
 
 
 @torch.no_grad()
@@ -106,47 +117,62 @@ def generate_ids(
     *,
     return_logps: bool = False,
     return_hidden: bool = False,
-    static_cache: bool | None = None,
-    compile_step: bool | None = None,
-    sampler: str = "cdf",
+    backend: str | None = None,
+    compile_step: bool | str | None = None,
+    sampler: str = "auto",
     return_ref_logps: bool = False,
     prefetch: bool | None = None,
+    generator: torch.Generator | None = None,
+    sync_ranks: bool = False,
+    static_cache: bool | None = None,
 ) -> Generation:
     """Sample one response per prompt (batched, left-padded, KV-cached).
 
     ``temperature = 0`` or ``do_sample=False`` decodes greedily; ``top_k = 0`` and
     ``top_p = 1`` disable those filters. ``max_prompt_tokens`` keeps the *last* tokens of
-    longer prompts. ``seed`` seeds torch's global generator (as ``model.generate`` uses).
-    ``static_cache``/``compile_step`` (default: on for CUDA models) select the
-    static-cache, CUDA-graph decode step (see :func:`~alignkit.decoding.sampler.decode`).
-    ``sampler="multinomial"`` draws exactly as ``model.generate`` does (the same tokens
-    for the same seed while no row has ended); the default inverse-CDF draw has the same
-    distribution and is much cheaper for large vocabularies. At least one token is
+    longer prompts. ``seed`` seeds torch's global generator (as ``model.generate`` users
+    do); ``generator`` draws from that generator instead and leaves the global one alone.
+    ``backend`` (``auto``, ``lean``, ``static``, ``hf``; see
+    :mod:`~alignkit.decoding.sampler`): the one-token step, by default the static,
+    compiled (CUDA-graph) step on CUDA and the lean step elsewhere; ``compile_step``
+    compiles the static step (default: on CUDA), a string with that torch.compile backend
+    (``"eager"``: traced and guarded, no code generated — how the CPU tests run it). ``static_cache=True/False`` is the older
+    spelling of ``backend="static"``/``"lean"``.
+    ``sampler``: ``auto`` (inverse CDF on CPU, the exponential race elsewhere), ``cdf``,
+    ``race``, or ``multinomial``, which draws exactly as ``model.generate`` does (the same
+    tokens for the same seed while no row has ended); the others have the same
+    distribution and are much cheaper for large vocabularies. At least one token is
     generated per row. ``return_ref_logps`` (a peft LoRA ``model``): ``gen.ref_token_logps``,
     the adapter-free base model's log-probs of the sampled tokens at ``temperature``,
-    decoded alongside (see :func:`~alignkit.decoding.sampler.decode`'s ``reference_rows``);
-    ``None`` when the model does not allow it. ``prefetch``: the CPU decode step's
-    read-ahead (see :func:`~alignkit.decoding.sampler.decode`; default: timed once per
-    model and batch size, the faster kept); the same output either way.
+    decoded alongside (lean backend; see :class:`~alignkit.decoding.sampler.DecodeOptions`'s
+    ``reference_rows``); ``None`` when the model or backend does not allow it.
+    ``prefetch``: the CPU decode step's read-ahead (default: timed once per model and batch
+    size, the faster kept); the same output either way. ``sync_ranks``: every process of a
+    ``torch.distributed`` run decodes the same number of steps (sharded engines).
     """
-    if seed is not None:
+    if backend is None:
+        backend = "auto" if static_cache is None else ("static" if static_cache else "lean")
+    if seed is not None and generator is None:
         torch.manual_seed(seed)
     enc = encode_prompts(tokenizer, prompts, max_prompt_tokens, return_tensors="pt", padding=True)
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     sample = do_sample and temperature > 0
-    dec = decode([model], enc["input_ids"], enc["attention_mask"], max_new_tokens,
-                 hf_picker(sample, temperature=temperature, top_k=top_k, top_p=top_p, sampler=sampler),
-                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                 min_new_tokens=1, return_token_logps=return_logps,
-                 temperature=temperature if sample else 1.0, return_hidden=return_hidden,
-                 static_cache=static_cache, compile_step=compile_step, reference_rows=return_ref_logps,
-                 prefetch=prefetch)
+    picker = hf_picker(sample, temperature=temperature, top_k=top_k, top_p=top_p, sampler=sampler,
+                       generator=generator)
+    options = DecodeOptions(min_new_tokens=1, return_token_logps=return_logps,
+                            temperature=temperature if sample else 1.0, return_hidden=return_hidden,
+                            backend=backend, compile=None if compile_step is None else bool(compile_step),
+                            compile_backend=compile_step if isinstance(compile_step, str) else "inductor",
+                            reference_rows=return_ref_logps,
+                            prefetch=prefetch, sync_ranks=sync_ranks)
+    dec = decode([model], enc["input_ids"], enc["attention_mask"], max_new_tokens, picker,
+                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, options=options)
     prompt_len = enc["input_ids"].shape[1]
     resp_mask = response_mask(dec.tokens, tokenizer.eos_token_id)
     out = torch.cat([enc["input_ids"], dec.tokens], 1)
     attention_mask = torch.cat([enc["attention_mask"], resp_mask.to(enc["attention_mask"].dtype)], 1)
-    gen = Generation(out, attention_mask, prompt_len, resp_mask)
+    gen = Generation(out, attention_mask, prompt_len, resp_mask, exact=dec.exact)
     if return_logps:
         gen.token_logps, gen.entropy = dec.token_logps * resp_mask, dec.entropy * resp_mask
     if return_hidden:
@@ -166,8 +192,12 @@ def generate(
     top_p: float = 1.0,
     do_sample: bool = True,
     seed: int | None = None,
+    *,
+    backend: str | None = None,
 ) -> list[str]:
-    """Sample one response per prompt and decode it (special tokens and EOS dropped)."""
-    gen = generate_ids(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, seed)
+    """Sample one response per prompt and decode it (special tokens and EOS dropped);
+    ``backend`` as :func:`generate_ids` takes it."""
+    gen = generate_ids(model, tokenizer, prompts, max_new_tokens, temperature, top_k, top_p, do_sample, seed,
+                       backend=backend)
     ids = gen.response_ids.masked_fill(gen.response_mask == 0, tokenizer.pad_token_id)
     return tokenizer.batch_decode(ids, skip_special_tokens=True)

