@@ -298,7 +298,9 @@ class ChatStore:
                 raise Conflict("the conversation has moved on (another tab?); reload the page")
             if parent_id is not None:
                 leaf = conv.messages[parent_id]
-                if leaf.role != "assistant" or leaf.status not in FINISHED + ("error", "interrupted"):
+                if leaf.role == "user":
+                    raise Conflict("pick one of the two answers first (Continue with this answer)")
+                if leaf.status not in FINISHED + ("error", "interrupted"):
                     raise Conflict("wait for the answer to finish (or stop it) before writing")
             size = sum(len(m.content) for m in conv.path()) + len(text)
             if size > self.max_conversation_chars:
