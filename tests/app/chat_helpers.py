@@ -100,3 +100,51 @@ def events(client: httpx.Client, message_id: int, *, stop_after=None, timeout: f
                 if name == "done" or (stop_after and stop_after(out)):
                     break
     return out
+
+
+class ChatServer:
+    """``alignkit chat serve`` in a subprocess (``.kill()`` sends SIGKILL)."""
+
+    def __init__(self, db, project, models: list[str], log_path, extra: list[str] = ()):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "chat", "serve",
+               "--db", str(db), "--project", project, "--port", str(self.port), *extra]
+        for m in models:
+            cmd += ["--model", m]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start within 180 s; see {log_path}")
+
+    def kill(self):
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        import subprocess
+
+        if self.log.closed:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()

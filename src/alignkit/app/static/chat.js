@@ -105,6 +105,7 @@
       find(el, ".status").textContent = "queued (" + JSON.parse(e.data).position + " before it)";
     });
     source.addEventListener("token", function (e) {
+      el.dataset.tokenEvents = Number(el.dataset.tokenEvents || 0) + 1; // how the text arrived
       live.appendChild(document.createTextNode(JSON.parse(e.data).text));
       find(el, ".status").textContent = "writing…";
       el.classList.add("receiving");
@@ -215,7 +216,7 @@
           setSafeHTML(find(fixed, ".body"), d.answer.html);
           find(fixed, ".raw").value = d.answer.text;
           find(fixed, ".tools").hidden = false;
-          el.after(fixed);
+          (el.closest(".pair") || el).after(fixed); // below a pair: it continues the conversation
           state.leaf = d.answer.id;
           markLeaf(fixed);
           showError("");
@@ -251,8 +252,22 @@
       model: model ? model.value : null,
     }).then(function (d) {
       input.value = "";
+      if (arena) {
+        state.conversation = d.conversation_id;
+        return arenaAnswers(d);
+      }
+      if (state.conversation === null) { // a new conversation: list it
+        var list = document.getElementById("history");
+        var item = document.createElement("li");
+        var link = document.createElement("a");
+        link.href = "/chat/" + d.conversation_id;
+        link.textContent = d.turn.text.slice(0, 80);
+        link.setAttribute("aria-current", "page");
+        item.appendChild(link);
+        Array.prototype.forEach.call(list.querySelectorAll("li.hint"), function (x) { x.remove(); });
+        list.prepend(item);
+      }
       state.conversation = d.conversation_id;
-      if (arena) return arenaAnswers(d);
       if (window.location.pathname !== "/chat/" + d.conversation_id) {
         window.history.replaceState(null, "", "/chat/" + d.conversation_id);
       }
