@@ -85,7 +85,10 @@ def register(app: typer.Typer) -> None:
         models = []
         for path, name in specs:
             typer.echo(f"loading {name} from {path} …", err=True)
-            models.append(load_chat_model(path, name))
+            try:
+                models.append(load_chat_model(path, name))
+            except AlignkitError as e:
+                raise AlignkitError(f"--model {path}:{name}: {e}") from None
         svc = ChatService(store, models, cfg)
         if n := svc.chat.mark_interrupted():
             typer.echo(f"{n} answer(s) left unfinished by the last run are marked interrupted", err=True)
@@ -183,6 +186,61 @@ def register(app: typer.Typer) -> None:
         with _flags(db):
             r = _chat_store(db).queue_for_review(project)
         typer.echo(f"queued {r.added} pairs for review in project {project!r} ({r.skipped} already queued)")
+
+    @group.command("revise")
+    def revise_(
+        out: Path = typer.Option(..., "--out", help="TRL conversational rows: revision ≻ original."),
+        db: str | None = typer.Option(None, "--db", help=DB_HELP + " Its comments are revised."),
+        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        data: Path | None = typer.Option(None, "--data", help="Or: a record file whose comments are revised."),
+        reviser: str = typer.Option("smollm2", "--reviser", help="The model that revises (a path, smollm2)."),
+        sft_out: Path | None = typer.Option(None, "--sft-out", help="Also write the revisions as SFT rows."),
+        max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Longest revision in tokens."),
+    ):
+        """Language feedback: a model revises each commented answer given the comment.
+
+        The chat's "what was the issue" texts (thumbs down) and the annotators' comments on
+        votes (the rejected or worst-ranked response is revised). Writes revision ≻ original
+        as TRL conversational rows marked "machine_revised": true (and, with --sft-out, the
+        revisions as SFT rows), ready to join the human data.
+        """
+        from alignkit.data import load_records
+        from alignkit.feedback.exports import write_jsonl
+        from alignkit.feedback.revision import (
+            lm_reviser,
+            requests_from_records,
+            revise,
+            revision_records,
+            revision_trl_rows,
+        )
+        from alignkit.models.loading import load_causal_lm, load_tokenizer
+
+        if (db is None) == (data is None):
+            raise AlignkitError("give either --db (with --project) or --data")
+        if max_new_tokens < 1:
+            raise AlignkitError("--max-new-tokens: expected a number ≥ 1")
+        if data is not None:
+            records = load_records(data, keep_incomparable=True).records
+        else:
+            chat = _chat_store(db)
+            with _flags(db):
+                records = chat.export_records(project, "ratings")
+                for kind in ("comparisons", "rankings", "ratings"):
+                    records += chat.store.export_records(project, kind)
+        requests = requests_from_records(records)
+        if not requests:
+            typer.echo("no commented answers to revise")
+            write_jsonl([], out)
+            return
+        typer.echo(f"revising {len(requests)} commented answers with {reviser} …", err=True)
+        model = load_causal_lm(reviser).eval()
+        revisions = revise(requests, lm_reviser(model, load_tokenizer(reviser), max_new_tokens=max_new_tokens))
+        comparisons, sft = revision_records(requests, revisions, str(reviser))
+        n = write_jsonl(revision_trl_rows(comparisons), out)
+        typer.echo(f"wrote {n} revision ≻ original rows to {out} "
+                   f"({len(requests) - n} revisions empty or unchanged, dropped)")
+        if sft_out is not None:
+            typer.echo(f"wrote {write_jsonl(sft, sft_out)} SFT rows to {sft_out}")
 
 
 def _flags(db: str):
