@@ -41,7 +41,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from alignkit.data.records import Comparison  # noqa: E402
 from alignkit.tasks.assistant import (  # noqa: E402
     GOLD,
     POLITE_WORDS,
@@ -137,8 +136,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from _fair import machine_meta
+
     from alignkit.evaluation import paired_bootstrap_ci
     from alignkit.feedback.revision import RevisionRequest, lm_reviser, revise, revision_records
     from alignkit.models.loading import load_causal_lm, load_tokenizer
@@ -216,14 +215,13 @@ def main() -> None:
         row = {"seed": seed, "commented": len(requests), "pairs": len(pairs), "wins": w, "ties": t,
                "losses": len(g_orig) - w - t,
                "gold_original_mean": sum(g_orig) / len(g_orig), "gold_revision_mean": sum(g_rev) / len(g_rev)}
-        arms = {
-            "dpo_revisions": lambda out: train_dpo(replace(dpo_cfg, policy=str(base_dir), out=out, seed=seed), pairs),
-            "sft_revisions": lambda out: train_sft(replace(sft_cfg, model=str(base_dir), out=out, seed=seed), rev_sft),
-            "sft_originals": lambda out: train_sft(replace(sft_cfg, model=str(base_dir), out=out, seed=seed), orig_sft),
-        }
-        for name, train in arms.items():
-            out = work / f"seed{seed}" / name
-            result = train(str(out))
+        arms = [
+            ("dpo_revisions", train_dpo, replace(dpo_cfg, policy=str(base_dir), seed=seed), pairs),
+            ("sft_revisions", train_sft, replace(sft_cfg, model=str(base_dir), seed=seed), rev_sft),
+            ("sft_originals", train_sft, replace(sft_cfg, model=str(base_dir), seed=seed), orig_sft),
+        ]
+        for name, train, cfg, data in arms:
+            result = train(replace(cfg, out=str(work / f"seed{seed}" / name)), data)
             model = result.model if hasattr(result, "model") and result.model is not None else None
             if model is None:
                 raise SystemExit(f"{name}: the recipe returned no model")

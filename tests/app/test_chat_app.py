@@ -136,6 +136,8 @@ def test_a_chat_over_http_streams_and_records_every_signal(env, tiny_models, tmp
         a3 = r["answer"]
         assert r["replaces"] == a2["id"] and a3["model"] == "tiny-b"
         events(c, a3["id"])
+        page = c.get(f"/chat/{cid}").text  # a reload still asks "better or worse?"
+        assert f'<div class="compare card" data-old="{a2["id"]}">' in page
         assert post(c, csrf, f"/chat/api/messages/{a3['id']}/compare", {"old_id": a2["id"], "choice": "better"}).status_code == 200
         r = post(c, csrf, f"/chat/api/messages/{a3['id']}/thumb", {"up": False, "tags": ["untrue"], "comment": "wrong"})
         assert r.status_code == 200
@@ -154,6 +156,7 @@ def test_a_chat_over_http_streams_and_records_every_signal(env, tiny_models, tmp
         assert r["answer"]["origin"] == "edit" and "<strong>better</strong>" in r["answer"]["html"]
         page = c.get(f"/chat/{cid}").text
         assert page.count('class="msg msg-user" id=') == 3 and "edited by you" in page
+        assert '<div class="compare card" data-old' not in page  # nothing left to compare
         assert "<strong>better</strong>" in page
         bad = post(c, csrf, f"/chat/api/messages/{p2['id']}/compare", {"old_id": p1["id"], "choice": "meh"})
         assert bad.status_code == 422 and "better, worse or same" in bad.json()["detail"]

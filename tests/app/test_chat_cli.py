@@ -21,7 +21,7 @@ def db(tmp_path):
     for choice in ("a", "a", "b", "both_bad", "tie", "a"):
         cid = chat.start("p", ann, "arena", ["base", "dpo"] if choice != "tie" else ["dpo", "base"])
         u = chat.add_user_turn(cid, ann, f"q {choice}", parent_id=None)
-        x, y = chat.add_answers(cid, ann, u.id, [(m, s) for m, s in zip(chat.conversation(cid, ann).models, "AB")])
+        x, y = chat.add_answers(cid, ann, u.id, [(m, s) for m, s in zip(chat.conversation(cid, ann).models, "AB", strict=True)])
         chat.finish(x.id, f"answer {choice} x", "done")
         chat.finish(y.id, f"answer {choice} y", "done")
         chat.arena_vote(cid, ann, choice)

@@ -159,11 +159,11 @@ def _view(conv: Conversation, signals: list[dict]) -> dict[str, Any]:
         if len(kids) >= 2:
             pair = kids[-2:]
     pending_compare = None
-    if path and path[-1].role == "assistant" and path[-1].origin == "model" and path[-1].id not in compared:
-        older = [m for m in conv.children(path[-1].parent_id)
-                 if m.id < path[-1].id and m.origin == "model" and m.status in ("done", "stopped")]
-        if older:
-            pending_compare = {"new": path[-1].id, "old": older[-1].id}
+    leaf = path[-1] if path else None
+    if leaf is not None and "regenerated_from" in leaf.meta and leaf.id not in compared:
+        old = conv.messages.get(leaf.meta["regenerated_from"])
+        if old is not None and old.status in ("done", "stopped") and leaf.status in ("done", "stopped"):
+            pending_compare = {"new": leaf.id, "old": old.id}
     return {"path": path, "pair": pair, "thumbs": thumbs, "pending_compare": pending_compare}
 
 

@@ -140,13 +140,16 @@ class ChatService:
         return jobs
 
     def _queue(self, answers: list[Message], path: list[Message], user: User) -> list[Message]:
-        """Queue generation of ``answers`` (placeholders already stored); when the worker
-        refuses, the placeholders are stored as errors and :class:`Busy` is raised."""
+        """Queue generation of ``answers`` (placeholders already stored). The limits were
+        checked before anything was stored; should the worker still refuse (a race), the
+        placeholders are stored as errors, the conversation continues from the first, and
+        :class:`Busy` is raised."""
         try:
             self.worker.submit(self._jobs(path, answers, user))
         except Busy as e:
             for a in answers:
                 self.chat.finish(a.id, "", "error", {"error": str(e)})
+            self.chat.set_leaf(answers[0].conversation_id, answers[0].id)
             raise
         return answers
 
@@ -158,6 +161,8 @@ class ChatService:
         models when there are several, else two samples of one) to pick from."""
         conv = self.chat.conversation(conversation_id, user, project=project)
         names = self._arena_or_chat_models(conv, two, model)
+        self.chat.check_message(text)  # refused before it counts against the limits
+        self.worker.check(user.id, len(names))
         self._ask(user, len(names))
         turn = self.chat.add_user_turn(conversation_id, user, text, parent_id=parent_id, project=project)
         sides = ["A", "B"] if conv.mode == "arena" else [None] * len(names)
@@ -184,6 +189,7 @@ class ChatService:
         if model is None:  # the same model again (an edited answer's model may be gone)
             model = old.model if old.model in self.models else None
         name = self.model(model).name
+        self.worker.check(user.id, 1)
         self._ask(user, 1)
         new = self.chat.regenerate(message_id, user, name, project=project)
         path = self.chat.conversation(conv.id, user).path(new.parent_id)

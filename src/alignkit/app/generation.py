@@ -288,24 +288,31 @@ class GenerationWorker:
 
     # -- requests (any thread)
 
+    def check(self, user_id: int, n: int) -> None:
+        """Raise :class:`Busy` unless ``n`` more jobs of ``user_id`` would be accepted now."""
+        with self._cond:
+            self._check(user_id, n)
+
+    def _check(self, user_id: int, n: int) -> None:
+        if self._closing:
+            raise Busy("the server is shutting down", retry_after=30)
+        running = sum(j.user_id == user_id and j.state != "finished" for j in self._jobs.values())
+        if running + n > self.max_per_user:
+            raise Busy(
+                f"you already have {running} answer(s) being written (at most "
+                f"{self.max_per_user} at a time); wait for them or press Stop",
+                retry_after=5,
+            )
+        if len(self._queue) + n > self.max_queue:
+            raise Busy(
+                f"the server is busy ({len(self._queue)} answers waiting); try again shortly",
+                retry_after=15,
+            )
+
     def submit(self, jobs: list[Job]) -> None:
         """Queue ``jobs`` (all of one person) or raise :class:`Busy` and queue none."""
         with self._cond:
-            if self._closing:
-                raise Busy("the server is shutting down", retry_after=30)
-            user = jobs[0].user_id
-            running = sum(j.user_id == user and j.state != "finished" for j in self._jobs.values())
-            if running + len(jobs) > self.max_per_user:
-                raise Busy(
-                    f"you already have {running} answer(s) being written (at most "
-                    f"{self.max_per_user} at a time); wait for them or press Stop",
-                    retry_after=5,
-                )
-            if len(self._queue) + len(jobs) > self.max_queue:
-                raise Busy(
-                    f"the server is busy ({len(self._queue)} answers waiting); try again shortly",
-                    retry_after=15,
-                )
+            self._check(jobs[0].user_id, len(jobs))
             for job in jobs:
                 self._queue.append(job)
                 self._jobs[job.message_id] = job

@@ -369,7 +369,17 @@ class ChatStore:
                 raise Conflict("only the latest answer can be regenerated; reload the page")
             if old.status == "generating":
                 raise Conflict("wait for the answer to finish (or stop it) before regenerating")
-            return self._insert_answers(conn, conv, old.parent_id, [(model, None)], meta or {})[0]
+            meta = {**(meta or {}), "regenerated_from": message_id}
+            return self._insert_answers(conn, conv, old.parent_id, [(model, None)], meta)[0]
+
+    def set_leaf(self, conversation_id: int, message_id: int) -> None:
+        """Continue the conversation from ``message_id`` (one of its messages)."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(conversations)
+                .where(conversations.c.id == conversation_id)
+                .values(leaf_id=message_id, updated_at=_now())
+            )
 
     def finish(self, message_id: int, text: str, status: str, meta: dict[str, Any] | None = None) -> None:
         """Store a generated answer (``done``, ``stopped`` or ``error``) with its statistics."""
@@ -674,7 +684,8 @@ class ChatStore:
         for s in raw:
             per_user[s["annotator"]][s["kind"]] += 1
             if s["kind"] == "thumb":
-                per_model[s["message"]["model"] or "(edited)"][s["answer"]["thumb"]] += 1
+                m = s["message"]
+                per_model["(edited by people)" if m["origin"] == "edit" else m["model"]][s["answer"]["thumb"]] += 1
             elif s["kind"] in ("compare", "arena"):
                 outcomes[s["kind"]][s["answer"]["choice"]] += 1
         triples = []

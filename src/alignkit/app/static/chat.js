@@ -165,7 +165,9 @@
           el.after(fresh);
           state.leaf = d.answer.id;
           markLeaf(fresh);
-          stream(fresh, function () {
+          stream(fresh, function (m) {
+            var judgeable = ["done", "stopped"];
+            if (judgeable.indexOf(m.status) < 0 || judgeable.indexOf(el.dataset.status) < 0) return;
             var box = find(fresh, ".compare");
             box.dataset.old = el.dataset.id;
             box.hidden = false;
