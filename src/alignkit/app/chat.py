@@ -45,7 +45,6 @@ from alignkit.errors import AlignkitError
 from alignkit.feedback.conversations import CHAT_EXPORT_FORMATS, Conversation, Message, TooLong
 from alignkit.feedback.errors import NotFound
 from alignkit.feedback.exports import json_safe
-from alignkit.feedback.leaderboard import leaderboard
 
 __all__ = ["router", "service"]
 
@@ -253,9 +252,7 @@ def leaderboard_page(request: Request):
     if user is None:
         return RedirectResponse("/login", 303)
     c, svc = context(request), service(request)
-    battles = svc.chat.battles(c.project)
-    models = list(dict.fromkeys(list(svc.models) + svc.chat.arena_models_seen(c.project)))
-    standings = leaderboard(battles, models, bootstrap=200, seed=0)
+    standings = svc.standings(c.project)
     return c.page("leaderboard.html", user=user, csrf=csrf, standings=standings,
                   finite=lambda x: isinstance(x, float) and math.isfinite(x))
 
@@ -429,7 +426,7 @@ def api_leaderboard(request: Request):
     except HTTPProblem as e:
         return _json_error(e)
     c, svc = context(request), service(request)
-    st = leaderboard(svc.chat.battles(c.project), list(svc.models), bootstrap=200, seed=0)
+    st = svc.standings(c.project)
     return JSONResponse(json_safe({
         "battles": st.battles, "regularised": st.regularised, "alpha": st.alpha,
         "rows": [r.__dict__ for r in st.rows],

@@ -19,7 +19,7 @@ from alignkit.app.generation import Busy, ChatModel, GenerationWorker, Job
 from alignkit.app.limits import FailureWindow
 from alignkit.feedback.conversations import ChatStore, Message
 from alignkit.feedback.errors import InvalidRequest
-from alignkit.feedback.leaderboard import next_pair
+from alignkit.feedback.leaderboard import leaderboard, next_pair
 from alignkit.feedback.values import User
 
 __all__ = ["ChatConfig", "ChatService"]
@@ -90,6 +90,7 @@ class ChatService:
         self.per_minute = FailureWindow(self.config.generations_per_minute, 60.0)  # counts asks
         self._rng = np.random.default_rng(random.SystemRandom().randrange(2**32))
         self._rng_lock = threading.Lock()
+        self._standings = None  # (key, standings) of the last leaderboard computed
 
     @property
     def default_model(self) -> str:
@@ -200,6 +201,20 @@ class ChatService:
         return self.worker.cancel(message_id)
 
     # -- arena
+
+    def standings(self, project: str):
+        """The leaderboard (200 bootstrap resamples), recomputed only when votes came in."""
+        battles = self.chat.battles(project)
+        models = list(dict.fromkeys(list(self.models) + self.chat.arena_models_seen(project)))
+        key = (project, len(battles), tuple(models))
+        with self._rng_lock:
+            cached = self._standings
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        st = leaderboard(battles, models, bootstrap=200, seed=0)
+        with self._rng_lock:
+            self._standings = (key, st)
+        return st
 
     def new_battle(self, user: User, *, project: str) -> int:
         """A new arena conversation between the most informative pair of models

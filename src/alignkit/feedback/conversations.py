@@ -630,11 +630,22 @@ class ChatStore:
         return out
 
     def battles(self, project: str) -> list[Battle]:
-        """The arena votes as leaderboard battles (model of side A, of side B, μ)."""
+        """The arena votes as leaderboard battles (model of side A, of side B, μ), in order."""
+        proj = self.store.project(project)
+        side_a, side_b = messages.alias("side_a"), messages.alias("side_b")
+        q = (
+            select(chat_signals.c.answer, side_a.c.model.label("a"), side_b.c.model.label("b"))
+            .join(conversations, conversations.c.id == chat_signals.c.conversation_id)
+            .join(side_a, side_a.c.id == chat_signals.c.message_id)
+            .join(side_b, side_b.c.id == chat_signals.c.other_id)
+            .where(conversations.c.project_id == proj.id, chat_signals.c.kind == "arena")
+            .order_by(chat_signals.c.id)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(q).all()
         return [
-            Battle(s["message"]["model"], s["other"]["model"], ARENA_CHOICES[s["answer"]["choice"]],
-                   both_bad=s["answer"]["choice"] == "both_bad")
-            for s in self.raw_signals(project) if s["kind"] == "arena"
+            Battle(r.a, r.b, ARENA_CHOICES[r.answer["choice"]], both_bad=r.answer["choice"] == "both_bad")
+            for r in rows
         ]
 
     def arena_models_seen(self, project: str) -> list[str]:
