@@ -231,6 +231,8 @@ def test_limits_speak_clearly_and_long_prompts_keep_their_end(env, tiny_models):
         r = post(c, csrf, "/chat/api/send", {"text": "third"})
         assert r.status_code == 429 and "at most 2 at a time" in r.json()["detail"]
         assert int(r.headers["retry-after"]) > 0
+        ann = store.check_password("ann", people["ann"].password)
+        assert len(svc.chat.list_conversations("p", ann)) == 1  # the refused one left nothing behind
         for a in d["answers"]:
             post(c, csrf, f"/chat/api/messages/{a['id']}/stop")
             events(c, a["id"])

@@ -306,16 +306,11 @@ async def api_send(request: Request):
 
     def send(user, data):
         cid = _int(data, "conversation_id", optional=True)
-        arena = False
-        if cid is None:
-            svc.chat.check_message(data.get("text"))  # refuse before creating anything
-            cid = svc.chat.start(c.project, user)
-        else:
-            arena = svc.chat.conversation(cid, user, project=c.project).mode == "arena"
+        arena = cid is not None and svc.chat.conversation(cid, user, project=c.project).mode == "arena"
         model = data.get("model")
         if model is not None and not isinstance(model, str):
             raise HTTPProblem(422, "field 'model': expected a model name")
-        turn, answers = svc.send(
+        cid, turn, answers = svc.send(
             cid, user, data.get("text"), parent_id=_int(data, "parent_id", optional=True),
             two=bool(data.get("two")), model=model, project=c.project,
         )

@@ -155,26 +155,33 @@ class ChatService:
         return answers
 
     def send(
-        self, conversation_id: int, user: User, text: str, *, parent_id: int | None,
+        self, conversation_id: int | None, user: User, text: str, *, parent_id: int | None,
         two: bool = False, model: str | None = None, project: str,
-    ) -> tuple[Message, list[Message]]:
+    ) -> tuple[int, Message, list[Message]]:
         """A user turn and its answer(s): one from ``model``, or two (``two=True``: from two
-        models when there are several, else two samples of one) to pick from."""
-        conv = self.chat.conversation(conversation_id, user, project=project)
+        models when there are several, else two samples of one) to pick from. Without a
+        ``conversation_id`` a new chat starts — only once the message passed every check.
+        Returns ``(conversation id, the turn, the answers being written)``."""
+        conv = None
+        if conversation_id is not None:
+            conv = self.chat.conversation(conversation_id, user, project=project)
         names = self._arena_or_chat_models(conv, two, model)
         self.chat.check_message(text)  # refused before it counts against the limits
         self.worker.check(user.id, len(names))
         self._ask(user, len(names))
+        if conv is None:
+            conversation_id = self.chat.start(project, user)
+            conv = self.chat.conversation(conversation_id, user)
         turn = self.chat.add_user_turn(conversation_id, user, text, parent_id=parent_id, project=project)
         sides = ["A", "B"] if conv.mode == "arena" else [None] * len(names)
         answers = self.chat.add_answers(
             conversation_id, user, turn.id, list(zip(names, sides, strict=True)), project=project
         )
         path = self.chat.conversation(conversation_id, user).path(turn.id)
-        return turn, self._queue(answers, path, user)
+        return conversation_id, turn, self._queue(answers, path, user)
 
     def _arena_or_chat_models(self, conv, two: bool, model: str | None) -> list[str]:
-        if conv.mode == "arena":
+        if conv is not None and conv.mode == "arena":
             for name in conv.models:
                 self.model(name)
             return list(conv.models)
