@@ -145,7 +145,7 @@ def main() -> None:
     from alignkit.recipes.sft import SFTConfig, train_sft
     from alignkit.tasks.assistant import build_base_policy
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # a shared 2-core machine: intra-op threads mostly wait on each other
     work = Path(args.work)
     t0 = time.time()
     base_dir = build_base_policy(work / "base")

@@ -40,8 +40,9 @@ def test_every_comment_points_at_the_answer_it_is_about():
     assert reqs[0].prompt_messages == CONV  # the whole conversation, from the chat's record
     assert reqs[0].meta == {"signal_id": 4, "source": "chat", "annotator": "ann"}
     assert reqs[1].prompt_messages == [{"role": "user", "content": "q"}]
-    text = revision_messages(reqs[0])[0]["content"]
-    assert "User: Fix my tyre?" in text and "burn it" in text and "dangerous" in text
+    chat = revision_messages(reqs[0])
+    assert chat[:3] == CONV and chat[3] == {"role": "assistant", "content": "burn it"}
+    assert chat[4]["role"] == "user" and chat[4]["content"].startswith("Feedback on your answer: dangerous\n")
 
 
 def test_revision_beats_original_as_a_comparison_and_an_sft_target(tmp_path):
@@ -54,7 +55,7 @@ def test_revision_beats_original_as_a_comparison_and_an_sft_target(tmp_path):
         return ["  patch the tube  ", "meh", "", "short and clear", "r1 fixed"]
 
     revisions = revise(reqs, reviser)
-    assert len(seen) == 5 and revisions[0] == "patch the tube"
+    assert len(seen) == 5 and revisions[0] == "patch the tube" and seen[0][-2]["content"] == "burn it"
     comps, sft = revision_records(reqs, revisions, "smollm2")
     assert [(c.a, c.b, c.mu) for c in comps] == [
         ("patch the tube", "burn it", 1.0), ("short and clear", "long", 1.0), ("r1 fixed", "r1", 1.0)]

@@ -35,12 +35,9 @@ __all__ = [
     "revision_trl_rows",
 ]
 
-INSTRUCTION = (
-    "Improve an assistant's answer using a reviewer's feedback.\n\n"
-    "Conversation:\n{conversation}\n\n"
-    "The assistant's answer:\n{answer}\n\n"
-    "The reviewer's feedback:\n{comment}\n\n"
-    "Write only the improved answer, with no preamble."
+FEEDBACK_TURN = (
+    "Feedback on your answer: {comment}\n"
+    "Rewrite your answer so that it addresses the feedback. Reply with the rewritten answer only."
 )
 
 
@@ -97,10 +94,18 @@ def requests_from_records(records: Iterable[Record]) -> list[RevisionRequest]:
 
 
 def revision_messages(request: RevisionRequest) -> list[dict[str, str]]:
-    """The chat the reviser reads: one user turn with :data:`INSTRUCTION` filled in."""
-    conversation = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in request.prompt_messages)
-    text = INSTRUCTION.format(conversation=conversation, answer=request.answer, comment=request.comment)
-    return [{"role": "user", "content": text}]
+    """The chat the reviser reads: the conversation, the answer as the reviser's own turn,
+    then the comment as the user's next turn (:data:`FEEDBACK_TURN`) — the refinement
+    asked for the way a person would ask an assistant in a chat.
+
+    (A first design put everything in one instruction block; on the smoke run SmolLM2-135M
+    mostly echoed its labels — "The user's answer is:" — so this form replaced it before the
+    measured runs; see docs/chat.md.)"""
+    return [
+        *request.prompt_messages,
+        {"role": "assistant", "content": request.answer},
+        {"role": "user", "content": FEEDBACK_TURN.format(comment=request.comment)},
+    ]
 
 
 def revise(
