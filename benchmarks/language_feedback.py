@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -124,6 +123,35 @@ def per_prompt_gold(model, tok, n_per_prompt: int, seed: int, max_new_tokens: in
     return [sum(gold[i * n_per_prompt:(i + 1) * n_per_prompt]) / n_per_prompt for i in range(len(PROMPTS))]
 
 
+def defect_fixes(work: Path, seeds: list[int]) -> dict:
+    """From the cached revisions: how often the revision is rid of each defect its comment
+    named (re-judged by :func:`defect_comment`), how often of all of them, and its length."""
+    fixed: dict[str, list[int]] = {}
+    all_fixed = n = 0
+    words_orig, words_rev = [], []
+    for seed in seeds:
+        for line in (work / f"revisions_seed{seed}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            _, named = defect_comment(r["prompt"], r["original"])
+            _, left = defect_comment(r["prompt"], r["revision"])
+            for k in named:
+                fixed.setdefault(k, [0, 0])
+                fixed[k][0] += k not in left
+                fixed[k][1] += 1
+            all_fixed += not set(named) & set(left)
+            n += 1
+            words_orig.append(len(words_of(r["original"])))
+            words_rev.append(len(words_of(r["revision"])))
+    return {
+        "per_defect": {k: {"fixed": v[0], "n": v[1], "rate": v[0] / v[1], "wilson95": wilson(*v)}
+                       for k, v in sorted(fixed.items())},
+        "all_named_fixed": {"fixed": all_fixed, "n": n, "rate": all_fixed / n, "wilson95": wilson(all_fixed, n)},
+        "words_original_mean": sum(words_orig) / n,
+        "words_revision_mean": sum(words_rev) / n,
+        "revisions_over_target_words": sum(w > TARGET_WORDS for w in words_rev) / n,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -133,7 +161,15 @@ def main() -> None:
     ap.add_argument("--reviser-tokens", type=int, default=48)
     ap.add_argument("--work", default="runs/language_feedback")
     ap.add_argument("--out", default=str(HERE / "results" / "language_feedback.json"))
+    ap.add_argument("--analyze", action="store_true",
+                    help="Only add the defect-fix analysis of the cached revisions to --out.")
     args = ap.parse_args()
+    if args.analyze:
+        res = json.loads(Path(args.out).read_text())
+        res["summary"]["named_defects_fixed"] = defect_fixes(Path(args.work), res["meta"]["seeds"])
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res["summary"]["named_defects_fixed"], indent=2))
+        return
 
     import torch
     from _fair import machine_meta
@@ -251,6 +287,7 @@ def main() -> None:
     mean, lo, hi = paired_bootstrap_ci(diff, seed=0)
     summary["sft_revisions_minus_sft_originals"] = {"mean": mean, "bootstrap95": [lo, hi],
                                                     "t95_over_seeds": list(t_interval([sum(x) / len(x) for x in diff])[1:])}
+    summary["named_defects_fixed"] = defect_fixes(work, args.seeds)
     out = {
         "meta": {**machine_meta(), "seeds": args.seeds, "samples_per_prompt": args.samples,
                  "eval_samples_per_prompt": args.eval_samples, "reviser": args.reviser,

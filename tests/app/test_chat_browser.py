@@ -59,31 +59,12 @@ def answers_done(page, selector, n):
     page.locator(finished).nth(n - 1).wait_for()
 
 
-@pytest.mark.timeout(900)
-def test_chat_arena_leaderboard_and_training_in_chromium(browser, tmp_path, tiny_lm_dir):
+def run_flow(browser, url, ann, boss, names, shots, tmp_path, streaming_shot=False):
+    """The person's flow and the admin's download; returns the exported TRL file."""
     from playwright.sync_api import expect
 
-    from alignkit.cli import main
-    from alignkit.models import make_tiny_lm_dir
-
-    shots = Path(os.environ.get("ALIGNKIT_CHAT_SHOTS", ROOT / "test-artifacts"))
-    shots.mkdir(parents=True, exist_ok=True)
-    models = os.environ.get("ALIGNKIT_CHAT_MODELS")
-    if models:
-        specs = models.split(",")
-    else:
-        other = make_tiny_lm_dir(tmp_path / "tiny_b", n_layer=2, n_embd=64, seed=1)
-        specs = [f"{tiny_lm_dir}:tiny-a", f"{other}:tiny-b"]
-    names = [s.rsplit(":", 1)[1] for s in specs]
-    db = tmp_path / "chat.db"
-    store = FeedbackStore(db)
-    store.ensure_project("demo", gold_every=0)
-    ann = store.add_user("ann", projects=["demo"])
-    boss = store.add_user("boss", role="admin")
-    server = ChatServer(db, "demo", specs, tmp_path / "server.log", ["--max-new-tokens", "24"])
     dialogs, console = [], []
     context, page = open_page(browser, dialogs, console)
-    url = server.url
     try:
         log_in(page, url, "ann", ann.password)
         with page.expect_navigation():
@@ -93,6 +74,9 @@ def test_chat_arena_leaderboard_and_training_in_chromium(browser, tmp_path, tiny
         # 1. two turns; the tokens arrive as separate events before the stored answer
         page.fill("#chat-input", "How do I fix a flat bike tyre?")
         page.keyboard.press("Enter")
+        if streaming_shot:  # slow enough models (the docs' run): the answer mid-stream
+            page.locator("#messages .msg-assistant.receiving").first.wait_for()
+            page.screenshot(path=str(shots / "chat-streaming.png"), full_page=True)
         answers_done(page, "#messages .msg-assistant", 1)
         first = page.locator("#messages .msg-assistant").nth(0)
         assert int(first.get_attribute("data-token-events")) >= 2
@@ -182,8 +166,34 @@ def test_chat_arena_leaderboard_and_training_in_chromium(browser, tmp_path, tiny
         dl.value.save_as(export)
     finally:
         context.close()
-        server.stop()
     assert dialogs == [] and not [c for c in console if "error" in c.lower()], console
+    return export
+
+
+@pytest.mark.timeout(900)
+def test_chat_arena_leaderboard_and_training_in_chromium(browser, tmp_path, tiny_lm_dir):
+    from alignkit.cli import main
+    from alignkit.models import make_tiny_lm_dir
+
+    shots = Path(os.environ.get("ALIGNKIT_CHAT_SHOTS", ROOT / "test-artifacts"))
+    shots.mkdir(parents=True, exist_ok=True)
+    models = os.environ.get("ALIGNKIT_CHAT_MODELS")
+    if models:
+        specs = models.split(",")
+    else:
+        other = make_tiny_lm_dir(tmp_path / "tiny_b", n_layer=2, n_embd=64, seed=1)
+        specs = [f"{tiny_lm_dir}:tiny-a", f"{other}:tiny-b"]
+    names = [s.rsplit(":", 1)[1] for s in specs]
+    db = tmp_path / "chat.db"
+    store = FeedbackStore(db)
+    store.ensure_project("demo", gold_every=0)
+    ann = store.add_user("ann", projects=["demo"])
+    boss = store.add_user("boss", role="admin")
+    server = ChatServer(db, "demo", specs, tmp_path / "server.log", ["--max-new-tokens", "24"])
+    try:
+        export = run_flow(browser, server.url, ann, boss, names, shots, tmp_path, streaming_shot=bool(models))
+    finally:
+        server.stop()
     rows = [json.loads(line) for line in export.read_text().splitlines()]
     assert [r["signal"] for r in rows] == ["compare", "pick", "edit", "arena"]
     assert all(isinstance(r["prompt"], list) and r["prompt"][-1]["role"] == "user" for r in rows)
