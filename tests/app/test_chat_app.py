@@ -9,9 +9,9 @@ import httpx
 import pytest
 from chat_helpers import events, login, scripted_model, serve
 
+from alignkit.app.chat import create_chat_app
 from alignkit.app.chat_service import ChatConfig, ChatService
 from alignkit.app.generation import ChatModel
-from alignkit.app.server import create_app
 from alignkit.data import load_records
 from alignkit.feedback.store import FeedbackStore
 
@@ -68,7 +68,7 @@ def parse_markup(html):
 def app_with(store, models, **cfg):
     config = ChatConfig(**{"max_new_tokens": 12, "temperature": 1.0, "seed": 0, **cfg})
     svc = ChatService(store, models, config)
-    return create_app(store.url, "p", store=store, chat=svc), svc
+    return create_chat_app(store.url, "p", svc, store=store), svc
 
 
 def client_for(url):

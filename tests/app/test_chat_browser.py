@@ -218,8 +218,8 @@ def test_chat_arena_leaderboard_and_training_in_chromium(browser, tmp_path, tiny
 def test_markup_in_model_output_never_runs_in_the_page(browser, tmp_path, tiny_lm_dir):
     """An answer full of <script>, event handlers and javascript: links, streamed and then
     rendered: no dialog, no element from the model, the text shown as text."""
+    from alignkit.app.chat import create_chat_app
     from alignkit.app.chat_service import ChatConfig, ChatService
-    from alignkit.app.server import create_app
     from alignkit.models.loading import load_tokenizer
 
     payload = ("<script>alert('s')</script><img src=x onerror=\"alert('i')\">"
@@ -230,7 +230,7 @@ def test_markup_in_model_output_never_runs_in_the_page(browser, tmp_path, tiny_l
     evil = scripted_model("evil", load_tokenizer(tiny_lm_dir), payload, delay=0.01)
     svc = ChatService(store, [evil], ChatConfig(max_new_tokens=300))
     dialogs, console = [], []
-    with serve(create_app(store.url, "p", store=store, chat=svc)) as url:
+    with serve(create_chat_app(store.url, "p", svc, store=store)) as url:
         context, page = open_page(browser, dialogs, console)
         try:
             log_in(page, url, "ann", ann.password)

@@ -1,7 +1,7 @@
 """The chat page, the arena and the leaderboard: routes over :class:`~alignkit.app.chat_service.ChatService`.
 
-Mounted by :func:`~alignkit.app.server.create_app` when it is given a chat service
-(``alignkit chat serve``). Same accounts, sessions, CSRF, CSP, body limits and store as the
+Mounted on the annotation app by :func:`mount_chat` (``alignkit chat serve`` uses
+:func:`create_chat_app`). Same accounts, sessions, CSRF, CSP, body limits and store as the
 annotation pages. People only: the page's script (``/static/chat.js``) calls the JSON routes
 under ``/chat/api`` with the session cookie and the session's CSRF token in an
 ``X-CSRF-Token`` header; answers stream as server-sent events from
@@ -46,7 +46,7 @@ from alignkit.feedback.conversations import CHAT_EXPORT_FORMATS, Conversation, M
 from alignkit.feedback.errors import NotFound
 from alignkit.feedback.exports import json_safe
 
-__all__ = ["router", "service"]
+__all__ = ["create_chat_app", "mount_chat", "router", "service"]
 
 router = APIRouter()
 HEARTBEAT_S = 5.0  # a comment line this often: proxies keep the stream, a gone client is noticed
@@ -57,6 +57,28 @@ def service(request: Request):
     if chat is None:  # pragma: no cover - the router is only mounted with a service
         raise HTTPProblem(404, "this server has no chat")
     return chat
+
+
+def mount_chat(app, chat) -> None:
+    """Add the chat page, the arena and the leaderboard of ``chat`` (a
+    :class:`~alignkit.app.chat_service.ChatService`) to an app made by
+    :func:`~alignkit.app.server.create_app`; ``/`` then leads to the chat."""
+    app.state.chat = chat
+    app.state.ctx.templates.globals["chat_enabled"] = True
+    before = list(app.router.routes)
+    app.include_router(router)
+    # matched first, so that "/" leads to the chat, not to /annotate (no other path is shared)
+    added = [r for r in app.router.routes if r not in before]
+    app.router.routes[:] = added + before
+
+
+def create_chat_app(db_url: str, project: str, chat, **kwargs):
+    """:func:`~alignkit.app.server.create_app` (same arguments) with the chat mounted."""
+    from alignkit.app.server import create_app
+
+    app = create_app(db_url, project, **kwargs)
+    mount_chat(app, chat)
+    return app
 
 
 # ---------------------------------------------------------------------- JSON plumbing

@@ -111,19 +111,12 @@ async def on_invalid_request(request: Request, exc: RequestValidationError):
 
 
 def create_app(
-    db_url: str,
-    project: str,
-    *,
-    secure_cookies: bool = False,
-    store: FeedbackStore | None = None,
-    chat=None,
+    db_url: str, project: str, *, secure_cookies: bool = False, store: FeedbackStore | None = None
 ) -> FastAPI:
     """The annotation app for ``project`` in the database at ``db_url``.
 
     ``secure_cookies=True`` adds the Secure flag to cookies (set it behind HTTPS; it is
-    also added automatically when the request itself arrives over https). ``chat``: a
-    :class:`~alignkit.app.chat_service.ChatService` adds the chat page, the arena and the
-    leaderboard (:mod:`alignkit.app.chat`; ``alignkit chat serve``).
+    also added automatically when the request itself arrives over https).
     """
     store = store or FeedbackStore(db_url)
     store.ensure_project(project)
@@ -142,12 +135,6 @@ def create_app(
     app.add_exception_handler(HTTPProblem, on_problem)
     app.add_exception_handler(AlignkitError, on_user_error)
     app.add_exception_handler(RequestValidationError, on_invalid_request)
-    if chat is not None:  # first, so that / leads to the chat
-        from alignkit.app import chat as chat_routes
-
-        app.state.chat = chat
-        app.state.ctx.templates.globals["chat_enabled"] = True
-        app.include_router(chat_routes.router)
     app.include_router(pages.router)
     app.include_router(api.router)
     return app

@@ -72,9 +72,9 @@ def register(app: typer.Typer) -> None:
         """Serve the annotation app with the chat page, the arena and the leaderboard."""
         import uvicorn
 
+        from alignkit.app.chat import create_chat_app
         from alignkit.app.chat_service import ChatConfig, ChatService
         from alignkit.app.generation import load_chat_model
-        from alignkit.app.server import create_app
         from alignkit.cli.annotate import _store
         from alignkit.cli.common import build_config
 
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
                 f"`alignkit annotate add-user --db {db} NAME --role admin`",
                 err=True,
             )
-        web = create_app(store.url, project, secure_cookies=secure_cookies, store=store, chat=svc)
+        web = create_chat_app(store.url, project, svc, secure_cookies=secure_cookies, store=store)
         names = ", ".join(m.name for m in models)
         typer.echo(f"alignkit chat: project {project!r}, models {names} on http://{host}:{port}/chat", err=True)
         try:
