@@ -11,7 +11,11 @@ Two measurements:
    ``model.generate(streamer=…)`` (a streamer that timestamps every ``put``, i.e. every token
    as generate hands it out). Interleaved, paired repeats; ratios per repeat.
 
-Threads: torch's default (the machine's cores) on both sides. The load average is recorded.
+Threads: torch's default (the machine's cores) on both sides, and both decode in a thread of
+their own (the server's worker is one): on this shared machine torch ops issued from the main
+thread were measured 10–30× slower than the same ops from a fresh thread (a forward pass of
+SmolLM2 on 40 tokens: 14 s vs 0.5–1 s at load ≈ 20), which would swamp any comparison. The
+load average is recorded.
 
     python benchmarks/chat_smollm2.py --out benchmarks/results/chat_smollm2.json
 """
@@ -51,11 +55,17 @@ def ours(cm, turns, max_new):
     ids, max_new, _ = cm.prompt_ids(turns, max_new)
     text = TextStream(cm.tokenizer)
     times, tokens = [], []
-    with torch.inference_mode():
-        for tok in stream_tokens(cm.model, ids, max_new, eos_ids=cm.eos_ids):
-            text.push(tok)
-            times.append(time.perf_counter())
-            tokens.append(tok)
+
+    def run():  # in a thread of its own, as the server's worker (and as generate below)
+        with torch.inference_mode():
+            for tok in stream_tokens(cm.model, ids, max_new, eos_ids=cm.eos_ids):
+                text.push(tok)
+                times.append(time.perf_counter())
+                tokens.append(tok)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
     return t0, times, tokens
 
 
