@@ -172,6 +172,9 @@ def test_a_chat_over_http_streams_and_records_every_signal(env, tiny_models, tmp
         assert len(load_records(tmp_path / "chat.jsonl").records) == 3
         admin = boss.get("/chat-admin").text
         assert "thumb 2" in admin and "compare 1" in admin and "pick 1" in admin
+        token = re.search(r'name="csrf_token" value="([^"]+)"', admin).group(1)
+        assert boss.post("/chat-admin/review", data={"csrf_token": token}).status_code == 303
+        assert store.count_items("p")["items"] == 2  # the compare and the pick, for reviewers
         assert boss.get("/chat-admin/export/nope").status_code == 422
         boss.close()
     svc.worker.close()
@@ -216,7 +219,7 @@ def test_limits_speak_clearly_and_long_prompts_keep_their_end(env, tiny_models):
     store, people = env
     tok = tiny_models[0].tokenizer
     slow = scripted_model("slow", tok, "word " * 100, delay=0.05)
-    app, svc = app_with(store, [slow, tiny_models[0]], max_new_tokens=100)
+    app, svc = app_with(store, [slow, tiny_models[0]], max_new_tokens=100, max_active=1)
     with serve(app) as url, client_for(url) as c:
         csrf = login(c, "ann", people["ann"].password)
         big = "x" * 102_400  # a 100 KB prompt
@@ -233,6 +236,9 @@ def test_limits_speak_clearly_and_long_prompts_keep_their_end(env, tiny_models):
         assert int(r.headers["retry-after"]) > 0
         ann = store.check_password("ann", people["ann"].password)
         assert len(svc.chat.list_conversations("p", ann)) == 1  # the refused one left nothing behind
+        # one answer decoded at a time (max_active=1): the second one says it is waiting
+        first_event = events(c, d["answers"][1]["id"], stop_after=lambda e: True)
+        assert first_event == [("queued", {"position": 1})]
         for a in d["answers"]:
             post(c, csrf, f"/chat/api/messages/{a['id']}/stop")
             events(c, a["id"])
