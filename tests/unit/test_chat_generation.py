@@ -133,3 +133,24 @@ def test_a_full_queue_refuses_with_a_busy_message(tiny):
     finally:
         worker.close()
     assert refused and all("busy" in r for r in refused)
+
+
+def test_the_prefill_asks_for_the_last_logits_only(tiny, monkeypatch):
+    """A long prompt must not cost (prompt length × vocabulary) logits (1.6 GB for SmolLM2's
+    8k-token context)."""
+    import functools
+
+    shapes = []
+    forward = tiny.model.forward
+
+    @functools.wraps(forward)
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        shapes.append(tuple(out.logits.shape))
+        return out
+
+    monkeypatch.setattr(tiny.model, "forward", spy)
+    ids = tiny.tokenizer("Human: a fairly long prompt, " * 5 + "Assistant:")["input_ids"]
+    with torch.inference_mode():
+        list(stream_tokens(tiny.model, ids, 3))
+    assert len(ids) > 20 and shapes == [(1, 1, len(tiny.tokenizer))] * 3

@@ -153,15 +153,20 @@ def stream_tokens(
     device = next(model.parameters()).device
     # transformers ≥ 5.2x calls the forward's cache argument (and output) ``cache``
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    params = inspect.signature(base.forward).parameters
+    kw = "cache" if "cache" in params else "past_key_values"
+    # the prompt's logits only for its last token: a 8k-token prompt of a 49k vocabulary
+    # would otherwise take 1.6 GB of logits
+    last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     n = len(prompt_ids)
     mask = torch.ones((1, n + max_new_tokens), dtype=torch.long, device=device)
-    out = model(input_ids=torch.tensor([prompt_ids], device=device), attention_mask=mask[:, :n], use_cache=True)
+    out = model(input_ids=torch.tensor([prompt_ids], device=device), attention_mask=mask[:, :n], use_cache=True,
+                **last)
     for step in range(max_new_tokens):
         token = sample_next(out.logits[0, -1], temperature, top_p, generator)
         yield token
-        if token in eos_ids:
-            return
+        if token in eos_ids or step + 1 == max_new_tokens:
+            return  # (no forward pass for a token that will not be read)
         cache = getattr(out, kw, None)
         out = model(
             input_ids=torch.tensor([[token]], device=device),
