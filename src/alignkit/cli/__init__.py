@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "alignkit.cli.policy",
     "alignkit.cli.decoding",
     "alignkit.cli.annotate",
+    "alignkit.cli.chat",
     "alignkit.cli.loop",
     "alignkit.cli.control",
     "alignkit.cli.humans",

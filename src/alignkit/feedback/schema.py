@@ -24,10 +24,13 @@ from sqlalchemy import (
 
 __all__ = [
     "assignments",
+    "chat_signals",
     "closed",
+    "conversations",
     "items",
     "media",
     "members",
+    "messages",
     "metadata",
     "projects",
     "sessions",
@@ -168,4 +171,59 @@ media = Table(
     Column("data", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("project_id", "sha256", name="uq_media_sha"),
+)
+
+
+# Conversations with models (the chat page and the arena; feedback/conversations.py). The
+# messages form a tree: a regenerated, edited or second answer is a sibling of the first
+# (same parent); ``leaf_id`` is the message the conversation continues from. A signal is
+# one piece of feedback on messages (thumb, compare, pick, edit, arena), unique per user,
+# kind and key (what was judged), so a repeated submit never makes a second row.
+conversations = Table(
+    "ak_conversations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("ak_projects.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    Column("mode", String(8), nullable=False),  # chat | arena
+    Column("models", JSON, nullable=False),  # arena: [model of side A, model of side B]
+    Column("leaf_id", Integer),
+    Column("title", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_conversation_user", "project_id", "user_id"),
+)
+
+messages = Table(
+    "ak_messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("conversation_id", Integer, ForeignKey("ak_conversations.id"), nullable=False),
+    Column("parent_id", Integer, ForeignKey("ak_messages.id")),
+    Column("role", String(12), nullable=False),  # user | assistant
+    Column("content", Text, nullable=False),
+    Column("model", String(200)),
+    Column("side", String(1)),  # arena: A | B
+    Column("origin", String(12), nullable=False),  # typed | model | edit
+    Column("status", String(12), nullable=False),  # done | generating | stopped | error | interrupted
+    Column("meta", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Index("ix_message_conversation", "conversation_id"),
+)
+
+chat_signals = Table(
+    "ak_chat_signals",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("conversation_id", Integer, ForeignKey("ak_conversations.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("ak_users.id"), nullable=False),
+    Column("kind", String(12), nullable=False),  # thumb | compare | pick | edit | arena
+    Column("key", String(64), nullable=False),
+    Column("message_id", Integer, ForeignKey("ak_messages.id"), nullable=False),
+    Column("other_id", Integer, ForeignKey("ak_messages.id")),
+    Column("answer", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("user_id", "kind", "key", name="uq_chat_signal"),
+    Index("ix_chat_signal_conversation", "conversation_id"),
 )
