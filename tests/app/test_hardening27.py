@@ -140,6 +140,17 @@ def test_a_label_takes_what_an_answer_can_hold_not_the_global_limit(env):
         assert r.status_code == 413
 
 
+def test_chat_routes_take_long_messages_up_to_their_own_limit():
+    """A chat message far over the chat's character limit reaches the route (which names the
+    limit); a body over MAX_CHAT is refused while it streams in; other routes stay small."""
+    assert bodies.route_limit("/chat/api/send", None) == bodies.MAX_CHAT
+    assert bodies.route_limit("/chat/api/messages/12/edit", None) == bodies.MAX_CHAT
+    assert bodies.route_limit("/arena/api/3/vote", None) == bodies.MAX_CHAT
+    assert bodies.route_limit("/chat", None) == bodies.MAX_SMALL
+    assert bodies.route_limit("/api/v1/chat/api/send", None) == bodies.MAX_SMALL
+    assert 100 * 2**10 * 6 < bodies.MAX_CHAT < bodies.MAX_FORM
+
+
 # ---------------------------------------------------------------------- the login form's CSRF
 
 

@@ -11,7 +11,9 @@ is the smaller of two:
 * what the route takes (:func:`route_limit`): a label —
   API or form — what its answer can hold (:func:`label_limit`: a comment and an edit per
   response, each at most :data:`~alignkit.feedback.answers.MAX_TEXT` characters); an
-  import :data:`MAX_API`; everything else :data:`MAX_SMALL`.
+  import :data:`MAX_API`; a chat or arena call :data:`MAX_CHAT` (room for a message far
+  over the chat's own character limit, so that the route can say by how much); everything
+  else :data:`MAX_SMALL`.
 
 JSON is parsed in a worker thread, never on the event loop: a large body never stalls
 the other requests.
@@ -33,6 +35,7 @@ from alignkit.feedback.text import json_problem
 __all__ = [
     "MAX_ANONYMOUS",
     "MAX_API",
+    "MAX_CHAT",
     "MAX_FORM",
     "MAX_SMALL",
     "BodyLimit",
@@ -46,6 +49,7 @@ MAX_FORM = 16 * 2**20  # a labelling form carries the (possibly long) corrected 
 MAX_API = 32 * 2**20  # bytes of JSON in one API request (an import of many items)
 MAX_SMALL = 16 * 2**10  # a login, a skip, an undo, a new user: a few short fields
 MAX_IDS = 2**20  # {"ids": [...]}: ~100,000 item ids
+MAX_CHAT = 2 * 2**20  # a chat message, edit or comment; the chat checks its characters itself
 
 # The worst case of one character on the wire: a 4-byte UTF-8 character percent-encoded in a
 # form (12 bytes), or two \\uXXXX escapes in JSON (12 bytes).
@@ -54,6 +58,7 @@ _LABEL = re.compile(r"^/(?:api/v1/assignments/(\d{1,18})/label|annotate/(\d{1,18
 _FIXED = (
     (re.compile(r"^/api/v1/items$"), MAX_API),
     (re.compile(r"^/api/v1/items/(?:labels|close)$"), MAX_IDS),
+    (re.compile(r"^/(?:chat/api|arena)/"), MAX_CHAT),
 )
 
 
