@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -48,13 +49,23 @@ from control_learning import cpu_model, t_interval  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 # alignkit's best setting (chosen on pilot seeds ≥ 100, never on the judged seeds 0–9), and
 # one ablation per label-efficiency method: that method switched off, all else the same.
-BEST = {"rl_engine": "sb3"}
+CANDIDATE = dict(rl_engine="sb3", unsupervised_steps=10_240, pseudo_labels=True, crop=10, query="info-gain",
+                 relabel=True, reward_normalize_obs=True)
+BEST = dict(CANDIDATE)
 METHODS: dict[str, dict] = {
     "reference": {"kind": "reference"},
     "oracle": {"kind": "oracle", "set": {"rl_engine": "sb3"}},
     "alignkit": {"kind": "alignkit", "set": dict(BEST)},
+    "alignkit-no_explore": {"kind": "alignkit", "set": {**BEST, "unsupervised_steps": 0}},
+    "alignkit-no_pseudo": {"kind": "alignkit", "set": {**BEST, "pseudo_labels": False}},
+    "alignkit-no_crop": {"kind": "alignkit", "set": {**BEST, "crop": 0}},
+    "alignkit-random_queries": {"kind": "alignkit", "set": {**BEST, "query": "random"}},
+    "alignkit-no_relabel": {"kind": "alignkit", "set": {**BEST, "relabel": False}},
     "imitation-random": {"kind": "imitation", "active": False},
     "imitation-active": {"kind": "imitation", "active": True},
+    # pilots (seed ≥ 100 only): the one open design choice, r̂'s input normalisation
+    "pilot-norm_inputs": {"kind": "alignkit", "set": dict(CANDIDATE)},
+    "pilot-raw_inputs": {"kind": "alignkit", "set": {**CANDIDATE, "reward_normalize_obs": False}},
 }
 
 
@@ -123,24 +134,33 @@ def run_cell(cell: dict) -> dict:
                "env_steps": int(model.num_timesteps)}
     elif spec["kind"] in ("oracle", "alignkit"):
         from alignkit.config import apply_overrides
-        from alignkit.recipes.control import ControlConfig, run_control
+        from alignkit.recipes.control import ControlConfig, run_phase
 
         run_dir = Path(cell["runs"]) / f"{cell['method']}_l{labels}_s{seed}"
         phase = "oracle" if spec["kind"] == "oracle" else "learned"
-        cfg = ControlConfig(env_id=env, seed=seed, labels=max(labels, 1), steps=steps, out=str(run_dir),
-                            frames=False, only_phase=phase)
+        cfg = ControlConfig(env_id=env, seed=seed, labels=max(labels, 1), steps=steps, out=str(run_dir), frames=False)
         cfg = apply_overrides(cfg, spec.get("set", {}), source="METHODS")
-        s = run_control(cfg)
+        s = run_phase(cfg, phase)
         out = {k: s[k] for k in ("true_return", "true_returns", "labels_used", "env_steps") if k in s}
+        out["curve"] = s["curve"][9::10]  # every 10th iteration (the whole curve is in run_dir/metrics.jsonl)
         out["run_dir"] = str(run_dir)
     elif spec["kind"] == "imitation":
+        from alignkit.control.sb3 import rl_zoo_ppo
+        from alignkit.recipes.control import ControlConfig
+
+        # the same PPO, segment length, label budget and number of label sessions as alignkit's run
+        cfg = ControlConfig(env_id=env, seed=seed, labels=labels, steps=steps).resolved()
+        zoo = rl_zoo_ppo(env)
+        sessions = math.ceil(math.ceil(steps / (zoo["n_envs"] * zoo["n_steps"])) / cfg.feedback_every)
         run_dir = Path(cell["runs"]) / f"{cell['method']}_l{labels}_s{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         res = run_dir / "imitation.json"
         subprocess.run([cell["imitation_python"], str(ROOT / "benchmarks" / "imitation_side.py"),
                         "--env", env, "--seed", str(seed), "--labels", str(labels), "--steps", str(steps),
-                        "--out", str(res), "--zoo", *(["--active"] if spec["active"] else [])],
-                       check=True, env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+                        "--fragment-length", str(cfg.segment_length), "--iterations", str(sessions),
+                        "--zoo-json", json.dumps(zoo), "--out", str(res), *(["--active"] if spec["active"] else [])],
+                       check=True, env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"},
+                       stdout=subprocess.DEVNULL)
         im = json.loads(res.read_text())
         out = {k: im[k] for k in ("true_return", "true_returns", "env_steps", "env_run")}
         out["labels_used"] = labels
@@ -197,11 +217,74 @@ def cmd_cell(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    cells = [c for c in read_cells(args.env) if c["steps"] == args.steps]
-    print(json.dumps(summarise(cells, args.labels), indent=2))
+    cells = [c for c in read_cells(args.env) if c["steps"] == args.steps and c["seed"] in args.seeds]
+    summary = summarise(cells)
+    summary.update(env=args.env, steps=args.steps, seeds=args.seeds, cells=len(cells),
+                   cpu_s_total=sum(c.get("cpu_s", 0.0) for c in cells))
+    out = results_path(args.env).with_name(f"control_curve_{args.env}_summary.json")
+    out.write_text(json.dumps(summary, indent=2))
+    print(markdown(summary))
+    if args.plot:
+        plot(summary, Path(args.plot))
+    print(f"→ {out}")
 
 
-def summarise(cells: list[dict], labels: list[int]) -> dict:
+def markdown(summary: dict) -> str:
+    """The summary as the table docs/control.md shows."""
+    ref = summary["reference"]
+    lines = [f"reference (SB3 PPO, RL-Zoo settings, true reward): mean {ref['mean']:.0f} over {ref['n']} seeds "
+             f"(95 % CI {ref['ci95'][0]:.0f} – {ref['ci95'][1]:.0f})" if ref else "no reference cells",
+             "", "| method | labels | seeds | mean true return | × reference | paired difference from the reference |",
+             "|---|---|---|---|---|---|"]
+    for name, row in summary["methods"].items():
+        if not row.get("n"):
+            continue
+        d = row.get("minus_reference", {})
+        ci = d.get("ci95", [float("nan")] * 2)
+        lines.append(f"| {name.split('@')[0]} | {row['labels']} | {row['n']} | {row['mean']:.0f} | "
+                     f"{row.get('fraction_of_reference', float('nan')):.3f} | {d.get('mean', float('nan')):+.0f} "
+                     f"({ci[0]:+.0f} – {ci[1]:+.0f}) |")
+    lines += ["", "| alignkit setting | vs | labels | seeds | paired difference of returns (95 % CI) |",
+              "|---|---|---|---|---|"]
+    for name, row in summary["methods"].items():
+        for other, d in sorted(row.get("paired_vs", {}).items()):
+            lines.append(f"| {name.split('@')[0]} | {other} | {row['labels']} | {len(d['seeds'])} | "
+                         f"{d['mean']:+.0f} ({d['ci95'][0]:+.0f} – {d['ci95'][1]:+.0f}) |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Mean true return as a fraction of the reference's, against labels (log scale), with
+    95 % intervals of the per-seed fractions, for alignkit and both imitation variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, style in (("alignkit", "o-"), ("imitation-random", "s--"), ("imitation-active", "^--")):
+        rows = sorted((r for n, r in summary["methods"].items() if n.split("@")[0] == method and r.get("n")),
+                      key=lambda r: r["labels"])
+        if not rows:
+            continue
+        x = [r["labels"] for r in rows]
+        y = [r["fraction_of_reference"] for r in rows]
+        err = [[y[i] - r["fraction_ci95"][0] for i, r in enumerate(rows)],
+               [r["fraction_ci95"][1] - y[i] for i, r in enumerate(rows)]]
+        ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, label=f"{method} (n = {rows[0]['n']})")
+    ax.axhline(1.0, color="k", lw=0.8, label="reference (SB3 PPO, RL-Zoo)")
+    ax.axhline(0.9, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("labels")
+    ax.set_ylabel("true return ÷ reference")
+    ax.set_title(f"{summary['env']}, {summary['steps']:,} env steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def summarise(cells: list[dict]) -> dict:
     """Per method and label budget: mean true return, its fraction of the reference's mean
     return (over the same seeds), and paired differences (95 % t-interval) against the others."""
     by: dict[tuple, dict[int, float]] = {}
@@ -217,6 +300,9 @@ def summarise(cells: list[dict], labels: list[int]) -> dict:
         if seeds:
             ref_mean = sum(ref[s] for s in seeds) / len(seeds)
             row["fraction_of_reference"] = row["mean"] / ref_mean
+            # the interval of the fraction: the per-seed returns over the same mean of the reference
+            _, lo, hi = t_interval([per_seed[s] / ref_mean for s in seeds])
+            row["fraction_ci95"] = [lo, hi]
             mean_d, lo, hi = t_interval([per_seed[s] - ref[s] for s in seeds])
             row["minus_reference"] = {"mean": mean_d, "ci95": [lo, hi]}
         for (m2, n2), other in by.items():
@@ -253,7 +339,8 @@ def main() -> None:
     p = sub.add_parser("report")
     p.add_argument("--env", default="HalfCheetah-v5")
     p.add_argument("--steps", type=int, default=300_000)
-    p.add_argument("--labels", type=int, nargs="+", default=[200])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="judged seeds (pilots use ≥ 100)")
+    p.add_argument("--plot", default=None, help="PNG path for the label curve")
     args = ap.parse_args()
     {"run": cmd_run, "cell": cmd_cell, "report": cmd_report}[args.cmd](args)
 

@@ -690,10 +690,10 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
     memory: list[np.ndarray] = []  # PEBBLE: the states seen while exploring
     ep_ret = np.zeros(hp["n_envs"])
     curve: list[dict[str, float]] = []
-    model._setup_learn(iterations * batch, None)
+    _, callback = model._setup_learn(iterations * batch, None)  # what model.learn does first
     for it in track(range(iterations), f"{phase} {cfg.env_id} (sb3)", total=iterations):
         # 1. a rollout of the current policy
-        model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
         ro = recorder.take()
         pool = (pool + [ro])[-max(cfg.feedback_every, explore_its, 1):]
         metrics: dict[str, float] = {}
@@ -721,7 +721,9 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
                 unlabelled = (_pool_segments(pool, cfg.segment_length, cfg.unlabelled_segments, np_rng, it)
                               if cfg.pseudo_labels else [])
                 if labels:
+                    t_fit = time.perf_counter()
                     metrics.update(ensemble.fit(labels, unlabelled))
+                    metrics["time/reward_fit_s"] = time.perf_counter() - t_fit
                     steps = _concat_pool(pool)
                     ensemble.set_normalization(steps["obs"], steps["actions"], steps["next_obs"])
                 metrics["reward/labels"] = float(len(labels))
