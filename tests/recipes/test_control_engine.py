@@ -115,3 +115,13 @@ def test_sb3_engine_refuses_what_it_cannot_do(tmp_path, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and "\n" not in err
+
+
+def test_an_sb3_run_is_a_function_of_its_config(tmp_path):
+    """The numbers in docs/control.md must reproduce: two runs of one config (every method on)
+    give the same policy, return for return."""
+    cfg = dict(TINY, unsupervised_steps=512, pseudo_labels=True, crop=3, query="info-gain",
+               reward_normalize_obs=True)
+    a = run_control(ControlConfig(out=str(tmp_path / "a"), **cfg))
+    b = run_control(ControlConfig(out=str(tmp_path / "b"), **cfg))
+    assert a["true_returns"] == b["true_returns"] and a["labels_used"] == b["labels_used"] == 12
