@@ -69,8 +69,11 @@ METHODS: dict[str, dict] = {
 }
 
 
+RESULTS = ROOT / "benchmarks" / "results"
+
+
 def results_path(env: str) -> Path:
-    return ROOT / "benchmarks" / "results" / f"control_curve_{env}.jsonl"
+    return RESULTS / f"control_curve_{env}.jsonl"
 
 
 def cell_key(c: dict) -> tuple:
@@ -324,6 +327,7 @@ def _stats(xs: list[float]) -> dict:
 
 
 def main() -> None:
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -341,7 +345,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="judged seeds (pilots use ≥ 100)")
     p.add_argument("--plot", default=None, help="PNG path for the label curve")
+    for q in (r, p):
+        q.add_argument("--results-dir", default=str(RESULTS),
+                       help="where control_curve_<env>.jsonl lives (runs from a copy of the code write here)")
     args = ap.parse_args()
+    if getattr(args, "results_dir", None):
+        RESULTS = Path(args.results_dir)
     {"run": cmd_run, "cell": cmd_cell, "report": cmd_report}[args.cmd](args)
 
 
