@@ -82,9 +82,12 @@ def test_control_train_reports_the_reference_beside_the_oracle(tmp_path, capsys)
     printed = json.loads(capsys.readouterr().out.splitlines()[0])
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["rl_engine"] == "sb3"
-    for k in ("reference_return", "oracle_return", "reference_fraction", "oracle_reference_fraction"):
+    for k in ("reference_return", "oracle_return", "reference_fraction", "oracle_reference_fraction",
+              "reference_normalized_score"):
         assert printed[k] == s[k]
     assert s["reference_fraction"] == pytest.approx(s["true_return"] / s["reference_return"])
+    assert s["reference_normalized_score"] == pytest.approx(
+        (s["true_return"] - s["random_return"]) / (s["reference_return"] - s["random_return"]))
     # the engine on the true reward is the reference, to the bit (tests/unit/test_control_sb3.py)
     assert s["oracle_returns"] == s["reference_returns"]
 

@@ -53,7 +53,8 @@ def train_cmd(
         typer.echo(f"stopped after stop_after_iterations; continue with --resume (out: {s['out']})")
         return
     keys = ("true_return", "random_return", "oracle_return", "reference_return", "normalized_score",
-            "reference_fraction", "oracle_reference_fraction", "labels_used", "env_steps")
+            "reference_fraction", "oracle_reference_fraction", "reference_normalized_score", "labels_used",
+            "env_steps")
     typer.echo(json.dumps({k: s[k] for k in keys if k in s}))
     typer.echo(f"report: {Path(s['out']) / 'report.html'}  summary: {Path(s['out']) / 'summary.json'}")
 

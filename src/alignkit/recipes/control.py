@@ -877,9 +877,13 @@ def run_control(cfg: ControlConfig) -> dict[str, Any]:
     if reference is not None:  # the field's standard on the true reward, as a yardstick for both
         summary["reference_return"] = reference["true_return"]
         summary["reference_returns"] = reference["true_returns"]
-        ref = summary["reference_return"]
+        ref, rnd = summary["reference_return"], summary["random_return"]
+        # as a fraction of the reference's return (meaningful where returns are positive, e.g. the
+        # MuJoCo runners), and normalised by the random policy like normalized_score (any sign)
         summary["reference_fraction"] = summary["true_return"] / ref if ref else float("nan")
         summary["oracle_reference_fraction"] = summary["oracle_return"] / ref if ref else float("nan")
+        summary["reference_normalized_score"] = ((summary["true_return"] - rnd) / (ref - rnd)
+                                                 if ref != rnd else float("nan"))
     summary["wall_s"] = time.time() - t0
     summary["finished"] = True
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
