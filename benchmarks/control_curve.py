@@ -61,6 +61,7 @@ METHODS: dict[str, dict] = {
     "alignkit-no_crop": {"kind": "alignkit", "set": {**BEST, "crop": 0}},
     "alignkit-random_queries": {"kind": "alignkit", "set": {**BEST, "query": "random"}},
     "alignkit-no_relabel": {"kind": "alignkit", "set": {**BEST, "relabel": False}},
+    "alignkit-raw_inputs": {"kind": "alignkit", "set": {**BEST, "reward_normalize_obs": False}},
     "imitation-random": {"kind": "imitation", "active": False},
     "imitation-active": {"kind": "imitation", "active": True},
     # pilots (seed ≥ 100 only): the one open design choice, r̂'s input normalisation
