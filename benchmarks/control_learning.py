@@ -2,8 +2,9 @@
 
     python benchmarks/control_learning.py --env Pendulum-v1 --seeds 0 1 2 --labels 1000 --steps 100000
 
-Each seed is one ``alignkit control train --oracle`` run (learned reward and the oracle on
-the true reward, same algorithm and steps); a seed whose summary.json exists is read back,
+Each seed is one ``alignkit control train --oracle --set rl_engine=alignkit`` run (learned
+reward and the oracle on the true reward, alignkit's own PPO, same steps; the sb3 engine and
+the RL-Zoo reference are measured by benchmarks/control_curve.py); a seed whose summary.json exists is read back,
 so an interrupted benchmark continues where it stopped. The result file holds every
 seed's returns, the mean normalized score with a 95 % Student-t interval over seeds, the
 wall time, the CPU model and the load average at start and end (this machine is shared).
@@ -69,7 +70,8 @@ def main() -> None:
             s = json.loads(done.read_text())
         else:
             cfg = ControlConfig(env_id=args.env, seed=seed, labels=args.labels, steps=args.steps, out=str(out),
-                                annotator=args.annotator, query=args.query, oracle=True, resume=True)
+                                annotator=args.annotator, query=args.query, oracle=True, resume=True,
+                                rl_engine="alignkit", reference=False)
             cfg = apply_overrides(cfg, parse_sets(args.set), source="--set")
             s = run_control(cfg)
         per_seed.append({k: s[k] for k in ("seed", "true_return", "random_return", "oracle_return",

@@ -3,6 +3,8 @@
     python benchmarks/control_vs_imitation.py --env Pendulum-v1 --seeds 0 1 2 --labels 1000 --steps 100000 \
         --imitation-python /work/venv_imitation/bin/python
 
+alignkit's own PPO (``rl_engine=alignkit``: what the results in docs/control.md before
+issue 28 measured; the sb3 engine is compared with imitation by benchmarks/control_curve.py).
 Same env, label budget, environment steps, seeds, segment length (alignkit's preset: 25 on
 Pendulum-v1, 50 on HalfCheetah-v5), annotator (Boltzmann over the partial return, β = 1) and
 PPO hyperparameters (alignkit's resolved preset, passed to imitation_side.py) on both sides; each
@@ -60,7 +62,8 @@ def main() -> None:
         out = Path(args.runs) / f"{args.env}_seed{seed}"
         summary = out / "summary.json"
         cfg = apply_overrides(ControlConfig(env_id=args.env, seed=seed, labels=args.labels, steps=args.steps,
-                                            out=str(out), oracle=True, resume=True), parse_sets(args.set),
+                                            out=str(out), oracle=True, resume=True, rl_engine="alignkit",
+                                            reference=False), parse_sets(args.set),
                               source="--set").resolved()
         ak_load = [os.getloadavg()]
         if summary.exists() and json.loads(summary.read_text()).get("finished"):

@@ -12,7 +12,12 @@ clip 0.2, no entropy bonus, 64×64 tanh MLPs). ``--normalize`` (used for MuJoCo,
 alignkit's policy normalises observations and the policy's reward) adds what imitation's own
 scripts use for that: ``VecNormalize`` on observations only (the gatherer still sees the true
 rewards) and a ``NormalizedRewardNet`` (RunningNorm) between the reward net and PPO.
-``--active`` is imitation's own active learning, the counterpart of alignkit's ensemble
+``--zoo-json`` (benchmarks/control_curve.py) instead gives PPO the RL-Zoo settings that
+alignkit's sb3 engine and the reference use, with the zoo's ``VecNormalize`` (observations
+and return-scaled rewards) between imitation's reward wrapper and PPO, so the reward net
+sees raw observations (normalised by its own ``RunningNorm`` input layer) and PPO trains
+exactly as the reference does, on ``NormalizedRewardNet`` (per-step running
+standardisation) of the learned reward. ``--active`` is imitation's own active learning, the counterpart of alignkit's ensemble
 queries: a ``RewardEnsemble`` of 3 such nets trained by its ``EnsembleTrainer``, and the
 ``ActiveSelectionFragmenter`` keeping, of ``--sample-factor`` (10, as alignkit's
 ``query_candidates``) times as many random candidate pairs, those whose predicted preference
@@ -54,6 +59,10 @@ def main() -> None:
     ap.add_argument("--normalize", action="store_true", help="VecNormalize (obs) + NormalizedRewardNet")
     ap.add_argument("--active", action="store_true", help="3-member ensemble + ActiveSelectionFragmenter")
     ap.add_argument("--sample-factor", type=float, default=10.0, help="--active: candidates per query")
+    ap.add_argument("--zoo-json", default=None,
+                    help="SB3 PPO settings as JSON (alignkit.control.sb3.rl_zoo_ppo: the RL-Zoo's for the task): "
+                         "PPO built from them, VecNormalize (obs and return-scaled reward, as the zoo) around the "
+                         "reward wrapper; replaces the PPO flags above and --normalize")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -71,15 +80,16 @@ def main() -> None:
     env_id = args.env if args.env in gym.registry else args.env.replace("-v5", "-v4")  # see the docstring
     t0 = time.time()
     rng = np.random.default_rng(args.seed)
-    venv = make_vec_env(env_id, rng=rng, n_envs=args.num_envs)
-    if args.normalize:
+    zoo = json.loads(args.zoo_json) if args.zoo_json else None
+    venv = make_vec_env(env_id, rng=rng, n_envs=zoo["n_envs"] if zoo else args.num_envs)
+    if args.normalize and not zoo:  # with --zoo-json, VecNormalize goes on top of the reward wrapper below
         venv = VecNormalize(venv, norm_obs=True, norm_reward=False)
     def net():
         return BasicRewardNet(venv.observation_space, venv.action_space, normalize_input_layer=RunningNorm)
 
     reward_net = RewardEnsemble(venv.observation_space, venv.action_space, [net() for _ in range(3)]) \
         if args.active else net()
-    policy_reward = NormalizedRewardNet(reward_net, RunningNorm) if args.normalize else reward_net
+    policy_reward = NormalizedRewardNet(reward_net, RunningNorm) if (args.normalize or zoo) else reward_net
     fragmenter = preference_comparisons.RandomFragmenter(warning_threshold=0, rng=rng)
     gatherer = preference_comparisons.SyntheticGatherer(rng=rng)
     preference_model = preference_comparisons.PreferenceModel(reward_net)
@@ -91,12 +101,24 @@ def main() -> None:
     else:
         reward_trainer = preference_comparisons.BasicRewardTrainer(
             preference_model=preference_model, loss=loss, epochs=3, rng=rng)
-    agent = PPO("MlpPolicy", venv, seed=args.seed, n_steps=args.num_steps,
-                batch_size=args.num_envs * args.num_steps // args.minibatches, n_epochs=args.epochs,
-                gamma=args.gamma, gae_lambda=args.gae_lambda, learning_rate=args.lr, ent_coef=0.0,
-                clip_range=args.clip, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), device="cpu")
+    if zoo:
+        kw = {k: v for k, v in zoo.items() if k not in ("normalize", "n_envs", "policy_kwargs")}
+        pk = dict(zoo.get("policy_kwargs", {}))
+        if "activation_fn" in pk:
+            pk["activation_fn"] = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[pk["activation_fn"]]
+        agent = PPO("MlpPolicy", VecNormalize(venv, gamma=zoo["gamma"]) if zoo["normalize"] else venv,
+                    seed=args.seed, device="cpu", policy_kwargs=pk, **kw)
+    else:
+        agent = PPO("MlpPolicy", venv, seed=args.seed, n_steps=args.num_steps,
+                    batch_size=args.num_envs * args.num_steps // args.minibatches, n_epochs=args.epochs,
+                    gamma=args.gamma, gae_lambda=args.gae_lambda, learning_rate=args.lr, ent_coef=0.0,
+                    clip_range=args.clip, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), device="cpu")
     trajectory_generator = preference_comparisons.AgentTrainer(
         algorithm=agent, reward_fn=policy_reward, venv=venv, exploration_frac=0.0, rng=rng)
+    ppo_venv = None
+    if zoo and zoo["normalize"]:  # the zoo's VecNormalize between the (learned) reward and PPO
+        ppo_venv = VecNormalize(trajectory_generator.venv, gamma=zoo["gamma"])
+        agent.set_env(ppo_venv)
     pc = preference_comparisons.PreferenceComparisons(
         trajectory_generator, reward_net, num_iterations=args.iterations, fragmenter=fragmenter,
         preference_gatherer=gatherer, reward_trainer=reward_trainer, fragment_length=args.fragment_length,
@@ -112,13 +134,15 @@ def main() -> None:
         obs, _ = env.reset(seed=eval_seed + i)
         done, total = False, 0.0
         while not done:
-            a, _ = agent.predict(venv.normalize_obs(obs) if args.normalize else obs, deterministic=True)
+            norm = ppo_venv if ppo_venv is not None else (venv if args.normalize and not zoo else None)
+            a, _ = agent.predict(norm.normalize_obs(obs) if norm is not None else obs, deterministic=True)
             obs, r, term, trunc, _ = env.step(a)
             total += float(r)
             done = term or trunc
         returns.append(total)
-    result = {"env": args.env, "env_run": env_id, "seed": args.seed, "ppo": {k: getattr(args, k) for k in (
-              "num_envs", "num_steps", "gamma", "gae_lambda", "lr", "epochs", "minibatches", "clip", "normalize")},
+    ppo = zoo if zoo else {k: getattr(args, k) for k in (
+        "num_envs", "num_steps", "gamma", "gae_lambda", "lr", "epochs", "minibatches", "clip", "normalize")}
+    result = {"env": args.env, "env_run": env_id, "seed": args.seed, "ppo": ppo,
               "active": args.active, "labels": args.labels, "steps": args.steps,
               "true_return": float(np.mean(returns)), "true_returns": returns, "train_wall_s": train_s,
               "wall_s": time.time() - t0, "env_steps": int(agent.num_timesteps)}

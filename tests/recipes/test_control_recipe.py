@@ -14,7 +14,7 @@ from alignkit.recipes.control import ControlConfig, label_schedule, run_control 
 
 TINY = dict(env_id="Pendulum-v1", steps=300, labels=24, num_envs=1, num_steps=100, segment_length=10,
             reward_epochs=2, reward_members=2, eval_episodes=2, update_epochs=2, num_minibatches=2,
-            oracle=True, frames=False)
+            oracle=True, reference=False, frames=False)
 
 
 def test_label_schedule_spends_the_budget():
@@ -143,14 +143,15 @@ def test_demo_control_runs_end_to_end(tmp_path, capsys):
     import yaml
 
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k not in ("oracle", "frames")}))
+    cfg.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k not in ("oracle", "reference", "frames")}))
     with pytest.raises(SystemExit) as e:
         main(["demo", "control", "--out", str(tmp_path / "demo"), "--config", str(cfg)])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "normalized score" in out and "report:" in out
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert s["labels_used"] == 24 and "oracle_return" in s
+    assert s["labels_used"] == 24 and "oracle_return" in s and "reference_return" in s  # the RL-Zoo's Pendulum PPO
+    assert "RL-Zoo reference" in out
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "final_policy_frames.png" in html and "true_return.png" in html
     assert (tmp_path / "demo" / "labels.jsonl").exists() and (tmp_path / "demo" / "labels.npz").exists()

@@ -25,14 +25,16 @@ def train_cmd(
     algo: str | None = typer.Option(None, "--algo", help="ppo (default) or a2c."),
     annotator: str | None = typer.Option(None, "--annotator", help="boltzmann (default), regret, myopic or noisy."),
     query: str | None = typer.Option(None, "--query", help="random (default), disagreement or info-gain."),
-    oracle: bool = typer.Option(False, "--oracle", help="Also train on the true reward; report normalized_score."),
+    oracle: bool = typer.Option(False, "--oracle", help="Also train on the true reward, and the RL-Zoo reference (SB3 PPO, "
+                                "the zoo's settings) where the zoo tuned the task; report both."),
     human: bool = typer.Option(False, "--human", help="People label clips in the annotation app (needs --db)."),
     db: str | None = typer.Option(None, "--db", help="Feedback store URL for --human."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoints in --out."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of ControlConfig keys."),
     overrides: list[str] = typer.Option([], "--set", help="Any ControlConfig key, as key=value (repeatable)."),
 ) -> None:
-    """Collect segments → ask for preferences → fit r̂ → PPO/A2C on r̂; OUT/summary.json, report.html."""
+    """Collect segments → ask for preferences → fit r̂ → PPO on r̂ (SB3 with the RL-Zoo settings on
+    HalfCheetah/Hopper/Walker2d, alignkit's own PPO/A2C elsewhere); OUT/summary.json, report.html."""
     import json
 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -50,7 +52,9 @@ def train_cmd(
     if not s.get("finished"):
         typer.echo(f"stopped after stop_after_iterations; continue with --resume (out: {s['out']})")
         return
-    keys = ("true_return", "random_return", "oracle_return", "normalized_score", "labels_used", "env_steps")
+    keys = ("true_return", "random_return", "oracle_return", "reference_return", "normalized_score",
+            "reference_fraction", "oracle_reference_fraction", "reference_normalized_score", "labels_used",
+            "env_steps")
     typer.echo(json.dumps({k: s[k] for k in keys if k in s}))
     typer.echo(f"report: {Path(s['out']) / 'report.html'}  summary: {Path(s['out']) / 'summary.json'}")
 
@@ -65,8 +69,9 @@ def demo_control(out: Path | None, seed: int | None, quick: bool, config: Path |
     cfg = load_config(ControlConfig, config, out=str(out or "runs/demo_control"), seed=seed, oracle=True,
                       **sizes)
     s = run_control(cfg)
+    ref = f", RL-Zoo reference {s['reference_return']:.1f}" if "reference_return" in s else ""
     typer.echo(f"Pendulum-v1: true return {s['true_return']:.1f} (random {s['random_return']:.1f}, oracle "
-               f"{s['oracle_return']:.1f}), normalized score {s['normalized_score']:.3f} from "
+               f"{s['oracle_return']:.1f}{ref}), normalized score {s['normalized_score']:.3f} from "
                f"{s['labels_used']} labels, {s['env_steps']} env steps")
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}  summary: {Path(cfg.out) / 'summary.json'}  "
                f"({s['wall_s']:.0f} s)")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alignkit.control.efficiency import confident_pseudo_labels, crop, crop_starts
 from alignkit.control.policy import RunningNorm
 from alignkit.control.segments import Segment
 from alignkit.losses.preference import bradley_terry_loss, bradley_terry_robust_loss
@@ -101,14 +102,29 @@ class RewardEnsemble:
     """M reward nets on bootstrap resamples; the policy reward is their normalised mean.
 
     ``fit`` holds out ``val_frac`` of the labels (the same split for every member) and
-    reports held-out accuracy; each member trains on a bootstrap resample of the rest.
+    reports held-out accuracy; each member trains on a bootstrap resample of the rest, for
+    ``epochs`` passes or until its accuracy over a pass reaches ``stop_accuracy`` (PEBBLE
+    stops at 0.97; the default 1.01 never stops early).
+
+    SURF (Park et al. 2022), off by default: ``crop`` > 0 trains on temporally cropped
+    pairs (:func:`~alignkit.control.efficiency.crop_starts`: a common length of k − crop … k
+    steps, independent starts); ``pseudo_threshold`` > 0 adds, to every labelled minibatch
+    of B pairs, ``pseudo_ratio`` · B random pairs of the ``unlabelled`` segments passed to
+    ``fit``, labelled by the member itself where it is more confident than the threshold
+    (:func:`~alignkit.control.efficiency.confident_pseudo_labels`, judged on the uncropped
+    pair, trained on the cropped one), with loss weight ``pseudo_weight``:
+    L = L_BT(labelled) + λ · mean_u 1[max(P̂, 1 − P̂) > τ] · CE(P̂_u, 1[P̂ > ½]).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, members: int = 3,
                  use_action: bool = True, use_next_obs: bool = False, hidden: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                  epochs: int = 20, batch_size: int = 64, random_answer_prob: float = 0.1,
-                 val_frac: float = 0.2, normalize_obs: bool = False, seed: int = 0):
+                 val_frac: float = 0.2, normalize_obs: bool = False, seed: int = 0, stop_accuracy: float = 1.01,
+                 crop: int = 0, pseudo_threshold: float = 0.0, pseudo_ratio: int = 4, pseudo_weight: float = 1.0):
         torch.manual_seed(seed)
+        self.stop_accuracy = stop_accuracy
+        self.crop = crop
+        self.pseudo_threshold, self.pseudo_ratio, self.pseudo_weight = pseudo_threshold, pseudo_ratio, pseudo_weight
         self.nets = [RewardNet(obs_dim, act_dim, discrete=discrete, use_action=use_action,
                                use_next_obs=use_next_obs, hidden=hidden, normalize_obs=normalize_obs)
                      for _ in range(members)]
@@ -120,17 +136,39 @@ class RewardEnsemble:
         self.mean, self.std = 0.0, 1.0
 
     # -- fitting --------------------------------------------------------------------
-    def _loss(self, net: RewardNet, a: tuple, b: tuple, mu: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        ra, rb = segment_returns(net, *a), segment_returns(net, *b)
+    def _pair_loss(self, ra: torch.Tensor, rb: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, dict]:
         if self.random_answer_prob > 0:
             return bradley_terry_robust_loss(ra, rb, mu, random_answer_prob=self.random_answer_prob)
         return bradley_terry_loss(ra, rb, mu)
 
-    def fit(self, pairs: Sequence[LabelledPair]) -> dict[str, float]:
-        """Train every member for ``epochs`` passes over its resample; returns metrics.
+    def _cropped(self, a: tuple, b: tuple) -> tuple[tuple, tuple]:
+        """SURF's temporal cropping of a minibatch of pairs (identity when ``crop`` is 0)."""
+        if not self.crop:
+            return a, b
+        length, sa, sb = crop_starts(a[0].shape[1], self.crop, a[0].shape[0], self.rng)
+        return tuple(crop(x, sa, length) for x in a), tuple(crop(x, sb, length) for x in b)
+
+    def _pseudo_loss(self, net: RewardNet, U: tuple, batch: int) -> tuple[torch.Tensor, float]:
+        """SURF's unlabelled term: ``pseudo_ratio`` · batch random pairs of unlabelled
+        segments, labelled by ``net`` where it is confident; the masked mean of their BT loss."""
+        ia, ib = self.rng.integers(0, U[0].shape[0], size=(2, self.pseudo_ratio * batch))
+        ua, ub = tuple(x[torch.as_tensor(ia)] for x in U), tuple(x[torch.as_tensor(ib)] for x in U)
+        with torch.no_grad():
+            p = torch.sigmoid(segment_returns(net, *ua) - segment_returns(net, *ub))
+        mu_hat, keep = confident_pseudo_labels(p, self.pseudo_threshold)
+        if not bool(keep.any()):
+            return torch.zeros(()), 0.0
+        ua, ub = self._cropped(tuple(x[keep] for x in ua), tuple(x[keep] for x in ub))
+        loss, _ = bradley_terry_loss(segment_returns(net, *ua), segment_returns(net, *ub), mu_hat[keep])
+        frac = float(keep.float().mean())
+        return loss * frac, frac
+
+    def fit(self, pairs: Sequence[LabelledPair], unlabelled: Sequence[Segment] = ()) -> dict[str, float]:
+        """Train every member for up to ``epochs`` passes over its resample; returns metrics.
 
         ``pairs`` grows by appending between calls (the loop's label list): with input
         normalisation, the observations of pairs not seen before update the normalisers.
+        ``unlabelled``: segments for SURF's pseudo-labels (used when ``pseudo_threshold`` > 0).
         """
         n = len(pairs)
         if n == 0:
@@ -148,19 +186,36 @@ class RewardEnsemble:
         val_idx, train_idx = perm[:n_val], perm[n_val:]
         A, B = _stack([p.a for p in pairs]), _stack([p.b for p in pairs])
         mu = torch.tensor([p.mu for p in pairs], dtype=torch.float32)
-        losses = []
+        U = _stack(unlabelled) if self.pseudo_threshold > 0 and len(unlabelled) >= 2 else None
+        losses, epochs_run, kept = [], [], []
         for net, opt in zip(self.nets, self.opts, strict=True):
             boot = self.rng.choice(train_idx, size=len(train_idx), replace=True)
+            passes = 0
             for _ in range(self.epochs):
+                passes += 1
                 order = self.rng.permutation(boot)
+                right = 0
                 for s in range(0, len(order), self.batch_size):
                     idx = torch.as_tensor(order[s:s + self.batch_size])
-                    loss, _ = self._loss(net, tuple(x[idx] for x in A), tuple(x[idx] for x in B), mu[idx])
+                    a, b = self._cropped(tuple(x[idx] for x in A), tuple(x[idx] for x in B))
+                    ra, rb = segment_returns(net, *a), segment_returns(net, *b)
+                    loss, m = self._pair_loss(ra, rb, mu[idx])
+                    right += float(m["reward/accuracy"]) * len(idx) if not torch.isnan(m["reward/accuracy"]) else 0.0
+                    if U is not None:
+                        pl, frac = self._pseudo_loss(net, U, len(idx))
+                        loss = loss + self.pseudo_weight * pl
+                        kept.append(frac)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
                     losses.append(float(loss.detach()))
-        metrics = {"reward/train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])), "reward/labels": float(n)}
+                if right / max(1, len(order)) >= self.stop_accuracy:
+                    break
+            epochs_run.append(passes)
+        metrics = {"reward/train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])), "reward/labels": float(n),
+                   "reward/epochs": float(np.mean(epochs_run))}
+        if kept:
+            metrics["reward/pseudo_kept"] = float(np.mean(kept))
         if n_val:
             idx = torch.as_tensor(val_idx)
             metrics["reward/val_accuracy"] = self.accuracy(

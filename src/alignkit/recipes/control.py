@@ -33,20 +33,31 @@ import torch
 from alignkit.errors import ConfigError
 
 # per-env defaults for fields left at None (tuned on the true reward, then shared by
-# the learned-reward run and the oracle)
+# the learned-reward run and the oracle). The PPO fields are the alignkit engine's; the sb3
+# engine takes its PPO settings from the RL-Zoo (control.sb3.RL_ZOO_PPO).
 PRESETS: dict[str, dict[str, Any]] = {
-    "Pendulum-v1": dict(num_envs=4, num_steps=1000, gamma=0.9, learning_rate=1e-3, num_minibatches=32,
-                        update_epochs=10, segment_length=25, reward_inputs="obs_action"),
-    # 4 envs × 1000 steps: every iteration holds 4 whole episodes (the envs reset each iteration);
-    # r̂(o, o′): the reward is the x-velocity over the step, which o′ shows (docs/control.md)
-    "HalfCheetah-v5": dict(num_envs=4, num_steps=1000, gamma=0.99, learning_rate=3e-4, num_minibatches=32,
-                           update_epochs=10, segment_length=50, reward_inputs="obs_next"),
-    "Hopper-v5": dict(num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4, num_minibatches=32,
-                      update_epochs=10, segment_length=50, reward_inputs="obs_action"),  # not measured
+    "Pendulum-v1": dict(rl_engine="alignkit", num_envs=4, num_steps=1000, gamma=0.9, learning_rate=1e-3,
+                        num_minibatches=32, update_epochs=10, segment_length=25, reward_inputs="obs_action"),
+    # alignkit engine: 4 envs × 1000 steps, every iteration holds 4 whole episodes (the envs reset
+    # each iteration); r̂(o, o′): the reward is the x-velocity over the step, which o′ shows
+    "HalfCheetah-v5": dict(rl_engine="sb3", num_envs=4, num_steps=1000, gamma=0.99, learning_rate=3e-4,
+                           num_minibatches=32, update_epochs=10, segment_length=50, reward_inputs="obs_next"),
+    "Hopper-v5": dict(rl_engine="sb3", num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4,
+                      num_minibatches=32, update_epochs=10, segment_length=50, reward_inputs="obs_action"),
+    "Walker2d-v5": dict(rl_engine="sb3", num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4,
+                        num_minibatches=32, update_epochs=10, segment_length=50, reward_inputs="obs_action"),
 }
-DEFAULTS = dict(num_envs=4, num_steps=512, gamma=0.99, learning_rate=3e-4, num_minibatches=8,
+DEFAULTS = dict(rl_engine="alignkit", num_envs=4, num_steps=512, gamma=0.99, learning_rate=3e-4, num_minibatches=8,
                 update_epochs=10, segment_length=25, reward_inputs="obs_action")
+# per-engine defaults: the alignkit engine refits r̂ at every iteration that brings labels, a few
+# epochs each; the sb3 engine asks in sessions every `feedback_every` rollouts of 512 steps and
+# trains r̂ longer at each (up to `reward_epochs`, stopping at 97 % training accuracy, as PEBBLE)
+ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "alignkit": dict(reward_epochs=10, reward_stop_accuracy=1.01, feedback_every=1),
+    "sb3": dict(reward_epochs=50, reward_stop_accuracy=0.97, feedback_every=20),
+}
 ANNOTATORS = ("boltzmann", "regret", "myopic", "noisy")
+ENGINES = ("alignkit", "sb3")
 QUERIES = ("random", "disagreement", "info-gain")
 REWARD_INPUTS = ("obs_action", "obs", "obs_next", "obs_action_next")
 
@@ -55,9 +66,14 @@ REWARD_INPUTS = ("obs_action", "obs", "obs_next", "obs_action_next")
 class ControlConfig:
     env_id: str = "Pendulum-v1"
     """gymnasium environment id (Box or Discrete actions)."""
+    rl_engine: str | None = None
+    """The RL that optimises the reward: alignkit (the library's own PPO/A2C loop on
+    ``alignkit.losses.ppo``) or sb3 (Stable-Baselines3 PPO with the RL-Zoo settings for the task,
+    ``control.sb3``, driven one rollout at a time). None: per-env preset (sb3 on HalfCheetah-v5,
+    Hopper-v5 and Walker2d-v5, alignkit elsewhere)."""
     algo: str = "ppo"
-    """ppo (clipped objective, several epochs over each rollout) or a2c (one plain policy-gradient
-    step after every ``a2c_steps`` steps of the envs: A2C's short on-policy rollouts)."""
+    """alignkit engine: ppo (clipped objective, several epochs over each rollout) or a2c (one plain
+    policy-gradient step after every ``a2c_steps`` steps of the envs: A2C's short on-policy rollouts)."""
     labels: int = 1000
     """Total preference labels (pairs of segments) the annotator gives."""
     steps: int = 100_000
@@ -81,6 +97,9 @@ class ControlConfig:
     """Candidate pairs per wanted label for the disagreement strategy."""
     oracle: bool = False
     """Also train on the true reward and report normalized_score."""
+    reference: bool = True
+    """With ``oracle``: also train the RL-Zoo reference (SB3 PPO with the zoo's settings for the
+    task, true reward, same steps and seed) and report ``reference_return`` (tasks the zoo tuned)."""
     human: bool = False
     """Ask people: clips go to the annotation store as video pairs (needs db)."""
     db: str = ""
@@ -106,10 +125,17 @@ class ControlConfig:
     reward_inputs: str | None = None
     """What r̂ sees: obs_action (r̂(o, a)), obs (r̂(o)), obs_next (r̂(o, o′)) or obs_action_next
     (r̂(o, a, o′)); None: per-env preset (obs_action, but obs_next on HalfCheetah-v5)."""
+    feedback_every: int | None = None
+    """Iterations (rollouts) between label sessions; the labels are spread over the sessions
+    (None: per-engine default, 1 for alignkit, 20 for sb3). sb3: a session's segments come from
+    the steps collected since the previous one."""
     reward_members: int = 3
     """Reward ensemble size (bootstrap resamples)."""
-    reward_epochs: int = 10
-    """Passes over the labels at each refit."""
+    reward_epochs: int | None = None
+    """Passes over the labels at each refit, at most (None: per-engine default, 10 alignkit, 50 sb3)."""
+    reward_stop_accuracy: float | None = None
+    """A member stops training once its accuracy over a pass reaches this (PEBBLE: 0.97; None:
+    per-engine default, 1.01 = never for alignkit, 0.97 for sb3)."""
     reward_lr: float = 1e-3
     """Adam learning rate of the reward nets."""
     reward_normalize_obs: bool = False
@@ -117,7 +143,30 @@ class ControlConfig:
     random_answer_prob: float = 0.0
     """Christiano's robustness: chance the annotator answered at random (0 = plain BT; 0.1 on
     Pendulum-v1 seed 0 reached −563 where plain BT reached −155, see docs/control.md)."""
-    # --- policy optimisation (None: per-env preset)
+    # --- label-efficiency methods (each a switch; docs/control.md has their ablations)
+    unsupervised_steps: int = 0
+    """PEBBLE: env steps of unsupervised exploration before the first query, the policy trained on
+    the k-NN state-entropy reward log(1 + ‖s − s^k‖) over the states seen so far; then the critic
+    and the reward scale are reset (0: off; sb3 engine)."""
+    entropy_k: int = 5
+    """k of the k-NN state-entropy reward (PEBBLE: 5)."""
+    relabel: bool = True
+    """sb3 engine: a batch is rewarded by r̂ refitted on this iteration's labels (True), or by the r̂
+    in force while it was collected (False: what a reward wrapper computing r̂ per step does)."""
+    pseudo_labels: bool = False
+    """SURF: add confidently pseudo-labelled pairs of unlabelled segments to every reward minibatch."""
+    pseudo_threshold: float = 0.99
+    """SURF τ: a pair is pseudo-labelled when max(P̂, 1 − P̂) > τ."""
+    pseudo_ratio: int = 4
+    """SURF μ: unlabelled pairs per labelled pair in a minibatch."""
+    pseudo_weight: float = 1.0
+    """SURF λ: weight of the pseudo-label loss."""
+    crop: int = 0
+    """SURF temporal cropping: train on pairs cut to a common random length of k − crop … k steps
+    at independent random starts (0: off)."""
+    unlabelled_segments: int = 2000
+    """SURF: unlabelled segments drawn at each refit from the steps since the previous session."""
+    # --- policy optimisation (None: per-env preset; the alignkit engine's, sb3 uses the RL-Zoo's)
     num_envs: int | None = None
     """Parallel environments."""
     num_steps: int | None = None
@@ -158,10 +207,12 @@ class ControlConfig:
     run: 1 keeps the run a pure function of its config on any machine."""
 
     def resolved(self) -> ControlConfig:
-        """A copy with the None fields filled from the per-env preset."""
+        """A copy with the None fields filled from the per-env preset, then the engine's defaults."""
         preset = PRESETS.get(self.env_id, DEFAULTS)
         filled = {k: (v if v is not None else preset[k]) for k, v in asdict(self).items() if k in preset}
-        return _replace(self, **filled)
+        cfg = _replace(self, **filled)
+        engine = ENGINE_DEFAULTS.get(cfg.rl_engine, {})
+        return _replace(cfg, **{k: (getattr(cfg, k) if getattr(cfg, k) is not None else v) for k, v in engine.items()})
 
 
 def _replace(cfg: ControlConfig, **kw: Any) -> ControlConfig:
@@ -181,6 +232,35 @@ def validate(cfg: ControlConfig) -> None:
         raise ConfigError(f"steps: expected ≥ 1 environment steps, got {cfg.steps}")
     if cfg.torch_threads < 1:
         raise ConfigError(f"torch_threads: expected ≥ 1, got {cfg.torch_threads}")
+    if cfg.rl_engine not in ENGINES:
+        raise ConfigError(f"rl_engine: expected one of {', '.join(ENGINES)}, got {cfg.rl_engine!r}")
+    if cfg.feedback_every < 1:
+        raise ConfigError(f"feedback_every: expected ≥ 1 iterations between label sessions, got {cfg.feedback_every}")
+    if cfg.rl_engine == "sb3":
+        from alignkit.control.sb3 import rl_zoo_ppo
+
+        rl_zoo_ppo(cfg.env_id)  # one line when the zoo has no settings for the task
+        for name, why in (("resume", "an SB3 run starts from scratch (episodes in progress are not checkpointed)"),
+                          ("stop_after_iterations", "an SB3 run starts from scratch"),
+                          ("human", "clips are replayed from an iteration's env reset, which only the alignkit engine does"),
+                          ("algo", "the sb3 engine is PPO")):
+            if name == "algo" and cfg.algo == "ppo":
+                continue
+            if getattr(cfg, name):
+                raise ConfigError(f"{name}: not with rl_engine=sb3 ({why}); use rl_engine=alignkit")
+        if cfg.annotator == "regret":
+            raise ConfigError("annotator regret: needs the alignkit engine's critic (rl_engine=alignkit)")
+    elif cfg.unsupervised_steps or not cfg.relabel:
+        raise ConfigError("unsupervised_steps and relabel=false need rl_engine=sb3 (the alignkit engine always "
+                          "rewards a rollout with the r̂ refitted on its labels)")
+    if cfg.unsupervised_steps < 0 or cfg.entropy_k < 1:
+        raise ConfigError(f"unsupervised_steps ≥ 0 and entropy_k ≥ 1 expected, got {cfg.unsupervised_steps}, "
+                          f"{cfg.entropy_k}")
+    if not 0 <= cfg.crop < cfg.segment_length:
+        raise ConfigError(f"crop: expected 0 ≤ crop < segment_length ({cfg.segment_length}), got {cfg.crop}")
+    if cfg.pseudo_labels and not (0.5 <= cfg.pseudo_threshold < 1 and cfg.pseudo_ratio >= 1):
+        raise ConfigError(f"pseudo_threshold in [0.5, 1) and pseudo_ratio ≥ 1 expected, got {cfg.pseudo_threshold}, "
+                          f"{cfg.pseudo_ratio}")
     if cfg.algo not in ("ppo", "a2c"):
         raise ConfigError(f"algo: expected ppo or a2c, got {cfg.algo!r}")
     if cfg.algo == "a2c" and (cfg.a2c_steps < 1 or cfg.num_steps % cfg.a2c_steps):
@@ -241,6 +321,23 @@ def label_schedule(total: int, iterations: int, initial_frac: float, iters_frac:
     return sched
 
 
+def session_schedule(total: int, iterations: int, first: int, every: int, initial_frac: float,
+                     iters_frac: float) -> list[int]:
+    """Labels asked at each iteration when they come in sessions: sessions at iterations
+    first, first + every, … before first + ⌈iters_frac · (iterations − first)⌉; ``initial_frac``
+    of the labels at the first session, the rest spread evenly over the others
+    (:func:`label_schedule` over the sessions). Sums to ``total``."""
+    end = min(iterations, first + math.ceil(iters_frac * (iterations - first)))
+    sessions = list(range(first, end, every))
+    if not sessions:
+        raise ConfigError(f"no label session before the run ends (first at iteration {first} of {iterations}): "
+                          f"lower unsupervised_steps or raise steps")
+    sched = [0] * iterations
+    for it, n in zip(sessions, label_schedule(total, len(sessions), initial_frac, 1.0), strict=True):
+        sched[it] = n
+    return sched
+
+
 def evaluate(agent: Any, env_id: str, episodes: int, seed: int, *, random_policy: bool = False) -> list[float]:
     """True returns of ``episodes`` episodes (deterministic actions; uniform random with ``random_policy``)."""
     from alignkit.control.rollout import make_env
@@ -297,10 +394,9 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     """
     from alignkit.control.annotators import make_segment_annotator
     from alignkit.control.policy import ActorCritic
-    from alignkit.control.reward import LabelledPair, RewardEnsemble
+    from alignkit.control.reward import LabelledPair
     from alignkit.control.rollout import collect_rollout, concat_rollouts, make_envs
-    from alignkit.control.segments import Segment, segments_from_rollout
-    from alignkit.data.trajectories import save_trajectory_pairs
+    from alignkit.control.segments import segments_from_rollout
     from alignkit.utils.progress import track
 
     learned = phase == "learned"
@@ -319,12 +415,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     labels: list[LabelledPair] = []
     schedule = label_schedule(cfg.labels, iterations, cfg.initial_label_frac, cfg.label_iters_frac)
     if learned:
-        ensemble = RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
-                                  use_action="action" in cfg.reward_inputs,
-                                  use_next_obs=cfg.reward_inputs.endswith("_next"),
-                                  hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
-                                  random_answer_prob=cfg.random_answer_prob,
-                                  normalize_obs=cfg.reward_normalize_obs, seed=cfg.seed)
+        ensemble = _make_ensemble(cfg, obs_dim, act_dim, discrete)
         if cfg.human:
             from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
             from alignkit.feedback.store import FeedbackStore
@@ -382,15 +473,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                 pairs = _choose_pairs(segs, want, cfg, ensemble if labels else None, py_rng)
                 if cfg.human:  # people need to see them: replay the chosen segments with rendering
                     _render_pairs(cfg, pairs, ro, reset_seed, agent)
-                keys = [f"seed{cfg.seed}-it{it}-q{i}" for i in range(len(pairs))]
-                for rec in annotator.label([(key, a, b) for key, (a, b) in zip(keys, pairs, strict=True)]):
-                    for side in (rec.segment_a, rec.segment_b):
-                        side.pop("frames", None)
-                    records.append(rec)
-                    if not rec.incomparable:
-                        labels.append(LabelledPair(Segment.from_dict(rec.segment_a),
-                                                   Segment.from_dict(rec.segment_b), rec.mu))
-                save_trajectory_pairs(records, out / "labels.jsonl")
+                _ask(cfg, annotator, pairs, it, records, labels)
                 if labels:
                     metrics.update(ensemble.fit(labels))
                 metrics["reward/labels"] = float(len(labels))
@@ -490,6 +573,35 @@ def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, fl
     return {"n": n, "mean": float(mean), "var": float(var)}
 
 
+def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: bool) -> Any:
+    from alignkit.control.reward import RewardEnsemble
+
+    return RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
+                          use_action="action" in cfg.reward_inputs, use_next_obs=cfg.reward_inputs.endswith("_next"),
+                          hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
+                          random_answer_prob=cfg.random_answer_prob, normalize_obs=cfg.reward_normalize_obs,
+                          seed=cfg.seed, stop_accuracy=cfg.reward_stop_accuracy, crop=cfg.crop,
+                          pseudo_threshold=cfg.pseudo_threshold if cfg.pseudo_labels else 0.0,
+                          pseudo_ratio=cfg.pseudo_ratio, pseudo_weight=cfg.pseudo_weight)
+
+
+def _ask(cfg: ControlConfig, annotator: Any, pairs: list, it: int, records: list, labels: list) -> None:
+    """Ask the annotator about ``pairs``; append the records (frames dropped) and the decided
+    pairs as :class:`LabelledPair`; rewrite OUT/labels.jsonl."""
+    from alignkit.control.reward import LabelledPair
+    from alignkit.control.segments import Segment
+    from alignkit.data.trajectories import save_trajectory_pairs
+
+    keys = [f"seed{cfg.seed}-it{it}-q{i}" for i in range(len(pairs))]
+    for rec in annotator.label([(key, a, b) for key, (a, b) in zip(keys, pairs, strict=True)]):
+        for side in (rec.segment_a, rec.segment_b):
+            side.pop("frames", None)
+        records.append(rec)
+        if not rec.incomparable:
+            labels.append(LabelledPair(Segment.from_dict(rec.segment_a), Segment.from_dict(rec.segment_b), rec.mu))
+    save_trajectory_pairs(records, Path(cfg.out) / "labels.jsonl")
+
+
 def _render_pairs(cfg: ControlConfig, pairs: list, ro: Any, reset_seed: int, agent: Any) -> None:
     """Give each chosen segment its frames by replaying its env from the iteration's reset."""
     from alignkit.control.clips import replay_frames
@@ -529,8 +641,201 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
     return [cand[i] for i in chosen]
 
 
+def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, Any]:
+    """Train one policy with SB3 PPO (RL-Zoo settings) driven one rollout at a time:
+    ``phase`` = "learned" (reward from preferences) or "oracle" (the true reward).
+
+    Each iteration: 1. collect a rollout (the envs pay 0; ``TransitionRecorder`` keeps o, a,
+    o′ and the hidden true r); 2. choose the batch's reward — the true r (oracle), PEBBLE's
+    k-NN state-entropy bonus (the first ``unsupervised_steps``), or r̂: at a label session,
+    segments from the steps since the previous session are queried, labelled and r̂ refitted,
+    and the batch gets the refitted r̂ (``relabel``) or the one it was collected under;
+    3. scale it as ``VecNormalize`` would and write it into the rollout buffer (GAE
+    recomputed); 4. ``model.train()``. With the true reward this is ``model.learn``.
+    """
+    from alignkit.control.annotators import make_segment_annotator
+    from alignkit.control.efficiency import knn_entropy_reward
+    from alignkit.control.sb3 import (
+        ReturnScaler,
+        SB3Agent,
+        make_ppo,
+        make_venv,
+        reset_critic,
+        rl_zoo_ppo,
+        write_rewards,
+    )
+    from alignkit.utils.progress import track
+
+    learned = phase == "learned"
+    out = Path(cfg.out)
+    obs_dim, act_dim, discrete, _, _ = _spaces(cfg.env_id)
+    hp = rl_zoo_ppo(cfg.env_id)
+    venv, recorder = make_venv(cfg.env_id, cfg.seed, n_envs=hp["n_envs"], gamma=hp["gamma"],
+                               normalize=hp["normalize"], record=True)
+    model = make_ppo(venv, hp, cfg.seed)
+    batch = hp["n_envs"] * hp["n_steps"]
+    iterations = max(1, math.ceil(cfg.steps / batch))
+    scaler = ReturnScaler(hp["n_envs"], hp["gamma"])
+    explore_its = math.ceil(cfg.unsupervised_steps / batch) if learned else 0
+    py_rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
+    ensemble = annotator = None
+    labels: list[Any] = []
+    records: list[Any] = []
+    if learned:
+        schedule = session_schedule(cfg.labels, iterations, explore_its, cfg.feedback_every,
+                                    cfg.initial_label_frac, cfg.label_iters_frac)
+        ensemble = _make_ensemble(cfg, obs_dim, act_dim, discrete)
+        annotator = make_segment_annotator(cfg)
+    pool: list[dict[str, np.ndarray]] = []  # rollouts since the last label session
+    memory: list[np.ndarray] = []  # PEBBLE: the states seen while exploring
+    ep_ret = np.zeros(hp["n_envs"])
+    curve: list[dict[str, float]] = []
+    _, callback = model._setup_learn(iterations * batch, None)  # what model.learn does first
+    for it in track(range(iterations), f"{phase} {cfg.env_id} (sb3)", total=iterations):
+        # 1. a rollout of the current policy
+        model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+        ro = recorder.take()
+        pool = (pool + [ro])[-max(cfg.feedback_every, explore_its, 1):]
+        metrics: dict[str, float] = {}
+
+        # 2. the batch's reward
+        if not learned:
+            rewards = ro["rewards"]
+        elif it < explore_its:  # PEBBLE: unsupervised exploration
+            memory.append(ro["next_obs"].reshape(-1, obs_dim))
+            states = torch.as_tensor(ro["next_obs"].reshape(-1, obs_dim))
+            bonus = knn_entropy_reward(states, torch.as_tensor(np.concatenate(memory)), cfg.entropy_k)
+            rewards = bonus.numpy().reshape(ro["rewards"].shape).astype(np.float32)
+            metrics["explore/knn_reward"] = float(bonus.mean())
+        else:
+            if it == explore_its and explore_its:  # the reward the critic learned is replaced
+                reset_critic(model)
+                scaler.reset()
+            collected_under = (ensemble.reward(ro["obs"], ro["actions"], ro["next_obs"])
+                               if labels and not cfg.relabel else None)
+            if schedule[it]:
+                segs = _pool_segments(pool, cfg.segment_length, 4 * schedule[it] * max(1, cfg.query_candidates),
+                                      np_rng, it)
+                pairs = _choose_pairs(segs, schedule[it], cfg, ensemble if labels else None, py_rng)
+                _ask(cfg, annotator, pairs, it, records, labels)
+                unlabelled = (_pool_segments(pool, cfg.segment_length, cfg.unlabelled_segments, np_rng, it)
+                              if cfg.pseudo_labels else [])
+                if labels:
+                    t_fit = time.perf_counter()
+                    metrics.update(ensemble.fit(labels, unlabelled))
+                    metrics["time/reward_fit_s"] = time.perf_counter() - t_fit
+                    steps = _concat_pool(pool)
+                    ensemble.set_normalization(steps["obs"], steps["actions"], steps["next_obs"])
+                metrics["reward/labels"] = float(len(labels))
+                pool = []
+            if collected_under is None:  # relabel: the batch is rewarded by the r̂ refitted just now
+                rewards = ensemble.reward(ro["obs"], ro["actions"], ro["next_obs"])
+            else:
+                rewards = collected_under
+            metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro["rewards"].reshape(-1))[0, 1])
+
+        # 3. scaled as VecNormalize would, into the rollout buffer; 4. the PPO update
+        write_rewards(model, scaler(np.asarray(rewards, dtype=np.float32), ro["dones"]))
+        model._update_current_progress_remaining(model.num_timesteps, iterations * batch)
+        model.train()
+
+        finished = []
+        for t in range(ro["rewards"].shape[0]):
+            ep_ret += ro["rewards"][t]
+            finished += [float(ep_ret[n]) for n in np.flatnonzero(ro["dones"][t])]
+            ep_ret[ro["dones"][t]] = 0.0
+        env_steps = (it + 1) * batch
+        point = {"env_steps": float(env_steps), "true_return": float(np.mean(finished)) if finished else float("nan")}
+        if learned:
+            point.update({k.split("/", 1)[1]: v for k, v in metrics.items()
+                          if k in ("reward/labels", "reward/val_accuracy", "reward/true_corr")})
+        curve.append(point)
+        metrics.update(_sb3_metrics(model))
+        metrics["charts/true_return"] = point["true_return"]
+        logger.log({f"{phase}/{k}": v for k, v in metrics.items()}, step=env_steps)
+    model.save(out / f"sb3_{phase}.zip")
+    if hasattr(venv, "save"):
+        venv.save(str(out / f"vecnormalize_{phase}.pkl"))
+    if learned:
+        torch.save({"ensemble": ensemble.state_dict(), "labels": labels}, out / "reward_model.pt")
+    venv.close()
+    return {"agent": SB3Agent(model, venv), "curve": curve, "labels_used": len(labels),
+            "env_steps": iterations * batch, "ensemble": ensemble, "finished": True, "labels": labels}
+
+
+def _sb3_metrics(model: Any) -> dict[str, float]:
+    """SB3's training statistics under alignkit's metric names."""
+    names = {"train/policy_gradient_loss": "loss/policy", "train/value_loss": "loss/value",
+             "train/entropy_loss": "loss/entropy", "train/approx_kl": "kl/approx",
+             "train/clip_fraction": "diag/clipfrac", "train/explained_variance": "diag/explained_variance"}
+    values = model.logger.name_to_value
+    return {ours: float(values[theirs]) for theirs, ours in names.items() if theirs in values}
+
+
+def _concat_pool(pool: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The pool's rollouts as one time-major record (they are consecutive steps of the same envs)."""
+    return {k: np.concatenate([ro[k] for ro in pool]) for k in pool[0]}
+
+
+def _pool_segments(pool: list[dict[str, np.ndarray]], k: int, n: int, rng: np.random.Generator,
+                   it: int) -> list[Any]:
+    """``n`` random k-step segments (overlap allowed, never across an episode end) of the
+    pool's steps, the envs taking turns; each keeps its true rewards for the annotator."""
+    from alignkit.control.efficiency import random_segment_starts
+    from alignkit.control.segments import Segment
+
+    steps = _concat_pool(pool)
+    N = steps["dones"].shape[1]
+    segs = []
+    for env in range(N):
+        starts = random_segment_starts(steps["dones"][:, env], k, n // N + (1 if env < n % N else 0), rng)
+        for s0 in starts:
+            sl = slice(int(s0), int(s0) + k)
+            segs.append(Segment(steps["obs"][sl, env].astype(np.float32), steps["actions"][sl, env],
+                                steps["rewards"][sl, env].astype(np.float64),
+                                steps["next_obs"][sl, env].astype(np.float32),
+                                meta={"iteration": it, "env_index": env, "t0": int(s0)}))
+    return segs
+
+
+def train_reference(cfg: ControlConfig) -> dict[str, Any]:
+    """The RL-Zoo reference: SB3 PPO with the zoo's settings on the true reward, ``model.learn``."""
+    from alignkit.control.sb3 import SB3Agent
+    from alignkit.control.sb3 import train_reference as zoo
+
+    model, venv = zoo(cfg.env_id, cfg.steps, cfg.seed)
+    return {"agent": SB3Agent(model, venv), "env_steps": int(model.num_timesteps)}
+
+
+def run_phase(cfg: ControlConfig, phase: str, logger: Any = None, *, expert: Any = None) -> dict[str, Any]:
+    """Train one phase ("learned", "oracle" or "reference") of a resolved, validated config
+    and evaluate its final policy: adds ``true_returns`` (``eval_episodes`` deterministic
+    episodes, reset seeds 10000 + 100·seed + i) and ``true_return``."""
+    from alignkit.utils.metrics import MetricsLogger
+
+    if logger is None:  # a phase on its own (benchmarks): its own metrics files
+        cfg = cfg.resolved()
+        validate(cfg)
+        torch.set_num_threads(cfg.torch_threads)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        with MetricsLogger(Path(cfg.out), resume=cfg.resume) as own:
+            return run_phase(cfg, phase, own, expert=expert)
+    if phase == "reference":
+        res = train_reference(cfg)
+    elif cfg.rl_engine == "sb3":
+        res = train_phase_sb3(cfg, phase, logger)
+    else:
+        res = train_phase(cfg, phase, logger, expert=expert)
+    res.setdefault("finished", True)
+    if res["finished"]:
+        res["true_returns"] = evaluate(res["agent"], cfg.env_id, cfg.eval_episodes, 10_000 + cfg.seed * 100)
+        res["true_return"] = float(np.mean(res["true_returns"]))
+    return res
+
+
 def run_control(cfg: ControlConfig) -> dict[str, Any]:
-    """The whole run: [oracle] → learned → evaluation → summary.json, report.html."""
+    """The whole run: [oracle] → learned → [reference] → evaluation → summary.json, report.html."""
+    from alignkit.control.sb3 import RL_ZOO_PPO
     from alignkit.utils.metrics import MetricsLogger
 
     cfg = cfg.resolved()
@@ -540,22 +845,23 @@ def run_control(cfg: ControlConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     t0 = time.time()
-    summary: dict[str, Any] = {"env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed, "annotator": cfg.annotator,
-                               "query": cfg.query, "beta": cfg.beta}
+    summary: dict[str, Any] = {"env_id": cfg.env_id, "rl_engine": cfg.rl_engine, "algo": cfg.algo, "seed": cfg.seed,
+                               "annotator": cfg.annotator, "query": cfg.query, "beta": cfg.beta}
     with MetricsLogger(out, resume=cfg.resume) as logger:
-        oracle = None
+        oracle = reference = None
         if cfg.oracle or cfg.annotator == "regret":
-            oracle = train_phase(cfg, "oracle", logger)
+            oracle = run_phase(cfg, "oracle", logger)
             if not oracle["finished"]:
                 return {"finished": False, "out": str(out)}
-        learned = train_phase(cfg, "learned", logger, expert=oracle)
+        learned = run_phase(cfg, "learned", logger, expert=oracle)
         if not learned["finished"]:
             return {"finished": False, "out": str(out)}
+        if cfg.oracle and cfg.reference and cfg.env_id in RL_ZOO_PPO:
+            reference = run_phase(cfg, "reference", logger)
     eval_seed = 10_000 + cfg.seed * 100
-    true_returns = evaluate(learned["agent"], cfg.env_id, cfg.eval_episodes, eval_seed)
     random_returns = evaluate(None, cfg.env_id, cfg.eval_episodes, eval_seed, random_policy=True)
     summary.update({
-        "true_return": float(np.mean(true_returns)), "true_returns": true_returns,
+        "true_return": learned["true_return"], "true_returns": learned["true_returns"],
         "random_return": float(np.mean(random_returns)),
         "labels_used": learned["labels_used"], "env_steps": learned["env_steps"],
         "curve": {"learned": learned["curve"]},
@@ -563,12 +869,21 @@ def run_control(cfg: ControlConfig) -> dict[str, Any]:
     if learned["ensemble"] is not None and learned["labels"]:
         summary["reward_model"] = {"train_accuracy": learned["ensemble"].accuracy(learned["labels"])}
     if oracle is not None:
-        oracle_returns = evaluate(oracle["agent"], cfg.env_id, cfg.eval_episodes, eval_seed)
-        summary["oracle_return"] = float(np.mean(oracle_returns))
-        summary["oracle_returns"] = oracle_returns
+        summary["oracle_return"] = oracle["true_return"]
+        summary["oracle_returns"] = oracle["true_returns"]
         summary["curve"]["oracle"] = oracle["curve"]
         denom = summary["oracle_return"] - summary["random_return"]
         summary["normalized_score"] = (summary["true_return"] - summary["random_return"]) / denom if denom else float("nan")
+    if reference is not None:  # the field's standard on the true reward, as a yardstick for both
+        summary["reference_return"] = reference["true_return"]
+        summary["reference_returns"] = reference["true_returns"]
+        ref, rnd = summary["reference_return"], summary["random_return"]
+        # as a fraction of the reference's return (meaningful where returns are positive, e.g. the
+        # MuJoCo runners), and normalised by the random policy like normalized_score (any sign)
+        summary["reference_fraction"] = summary["true_return"] / ref if ref else float("nan")
+        summary["oracle_reference_fraction"] = summary["oracle_return"] / ref if ref else float("nan")
+        summary["reference_normalized_score"] = ((summary["true_return"] - rnd) / (ref - rnd)
+                                                 if ref != rnd else float("nan"))
     summary["wall_s"] = time.time() - t0
     summary["finished"] = True
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
