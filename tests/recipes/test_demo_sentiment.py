@@ -50,10 +50,10 @@ def test_quick_run_writes_every_part(quick_run):
     for name in ("report.html", "summary.json", "gold_vs_kl.png", "proxy_vs_kl.png", "bon_by_proxy.png",
                  "mixing.png"):
         assert (out / name).stat().st_size > 0, name
-    assert set(s["sweeps"]) == {"best_of_n@12", "best_of_n@24", "dpo_gold", "dpo_proxy", "dpo_mixed", "ppo"}
-    assert set(s["proxies"]) == {"12", "24"} and s["optimised_proxy"] == 24
+    assert set(s["sweeps"]) == {"best_of_n@16", "best_of_n@48", "dpo_gold", "dpo_proxy", "dpo_mixed", "ppo"}
+    assert set(s["proxies"]) == {"16", "48"} and s["optimised_proxy"] == 48
     # best-of-1 is the base policy itself: gain exactly 0, KL 0; KL = log n − (n−1)/n
-    bon = s["sweeps"]["best_of_n@24"]
+    bon = s["sweeps"]["best_of_n@48"]
     assert [p["n"] for p in bon] == cfg.bon_sweep
     assert bon[0]["gain"] == pytest.approx(0.0, abs=1e-12) and bon[0]["kl"] == 0.0
     assert bon[-1]["kl"] == pytest.approx(math.log(8) - 7 / 8)
@@ -68,10 +68,10 @@ def test_quick_run_writes_every_part(quick_run):
     (mix,) = s["mixing"]
     assert (mix["from_beta"], mix["beta"]) == (0.1, 1.0)
     assert s["sweeps"]["dpo_mixed"][0]["weights"] == pytest.approx([0.9, 0.1])
-    assert set(s["gao_fits"]) >= {"best_of_n@12", "best_of_n@24", "dpo_gold", "dpo_proxy", "ppo"}
-    assert s["gao_fits"]["best_of_n@24"]["form"] == "bon" and s["gao_fits"]["ppo"]["form"] == "rl"
+    assert set(s["gao_fits"]) >= {"best_of_n@16", "best_of_n@48", "dpo_gold", "dpo_proxy", "ppo"}
+    assert s["gao_fits"]["best_of_n@48"]["form"] == "bon" and s["gao_fits"]["ppo"]["form"] == "rl"
     assert set(s["frontier"]) == {"dpo_gold_vs_ppo", "dpo_proxy_vs_ppo"}
-    assert set(s["best"]) == {"best_of_n@12", "best_of_n@24", "dpo_gold", "dpo_proxy", "ppo"}
+    assert set(s["best"]) == {"best_of_n@16", "best_of_n@48", "dpo_gold", "dpo_proxy", "ppo"}
     assert all(0 <= v["heldout_accuracy"] <= 1 for v in s["proxies"].values())
     assert s["prompts"]["eval"] == 4 and s["prompts"]["train"] == 1008
     html = (out / "report.html").read_text()
@@ -111,3 +111,17 @@ def test_cli_rejects_bad_sentiment_config(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["demo", "sentiment", "--out", str(tmp_path), "--set", "max_new_tokens=64"])
     assert e.value.code == 2 and "max_new_tokens" in capsys.readouterr().err
+
+
+def test_top_layer_lora_targets_on_a_tiny_gpt2():
+    import torch
+
+    from alignkit.models import build_tiny_lm, build_tokenizer
+    from alignkit.recipes.demo_sentiment import top_layer_lora_targets
+
+    model = build_tiny_lm(build_tokenizer(), n_layer=3)
+    assert top_layer_lora_targets(model, 1) == ["transformer.h.2.attn.c_attn", "transformer.h.2.attn.c_proj",
+                                                "transformer.h.2.mlp.c_fc", "transformer.h.2.mlp.c_proj"]
+    assert len(top_layer_lora_targets(model, 2)) == 8 and len(top_layer_lora_targets(model, 9)) == 12
+    with pytest.raises(ConfigError, match="lora_top_layers"):
+        top_layer_lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)

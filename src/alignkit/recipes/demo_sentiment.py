@@ -72,10 +72,10 @@ class SentimentDemoConfig:
     """Share of the 1,260 prompts held out for evaluation (never trained on)."""
     max_new_tokens: int = 16
     """Continuation length limit (the task allows ≤ 32; TRL's sentiment example uses 4–16)."""
-    pool_prompts: int = 384
+    pool_prompts: int = 256
     """Train prompts in the preference pool (the proxies' and DPO's pairs come from it)."""
-    pool_samples: int = 4
-    """Base samples per pool prompt (4, as the DPO paper's IMDb experiment; 6 pairs a prompt)."""
+    pool_samples: int = 6
+    """Base samples per pool prompt (15 pairs a prompt; the DPO paper's IMDb experiment drew 4)."""
     eval_prompts: int = 32
     """Evaluation prompts every method is scored on."""
     bon_pool: int = 64
@@ -93,29 +93,36 @@ class SentimentDemoConfig:
     proxy_heldout_pairs: int = 512
     """Pairs of evaluation-pool samples (prompts no proxy saw) for the proxies' accuracy."""
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        model="minilm", out="", epochs=2, lr=5e-5, batch_size=32, max_length=64, eval_fraction=0.0,
+        model="minilm", out="", epochs=1, lr=1e-4, batch_size=32, max_length=64, eval_fraction=0.0,
         tensorboard=False))
     """The proxies' reward-model config; the demo sets out and seed."""
-    dpo_betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.3, 1.0])
+    dpo_betas: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])
     """DPO's β sweep."""
     dpo_labels: list[str] = field(default_factory=lambda: list(LABELS))
     """Who labels DPO's pairs: ``gold`` (VADER, the DPO paper's setting) and/or ``proxy``."""
     dpo_pairs: int = 128
     """DPO's pairs (the first of the seed's shuffled proxy-training pairs)."""
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        out="", lr=5e-4, epochs=2, batch_size=16, max_length=64, lora=True, lora_r=8, lora_alpha=16,
+        out="", lr=1e-3, epochs=2, batch_size=16, max_length=64, lora=True, lora_r=8, lora_alpha=16,
         use_chat_template=False, tensorboard=False, save_checkpoints=False, save_model=False))
-    """The DPO recipe's config; the demo sets policy, beta and seed."""
+    """The DPO recipe's config; the demo sets policy, beta and seed (and lora_targets, see
+    ``lora_top_layers``)."""
     mix_from_beta: float = 0.1
     """The DPO policy (of ``mix_labels``) re-scaled by logit mixing to the sweep's other β."""
     mix_labels: str = "gold"
     """Whose DPO policies the mixture is built from and compared with."""
-    ppo_kl_coefs: list[float] = field(default_factory=lambda: [0.3, 0.1, 0.03, 0.01])
-    """PPO's KL-coefficient sweep."""
+    ppo_kl_coefs: list[float] = field(default_factory=lambda: [0.1, 0.03, 0.01, 0.0])
+    """PPO's KL-coefficient sweep (0: no KL penalty at all — the loosest leash)."""
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
-        out="", steps=24, rollout_batch_size=16, ppo_epochs=2, lr=5e-4, lora=True, lora_r=8, lora_alpha=16,
+        out="", steps=20, rollout_batch_size=16, ppo_epochs=1, lr=1e-3, lora=True, lora_r=8, lora_alpha=16,
         use_chat_template=False, tensorboard=False, save_checkpoints=False, save_model=False))
-    """The PPO recipe's config; the demo sets policy, kl_coef, max_new_tokens and seed."""
+    """The PPO recipe's config; the demo sets policy, kl_coef, max_new_tokens and seed (and
+    lora_targets, see ``lora_top_layers``). One epoch: the update's forward is also the old
+    log-probs' (one policy forward a step)."""
+    lora_top_layers: int = 8
+    """DPO's and PPO's LoRA adapters go on every linear layer of the top this many blocks
+    (the backward pass then stops there: SmolLM2 has 30); 0 = the sub-configs' own
+    ``lora_targets`` (peft's default: every block)."""
     ci_level: float = 0.95
     """Confidence level of every interval."""
     ci_resamples: int = 2000
@@ -129,8 +136,8 @@ class SentimentDemoConfig:
 def quick_config(cfg: SentimentDemoConfig) -> SentimentDemoConfig:
     """Tiny sizes for the smoke test."""
     return replace(
-        cfg, seeds=cfg.seeds[:1], max_new_tokens=8, pool_prompts=12, pool_samples=3, eval_prompts=4, bon_pool=8,
-        bon_sweep=[1, 2, 4, 8], eval_samples=2, proxy_pairs=[12, 24], proxy_heldout_pairs=16,
+        cfg, seeds=cfg.seeds[:1], max_new_tokens=8, pool_prompts=24, pool_samples=4, eval_prompts=4, bon_pool=8,
+        bon_sweep=[1, 2, 4, 8], eval_samples=2, proxy_pairs=[16, 48], proxy_heldout_pairs=16,
         reward=replace(cfg.reward, epochs=1), dpo_betas=[0.1, 1.0], dpo_pairs=8, dpo=replace(cfg.dpo, epochs=1, batch_size=4),
         mix_from_beta=0.1, ppo_kl_coefs=[0.1, 0.01], ppo=replace(cfg.ppo, steps=1, rollout_batch_size=4, ppo_epochs=1),
         ci_resamples=200, gao_resamples=100, samples_in_report=2,
@@ -249,6 +256,25 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     return summary
 
 
+def top_layer_lora_targets(model, n_top: int) -> list[str]:
+    """Full names of the linear layers (``nn.Linear``, GPT-2's ``Conv1D``) inside the top
+    ``n_top`` transformer blocks of ``model`` — blocks are the modules named ``….<i>`` under
+    the model's block list (``model.layers`` for Llama, ``transformer.h`` for GPT-2)."""
+    import re
+
+    import torch
+
+    linear = [(name, mod) for name, mod in model.named_modules()
+              if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"]
+    block = re.compile(r"^(.*?\.)(\d+)\.")
+    indexed = [(name, int(m.group(2))) for name, _ in linear if (m := block.match(name))]
+    if not indexed:
+        raise ConfigError("lora_top_layers: found no numbered transformer blocks in the policy; "
+                          "set lora_top_layers: 0 and dpo.lora_targets / ppo.lora_targets")
+    n_blocks = max(i for _, i in indexed) + 1
+    return [name for name, i in indexed if i >= n_blocks - n_top]
+
+
 def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
     """Means over each prompt's consecutive block of samples."""
     k = len(values) // n_prompts
@@ -272,6 +298,9 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
 
     sdir = Path(cfg.out) / f"seed_{seed}"
     n_eval = len(sh.eval_prompts)
+    targets = top_layer_lora_targets(sh.ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
+    dpo_cfg = replace(cfg.dpo, lora_targets=cfg.dpo.lora_targets or targets)
+    ppo_cfg = replace(cfg.ppo, lora_targets=cfg.ppo.lora_targets or targets)
     base_gold_pp = _per_prompt(sh.eval_gold, n_eval)
     base_afinn_pp = _per_prompt(sh.eval_afinn, n_eval)
     # the seed's preference pairs: two pool samples of one prompt whose gold differs, shuffled
@@ -335,7 +364,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     points: dict[str, list[dict[str, Any]]] = {}
     for labels in cfg.dpo_labels:
         for beta in cfg.dpo_betas:
-            res = train_dpo(replace(cfg.dpo, policy=cfg.policy, out="", beta=beta, seed=seed),
+            res = train_dpo(replace(dpo_cfg, policy=cfg.policy, out="", beta=beta, seed=seed),
                             records=dpo_records[labels])
             model = res.model.eval()
             samples = sample_for_eval(model, sh.ref, sh.tok, eval_rep, cfg.max_new_tokens, seed=cfg.eval_seed)
@@ -357,7 +386,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
 
     # e. PPO against the optimised proxy over the KL-coefficient sweep
     for coef in cfg.ppo_kl_coefs:
-        res = train_ppo(replace(cfg.ppo, policy=cfg.policy, out="", kl_coef=coef, max_new_tokens=cfg.max_new_tokens,
+        res = train_ppo(replace(ppo_cfg, policy=cfg.policy, out="", kl_coef=coef, max_new_tokens=cfg.max_new_tokens,
                                 seed=seed), reward_fn=opt.score, prompts=sh.train_prompts)
         samples = sample_for_eval(res.model.eval(), sh.ref, sh.tok, eval_rep, cfg.max_new_tokens, seed=cfg.eval_seed)
         last = res.history[-1] if res.history else {}
