@@ -71,7 +71,7 @@ class HHPolicyDemoConfig:
     """Proxy reward model's training pairs, at most (also DPO's pairs)."""
     judge_pairs: int = 1200
     """Judge's training pairs, at most (disjoint prompts from the proxy's)."""
-    rm_heldout_pairs: int = 400
+    rm_heldout_pairs: int = 300
     """Held-out pairs for the reward models' accuracy (prompts unseen by both), at most."""
     rm_epochs: int = 1
     """Reward-model epochs."""
@@ -88,7 +88,7 @@ class HHPolicyDemoConfig:
     """Response length limit."""
     bon_n: int = 4
     """Best-of-n's n (the pool is n × eval_prompts samples)."""
-    dpo_pairs: int = 128
+    dpo_pairs: int = 192
     """DPO training pairs (the first of the proxy's pairs)."""
     dpo_beta: float = 0.1
     """DPO's β."""
@@ -96,23 +96,26 @@ class HHPolicyDemoConfig:
     """DPO learning rate (LoRA)."""
     dpo_epochs: int = 1
     """DPO epochs."""
-    dpo_max_length: int = 256
+    dpo_max_length: int = 192
     """DPO tokens per prompt + response (the prompt keeps its end)."""
     mix_beta: float = 0.0
     """β′ of the logit-mixed DPO policy (β′ < β: further from the reference); 0 = no mixture
     (it cost 200 s of the full-size run; ``alignkit demo sentiment`` measures mixing)."""
-    ppo_steps: int = 8
+    ppo_steps: int = 12
     """PPO iterations."""
     ppo_batch_size: int = 16
     """PPO rollouts per iteration."""
-    ppo_epochs: int = 2
+    ppo_epochs: int = 1
     """PPO optimisation epochs over each iteration's rollouts."""
-    ppo_lr: float = 2e-4
+    ppo_lr: float = 5e-4
     """PPO learning rate (LoRA and value head)."""
     ppo_kl_coef: float = 0.05
     """PPO's KL leash β."""
     lora_r: int = 8
     """LoRA rank of DPO and PPO."""
+    lora_top_layers: int = 8
+    """DPO's and PPO's LoRA adapters go on every linear layer of the top this many blocks (the
+    backward stops there); 0 = peft's default targets in every block."""
     samples_in_report: int = 6
     """Prompts shown with every method's response in the report."""
 
@@ -156,6 +159,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     from alignkit.models.chat import render_prompt
     from alignkit.models.reward import load_reward_model
     from alignkit.recipes.demo_hh import find_hh_data
+    from alignkit.recipes.demo_sentiment import top_layer_lora_targets
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
     from alignkit.recipes.reward import RewardConfig, train_reward
@@ -236,9 +240,11 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
 
     # --- 4b. DPO (LoRA) on the proxy's pairs, and its β re-scaling by logit mixing -----------
     t = time.time()
+    targets = top_layer_lora_targets(ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
     dpo = train_dpo(DPOConfig(policy=cfg.policy, out=str(out / "dpo"), beta=cfg.dpo_beta, lr=cfg.dpo_lr,
-                              epochs=cfg.dpo_epochs, batch_size=8, max_length=cfg.dpo_max_length, lora=True, lora_r=cfg.lora_r,
-                              lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
+                              epochs=cfg.dpo_epochs, batch_size=8, max_length=cfg.dpo_max_length, lora=True,
+                              lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_targets=targets, seed=cfg.seed,
+                              tensorboard=False,
                               save_checkpoints=False, save_model=False),
                     records=proxy_pairs[: cfg.dpo_pairs]).model.eval()
     samples["dpo"] = sample_for_eval(dpo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 3)
@@ -261,7 +267,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                               rollout_batch_size=cfg.ppo_batch_size, ppo_epochs=cfg.ppo_epochs,
                               kl_coef=cfg.ppo_kl_coef, lr=cfg.ppo_lr,
                               max_new_tokens=cfg.max_new_tokens, lora=True, lora_r=cfg.lora_r,
-                              lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
+                              lora_alpha=2 * cfg.lora_r, lora_targets=targets, seed=cfg.seed, tensorboard=False,
                               save_checkpoints=False, save_model=False),
                     reward_fn=rms["proxy"].score, prompts=ppo_prompts).model.eval()
     samples["ppo"] = sample_for_eval(ppo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 5)
