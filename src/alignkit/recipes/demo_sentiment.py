@@ -223,6 +223,7 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     eval_in = [p for p in eval_prompts for _ in range(cfg.bon_pool)]
     eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
     timings["base_pools"] = time.time() - t
+    note(f"base pools: {len(pool)} + {len(eval_pool)} continuations ({timings['base_pools']:.0f} s)")
     eval_gold = vader_gold(eval_in, eval_pool)
     # held-out pairs for the proxies' accuracy: two evaluation-pool samples of one prompt, gold ≠
     rng = random.Random(cfg.split_seed)
@@ -244,6 +245,7 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
         t = time.time()
         per_seed.append(run_seed(cfg, seed, shared))
         timings[f"seed_{seed}"] = time.time() - t
+        note(f"seed {seed} done ({timings[f'seed_{seed}']:.0f} s)")
 
     # --- 4. summary, plots, report -----------------------------------------------------------
     summary = summarise(cfg, shared, per_seed)
@@ -273,6 +275,20 @@ def top_layer_lora_targets(model, n_top: int) -> list[str]:
                           "set lora_top_layers: 0 and dpo.lora_targets / ppo.lora_targets")
     n_blocks = max(i for _, i in indexed) + 1
     return [name for name, i in indexed if i >= n_blocks - n_top]
+
+
+def note(message: str) -> None:
+    """One line of progress on stderr (a run takes an hour; progress bars need a terminal),
+    unless ALIGNKIT_NO_PROGRESS is set."""
+    import os
+    import sys
+
+    if not os.environ.get("ALIGNKIT_NO_PROGRESS"):
+        print(f"[{time.strftime('%H:%M:%S')}] demo sentiment: {message}", file=sys.stderr, flush=True)
+
+
+def _brief(point: dict[str, Any]) -> str:
+    return f"VADER {point['gold']:+.3f}, AFINN {point['afinn']:+.3f}, proxy {point['proxy']:+.3f}, KL {point['kl']:.3f}"
 
 
 def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
@@ -331,6 +347,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
         curve = best_of_n_curve(proxy_pk, gold_pk, cfg.bon_sweep)
         for pt, a in zip(curve, best_of_n_curve(proxy_pk, afinn_pk, cfg.bon_sweep), strict=True):
             pt["afinn"] = a["gold"]
+        note(f"seed {seed}: proxy on {size} pairs, held-out accuracy {acc:.3f}")
         proxies[str(size)] = {
             "train_pairs": size, "heldout_accuracy": acc, "heldout_pairs": len(sh.heldout),
             "bon": curve, "bon_gains": best_of_n_gold_gains(proxy_pk, gold_pk, cfg.bon_sweep).tolist(),
@@ -372,6 +389,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
                 evaluate(samples, {"label": f"β={beta:g}", "beta": beta,
                                    "final_loss": res.metrics.get("loss/dpo"),
                                    "train_accuracy": res.metrics.get("reward/accuracy")}))
+            note(f"seed {seed}: DPO ({labels} labels) β={beta:g}: " + _brief(points[f"dpo_{labels}"][-1]))
             if labels == cfg.mix_labels and beta == cfg.mix_from_beta:
                 for target in cfg.dpo_betas:
                     if target == beta:
@@ -382,6 +400,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
                     points.setdefault("dpo_mixed", []).append(
                         evaluate(mixed, {"label": f"β {beta:g}→{target:g}", "beta": target, "from_beta": beta,
                                          "weights": list(weights)}))
+                    note(f"seed {seed}: DPO mixed β {beta:g}→{target:g}: " + _brief(points["dpo_mixed"][-1]))
             del model, res
 
     # e. PPO against the optimised proxy over the KL-coefficient sweep
@@ -393,6 +412,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
         points.setdefault("ppo", []).append(evaluate(samples, {
             "label": f"β_KL={coef:g}", "kl_coef": coef, "train_proxy": last.get("reward/score"),
             "train_kl": last.get("kl/k1")}))
+        note(f"seed {seed}: PPO β_KL={coef:g}: " + _brief(points["ppo"][-1]))
         del res
     return {"seed": seed, "proxies": proxies, "optimised_proxy": opt_size, "points": points,
             "proxy_gold_label_agreement": agree if "proxy" in cfg.dpo_labels else None}
