@@ -238,8 +238,27 @@ def main() -> None:
             "length": statistics.fmean(r["length"] for r in rows),
             "features": {f: statistics.fmean(r["features"][f] for r in rows) for f in rows[0]["features"]},
         }
+    # paired difference against the old setting ("demo") on the same seeds and prompts
+    demo_runs = {r["seed"]: r for r in result["runs"] if r["variant"] == "demo"}
+    for v, s in summary.items():
+        rows = [r for r in result["runs"] if r["variant"] == v and r["seed"] in demo_runs]
+        if v != "demo" and rows:
+            s["vs_demo_ci"] = _bootstrap([[a - b for a, b in zip(r["gains"], demo_runs[r["seed"]]["gains"],
+                                                                  strict=True)] for r in rows])
+            s["vs_demo_seeds"] = [r["seed"] for r in rows]
     result["summary"] = summary
     out.write_text(json.dumps(result, indent=1))
+    base_f = result["meta"]["base_features"]
+    print("\n| variant | seeds | gold gain vs base [95 % CI] | minus the old setting, paired [95 % CI] | KL | words |"
+          " Δ safety | Δ efficiency | Δ law | Δ courtesy |\n|---|---|---|---|---|---|---|---|---|---|")
+    for v, s in summary.items():
+        g, lo, hi = s["gain_ci"]
+        d = s.get("vs_demo_ci")
+        f = s["features"]
+        print(f"| {v} | {len(s['seeds'])} | {g:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+              + (f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else "–")
+              + f" | {s['kl']:.2f} | {s['length']:.1f} | "
+              + " | ".join(f"{f[k] - base_f[k]:+.2f}" for k in ("safety", "efficiency", "law", "courtesy")) + " |")
     print(f"{'variant':14s} {'gain [95% CI]':>26s} {'KL':>6s} {'len':>5s}  safety effic law courtesy")
     for v, s in summary.items():
         g, lo, hi = s["gain_ci"]
