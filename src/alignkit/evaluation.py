@@ -5,7 +5,8 @@
   when the task has a gold reward, agreement with it).
 * :func:`sample_for_eval` and :func:`score_samples`: a policy's responses, their KL to the
   reference on the sampled tokens, the proxy reward, and — only when a gold reward is given
-  — the gold reward and the win rate against the base policy.
+  — the gold reward and the win rate against the base policy; :func:`sample_mixture_for_eval`
+  the same samples and KL for a logit mixture of models.
 * :func:`paired_bootstrap_ci`: whether a method beats the base policy, as a bootstrap CI
   of its per-prompt gain over seeds × prompts.
 
@@ -33,6 +34,7 @@ __all__ = [
     "paired_bootstrap_ci",
     "reward_margins",
     "sample_for_eval",
+    "sample_mixture_for_eval",
     "score_samples",
     "win_rate",
 ]
@@ -136,6 +138,44 @@ def sample_for_eval(model, ref_model, tokenizer, prompts: list[str], max_new_tok
                     kls += (lp - lr).tolist()
         ids = gen.response_ids.masked_fill(gen.response_mask == 0, tokenizer.pad_token_id)
         responses += [r.strip() for r in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return PolicySamples(list(prompts), responses, kls)
+
+
+def sample_mixture_for_eval(models, weights, ref_model, tokenizer, prompts: list[str], max_new_tokens: int,
+                            seed: int, batch_size: int = 32, score_batch_size: int = 16) -> PolicySamples:
+    """Sample from the logit mixture p ∝ Π_k π_k^{w_k} (:func:`~alignkit.decoding.mixing.mix_generate`,
+    temperature 1, no filters) and measure per-sequence log p(y|x) − log π_ref(y|x) on its own
+    samples: log p is the sum of the mixture's per-step normalised log-probs of the drawn tokens
+    (what was sampled from), log π_ref a forward pass of ``ref_model`` over the same token ids."""
+    from alignkit.decoding.mixing import mix_generate
+    from alignkit.decoding.sampling import encode_prompts
+    from alignkit.models import sequence_logps
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    responses, kls = [], []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        out = mix_generate(models, weights, chunk, tokenizer=tokenizer, max_new_tokens=max_new_tokens, do_sample=True,
+                           seed=seed + i, return_logps=True)
+        steps = out.step_logps.shape[1]
+        resp = torch.full((len(chunk), steps), pad, dtype=torch.long)
+        resp_mask = torch.zeros((len(chunk), steps), dtype=torch.long)
+        for r, ids in enumerate(out.token_ids):
+            resp[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            resp_mask[r, : len(ids)] = 1
+        mix_lp = (out.step_logps.gather(-1, resp.unsqueeze(-1)).squeeze(-1) * resp_mask).sum(1)
+        enc = encode_prompts(tokenizer, list(chunk), return_tensors="pt", padding=True)
+        device = next(ref_model.parameters()).device
+        ids = torch.cat([enc["input_ids"], resp], 1).to(device)
+        mask = torch.cat([enc["attention_mask"], resp_mask], 1).to(device)
+        comp = torch.cat([torch.zeros_like(enc["attention_mask"]), resp_mask], 1).to(device)
+        ref_lp = []
+        with torch.inference_mode():
+            for j in range(0, len(chunk), score_batch_size):
+                rows = slice(j, j + score_batch_size)
+                ref_lp.append(sequence_logps(ref_model, ids[rows], mask[rows], comp[rows]).sum.cpu())
+        kls += (mix_lp - torch.cat(ref_lp)).tolist()
+        responses += [t.strip() for t in out.texts]
     return PolicySamples(list(prompts), responses, kls)
 
 

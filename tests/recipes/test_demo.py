@@ -90,3 +90,21 @@ def test_demo_hh_quick(tmp_path):
     assert rm["train_pairs"] == 48 and rm["heldout_pairs"] == 32
     assert 0.0 <= rm["heldout_accuracy"] <= 1.0 and math.isfinite(rm["ece"])
     assert (tmp_path / "report.html").exists() and (tmp_path / "calibration.png").exists()
+
+
+def test_rm_labelled_pairs_by_hand():
+    """Blocks of k = 3 samples of one prompt: pairs within a block only, equal scores skipped,
+    μ = 1 when the first response scores higher."""
+    from alignkit.recipes.demo import rm_labelled_pairs
+
+    prompts = ["p"] * 3 + ["q"] * 3
+    responses = ["a", "b", "c", "d", "e", "f"]
+    scores = [1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+    pairs = rm_labelled_pairs(prompts, responses, scores, 3, 100, seed=0)
+    got = sorted((c.prompt, c.a, c.b, c.mu) for c in pairs)
+    # p: (a, b) 1 > 0, (b, c) 0 < 1; (a, c) tie skipped. q: every pair, the later always higher
+    assert got == [("p", "a", "b", 1.0), ("p", "b", "c", 0.0), ("q", "d", "e", 0.0), ("q", "d", "f", 0.0),
+                   ("q", "e", "f", 0.0)]
+    two = rm_labelled_pairs(prompts, responses, scores, 3, 2, seed=0)
+    assert len(two) == 2 and two == rm_labelled_pairs(prompts, responses, scores, 3, 2, seed=0)
+    assert {(c.a, c.b) for c in two} <= {(c.a, c.b) for c in pairs}

@@ -53,8 +53,8 @@ def test_report_escapes_model_text(tmp_path):
     evil = "<script>alert(1)</script>"
     summary = {"task": "t", "config": {"policy": "smollm2"}, "wall_s": 1.0, "split": {"by": "prompt"},
                "reward_models": {"proxy": rm, "judge": rm},
-               "methods": {"base": m, **{k: {**m, "judge_vs_base": wr} for k in ("best_of_n", "dpo", "dpo_mixed", "ppo")}},
-               "samples": [{"prompt": evil, "base": evil, "best_of_n": "x", "dpo": "y", "dpo_mixed": "z", "ppo": evil}]}
+               "methods": {"base": m, **{k: {**m, "judge_vs_base": wr} for k in ("best_of_n", "dpo", "ppo")}},
+               "samples": [{"prompt": evil, "base": evil, "best_of_n": "x", "dpo": "y", "ppo": evil}]}
     text = write_report(summary, tmp_path / "report.html").read_text()
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "0.500 [0.100, 0.900]" in text
@@ -71,3 +71,33 @@ def test_quick_demo_runs_end_to_end(tmp_path, smollm2):
     assert e.value.code in (0, None)
     assert (tmp_path / "d" / "summary.json").exists()
     assert "Sample responses" in (tmp_path / "d" / "report.html").read_text()
+
+
+def test_feature_judge_fits_and_saves(tiny_lm_dir, tmp_path):
+    """The features judge on a tiny backbone: fitted on pairs whose preferred response is the
+    longer one, it ranks the held-out longer response higher; it reloads with the same scores."""
+    import torch
+
+    from alignkit.models.reward import load_reward_model
+    from alignkit.recipes.demo_hh_policy import HHPolicyDemoConfig, fit_feature_judge
+
+    pairs = [_c(f"Human: question {i}?", "a fine and long answer " * (1 + i % 3), "no", 1.0) for i in range(12)]
+    pairs += [_c(f"Human: other {i}?", "no", "a fine and long answer " * 2, 0.0) for i in range(12)]
+    cfg = HHPolicyDemoConfig(judge_backbone=str(tiny_lm_dir), judge_l2=0.01)
+    judge = fit_feature_judge(cfg, pairs, tmp_path / "judge")
+    prompts, responses = ["Human: new?", "Human: new?"], ["a fine and long answer a fine and long answer", "no"]
+    r = judge.score(prompts, responses)
+    assert r[0] > r[1]
+    assert torch.allclose(load_reward_model(tmp_path / "judge").score(prompts, responses), r, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"judge": "gpt4"}, {"split": [0.5, 0.5]}, {"split": [0.5, 0.6, -0.1]},
+                                    {"mix_beta": -1.0}])
+def test_config_errors_are_one_line(change, tmp_path):
+    from dataclasses import replace
+
+    from alignkit.errors import ConfigError
+    from alignkit.recipes.demo_hh_policy import HHPolicyDemoConfig, run_demo_hh_policy
+
+    with pytest.raises(ConfigError):
+        run_demo_hh_policy(replace(HHPolicyDemoConfig(out=str(tmp_path)), **change), print_table=False)

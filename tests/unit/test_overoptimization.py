@@ -118,3 +118,44 @@ def test_best_of_n_gold_gains_per_prompt_match_the_curve():
     # n = k picks the top-proxy sample of each prompt
     top = gold[np.arange(5), proxy.argmax(1)] - gold.mean(1)
     assert gains[:, 3] == pytest.approx(top)
+
+
+def test_gao_fit_band_brackets_the_curve():
+    rng = np.random.default_rng(0)
+    kl = [0.0, 0.5, 1.0, 2.0, 4.0]
+    reps = gao_curve(np.sqrt(kl), 1.0, 0.3, "bon") + rng.normal(0, 0.2, size=(40, 5))
+    fit = fit_gao(kl, reps, "bon", n_boot=200)
+    assert all(p["lo"] <= p["gain"] + 1e-9 and p["gain"] <= p["hi"] + 1e-9 for p in fit["curve"])
+    assert fit["curve"][0]["lo"] == fit["curve"][0]["hi"] == 0.0  # R(0) = 0 in every draw
+    assert any(p["hi"] - p["lo"] > 0.01 for p in fit["curve"])
+
+
+def test_gain_at_kl_interpolates_in_sqrt_kl_by_hand():
+    from alignkit.diagnostics.overoptimization import gain_at_kl
+
+    # points at d = 0, 1, 2 with gains 0, 1, 3 (given out of order); d = 1.5 → 2.0, d = 0.5 → 0.5
+    kl, gain = [4.0, 0.0, 1.0], np.array([3.0, 0.0, 1.0])
+    assert gain_at_kl(kl, gain, np.array([2.25, 0.25])).tolist() == pytest.approx([2.0, 0.5])
+    rows = np.stack([gain, 2 * gain])
+    assert gain_at_kl(kl, rows, np.array([2.25])).ravel().tolist() == pytest.approx([2.0, 4.0])
+
+
+def test_compare_at_kl_by_hand_and_without_overlap():
+    from alignkit.diagnostics.overoptimization import compare_at_kl
+
+    # A: d = 0, 2 → gains 0, 2 (slope 1 in d); B: d = 1, 3 → gains 0, 0.5. Overlap KL [1, 4]:
+    # at d = 1: A 1, B 0; at d = 2: A 2, B 0.25. Identical replicates: the CI is the point.
+    ga = np.tile([0.0, 2.0], (6, 1))
+    gb = np.tile([0.0, 0.5], (6, 1))
+    c = compare_at_kl([0.0, 4.0], ga, [1.0, 9.0], gb, n_grid=2, n_boot=50)
+    assert c["overlap"] == [1.0, 4.0] and c["kl"] == pytest.approx([1.0, 4.0])
+    assert c["diff"] == pytest.approx([1.0, 1.75])
+    assert c["diff_ci"] == [pytest.approx([1.0, 1.0]), pytest.approx([1.75, 1.75])]
+    # replicate noise shared by both sweeps cancels in the paired difference
+    noise = np.random.default_rng(1).normal(size=(6, 1))
+    c2 = compare_at_kl([0.0, 4.0], ga + noise, [1.0, 9.0], gb + noise, n_grid=2, n_boot=50)
+    assert c2["diff_ci"][1] == pytest.approx([1.75, 1.75])
+    none = compare_at_kl([0.0, 1.0], ga, [4.0, 9.0], gb)
+    assert none["overlap"] is None and none["diff"] == []
+    with pytest.raises(ValueError):
+        compare_at_kl([0.0, 4.0], ga, [1.0, 9.0], gb[:3])

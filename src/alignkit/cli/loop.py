@@ -98,7 +98,8 @@ def _print_loop(cfg, result) -> None:
 
 def demo_cmd(
     variant: str | None = typer.Argument(
-        None, help="Leave out for the embedded task; 'hh' for the real-data variant; 'control' for Pendulum from "
+        None, help="Leave out for the embedded task; 'hh' for the real-data variant; 'sentiment' for the reward–KL "
+        "frontier of best-of-n, DPO and PPO on SmolLM2 (controlled sentiment); 'control' for Pendulum from "
         "segment preferences; 'humans' for the human-model experiments on the driving task."),
     out: Path | None = typer.Option(None, "--out", help="Output directory (default runs/demo, runs/demo_hh)."),
     task: str = typer.Option("assistant", "--task", help="assistant (embedded, offline) or hh (real HH pairs)."),
@@ -114,7 +115,8 @@ def demo_cmd(
                                            help="A Ray cluster's address (default: env ALIGNKIT_RAY_ADDRESS)."),
     policy: str | None = typer.Option(
         None, "--policy", help="hh: also optimise this policy (smollm2, a *.gguf or a model directory): best-of-n, "
-        "DPO and PPO with LoRA, β re-scaling by logit mixing, judged by a separate reward model."),
+        "DPO and PPO with LoRA, β re-scaling by logit mixing, judged by a separate reward model; sentiment: the "
+        "base policy (default smollm2)."),
 ) -> None:
     """The embedded task end to end — base policy → simulated annotators → reward model →
     PPO, DPO, best-of-n → gold evaluation → KL sweep — with OUT/report.html and summary.json."""
@@ -133,9 +135,20 @@ def demo_cmd(
         return demo_humans(out=out, seed=seed, n_seeds=n_seeds, quick=quick, config=config)
     seeds_given = seed is not None or n_seeds is not None
     n_seeds = 3 if n_seeds is None else n_seeds
+    if variant == "sentiment":  # the reward–KL frontier on a real LM: alignkit.recipes.demo_sentiment
+        from alignkit.recipes.demo_sentiment import SentimentDemoConfig, run_demo_sentiment
+
+        cfg = build_config(SentimentDemoConfig, config, overrides, out=str(out) if out else None,
+                           seeds=list(range(seed or 0, (seed or 0) + n_seeds)) if seeds_given else None,
+                           quick=quick or None, policy=policy)
+        summary = run_demo_sentiment(cfg)
+        typer.echo(f"report: {Path(cfg.out) / 'report.html'}  summary: {Path(cfg.out) / 'summary.json'}  "
+                   f"({summary['wall_s']:.0f} s)")
+        return None
     if variant is not None:
         if variant != "hh":
-            raise ConfigError(f"demo: unknown variant {variant!r} (expected 'hh', 'control', 'humans' or nothing)")
+            raise ConfigError(f"demo: unknown variant {variant!r} (expected 'hh', 'sentiment', 'control', 'humans' "
+                              "or nothing)")
         task = "hh"
     if task not in ("assistant", "hh"):
         raise ConfigError(f"--task: expected assistant or hh, got {task!r}")

@@ -11,7 +11,9 @@ the arithmetic the demo's KL sweep needs:
 * :func:`divergence` — where gold peaks along a sweep, and whether the loosest leash
   has higher proxy but lower gold than the peak (the over-optimisation signature);
 * :func:`fit_gao` — Gao et al.'s functional forms fitted to a sweep, with bootstrap CIs
-  and the KL at which gold is predicted to peak.
+  (of α, β, the predicted peak and the curve) and the KL at which gold is predicted to peak;
+* :func:`compare_at_kl` — two sweeps' gold gains at equal KL (interpolated, no
+  extrapolation) with a paired bootstrap CI of the difference: whose frontier is higher.
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def fit_gao(
     observed one is the KL of the sweep point with the highest mean gain.
 
     Returns ``{"form", "alpha", "beta", "alpha_ci", "beta_ci", "peak_kl", "peak_kl_ci",
-    "observed_peak_kl", "r2", "points": [{"kl", "gain"}], "curve": [{"kl", "gain"}]}``; a
+    "observed_peak_kl", "r2", "points": [{"kl", "gain"}], "curve": [{"kl", "gain", "lo",
+    "hi"}]}`` (``lo``/``hi``: the pointwise percentile band of the bootstrap fits' curves); a
     peak KL (or CI bound) is ``None`` where the fit never turns down (β ≤ 0), so the result
     is plain JSON.
     """
@@ -192,7 +195,8 @@ def fit_gao(
     alpha, beta = _lstsq(d, y, form)
     fitted = gao_curve(d, alpha, beta, form)
     rng = np.random.default_rng(seed)
-    boots = []
+    grid = np.linspace(0.0, d.max() * 1.15, 60)
+    boots, curves = [], []
     for _ in range(n_boot):
         if reps is not None:
             y_b = reps[rng.integers(0, len(reps), len(reps))].mean(0)
@@ -200,15 +204,16 @@ def fit_gao(
             y_b = fitted + rng.choice(y - fitted, size=len(y), replace=True)
         a_b, b_b = _lstsq(d, y_b, form)
         boots.append((a_b, b_b, gao_peak_d(a_b, b_b, form) ** 2))
+        curves.append(gao_curve(grid, a_b, b_b, form))
     lo, hi = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
     b = np.array(boots) if boots else np.full((1, 3), np.nan)
+    band = np.percentile(np.array(curves), [lo, hi], axis=0) if curves else np.full((2, len(grid)), np.nan)
 
     def interval(col: int) -> list[float | None]:
         # no interpolation between draws, so an unbounded (∞) peak draw stays ∞, not NaN
         return [_finite(float(np.percentile(b[:, col], q, method="inverted_cdf"))) for q in (lo, hi)]
 
     ss_res, ss_tot = float(((y - fitted) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
-    grid = np.linspace(0.0, d.max() * 1.15, 60)
     return {
         "form": form,
         "alpha": alpha,
@@ -222,6 +227,62 @@ def fit_gao(
         "n_boot": n_boot,
         "replicates": 0 if reps is None else len(reps),
         "points": [{"kl": float(k), "gain": float(v)} for k, v in zip(kl_a, y, strict=True)],
-        "curve": [{"kl": float(x * x), "gain": float(v)} for x, v in zip(grid, gao_curve(grid, alpha, beta, form),
-                                                                          strict=True)],
+        "curve": [{"kl": float(x * x), "gain": float(v), "lo": float(a), "hi": float(c)}
+                  for x, v, a, c in zip(grid, gao_curve(grid, alpha, beta, form), band[0], band[1], strict=True)],
     }
+
+
+# --- two sweeps at equal KL ---------------------------------------------------------------
+
+
+def gain_at_kl(kl: Sequence[float], gain: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """A sweep's gain at the KLs ``at`` by linear interpolation in d = √KL between its points
+    (sorted by KL). ``gain``: ``(N,)`` or ``(R, N)`` → ``(len(at),)`` or ``(R, len(at))``.
+    Only meaningful inside the sweep's KL range; outside it the end values are held."""
+    d = np.sqrt(np.clip(np.asarray(kl, float), 0.0, None))
+    order = np.argsort(d, kind="stable")
+    g = np.asarray(gain, float)
+    q = np.sqrt(np.clip(np.asarray(at, float), 0.0, None))
+    if g.ndim == 1:
+        return np.interp(q, d[order], g[order])
+    return np.stack([np.interp(q, d[order], row[order]) for row in g])
+
+
+def compare_at_kl(
+    kl_a: Sequence[float],
+    gain_a: np.ndarray,
+    kl_b: Sequence[float],
+    gain_b: np.ndarray,
+    *,
+    n_grid: int = 5,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Sweep A's gold gain minus sweep B's at equal KL, with a paired bootstrap.
+
+    ``gain_a`` ``(R, N_a)`` and ``gain_b`` ``(R, N_b)`` hold the same R replicates (rows:
+    the same prompts × seeds in both), the points at KLs ``kl_a``/``kl_b`` (held at their
+    values). The KLs compared are ``n_grid`` points evenly spaced in √KL over the overlap of
+    the two sweeps' KL ranges — no extrapolation; each sweep's gain there is
+    :func:`gain_at_kl`. The bootstrap resamples the R rows (the same draw for both sweeps:
+    the pairing) and takes the percentile interval of the difference of the means.
+
+    Returns ``{"overlap": [lo, hi] or None, "kl": [...], "a": [...], "b": [...], "diff":
+    [...], "diff_ci": [[lo, hi], ...]}`` (empty lists when the ranges do not overlap).
+    """
+    ga, gb = np.asarray(gain_a, float), np.asarray(gain_b, float)
+    if ga.ndim != 2 or gb.ndim != 2 or len(ga) != len(gb):
+        raise ValueError(f"need (R, N) gains with the same R replicates, got {ga.shape} and {gb.shape}")
+    lo_kl, hi_kl = max(min(kl_a), min(kl_b)), min(max(kl_a), max(kl_b))
+    if not lo_kl < hi_kl:
+        return {"overlap": None, "kl": [], "a": [], "b": [], "diff": [], "diff_ci": []}
+    at = np.linspace(math.sqrt(max(lo_kl, 0.0)), math.sqrt(hi_kl), n_grid) ** 2
+    ia, ib = gain_at_kl(kl_a, ga, at), gain_at_kl(kl_b, gb, at)  # (R, n_grid)
+    rng = np.random.default_rng(seed)
+    draws = np.array([(ia[r].mean(0) - ib[r].mean(0)) for r in (rng.integers(0, len(ga), len(ga))
+                                                                 for _ in range(n_boot))])
+    q = np.percentile(draws, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100], axis=0)
+    return {"overlap": [float(lo_kl), float(hi_kl)], "kl": at.tolist(), "a": ia.mean(0).tolist(),
+            "b": ib.mean(0).tolist(), "diff": (ia.mean(0) - ib.mean(0)).tolist(),
+            "diff_ci": [[float(x), float(y)] for x, y in zip(q[0], q[1], strict=True)]}

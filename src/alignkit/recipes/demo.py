@@ -8,8 +8,9 @@ the task's corpus, and sample the base policy's evaluation responses. Then per s
 1. sample pairs from the base policy; two simulated annotator groups label them
    (β-noisy Boltzmann on the gold reward; one group flattered by politeness);
 2. fit the reward model (the proxy) on those labels;
-3. PPO against the proxy for each KL leash β of the sweep, DPO on the labelled pairs,
-   best-of-n with the proxy (n of the sweep read off one pool of samples, exactly);
+3. PPO against the proxy for each KL leash β of the sweep, DPO on pairs of base samples
+   labelled by the proxy (or on the annotators' pairs: ``dpo_data``), best-of-n with the
+   proxy (n of the sweep read off one pool of samples, exactly);
 4. evaluate every policy: gold, proxy, KL to the base policy, win rate against the base
    policy judged by the gold reward; the reward model's held-out accuracy and ECE;
    annotator agreement;
@@ -98,10 +99,18 @@ class DemoConfig:
         save_model=False))
     """The PPO recipe's config; the demo sets policy, out, seed, max_new_tokens (and kl_coef in the sweep)."""
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        out="", beta=0.3, lr=1e-4, epochs=2, batch_size=16, max_length=96, tensorboard=False,
+        out="", beta=0.3, lr=1e-4, epochs=2, batch_size=64, max_length=96, tensorboard=False,
         save_checkpoints=False, save_model=False, entangle_every=8, entangle_pairs=8))
     """The DPO recipe's config; the demo sets policy, out and seed (``entangle_every``: the
     gradient-entanglement probe plotted in the report)."""
+    dpo_data: str = "rm"
+    """DPO's pairs: ``rm`` = ``dpo_pairs`` pairs of base samples (two samples of one prompt from
+    the best-of-n pool) labelled by the seed's reward model — the labels reach DPO the way they
+    reach PPO and best-of-n, through the reward model; ``annotators`` = the annotators' labelled
+    pairs themselves (ties dropped). docs/demo.md has the experiment behind the default: on
+    the annotators' 768 pairs DPO is data-limited."""
+    dpo_pairs: int = 3072
+    """Reward-model-labelled pairs for ``dpo_data: rm`` (at most the pool's pairs)."""
     dpo_normalized: bool = False
     """Also train normalised-gradient DPO (``loss=normalized``) on the same pairs and plot its
     entanglement next to DPO's (≈ 2 × batch_size extra backward passes per step)."""
@@ -116,7 +125,7 @@ def quick_config(cfg: DemoConfig) -> DemoConfig:
         eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, loop_pairs_per_round=32, loop_ppo_steps=1,
         loop_eval_samples_per_prompt=1, al_pool=80, al_budget=40, al_batch=10,
         reward=replace(cfg.reward, epochs=1), ppo=replace(cfg.ppo, kl_coef=0.3, steps=2, rollout_batch_size=16),
-        dpo=replace(cfg.dpo, epochs=1, entangle_every=2), gao_resamples=100,
+        dpo=replace(cfg.dpo, epochs=1, entangle_every=2), dpo_pairs=256, gao_resamples=100,
     )
 
 
@@ -166,6 +175,10 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | No
         raise ConfigError(f"ppo.kl_coef {cfg.ppo.kl_coef} must be one of kl_coefs {cfg.kl_coefs}")
     if cfg.annotator.kind != "simulated":
         raise ConfigError("annotator.kind: the demo needs simulated annotators (it knows the gold reward)")
+    if cfg.dpo_data not in ("rm", "annotators"):
+        raise ConfigError(f"dpo_data: expected 'rm' or 'annotators', got {cfg.dpo_data!r}")
+    if max(cfg.bon_sweep) < 2 and cfg.dpo_data == "rm":
+        raise ConfigError("dpo_data: rm draws pairs from the best-of-n pool; bon_sweep needs an n ≥ 2")
     t0 = time.time()
     timings: dict[str, float] = {}
     out = Path(cfg.out)
@@ -283,25 +296,28 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
             [x - b for x, b in zip(_per_prompt(m["gold_per_sample"], len(PROMPTS)), base_pp, strict=True)])
         if coef == cfg.ppo.kl_coef:
             results["ppo"] = m
-    # 3b. DPO on the labelled pairs (ties carry no preference to learn from)
-    res = train_dpo(replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo"), seed=seed),
-                    records=[c for c in labels if c.mu != 0.5])
-    results["dpo"] = score(policy_samples(res.model))
-    entangle = {"dpo": res.entangle}
-    if cfg.dpo_normalized:  # the same pairs, the pairwise-normalised update
-        entangle["normalized"] = train_dpo(
-            replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo_normalized"), seed=seed, loss="normalized"),
-            records=[c for c in labels if c.mu != 0.5]).entangle
-    # 3c. best-of-n: the method's own samples, and the sweep from one pool
-    torch.manual_seed(seed)
-    bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
-    results["best_of_n"] = score(PolicySamples(eval_prompts, [r.strip() for r in bon.responses], []),
-                                 kl=bon_kl_analytic(cfg.bon_n))
+    # the pool of base samples (k per prompt) behind the best-of-n sweep and DPO's pairs
     k = max(cfg.bon_sweep)
     pool_prompts = [p for p in PROMPTS for _ in range(k)]
     pool = sample_responses(ref, tok, pool_prompts, cfg.max_new_tokens, seed=seed * 31 + 7)
     proxy = rm.score(pool_prompts, pool).reshape(len(PROMPTS), k).numpy()
     pool_gold = torch.tensor(gold(pool_prompts, pool)).reshape(len(PROMPTS), k).numpy()
+    # 3b. DPO: on pairs of pool samples labelled by the reward model, or on the annotators'
+    # pairs (ties carry no preference to learn from)
+    dpo_records = (rm_labelled_pairs(pool_prompts, pool, proxy.reshape(-1).tolist(), k, cfg.dpo_pairs, seed)
+                   if cfg.dpo_data == "rm" else [c for c in labels if c.mu != 0.5])
+    res = train_dpo(replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo"), seed=seed), records=dpo_records)
+    results["dpo"] = score(policy_samples(res.model))
+    entangle = {"dpo": res.entangle}
+    if cfg.dpo_normalized:  # the same pairs, the pairwise-normalised update
+        entangle["normalized"] = train_dpo(
+            replace(cfg.dpo, policy=str(base_dir), out=str(sdir / "dpo_normalized"), seed=seed, loss="normalized"),
+            records=dpo_records).entangle
+    # 3c. best-of-n: the method's own samples, and the sweep from the pool
+    torch.manual_seed(seed)
+    bon = best_of_n(eval_prompts, lm_sampler(ref, tok, cfg.max_new_tokens), rm.score, n=cfg.bon_n)
+    results["best_of_n"] = score(PolicySamples(eval_prompts, [r.strip() for r in bon.responses], []),
+                                 kl=bon_kl_analytic(cfg.bon_n))
     bon_sweep = [{"label": f"n={p['n']}", **p} for p in best_of_n_curve(proxy, pool_gold, cfg.bon_sweep)]
     gao_rows["best_of_n"] = best_of_n_gold_gains(proxy, pool_gold, cfg.bon_sweep).T.tolist()
     # 4. per-prompt gold gain over base (same prompts, same base samples): the paired CI's data
@@ -318,6 +334,25 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
                      "sweep": {"ppo": ppo_sweep, "best_of_n": bon_sweep} if len(coefs) > 1
                      else {"best_of_n": bon_sweep}, "active_learning": al}
     return entry, time.time() - t_seed
+
+
+def rm_labelled_pairs(prompts: list[str], responses: list[str], scores: list[float], k: int, n_pairs: int,
+                      seed: int) -> list[Any]:
+    """``n_pairs`` comparisons of two samples of one prompt, labelled by a reward model.
+
+    ``prompts``/``responses``/``scores`` come in blocks of ``k`` samples of one prompt (the
+    best-of-n pool). Pairs are drawn with ``random.Random(seed)`` without replacement from all
+    within-prompt pairs whose scores differ; μ = 1 when r̂(a) > r̂(b), else 0 (the reward
+    model's hard preference)."""
+    import random
+
+    from alignkit.data import Comparison
+
+    pairs = [(b + i, b + j) for b in range(0, len(responses), k) for i in range(k) for j in range(i + 1, k)
+             if scores[b + i] != scores[b + j]]
+    chosen = random.Random(seed).sample(pairs, min(n_pairs, len(pairs)))
+    return [Comparison(prompt=prompts[i], a=responses[i], b=responses[j], mu=float(scores[i] > scores[j]))
+            for i, j in chosen]
 
 
 def ppo_sweep_point(cfg: DemoConfig, base_dir: str, sdir: str, seed: int, coef: float, base_samples) -> dict[str, Any]:

@@ -6,14 +6,17 @@ Reads top to bottom:
 
 1. split the HH harmless pairs *by prompt* into three disjoint parts: the proxy reward
    model's pairs, the judge's pairs, and held-out evaluation prompts;
-2. fit the **proxy** reward model (the one the policies are optimised against) and a
-   separate **judge** reward model on the other pairs (different data and seed: the
-   optimised proxy must not also be the judge); report both one's held-out accuracy next
+2. fit the **proxy** reward model (MiniLM, the one the policies are optimised against)
+   and a separate **judge** on the other pairs (different data: the optimised proxy must
+   not also be the judge) — by default the frozen-SmolLM2-feature reward model of
+   docs/reward.md (:mod:`alignkit.models.feature_reward`), which generalises to prompts
+   never seen far better than fine-tuned MiniLM; report both one's held-out accuracy next
    to the two length rules (longer wins / shorter wins);
 3. the base policy (SmolLM2-135M-Instruct by default), prompted through its chat template;
 4. best-of-n against the proxy; DPO with LoRA on the proxy's pairs; PPO with LoRA and a
-   value head against the proxy; the DPO policy re-scaled from β to β′ by logit mixing
-   (π_ref^{1−β/β′}·π_DPO^{β/β′}, :func:`alignkit.decoding.mixing.beta_rescale`);
+   value head against the proxy; optionally (``mix_beta`` > 0) the DPO policy re-scaled
+   from β to β′ by logit mixing (π_ref^{1−β/β′}·π_DPO^{β/β′},
+   :func:`alignkit.decoding.mixing.beta_rescale`);
 5. on the held-out prompts: the judge's win rate of every method against the base policy
    (paired by prompt, ties ½) with a 95 % CI, the proxy and judge means, KL to the
    reference (the sampled-token estimate; for best-of-n the analytic log n − (n−1)/n), and
@@ -27,13 +30,14 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError
 
 METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
+JUDGES = ("features", "minilm")
 
 
 @dataclass
@@ -47,17 +51,28 @@ class HHPolicyDemoConfig:
     policy: str = "smollm2"
     """Base policy: ``smollm2``, a ``*.gguf`` file or a save_pretrained causal LM."""
     reward_model: str = "minilm"
-    """Backbone of the proxy and the judge reward models."""
+    """Backbone of the proxy reward model (and of the judge when ``judge: minilm``)."""
+    judge: str = "features"
+    """The judge: ``features`` (a linear head on frozen ``judge_backbone`` features, fitted on
+    the judge's pairs; docs/reward.md) or ``minilm`` (fine-tuned like the proxy)."""
+    judge_backbone: str = "smollm2"
+    """Frozen backbone of the ``features`` judge."""
+    judge_l2: float = 1.0
+    """L2 weight of the ``features`` judge's head (docs/reward.md: 1.0 was best on HH harmless)."""
+    split: list[float] = field(default_factory=lambda: [0.25, 0.55, 0.20])
+    """Shares of the first human turns for the proxy's pairs, the judge's pairs and the held-out
+    prompts (the judge gets the most: its accuracy grows with its pairs, 0.635 at 700 and
+    0.68 at 1,440 in docs/reward.md)."""
     quick: bool = False
     """Tiny sizes for a smoke test (a few minutes on a CPU); the numbers mean little."""
     seed: int = 0
     """Seed of the split, the reward models, the policies and sampling."""
     rm_pairs: int = 800
-    """Proxy reward model's training pairs (also DPO's pairs)."""
-    judge_pairs: int = 800
-    """Judge reward model's training pairs (disjoint prompts from the proxy's)."""
-    rm_heldout_pairs: int = 200
-    """Held-out pairs for the reward models' accuracy (prompts unseen by both)."""
+    """Proxy reward model's training pairs, at most (also DPO's pairs)."""
+    judge_pairs: int = 1200
+    """Judge's training pairs, at most (disjoint prompts from the proxy's)."""
+    rm_heldout_pairs: int = 300
+    """Held-out pairs for the reward models' accuracy (prompts unseen by both), at most."""
     rm_epochs: int = 1
     """Reward-model epochs."""
     rm_lr: float = 5e-5
@@ -73,7 +88,7 @@ class HHPolicyDemoConfig:
     """Response length limit."""
     bon_n: int = 4
     """Best-of-n's n (the pool is n × eval_prompts samples)."""
-    dpo_pairs: int = 128
+    dpo_pairs: int = 192
     """DPO training pairs (the first of the proxy's pairs)."""
     dpo_beta: float = 0.1
     """DPO's β."""
@@ -81,22 +96,26 @@ class HHPolicyDemoConfig:
     """DPO learning rate (LoRA)."""
     dpo_epochs: int = 1
     """DPO epochs."""
-    dpo_max_length: int = 256
+    dpo_max_length: int = 192
     """DPO tokens per prompt + response (the prompt keeps its end)."""
-    mix_beta: float = 0.05
-    """β′ of the logit-mixed DPO policy (β′ < β: further from the reference)."""
-    ppo_steps: int = 8
+    mix_beta: float = 0.0
+    """β′ of the logit-mixed DPO policy (β′ < β: further from the reference); 0 = no mixture
+    (it cost 200 s of the full-size run; ``alignkit demo sentiment`` measures mixing)."""
+    ppo_steps: int = 12
     """PPO iterations."""
     ppo_batch_size: int = 16
     """PPO rollouts per iteration."""
-    ppo_epochs: int = 2
+    ppo_epochs: int = 1
     """PPO optimisation epochs over each iteration's rollouts."""
-    ppo_lr: float = 2e-4
+    ppo_lr: float = 5e-4
     """PPO learning rate (LoRA and value head)."""
     ppo_kl_coef: float = 0.05
     """PPO's KL leash β."""
     lora_r: int = 8
     """LoRA rank of DPO and PPO."""
+    lora_top_layers: int = 8
+    """DPO's and PPO's LoRA adapters go on every linear layer of the top this many blocks (the
+    backward stops there); 0 = peft's default targets in every block."""
     samples_in_report: int = 6
     """Prompts shown with every method's response in the report."""
 
@@ -105,7 +124,7 @@ def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
     """Tiny sizes for the smoke test."""
     from dataclasses import replace
 
-    return replace(cfg, rm_pairs=48, judge_pairs=48, rm_heldout_pairs=32, rm_max_length=128, eval_prompts=8,
+    return replace(cfg, rm_pairs=48, judge_pairs=48, rm_heldout_pairs=24, rm_max_length=128, eval_prompts=8,
                    max_prompt_tokens=96, max_new_tokens=16, bon_n=2, dpo_pairs=4, dpo_max_length=128, ppo_steps=1,
                    ppo_batch_size=4, samples_in_report=3)
 
@@ -134,12 +153,13 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     from alignkit.data import load_records, to_comparisons
     from alignkit.data.splits import split_by_prompt
     from alignkit.decoding.best_of_n import bon_kl_analytic
-    from alignkit.decoding.mixing import beta_rescale, mix_generate
-    from alignkit.evaluation import evaluate_reward_model, sample_for_eval
-    from alignkit.models import load_causal_lm, load_tokenizer, sequence_logps
+    from alignkit.decoding.mixing import beta_rescale
+    from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.models.chat import render_prompt
     from alignkit.models.reward import load_reward_model
     from alignkit.recipes.demo_hh import find_hh_data
+    from alignkit.recipes.demo_sentiment import top_layer_lora_targets
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
     from alignkit.recipes.reward import RewardConfig, train_reward
@@ -147,9 +167,13 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
 
     if cfg.quick:
         cfg = quick_config(cfg)
-    if not 0 < cfg.mix_beta:
-        raise ConfigError(f"mix_beta: expected a positive number, got {cfg.mix_beta}")
-    t0 = time.time()
+    if cfg.mix_beta < 0:
+        raise ConfigError(f"mix_beta: expected a positive number (or 0 for no mixture), got {cfg.mix_beta}")
+    if cfg.judge not in JUDGES:
+        raise ConfigError(f"judge: expected one of {JUDGES}, got {cfg.judge!r}")
+    if len(cfg.split) != 3 or min(cfg.split) <= 0 or abs(sum(cfg.split) - 1) > 1e-6:
+        raise ConfigError(f"split: expected three positive shares summing to 1, got {cfg.split}")
+    t0, c0 = time.time(), time.process_time()
     timings: dict[str, float] = {}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +182,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     # --- 1. three disjoint parts by prompt --------------------------------------------------
     path = find_hh_data(cfg.data or None)
     pairs = [c for c in to_comparisons(load_records(str(path)).records) if c.mu != 0.5]
-    proxy_part, judge_part, eval_part = split_by_prompt(pairs, (0.45, 0.35, 0.20), cfg.seed)
+    proxy_part, judge_part, eval_part = split_by_prompt(pairs, cfg.split, cfg.seed)
     rng = random.Random(cfg.seed)
     proxy_pairs = rng.sample(proxy_part, min(cfg.rm_pairs, len(proxy_part)))
     judge_pairs = rng.sample(judge_part, min(cfg.judge_pairs, len(judge_part)))
@@ -169,13 +193,17 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     t = time.time()
     rms, rm_report = {}, {}
     for name, train, seed in (("proxy", proxy_pairs, cfg.seed), ("judge", judge_pairs, cfg.seed + 1000)):
-        res = train_reward(RewardConfig(model=cfg.reward_model, out=str(out / f"{name}_rm"), epochs=cfg.rm_epochs,
-                                        lr=cfg.rm_lr, batch_size=16, max_length=cfg.rm_max_length,
-                                        eval_fraction=0.0, seed=seed, tensorboard=False), train)
-        rms[name] = load_reward_model(res.out_dir)
+        if name == "judge" and cfg.judge == "features":
+            rms[name] = fit_feature_judge(cfg, train, out / "judge_rm")
+        else:
+            res = train_reward(RewardConfig(model=cfg.reward_model, out=str(out / f"{name}_rm"), epochs=cfg.rm_epochs,
+                                            lr=cfg.rm_lr, batch_size=16, max_length=cfg.rm_max_length,
+                                            eval_fraction=0.0, seed=seed, tensorboard=False), train)
+            rms[name] = load_reward_model(res.out_dir)
         m = evaluate_reward_model(rms[name], rm_heldout)
         acc = m["accuracy"]
-        rm_report[name] = {"train_pairs": len(train), "heldout_pairs": len(rm_heldout), "accuracy": acc,
+        rm_report[name] = {"model": _rm_name(cfg, name), "train_pairs": len(train), "heldout_pairs": len(rm_heldout),
+                           "accuracy": acc,
                            "accuracy_se": math.sqrt(acc * (1 - acc) / len(rm_heldout)),
                            "log_loss": m["log_loss"], "ece": m["ece"], **length_rules(rm_heldout)}
     timings["reward_models"] = time.time() - t
@@ -212,26 +240,23 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
 
     # --- 4b. DPO (LoRA) on the proxy's pairs, and its β re-scaling by logit mixing -----------
     t = time.time()
+    targets = top_layer_lora_targets(ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
     dpo = train_dpo(DPOConfig(policy=cfg.policy, out=str(out / "dpo"), beta=cfg.dpo_beta, lr=cfg.dpo_lr,
-                              epochs=cfg.dpo_epochs, batch_size=8, max_length=cfg.dpo_max_length, lora=True, lora_r=cfg.lora_r,
-                              lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
+                              epochs=cfg.dpo_epochs, batch_size=8, max_length=cfg.dpo_max_length, lora=True,
+                              lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_targets=targets, seed=cfg.seed,
+                              tensorboard=False,
                               save_checkpoints=False, save_model=False),
                     records=proxy_pairs[: cfg.dpo_pairs]).model.eval()
     samples["dpo"] = sample_for_eval(dpo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 3)
     timings["dpo"] = time.time() - t
-    t = time.time()
-    models, weights = beta_rescale(ref, dpo, cfg.dpo_beta, cfg.mix_beta)
-    texts, kls = [], []
-    for i in range(0, len(rendered), 32):
-        chunk = rendered[i : i + 32]
-        mixed = mix_generate(models, weights, chunk, tokenizer=tok, max_new_tokens=cfg.max_new_tokens,
-                             do_sample=True, seed=cfg.seed + 4 + i, return_logps=True)
-        texts += [x.strip() for x in mixed.texts]
-        kls += _mixture_kl(mixed, ref, tok, chunk, sequence_logps)
-    samples["dpo_mixed"] = texts
-    kl["dpo_mixed"] = sum(kls) / len(kls)
-    timings["dpo_mixed"] = time.time() - t
-    del dpo, models
+    if cfg.mix_beta > 0:
+        t = time.time()
+        models, weights = beta_rescale(ref, dpo, cfg.dpo_beta, cfg.mix_beta)
+        samples["dpo_mixed"] = sample_mixture_for_eval(models, weights, ref, tok, rendered, cfg.max_new_tokens,
+                                                       seed=cfg.seed + 4)
+        timings["dpo_mixed"] = time.time() - t
+        del models
+    del dpo
 
     # --- 4c. PPO (LoRA + value head) against the proxy ---------------------------------------
     t = time.time()
@@ -242,7 +267,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                               rollout_batch_size=cfg.ppo_batch_size, ppo_epochs=cfg.ppo_epochs,
                               kl_coef=cfg.ppo_kl_coef, lr=cfg.ppo_lr,
                               max_new_tokens=cfg.max_new_tokens, lora=True, lora_r=cfg.lora_r,
-                              lora_alpha=2 * cfg.lora_r, seed=cfg.seed, tensorboard=False,
+                              lora_alpha=2 * cfg.lora_r, lora_targets=targets, seed=cfg.seed, tensorboard=False,
                               save_checkpoints=False, save_model=False),
                     reward_fn=rms["proxy"].score, prompts=ppo_prompts).model.eval()
     samples["ppo"] = sample_for_eval(ppo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 5)
@@ -257,7 +282,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     judge = {k: rms["judge"].score(prompts, r).tolist() for k, r in responses.items()}
     proxy = {k: rms["proxy"].score(prompts, r).tolist() for k, r in responses.items()}
     methods = {}
-    for k in ("base", *METHODS):
+    for k in ("base", *(m for m in METHODS if m in samples)):
         methods[k] = {"judge": sum(judge[k]) / len(prompts), "proxy": sum(proxy[k]) / len(prompts), "kl": kl[k],
                       "length_words": sum(len(r.split()) for r in responses[k]) / len(prompts)}
         if k != "base":
@@ -273,6 +298,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                     for i in range(min(cfg.samples_in_report, len(prompts)))],
         "timings_s": timings,
         "wall_s": time.time() - t0,
+        "cpu_s": time.process_time() - c0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     write_report(summary, out / "report.html")
@@ -281,26 +307,27 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     return summary
 
 
-def _mixture_kl(mixed, ref, tok, prompts: list[str], sequence_logps) -> list[float]:
-    """Per-sequence Σ_t log p_mix(y_t) − log π_ref(y_t) on the mixture's own samples."""
+def fit_feature_judge(cfg: HHPolicyDemoConfig, pairs: list, out_dir: Path):
+    """The judge: a linear Bradley–Terry head on frozen ``judge_backbone`` features
+    (:class:`~alignkit.models.feature_reward.FeatureRewardModel`, docs/reward.md's feature set)
+    fitted on the judge's pairs with L2 weight ``judge_l2``; saved to ``out_dir``."""
     import torch
 
-    kls = []
-    for r, (prompt, ids) in enumerate(zip(prompts, mixed.token_ids, strict=True)):
-        if not ids:
-            kls.append(0.0)
-            continue
-        steps = torch.arange(len(ids))
-        mix_lp = mixed.step_logps[r, steps, torch.tensor(ids)].sum().item()
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        full = torch.tensor([p_ids + ids])
-        mask = torch.ones_like(full)
-        comp = torch.zeros_like(full)
-        comp[0, len(p_ids):] = 1
-        with torch.inference_mode():
-            ref_lp = sequence_logps(ref, full, mask, comp).sum.item()
-        kls.append(mix_lp - ref_lp)
-    return kls
+    from alignkit.models.feature_reward import FeatureRewardModel
+
+    judge = FeatureRewardModel(cfg.judge_backbone)
+    prompts = [c.prompt for c in pairs]
+    phi = judge.features(prompts + prompts, [c.a for c in pairs] + [c.b for c in pairs])
+    judge.fit(phi[: len(pairs)], phi[len(pairs) :], torch.tensor([c.mu for c in pairs], dtype=torch.float64),
+              cfg.judge_l2)
+    judge.save_pretrained(out_dir)
+    return judge
+
+
+def _rm_name(cfg: HHPolicyDemoConfig, name: str) -> str:
+    if name == "judge" and cfg.judge == "features":
+        return f"frozen {cfg.judge_backbone} features + linear head (l2 {cfg.judge_l2:g})"
+    return f"{cfg.reward_model} fine-tuned ({cfg.rm_epochs} epoch(s))"
 
 
 LABELS = {"base": "base policy", "best_of_n": "best-of-n (proxy)", "dpo": "DPO (LoRA)",
@@ -318,10 +345,12 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
              "</head><body>", f"<h1>alignkit demo hh — {e(str(cfg['policy']))}</h1>",
              f"<p>{e(summary['task'])}; wall time {summary['wall_s']:.0f} s; split by {e(summary['split']['by'])}. "
              "Every number is in <code>summary.json</code>.</p>", "<h2>Reward models (held-out prompts)</h2>",
-             "<table><tr><th>model</th><th>train pairs</th><th>held-out pairs</th><th>accuracy ± s.e.</th>"
+             "<table><tr><th>reward model</th><th>kind</th><th>train pairs</th><th>held-out pairs</th>"
+             "<th>accuracy ± s.e.</th>"
              "<th>longer wins</th><th>shorter wins</th><th>log-loss</th><th>ECE</th></tr>"]
     for name, r in summary["reward_models"].items():
-        parts.append(f"<tr><td>{e(name)}</td><td class=r>{r['train_pairs']}</td><td class=r>{r['heldout_pairs']}</td>"
+        parts.append(f"<tr><td>{e(name)}</td><td>{e(r.get('model', ''))}</td><td class=r>{r['train_pairs']}</td>"
+                     f"<td class=r>{r['heldout_pairs']}</td>"
                      f"<td class=r>{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}</td><td class=r>{r['longer_wins']:.3f}</td>"
                      f"<td class=r>{r['shorter_wins']:.3f}</td><td class=r>{r['log_loss']:.3f}</td>"
                      f"<td class=r>{r['ece']:.3f}</td></tr>")
@@ -336,10 +365,10 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
                      f"<td class=r>{m['length_words']:.1f}</td></tr>")
     parts.append("</table><p>KL: mean per-sequence log π/π_ref on the method's own samples (best-of-n: the analytic "
                  "log n − (n−1)/n).</p><h2>Sample responses</h2><table><tr><th>prompt</th>"
-                 + "".join(f"<th>{e(LABELS[k])}</th>" for k in ("base", *METHODS)) + "</tr>")
+                 + "".join(f"<th>{e(LABELS[k])}</th>" for k in summary["methods"]) + "</tr>")
     for s in summary["samples"]:
         parts.append("<tr><td><pre style='white-space:pre-wrap'>" + e(s["prompt"][-600:]) + "</pre></td>"
-                     + "".join(f"<td>{e(s[k])}</td>" for k in ("base", *METHODS)) + "</tr>")
+                     + "".join(f"<td>{e(s[k])}</td>" for k in summary["methods"]) + "</tr>")
     parts.append("</table></body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -1,0 +1,568 @@
+"""Recipe: ``alignkit demo sentiment`` — the reward–KL frontier of best-of-n, DPO and PPO on a
+real language model, with Gao et al.'s over-optimisation protocol (run from
+``alignkit.cli.loop``; ``quick`` shrinks every size).
+
+The task is :mod:`alignkit.tasks.sentiment` (continue a review opening; gold = VADER compound
+of the continuation; AFINN as a second gold nothing trains on); the policy SmolLM2-135M-
+Instruct by default. Reads top to bottom:
+
+1. prompts split into train and evaluation prompts (by prompt);
+2. the base policy samples two pools: ``pool_samples`` continuations of ``pool_prompts``
+   train prompts (the preference data) and ``bon_pool`` continuations of each evaluation
+   prompt (best-of-n and the base policy's own numbers); the gold labels both;
+3. per seed:
+
+   a. **proxies** (Gao et al. 2022): MiniLM reward models trained on gold-labelled pairs of
+      base samples (two samples of one train prompt, ties dropped) at each size of
+      ``proxy_pairs`` (nested subsets of the seed's shuffled pairs), each one's accuracy on
+      pairs of evaluation prompts;
+   b. **best-of-n** for every proxy, n = 1 … ``max(bon_sweep)``: exact expectations over the
+      evaluation pool (order statistics), KL = log n − (n−1)/n;
+   c. **DPO** (LoRA) for every β of ``dpo_betas`` on ``dpo_pairs`` pairs labelled by the gold
+      (the DPO paper's setting) and the same pairs labelled by the optimised proxy;
+   d. **DPO re-scaled by logit mixing**: the ``mix_labels`` DPO policy of β = ``mix_from_beta``
+      decoded as π_ref^{1−λ}·π^{λ}, λ = β/β′, for every other β′ of the sweep — no retraining;
+   e. **PPO** (LoRA, value head) against the optimised proxy for every KL coefficient of
+      ``ppo_kl_coefs``;
+   f. every policy answers each evaluation prompt ``eval_samples`` times (one seeded draw for
+      all): VADER, AFINN, the proxy, length, and the KL to the base policy on the policy's
+      own samples (per-sequence log π/π_ref; for the mixture its own per-step log-probs);
+
+4. the summary: each point's gain over the base policy per prompt, with a paired bootstrap
+   CI over seeds × prompts; every method's best point; Gao fits with bootstrap bands
+   (best-of-n: d(α − βd), PPO and DPO: d(α − β log d)); DPO vs PPO at equal KL; where the
+   proxy rises while the gold falls; the VADER–AFINN gap; the mixture against the DPO
+   retrained at its β′. ``OUT/summary.json``, ``OUT/report.html`` and its PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import ConfigError
+from alignkit.recipes.dpo import DPOConfig
+from alignkit.recipes.ppo import PPOConfig
+from alignkit.recipes.reward import RewardConfig
+
+LABELS = ("gold", "proxy")
+
+
+@dataclass
+class SentimentDemoConfig:
+    """Configuration of ``alignkit demo sentiment`` (``quick`` shrinks every size). The
+    sub-recipes' configs are nested (``dpo.lr``, ``ppo.steps``, ``reward.epochs`` ...)."""
+
+    out: str = "runs/demo_sentiment"
+    """Output directory: summary.json, report.html, the PNGs, seed_S/ (the proxies)."""
+    policy: str = "smollm2"
+    """Base policy (also the reference): ``smollm2``, a ``*.gguf`` file or a causal-LM directory."""
+    quick: bool = False
+    """Tiny sizes for a smoke test (CI); the numbers mean little."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds: each one draws its own proxy training pairs, trains its own proxies and policies."""
+    split_seed: int = 0
+    """Seed of the train/evaluation split of the prompts."""
+    eval_fraction: float = 0.2
+    """Share of the 1,260 prompts held out for evaluation (never trained on)."""
+    max_new_tokens: int = 16
+    """Continuation length limit (the task allows ≤ 32; TRL's sentiment example uses 4–16)."""
+    pool_prompts: int = 256
+    """Train prompts in the preference pool (the proxies' and DPO's pairs come from it)."""
+    pool_samples: int = 6
+    """Base samples per pool prompt (15 pairs a prompt; the DPO paper's IMDb experiment drew 4)."""
+    eval_prompts: int = 32
+    """Evaluation prompts every method is scored on."""
+    bon_pool: int = 64
+    """Base samples per evaluation prompt: best-of-n for n ≤ this, and the base policy's numbers."""
+    bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    """n values of best-of-n."""
+    eval_samples: int = 2
+    """Samples per evaluation prompt of every trained (or mixed) policy."""
+    eval_seed: int = 777
+    """Sampling seed of every policy's evaluation samples (the same for all methods and seeds)."""
+    proxy_pairs: list[int] = field(default_factory=lambda: [256, 2048])
+    """Proxy training-set sizes (gold-labelled pairs; the smaller is a subset of the larger)."""
+    optimise_proxy: int = -1
+    """Which proxy (index into ``proxy_pairs``) DPO's proxy labels and PPO use."""
+    proxy_heldout_pairs: int = 512
+    """Pairs of evaluation-pool samples (prompts no proxy saw) for the proxies' accuracy."""
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
+        model="minilm", out="", epochs=1, lr=1e-4, batch_size=32, max_length=64, eval_fraction=0.0,
+        tensorboard=False))
+    """The proxies' reward-model config; the demo sets out and seed."""
+    dpo_betas: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])
+    """DPO's β sweep."""
+    dpo_labels: list[str] = field(default_factory=lambda: list(LABELS))
+    """Who labels DPO's pairs: ``gold`` (VADER, the DPO paper's setting) and/or ``proxy``."""
+    dpo_pairs: int = 128
+    """DPO's pairs (the first of the seed's shuffled proxy-training pairs)."""
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
+        out="", lr=1e-3, epochs=2, batch_size=16, max_length=64, lora=True, lora_r=8, lora_alpha=16,
+        use_chat_template=False, tensorboard=False, save_checkpoints=False, save_model=False))
+    """The DPO recipe's config; the demo sets policy, beta and seed (and lora_targets, see
+    ``lora_top_layers``)."""
+    mix_from_beta: float = 0.1
+    """The DPO policy (of ``mix_labels``) re-scaled by logit mixing to the sweep's other β."""
+    mix_labels: str = "gold"
+    """Whose DPO policies the mixture is built from and compared with."""
+    ppo_kl_coefs: list[float] = field(default_factory=lambda: [0.1, 0.03, 0.01, 0.0])
+    """PPO's KL-coefficient sweep (0: no KL penalty at all — the loosest leash)."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
+        out="", steps=20, rollout_batch_size=16, ppo_epochs=1, lr=1e-3, lora=True, lora_r=8, lora_alpha=16,
+        use_chat_template=False, tensorboard=False, save_checkpoints=False, save_model=False))
+    """The PPO recipe's config; the demo sets policy, kl_coef, max_new_tokens and seed (and
+    lora_targets, see ``lora_top_layers``). One epoch: the update's forward is also the old
+    log-probs' (one policy forward a step)."""
+    lora_top_layers: int = 8
+    """DPO's and PPO's LoRA adapters go on every linear layer of the top this many blocks
+    (the backward pass then stops there: SmolLM2 has 30); 0 = the sub-configs' own
+    ``lora_targets`` (peft's default: every block)."""
+    ci_level: float = 0.95
+    """Confidence level of every interval."""
+    ci_resamples: int = 2000
+    """Bootstrap resamples of the gain CIs (seeds × prompts)."""
+    gao_resamples: int = 1000
+    """Bootstrap resamples of the Gao fits and of the equal-KL comparisons."""
+    samples_in_report: int = 6
+    """Evaluation prompts shown with a continuation of every method in the report."""
+
+
+def quick_config(cfg: SentimentDemoConfig) -> SentimentDemoConfig:
+    """Tiny sizes for the smoke test."""
+    return replace(
+        cfg, seeds=cfg.seeds[:1], max_new_tokens=8, pool_prompts=24, pool_samples=4, eval_prompts=4, bon_pool=8,
+        bon_sweep=[1, 2, 4, 8], eval_samples=2, proxy_pairs=[16, 48], proxy_heldout_pairs=16,
+        reward=replace(cfg.reward, epochs=1), dpo_betas=[0.1, 1.0], dpo_pairs=8, dpo=replace(cfg.dpo, epochs=1, batch_size=4),
+        mix_from_beta=0.1, ppo_kl_coefs=[0.1, 0.01], ppo=replace(cfg.ppo, steps=1, rollout_batch_size=4, ppo_epochs=1),
+        ci_resamples=200, gao_resamples=100, samples_in_report=2,
+    )
+
+
+def check_config(cfg: SentimentDemoConfig) -> None:
+    if not cfg.seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if not 1 <= cfg.max_new_tokens <= 32:
+        raise ConfigError(f"max_new_tokens: the task's continuations are 1–32 tokens, got {cfg.max_new_tokens}")
+    if max(cfg.bon_sweep) > cfg.bon_pool or min(cfg.bon_sweep) < 1:
+        raise ConfigError(f"bon_sweep: every n must be in 1..bon_pool={cfg.bon_pool}, got {cfg.bon_sweep}")
+    if cfg.pool_samples < 2:
+        raise ConfigError(f"pool_samples: pairs need at least 2 samples a prompt, got {cfg.pool_samples}")
+    if not cfg.proxy_pairs or not -len(cfg.proxy_pairs) <= cfg.optimise_proxy < len(cfg.proxy_pairs):
+        raise ConfigError(f"optimise_proxy: {cfg.optimise_proxy} is not an index into proxy_pairs {cfg.proxy_pairs}")
+    bad = [x for x in cfg.dpo_labels if x not in LABELS]
+    if bad:
+        raise ConfigError(f"dpo_labels: expected some of {LABELS}, got {bad}")
+    if cfg.mix_labels not in cfg.dpo_labels or cfg.mix_from_beta not in cfg.dpo_betas:
+        raise ConfigError(f"mix_labels {cfg.mix_labels!r} and mix_from_beta {cfg.mix_from_beta} must be among "
+                          f"dpo_labels {cfg.dpo_labels} and dpo_betas {cfg.dpo_betas}")
+    if any(b <= 0 for b in cfg.dpo_betas) or any(c < 0 for c in cfg.ppo_kl_coefs):
+        raise ConfigError("dpo_betas must be > 0 and ppo_kl_coefs ≥ 0")
+
+
+@dataclass
+class _Shared:
+    """What every seed reads: prompts, the base policy, the two pools and their gold labels."""
+
+    tok: Any
+    ref: Any
+    pool_prompts: list[str]
+    pool: list[str]
+    pool_gold: list[float]
+    eval_prompts: list[str]
+    eval_pool: list[str]
+    eval_gold: list[float]
+    eval_afinn: list[float]
+    train_prompts: list[str]
+    heldout: list[Any]
+
+
+def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
+    """Run the frontier experiment and write the report; returns the summary dict."""
+    from alignkit.data import Comparison
+    from alignkit.evaluation import sample_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer
+    from alignkit.recipes._common import write_json
+    from alignkit.tasks.sentiment import (
+        afinn_gold,
+        build_prompts,
+        check_installed,
+        split_prompts,
+        vader_gold,
+    )
+    from alignkit.utils.progress import track
+
+    if cfg.quick:
+        cfg = quick_config(cfg)
+    check_config(cfg)
+    check_installed()
+    t0, c0 = time.time(), time.process_time()
+    timings: dict[str, float] = {}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "alignkit_config.json", asdict(cfg))
+
+    # --- 1. prompts, split by prompt ---------------------------------------------------------
+    train_prompts, eval_split = split_prompts(build_prompts(), cfg.eval_fraction, cfg.split_seed)
+    if cfg.eval_prompts > len(eval_split) or cfg.pool_prompts > len(train_prompts):
+        raise ConfigError(f"eval_prompts ≤ {len(eval_split)} and pool_prompts ≤ {len(train_prompts)} "
+                          f"(got {cfg.eval_prompts}, {cfg.pool_prompts})")
+    eval_prompts, pool_prompts = eval_split[: cfg.eval_prompts], train_prompts[: cfg.pool_prompts]
+
+    # --- 2. the base policy's two pools, gold-labelled ---------------------------------------
+    t = time.time()
+    tok = load_tokenizer(cfg.policy, padding_side="left")
+    ref = load_causal_lm(cfg.policy).eval()
+    pool_in = [p for p in pool_prompts for _ in range(cfg.pool_samples)]
+    pool = sample_for_eval(ref, ref, tok, pool_in, cfg.max_new_tokens, seed=cfg.split_seed + 101).responses
+    eval_in = [p for p in eval_prompts for _ in range(cfg.bon_pool)]
+    eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
+    timings["base_pools"] = time.time() - t
+    note(f"base pools: {len(pool)} + {len(eval_pool)} continuations ({timings['base_pools']:.0f} s)")
+    eval_gold = vader_gold(eval_in, eval_pool)
+    # held-out pairs for the proxies' accuracy: two evaluation-pool samples of one prompt, gold ≠
+    rng = random.Random(cfg.split_seed)
+    heldout = []
+    for _ in range(50 * cfg.proxy_heldout_pairs):
+        if len(heldout) == cfg.proxy_heldout_pairs:
+            break
+        p = rng.randrange(len(eval_prompts))
+        i, j = (p * cfg.bon_pool + k for k in rng.sample(range(cfg.bon_pool), 2))
+        if eval_gold[i] != eval_gold[j]:
+            heldout.append(Comparison(prompt=eval_in[i], a=eval_pool[i], b=eval_pool[j],
+                                      mu=float(eval_gold[i] > eval_gold[j])))
+    shared = _Shared(tok, ref, pool_in, pool, vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
+                     afinn_gold(eval_in, eval_pool), train_prompts, heldout)
+
+    # --- 3. per seed: proxies, best-of-n, DPO (+ mixing), PPO ---------------------------------
+    per_seed = []
+    for seed in track(cfg.seeds, "seeds"):
+        t = time.time()
+        per_seed.append(run_seed(cfg, seed, shared))
+        timings[f"seed_{seed}"] = time.time() - t
+        note(f"seed {seed} done ({timings[f'seed_{seed}']:.0f} s)")
+
+    # --- 4. summary, plots, report -----------------------------------------------------------
+    summary = summarise(cfg, shared, per_seed)
+    summary["timings_s"] = timings
+    summary["wall_s"] = time.time() - t0
+    summary["cpu_s"] = time.process_time() - c0
+    _write_report(summary, out)
+    if print_table:
+        print_summary(summary)
+    return summary
+
+
+def top_layer_lora_targets(model, n_top: int) -> list[str]:
+    """Full names of the linear layers (``nn.Linear``, GPT-2's ``Conv1D``) inside the top
+    ``n_top`` transformer blocks of ``model`` — blocks are the modules named ``….<i>`` under
+    the model's block list (``model.layers`` for Llama, ``transformer.h`` for GPT-2)."""
+    import re
+
+    import torch
+
+    linear = [(name, mod) for name, mod in model.named_modules()
+              if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"]
+    block = re.compile(r"^(.*?\.)(\d+)\.")
+    indexed = [(name, int(m.group(2))) for name, _ in linear if (m := block.match(name))]
+    if not indexed:
+        raise ConfigError("lora_top_layers: found no numbered transformer blocks in the policy; "
+                          "set lora_top_layers: 0 and dpo.lora_targets / ppo.lora_targets")
+    n_blocks = max(i for _, i in indexed) + 1
+    return [name for name, i in indexed if i >= n_blocks - n_top]
+
+
+def note(message: str) -> None:
+    """One line of progress on stderr (a run takes an hour; progress bars need a terminal),
+    unless ALIGNKIT_NO_PROGRESS is set."""
+    import os
+    import sys
+
+    if not os.environ.get("ALIGNKIT_NO_PROGRESS"):
+        print(f"[{time.strftime('%H:%M:%S')}] demo sentiment: {message}", file=sys.stderr, flush=True)
+
+
+def _brief(point: dict[str, Any]) -> str:
+    return f"VADER {point['gold']:+.3f}, AFINN {point['afinn']:+.3f}, proxy {point['proxy']:+.3f}, KL {point['kl']:.3f}"
+
+
+def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
+    """Means over each prompt's consecutive block of samples."""
+    k = len(values) // n_prompts
+    return [statistics.fmean(values[i * k : (i + 1) * k]) for i in range(n_prompts)]
+
+
+def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]:
+    """One seed: its proxies, best-of-n under each, the DPO β sweeps (gold and proxy labels),
+    the mixtures, the PPO KL sweep — every policy scored on the same evaluation prompts."""
+    import numpy as np
+
+    from alignkit.data import Comparison
+    from alignkit.decoding.mixing import beta_rescale
+    from alignkit.diagnostics.overoptimization import best_of_n_curve, best_of_n_gold_gains
+    from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
+    from alignkit.models.reward import load_reward_model
+    from alignkit.recipes.dpo import train_dpo
+    from alignkit.recipes.ppo import train_ppo
+    from alignkit.recipes.reward import train_reward
+    from alignkit.tasks.sentiment import afinn_gold, vader_gold
+
+    sdir = Path(cfg.out) / f"seed_{seed}"
+    n_eval = len(sh.eval_prompts)
+    targets = top_layer_lora_targets(sh.ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
+    dpo_cfg = replace(cfg.dpo, lora_targets=cfg.dpo.lora_targets or targets)
+    ppo_cfg = replace(cfg.ppo, lora_targets=cfg.ppo.lora_targets or targets)
+    base_gold_pp = _per_prompt(sh.eval_gold, n_eval)
+    base_afinn_pp = _per_prompt(sh.eval_afinn, n_eval)
+    # the seed's preference pairs: two pool samples of one prompt whose gold differs, shuffled
+    k = cfg.pool_samples
+    pairs = [(p * k + i, p * k + j) for p in range(len(sh.pool) // k) for i in range(k) for j in range(i + 1, k)
+             if sh.pool_gold[p * k + i] != sh.pool_gold[p * k + j]]
+    random.Random(seed).shuffle(pairs)
+    if len(pairs) < max(cfg.proxy_pairs + [cfg.dpo_pairs]):
+        raise ConfigError(f"the pool gives {len(pairs)} pairs whose gold differs; proxy_pairs {cfg.proxy_pairs} "
+                          f"and dpo_pairs {cfg.dpo_pairs} need more (raise pool_prompts or pool_samples)")
+
+    def comparison(i: int, j: int, mu: float) -> Comparison:
+        return Comparison(prompt=sh.pool_prompts[i], a=sh.pool[i], b=sh.pool[j], mu=mu)
+
+    gold_pairs = [comparison(i, j, float(sh.pool_gold[i] > sh.pool_gold[j])) for i, j in pairs]
+
+    # a. proxies at each data size, and b. best-of-n under each
+    eval_in = [p for p in sh.eval_prompts for _ in range(cfg.bon_pool)]
+    gold_pk = np.asarray(sh.eval_gold).reshape(n_eval, cfg.bon_pool)
+    afinn_pk = np.asarray(sh.eval_afinn).reshape(n_eval, cfg.bon_pool)
+    proxies, rms = {}, {}
+    for size in cfg.proxy_pairs:
+        res = train_reward(replace(cfg.reward, out=str(sdir / f"proxy_{size}"), seed=seed), gold_pairs[:size])
+        rm = load_reward_model(res.out_dir)
+        rms[size] = rm
+        acc = evaluate_reward_model(rm, sh.heldout)["accuracy"]
+        proxy_pk = rm.score(eval_in, sh.eval_pool).reshape(n_eval, cfg.bon_pool).numpy()
+        curve = best_of_n_curve(proxy_pk, gold_pk, cfg.bon_sweep)
+        for pt, a in zip(curve, best_of_n_curve(proxy_pk, afinn_pk, cfg.bon_sweep), strict=True):
+            pt["afinn"] = a["gold"]
+        note(f"seed {seed}: proxy on {size} pairs, held-out accuracy {acc:.3f}")
+        proxies[str(size)] = {
+            "train_pairs": size, "heldout_accuracy": acc, "heldout_pairs": len(sh.heldout),
+            "bon": curve, "bon_gains": best_of_n_gold_gains(proxy_pk, gold_pk, cfg.bon_sweep).tolist(),
+            "bon_afinn_gains": best_of_n_gold_gains(proxy_pk, afinn_pk, cfg.bon_sweep).tolist(),
+            "base_proxy": float(proxy_pk.mean()),
+        }
+    opt_size = cfg.proxy_pairs[cfg.optimise_proxy]
+    opt = rms[opt_size]
+
+    eval_rep = [p for p in sh.eval_prompts for _ in range(cfg.eval_samples)]
+
+    def evaluate(samples, setting: dict[str, Any]) -> dict[str, Any]:
+        g = vader_gold(samples.prompts, samples.responses)
+        a = afinn_gold(samples.prompts, samples.responses)
+        return {**setting, "kl": statistics.fmean(samples.kl), "gold": statistics.fmean(g),
+                "afinn": statistics.fmean(a), "proxy": float(opt.score(samples.prompts, samples.responses).mean()),
+                "length": statistics.fmean(len(r.split()) for r in samples.responses),
+                "gains": [x - b for x, b in zip(_per_prompt(g, n_eval), base_gold_pp, strict=True)],
+                "afinn_gains": [x - b for x, b in zip(_per_prompt(a, n_eval), base_afinn_pp, strict=True)],
+                "samples": samples.responses[:: cfg.eval_samples][: cfg.samples_in_report]}
+
+    # c. DPO over β, pairs labelled by the gold and by the optimised proxy; d. the mixtures
+    dpo_records = {"gold": gold_pairs[: cfg.dpo_pairs]}
+    if "proxy" in cfg.dpo_labels:
+        idx = [i for pair in pairs[: cfg.dpo_pairs] for i in pair]
+        scores = opt.score([sh.pool_prompts[i] for i in idx], [sh.pool[i] for i in idx]).tolist()
+        dpo_records["proxy"] = [comparison(i, j, float(scores[2 * n] > scores[2 * n + 1]))
+                                for n, (i, j) in enumerate(pairs[: cfg.dpo_pairs])]
+        agree = statistics.fmean(float(a.mu == b.mu) for a, b in zip(dpo_records["proxy"], dpo_records["gold"],
+                                                                     strict=True))
+    points: dict[str, list[dict[str, Any]]] = {}
+    for labels in cfg.dpo_labels:
+        for beta in cfg.dpo_betas:
+            res = train_dpo(replace(dpo_cfg, policy=cfg.policy, out="", beta=beta, seed=seed),
+                            records=dpo_records[labels])
+            model = res.model.eval()
+            samples = sample_for_eval(model, sh.ref, sh.tok, eval_rep, cfg.max_new_tokens, seed=cfg.eval_seed)
+            points.setdefault(f"dpo_{labels}", []).append(
+                evaluate(samples, {"label": f"β={beta:g}", "beta": beta,
+                                   "final_loss": res.metrics.get("loss/dpo"),
+                                   "train_accuracy": res.metrics.get("reward/accuracy")}))
+            note(f"seed {seed}: DPO ({labels} labels) β={beta:g}: " + _brief(points[f"dpo_{labels}"][-1]))
+            if labels == cfg.mix_labels and beta == cfg.mix_from_beta:
+                for target in cfg.dpo_betas:
+                    if target == beta:
+                        continue
+                    models, weights = beta_rescale(sh.ref, model, beta, target)
+                    mixed = sample_mixture_for_eval(models, weights, sh.ref, sh.tok, eval_rep, cfg.max_new_tokens,
+                                                    seed=cfg.eval_seed)
+                    points.setdefault("dpo_mixed", []).append(
+                        evaluate(mixed, {"label": f"β {beta:g}→{target:g}", "beta": target, "from_beta": beta,
+                                         "weights": list(weights)}))
+                    note(f"seed {seed}: DPO mixed β {beta:g}→{target:g}: " + _brief(points["dpo_mixed"][-1]))
+            del model, res
+
+    # e. PPO against the optimised proxy over the KL-coefficient sweep
+    for coef in cfg.ppo_kl_coefs:
+        res = train_ppo(replace(ppo_cfg, policy=cfg.policy, out="", kl_coef=coef, max_new_tokens=cfg.max_new_tokens,
+                                seed=seed), reward_fn=opt.score, prompts=sh.train_prompts)
+        samples = sample_for_eval(res.model.eval(), sh.ref, sh.tok, eval_rep, cfg.max_new_tokens, seed=cfg.eval_seed)
+        last = res.history[-1] if res.history else {}
+        points.setdefault("ppo", []).append(evaluate(samples, {
+            "label": f"β_KL={coef:g}", "kl_coef": coef, "train_proxy": last.get("reward/score"),
+            "train_kl": last.get("kl/k1")}))
+        note(f"seed {seed}: PPO β_KL={coef:g}: " + _brief(points["ppo"][-1]))
+        del res
+    return {"seed": seed, "proxies": proxies, "optimised_proxy": opt_size, "points": points,
+            "proxy_gold_label_agreement": agree if "proxy" in cfg.dpo_labels else None}
+
+
+# ------------------------------------------------------------------------------- summary
+
+SETTING_KEYS = ("label", "beta", "from_beta", "weights", "kl_coef")
+"""What names a sweep point (the rest are measurements, averaged over seeds)."""
+METHOD_NAMES = {"best_of_n": "best-of-n", "dpo_gold": "DPO (gold labels)", "dpo_proxy": "DPO (proxy labels)",
+                "dpo_mixed": "DPO re-scaled by mixing", "ppo": "PPO (proxy)"}
+
+
+def _ci(cfg: SentimentDemoConfig, gains: list[list[float]]) -> dict[str, Any]:
+    from alignkit.evaluation import paired_bootstrap_ci
+
+    mean, lo, hi = paired_bootstrap_ci(gains, level=cfg.ci_level, resamples=cfg.ci_resamples, seed=cfg.seeds[0])
+    return {"gain": mean, "ci": [lo, hi], "beats_base": bool(lo > 0)}
+
+
+def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seeds pooled: every sweep's points with CIs, the best points, Gao fits, DPO vs PPO at
+    equal KL, over-optimisation, the VADER–AFINN gap and mixing against retraining."""
+    import numpy as np
+
+    from alignkit.diagnostics.overoptimization import compare_at_kl, divergence, fit_gao
+
+    n_eval = len(sh.eval_prompts)
+    base = {"gold": statistics.fmean(sh.eval_gold), "afinn": statistics.fmean(sh.eval_afinn), "kl": 0.0,
+            "proxy": statistics.fmean(s["proxies"][str(s["optimised_proxy"])]["base_proxy"] for s in per_seed),
+            "samples": sh.eval_pool[:: cfg.bon_pool][: cfg.samples_in_report]}
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, np.ndarray] = {}  # per sweep: (seeds × prompts, points) gold gains — the fits' replicates
+    # best-of-n, one sweep per proxy size
+    for size in cfg.proxy_pairs:
+        name = f"best_of_n@{size}"
+        pts = []
+        gains = np.stack([np.asarray(s["proxies"][str(size)]["bon_gains"]) for s in per_seed])  # (S, P, N)
+        afinn = np.stack([np.asarray(s["proxies"][str(size)]["bon_afinn_gains"]) for s in per_seed])
+        for i, n in enumerate(cfg.bon_sweep):
+            pt = {k: statistics.fmean(s["proxies"][str(size)]["bon"][i][k] for s in per_seed)
+                  for k in ("kl", "gold", "afinn", "proxy")}
+            pts.append({"label": f"n={n}", "n": n, **pt, **_ci(cfg, gains[:, :, i].tolist()),
+                        "afinn_gain": float(afinn[:, :, i].mean())})
+        sweeps[name] = pts
+        rows[name] = gains.reshape(-1, len(cfg.bon_sweep))
+    # the trained and mixed policies
+    for method in per_seed[0]["points"]:
+        pts = []
+        for i, first in enumerate(per_seed[0]["points"][method]):
+            runs = [s["points"][method][i] for s in per_seed]
+            pt = {k: first[k] for k in SETTING_KEYS if k in first}
+            for key in ("kl", "gold", "afinn", "proxy", "length"):
+                pt[key] = statistics.fmean(r[key] for r in runs)
+                pt[f"{key}_per_seed"] = [r[key] for r in runs]
+            for key in ("final_loss", "train_accuracy", "train_proxy", "train_kl"):
+                if first.get(key) is not None:
+                    pt[key] = statistics.fmean(r[key] for r in runs)
+            pt.update(_ci(cfg, [r["gains"] for r in runs]))
+            pt["afinn_gain"] = statistics.fmean(x for r in runs for x in r["afinn_gains"])
+            pt["afinn_ci"] = _ci(cfg, [r["afinn_gains"] for r in runs])["ci"]
+            pt["samples"] = first["samples"]
+            pts.append(pt)
+        sweeps[method] = pts
+        rows[method] = np.array([[s["points"][method][i]["gains"][p] for i in range(len(pts))]
+                                 for s in per_seed for p in range(n_eval)])
+    for pts in sweeps.values():
+        for pt in pts:  # > 0: the policy gained more VADER than AFINN over the base policy
+            pt["vader_afinn_gap"] = pt["gain"] - pt["afinn_gain"]
+    best = {}
+    for method, pts in sweeps.items():
+        if method == "dpo_mixed":
+            continue
+        b = max(pts, key=lambda p: p["gain"])
+        best[method] = {"label": b["label"], "kl": b["kl"], "gold": b["gold"], "gain": b["gain"], "ci": b["ci"],
+                        "beats_base": b["beats_base"]}
+    fits = {}
+    for method, pts in sweeps.items():
+        if len(pts) >= 2 and method != "dpo_mixed":
+            form = "bon" if method.startswith("best_of_n") else "rl"
+            fits[method] = fit_gao([p["kl"] for p in pts], rows[method], form, n_boot=cfg.gao_resamples,
+                                   ci=cfg.ci_level, seed=cfg.seeds[0])
+    frontier = {}
+    for dpo in ("dpo_gold", "dpo_proxy"):
+        if dpo in sweeps and "ppo" in sweeps:
+            frontier[f"{dpo}_vs_ppo"] = compare_at_kl([p["kl"] for p in sweeps[dpo]], rows[dpo],
+                                                      [p["kl"] for p in sweeps["ppo"]], rows["ppo"],
+                                                      n_boot=cfg.gao_resamples, ci=cfg.ci_level, seed=cfg.seeds[0])
+    overopt = {m: divergence(pts) for m, pts in sweeps.items() if len(pts) >= 2 and m != "dpo_mixed"}
+    mixing = []
+    retrained = {p["beta"]: (i, p) for i, p in enumerate(sweeps.get(f"dpo_{cfg.mix_labels}", []))}
+    for j, m in enumerate(sweeps.get("dpo_mixed", [])):
+        i, r = retrained[m["beta"]]
+        diff = _ci(cfg, (rows["dpo_mixed"][:, j] - rows[f"dpo_{cfg.mix_labels}"][:, i]).reshape(len(per_seed), -1)
+                   .tolist())
+        mixing.append({"beta": m["beta"], "from_beta": m["from_beta"], "mixed_kl": m["kl"], "retrained_kl": r["kl"],
+                       "mixed_gain": m["gain"], "mixed_ci": m["ci"], "retrained_gain": r["gain"],
+                       "retrained_ci": r["ci"], "gain_difference": diff["gain"], "difference_ci": diff["ci"],
+                       "within_retrained_ci": bool(r["ci"][0] <= m["gain"] <= r["ci"][1])})
+    proxies = {str(size): {"train_pairs": size,
+                           "heldout_accuracy": statistics.fmean(s["proxies"][str(size)]["heldout_accuracy"]
+                                                                for s in per_seed),
+                           "heldout_accuracy_per_seed": [s["proxies"][str(size)]["heldout_accuracy"] for s in per_seed],
+                           "heldout_pairs": len(sh.heldout)}
+               for size in cfg.proxy_pairs}
+    return {
+        "task": "controlled sentiment (alignkit.tasks.sentiment): gold = VADER compound of the continuation, "
+                "second gold = AFINN-165 normalised a/√(a²+15), never trained on",
+        "policy": cfg.policy, "seeds": list(cfg.seeds), "quick": cfg.quick, "config": asdict(cfg),
+        "prompts": {"train": len(sh.train_prompts), "pool": len(set(sh.pool_prompts)), "eval": n_eval,
+                    "split": f"by prompt (seeded shuffle, seed {cfg.split_seed})"},
+        "base": base, "proxies": proxies, "optimised_proxy": per_seed[0]["optimised_proxy"],
+        "proxy_vs_gold_dpo_labels": [s["proxy_gold_label_agreement"] for s in per_seed],
+        "sample_prompts": sh.eval_prompts[: cfg.samples_in_report],
+        "sweeps": sweeps, "best": best, "gao_fits": fits, "frontier": frontier, "overoptimization": overopt,
+        "mixing": mixing,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"alignkit demo sentiment — gold (VADER) gain over base, {len(summary['seeds'])} seed(s), "
+                    "paired 95% CI over seeds × prompts")
+    for col in ("method", "setting", "KL", "gold", "gain [CI]", "AFINN gain", "proxy"):
+        t.add_column(col, justify="right")
+    t.add_row("base", "", "0", f"{summary['base']['gold']:.3f}", "", "", f"{summary['base']['proxy']:.3f}")
+    for method, pts in summary["sweeps"].items():
+        for p in pts:
+            t.add_row(method, str(p["label"]), f"{p['kl']:.2f}", f"{p['gold']:.3f}",
+                      f"{p['gain']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]", f"{p['afinn_gain']:+.3f}",
+                      f"{p['proxy']:.3f}")
+    Console().print(t)
+
+
+def _write_report(summary: dict[str, Any], out: Path) -> None:
+    from alignkit.recipes.demo import _json_default
+    from alignkit.report import frontier
+
+    figs = {
+        "Gold (VADER, solid) and second gold (AFINN, dashed) gain over base vs KL, with Gao fits and their "
+        "95% bands": frontier.plot_gold_vs_kl(summary, out / "gold_vs_kl.png"),
+        "Proxy reward vs KL (what the methods optimise)": frontier.plot_proxy_vs_kl(summary, out / "proxy_vs_kl.png"),
+        "Best-of-n under proxies trained on different numbers of gold-labelled pairs": frontier.plot_bon_by_proxy(
+            summary, out / "bon_by_proxy.png"),
+    }
+    if summary["mixing"]:
+        figs["DPO re-scaled by logit mixing vs DPO retrained at that β"] = frontier.plot_mixing(
+            summary, out / "mixing.png")
+    summary["plots"] = {caption: p.name for caption, p in figs.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    frontier.render_frontier_report(summary, figs, out / "report.html")
