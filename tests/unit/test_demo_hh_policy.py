@@ -61,14 +61,19 @@ def test_report_escapes_model_text(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_end_to_end(tmp_path, smollm2):
-    """``alignkit demo hh --policy smollm2 --quick`` writes summary.json and report.html
-    with sample responses (several CPU minutes: opt-in)."""
+def test_quick_demo_runs_end_to_end(tmp_path, smollm2, capsys, monkeypatch):
+    """``alignkit demo hh --policy smollm2 --quick`` prints a line per stage and writes
+    summary.json and report.html with sample responses (several CPU minutes: opt-in)."""
     from alignkit.cli import main
 
+    monkeypatch.delenv("ALIGNKIT_NO_PROGRESS", raising=False)
     with pytest.raises(SystemExit) as e:
         main(["demo", "hh", "--policy", "smollm2", "--quick", "--out", str(tmp_path / "d")])
     assert e.value.code in (0, None)
+    err = capsys.readouterr().err
+    for stage in ("demo hh: reward models: proxy accuracy", "demo hh: base policy", "demo hh: best-of-",
+                  "demo hh: DPO", "demo hh: PPO"):
+        assert stage in err, stage
     assert (tmp_path / "d" / "summary.json").exists()
     assert "Sample responses" in (tmp_path / "d" / "report.html").read_text()
 

@@ -159,7 +159,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     from alignkit.models.chat import render_prompt
     from alignkit.models.reward import load_reward_model
     from alignkit.recipes.demo_hh import find_hh_data
-    from alignkit.recipes.demo_sentiment import top_layer_lora_targets
+    from alignkit.recipes.demo_sentiment import note, top_layer_lora_targets
     from alignkit.recipes.dpo import DPOConfig, train_dpo
     from alignkit.recipes.ppo import PPOConfig, train_ppo
     from alignkit.recipes.reward import RewardConfig, train_reward
@@ -207,6 +207,9 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                            "accuracy_se": math.sqrt(acc * (1 - acc) / len(rm_heldout)),
                            "log_loss": m["log_loss"], "ece": m["ece"], **length_rules(rm_heldout)}
     timings["reward_models"] = time.time() - t
+    note(f"reward models: proxy accuracy {rm_report['proxy']['accuracy']:.3f}, judge accuracy "
+         f"{rm_report['judge']['accuracy']:.3f} on {len(rm_heldout)} held-out pairs ({timings['reward_models']:.0f} s)",
+         who="demo hh")
 
     # --- 3. the base policy and the held-out prompts ---------------------------------------
     tok = load_tokenizer(cfg.policy, padding_side="left")
@@ -226,6 +229,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     t = time.time()
     samples: dict[str, Any] = {"base": sample_for_eval(ref, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 1)}
     timings["base_samples"] = time.time() - t
+    note(f"base policy: {len(prompts)} held-out prompts answered ({timings['base_samples']:.0f} s)", who="demo hh")
     kl: dict[str, float] = {"base": 0.0}
 
     # --- 4a. best-of-n against the proxy ----------------------------------------------------
@@ -237,6 +241,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
     samples["best_of_n"] = [pool.responses[i * cfg.bon_n + j] for i, j in enumerate(best)]
     kl["best_of_n"] = bon_kl_analytic(cfg.bon_n)
     timings["best_of_n"] = time.time() - t
+    note(f"best-of-{cfg.bon_n}: done ({timings['best_of_n']:.0f} s)", who="demo hh")
 
     # --- 4b. DPO (LoRA) on the proxy's pairs, and its β re-scaling by logit mixing -----------
     t = time.time()
@@ -249,6 +254,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                     records=proxy_pairs[: cfg.dpo_pairs]).model.eval()
     samples["dpo"] = sample_for_eval(dpo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 3)
     timings["dpo"] = time.time() - t
+    note(f"DPO: trained and sampled ({timings['dpo']:.0f} s)", who="demo hh")
     if cfg.mix_beta > 0:
         t = time.time()
         models, weights = beta_rescale(ref, dpo, cfg.dpo_beta, cfg.mix_beta)
@@ -272,6 +278,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
                     reward_fn=rms["proxy"].score, prompts=ppo_prompts).model.eval()
     samples["ppo"] = sample_for_eval(ppo, ref, tok, rendered, cfg.max_new_tokens, seed=cfg.seed + 5)
     timings["ppo"] = time.time() - t
+    note(f"PPO: trained and sampled ({timings['ppo']:.0f} s)", who="demo hh")
     del ppo
 
     # --- 5. evaluation by the judge ---------------------------------------------------------

@@ -277,14 +277,14 @@ def top_layer_lora_targets(model, n_top: int) -> list[str]:
     return [name for name, i in indexed if i >= n_blocks - n_top]
 
 
-def note(message: str) -> None:
+def note(message: str, who: str = "demo sentiment") -> None:
     """One line of progress on stderr (a run takes an hour; progress bars need a terminal),
     unless ALIGNKIT_NO_PROGRESS is set."""
     import os
     import sys
 
     if not os.environ.get("ALIGNKIT_NO_PROGRESS"):
-        print(f"[{time.strftime('%H:%M:%S')}] demo sentiment: {message}", file=sys.stderr, flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {who}: {message}", file=sys.stderr, flush=True)
 
 
 def _brief(point: dict[str, Any]) -> str:
