@@ -10,45 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError
-
-
-@dataclass
-class BoNConfig:
-    policy: str = ""
-    """Path to the policy to sample from."""
-    reward: str = ""
-    """Reward-model directory (unused when a reward_fn is passed in Python)."""
-    prompts: str = ""
-    """Prompts file: JSONL with a "prompt" field, or plain text, one prompt a line."""
-    out: str = ""
-    """Where to write best.jsonl and summary.json (empty = write nothing)."""
-    n: int = 16
-    """Samples per prompt."""
-    n_reference: int = 16
-    """Extra samples per prompt for the empirical KL estimate (0 = analytic only); more
-    samples give a less biased estimate of the CDF F(r*) it needs."""
-    max_new_tokens: int = 32
-    """Response length limit."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_k: int = 0
-    """Top-k filter (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus filter (1 = off)."""
-    batch_size: int = 64
-    """Sequences generated (and scored) at once."""
-    use_chat_template: bool = True
-    """Wrap prompts in the tokenizer's chat template when it has one."""
-    seed: int = 0
-    """Random seed."""
-    device: str = "auto"
-    """``auto``, ``cpu``, ``cuda``, ..."""
-    precision: str = "auto"
-    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
-    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
-    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
-    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
-    (docs/scale.md)."""
+from alignkit.recipes.configs.bon import BoNConfig
 
 
 @dataclass

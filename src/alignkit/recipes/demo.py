@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError
-from alignkit.recipes.dpo import DPOConfig
-from alignkit.recipes.loop import HUMAN_KEYS, AnnotatorConfig, LoopConfig
-from alignkit.recipes.ppo import PPOConfig
-from alignkit.recipes.reward import RewardConfig
+from alignkit.recipes.configs.dpo import DPOConfig
+from alignkit.recipes.configs.loop import HUMAN_KEYS, AnnotatorConfig, LoopConfig
+from alignkit.recipes.configs.ppo import PPOConfig
+from alignkit.recipes.configs.reward import RewardConfig
 
 
 @dataclass

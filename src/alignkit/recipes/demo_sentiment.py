@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError
-from alignkit.recipes.dpo import DPOConfig
-from alignkit.recipes.ppo import PPOConfig
-from alignkit.recipes.reward import RewardConfig
+from alignkit.recipes.configs.dpo import DPOConfig
+from alignkit.recipes.configs.ppo import PPOConfig
+from alignkit.recipes.configs.reward import RewardConfig
 
 LABELS = ("gold", "proxy")
 

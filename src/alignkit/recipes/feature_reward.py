@@ -14,37 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from alignkit.errors import ConfigError, DataError
-
-
-@dataclass
-class FeatureRewardConfig:
-    """Configuration of ``alignkit reward features``."""
-
-    model: str = "smollm2"
-    """Frozen backbone: ``smollm2``, a ``*.gguf`` file or a causal-LM directory."""
-    data: str = ""
-    """Comparisons (any format alignkit.data reads)."""
-    out: str = "runs/feature_rm"
-    """Output directory: the reward model, features.pt, eval.json."""
-    l2: float = 1.0
-    """L2 weight on the standardised head (1.0 was best of 0.01/0.1/1 on HH harmless)."""
-    folds: int = 5
-    """Cross-validation folds by prompt (0 = only fit, no held-out numbers)."""
-    max_prompt_tokens: int = 96
-    """The rendered prompt keeps its last this many tokens."""
-    max_response_tokens: int = 128
-    """The reply keeps its first this many tokens."""
-    dtype: str = "bfloat16"
-    """Precision of the feature pass."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    seed: int = 0
-    """Seed of the fold assignment."""
+from alignkit.recipes.configs.reward import FeatureRewardConfig
 
 
 def pairs_digest(comps: list[Any]) -> str:
