@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from alignkit.cli.common import SET_HELP, build_config
+from alignkit.cli.options import config_command
+from alignkit.recipes.configs.loop import LoopConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -27,11 +29,9 @@ def _quiet() -> None:
     logging.set_verbosity_error()
 
 
+@config_command(LoopConfig)
 def loop_cmd(
-    config: Path | None = typer.Option(None, "--config", help="YAML file of LoopConfig keys."),
-    out: Path | None = typer.Option(None, "--out", help="Output directory (overrides the config)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue after the last finished round."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    cfg: LoopConfig,
     seeds: str | None = typer.Option(None, "--seeds", help="Run once per seed (e.g. 0,1,2), into OUT/seed_S."),
     ray: bool = typer.Option(False, "--ray", help="With --seeds: run the seeds as tasks on a local Ray."),
     ray_address: str | None = typer.Option(None, "--ray-address",
@@ -39,10 +39,9 @@ def loop_cmd(
 ) -> None:
     """Rounds of: sample pairs → collect feedback → fit the reward model → optimise → evaluate."""
     from alignkit.errors import ConfigError
-    from alignkit.recipes.loop import LoopConfig, run_loop, run_loop_seeds
+    from alignkit.recipes.loop import run_loop, run_loop_seeds
 
     _quiet()
-    cfg = build_config(LoopConfig, config, overrides, out=str(out) if out else None, resume=resume or None)
     if seeds is None:
         return _print_loop(cfg, run_loop(cfg, say=_say))
     try:
