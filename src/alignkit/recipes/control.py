@@ -432,11 +432,11 @@ def _render_pairs(cfg: ControlConfig, pairs: list, ro: Any, reset_seed: int, age
 
 
 def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng: random.Random) -> list:
-    """``want`` pairs of distinct segments, through :mod:`alignkit.feedback.query`: uniform
+    """``want`` pairs of distinct segments, through :mod:`alignkit.humans.query`: uniform
     (``random``), or the best of ``query_candidates``× as many random candidates by ensemble
     disagreement (std_m of R̂_m(a) − R̂_m(b)) or information gain (BALD over the members'
     σ(R̂_m(a) − R̂_m(b)))."""
-    from alignkit.feedback import query
+    from alignkit.humans import query
 
     if len(segs) < 2:
         raise ConfigError(f"env_id {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
@@ -454,7 +454,7 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
         chosen = query.select_max_disagreement(range(len(cand)), want, query.pair_disagreement(ra, rb))
     else:
         if not hasattr(query, "ensemble_pair_probs"):
-            raise ConfigError("query info-gain: this alignkit's feedback.query has no information gain yet")
+            raise ConfigError("query info-gain: this alignkit's humans.query has no information gain yet")
         chosen = query.select_queries("info-gain", query.ensemble_pair_probs(ra, rb), want)
     return [cand[i] for i in chosen]
 

@@ -233,7 +233,7 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
         score_samples,
     )
     from alignkit.feedback.agreement import cohen_kappa
-    from alignkit.feedback.annotators import agreement_rate, gold_agreement
+    from alignkit.humans.annotators import agreement_rate, gold_agreement
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.recipes.dpo import train_dpo
     from alignkit.recipes.loop import (
@@ -399,7 +399,7 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
     """Random vs disagreement queries on pairs of base samples (bag-of-words BT ensemble)."""
     import random
 
-    from alignkit.feedback.query import BowRewardEnsemble, active_learning_curve
+    from alignkit.humans.query import BowRewardEnsemble, active_learning_curve
     from alignkit.recipes.loop import simulated_population
     from alignkit.tasks.assistant import GOLD
 
@@ -437,7 +437,7 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
 def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dict[str, Any]], divergence) -> dict[str, Any]:
     from alignkit.diagnostics.entanglement import average_probes
     from alignkit.evaluation import paired_bootstrap_ci
-    from alignkit.feedback.query import CurvePoint, labels_to_reach
+    from alignkit.humans.query import CurvePoint, labels_to_reach
 
     methods = {}
     for name in ("base", "ppo", "dpo", "best_of_n"):

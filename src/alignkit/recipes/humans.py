@@ -1,13 +1,13 @@
 """``alignkit demo humans``: who gives the feedback, on the driving task.
 
 Three experiments on the cached highway-env pool (:mod:`alignkit.tasks.driving`), all with
-the Bayesian linear learner of :mod:`alignkit.feedback.posterior` and the simulated people
-of :mod:`alignkit.feedback.human_models` labelling pool *indices* (the annotators work on
+the Bayesian linear learner of :mod:`alignkit.humans.posterior` and the simulated people
+of :mod:`alignkit.humans.human_models` labelling pool *indices* (the annotators work on
 any items):
 
 1. **Label efficiency** — a well-specified Boltzmann annotator; after each label the
    Laplace posterior is refit and the next query is chosen among ``candidates`` random
-   pairs by each strategy of :mod:`alignkit.feedback.query` (random, info-gain,
+   pairs by each strategy of :mod:`alignkit.humans.query` (random, info-gain,
    volume-removal, disagreement). ``label_efficiency[strategy]`` = per seed, the first
    label count at which cos(θ̂, θ*) ≥ ``target_cosine`` (None: not within the budget).
 2. **Misspecification matrix** — annotator model A × learner model B, random queries,
@@ -57,7 +57,7 @@ class HumansConfig:
     posterior_samples: int = 256
     """Samples of the Laplace posterior used to score queries."""
     strategies: list[str] = field(default_factory=lambda: ["random", "info-gain", "volume-removal", "disagreement"])
-    """Query strategies to compare (alignkit.feedback.query.QUERY_STRATEGIES)."""
+    """Query strategies to compare (alignkit.humans.query.QUERY_STRATEGIES)."""
     matrix_labels: int = 200
     """Misspecification matrix and stability curve: random-query labels per cell and seed."""
     test_pairs: int = 3000
@@ -127,7 +127,8 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
                    gamma: float | None = None) -> tuple[Any, np.ndarray]:
     """The simulated person ``kind`` over pool indices, and the utility it maximises
     (per item, for the 'annotator accuracy' of a learned reward)."""
-    from alignkit.feedback import human_models as hm
+    from alignkit.humans import human_models as hm
+    from alignkit.humans.annotators import linear_population
 
     beta = cfg.beta if beta is None else beta
 
@@ -155,7 +156,7 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
     if kind == "biased-group":
         theta_b = np.array([0.1, 1.0, -0.3, 0.0, 0.0])
         theta_b /= np.linalg.norm(theta_b)
-        pop = hm.linear_population([st.theta, theta_b], lambda idx: st.phi[np.asarray(idx, dtype=int)],
+        pop = linear_population([st.theta, theta_b], lambda idx: st.phi[np.asarray(idx, dtype=int)],
                                    weights=[1 - cfg.biased_share, cfg.biased_share], beta=beta, seed=seed,
                                    record_fn=_record, groups=["honest", "speedy"])
         return pop, st.phi @ ((1 - cfg.biased_share) * st.theta + cfg.biased_share * theta_b)
@@ -172,7 +173,7 @@ def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cf
                 beta: float | None = None) -> np.ndarray:
     """θ̂ (the posterior mode) under learner model ``kind``, assuming rationality ``beta``
     (default ``cfg.beta``)."""
-    from alignkit.feedback.posterior import fit_laplace, fit_map
+    from alignkit.humans.posterior import fit_laplace, fit_map
     from alignkit.tasks import driving
 
     beta = cfg.beta if beta is None else beta
@@ -221,8 +222,8 @@ def _ci95(xs: list[float]) -> dict[str, float]:
 
 def label_efficiency_run(st: Setting, cfg: HumansConfig, strategy: str, seed: int) -> list[float]:
     """cos(θ̂, θ*) after 0, 1, …, ``max_labels`` labels chosen by ``strategy``."""
-    from alignkit.feedback.posterior import cosine, fit_laplace
-    from alignkit.feedback.query import linear_pair_probs, select_queries
+    from alignkit.humans.posterior import cosine, fit_laplace
+    from alignkit.humans.query import linear_pair_probs, select_queries
 
     rng = np.random.default_rng(seed)
     cand = st.random_pairs(cfg.candidates, rng)       # the same candidates for every strategy

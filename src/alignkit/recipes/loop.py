@@ -75,11 +75,8 @@ def simulated_population(cfg: AnnotatorConfig, gold, seed: int):
     * ``flattered``: the same plus ``flattery_bias`` per polite word — a systematic bias
       that the reward model inherits and the policy can exploit.
     """
-    from alignkit.feedback.annotators import (
-        AnnotatorPopulation,
-        BiasedAnnotator,
-        BoltzmannAnnotator,
-    )
+    from alignkit.humans.annotators import AnnotatorPopulation
+    from alignkit.humans.human_models import BiasedAnnotator, BoltzmannAnnotator
     from alignkit.tasks.assistant import politeness_bias
 
     common = dict(beta=cfg.beta, noise=cfg.noise, tie_band=cfg.tie_band)
@@ -95,7 +92,7 @@ def make_annotator(cfg: AnnotatorConfig, gold, seed: int, say=None, name: str = 
     server (see :func:`connect_server`; ``say`` hears their progress)."""
     if cfg.kind == "simulated":
         return simulated_population(cfg, gold, seed)
-    from alignkit.feedback.annotators import HumanAnnotator
+    from alignkit.humans.annotators import HumanAnnotator
 
     return HumanAnnotator(connect_server(cfg, say), project=cfg.project, poll_s=cfg.poll_s,
                           timeout_s=cfg.wait_s, name=name, report=say)
@@ -194,7 +191,7 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
                    seed: int) -> list[tuple[str, str, str]]:
     """Pick ``k`` pairs from ``pool``: uniformly, or by bag-of-words ensemble disagreement
     fit on the ``labels`` so far (uniform while there are none)."""
-    from alignkit.feedback.query import (
+    from alignkit.humans.query import (
         BowRewardEnsemble,
         ensemble_disagreement,
         select_max_disagreement,
@@ -209,7 +206,7 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
     texts = [c.a for c in labels] + [c.b for c in labels] + [x for _, a, b in pool for x in (a, b)]
     ens = BowRewardEnsemble.from_texts(texts, n_members=5, seed=seed).fit(labels)
     if query == "info-gain":  # BALD over the members' σ(r̂_m(a) − r̂_m(b)); see docs/humans.md
-        from alignkit.feedback.query import ensemble_pair_probs, select_queries
+        from alignkit.humans.query import ensemble_pair_probs, select_queries
 
         prompts = [p for p, _, _ in pool]
         probs = ensemble_pair_probs(ens.score_members(prompts, [a for _, a, _ in pool]),
