@@ -270,7 +270,7 @@ def test_every_flag_in_the_readme_docs_and_makefile_parses():
             cmd, i = cmd.commands[words[i]], i + 1
         if cmd is root or hasattr(cmd, "commands") or not any(w.startswith("--") for w in words[i:]):
             continue  # prose ("alignkit trains ..."), a group, or no flags to check
-        known = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
+        known = {"--help", *(o for p in cmd.params for o in [*p.opts, *p.secondary_opts])}
         for w in words[i:]:
             flag = w.split("=", 1)[0]
             if flag.startswith("--") and flag != "--":
