@@ -165,10 +165,9 @@ class DPOWithAKnob(DPOConfig):
 
 
 def test_a_field_added_to_a_config_is_a_flag_with_no_edit_in_cli():
-    app, seen = typer.Typer(), {}
+    app, seen = typer.Typer(add_completion=False), {}
 
-    @app.command()
-    @config_command(DPOWithAKnob)
+    @config_command(app, "run", DPOWithAKnob)
     def run(cfg: DPOWithAKnob):
         seen["cfg"] = cfg
 
@@ -288,3 +287,12 @@ def test_building_every_commands_flags_imports_no_torch():
             "get_command(build_app()); print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_flags_are_built_when_first_needed_not_when_the_app_is_built():
+    """``alignkit --help`` lists the commands without reading any config's docstrings."""
+    code = ("import sys; from alignkit.cli import build_app; from typer.main import get_command; "
+            "import alignkit.config as c; get_command(build_app()); print(c._own_field_docs.cache_info().misses)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    assert any("--beta" in p.opts for p in _click_command(("dpo",)).params)  # built on first use

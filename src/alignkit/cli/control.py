@@ -15,11 +15,10 @@ from alignkit.recipes.configs.control import ControlConfig
 def register(app: typer.Typer) -> None:
     control = typer.Typer(help="Control: rewards learned from trajectory-segment preferences (gymnasium).",
                           no_args_is_help=True)
-    control.command("train")(train_cmd)
+    config_command(control, "train", ControlConfig, aliases={"env_id": ("--env",)})(train_cmd)
     app.add_typer(control, name="control")
 
 
-@config_command(ControlConfig, aliases={"env_id": ("--env",)})
 def train_cmd(cfg: ControlConfig) -> None:
     """Collect segments → ask for preferences → fit r̂ → PPO on r̂ (SB3 with the RL-Zoo settings on
     HalfCheetah/Hopper/Walker2d, alignkit's own PPO/A2C elsewhere); OUT/summary.json, report.html."""

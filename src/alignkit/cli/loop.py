@@ -13,7 +13,7 @@ from alignkit.recipes.configs.loop import LoopConfig
 
 
 def register(app: typer.Typer) -> None:
-    app.command("loop")(loop_cmd)
+    config_command(app, "loop", LoopConfig)(loop_cmd)
     app.command("demo")(demo_cmd)
 
 
@@ -29,7 +29,6 @@ def _quiet() -> None:
     logging.set_verbosity_error()
 
 
-@config_command(LoopConfig)
 def loop_cmd(
     cfg: LoopConfig,
     seeds: str | None = typer.Option(None, "--seeds", help="Run once per seed (e.g. 0,1,2), into OUT/seed_S."),

@@ -11,6 +11,7 @@ takes ``--config FILE.yaml`` and ``--set key=value`` (repeatable); explicit flag
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import typer
@@ -26,39 +27,34 @@ def _print(metrics: dict) -> None:
     typer.echo(json.dumps({k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in metrics.items()}))
 
 
+# the training commands: name → (config, the recipe's module and function, help); each one
+# prints the final metrics and where the model went
+TRAINERS = {
+    "sft": (SFTConfig, "alignkit.recipes.sft", "train_sft", "Supervised fine-tuning (loss on completion tokens only)."),
+    "dpo": (DPOConfig, "alignkit.recipes.dpo", "train_dpo",
+            "Direct preference optimisation (DPO / IPO / conservative DPO)."),
+    "ppo": (PPOConfig, "alignkit.recipes.ppo", "train_ppo",
+            "PPO (or A2C) against a reward model with a KL penalty to the reference."),
+}
+ALIASES = {"ppo": {"rollout_batch_size": ("--batch-size",)}}
+"""Flag names kept from before the flags were generated (``alignkit ppo --batch-size``)."""
+
+
+def _trainer(module: str, function: str, help_: str):
+    def train(cfg):
+        res = getattr(importlib.import_module(module), function)(cfg)  # torch loads here, not at --help
+        _print(res.metrics)
+        typer.echo(f"saved {res.out_dir}")
+
+    train.__doc__ = help_
+    return train
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("sft")
-    @config_command(SFTConfig)
-    def sft(cfg: SFTConfig):
-        """Supervised fine-tuning (loss on completion tokens only)."""
-        from alignkit.recipes.sft import train_sft
+    for name, (cls, module, function, help_) in TRAINERS.items():
+        config_command(app, name, cls, aliases=ALIASES.get(name))(_trainer(module, function, help_))
 
-        res = train_sft(cfg)
-        _print(res.metrics)
-        typer.echo(f"saved {res.out_dir}")
-
-    @app.command("dpo")
-    @config_command(DPOConfig)
-    def dpo(cfg: DPOConfig):
-        """Direct preference optimisation (DPO / IPO / conservative DPO)."""
-        from alignkit.recipes.dpo import train_dpo
-
-        res = train_dpo(cfg)
-        _print(res.metrics)
-        typer.echo(f"saved {res.out_dir}")
-
-    @app.command("ppo")
-    @config_command(PPOConfig, aliases={"rollout_batch_size": ("--batch-size",)})
-    def ppo(cfg: PPOConfig):
-        """PPO (or A2C) against a reward model with a KL penalty to the reference."""
-        from alignkit.recipes.ppo import train_ppo
-
-        res = train_ppo(cfg)
-        _print(res.metrics)
-        typer.echo(f"saved {res.out_dir}")
-
-    @app.command("bon")
-    @config_command(BoNConfig)
+    @config_command(app, "bon", BoNConfig)
     def bon(cfg: BoNConfig):
         """Best-of-n sampling; prints the analytic KL log n − (n−1)/n and an estimate."""
         from alignkit.recipes.bon import run_bon

@@ -27,8 +27,7 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-@reward_app.command("train")
-@config_command(RewardConfig)
+@config_command(reward_app, "train", RewardConfig)
 def train_cmd(cfg: RewardConfig) -> None:
     """Fit r̂ so that P(a ≻ b) = σ(r̂(a) − r̂(b)); keeps the best epoch in OUT."""
     from alignkit.recipes.reward import train_reward
@@ -69,8 +68,7 @@ def _print_table(table: dict[str, dict[str, float]]) -> None:
         typer.echo(name[:15].ljust(16) + "".join(f"{row[g]:13.3f}" for g in groups))
 
 
-@reward_app.command("features")
-@config_command(FeatureRewardConfig)
+@config_command(reward_app, "features", FeatureRewardConfig)
 def features_cmd(cfg: FeatureRewardConfig) -> None:
     """Reward model = frozen LM features + linear head; accuracy on prompts never seen (k-fold by prompt)."""
     from alignkit.recipes.feature_reward import train_feature_reward
