@@ -21,6 +21,7 @@ import difflib
 import functools
 import inspect
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -134,14 +135,24 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 @functools.cache
+def _module_classes(path: str) -> dict[str, ast.ClassDef]:
+    """The top-level classes of a source file, parsed once (the CLI reads every config's docs
+    at start-up: one parse a file, not one ``inspect.getsource`` a class)."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+@functools.cache
 def _own_field_docs(cls: type) -> dict[str, str]:
     """The docstrings of the fields written in ``cls``'s own body (the string after each)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # no source (built in a REPL, a zipped install without .py)
-        return {}
-    node = ast.parse(inspect.cleandoc(source) if source[:1].isspace() else source).body[0]
-    docs, body = {}, getattr(node, "body", [])
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    node = _module_classes(path).get(cls.__name__) if path and "<" not in cls.__qualname__ else None
+    if node is None:  # a class defined inside a function, or with no source file to parse
+        try:
+            node = ast.parse(inspect.cleandoc(inspect.getsource(cls))).body[0]
+        except (OSError, TypeError, SyntaxError):
+            return {}
+    docs, body = {}, node.body
     for stmt, nxt in zip(body, body[1:], strict=False):
         if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                 and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)

@@ -247,7 +247,7 @@ def _documented_command_lines():
     lines = []
     for p in [ROOT / "README.md", ROOT / "Makefile", *sorted((ROOT / "docs").glob("*.md"))]:
         text = re.sub(r"\\\n\s*", " ", p.read_text())  # shell line continuations
-        for m in re.finditer(r"(?:^|[\s`$(])(?:python -m )?alignkit ((?:[a-z][a-z-]* ?)+(?:--[^`\n|;&>#)]*)?)",
+        for m in re.finditer(r"(?:^|[\s`$(/])(?:python -m )?alignkit ((?:[a-z][a-z-]* ?)+(?:--[^`\n|;&>#)]*)?)",
                              text, re.M):
             lines.append((p.name, m.group(1).strip()))
     return lines

@@ -1,5 +1,8 @@
 """Every recipe's config: one flat dataclass per recipe, a docstring on every field.
 
+``recipes/X.py``'s config is ``recipes/configs/X.py`` (``DPOConfig`` in ``configs/dpo.py``,
+the demos' too): a new option is a new field there, with its docstring, and nothing else.
+
 ``blocks.py`` holds the option blocks that several recipes share (LoRA; seed, device and
 precision; resume and logging; checkpoints), each field written once; a recipe's config
 inherits the blocks it uses, so their keys stay top-level (``lora_r: 16`` in YAML,
