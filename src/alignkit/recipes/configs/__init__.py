@@ -11,6 +11,8 @@ inherits the blocks it uses, so their keys stay top-level (``lora_r: 16`` in YAM
 The configs live here, apart from their recipes' loops, because they import nothing heavy:
 the command line builds every command's flags from these dataclasses (the field docstring
 is the flag's help), so ``alignkit --help`` must be able to read them without torch. A
-field added here is a YAML key, a ``--set`` key and a flag at once (see
-:mod:`alignkit.cli.options`).
+field added to the config of ``sft``, ``dpo``, ``ppo``, ``bon``, ``reward train``, ``reward
+features``, ``loop`` or ``control train`` is a YAML key, a ``--set`` key and a flag at once
+(:mod:`alignkit.cli.options`); the demos' fields are YAML and ``--set`` keys (``alignkit
+demo`` serves five configs, its few flags are its own).
 """
