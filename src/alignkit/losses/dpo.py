@@ -24,7 +24,7 @@ own pair of functions: :func:`plackett_luce_dpo_loss` (per-row losses, implicit 
 | :func:`cdpo_loss` | the same with μ' = (1 − ε)μ + ε(1 − μ) | Mitchell 2023 |
 | :func:`ipo_loss` | (g − (μ − ½)/β)², g = h/β the log-ratio gap | Azar et al. 2023, eq. 17 |
 | :func:`normalized_gradient_dpo_loss` | DPO's value, gradient with ∇log π / ‖∇log π‖ | alignment lecture |
-| :func:`plackett_luce_dpo_loss` | Plackett–Luce NLL of a K-way ranking on r̂ ``(B, K)`` | Rafailov et al. 2023, eq. 18 |
+| :func:`plackett_luce_dpo_loss` | Plackett–Luce NLL of a K-way ranking on r̂ ``(N, K)`` | Rafailov et al. 2023, eq. 18 |
 """
 
 from __future__ import annotations

@@ -77,13 +77,8 @@ from alignkit.recipes.dpo import DPOConfig, train_dpo
 from alignkit.recipes.ppo import PPOConfig, train_ppo
 from alignkit.recipes.reward import RewardConfig, train_reward
 from alignkit.report import frontier
-from alignkit.tasks.sentiment import (
-    afinn_gold,
-    build_prompts,
-    check_installed,
-    split_prompts,
-    vader_gold,
-)
+from alignkit.tasks import sentiment
+from alignkit.tasks.sentiment import build_prompts, check_installed, split_prompts
 from alignkit.utils.progress import track
 
 LABELS = ("gold", "proxy")
@@ -247,7 +242,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
     timings["base_pools"] = time.time() - t
     note(f"base pools: {len(pool)} + {len(eval_pool)} continuations ({timings['base_pools']:.0f} s)")
-    eval_gold = vader_gold(eval_in, eval_pool)
+    # the golds are looked up on the task module (sentiment.vader_gold): one setattr swaps them
+    eval_gold = sentiment.vader_gold(eval_in, eval_pool)
     # held-out pairs for the proxies' accuracy: two evaluation-pool samples of one prompt, gold ≠
     rng = random.Random(cfg.split_seed)
     heldout = []
@@ -259,8 +255,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
         if eval_gold[i] != eval_gold[j]:
             heldout.append(Comparison(prompt=eval_in[i], a=eval_pool[i], b=eval_pool[j],
                                       mu=float(eval_gold[i] > eval_gold[j])))
-    shared = _Shared(tok, ref, pool_in, pool, vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
-                     afinn_gold(eval_in, eval_pool), train_prompts, heldout)
+    shared = _Shared(tok, ref, pool_in, pool, sentiment.vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
+                     sentiment.afinn_gold(eval_in, eval_pool), train_prompts, heldout)
 
     # --- 3. per seed: proxies, best-of-n, DPO (+ mixing), PPO ---------------------------------
     per_seed = []
@@ -364,8 +360,8 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     eval_rep = [p for p in sh.eval_prompts for _ in range(cfg.eval_samples)]
 
     def evaluate(samples, setting: dict[str, Any]) -> dict[str, Any]:
-        g = vader_gold(samples.prompts, samples.responses)
-        a = afinn_gold(samples.prompts, samples.responses)
+        g = sentiment.vader_gold(samples.prompts, samples.responses)
+        a = sentiment.afinn_gold(samples.prompts, samples.responses)
         return {**setting, "kl": statistics.fmean(samples.kl), "gold": statistics.fmean(g),
                 "afinn": statistics.fmean(a), "proxy": float(opt.score(samples.prompts, samples.responses).mean()),
                 "length": statistics.fmean(len(r.split()) for r in samples.responses),
