@@ -9,8 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import load_prompts
+from alignkit.decoding.best_of_n import best_of_n
+from alignkit.decoding.sampling import generate
 from alignkit.errors import ConfigError
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes._common import (
+    format_prompt,
+    load_policy,
+    pick_device,
+    require,
+    write_json,
+)
 from alignkit.recipes.configs.bon import BoNConfig
+from alignkit.scale.precision import param_dtype, resolve_precision
+from alignkit.utils.seed import set_seed
 
 
 @dataclass
@@ -28,21 +43,6 @@ def run_bon(
     prompts: list[str] | None = None,
 ) -> BoNRun:
     """Best-of-``cfg.n`` on every prompt; see :class:`BoNConfig`."""
-    import torch
-
-    from alignkit.data import load_prompts
-    from alignkit.decoding.best_of_n import best_of_n
-    from alignkit.decoding.sampling import generate
-    from alignkit.recipes._common import (
-        format_prompt,
-        load_policy,
-        pick_device,
-        require,
-        write_json,
-    )
-    from alignkit.scale.precision import param_dtype, resolve_precision
-    from alignkit.utils.seed import set_seed
-
     if cfg.n < 1:
         raise ConfigError(f"n: expected ≥ 1, got {cfg.n}")
     set_seed(cfg.seed)
@@ -54,8 +54,6 @@ def run_bon(
     if prompts is None:
         prompts = load_prompts(require(cfg.prompts, "prompts"))
     if reward_fn is None:
-        from alignkit.models.reward import load_reward_model
-
         reward_fn = load_reward_model(require(cfg.reward, "reward"), device=device, dtype=dtype).score
     model, tok = load_policy(require(cfg.policy, "policy"), lora=False, lora_r=0, lora_alpha=0,
                              lora_targets=None, device=device, dtype=dtype)

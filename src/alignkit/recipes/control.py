@@ -19,6 +19,7 @@ config, which is what makes resume == uninterrupted exact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -30,8 +31,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignkit.control.annotators import make_segment_annotator
+from alignkit.control.clips import replay_frames
+from alignkit.control.efficiency import knn_entropy_reward, random_segment_starts
+from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
+from alignkit.control.policy import ActorCritic
+from alignkit.control.report import write_control_report
+from alignkit.control.reward import LabelledPair, RewardEnsemble
+from alignkit.control.rollout import (
+    _check_env_id,
+    collect_rollout,
+    concat_rollouts,
+    episode_advantages,
+    make_env,
+    make_envs,
+)
+from alignkit.control.segments import Segment, segments_from_rollout
+from alignkit.data.trajectories import save_trajectory_pairs
 from alignkit.errors import ConfigError
+from alignkit.humans import query
+from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
 from alignkit.recipes.configs.control import ControlConfig
+from alignkit.utils.metrics import MetricsLogger
+from alignkit.utils.progress import track
 
 ANNOTATORS = ("boltzmann", "regret", "myopic", "noisy")
 ENGINES = ("alignkit", "sb3")
@@ -39,10 +61,12 @@ QUERIES = ("random", "disagreement", "info-gain")
 REWARD_INPUTS = ("obs_action", "obs", "obs_next", "obs_action_next")
 
 
+def _replace(cfg: ControlConfig, **kw: Any) -> ControlConfig:
+    return dataclasses.replace(cfg, **kw)
+
+
 def validate(cfg: ControlConfig) -> None:
     """Every user mistake as one line (the CLI prints it and exits 2)."""
-    from alignkit.control.rollout import _check_env_id
-
     _check_env_id(cfg.env_id)
     if cfg.labels < 1:
         raise ConfigError(f"labels: expected a label budget ≥ 1, got {cfg.labels}")
@@ -158,8 +182,6 @@ def session_schedule(total: int, iterations: int, first: int, every: int, initia
 
 def evaluate(agent: Any, env_id: str, episodes: int, seed: int, *, random_policy: bool = False) -> list[float]:
     """True returns of ``episodes`` episodes (deterministic actions; uniform random with ``random_policy``)."""
-    from alignkit.control.rollout import make_env
-
     env = make_env(env_id)
     env.action_space.seed(seed)
     out = []
@@ -178,8 +200,6 @@ def evaluate(agent: Any, env_id: str, episodes: int, seed: int, *, random_policy
 
 def frame_strip(agent: Any, env_id: str, seed: int, n: int = 8, every: int = 10) -> np.ndarray:
     """``n`` frames (every ``every`` steps) of one deterministic episode, side by side."""
-    from alignkit.control.rollout import make_env
-
     env = make_env(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames = []
@@ -210,13 +230,6 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
 
     Returns the trained agent, its curve and (learned) the reward-model history.
     """
-    from alignkit.control.annotators import make_segment_annotator
-    from alignkit.control.policy import ActorCritic
-    from alignkit.control.reward import LabelledPair
-    from alignkit.control.rollout import collect_rollout, concat_rollouts, make_envs
-    from alignkit.control.segments import segments_from_rollout
-    from alignkit.utils.progress import track
-
     learned = phase == "learned"
     out = Path(cfg.out)
     ckpt_path = out / f"checkpoint_{phase}.pt"
@@ -235,7 +248,6 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     if learned:
         ensemble = _make_ensemble(cfg, obs_dim, act_dim, discrete)
         if cfg.human:
-            from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
             from alignkit.feedback.store import FeedbackStore
 
             client = VideoPairClient(FeedbackStore(cfg.db), out / "clips")
@@ -333,9 +345,6 @@ def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: Contr
     minibatches; or A2C's plain policy gradient on the raw advantages of one short
     on-policy piece, one step. The observation normaliser is updated after the update
     (the rollout's log-probs saw the old one)."""
-    from alignkit.control.rollout import episode_advantages
-    from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
-
     t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
     with torch.no_grad():
         next_values = agent.value(t(ro.next_obs))
@@ -392,8 +401,6 @@ def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, fl
 
 
 def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: bool) -> Any:
-    from alignkit.control.reward import RewardEnsemble
-
     return RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
                           use_action="action" in cfg.reward_inputs, use_next_obs=cfg.reward_inputs.endswith("_next"),
                           hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
@@ -406,10 +413,6 @@ def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: boo
 def _ask(cfg: ControlConfig, annotator: Any, pairs: list, it: int, records: list, labels: list) -> None:
     """Ask the annotator about ``pairs``; append the records (frames dropped) and the decided
     pairs as :class:`LabelledPair`; rewrite OUT/labels.jsonl."""
-    from alignkit.control.reward import LabelledPair
-    from alignkit.control.segments import Segment
-    from alignkit.data.trajectories import save_trajectory_pairs
-
     keys = [f"seed{cfg.seed}-it{it}-q{i}" for i in range(len(pairs))]
     for rec in annotator.label([(key, a, b) for key, (a, b) in zip(keys, pairs, strict=True)]):
         for side in (rec.segment_a, rec.segment_b):
@@ -422,8 +425,6 @@ def _ask(cfg: ControlConfig, annotator: Any, pairs: list, it: int, records: list
 
 def _render_pairs(cfg: ControlConfig, pairs: list, ro: Any, reset_seed: int, agent: Any) -> None:
     """Give each chosen segment its frames by replaying its env from the iteration's reset."""
-    from alignkit.control.clips import replay_frames
-
     env_actions = agent.env_action(torch.as_tensor(ro.actions))
     for seg in {id(s): s for pair in pairs for s in pair}.values():
         n, t0 = seg.meta["env_index"], seg.meta["t0"]
@@ -436,8 +437,6 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
     (``random``), or the best of ``query_candidates``× as many random candidates by ensemble
     disagreement (std_m of R̂_m(a) − R̂_m(b)) or information gain (BALD over the members'
     σ(R̂_m(a) − R̂_m(b)))."""
-    from alignkit.humans import query
-
     if len(segs) < 2:
         raise ConfigError(f"env_id {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
                           f"(lower segment_length or raise num_steps)")
@@ -471,8 +470,6 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
     3. scale it as ``VecNormalize`` would and write it into the rollout buffer (GAE
     recomputed); 4. ``model.train()``. With the true reward this is ``model.learn``.
     """
-    from alignkit.control.annotators import make_segment_annotator
-    from alignkit.control.efficiency import knn_entropy_reward
     from alignkit.control.sb3 import (
         ReturnScaler,
         SB3Agent,
@@ -482,8 +479,6 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
         rl_zoo_ppo,
         write_rewards,
     )
-    from alignkit.utils.progress import track
-
     learned = phase == "learned"
     out = Path(cfg.out)
     obs_dim, act_dim, discrete, _, _ = _spaces(cfg.env_id)
@@ -599,9 +594,6 @@ def _pool_segments(pool: list[dict[str, np.ndarray]], k: int, n: int, rng: np.ra
                    it: int) -> list[Any]:
     """``n`` random k-step segments (overlap allowed, never across an episode end) of the
     pool's steps, the envs taking turns; each keeps its true rewards for the annotator."""
-    from alignkit.control.efficiency import random_segment_starts
-    from alignkit.control.segments import Segment
-
     steps = _concat_pool(pool)
     N = steps["dones"].shape[1]
     segs = []
@@ -629,8 +621,6 @@ def run_phase(cfg: ControlConfig, phase: str, logger: Any = None, *, expert: Any
     """Train one phase ("learned", "oracle" or "reference") of a resolved, validated config
     and evaluate its final policy: adds ``true_returns`` (``eval_episodes`` deterministic
     episodes, reset seeds 10000 + 100·seed + i) and ``true_return``."""
-    from alignkit.utils.metrics import MetricsLogger
-
     if logger is None:  # a phase on its own (benchmarks): its own metrics files
         cfg = cfg.resolved()
         validate(cfg)
@@ -654,8 +644,6 @@ def run_phase(cfg: ControlConfig, phase: str, logger: Any = None, *, expert: Any
 def run_control(cfg: ControlConfig) -> dict[str, Any]:
     """The whole run: [oracle] → learned → [reference] → evaluation → summary.json, report.html."""
     from alignkit.control.sb3 import RL_ZOO_PPO
-    from alignkit.utils.metrics import MetricsLogger
-
     cfg = cfg.resolved()
     validate(cfg)
     torch.set_num_threads(cfg.torch_threads)
@@ -705,8 +693,6 @@ def run_control(cfg: ControlConfig) -> dict[str, Any]:
     summary["wall_s"] = time.time() - t0
     summary["finished"] = True
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from alignkit.control.report import write_control_report
-
     can_render = cfg.frames and "rgb_array" in _render_modes(cfg.env_id)
     strip = frame_strip(learned["agent"], cfg.env_id, eval_seed) if can_render else None
     write_control_report(summary, out, strip)

@@ -30,12 +30,31 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.data import load_records, to_comparisons
+from alignkit.data.splits import split_by_prompt
+from alignkit.decoding.best_of_n import bon_kl_analytic
+from alignkit.decoding.mixing import beta_rescale
 from alignkit.errors import ConfigError
+from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
+from alignkit.models import load_causal_lm, load_tokenizer
+from alignkit.models.chat import render_prompt
+from alignkit.models.feature_reward import FeatureRewardModel
+from alignkit.models.reward import load_reward_model
 from alignkit.recipes.configs.demo_hh_policy import HHPolicyDemoConfig
+from alignkit.recipes.demo_hh import find_hh_data
+from alignkit.recipes.demo_sentiment import top_layer_lora_targets
+from alignkit.recipes.dpo import DPOConfig, train_dpo
+from alignkit.recipes.ppo import PPOConfig, train_ppo
+from alignkit.recipes.reward import RewardConfig, length_baselines, train_reward
+from alignkit.utils.seed import set_seed
 
 METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
 JUDGES = ("features", "minilm")
@@ -43,8 +62,6 @@ JUDGES = ("features", "minilm")
 
 def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
     """Tiny sizes for the smoke test."""
-    from dataclasses import replace
-
     return replace(cfg, rm_pairs=48, judge_pairs=48, rm_heldout_pairs=24, rm_max_length=128, eval_prompts=8,
                    max_prompt_tokens=96, max_new_tokens=16, bon_n=2, dpo_pairs=4, dpo_max_length=128, ppo_steps=1,
                    ppo_batch_size=4, samples_in_report=3)
@@ -52,8 +69,6 @@ def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
 
 def length_rules(pairs: list) -> dict[str, float]:
     """Accuracy of "the longer response wins" and "the shorter response wins"."""
-    from alignkit.recipes.reward import length_baselines
-
     return length_baselines(pairs)
 
 
@@ -70,21 +85,6 @@ def paired_win_rate(judge_policy: list[float], judge_base: list[float]) -> dict[
 
 def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Run the pipeline and write the report; returns the summary dict."""
-
-    from alignkit.data import load_records, to_comparisons
-    from alignkit.data.splits import split_by_prompt
-    from alignkit.decoding.best_of_n import bon_kl_analytic
-    from alignkit.decoding.mixing import beta_rescale
-    from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.models.chat import render_prompt
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.demo_hh import find_hh_data
-    from alignkit.recipes.demo_sentiment import top_layer_lora_targets
-    from alignkit.recipes.dpo import DPOConfig, train_dpo
-    from alignkit.recipes.ppo import PPOConfig, train_ppo
-    from alignkit.recipes.reward import RewardConfig, train_reward
-    from alignkit.utils.seed import set_seed
 
     if cfg.quick:
         cfg = quick_config(cfg)
@@ -232,10 +232,6 @@ def fit_feature_judge(cfg: HHPolicyDemoConfig, pairs: list, out_dir: Path):
     """The judge: a linear Bradley–Terry head on frozen ``judge_backbone`` features
     (:class:`~alignkit.models.feature_reward.FeatureRewardModel`, docs/reward.md's feature set)
     fitted on the judge's pairs with L2 weight ``judge_l2``; saved to ``out_dir``."""
-    import torch
-
-    from alignkit.models.feature_reward import FeatureRewardModel
-
     judge = FeatureRewardModel(cfg.judge_backbone)
     prompts = [c.prompt for c in pairs]
     phi = judge.features(prompts + prompts, [c.a for c in pairs] + [c.b for c in pairs])
@@ -296,9 +292,6 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"alignkit demo hh — {summary['config']['policy']} (judge win rate vs base, 95% CI)")
     for col in ("method", "win rate", "95% CI", "judge", "proxy", "KL"):
         t.add_column(col, justify="right")

@@ -38,15 +38,49 @@ Instruct by default. Reads top to bottom:
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.data import Comparison
+from alignkit.decoding.mixing import beta_rescale
+from alignkit.diagnostics.overoptimization import (
+    best_of_n_curve,
+    best_of_n_gold_gains,
+    compare_at_kl,
+    divergence,
+    fit_gao,
+)
 from alignkit.errors import ConfigError
+from alignkit.evaluation import (
+    evaluate_reward_model,
+    paired_bootstrap_ci,
+    sample_for_eval,
+    sample_mixture_for_eval,
+)
+from alignkit.models import load_causal_lm, load_tokenizer
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes._common import write_json
 from alignkit.recipes.configs.demo_sentiment import LABELS, SentimentDemoConfig
+from alignkit.recipes.demo import _json_default
+from alignkit.recipes.dpo import train_dpo
+from alignkit.recipes.ppo import train_ppo
+from alignkit.recipes.reward import train_reward
+from alignkit.report import frontier
+from alignkit.tasks import sentiment
+from alignkit.tasks.sentiment import build_prompts, check_installed, split_prompts
+from alignkit.utils.progress import track
 
 
 def quick_config(cfg: SentimentDemoConfig) -> SentimentDemoConfig:
@@ -100,19 +134,6 @@ class _Shared:
 
 def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Run the frontier experiment and write the report; returns the summary dict."""
-    from alignkit.data import Comparison
-    from alignkit.evaluation import sample_for_eval
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes._common import write_json
-    from alignkit.tasks.sentiment import (
-        afinn_gold,
-        build_prompts,
-        check_installed,
-        split_prompts,
-        vader_gold,
-    )
-    from alignkit.utils.progress import track
-
     if cfg.quick:
         cfg = quick_config(cfg)
     check_config(cfg)
@@ -140,7 +161,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
     timings["base_pools"] = time.time() - t
     note(f"base pools: {len(pool)} + {len(eval_pool)} continuations ({timings['base_pools']:.0f} s)")
-    eval_gold = vader_gold(eval_in, eval_pool)
+    # the golds are looked up on the task module (sentiment.vader_gold): one setattr swaps them
+    eval_gold = sentiment.vader_gold(eval_in, eval_pool)
     # held-out pairs for the proxies' accuracy: two evaluation-pool samples of one prompt, gold ≠
     rng = random.Random(cfg.split_seed)
     heldout = []
@@ -152,8 +174,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
         if eval_gold[i] != eval_gold[j]:
             heldout.append(Comparison(prompt=eval_in[i], a=eval_pool[i], b=eval_pool[j],
                                       mu=float(eval_gold[i] > eval_gold[j])))
-    shared = _Shared(tok, ref, pool_in, pool, vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
-                     afinn_gold(eval_in, eval_pool), train_prompts, heldout)
+    shared = _Shared(tok, ref, pool_in, pool, sentiment.vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
+                     sentiment.afinn_gold(eval_in, eval_pool), train_prompts, heldout)
 
     # --- 3. per seed: proxies, best-of-n, DPO (+ mixing), PPO ---------------------------------
     per_seed = []
@@ -178,10 +200,6 @@ def top_layer_lora_targets(model, n_top: int) -> list[str]:
     """Full names of the linear layers (``nn.Linear``, GPT-2's ``Conv1D``) inside the top
     ``n_top`` transformer blocks of ``model`` — blocks are the modules named ``….<i>`` under
     the model's block list (``model.layers`` for Llama, ``transformer.h`` for GPT-2)."""
-    import re
-
-    import torch
-
     linear = [(name, mod) for name, mod in model.named_modules()
               if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"]
     block = re.compile(r"^(.*?\.)(\d+)\.")
@@ -196,9 +214,6 @@ def top_layer_lora_targets(model, n_top: int) -> list[str]:
 def note(message: str) -> None:
     """One line of progress on stderr (a run takes an hour; progress bars need a terminal),
     unless ALIGNKIT_NO_PROGRESS is set."""
-    import os
-    import sys
-
     if not os.environ.get("ALIGNKIT_NO_PROGRESS"):
         print(f"[{time.strftime('%H:%M:%S')}] demo sentiment: {message}", file=sys.stderr, flush=True)
 
@@ -216,18 +231,6 @@ def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
 def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]:
     """One seed: its proxies, best-of-n under each, the DPO β sweeps (gold and proxy labels),
     the mixtures, the PPO KL sweep — every policy scored on the same evaluation prompts."""
-    import numpy as np
-
-    from alignkit.data import Comparison
-    from alignkit.decoding.mixing import beta_rescale
-    from alignkit.diagnostics.overoptimization import best_of_n_curve, best_of_n_gold_gains
-    from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.dpo import train_dpo
-    from alignkit.recipes.ppo import train_ppo
-    from alignkit.recipes.reward import train_reward
-    from alignkit.tasks.sentiment import afinn_gold, vader_gold
-
     sdir = Path(cfg.out) / f"seed_{seed}"
     n_eval = len(sh.eval_prompts)
     targets = top_layer_lora_targets(sh.ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
@@ -276,8 +279,8 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     eval_rep = [p for p in sh.eval_prompts for _ in range(cfg.eval_samples)]
 
     def evaluate(samples, setting: dict[str, Any]) -> dict[str, Any]:
-        g = vader_gold(samples.prompts, samples.responses)
-        a = afinn_gold(samples.prompts, samples.responses)
+        g = sentiment.vader_gold(samples.prompts, samples.responses)
+        a = sentiment.afinn_gold(samples.prompts, samples.responses)
         return {**setting, "kl": statistics.fmean(samples.kl), "gold": statistics.fmean(g),
                 "afinn": statistics.fmean(a), "proxy": float(opt.score(samples.prompts, samples.responses).mean()),
                 "length": statistics.fmean(len(r.split()) for r in samples.responses),
@@ -343,8 +346,6 @@ METHOD_NAMES = {"best_of_n": "best-of-n", "dpo_gold": "DPO (gold labels)", "dpo_
 
 
 def _ci(cfg: SentimentDemoConfig, gains: list[list[float]]) -> dict[str, Any]:
-    from alignkit.evaluation import paired_bootstrap_ci
-
     mean, lo, hi = paired_bootstrap_ci(gains, level=cfg.ci_level, resamples=cfg.ci_resamples, seed=cfg.seeds[0])
     return {"gain": mean, "ci": [lo, hi], "beats_base": bool(lo > 0)}
 
@@ -352,10 +353,6 @@ def _ci(cfg: SentimentDemoConfig, gains: list[list[float]]) -> dict[str, Any]:
 def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Seeds pooled: every sweep's points with CIs, the best points, Gao fits, DPO vs PPO at
     equal KL, over-optimisation, the VADER–AFINN gap and mixing against retraining."""
-    import numpy as np
-
-    from alignkit.diagnostics.overoptimization import compare_at_kl, divergence, fit_gao
-
     n_eval = len(sh.eval_prompts)
     base = {"gold": statistics.fmean(sh.eval_gold), "afinn": statistics.fmean(sh.eval_afinn), "kl": 0.0,
             "proxy": statistics.fmean(s["proxies"][str(s["optimised_proxy"])]["base_proxy"] for s in per_seed),
@@ -449,9 +446,6 @@ def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, An
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"alignkit demo sentiment — gold (VADER) gain over base, {len(summary['seeds'])} seed(s), "
                     "paired 95% CI over seeds × prompts")
     for col in ("method", "setting", "KL", "gold", "gain [CI]", "AFINN gain", "proxy"):
@@ -466,9 +460,6 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def _write_report(summary: dict[str, Any], out: Path) -> None:
-    from alignkit.recipes.demo import _json_default
-    from alignkit.report import frontier
-
     figs = {
         "Gold (VADER, solid) and second gold (AFINN, dashed) gain over base vs KL, with Gao fits and their "
         "95% bands": frontier.plot_gold_vs_kl(summary, out / "gold_vs_kl.png"),

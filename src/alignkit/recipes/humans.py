@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from alignkit.humans import human_models as hm
+from alignkit.humans.annotators import linear_population
+from alignkit.humans.posterior import cosine, fit_laplace, fit_map
+from alignkit.humans.query import linear_pair_probs, select_queries
 from alignkit.recipes.configs.humans import HumansConfig
+from alignkit.report.humans import write_report
+from alignkit.tasks import driving
+from alignkit.utils.metrics import MetricsLogger
+from alignkit.utils.progress import track
 
 ANNOTATORS = ("boltzmann", "wrong-beta", "regret", "myopic", "false-belief", "noisy", "biased-group", "bpref")
 LEARNERS = ("boltzmann", "regret")
@@ -52,8 +60,6 @@ class Setting:
     """The pool with everything the experiments need precomputed."""
 
     def __init__(self, pool: Any):
-        from alignkit.tasks import driving
-
         self.pool = pool
         self.phi = pool.features()
         self.step_phi = pool.step_features()
@@ -78,9 +84,6 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
                    gamma: float | None = None) -> tuple[Any, np.ndarray]:
     """The simulated person ``kind`` over pool indices, and the utility it maximises
     (per item, for the 'annotator accuracy' of a learned reward)."""
-    from alignkit.humans import human_models as hm
-    from alignkit.humans.annotators import linear_population
-
     beta = cfg.beta if beta is None else beta
 
     def items(u: np.ndarray) -> Any:
@@ -124,9 +127,6 @@ def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cf
                 beta: float | None = None) -> np.ndarray:
     """θ̂ (the posterior mode) under learner model ``kind``, assuming rationality ``beta``
     (default ``cfg.beta``)."""
-    from alignkit.humans.posterior import fit_laplace, fit_map
-    from alignkit.tasks import driving
-
     beta = cfg.beta if beta is None else beta
     a = np.array([x[0] for x in labels])
     b = np.array([x[1] for x in labels])
@@ -142,8 +142,6 @@ def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cf
 
 def learner_utility(kind: str, st: Setting, theta: np.ndarray) -> np.ndarray:
     """What learner ``kind`` predicts the person maximises, per item, under θ."""
-    from alignkit.tasks import driving
-
     if kind == "regret":
         return -driving.regret(st.phi, st.pool, theta)
     return st.phi @ theta
@@ -173,9 +171,6 @@ def _ci95(xs: list[float]) -> dict[str, float]:
 
 def label_efficiency_run(st: Setting, cfg: HumansConfig, strategy: str, seed: int) -> list[float]:
     """cos(θ̂, θ*) after 0, 1, …, ``max_labels`` labels chosen by ``strategy``."""
-    from alignkit.humans.posterior import cosine, fit_laplace
-    from alignkit.humans.query import linear_pair_probs, select_queries
-
     rng = np.random.default_rng(seed)
     cand = st.random_pairs(cfg.candidates, rng)       # the same candidates for every strategy
     d_cand = st.phi[cand[:, 0]] - st.phi[cand[:, 1]]
@@ -219,8 +214,6 @@ def labels_to_stay(curve: list[float], target: float) -> int | None:
 
 
 def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
-    from alignkit.utils.progress import track
-
     curves: dict[str, list[list[float]]] = {s: [] for s in cfg.strategies}
     jobs = [(s, seed) for seed in cfg.seeds for s in cfg.strategies]
     for strategy, seed in track(jobs, description="label efficiency"):
@@ -270,8 +263,6 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
 
 def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, ...], seed: int,
           learner_beta: float | None = None, **ann_kwargs: Any) -> dict[str, dict[str, float]]:
-    from alignkit.tasks import driving
-
     rng = np.random.default_rng(seed + 777)
     pairs = st.random_pairs(cfg.matrix_labels, rng)
     test = st.random_pairs(cfg.test_pairs, rng)
@@ -292,8 +283,6 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
 
 
 def run_matrix(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
-    from alignkit.utils.progress import track
-
     raw: dict[str, dict[str, list[dict[str, float]]]] = {a: {b: [] for b in LEARNERS} for a in ANNOTATORS}
     for a, seed in track([(a, s) for a in ANNOTATORS for s in cfg.seeds], description="misspecification"):
         cell = _cell(st, cfg, a, LEARNERS, seed)
@@ -307,8 +296,6 @@ def run_matrix(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
 
 
 def run_stability(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
-    from alignkit.utils.progress import track
-
     curves: dict[str, list[dict[str, Any]]] = {"log2_beta_ratio": [], "myopic_gamma": []}
     jobs = [("log2_beta_ratio", x) for x in cfg.stability_log2_beta] + [("myopic_gamma", g) for g in cfg.stability_gamma]
     for kind, x in track(jobs, description="stability"):
@@ -341,9 +328,6 @@ def run_stability(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
 
 
 def run_humans(cfg: HumansConfig) -> dict[str, Any]:
-    from alignkit.tasks import driving
-    from alignkit.utils.metrics import MetricsLogger
-
     if cfg.quick:
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)
@@ -382,8 +366,6 @@ def run_humans(cfg: HumansConfig) -> dict[str, Any]:
         "timings_s": timings,
         "wall_s": time.time() - t0,
     }
-    from alignkit.report.humans import write_report
-
     write_report(summary, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -61,6 +61,8 @@ from alignkit.losses.ppo import (
     ppo_value_loss,
     whiten,
 )
+from alignkit.models.loading import resolve_model
+from alignkit.models.reward import load_reward_model
 from alignkit.models.value import PolicyAndValue, PolicyOutput, ValueHead, policy_forward
 from alignkit.recipes._common import (
     adamw,
@@ -204,8 +206,6 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     if not prompts:
         raise ConfigError("no prompts given")
     if reward_fn is None:
-        from alignkit.models.reward import load_reward_model
-
         reward_model = load_reward_model(require(cfg.reward, "reward"), device=device)
         reward_fn = _under(dist.autocast, reward_model.score)  # the policy's numerics (W2)
 
@@ -558,8 +558,6 @@ def _vllm_engines(cfg: PPOConfig, tok):
     if cfg.rollout_engine != "vllm":
         return None, None
     from alignkit.decoding.vllm_engine import VLLMSampler
-    from alignkit.models.loading import resolve_model
-
     kw = {"dtype": "auto", "gpu_memory_utilization": cfg.vllm_gpu_memory, **cfg.vllm_kwargs}
     engine = VLLMSampler(resolve_model(cfg.policy), tok, seed=cfg.seed, sleep_mode=cfg.vllm_sleep, **kw)
     ref_engine = None

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from alignkit.data import (
     Comparison,
@@ -37,9 +41,28 @@ from alignkit.data import (
     to_comparisons,
     train_eval_split,
 )
+from alignkit.diagnostics.calibration import pairwise_accuracy
 from alignkit.errors import ConfigError, DataError
 from alignkit.evaluation import evaluate_reward_model
+from alignkit.losses.preference import (
+    bradley_terry_loss,
+    plackett_luce_loss,
+    ranking_rows,
+    reward_centering_loss,
+)
+from alignkit.models.loading import LoraSpec
+from alignkit.models.reward import RewardModel, load_reward_model, write_ensemble_manifest
+from alignkit.recipes._common import (
+    adamw,
+    disable_dropout,
+    load_checkpoint,
+    open_run,
+    save_checkpoint_once,
+    save_once,
+)
 from alignkit.recipes.configs.reward import RewardConfig
+from alignkit.scale.distributed import Distributed
+from alignkit.utils.progress import track
 
 __all__ = [
     "RewardConfig",
@@ -67,10 +90,6 @@ class RewardTrainResult:
 
 def length_baseline_accuracy(pairs: list[Comparison]) -> float:
     """Accuracy of "the longer response wins" (characters; equal lengths count ½)."""
-    import torch
-
-    from alignkit.diagnostics.calibration import pairwise_accuracy
-
     delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
     mu = torch.tensor([p.mu for p in pairs])
     return pairwise_accuracy(delta, mu)
@@ -79,10 +98,6 @@ def length_baseline_accuracy(pairs: list[Comparison]) -> float:
 def length_baselines(pairs: list[Comparison]) -> dict[str, float]:
     """Accuracy of both length rules, "the longer response wins" and "the shorter response
     wins" (characters; equal lengths count ½): the bar a reward model must clear."""
-    import torch
-
-    from alignkit.diagnostics.calibration import pairwise_accuracy
-
     delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
     mu = torch.tensor([p.mu for p in pairs])
     return {"longer_wins": pairwise_accuracy(delta, mu), "shorter_wins": pairwise_accuracy(-delta, mu)}
@@ -94,8 +109,6 @@ def length_baselines(pairs: list[Comparison]) -> dict[str, float]:
 def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
     """Shuffled batches of pair indices; with ``group_by_length`` each window of 50
     batches is sorted by length before it is cut, then the batch order is shuffled."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(lengths), generator=gen).tolist()
     if not group_by_length:
@@ -112,29 +125,6 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
                 seed: int, dist) -> dict[str, Any]:
     """Train one reward model on ``train`` (comparisons and whole rankings); keep the best
     epoch in ``out``."""
-    import random
-    import time
-
-    import torch
-
-    from alignkit.losses.preference import (
-        bradley_terry_loss,
-        plackett_luce_loss,
-        ranking_rows,
-        reward_centering_loss,
-    )
-    from alignkit.models.loading import LoraSpec
-    from alignkit.models.reward import RewardModel
-    from alignkit.recipes._common import (
-        adamw,
-        disable_dropout,
-        load_checkpoint,
-        open_run,
-        save_checkpoint_once,
-        save_once,
-    )
-    from alignkit.utils.progress import track
-
     device = dist.device
     model = RewardModel.from_backbone(
         cfg.model,
@@ -292,10 +282,6 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
 
 def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path, dist) -> dict[str, Any]:
     """A single model in ``out``, or ``cfg.ensemble`` members in ``out/member_i``."""
-    import torch
-
-    from alignkit.models.reward import load_reward_model, write_ensemble_manifest
-
     if cfg.ensemble <= 1:
         summary = _fit_member(cfg, train, evals, out, cfg.seed, dist)
     else:
@@ -355,8 +341,6 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
     if not train:
         raise DataError("no training pairs left after the eval split", path=where)
 
-    from alignkit.scale.distributed import Distributed
-
     dist = Distributed(cfg.device, cfg.micro_batch_size, cfg.precision)  # one process, or one of N (rank 0 writes)
     out = Path(cfg.out)
     if out.exists() and not cfg.resume and dist.is_main:
@@ -387,8 +371,6 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
 def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path, dist) -> dict[str, Any]:
     """One model per group; table[model][labels] = accuracy of that group's model (or the
     pooled one) on every group's held-out labels."""
-    from alignkit.models.reward import load_reward_model
-
     models = {"pooled": out}
     for g in groups:
         g_train = [p for p in train if p.group == g]

@@ -16,8 +16,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import Comparison, Correction, read_rows, render_messages
 from alignkit.errors import DataError
+from alignkit.models import sequence_logps
+from alignkit.models.pairs import Example, collate, tokenize_example
+from alignkit.recipes._common import (
+    adamw,
+    batches,
+    format_completion,
+    format_prompt,
+    load_checkpoint,
+    load_policy,
+    open_run,
+    require,
+    save_checkpoint_once,
+    save_policy_once,
+    scalars,
+)
 from alignkit.recipes.configs.sft import SFTConfig
+from alignkit.scale.distributed import Distributed
+from alignkit.utils.progress import track
+from alignkit.utils.seed import set_seed
 
 
 @dataclass
@@ -41,8 +62,6 @@ def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
             raise DataError("expected a non-empty list of {'role', 'content'} messages", field="messages", **where)
-        from alignkit.data import render_messages
-
         return (render_messages(msgs[:-1]) + "\n" if len(msgs) > 1 else ""), msgs[-1]["content"]
     if row.get("kind") == "correction" and isinstance(row.get("edited"), str):
         return row.get("prompt", ""), row["edited"]  # an alignkit correction trains its edit
@@ -61,8 +80,6 @@ def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
 
 def load_sft_pairs(path: str) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from a data file; :class:`DataError` names file/line/field."""
-    from alignkit.data import read_rows
-
     if not Path(path).exists():
         raise DataError("data file not found", path=path)
     pairs = [_row_to_pair(row, {"path": path, "line": line}) for line, row in read_rows(path)]
@@ -74,8 +91,6 @@ def load_sft_pairs(path: str) -> list[tuple[str, str]]:
 def records_to_pairs(records: list[Any]) -> list[tuple[str, str]]:
     """(prompt, completion) from in-memory data: tuples, dicts, Comparison (the preferred
     response) or Correction (the edited response)."""
-    from alignkit.data import Comparison, Correction
-
     out = []
     for i, r in enumerate(records):
         if isinstance(r, tuple) and len(r) == 2:
@@ -91,8 +106,6 @@ def records_to_pairs(records: list[Any]) -> list[tuple[str, str]]:
 
 def _pack(examples, max_length: int):
     """Concatenate all examples into one stream and cut it into ``max_length`` blocks."""
-    from alignkit.models.pairs import Example
-
     ids: list[int] = []
     comp: list[int] = []
     for e in examples:
@@ -106,27 +119,6 @@ def _pack(examples, max_length: int):
 
 def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     """Fine-tune ``cfg.model`` on ``records`` (in memory) or ``cfg.data``; see :class:`SFTConfig`."""
-    import torch
-
-    from alignkit.models import sequence_logps
-    from alignkit.models.pairs import collate, tokenize_example
-    from alignkit.recipes._common import (
-        adamw,
-        batches,
-        format_completion,
-        format_prompt,
-        load_checkpoint,
-        load_policy,
-        open_run,
-        require,
-        save_checkpoint_once,
-        save_policy_once,
-        scalars,
-    )
-    from alignkit.scale.distributed import Distributed
-    from alignkit.utils.progress import track
-    from alignkit.utils.seed import set_seed
-
     # --- setup ------------------------------------------------------------------------
     set_seed(cfg.seed)
     # a step's global batch is grad_accum micro-batches of batch_size, spread over the processes
