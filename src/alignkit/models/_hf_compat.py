@@ -5,7 +5,7 @@ The decode loops (:mod:`alignkit.decoding.sampler`, :mod:`alignkit.decoding.mixi
 chat's :mod:`alignkit.app.generation`) and the policy forward (:mod:`alignkit.models.value`)
 call a model's forward with a KV cache and sometimes ``logits_to_keep``; whether the forward
 takes those arguments, and under which name, depends on the transformers version (and, for a
-peft model, on its base model). Standard library only, so any module may import it.
+peft model, on its base model). Import the names from here; never re-implement a check.
 """
 
 from __future__ import annotations
