@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from alignkit.cli.options import config_command
-from alignkit.recipes.configs.control import ControlConfig
+
+if TYPE_CHECKING:
+    from alignkit.recipes.configs.control import ControlConfig
 
 
 def register(app: typer.Typer) -> None:
     control = typer.Typer(help="Control: rewards learned from trajectory-segment preferences (gymnasium).",
                           no_args_is_help=True)
-    config_command(control, "train", ControlConfig, aliases={"env_id": ("--env",)})(train_cmd)
+    config_command(control, "train", "alignkit.recipes.configs.control:ControlConfig",
+                   aliases={"env_id": ("--env",)})(train_cmd)
     app.add_typer(control, name="control")
 
 
@@ -43,6 +47,7 @@ def demo_control(out: Path | None, seed: int | None, quick: bool, config: Path |
     """``alignkit demo control``: Pendulum-v1 from 1,000 Boltzmann labels vs the oracle (≤ 10 min CPU)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     from alignkit.config import load_config
+    from alignkit.recipes.configs.control import ControlConfig
     from alignkit.recipes.control import run_control
 
     sizes = dict(steps=8_000, labels=40, num_steps=200, eval_episodes=3) if quick else {}

@@ -4,16 +4,19 @@ to end, with a report)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from alignkit.cli.common import SET_HELP, build_config
 from alignkit.cli.options import config_command
-from alignkit.recipes.configs.loop import LoopConfig
+
+if TYPE_CHECKING:
+    from alignkit.recipes.configs.loop import LoopConfig
 
 
 def register(app: typer.Typer) -> None:
-    config_command(app, "loop", LoopConfig)(loop_cmd)
+    config_command(app, "loop", "alignkit.recipes.configs.loop:LoopConfig")(loop_cmd)
     app.command("demo")(demo_cmd)
 
 

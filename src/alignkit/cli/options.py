@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
 import sys
@@ -37,7 +38,6 @@ import typer.main
 from typer.core import TyperCommand
 
 from alignkit.cli.common import CONFIG_HELP, SET_HELP, build_config
-from alignkit.config import field_docs
 
 _BUILT_IN = ("config_file", "set_items", "typer_ctx")  # --config, --set, the click context
 
@@ -103,6 +103,8 @@ def config_parameters(cls: type, aliases: dict[str, tuple[str, ...]] | None = No
     """One keyword ``typer.Option`` per field that is not a nested config."""
     from rich.markup import escape  # typer's help is rich markup: "[prompt+chosen; ...]" is text
 
+    from alignkit.config import field_docs
+
     hints, docs, aliases = field_types(cls), field_docs(cls), aliases or {}
     params = []
     for f in ordered_fields(cls):
@@ -123,7 +125,9 @@ def with_config_flags(fn: Callable, cls: type, aliases: dict[str, tuple[str, ...
     """``fn(cfg, **its own options)`` as the function typer reads: its own options plus
     ``--config``, ``--set`` and the generated flags of ``cls`` (``aliases``: more names for a
     field's flag, e.g. ``{"env_id": ("--env",)}``); ``fn`` gets the built config as ``cfg``."""
-    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "cfg"]
+    own = [p.replace(annotation=eval(p.annotation, fn.__globals__) if isinstance(p.annotation, str)  # noqa: S307
+                     else p.annotation)
+           for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]  # cfg: only for readers
     built_in = [
         inspect.Parameter("typer_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
         inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
@@ -158,13 +162,13 @@ class _LazyFlagsCommand(TyperCommand):
     other command never read this config's fields and docstrings (start-up time)."""
 
     fn: Callable
-    config_class: type
+    config: type | str
     aliases: dict[str, tuple[str, ...]] | None
 
     def _built(self) -> TyperCommand:
         if "_inner" not in self.__dict__:
             one = typer.Typer(add_completion=False)
-            one.command(self.name, help=self.help)(with_config_flags(self.fn, self.config_class, self.aliases))
+            one.command(self.name, help=self.help)(with_config_flags(self.fn, config_class(self.config), self.aliases))
             self.__dict__["_inner"] = typer.main.get_command(one)  # a one-command app is that command
         return self.__dict__["_inner"]
 
@@ -173,14 +177,24 @@ class _LazyFlagsCommand(TyperCommand):
     callback = property(lambda self: self._built().callback, lambda self, value: None)
 
 
-def config_command(app: typer.Typer, name: str, cls: type, *,
+def config_class(config: type | str) -> type:
+    """A config class, or its ``"module:Name"`` (imported when the command is first used)."""
+    if isinstance(config, str):
+        module, _, name = config.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return config
+
+
+def config_command(app: typer.Typer, name: str, config: type | str, *,
                    aliases: dict[str, tuple[str, ...]] | None = None) -> Callable[[Callable], Callable]:
     """Register ``fn(cfg, **its own options)`` as command ``name`` of ``app``, with the flags of
-    :func:`with_config_flags` (built on first use); returns ``fn`` unchanged."""
+    :func:`with_config_flags` (built on first use); returns ``fn`` unchanged. ``config`` may be
+    named as ``"alignkit.recipes.configs.dpo:DPOConfig"``: then ``alignkit --help`` does not even
+    import it."""
 
     def decorate(fn: Callable) -> Callable:
-        lazy = type(f"{cls.__name__}Command", (_LazyFlagsCommand,),
-                    {"fn": staticmethod(fn), "config_class": cls, "aliases": aliases})
+        lazy = type(f"{name.title()}Command", (_LazyFlagsCommand,),
+                    {"fn": staticmethod(fn), "config": config, "aliases": aliases})
 
         def placeholder() -> None:  # what typer sees at start-up: no parameters to build
             raise AssertionError("replaced by the command's own callback")

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import importlib
 import json
+from typing import TYPE_CHECKING
 
 import typer
 
 from alignkit.cli.options import config_command
-from alignkit.recipes.configs.bon import BoNConfig
-from alignkit.recipes.configs.dpo import DPOConfig
-from alignkit.recipes.configs.ppo import PPOConfig
-from alignkit.recipes.configs.sft import SFTConfig
+
+if TYPE_CHECKING:
+    from alignkit.recipes.configs.bon import BoNConfig
 
 
 def _print(metrics: dict) -> None:
@@ -28,12 +28,14 @@ def _print(metrics: dict) -> None:
 
 
 # the training commands: name → (config, the recipe's module and function, help); each one
-# prints the final metrics and where the model went
+# prints the final metrics and where the model went. Configs and recipes are named, not
+# imported: `alignkit --help` imports neither (torch loads when a recipe runs).
 TRAINERS = {
-    "sft": (SFTConfig, "alignkit.recipes.sft", "train_sft", "Supervised fine-tuning (loss on completion tokens only)."),
-    "dpo": (DPOConfig, "alignkit.recipes.dpo", "train_dpo",
+    "sft": ("alignkit.recipes.configs.sft:SFTConfig", "alignkit.recipes.sft", "train_sft",
+            "Supervised fine-tuning (loss on completion tokens only)."),
+    "dpo": ("alignkit.recipes.configs.dpo:DPOConfig", "alignkit.recipes.dpo", "train_dpo",
             "Direct preference optimisation (DPO / IPO / conservative DPO)."),
-    "ppo": (PPOConfig, "alignkit.recipes.ppo", "train_ppo",
+    "ppo": ("alignkit.recipes.configs.ppo:PPOConfig", "alignkit.recipes.ppo", "train_ppo",
             "PPO (or A2C) against a reward model with a KL penalty to the reference."),
 }
 ALIASES = {"ppo": {"rollout_batch_size": ("--batch-size",)}}
@@ -42,7 +44,7 @@ ALIASES = {"ppo": {"rollout_batch_size": ("--batch-size",)}}
 
 def _trainer(module: str, function: str, help_: str):
     def train(cfg):
-        res = getattr(importlib.import_module(module), function)(cfg)  # torch loads here, not at --help
+        res = getattr(importlib.import_module(module), function)(cfg)
         _print(res.metrics)
         typer.echo(f"saved {res.out_dir}")
 
@@ -51,10 +53,10 @@ def _trainer(module: str, function: str, help_: str):
 
 
 def register(app: typer.Typer) -> None:
-    for name, (cls, module, function, help_) in TRAINERS.items():
-        config_command(app, name, cls, aliases=ALIASES.get(name))(_trainer(module, function, help_))
+    for name, (config, module, function, help_) in TRAINERS.items():
+        config_command(app, name, config, aliases=ALIASES.get(name))(_trainer(module, function, help_))
 
-    @config_command(app, "bon", BoNConfig)
+    @config_command(app, "bon", "alignkit.recipes.configs.bon:BoNConfig")
     def bon(cfg: BoNConfig):
         """Best-of-n sampling; prints the analytic KL log n − (n−1)/n and an estimate."""
         from alignkit.recipes.bon import run_bon

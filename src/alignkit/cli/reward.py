@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from alignkit.cli.options import config_command
-from alignkit.recipes.configs.reward import FeatureRewardConfig, RewardConfig
+
+if TYPE_CHECKING:
+    from alignkit.recipes.configs.reward import FeatureRewardConfig, RewardConfig
 
 reward_app = typer.Typer(
     help="Train reward models on preference feedback (Bradley–Terry) and evaluate them.",
@@ -27,7 +30,7 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-@config_command(reward_app, "train", RewardConfig)
+@config_command(reward_app, "train", "alignkit.recipes.configs.reward:RewardConfig")
 def train_cmd(cfg: RewardConfig) -> None:
     """Fit r̂ so that P(a ≻ b) = σ(r̂(a) − r̂(b)); keeps the best epoch in OUT."""
     from alignkit.recipes.reward import train_reward
@@ -68,7 +71,7 @@ def _print_table(table: dict[str, dict[str, float]]) -> None:
         typer.echo(name[:15].ljust(16) + "".join(f"{row[g]:13.3f}" for g in groups))
 
 
-@config_command(reward_app, "features", FeatureRewardConfig)
+@config_command(reward_app, "features", "alignkit.recipes.configs.reward:FeatureRewardConfig")
 def features_cmd(cfg: FeatureRewardConfig) -> None:
     """Reward model = frozen LM features + linear head; accuracy on prompts never seen (k-fold by prompt)."""
     from alignkit.recipes.feature_reward import train_feature_reward
