@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignkit.feedback.query import (
+from alignkit.humans.query import (
     BowRewardEnsemble,
     CurvePoint,
     active_learning_curve,

@@ -71,7 +71,9 @@ def linear_weights(model) -> list:
     forward runs them (``nn.Linear`` as ``(out, in)``, GPT-2's ``Conv1D`` as ``(in, out)``)."""
     from torch import nn
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from alignkit.models._hf_compat import base_model
+
+    base = base_model(model)
     out = []
     for name, m in base.named_modules():
         if "lora_" in name or name.endswith("lm_head"):

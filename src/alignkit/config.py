@@ -6,13 +6,22 @@ errors with a suggestion, types are checked and coerced from YAML/CLI strings.
 A recipe built from other recipes composes their configs: a field whose type is another
 recipe's dataclass (``LoopConfig.ppo: PPOConfig``) is set from a nested YAML mapping
 (``ppo: {kl_coef: 0.1}``) or a dotted key (``ppo.kl_coef=0.1``), checked like the top level.
+Options that several recipes share are written once, in blocks the configs inherit
+(:mod:`alignkit.recipes.configs.blocks`), so their keys stay top-level.
+
+:func:`field_docs` reads the field docstrings back: the command line's flags take their help
+from them (:mod:`alignkit.cli.options`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -123,3 +132,41 @@ def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+@functools.cache
+def _module_classes(path: str) -> dict[str, ast.ClassDef]:
+    """The top-level classes of a source file, parsed once (the CLI reads every config's docs
+    at start-up: one parse a file, not one ``inspect.getsource`` a class)."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+@functools.cache
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The docstrings of the fields written in ``cls``'s own body (the string after each)."""
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    node = _module_classes(path).get(cls.__name__) if path and "<" not in cls.__qualname__ else None
+    if node is None:  # a class defined inside a function, or with no source file to parse
+        try:
+            node = ast.parse(inspect.cleandoc(inspect.getsource(cls))).body[0]
+        except (OSError, TypeError, SyntaxError):
+            return {}
+    docs, body = {}, node.body
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name → its docstring, for every field of dataclass ``cls`` (a field inherited
+    from an option block, or redeclared without a docstring, takes the nearest one up the
+    class hierarchy; "" where none is written)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        out[f.name] = next((d[f.name] for c in cls.__mro__ if f.name in (d := _own_field_docs(c))), "")
+    return out
+

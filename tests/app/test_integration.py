@@ -3,9 +3,9 @@ API, the soft labels come back (the path `alignkit loop` takes with `annotator: 
 
 import pytest
 
-from alignkit.feedback.annotators import HumanAnnotator
 from alignkit.feedback.client import AnnotationClient
 from alignkit.feedback.store import FeedbackStore
+from alignkit.humans.annotators import HumanAnnotator
 
 
 @pytest.mark.timeout(120)

@@ -6,17 +6,15 @@ import pytest
 
 from alignkit.data.records import Comparison
 from alignkit.errors import AlignkitError, ConfigError
-from alignkit.feedback.annotators import (
+from alignkit.humans.annotators import (
     AnnotatorPopulation,
-    BiasedAnnotator,
-    BoltzmannAnnotator,
     HumanAnnotator,
     LMJudge,
     RewardModelJudge,
     agreement_rate,
     gold_agreement,
-    length_bias,
 )
+from alignkit.humans.human_models import BiasedAnnotator, BoltzmannAnnotator, length_bias
 
 
 def table_reward(table):

@@ -8,7 +8,7 @@ softmax logits (no LM) trained with alignkit's own loss functions and a plain op
 import pytest
 import torch
 
-from alignkit.losses.dpo import dpo_loss
+from alignkit.losses.dpo import PairLogps, dpo_loss
 from alignkit.losses.ppo import (
     a2c_policy_loss,
     gae,
@@ -59,7 +59,7 @@ def test_dpo_expected_bt_loss_converges_to_optimum(beta):
 
     def loss_fn():
         logp = torch.log_softmax(theta, -1)
-        return dpo_loss(logp[i], logp[j], ref[i], ref[j], beta, mu=mu)[0]
+        return dpo_loss(PairLogps(logp[i], logp[j], ref[i], ref[j]), beta, mu).losses.mean()
 
     _fit(loss_fn, theta)
     pi = torch.softmax(theta.detach(), -1)
@@ -80,7 +80,7 @@ def test_dpo_on_sampled_bt_preferences_converges_to_optimum():
 
     def loss_fn():
         logp = torch.log_softmax(theta, -1)
-        return dpo_loss(logp[w], logp[l], ref[w], ref[l], beta)[0]
+        return dpo_loss(PairLogps(logp[w], logp[l], ref[w], ref[l]), beta, torch.ones(n)).losses.mean()
 
     _fit(loss_fn, theta, steps=40)
     pi = torch.softmax(theta.detach(), -1)

@@ -68,18 +68,18 @@ def test_render_with_and_without_template(tiny_lm_dir, chat_tok):
 
 def test_dpo_tokenises_the_rendered_conversation(chat_tok, monkeypatch):
     """The DPO recipe tokenises template(prompt turns) and the bare replies (EOS appended)."""
-    import alignkit.models.pairs as pairs_mod
+    import alignkit.recipes.dpo as dpo_mod
     from alignkit.recipes.dpo import DPOConfig, train_dpo
 
     tok, d = chat_tok
     seen = {}
-    original = pairs_mod.tokenize_pair
+    original = dpo_mod.tokenize_pair
 
     def spy(tokenizer, prompt, chosen, rejected, max_length):
         seen.update(prompt=prompt, chosen=chosen, rejected=rejected)
         return original(tokenizer, prompt, chosen, rejected, max_length)
 
-    monkeypatch.setattr(pairs_mod, "tokenize_pair", spy)  # the recipe imports it at call time
+    monkeypatch.setattr(dpo_mod, "tokenize_pair", spy)
     cfg = DPOConfig(policy=str(d), out="", max_steps=1, batch_size=1, save_model=False,
                     save_checkpoints=False, tensorboard=False, device="cpu")
     train_dpo(cfg, records=[Comparison(HH, " No.", " Here is how.", 1.0)])

@@ -264,10 +264,10 @@ def test_bpref_teachers_on_segments():
 
 
 def test_segment_annotators_satisfy_the_annotator_protocol():
-    """``feedback.annotators.Annotator`` asks for ``name``, ``compare`` and ``label``; the
+    """``humans.annotators.Annotator`` asks for ``name``, ``compare`` and ``label``; the
     segment annotators have all three (the items are segments, the records TrajectoryPairs),
     so library code written against the protocol — here ``AnnotatorPopulation`` — takes them."""
-    from alignkit.feedback.annotators import Annotator, AnnotatorPopulation
+    from alignkit.humans.annotators import Annotator, AnnotatorPopulation
 
     a, b = seg([[0.0]] * 2, [1.0, 1.0]), seg([[0.0]] * 2, [0.0, 0.0])
     mdp = chain_mdp(3)

@@ -76,7 +76,7 @@ def test_regret_likelihood_gradient_matches_finite_differences():
     # pairs from one scenario: regret differences are return differences (V* cancels)
     same = np.flatnonzero(pool.scenario == 0)[:2]
     f1 = driving.regret_log_lik_fn(phi, pool.scenario, same[:1], same[1:], np.ones(1), beta=1.0)
-    from alignkit.feedback.posterior import bt_log_likelihood
+    from alignkit.humans.posterior import bt_log_likelihood
 
     d = phi[same[:1]] - phi[same[1:]]
     assert f1(th)[0] == pytest.approx(bt_log_likelihood(th, d, np.ones(1)))
@@ -97,7 +97,7 @@ def test_rollout_is_deterministic_given_scenario_and_params():
 
 
 def test_many_well_specified_labels_on_the_pool_recover_theta_star():
-    from alignkit.feedback.posterior import cosine
+    from alignkit.humans.posterior import cosine
     from alignkit.recipes.humans import HumansConfig, Setting, fit_learner, make_annotator
 
     st = Setting(driving.load_pool())

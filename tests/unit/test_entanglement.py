@@ -17,7 +17,12 @@ from alignkit.diagnostics.entanglement import (
     predicted_changes,
     probe_metrics,
 )
-from alignkit.losses.dpo import dpo_loss, normalized_gradient_dpo_loss, per_example_grad_norms
+from alignkit.losses.dpo import (
+    PairLogps,
+    dpo_loss,
+    normalized_gradient_dpo_loss,
+    per_example_grad_norms,
+)
 
 
 # --- softmax bandit: log π(y) = θ_y − logsumexp θ, so ∇_θ log π(y) = e_y − π ----------------
@@ -56,7 +61,8 @@ def test_bandit_first_order_prediction_matches_one_sgd_step():
         closed = gradient_stats((e[w[b]] - pi)[None], (e[l[b]] - pi)[None])
         assert torch.allclose(stats.inner.float(), closed.inner, atol=1e-6)
         assert torch.allclose(stats.sq_chosen.float(), closed.sq_chosen, atol=1e-6)
-        loss, _ = dpo_loss(logp[w[b : b + 1]], logp[l[b : b + 1]], ref[w[b : b + 1]], ref[l[b : b + 1]], beta)
+        pair = PairLogps(logp[w[b : b + 1]], logp[l[b : b + 1]], ref[w[b : b + 1]], ref[l[b : b + 1]])
+        loss = dpo_loss(pair, beta, torch.ones(1)).losses.mean()
         loss.backward()
         h = beta * ((logp[w[b]] - ref[w[b]]) - (logp[l[b]] - ref[l[b]])).detach()
         c = eta * beta * torch.sigmoid(-h)
@@ -112,7 +118,7 @@ def test_bigram_case2_by_hand_and_one_dpo_step_lowers_both():
 
     # one plain DPO step (SGD, policy = reference at the start): both log-probs fall
     ref_w, ref_l = lw.detach(), ll.detach()
-    loss, _ = dpo_loss(lw[None], ll[None], ref_w[None], ref_l[None], beta=1.0)
+    loss = dpo_loss(PairLogps(lw[None], ll[None], ref_w[None], ref_l[None]), 1.0, torch.ones(1)).losses.mean()
     loss.backward()
     with torch.no_grad():
         new = theta - 0.1 * theta.grad
@@ -124,7 +130,8 @@ def test_bigram_case2_by_hand_and_one_dpo_step_lowers_both():
     theta.grad = None
     lw, ll = bigram_logp(theta, CHOSEN), bigram_logp(theta, REJECTED)
     norms = per_example_grad_norms(torch.stack([lw, ll]), [theta])
-    loss, _ = normalized_gradient_dpo_loss(lw[None], ll[None], ref_w[None], ref_l[None], 1.0, norms[:1], norms[1:])
+    loss = normalized_gradient_dpo_loss(PairLogps(lw[None], ll[None], ref_w[None], ref_l[None]), 1.0, torch.ones(1),
+                                        norms[:1], norms[1:]).losses.mean()
     loss.backward()
     with torch.no_grad():
         new = theta - 0.1 * theta.grad
@@ -175,7 +182,7 @@ def test_probe_metrics_on_the_bigram_pair():
     assert m0["diag/entangle/case2"] == 1.0 and m0["diag/entangle/case1"] == 0.0
     assert m0["diag/entangle/logp_chosen"] == pytest.approx(5 * math.log(1 / 3))
     assert "diag/entangle/measured_case2" not in m0
-    loss, _ = dpo_loss(lw, ll, lw.detach(), ll.detach(), beta=1.0)
+    loss = dpo_loss(PairLogps(lw, ll, lw.detach(), ll.detach()), 1.0, torch.ones_like(lw)).losses.mean()
     loss.backward()
     with torch.no_grad():
         theta -= 0.1 * theta.grad

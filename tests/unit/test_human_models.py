@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from alignkit.errors import ConfigError
-from alignkit.feedback.annotators import AnnotatorPopulation
-from alignkit.feedback.human_models import (
+from alignkit.humans.annotators import AnnotatorPopulation, linear_population
+from alignkit.humans.human_models import (
     BoltzmannAnnotator,
     BPrefTeacher,
     MyopicAnnotator,
@@ -17,7 +17,6 @@ from alignkit.feedback.human_models import (
     bpref_outcome,
     deterministic_regret,
     draw_label,
-    linear_population,
     linear_utility,
     linear_utility_fn,
     mixture_probability,

@@ -6,7 +6,7 @@ import pytest
 from scipy.optimize import minimize
 
 from alignkit.errors import ConfigError
-from alignkit.feedback.posterior import (
+from alignkit.humans.posterior import (
     bt_log_lik_fn,
     bt_log_likelihood,
     cosine,
@@ -14,7 +14,7 @@ from alignkit.feedback.posterior import (
     fit_map,
     log_posterior,
 )
-from alignkit.feedback.query import (
+from alignkit.humans.query import (
     binary_entropy,
     information_gain,
     linear_pair_probs,

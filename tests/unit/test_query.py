@@ -7,8 +7,8 @@ import pytest
 
 from alignkit.data.records import Comparison
 from alignkit.errors import ConfigError
-from alignkit.feedback.annotators import BoltzmannAnnotator
-from alignkit.feedback.query import (
+from alignkit.humans.human_models import BoltzmannAnnotator
+from alignkit.humans.query import (
     BowRewardEnsemble,
     CurvePoint,
     active_learning_curve,
@@ -94,7 +94,7 @@ def test_labels_to_reach():
 def test_info_gain_avoids_pairs_the_ensemble_agrees_on_however_far_apart():
     """Score-difference disagreement grows with |Δ| even when every member agrees on the sign;
     information gain does not: members (Δ = 10, 14) vs (Δ = 0.5, −0.5)."""
-    from alignkit.feedback.query import ensemble_pair_probs, information_gain
+    from alignkit.humans.query import ensemble_pair_probs, information_gain
 
     sa = np.array([[10.0, 0.5], [14.0, -0.5]])
     sb = np.zeros((2, 2))

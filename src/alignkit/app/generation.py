@@ -146,18 +146,15 @@ def stream_tokens(
     pass) and returns the first token; each later call is one forward pass of the last
     token against the KV cache. Stops after an EOS token (which is yielded) or
     ``max_new_tokens``. Call it under ``torch.inference_mode()``."""
-    import inspect
-
     import torch
 
+    from alignkit.models._hf_compat import accepts, cache_kw
+
     device = next(model.parameters()).device
-    # transformers ≥ 5.2x calls the forward's cache argument (and output) ``cache``
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    kw = "cache" if "cache" in params else "past_key_values"
+    kw = cache_kw(model)  # the forward's cache argument, and the output's attribute
     # the prompt's logits only for its last token: a 8k-token prompt of a 49k vocabulary
     # would otherwise take 1.6 GB of logits
-    last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    last = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
     n = len(prompt_ids)
     mask = torch.ones((1, n + max_new_tokens), dtype=torch.long, device=device)
     out = model(input_ids=torch.tensor([prompt_ids], device=device), attention_mask=mask[:, :n], use_cache=True,

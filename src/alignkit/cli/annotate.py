@@ -20,11 +20,9 @@ from pathlib import Path
 
 import typer
 
+from alignkit.cli.common import Db, Host, LoginName, Port, Project, SecureCookies
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.errors import InvalidRequest, ProjectNotFound, UnknownFormat
-
-DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db URL."
-PROJECT_HELP = "Project name (items, settings and labels are kept per project)."
 
 
 def _store(db: str, *, existing: bool = False):
@@ -136,13 +134,11 @@ def register(app: typer.Typer) -> None:
 
     @group.command("serve")
     def serve(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
-        host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
-        port: int = typer.Option(8000, help="TCP port."),
-        secure_cookies: bool = typer.Option(
-            False, "--secure-cookies", help="Mark cookies Secure (when served behind HTTPS)."
-        ),
+        db: Db,
+        project: Project = "default",
+        host: Host = "127.0.0.1",
+        port: Port = 8000,
+        secure_cookies: SecureCookies = False,
         trusted_proxy: list[str] = typer.Option(
             [],
             "--trusted-proxy",
@@ -186,8 +182,9 @@ def register(app: typer.Typer) -> None:
     @group.command("import")
     def import_(
         file: Path = typer.Argument(..., help="JSONL/Parquet/HF dataset of items or records."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        *,
+        db: Db,
+        project: Project = "default",
         gold: bool = typer.Option(
             False, "--gold", help="The records' labels are known answers: import as gold items."
         ),
@@ -222,8 +219,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("project")
     def project_(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        db: Db,
+        project: Project = "default",
         guidelines: Path | None = typer.Option(
             None, help="Text file shown in the guidelines panel."
         ),
@@ -255,8 +252,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("add-user")
     def add_user(
-        name: str = typer.Argument(..., help="Login name."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
+        name: LoginName,
+        db: Db,
         role: str = typer.Option("annotator", help="annotator or admin."),
         group_: str | None = typer.Option(
             None, "--group", help="The annotator's group (e.g. country) for per-group rates."
@@ -289,47 +286,31 @@ def register(app: typer.Typer) -> None:
     group.add_typer(user, name="user")
 
     @user.command("deactivate")
-    def user_deactivate(
-        name: str = typer.Argument(..., help="Login name."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-    ):
+    def user_deactivate(name: LoginName, db: Db):
         """Stop an account at once: its token, password and sessions no longer work."""
         _store(db, existing=True).set_active(name, False)
         typer.echo(f"deactivated {name!r}; its sessions are ended")
 
     @user.command("activate")
-    def user_activate(
-        name: str = typer.Argument(..., help="Login name."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-    ):
+    def user_activate(name: LoginName, db: Db):
         """Let a deactivated account log in again (with its current secrets)."""
         _store(db, existing=True).set_active(name, True)
         typer.echo(f"activated {name!r}")
 
     @user.command("rotate-token")
-    def user_rotate_token(
-        name: str = typer.Argument(..., help="Login name."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-    ):
+    def user_rotate_token(name: LoginName, db: Db):
         """Replace an account's API token (the old one stops working; sessions end)."""
         tok = _store(db, existing=True).rotate_token(name)
         typer.echo(f"new token for {name!r} (shown only once):\ntoken:    {tok}")
 
     @user.command("reset-password")
-    def user_reset_password(
-        name: str = typer.Argument(..., help="Login name."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-    ):
+    def user_reset_password(name: LoginName, db: Db):
         """Replace an account's password (the old one stops working; sessions end)."""
         pw = _store(db, existing=True).reset_password(name)
         typer.echo(f"new password for {name!r} (shown only once):\npassword: {pw}")
 
     @user.command("add-to-project")
-    def user_add_to_project(
-        name: str = typer.Argument(..., help="Login name."),
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
-    ):
+    def user_add_to_project(name: LoginName, db: Db, project: Project = "default"):
         """Let an annotator work on another project."""
         with _flags(db):
             _store(db, existing=True).add_to_project(name, project)
@@ -337,8 +318,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("stats")
     def stats(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        db: Db,
+        project: Project = "default",
         as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
     ):
         """Agreement (Cohen's κ, Fleiss' κ, Krippendorff's α), gold accuracy, group rates."""
@@ -378,8 +359,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("export")
     def export(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        db: Db,
+        project: Project = "default",
         format: str = typer.Option(
             "trl",
             "--format",

@@ -19,11 +19,18 @@ from pathlib import Path
 
 import typer
 
-from alignkit.cli.common import CONFIG_HELP, SET_HELP
+from alignkit.cli.common import (
+    CONFIG_HELP,
+    DB_HELP,
+    SET_HELP,
+    Db,
+    Host,
+    Port,
+    Project,
+    SecureCookies,
+)
 from alignkit.errors import AlignkitError
 
-DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db URL."
-PROJECT_HELP = "Project name (the same projects, accounts and store as `alignkit annotate`)."
 MODEL_HELP = (
     "A model to chat with: PATH or PATH:NAME (a save_pretrained directory, smollm2, a *.gguf); "
     "repeat for several (the arena needs two)."
@@ -56,14 +63,12 @@ def register(app: typer.Typer) -> None:
 
     @group.command("serve")
     def serve(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        db: Db,
+        project: Project = "default",
         model: list[str] = typer.Option(..., "--model", help=MODEL_HELP),
-        host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
-        port: int = typer.Option(8000, help="TCP port."),
-        secure_cookies: bool = typer.Option(
-            False, "--secure-cookies", help="Mark cookies Secure (when served behind HTTPS)."
-        ),
+        host: Host = "127.0.0.1",
+        port: Port = 8000,
+        secure_cookies: SecureCookies = False,
         max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Longest answer in tokens."),
         temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (0: greedy)."),
         config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
@@ -108,8 +113,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("leaderboard")
     def leaderboard_(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        db: Db,
+        project: Project = "default",
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -150,8 +155,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("export")
     def export(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        db: Db,
+        project: Project = "default",
         format: str = typer.Option("trl", "--format", help="trl, comparisons, ratings, corrections, sft or raw."),
         out: Path = typer.Option(..., "--out", help="Output JSONL file."),
     ):
@@ -166,10 +171,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {n} rows ({format}) to {out}")
 
     @group.command("stats")
-    def stats(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
-    ):
+    def stats(db: Db, project: Project = "default"):
         """Signals per kind and model, "both bad" counted, agreement on reviewed pairs (JSON)."""
         from alignkit.feedback.exports import json_safe
 
@@ -178,10 +180,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(json_safe(s), indent=2))
 
     @group.command("review")
-    def review(
-        db: str = typer.Option(..., "--db", help=DB_HELP),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
-    ):
+    def review(db: Db, project: Project = "default"):
         """Queue the chat's comparisons as pairwise items of the project, for other annotators."""
         with _flags(db):
             r = _chat_store(db).queue_for_review(project)
@@ -191,7 +190,7 @@ def register(app: typer.Typer) -> None:
     def revise_(
         out: Path = typer.Option(..., "--out", help="TRL conversational rows: revision ≻ original."),
         db: str | None = typer.Option(None, "--db", help=DB_HELP + " Its comments are revised."),
-        project: str = typer.Option("default", "--project", help=PROJECT_HELP),
+        project: Project = "default",
         data: Path | None = typer.Option(None, "--data", help="Or: a record file whose comments are revised."),
         reviser: str = typer.Option("smollm2", "--reviser", help="The model that revises (a path, smollm2)."),
         sft_out: Path | None = typer.Option(None, "--sft-out", help="Also write the revisions as SFT rows."),

@@ -1,5 +1,6 @@
 """What every command module shares: building a recipe's config from ``--config FILE``,
-``--set key=value`` and the command's own options (in that order; explicit options win).
+``--set key=value`` and the command's own options (in that order; explicit options win), and
+the options several commands take (``--db``, ``--project``), declared once.
 
 Nested configs take dotted keys: ``--set ppo.kl_coef=0.1`` (see :mod:`alignkit.config`).
 """
@@ -7,12 +8,29 @@ Nested configs take dotted keys: ``--set ppo.kl_coef=0.1`` (see :mod:`alignkit.c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from alignkit.errors import ConfigError
 
 CONFIG_HELP = "YAML file of config keys (explicit options override it)."
 SET_HELP = "Override any config key, e.g. --set lr=1e-5 or --set ppo.kl_coef=0.1 (repeatable)."
+DB_HELP = "SQLite file path (created if missing) or postgresql://user:pw@host/db URL."
+PROJECT_HELP = ("Project name (items, settings and labels are kept per project; `alignkit annotate` and "
+                "`alignkit chat` share the projects, accounts and store).")
+
+# the feedback-store options of `alignkit annotate` and `alignkit chat`, declared once
+Db = Annotated[str, typer.Option("--db", help=DB_HELP)]
+"""``--db URL`` (required)."""
+Project = Annotated[str, typer.Option("--project", help=PROJECT_HELP)]
+"""``--project NAME``; give it a default in the signature: ``project: Project = "default"``."""
+LoginName = Annotated[str, typer.Argument(help="Login name.")]
+"""An account's login name (positional)."""
+# and of their web servers (`annotate serve`, `chat serve`)
+Host = Annotated[str, typer.Option("--host", help="Interface to listen on (loopback by default).")]
+Port = Annotated[int, typer.Option("--port", help="TCP port.")]
+SecureCookies = Annotated[bool, typer.Option("--secure-cookies", help="Mark cookies Secure (when served behind HTTPS).")]
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:

@@ -4,14 +4,19 @@ to end, with a report)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from alignkit.cli.common import SET_HELP, build_config
+from alignkit.cli.options import config_command
+
+if TYPE_CHECKING:
+    from alignkit.recipes.configs.loop import LoopConfig
 
 
 def register(app: typer.Typer) -> None:
-    app.command("loop")(loop_cmd)
+    config_command(app, "loop", "alignkit.recipes.configs.loop:LoopConfig")(loop_cmd)
     app.command("demo")(demo_cmd)
 
 
@@ -28,10 +33,7 @@ def _quiet() -> None:
 
 
 def loop_cmd(
-    config: Path | None = typer.Option(None, "--config", help="YAML file of LoopConfig keys."),
-    out: Path | None = typer.Option(None, "--out", help="Output directory (overrides the config)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue after the last finished round."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    cfg: LoopConfig,
     seeds: str | None = typer.Option(None, "--seeds", help="Run once per seed (e.g. 0,1,2), into OUT/seed_S."),
     ray: bool = typer.Option(False, "--ray", help="With --seeds: run the seeds as tasks on a local Ray."),
     ray_address: str | None = typer.Option(None, "--ray-address",
@@ -39,10 +41,9 @@ def loop_cmd(
 ) -> None:
     """Rounds of: sample pairs → collect feedback → fit the reward model → optimise → evaluate."""
     from alignkit.errors import ConfigError
-    from alignkit.recipes.loop import LoopConfig, run_loop, run_loop_seeds
+    from alignkit.recipes.loop import run_loop, run_loop_seeds
 
     _quiet()
-    cfg = build_config(LoopConfig, config, overrides, out=str(out) if out else None, resume=resume or None)
     if seeds is None:
         return _print_loop(cfg, run_loop(cfg, say=_say))
     try:

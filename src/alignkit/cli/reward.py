@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from alignkit.cli.common import SET_HELP, build_config
+from alignkit.cli.options import config_command
+
+if TYPE_CHECKING:
+    from alignkit.recipes.configs.reward import FeatureRewardConfig, RewardConfig
 
 reward_app = typer.Typer(
     help="Train reward models on preference feedback (Bradley–Terry) and evaluate them.",
@@ -26,54 +30,12 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-@reward_app.command("train")
-def train_cmd(
-    model: str | None = typer.Option(
-        None, "--model", help="Backbone directory (save_pretrained), or 'minilm' for all-MiniLM-L6-v2."
-    ),
-    data: Path | None = typer.Option(None, "--data", help="Feedback file (any format alignkit.data reads)."),
-    out: Path | None = typer.Option(None, "--out", help="Output directory for the reward model."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of RewardConfig keys."),
-    epochs: int | None = typer.Option(None, "--epochs"),
-    lr: float | None = typer.Option(None, "--lr"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    max_length: int | None = typer.Option(None, "--max-length"),
-    eval_fraction: float | None = typer.Option(None, "--eval-fraction"),
-    seed: int | None = typer.Option(None, "--seed"),
-    ensemble: int | None = typer.Option(None, "--ensemble", help="Number of ensemble members."),
-    lora: bool | None = typer.Option(None, "--lora/--no-lora", help="Train LoRA adapters + head."),
-    per_group: bool | None = typer.Option(
-        None, "--per-group/--no-per-group", help="One model per annotator group + disagreement table."
-    ),
-    ratings_to_pairs: bool | None = typer.Option(
-        None, "--ratings-to-pairs/--no-ratings-to-pairs", help="Pair ratings within a prompt."
-    ),
-    resume: bool | None = typer.Option(None, "--resume/--no-resume", help="Continue from OUT/checkpoint.pt."),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-) -> None:
+@config_command(reward_app, "train", "alignkit.recipes.configs.reward:RewardConfig")
+def train_cmd(cfg: RewardConfig) -> None:
     """Fit r̂ so that P(a ≻ b) = σ(r̂(a) − r̂(b)); keeps the best epoch in OUT."""
-    from alignkit.recipes.reward import RewardConfig, train_reward
+    from alignkit.recipes.reward import train_reward
 
     _quiet_transformers()
-    cfg = build_config(
-        RewardConfig,
-        config,
-        overrides,
-        model=model,
-        data=str(data) if data is not None else None,
-        out=str(out) if out is not None else None,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        eval_fraction=eval_fraction,
-        seed=seed,
-        ensemble=ensemble,
-        lora=lora,
-        per_group=per_group,
-        ratings_to_pairs=ratings_to_pairs,
-        resume=resume,
-    )
     result = train_reward(cfg)
     m = result.metrics
     typer.echo(f"reward model saved to {result.out_dir}")
@@ -109,24 +71,16 @@ def _print_table(table: dict[str, dict[str, float]]) -> None:
         typer.echo(name[:15].ljust(16) + "".join(f"{row[g]:13.3f}" for g in groups))
 
 
-@reward_app.command("features")
-def features_cmd(
-    model: str = typer.Option("smollm2", "--model", help="Frozen backbone: smollm2, a *.gguf or a causal-LM directory."),
-    data: Path = typer.Option(..., "--data", help="Comparisons to fit (and cross-validate) on."),
-    out: Path = typer.Option(Path("runs/feature_rm"), "--out", help="Output directory."),
-    l2: float = typer.Option(1.0, "--l2", help="L2 weight on the standardised linear head."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds by prompt (0 = none)."),
-    seed: int = typer.Option(0, "--seed"),
-) -> None:
+@config_command(reward_app, "features", "alignkit.recipes.configs.reward:FeatureRewardConfig")
+def features_cmd(cfg: FeatureRewardConfig) -> None:
     """Reward model = frozen LM features + linear head; accuracy on prompts never seen (k-fold by prompt)."""
-    from alignkit.recipes.feature_reward import FeatureRewardConfig, train_feature_reward
+    from alignkit.recipes.feature_reward import train_feature_reward
 
     _quiet_transformers()
-    m = train_feature_reward(FeatureRewardConfig(model=model, data=str(data), out=str(out), l2=l2, folds=folds,
-                                                 seed=seed))
-    typer.echo(f"reward model saved to {out}")
+    m = train_feature_reward(cfg)
+    typer.echo(f"reward model saved to {cfg.out}")
     if "cv/accuracy" in m:
-        typer.echo(f"{folds}-fold by prompt ({m['pairs']} pairs): accuracy {m['cv/accuracy']:.3f} "
+        typer.echo(f"{cfg.folds}-fold by prompt ({m['pairs']} pairs): accuracy {m['cv/accuracy']:.3f} "
                    f"± {m['cv/accuracy_se']:.3f}, log-loss {m['cv/log_loss']:.3f}, ECE {m['cv/ece']:.3f}; "
                    f"baselines: longer response wins {m['baseline/longer_wins_accuracy']:.3f}, "
                    f"shorter response wins {m['baseline/shorter_wins_accuracy']:.3f}")

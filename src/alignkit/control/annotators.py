@@ -1,6 +1,6 @@
 """Synthetic annotators on trajectory segments.
 
-The choice math lives once in :mod:`alignkit.feedback.human_models`; this module only says
+The choice math lives once in :mod:`alignkit.humans.human_models`; this module only says
 what each simulated person *values* in a segment and builds a
 :class:`~alignkit.data.TrajectoryPair` for the answer. Each annotator follows the
 library's ``Annotator`` protocol: ``label([(context, σ_a, σ_b), …]) -> records`` and
@@ -26,7 +26,7 @@ import numpy as np
 
 from alignkit.control.segments import Segment
 from alignkit.data.records import TrajectoryPair
-from alignkit.feedback.human_models import (
+from alignkit.humans.human_models import (
     BoltzmannAnnotator,
     BPrefTeacher,
     MyopicAnnotator,

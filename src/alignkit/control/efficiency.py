@@ -7,7 +7,7 @@
 | temporal cropping of labelled (and pseudo-labelled) pairs | SURF §4.2 | :func:`crop_starts`, :func:`crop` | ``crop`` |
 | segments anywhere in the recent steps (overlapping, never across an episode end) | PEBBLE / B-Pref sampling | :func:`random_segment_starts` | (the sb3 engine) |
 
-Information-gain queries live with the other query strategies in :mod:`alignkit.feedback.query`;
+Information-gain queries live with the other query strategies in :mod:`alignkit.humans.query`;
 relabelling is a matter of *when* a batch's reward is computed, so it lives in the loop
 (``recipes/control.py``, ``relabel``).
 """

@@ -1,6 +1,6 @@
 """People compare clips: segment pairs go to the feedback store as ``video_pair`` items.
 
-:class:`VideoPairClient` is the client :class:`~alignkit.feedback.annotators.HumanAnnotator`
+:class:`VideoPairClient` is the client :class:`~alignkit.humans.annotators.HumanAnnotator`
 polls: ``submit_pairs`` encodes each segment's frames as a WebM clip and imports the pair
 with :func:`alignkit.feedback.media.import_video_pairs` (stable ids, so a resumed run finds
 the items and labels it already has); ``fetch_labels`` reads the labels back with
@@ -62,7 +62,7 @@ class HumanSegmentAnnotator:
 
     def __init__(self, client: Any, *, project: str = "control", poll_s: float = 5.0,
                  timeout_s: float = 24 * 3600.0, name: str = "human", sleep: Any = None):
-        from alignkit.feedback.annotators import HumanAnnotator
+        from alignkit.humans.annotators import HumanAnnotator
 
         kw = {"sleep": sleep} if sleep is not None else {}
         self.inner = HumanAnnotator(client, project=project, poll_s=poll_s, timeout_s=timeout_s, name=name, **kw)

@@ -47,6 +47,8 @@ from collections.abc import Callable
 
 import torch
 
+from alignkit.models._hf_compat import base_model
+
 __all__ = ["FLOAT32_ATTENTION_ON_CPU", "PREFETCH_MAX_BYTES", "lean_step"]
 
 PREFETCH_MAX_BYTES = 8 << 20
@@ -90,7 +92,7 @@ def lean_step(model, cache, *, reference_rows: bool = False, prefetch: bool = Fa
     """
     if not getattr(cache, "alignkit_preallocated", False):
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if base.training or model.training:
         return None
     impl = getattr(base.config, "_attn_implementation", None)

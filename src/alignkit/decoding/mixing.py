@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from alignkit.decoding.sampler import _cache_kw, decode, draw
+from alignkit.decoding.sampler import decode, draw
 from alignkit.errors import ConfigError
+from alignkit.models._hf_compat import cache_kw
 from alignkit.models.logprobs import position_ids_from_mask
 
 
@@ -150,7 +151,7 @@ class _CachedLM:
         self.model = model
         self.vocab = vocab
         self.cache = None
-        self.cache_kw = _cache_kw(model)
+        self.cache_kw = cache_kw(model)
 
     @torch.no_grad()
     def next_logps(

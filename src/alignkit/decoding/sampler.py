@@ -82,8 +82,7 @@ import torch
 
 from alignkit.decoding.lean_step import lean_step
 from alignkit.models import packing
-from alignkit.models._hf_compat import accepts as _accepts
-from alignkit.models._hf_compat import cache_kw as _cache_kw
+from alignkit.models._hf_compat import accepts, cache_kw
 
 __all__ = ["BACKENDS", "CAPACITY_BUCKET", "DecodeOptions", "Decoded", "PreallocatedCache", "batch_bucket",
            "decode", "draw", "hf_warp", "make_cache"]
@@ -434,8 +433,8 @@ class _Cached:
         logits, hidden, ref = [], None, None
         for i, (m, cache) in enumerate(zip(self.models, self.caches, strict=True)):
             want_h = self.opts.return_hidden and i == 0
-            kwargs = {"logits_to_keep": 1} if _accepts(m, "logits_to_keep") else {}
-            kwargs[_cache_kw(m)] = cache
+            kwargs = {"logits_to_keep": 1} if accepts(m, "logits_to_keep") else {}
+            kwargs[cache_kw(m)] = cache
             ids0, am0, pos0 = self.ids[first], self.mask[first, : self.P], self.pos[first]
             u = ids0.shape[0]
             if self.paired:
@@ -549,10 +548,10 @@ class _Static:
         logits, hidden = [], None
         for i, (m, cache) in enumerate(zip(self.models, self.caches, strict=True)):
             want_h = self.opts.return_hidden and i == 0
-            kwargs = {"logits_to_keep": 1} if _accepts(m, "logits_to_keep") else {}
+            kwargs = {"logits_to_keep": 1} if accepts(m, "logits_to_keep") else {}
             with _AutocastProbe(m) as probe:
                 out = m(input_ids=self.ids, attention_mask=self.mask[:, : self.P], position_ids=self.pos,
-                        use_cache=True, output_hidden_states=want_h, **kwargs, **{_cache_kw(m): cache})
+                        use_cache=True, output_hidden_states=want_h, **kwargs, **{cache_kw(m): cache})
             if i == 0:
                 self.autocast = probe.dtype
             logits.append(_finish(out.logits[: self.B, -1], self.opts.vocab))
@@ -703,15 +702,11 @@ def make_cache(model, capacity: int, *, static: bool = False):
     """A fresh KV cache for ``model``: preallocated when every layer is plain full
     attention, transformers' ``StaticCache`` when ``static`` (fixed shapes, for CUDA graphs),
     else the model's own ``DynamicCache`` (sliding-window or recurrent layers)."""
-    from transformers.cache_utils import DynamicCache, StaticCache
+    from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 
     config = model.config
     if static:
         return StaticCache(config=config, max_cache_len=capacity)
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # transformers 4.x: no per-layer caches, use the growing one
-        return DynamicCache()
     probe = DynamicCache(config=config)
     if probe.layers and all(type(layer) is DynamicLayer for layer in probe.layers):
         return PreallocatedCache.build(len(probe.layers), capacity)
@@ -896,7 +891,7 @@ def _step_fn(model, compile_backend: str | Callable | None = None):
     ``mode="reduce-overhead"``, CUDA graphs on CUDA), one compiled function per model and
     backend, kept on the model."""
 
-    kw = _cache_kw(model)
+    kw = cache_kw(model)
 
     def step(ids, mask, pos, cache, want_hidden):
         return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,

@@ -55,6 +55,7 @@ import torch
 from alignkit.decoding.lean_step import _is_lora
 from alignkit.decoding.sampling import Generation, encode_prompts
 from alignkit.errors import ConfigError
+from alignkit.models._hf_compat import base_model
 
 __all__ = ["VLLMSampler", "merged_state_dict", "merged_weights"]
 
@@ -70,7 +71,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
 def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     """:func:`merged_state_dict`'s items, each merged weight computed when it is asked for
     (a consumer that copies each away holds one merged layer at a time)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     lora = [(name, module) for name, module in base.named_modules() if _is_lora(module)]
     adapted = tuple(f"{name}." for name, _ in lora)
     for name, module in lora:

@@ -413,12 +413,7 @@ class ChatStore:
         same transaction when the signal is new."""
         try:
             with self.db.write() as conn:
-                prior = conn.execute(
-                    select(chat_signals.c.id, chat_signals.c.answer).where(
-                        chat_signals.c.user_id == user.id, chat_signals.c.kind == kind,
-                        chat_signals.c.key == key,
-                    )
-                ).first()
+                prior = self._prior_signal(conn, user, kind, key)
                 if prior is None:
                     sid = conn.execute(
                         insert(chat_signals).values(
@@ -432,15 +427,19 @@ class ChatStore:
                     return VoteResult(sid, duplicate=False)
         except IntegrityError:  # a concurrent submit of the same signal won the race
             with self.db.read() as conn:
-                prior = conn.execute(
-                    select(chat_signals.c.id, chat_signals.c.answer).where(
-                        chat_signals.c.user_id == user.id, chat_signals.c.kind == kind,
-                        chat_signals.c.key == key,
-                    )
-                ).first()
+                prior = self._prior_signal(conn, user, kind, key)
         if prior.answer != answer:
             raise Conflict(f"this {kind} was already answered differently")
         return VoteResult(prior.id, duplicate=True)
+
+    @staticmethod
+    def _prior_signal(conn: Connection, user: User, kind: str, key: str):
+        """The user's earlier signal of this kind and key (its id and answer), or None."""
+        return conn.execute(
+            select(chat_signals.c.id, chat_signals.c.answer).where(
+                chat_signals.c.user_id == user.id, chat_signals.c.kind == kind, chat_signals.c.key == key,
+            )
+        ).first()
 
     def _judgeable(self, conv: Conversation, message_id: int) -> Message:
         m = conv.messages.get(message_id)

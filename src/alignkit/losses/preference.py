@@ -24,6 +24,8 @@ __all__ = [
     "bradley_terry_loss",
     "bradley_terry_robust_loss",
     "plackett_luce_loss",
+    "plackett_luce_nll",
+    "top1_correct",
     "RankingRows",
     "ranking_rows",
     "ranking_to_comparisons",
@@ -105,26 +107,40 @@ def plackett_luce_loss(
     Metrics: ``loss/pl``, ``reward/top1_accuracy`` (the ranked-first item has the
     highest reward among the real items; weighted like the loss).
     """
+    if weights is None:
+        weights = torch.ones(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    weights = weights.to(rewards.dtype)
+    loss = (weights * plackett_luce_nll(rewards, order, mask)).sum() / weights.sum()
+    with torch.no_grad():
+        correct = top1_correct(rewards, order, mask).to(rewards.dtype)
+        metrics = {
+            "loss/pl": loss.detach(),
+            "reward/top1_accuracy": (weights * correct).sum() / weights.sum(),
+        }
+    return loss, metrics
+
+
+def _ranked(rewards: torch.Tensor, order: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards in ranked order, padding replaced by a very negative (finite, so gradients stay
+    finite) reward that removes it from the sums; and the mask (all True by default)."""
     ranked = rewards.gather(1, order)
     if mask is None:
         mask = torch.ones_like(ranked, dtype=torch.bool)
-    if weights is None:
-        weights = torch.ones(ranked.shape[0], dtype=ranked.dtype, device=ranked.device)
-    # a very negative (finite, so gradients stay finite) reward removes padding from the sums
-    fill = torch.finfo(ranked.dtype).min / 4
-    ranked_filled = ranked.masked_fill(~mask, fill)
+    return ranked.masked_fill(~mask, torch.finfo(ranked.dtype).min / 4), mask
+
+
+def plackett_luce_nll(rewards: torch.Tensor, order: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The Plackett–Luce NLL of each ranking, Σ_j [ logsumexp_{l≥j} r_{o_l} − r_{o_j} ];
+    shapes as :func:`plackett_luce_loss`, returns ``(B,)``."""
+    ranked, mask = _ranked(rewards, order, mask)
     # logsumexp over the items still in play at each stage j (positions j..K)
-    tail_lse = torch.logcumsumexp(ranked_filled.flip(1), dim=1).flip(1)
-    stage_nll = (tail_lse - ranked_filled) * mask
-    weights = weights.to(ranked.dtype)
-    loss = (weights * stage_nll.sum(1)).sum() / weights.sum()
-    with torch.no_grad():
-        best = ranked_filled.argmax(1)
-        metrics = {
-            "loss/pl": loss.detach(),
-            "reward/top1_accuracy": (weights * (best == 0).to(rewards.dtype)).sum() / weights.sum(),
-        }
-    return loss, metrics
+    tail_lse = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)
+    return ((tail_lse - ranked) * mask).sum(1)
+
+
+def top1_correct(rewards: torch.Tensor, order: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B,)`` bool: the item ranked first has the highest reward among the real items."""
+    return _ranked(rewards.detach(), order, mask)[0].argmax(1) == 0
 
 
 def reward_centering_loss(

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import ConfigError
+from alignkit.models.loading import MANIFEST
 
 KIND = "features"
 HEAD_FILE = "feature_head.safetensors"
@@ -148,7 +149,6 @@ class FeatureRewardModel:
     def save_pretrained(self, out_dir: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from alignkit.models.reward import MANIFEST
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,6 @@ class FeatureRewardModel:
         """A saved feature reward model, its backbone on ``device`` (default: the CPU)."""
         from safetensors.torch import load_file
 
-        from alignkit.models.reward import MANIFEST
 
         path = Path(path)
         manifest = json.loads((path / MANIFEST).read_text())

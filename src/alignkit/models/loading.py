@@ -30,6 +30,8 @@ from alignkit.errors import ConfigError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_STAMP = "alignkit_gguf.json"
+MANIFEST = "alignkit_reward.json"
+"""What a reward model directory holds (kind, members, head); read by ``load_reward_model``."""
 
 
 # ----------------------------------------------------------------- model resolution

@@ -31,7 +31,9 @@ from torch import nn
 
 from alignkit.errors import ConfigError
 from alignkit.models.chat import has_chat_template, render_completion, render_prompt
+from alignkit.models.feature_reward import FeatureRewardModel
 from alignkit.models.loading import (
+    MANIFEST,
     LoraSpec,
     add_lora,
     load_tokenizer,
@@ -50,7 +52,6 @@ from alignkit.models.pairs import (
 from alignkit.scale.precision import no_grad
 
 __all__ = [
-    "MANIFEST",
     "EncodedPair",
     "RewardEnsemble",
     "RewardModel",
@@ -61,7 +62,6 @@ __all__ = [
     "write_ensemble_manifest",
 ]
 
-MANIFEST = "alignkit_reward.json"
 HEAD_FILE = "reward_head.safetensors"
 POOLINGS = ("auto", "last", "mean", "cls")
 
@@ -506,8 +506,6 @@ def load_reward_model(path: str | Path, *, device: str | torch.device | None = N
         if manifest.get("kind") == "ensemble":
             return RewardEnsemble([RewardModel.load(path / m, device=device, dtype=dtype) for m in manifest["members"]])
         if manifest.get("kind") == "features":  # frozen LM features + linear head
-            from alignkit.models.feature_reward import FeatureRewardModel
-
             return FeatureRewardModel.load(path, device=device)
         return RewardModel.load(path, device=device, dtype=dtype)
     if not (path / "config.json").exists():

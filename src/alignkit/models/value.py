@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alignkit.models._hf_compat import accepts, cache_kw
+from alignkit.models._hf_compat import accepts, base_model, cache_kw
 from alignkit.models.logprobs import gather_token_logps, position_ids_from_mask
 from alignkit.models.packing import repeated_prompts
 
@@ -59,9 +59,8 @@ class PolicyAndValue(nn.Module):
     def __init__(self, policy: nn.Module, value_head: ValueHead):
         super().__init__()
         self.policy, self.value_head = policy, value_head
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         # FSDP2's auto-wrap shards the transformer blocks the model names (accelerate reads it here)
-        self._no_split_modules = getattr(base, "_no_split_modules", None)
+        self._no_split_modules = getattr(base_model(policy), "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor, *,
                 temperature: float = 1.0, with_entropy: bool = False, completion_start: int = 1,

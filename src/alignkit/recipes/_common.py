@@ -9,16 +9,23 @@ recipe would otherwise copy.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from alignkit.errors import ConfigError
+from alignkit.models import LoraSpec, load_causal_lm, load_tokenizer
+from alignkit.models.chat import render_completion, render_prompt
+from alignkit.models.loading import use_fused_gelu
 from alignkit.utils.device import pick_device  # noqa: F401  (the recipes import it from here)
+from alignkit.utils.metrics import MetricsLogger
 
 
 def require(value: str, option: str) -> str:
@@ -34,16 +41,12 @@ def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True, meta: 
     """The prompt as the model reads it: rendered with the tokenizer's chat template when it
     has one (HH transcripts and conversational records become their turns; see
     :mod:`alignkit.models.chat`), else unchanged."""
-    from alignkit.models.chat import render_prompt
-
     return render_prompt(tokenizer, prompt, meta, use_chat_template)
 
 
 def format_completion(tokenizer, completion: str, use_chat_template: bool = True) -> str:
     """A completion as it follows :func:`format_prompt`'s text (see
     :func:`alignkit.models.chat.render_completion`)."""
-    from alignkit.models.chat import render_completion
-
     return render_completion(tokenizer, completion, use_chat_template)
 
 
@@ -68,9 +71,6 @@ def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_tar
     The weights are loaded in ``dtype`` whatever dtype the checkpoint was saved in: float32
     for a model that trains (its master weights; bf16 autocast computes in bf16 from them),
     ``Distributed.param_dtype``; bf16 only for ``precision=bf16-pure`` or a frozen model."""
-    from alignkit.models import LoraSpec, load_causal_lm, load_tokenizer
-    from alignkit.models.loading import use_fused_gelu
-
     spec = LoraSpec(r=lora_r, alpha=lora_alpha, target_modules=lora_targets or None) if lora else None
     model = load_causal_lm(path, lora=spec, dtype=dtype).to(device)
     use_fused_gelu(model)
@@ -97,8 +97,6 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike, *, merge_lora: boo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_peft(model) and merge_lora:
-        import copy
-
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -169,8 +167,6 @@ def load_checkpoint(path: str | os.PathLike, dist=None) -> dict[str, Any] | None
         set_rng_state(saved["ranks"][rank])
     else:  # another world size: keep this run's own per-rank seeding
         if rank == 0:
-            import sys
-
             print(f"warning: {p} was written by {len(saved['ranks'])} processes, this run has {world}; "
                   "random states are not restored", file=sys.stderr)
     return state
@@ -206,10 +202,6 @@ def open_run(cfg: Any, dist, *, global_batch: int, resume: bool, out: str | os.P
     ``"distributed"``) into ``out`` (default ``cfg.out``) and open the metrics logger there
     (``cfg.tensorboard``). Other ranks, and runs without an output directory, get a
     :class:`NullLogger`."""
-    from dataclasses import asdict
-
-    from alignkit.utils.metrics import MetricsLogger
-
     out = out or cfg.out
     if not out or not dist.is_main:
         return NullLogger()

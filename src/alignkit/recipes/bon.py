@@ -9,46 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import load_prompts
+from alignkit.decoding.best_of_n import best_of_n
+from alignkit.decoding.sampling import generate
 from alignkit.errors import ConfigError
-
-
-@dataclass
-class BoNConfig:
-    policy: str = ""
-    """Path to the policy to sample from."""
-    reward: str = ""
-    """Reward-model directory (unused when a reward_fn is passed in Python)."""
-    prompts: str = ""
-    """Prompts file: JSONL with a "prompt" field, or plain text, one prompt a line."""
-    out: str = ""
-    """Where to write best.jsonl and summary.json (empty = write nothing)."""
-    n: int = 16
-    """Samples per prompt."""
-    n_reference: int = 16
-    """Extra samples per prompt for the empirical KL estimate (0 = analytic only); more
-    samples give a less biased estimate of the CDF F(r*) it needs."""
-    max_new_tokens: int = 32
-    """Response length limit."""
-    temperature: float = 1.0
-    """Sampling temperature."""
-    top_k: int = 0
-    """Top-k filter (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus filter (1 = off)."""
-    batch_size: int = 64
-    """Sequences generated (and scored) at once."""
-    use_chat_template: bool = True
-    """Wrap prompts in the tokenizer's chat template when it has one."""
-    seed: int = 0
-    """Random seed."""
-    device: str = "auto"
-    """``auto``, ``cpu``, ``cuda``, ..."""
-    precision: str = "auto"
-    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
-    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
-    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
-    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
-    (docs/scale.md)."""
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes._common import (
+    format_prompt,
+    load_policy,
+    pick_device,
+    require,
+    write_json,
+)
+from alignkit.recipes.configs.bon import BoNConfig
+from alignkit.scale.precision import param_dtype, resolve_precision
+from alignkit.utils.seed import set_seed
 
 
 @dataclass
@@ -66,21 +43,6 @@ def run_bon(
     prompts: list[str] | None = None,
 ) -> BoNRun:
     """Best-of-``cfg.n`` on every prompt; see :class:`BoNConfig`."""
-    import torch
-
-    from alignkit.data import load_prompts
-    from alignkit.decoding.best_of_n import best_of_n
-    from alignkit.decoding.sampling import generate
-    from alignkit.recipes._common import (
-        format_prompt,
-        load_policy,
-        pick_device,
-        require,
-        write_json,
-    )
-    from alignkit.scale.precision import param_dtype, resolve_precision
-    from alignkit.utils.seed import set_seed
-
     if cfg.n < 1:
         raise ConfigError(f"n: expected ≥ 1, got {cfg.n}")
     set_seed(cfg.seed)
@@ -92,8 +54,6 @@ def run_bon(
     if prompts is None:
         prompts = load_prompts(require(cfg.prompts, "prompts"))
     if reward_fn is None:
-        from alignkit.models.reward import load_reward_model
-
         reward_fn = load_reward_model(require(cfg.reward, "reward"), device=device, dtype=dtype).score
     model, tok = load_policy(require(cfg.policy, "policy"), lora=False, lora_r=0, lora_alpha=0,
                              lora_targets=None, device=device, dtype=dtype)

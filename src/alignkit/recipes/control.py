@@ -19,212 +19,54 @@ config, which is what makes resume == uninterrupted exact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from alignkit.control.annotators import make_segment_annotator
+from alignkit.control.clips import replay_frames
+from alignkit.control.efficiency import knn_entropy_reward, random_segment_starts
+from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
+from alignkit.control.policy import ActorCritic
+from alignkit.control.report import write_control_report
+from alignkit.control.reward import LabelledPair, RewardEnsemble
+from alignkit.control.rollout import (
+    _check_env_id,
+    collect_rollout,
+    concat_rollouts,
+    episode_advantages,
+    make_env,
+    make_envs,
+)
+from alignkit.control.segments import Segment, segments_from_rollout
+from alignkit.data.trajectories import save_trajectory_pairs
 from alignkit.errors import ConfigError
+from alignkit.humans import query
+from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
+from alignkit.recipes.configs.control import ControlConfig
+from alignkit.utils.metrics import MetricsLogger
+from alignkit.utils.progress import track
 
-# per-env defaults for fields left at None (tuned on the true reward, then shared by
-# the learned-reward run and the oracle). The PPO fields are the alignkit engine's; the sb3
-# engine takes its PPO settings from the RL-Zoo (control.sb3.RL_ZOO_PPO).
-PRESETS: dict[str, dict[str, Any]] = {
-    "Pendulum-v1": dict(rl_engine="alignkit", num_envs=4, num_steps=1000, gamma=0.9, learning_rate=1e-3,
-                        num_minibatches=32, update_epochs=10, segment_length=25, reward_inputs="obs_action"),
-    # alignkit engine: 4 envs × 1000 steps, every iteration holds 4 whole episodes (the envs reset
-    # each iteration); r̂(o, o′): the reward is the x-velocity over the step, which o′ shows
-    "HalfCheetah-v5": dict(rl_engine="sb3", num_envs=4, num_steps=1000, gamma=0.99, learning_rate=3e-4,
-                           num_minibatches=32, update_epochs=10, segment_length=50, reward_inputs="obs_next"),
-    "Hopper-v5": dict(rl_engine="sb3", num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4,
-                      num_minibatches=32, update_epochs=10, segment_length=50, reward_inputs="obs_action"),
-    "Walker2d-v5": dict(rl_engine="sb3", num_envs=1, num_steps=2048, gamma=0.99, learning_rate=3e-4,
-                        num_minibatches=32, update_epochs=10, segment_length=50, reward_inputs="obs_action"),
-}
-DEFAULTS = dict(rl_engine="alignkit", num_envs=4, num_steps=512, gamma=0.99, learning_rate=3e-4, num_minibatches=8,
-                update_epochs=10, segment_length=25, reward_inputs="obs_action")
-# per-engine defaults: the alignkit engine refits r̂ at every iteration that brings labels, a few
-# epochs each; the sb3 engine asks in sessions every `feedback_every` rollouts of 512 steps and
-# trains r̂ longer at each (up to `reward_epochs`, stopping at 97 % training accuracy, as PEBBLE)
-ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "alignkit": dict(reward_epochs=10, reward_stop_accuracy=1.01, feedback_every=1),
-    "sb3": dict(reward_epochs=50, reward_stop_accuracy=0.97, feedback_every=20),
-}
 ANNOTATORS = ("boltzmann", "regret", "myopic", "noisy")
 ENGINES = ("alignkit", "sb3")
 QUERIES = ("random", "disagreement", "info-gain")
 REWARD_INPUTS = ("obs_action", "obs", "obs_next", "obs_action_next")
 
 
-@dataclass
-class ControlConfig:
-    env_id: str = "Pendulum-v1"
-    """gymnasium environment id (Box or Discrete actions)."""
-    rl_engine: str | None = None
-    """The RL that optimises the reward: alignkit (the library's own PPO/A2C loop on
-    ``alignkit.losses.ppo``) or sb3 (Stable-Baselines3 PPO with the RL-Zoo settings for the task,
-    ``control.sb3``, driven one rollout at a time). None: per-env preset (sb3 on HalfCheetah-v5,
-    Hopper-v5 and Walker2d-v5, alignkit elsewhere)."""
-    algo: str = "ppo"
-    """alignkit engine: ppo (clipped objective, several epochs over each rollout) or a2c (one plain
-    policy-gradient step after every ``a2c_steps`` steps of the envs: A2C's short on-policy rollouts)."""
-    labels: int = 1000
-    """Total preference labels (pairs of segments) the annotator gives."""
-    steps: int = 100_000
-    """Environment steps for the policy (the oracle gets the same)."""
-    seed: int = 0
-    """Seed of everything: envs, networks, annotator, query choice."""
-    out: str = "runs/control"
-    """Output directory: summary.json, metrics.jsonl, tb/, report.html, checkpoints."""
-    annotator: str = "boltzmann"
-    """boltzmann (over partial return), regret (Knox et al. 2022, under the oracle's advantage),
-    myopic (B-Pref, γ_myopic) or noisy (Boltzmann with label_noise flips)."""
-    beta: float = 1.0
-    """Annotator rationality β in P = σ(β Δ)."""
-    myopic_gamma: float = 0.9
-    """Discount of the myopic annotator (recent steps weigh most)."""
-    label_noise: float = 0.1
-    """Flip probability of the noisy annotator."""
-    query: str = "random"
-    """random, disagreement (std over ensemble members of R̂_a − R̂_b) or info-gain (BALD)."""
-    query_candidates: int = 10
-    """Candidate pairs per wanted label for the disagreement strategy."""
-    oracle: bool = False
-    """Also train on the true reward and report normalized_score."""
-    reference: bool = True
-    """With ``oracle``: also train the RL-Zoo reference (SB3 PPO with the zoo's settings for the
-    task, true reward, same steps and seed) and report ``reference_return`` (tasks the zoo tuned)."""
-    human: bool = False
-    """Ask people: clips go to the annotation store as video pairs (needs db)."""
-    db: str = ""
-    """Feedback store URL for ``human`` (a SQLite file path or postgresql://…)."""
-    project: str = "control"
-    """Project in the feedback store that ``human`` clips go to."""
-    human_poll_s: float = 5.0
-    """``human``: seconds between looks at the store for new labels."""
-    human_timeout_s: float = 24 * 3600.0
-    """``human``: give up (checkpointed; run again with resume) after waiting this long for labels."""
-    resume: bool = False
-    """Continue from the checkpoints in out/."""
-    stop_after_iterations: int = 0
-    """Stop (checkpointed) after this many iterations in this invocation; 0 = run to the end."""
-    # --- label schedule and reward model
-    initial_label_frac: float = 0.25
-    """Share of the labels asked on the first iteration (from the initial policy)."""
-    label_iters_frac: float = 1.0
-    """The remaining labels are spread evenly over this first share of the iterations (1.0: the
-    whole run, so the reward keeps up with the states the improving policy reaches)."""
-    segment_length: int | None = None
-    """k steps per segment (None: per-env preset)."""
-    reward_inputs: str | None = None
-    """What r̂ sees: obs_action (r̂(o, a)), obs (r̂(o)), obs_next (r̂(o, o′)) or obs_action_next
-    (r̂(o, a, o′)); None: per-env preset (obs_action, but obs_next on HalfCheetah-v5)."""
-    feedback_every: int | None = None
-    """Iterations (rollouts) between label sessions; the labels are spread over the sessions
-    (None: per-engine default, 1 for alignkit, 20 for sb3). sb3: a session's segments come from
-    the steps collected since the previous one."""
-    reward_members: int = 3
-    """Reward ensemble size (bootstrap resamples)."""
-    reward_epochs: int | None = None
-    """Passes over the labels at each refit, at most (None: per-engine default, 10 alignkit, 50 sb3)."""
-    reward_stop_accuracy: float | None = None
-    """A member stops training once its accuracy over a pass reaches this (PEBBLE: 0.97; None:
-    per-engine default, 1.01 = never for alignkit, 0.97 for sb3)."""
-    reward_lr: float = 1e-3
-    """Adam learning rate of the reward nets."""
-    reward_normalize_obs: bool = False
-    """Standardise r̂'s observation inputs (o, o′) with a running mean/std over the labelled segments."""
-    random_answer_prob: float = 0.0
-    """Christiano's robustness: chance the annotator answered at random (0 = plain BT; 0.1 on
-    Pendulum-v1 seed 0 reached −563 where plain BT reached −155, see docs/control.md)."""
-    # --- label-efficiency methods (each a switch; docs/control.md has their ablations)
-    unsupervised_steps: int = 0
-    """PEBBLE: env steps of unsupervised exploration before the first query, the policy trained on
-    the k-NN state-entropy reward log(1 + ‖s − s^k‖) over the states seen so far; then the critic
-    and the reward scale are reset (0: off; sb3 engine)."""
-    entropy_k: int = 5
-    """k of the k-NN state-entropy reward (PEBBLE: 5)."""
-    relabel: bool = True
-    """sb3 engine: a batch is rewarded by r̂ refitted on this iteration's labels (True), or by the r̂
-    in force while it was collected (False: what a reward wrapper computing r̂ per step does)."""
-    pseudo_labels: bool = False
-    """SURF: add confidently pseudo-labelled pairs of unlabelled segments to every reward minibatch."""
-    pseudo_threshold: float = 0.99
-    """SURF τ: a pair is pseudo-labelled when max(P̂, 1 − P̂) > τ."""
-    pseudo_ratio: int = 4
-    """SURF μ: unlabelled pairs per labelled pair in a minibatch."""
-    pseudo_weight: float = 1.0
-    """SURF λ: weight of the pseudo-label loss."""
-    crop: int = 0
-    """SURF temporal cropping: train on pairs cut to a common random length of k − crop … k steps
-    at independent random starts (0: off)."""
-    unlabelled_segments: int = 2000
-    """SURF: unlabelled segments drawn at each refit from the steps since the previous session."""
-    # --- policy optimisation (None: per-env preset; the alignkit engine's, sb3 uses the RL-Zoo's)
-    num_envs: int | None = None
-    """Parallel environments."""
-    num_steps: int | None = None
-    """Steps per env per iteration (batch = num_envs × num_steps)."""
-    gamma: float | None = None
-    """Discount γ."""
-    gae_lambda: float = 0.95
-    """GAE λ."""
-    learning_rate: float | None = None
-    """Adam learning rate of the actor-critic (annealed linearly to 0)."""
-    num_minibatches: int | None = None
-    """Minibatches per PPO epoch."""
-    update_epochs: int | None = None
-    """PPO epochs per batch."""
-    a2c_steps: int = 5
-    """A2C: steps of each env between updates (n-step advantages, bootstrapped with V); the
-    iteration's ``num_steps`` are collected in pieces of this many. The labels still come from
-    the whole iteration's rollout."""
-    clip_eps: float = 0.2
-    """PPO ratio clip ε."""
-    vf_clip_eps: float | None = None
-    """Value clip (None: unclipped value loss)."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient clipping."""
-    hidden: int = 64
-    """Hidden width of actor, critic and reward nets."""
-    eval_episodes: int = 10
-    """Episodes of the deterministic final policy (and of the random policy) for the summary."""
-    frames: bool = True
-    """Render a strip of frames from the final policy into the report (needs rgb_array)."""
-    torch_threads: int = 1
-    """torch intra-op threads. The nets are tiny, so more threads only add overhead (a 2-thread
-    run on a busy 2-core machine was ~10× slower), and float sums in another order give another
-    run: 1 keeps the run a pure function of its config on any machine."""
-
-    def resolved(self) -> ControlConfig:
-        """A copy with the None fields filled from the per-env preset, then the engine's defaults."""
-        preset = PRESETS.get(self.env_id, DEFAULTS)
-        filled = {k: (v if v is not None else preset[k]) for k, v in asdict(self).items() if k in preset}
-        cfg = _replace(self, **filled)
-        engine = ENGINE_DEFAULTS.get(cfg.rl_engine, {})
-        return _replace(cfg, **{k: (getattr(cfg, k) if getattr(cfg, k) is not None else v) for k, v in engine.items()})
-
-
 def _replace(cfg: ControlConfig, **kw: Any) -> ControlConfig:
-    import dataclasses
-
     return dataclasses.replace(cfg, **kw)
 
 
 def validate(cfg: ControlConfig) -> None:
     """Every user mistake as one line (the CLI prints it and exits 2)."""
-    from alignkit.control.rollout import _check_env_id
-
     _check_env_id(cfg.env_id)
     if cfg.labels < 1:
         raise ConfigError(f"labels: expected a label budget ≥ 1, got {cfg.labels}")
@@ -340,8 +182,6 @@ def session_schedule(total: int, iterations: int, first: int, every: int, initia
 
 def evaluate(agent: Any, env_id: str, episodes: int, seed: int, *, random_policy: bool = False) -> list[float]:
     """True returns of ``episodes`` episodes (deterministic actions; uniform random with ``random_policy``)."""
-    from alignkit.control.rollout import make_env
-
     env = make_env(env_id)
     env.action_space.seed(seed)
     out = []
@@ -360,8 +200,6 @@ def evaluate(agent: Any, env_id: str, episodes: int, seed: int, *, random_policy
 
 def frame_strip(agent: Any, env_id: str, seed: int, n: int = 8, every: int = 10) -> np.ndarray:
     """``n`` frames (every ``every`` steps) of one deterministic episode, side by side."""
-    from alignkit.control.rollout import make_env
-
     env = make_env(env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames = []
@@ -392,13 +230,6 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
 
     Returns the trained agent, its curve and (learned) the reward-model history.
     """
-    from alignkit.control.annotators import make_segment_annotator
-    from alignkit.control.policy import ActorCritic
-    from alignkit.control.reward import LabelledPair
-    from alignkit.control.rollout import collect_rollout, concat_rollouts, make_envs
-    from alignkit.control.segments import segments_from_rollout
-    from alignkit.utils.progress import track
-
     learned = phase == "learned"
     out = Path(cfg.out)
     ckpt_path = out / f"checkpoint_{phase}.pt"
@@ -417,7 +248,6 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
     if learned:
         ensemble = _make_ensemble(cfg, obs_dim, act_dim, discrete)
         if cfg.human:
-            from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
             from alignkit.feedback.store import FeedbackStore
 
             client = VideoPairClient(FeedbackStore(cfg.db), out / "clips")
@@ -515,9 +345,6 @@ def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: Contr
     minibatches; or A2C's plain policy gradient on the raw advantages of one short
     on-policy piece, one step. The observation normaliser is updated after the update
     (the rollout's log-probs saw the old one)."""
-    from alignkit.control.rollout import episode_advantages
-    from alignkit.losses.ppo import a2c_policy_loss, ppo_policy_loss, ppo_value_loss, whiten
-
     t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
     with torch.no_grad():
         next_values = agent.value(t(ro.next_obs))
@@ -574,8 +401,6 @@ def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, fl
 
 
 def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: bool) -> Any:
-    from alignkit.control.reward import RewardEnsemble
-
     return RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
                           use_action="action" in cfg.reward_inputs, use_next_obs=cfg.reward_inputs.endswith("_next"),
                           hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
@@ -588,10 +413,6 @@ def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: boo
 def _ask(cfg: ControlConfig, annotator: Any, pairs: list, it: int, records: list, labels: list) -> None:
     """Ask the annotator about ``pairs``; append the records (frames dropped) and the decided
     pairs as :class:`LabelledPair`; rewrite OUT/labels.jsonl."""
-    from alignkit.control.reward import LabelledPair
-    from alignkit.control.segments import Segment
-    from alignkit.data.trajectories import save_trajectory_pairs
-
     keys = [f"seed{cfg.seed}-it{it}-q{i}" for i in range(len(pairs))]
     for rec in annotator.label([(key, a, b) for key, (a, b) in zip(keys, pairs, strict=True)]):
         for side in (rec.segment_a, rec.segment_b):
@@ -604,8 +425,6 @@ def _ask(cfg: ControlConfig, annotator: Any, pairs: list, it: int, records: list
 
 def _render_pairs(cfg: ControlConfig, pairs: list, ro: Any, reset_seed: int, agent: Any) -> None:
     """Give each chosen segment its frames by replaying its env from the iteration's reset."""
-    from alignkit.control.clips import replay_frames
-
     env_actions = agent.env_action(torch.as_tensor(ro.actions))
     for seg in {id(s): s for pair in pairs for s in pair}.values():
         n, t0 = seg.meta["env_index"], seg.meta["t0"]
@@ -614,12 +433,10 @@ def _render_pairs(cfg: ControlConfig, pairs: list, ro: Any, reset_seed: int, age
 
 
 def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng: random.Random) -> list:
-    """``want`` pairs of distinct segments, through :mod:`alignkit.feedback.query`: uniform
+    """``want`` pairs of distinct segments, through :mod:`alignkit.humans.query`: uniform
     (``random``), or the best of ``query_candidates``× as many random candidates by ensemble
     disagreement (std_m of R̂_m(a) − R̂_m(b)) or information gain (BALD over the members'
     σ(R̂_m(a) − R̂_m(b)))."""
-    from alignkit.feedback import query
-
     if len(segs) < 2:
         raise ConfigError(f"env_id {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
                           f"(lower segment_length or raise num_steps)")
@@ -636,7 +453,7 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
         chosen = query.select_max_disagreement(range(len(cand)), want, query.pair_disagreement(ra, rb))
     else:
         if not hasattr(query, "ensemble_pair_probs"):
-            raise ConfigError("query info-gain: this alignkit's feedback.query has no information gain yet")
+            raise ConfigError("query info-gain: this alignkit's humans.query has no information gain yet")
         chosen = query.select_queries("info-gain", query.ensemble_pair_probs(ra, rb), want)
     return [cand[i] for i in chosen]
 
@@ -653,8 +470,6 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
     3. scale it as ``VecNormalize`` would and write it into the rollout buffer (GAE
     recomputed); 4. ``model.train()``. With the true reward this is ``model.learn``.
     """
-    from alignkit.control.annotators import make_segment_annotator
-    from alignkit.control.efficiency import knn_entropy_reward
     from alignkit.control.sb3 import (
         ReturnScaler,
         SB3Agent,
@@ -664,8 +479,6 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
         rl_zoo_ppo,
         write_rewards,
     )
-    from alignkit.utils.progress import track
-
     learned = phase == "learned"
     out = Path(cfg.out)
     obs_dim, act_dim, discrete, _, _ = _spaces(cfg.env_id)
@@ -781,9 +594,6 @@ def _pool_segments(pool: list[dict[str, np.ndarray]], k: int, n: int, rng: np.ra
                    it: int) -> list[Any]:
     """``n`` random k-step segments (overlap allowed, never across an episode end) of the
     pool's steps, the envs taking turns; each keeps its true rewards for the annotator."""
-    from alignkit.control.efficiency import random_segment_starts
-    from alignkit.control.segments import Segment
-
     steps = _concat_pool(pool)
     N = steps["dones"].shape[1]
     segs = []
@@ -811,8 +621,6 @@ def run_phase(cfg: ControlConfig, phase: str, logger: Any = None, *, expert: Any
     """Train one phase ("learned", "oracle" or "reference") of a resolved, validated config
     and evaluate its final policy: adds ``true_returns`` (``eval_episodes`` deterministic
     episodes, reset seeds 10000 + 100·seed + i) and ``true_return``."""
-    from alignkit.utils.metrics import MetricsLogger
-
     if logger is None:  # a phase on its own (benchmarks): its own metrics files
         cfg = cfg.resolved()
         validate(cfg)
@@ -836,8 +644,6 @@ def run_phase(cfg: ControlConfig, phase: str, logger: Any = None, *, expert: Any
 def run_control(cfg: ControlConfig) -> dict[str, Any]:
     """The whole run: [oracle] → learned → [reference] → evaluation → summary.json, report.html."""
     from alignkit.control.sb3 import RL_ZOO_PPO
-    from alignkit.utils.metrics import MetricsLogger
-
     cfg = cfg.resolved()
     validate(cfg)
     torch.set_num_threads(cfg.torch_threads)
@@ -887,8 +693,6 @@ def run_control(cfg: ControlConfig) -> dict[str, Any]:
     summary["wall_s"] = time.time() - t0
     summary["finished"] = True
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    from alignkit.control.report import write_control_report
-
     can_render = cfg.frames and "rgb_array" in _render_modes(cfg.env_id)
     strip = frame_strip(learned["agent"], cfg.env_id, eval_seed) if can_render else None
     write_control_report(summary, out, strip)

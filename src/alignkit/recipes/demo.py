@@ -26,96 +26,60 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from alignkit.data import Comparison
+from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
+from alignkit.diagnostics.entanglement import average_probes
+from alignkit.diagnostics.overoptimization import (
+    best_of_n_curve,
+    best_of_n_gold_gains,
+    divergence,
+    fit_gao,
+)
 from alignkit.errors import ConfigError
-from alignkit.recipes.dpo import DPOConfig
-from alignkit.recipes.loop import HUMAN_KEYS, AnnotatorConfig, LoopConfig
-from alignkit.recipes.ppo import PPOConfig
-from alignkit.recipes.reward import RewardConfig
-
-
-@dataclass
-class DemoConfig:
-    """Configuration of ``alignkit demo`` (``quick`` shrinks every size). The sub-recipes'
-    configs are nested (``ppo.kl_coef``, ``reward.epochs``, ``annotator.beta`` ...)."""
-
-    out: str = "runs/demo"
-    """Output directory: base/, seed_S/, loop/, summary.json, report.html, *.png."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Seeds (annotator labels, reward model, optimisation); the base policy is shared."""
-    quick: bool = False
-    """Tiny sizes for a smoke test (seconds, not minutes); the numbers mean little."""
-    pairs: int = 768
-    """Labelled pairs per seed (sampled from the base policy)."""
-    heldout_pairs: int = 128
-    """Held-out labelled pairs per seed (reward-model accuracy, ECE, agreement)."""
-    kl_coefs: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.0])
-    """PPO KL-coefficient sweep (run on the first seed, or on all with sweep_all_seeds); the
-    method comparison uses ``ppo.kl_coef``, which must be one of these."""
-    sweep_all_seeds: bool = False
-    """Run the whole PPO sweep on every seed (slower)."""
-    bon_n: int = 16
-    """Best-of-n's n for the method comparison."""
-    bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    """n values of the best-of-n sweep (pool: max(bon_sweep) samples per prompt)."""
-    eval_samples_per_prompt: int = 4
-    """Evaluation responses per prompt (48 prompts)."""
-    max_new_tokens: int = 32
-    """Response length limit (pairs, evaluation, PPO rollouts)."""
-    base_eval_seed: int = 12345
-    """Seed of the base policy's evaluation samples."""
-    eval_seed: int = 777
-    """Seed of every method's evaluation samples (the same for all methods and seeds)."""
-    ci_level: float = 0.95
-    """Confidence level of the paired bootstrap CI of each method's gold gain over base."""
-    ci_resamples: int = 2000
-    """Bootstrap resamples (of seeds and of prompts) for that CI."""
-    loop_rounds: int = 2
-    """Rounds of the iterated PPO loop on the first seed (0 = skip)."""
-    loop_pairs_per_round: int = 384
-    """The loop's new labelled pairs per round."""
-    loop_ppo_steps: int = 20
-    """The loop's PPO iterations per round (its other PPO settings are ``ppo``'s)."""
-    loop_eval_samples_per_prompt: int = 2
-    """The loop's evaluation responses per prompt."""
-    al_pool: int = 600
-    """Query-selection experiment: candidate pairs."""
-    al_budget: int = 240
-    """Query-selection experiment: label budget."""
-    al_batch: int = 20
-    """Query-selection experiment: labels per batch."""
-    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
-    """The simulated annotator groups (``kind`` must stay simulated: the demo needs the gold reward)."""
-    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        model="", out="", epochs=3, lr=1e-3, batch_size=32, max_length=96, eval_fraction=0.0, tensorboard=False))
-    """The reward recipe's config; the demo sets out and seed, and model when empty (= the base policy)."""
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
-        out="", steps=40, kl_coef=0.3, lr=1e-4, rollout_batch_size=48, tensorboard=False, save_checkpoints=False,
-        save_model=False))
-    """The PPO recipe's config; the demo sets policy, out, seed, max_new_tokens (and kl_coef in the sweep)."""
-    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        out="", beta=0.3, lr=1e-4, epochs=2, batch_size=64, max_length=96, tensorboard=False,
-        save_checkpoints=False, save_model=False, entangle_every=8, entangle_pairs=8))
-    """The DPO recipe's config; the demo sets policy, out and seed (``entangle_every``: the
-    gradient-entanglement probe plotted in the report)."""
-    dpo_data: str = "rm"
-    """DPO's pairs: ``rm`` = ``dpo_pairs`` pairs of base samples (two samples of one prompt from
-    the best-of-n pool) labelled by the seed's reward model — the labels reach DPO the way they
-    reach PPO and best-of-n, through the reward model; ``annotators`` = the annotators' labelled
-    pairs themselves (ties dropped). docs/demo.md has the experiment behind the default: on
-    the annotators' 768 pairs DPO is data-limited."""
-    dpo_pairs: int = 3072
-    """Reward-model-labelled pairs for ``dpo_data: rm`` (at most the pool's pairs)."""
-    dpo_normalized: bool = False
-    """Also train normalised-gradient DPO (``loss=normalized``) on the same pairs and plot its
-    entanglement next to DPO's (≈ 2 × batch_size extra backward passes per step)."""
-    gao_resamples: int = 1000
-    """Bootstrap resamples (of prompts × seeds) for the CIs of the Gao et al. fits."""
+from alignkit.evaluation import (
+    PolicySamples,
+    evaluate_reward_model,
+    paired_bootstrap_ci,
+    sample_for_eval,
+    score_samples,
+)
+from alignkit.feedback.agreement import cohen_kappa
+from alignkit.humans.annotators import agreement_rate, gold_agreement
+from alignkit.humans.query import (
+    BowRewardEnsemble,
+    CurvePoint,
+    active_learning_curve,
+    labels_to_reach,
+)
+from alignkit.models import load_causal_lm, load_tokenizer
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes._common import write_json
+from alignkit.recipes.configs.demo import DemoConfig
+from alignkit.recipes.configs.loop import HUMAN_KEYS, LoopConfig
+from alignkit.recipes.dpo import train_dpo
+from alignkit.recipes.loop import (
+    collect_pairs,
+    fit_reward_model,
+    run_loop,
+    sample_responses,
+    simulated_population,
+)
+from alignkit.recipes.ppo import train_ppo
+from alignkit.report import plots
+from alignkit.report.html import print_method_table, render_report
+from alignkit.scale.tasks import map_tasks
+from alignkit.tasks.assistant import GOLD, PROMPTS, BasePolicySpec, build_base_policy
+from alignkit.utils.seed import set_seed
 
 
 def quick_config(cfg: DemoConfig) -> DemoConfig:
@@ -157,16 +121,6 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | No
 
     ``ray_address`` (see :func:`alignkit.scale.tasks.ray_address`): run the seeds, and the
     points of each seed's KL sweep, as Ray tasks; the numbers equal the serial run's."""
-    import torch
-
-    from alignkit.diagnostics.overoptimization import divergence
-    from alignkit.evaluation import sample_for_eval
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes._common import write_json
-    from alignkit.recipes.loop import run_loop
-    from alignkit.scale.tasks import map_tasks
-    from alignkit.tasks.assistant import PROMPTS, BasePolicySpec, build_base_policy
-
     if cfg.quick:
         cfg = quick_config(cfg)
     if not cfg.seeds:
@@ -222,30 +176,6 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
     DPO, best-of-n and the query-selection experiment, all evaluated on the same seeded samples.
     Returns ``(entry, seconds)``. A function of its arguments alone (every recipe seeds itself),
     so it gives the same numbers in this process or as a Ray task."""
-    import torch
-
-    from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
-    from alignkit.diagnostics.overoptimization import best_of_n_curve, best_of_n_gold_gains
-    from alignkit.evaluation import (
-        PolicySamples,
-        evaluate_reward_model,
-        sample_for_eval,
-        score_samples,
-    )
-    from alignkit.feedback.agreement import cohen_kappa
-    from alignkit.feedback.annotators import agreement_rate, gold_agreement
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes.dpo import train_dpo
-    from alignkit.recipes.loop import (
-        collect_pairs,
-        fit_reward_model,
-        sample_responses,
-        simulated_population,
-    )
-    from alignkit.scale.tasks import map_tasks
-    from alignkit.tasks.assistant import GOLD, PROMPTS
-    from alignkit.utils.seed import set_seed
-
     t_seed = time.time()
     sdir = Path(cfg.out) / f"seed_{seed}"
     set_seed(seed)
@@ -344,10 +274,6 @@ def rm_labelled_pairs(prompts: list[str], responses: list[str], scores: list[flo
     best-of-n pool). Pairs are drawn with ``random.Random(seed)`` without replacement from all
     within-prompt pairs whose scores differ; μ = 1 when r̂(a) > r̂(b), else 0 (the reward
     model's hard preference)."""
-    import random
-
-    from alignkit.data import Comparison
-
     pairs = [(b + i, b + j) for b in range(0, len(responses), k) for i in range(k) for j in range(i + 1, k)
              if scores[b + i] != scores[b + j]]
     chosen = random.Random(seed).sample(pairs, min(n_pairs, len(pairs)))
@@ -360,12 +286,6 @@ def ppo_sweep_point(cfg: DemoConfig, base_dir: str, sdir: str, seed: int, coef: 
     the seed's reward model (``sdir/rm``), scored on the demo's seeded evaluation samples.
     A function of its arguments alone, so it gives the same numbers in this process or as a
     Ray task (:func:`alignkit.scale.tasks.map_tasks`)."""
-    from alignkit.evaluation import sample_for_eval, score_samples
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.ppo import train_ppo
-    from alignkit.tasks.assistant import GOLD, PROMPTS
-
     rm = load_reward_model(Path(sdir) / "rm")
     rm = rm.eval() if hasattr(rm, "eval") else rm
     tok, ref = load_tokenizer(base_dir), load_causal_lm(base_dir).eval()
@@ -397,12 +317,6 @@ AL_NOTE = (
 
 def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], seed: int) -> dict[str, Any]:
     """Random vs disagreement queries on pairs of base samples (bag-of-words BT ensemble)."""
-    import random
-
-    from alignkit.feedback.query import BowRewardEnsemble, active_learning_curve
-    from alignkit.recipes.loop import simulated_population
-    from alignkit.tasks.assistant import GOLD
-
     rng = random.Random(seed)
     by_prompt: dict[str, list[str]] = {}
     for p, r in zip(prompts, responses, strict=True):
@@ -435,10 +349,6 @@ def _active_learning(cfg: DemoConfig, prompts: list[str], responses: list[str], 
 
 
 def _summarise(cfg: DemoConfig, per_seed: list[dict[str, Any]], rounds: list[dict[str, Any]], divergence) -> dict[str, Any]:
-    from alignkit.diagnostics.entanglement import average_probes
-    from alignkit.evaluation import paired_bootstrap_ci
-    from alignkit.feedback.query import CurvePoint, labels_to_reach
-
     methods = {}
     for name in ("base", "ppo", "dpo", "best_of_n"):
         methods[name] = {key: _mean_std([s["methods"][name][key] for s in per_seed])
@@ -521,10 +431,6 @@ def _gao_fits(cfg: DemoConfig, per_seed: list[dict[str, Any]], sweep: dict[str, 
     """Gao et al.'s forms fitted to each sweep: R_bon(d) = d(α − βd) to best-of-n, R_RL(d) =
     d(α − β log d) to the PPO KL sweep; d = √KL (the sweep's mean KL per point), gains =
     per-prompt gold over the base policy, bootstrapped over prompts × seeds."""
-    import numpy as np
-
-    from alignkit.diagnostics.overoptimization import fit_gao
-
     fits = {}
     for method, form in (("best_of_n", "bon"), ("ppo", "rl")):
         rows = [np.asarray(s["gao_rows"][method]).T for s in per_seed if method in s.get("gao_rows", {})]
@@ -544,9 +450,6 @@ def _report_config(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _write_report(summary: dict[str, Any], out: Path, *, print_table: bool) -> None:
-    from alignkit.report import plots
-    from alignkit.report.html import print_method_table, render_report
-
     figs: dict[str, Path] = {}
     if summary["sweep"]:
         figs["Gold and proxy reward vs KL per method (KL leash sweep)"] = plots.plot_reward_vs_kl(

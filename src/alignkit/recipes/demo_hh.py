@@ -9,13 +9,25 @@ summary.json, report.html, calibration.png.
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.data import load_records, to_comparisons, train_eval_split
 from alignkit.errors import ConfigError
+from alignkit.evaluation import evaluate_reward_model
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes.configs.demo_hh import HHDemoConfig
 from alignkit.recipes.demo import _json_default
+from alignkit.recipes.reward import RewardConfig, length_baseline_accuracy, train_reward
+from alignkit.report import plots
+from alignkit.report.html import render_report
 
 HH_FILE = "hh_harmless_dev.jsonl.gz"
 
@@ -23,8 +35,6 @@ HH_FILE = "hh_harmless_dev.jsonl.gz"
 def find_hh_data(path: str | None = None) -> Path:
     """The shared HH harmless pairs: ``path``, $ALIGNKIT_SHARED_DATA, ../shared/data/ (CI),
     or /work/shared/data/."""
-    import os
-
     candidates = [Path(path)] if path else []
     if os.environ.get("ALIGNKIT_SHARED_DATA"):
         candidates.append(Path(os.environ["ALIGNKIT_SHARED_DATA"]) / HH_FILE)
@@ -37,47 +47,8 @@ def find_hh_data(path: str | None = None) -> Path:
     )
 
 
-@dataclass
-class HHDemoConfig:
-    """Configuration of ``alignkit demo hh``."""
-
-    out: str = "runs/demo_hh"
-    """Output directory: rm/, summary.json, report.html, calibration.png."""
-    data: str = ""
-    """HH-format pairs (default: the shared hh_harmless_dev.jsonl.gz)."""
-    model: str = "minilm"
-    """Reward backbone: the packaged all-MiniLM-L6-v2 encoder."""
-    train_pairs: int = 800
-    """Training pairs (a random subset, to keep the run to a few minutes on a CPU)."""
-    heldout_fraction: float = 0.2
-    """Fraction of prompts held out for accuracy and calibration."""
-    heldout_pairs: int = 400
-    """Held-out pairs scored (a random subset of the held-out prompts' pairs)."""
-    batch_size: int = 16
-    """Reward-model batch size (pairs)."""
-    epochs: int = 1
-    """Reward-model epochs."""
-    lr: float = 5e-5
-    """Reward-model learning rate."""
-    max_length: int = 128
-    """Tokens per prompt + response (the prompt is cut from the left)."""
-    seed: int = 0
-    """Seed of the subset, the split and training."""
-    quick: bool = False
-    """Tiny sizes for a smoke test."""
-
-
 def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Reward model on real harmlessness preferences: held-out accuracy and calibration."""
-    import random
-
-    from alignkit.data import load_records, to_comparisons, train_eval_split
-    from alignkit.evaluation import evaluate_reward_model
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.reward import RewardConfig, length_baseline_accuracy, train_reward
-    from alignkit.report import plots
-    from alignkit.report.html import render_report
-
     t0 = time.time()
     path = find_hh_data(cfg.data or None)
     pairs = to_comparisons(load_records(str(path)).records)
@@ -111,9 +82,6 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     render_report(summary, figs, out / "report.html")
     if print_table:
-        from rich.console import Console
-        from rich.table import Table
-
         t = Table(title="alignkit demo hh — reward model on held-out HH harmless pairs")
         for col in ("train pairs", "held-out pairs", "accuracy", "ECE", "longer-wins baseline"):
             t.add_column(col, justify="right")

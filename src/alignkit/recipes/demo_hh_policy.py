@@ -30,100 +30,38 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.data import load_records, to_comparisons
+from alignkit.data.splits import split_by_prompt
+from alignkit.decoding.best_of_n import bon_kl_analytic
+from alignkit.decoding.mixing import beta_rescale
 from alignkit.errors import ConfigError
+from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
+from alignkit.models import load_causal_lm, load_tokenizer
+from alignkit.models.chat import render_prompt
+from alignkit.models.feature_reward import FeatureRewardModel
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes.configs.demo_hh_policy import HHPolicyDemoConfig
+from alignkit.recipes.demo_hh import find_hh_data
+from alignkit.recipes.demo_sentiment import note, top_layer_lora_targets
+from alignkit.recipes.dpo import DPOConfig, train_dpo
+from alignkit.recipes.ppo import PPOConfig, train_ppo
+from alignkit.recipes.reward import RewardConfig, length_baselines, train_reward
+from alignkit.utils.seed import set_seed
 
 METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
 JUDGES = ("features", "minilm")
 
 
-@dataclass
-class HHPolicyDemoConfig:
-    """Configuration of ``alignkit demo hh`` with a policy model (``quick`` shrinks every size)."""
-
-    out: str = "runs/demo_hh_policy"
-    """Output directory: proxy_rm/, judge_rm/, summary.json, report.html."""
-    data: str = ""
-    """HH-format pairs (default: the shared hh_harmless_dev.jsonl.gz)."""
-    policy: str = "smollm2"
-    """Base policy: ``smollm2``, a ``*.gguf`` file or a save_pretrained causal LM."""
-    reward_model: str = "minilm"
-    """Backbone of the proxy reward model (and of the judge when ``judge: minilm``)."""
-    judge: str = "features"
-    """The judge: ``features`` (a linear head on frozen ``judge_backbone`` features, fitted on
-    the judge's pairs; docs/reward.md) or ``minilm`` (fine-tuned like the proxy)."""
-    judge_backbone: str = "smollm2"
-    """Frozen backbone of the ``features`` judge."""
-    judge_l2: float = 1.0
-    """L2 weight of the ``features`` judge's head (docs/reward.md: 1.0 was best on HH harmless)."""
-    split: list[float] = field(default_factory=lambda: [0.25, 0.55, 0.20])
-    """Shares of the first human turns for the proxy's pairs, the judge's pairs and the held-out
-    prompts (the judge gets the most: its accuracy grows with its pairs, 0.635 at 700 and
-    0.68 at 1,440 in docs/reward.md)."""
-    quick: bool = False
-    """Tiny sizes for a smoke test (a few minutes on a CPU); the numbers mean little."""
-    seed: int = 0
-    """Seed of the split, the reward models, the policies and sampling."""
-    rm_pairs: int = 800
-    """Proxy reward model's training pairs, at most (also DPO's pairs)."""
-    judge_pairs: int = 1200
-    """Judge's training pairs, at most (disjoint prompts from the proxy's)."""
-    rm_heldout_pairs: int = 300
-    """Held-out pairs for the reward models' accuracy (prompts unseen by both), at most."""
-    rm_epochs: int = 1
-    """Reward-model epochs."""
-    rm_lr: float = 5e-5
-    """Reward-model learning rate."""
-    rm_max_length: int = 256
-    """Reward-model tokens per prompt + response."""
-    eval_prompts: int = 200
-    """Held-out prompts the policies answer (prompts unseen by either reward model)."""
-    max_prompt_tokens: int = 160
-    """Evaluation and PPO prompts longer than this (chat-rendered) are skipped (228 of the
-    365 held-out first turns fit 160 SmolLM2 tokens, 174 fit 128)."""
-    max_new_tokens: int = 32
-    """Response length limit."""
-    bon_n: int = 4
-    """Best-of-n's n (the pool is n × eval_prompts samples)."""
-    dpo_pairs: int = 192
-    """DPO training pairs (the first of the proxy's pairs)."""
-    dpo_beta: float = 0.1
-    """DPO's β."""
-    dpo_lr: float = 5e-4
-    """DPO learning rate (LoRA)."""
-    dpo_epochs: int = 1
-    """DPO epochs."""
-    dpo_max_length: int = 192
-    """DPO tokens per prompt + response (the prompt keeps its end)."""
-    mix_beta: float = 0.0
-    """β′ of the logit-mixed DPO policy (β′ < β: further from the reference); 0 = no mixture
-    (it cost 200 s of the full-size run; ``alignkit demo sentiment`` measures mixing)."""
-    ppo_steps: int = 12
-    """PPO iterations."""
-    ppo_batch_size: int = 16
-    """PPO rollouts per iteration."""
-    ppo_epochs: int = 1
-    """PPO optimisation epochs over each iteration's rollouts."""
-    ppo_lr: float = 5e-4
-    """PPO learning rate (LoRA and value head)."""
-    ppo_kl_coef: float = 0.05
-    """PPO's KL leash β."""
-    lora_r: int = 8
-    """LoRA rank of DPO and PPO."""
-    lora_top_layers: int = 8
-    """DPO's and PPO's LoRA adapters go on every linear layer of the top this many blocks (the
-    backward stops there); 0 = peft's default targets in every block."""
-    samples_in_report: int = 6
-    """Prompts shown with every method's response in the report."""
-
-
 def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
     """Tiny sizes for the smoke test."""
-    from dataclasses import replace
-
     return replace(cfg, rm_pairs=48, judge_pairs=48, rm_heldout_pairs=24, rm_max_length=128, eval_prompts=8,
                    max_prompt_tokens=96, max_new_tokens=16, bon_n=2, dpo_pairs=4, dpo_max_length=128, ppo_steps=1,
                    ppo_batch_size=4, samples_in_report=3)
@@ -131,8 +69,6 @@ def quick_config(cfg: HHPolicyDemoConfig) -> HHPolicyDemoConfig:
 
 def length_rules(pairs: list) -> dict[str, float]:
     """Accuracy of "the longer response wins" and "the shorter response wins"."""
-    from alignkit.recipes.reward import length_baselines
-
     return length_baselines(pairs)
 
 
@@ -149,21 +85,6 @@ def paired_win_rate(judge_policy: list[float], judge_base: list[float]) -> dict[
 
 def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Run the pipeline and write the report; returns the summary dict."""
-
-    from alignkit.data import load_records, to_comparisons
-    from alignkit.data.splits import split_by_prompt
-    from alignkit.decoding.best_of_n import bon_kl_analytic
-    from alignkit.decoding.mixing import beta_rescale
-    from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.models.chat import render_prompt
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.demo_hh import find_hh_data
-    from alignkit.recipes.demo_sentiment import note, top_layer_lora_targets
-    from alignkit.recipes.dpo import DPOConfig, train_dpo
-    from alignkit.recipes.ppo import PPOConfig, train_ppo
-    from alignkit.recipes.reward import RewardConfig, train_reward
-    from alignkit.utils.seed import set_seed
 
     if cfg.quick:
         cfg = quick_config(cfg)
@@ -318,10 +239,6 @@ def fit_feature_judge(cfg: HHPolicyDemoConfig, pairs: list, out_dir: Path):
     """The judge: a linear Bradley–Terry head on frozen ``judge_backbone`` features
     (:class:`~alignkit.models.feature_reward.FeatureRewardModel`, docs/reward.md's feature set)
     fitted on the judge's pairs with L2 weight ``judge_l2``; saved to ``out_dir``."""
-    import torch
-
-    from alignkit.models.feature_reward import FeatureRewardModel
-
     judge = FeatureRewardModel(cfg.judge_backbone)
     prompts = [c.prompt for c in pairs]
     phi = judge.features(prompts + prompts, [c.a for c in pairs] + [c.b for c in pairs])
@@ -382,9 +299,6 @@ def write_report(summary: dict[str, Any], path: Path) -> Path:
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"alignkit demo hh — {summary['config']['policy']} (judge win rate vs base, 95% CI)")
     for col in ("method", "win rate", "95% CI", "judge", "proxy", "KL"):
         t.add_column(col, justify="right")

@@ -38,99 +38,49 @@ Instruct by default. Reads top to bottom:
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import statistics
+import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.data import Comparison
+from alignkit.decoding.mixing import beta_rescale
+from alignkit.diagnostics.overoptimization import (
+    best_of_n_curve,
+    best_of_n_gold_gains,
+    compare_at_kl,
+    divergence,
+    fit_gao,
+)
 from alignkit.errors import ConfigError
-from alignkit.recipes.dpo import DPOConfig
-from alignkit.recipes.ppo import PPOConfig
-from alignkit.recipes.reward import RewardConfig
-
-LABELS = ("gold", "proxy")
-
-
-@dataclass
-class SentimentDemoConfig:
-    """Configuration of ``alignkit demo sentiment`` (``quick`` shrinks every size). The
-    sub-recipes' configs are nested (``dpo.lr``, ``ppo.steps``, ``reward.epochs`` ...)."""
-
-    out: str = "runs/demo_sentiment"
-    """Output directory: summary.json, report.html, the PNGs, seed_S/ (the proxies)."""
-    policy: str = "smollm2"
-    """Base policy (also the reference): ``smollm2``, a ``*.gguf`` file or a causal-LM directory."""
-    quick: bool = False
-    """Tiny sizes for a smoke test (CI); the numbers mean little."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Seeds: each one draws its own proxy training pairs, trains its own proxies and policies."""
-    split_seed: int = 0
-    """Seed of the train/evaluation split of the prompts."""
-    eval_fraction: float = 0.2
-    """Share of the 1,260 prompts held out for evaluation (never trained on)."""
-    max_new_tokens: int = 16
-    """Continuation length limit (the task allows ≤ 32; TRL's sentiment example uses 4–16)."""
-    pool_prompts: int = 256
-    """Train prompts in the preference pool (the proxies' and DPO's pairs come from it)."""
-    pool_samples: int = 6
-    """Base samples per pool prompt (15 pairs a prompt; the DPO paper's IMDb experiment drew 4)."""
-    eval_prompts: int = 32
-    """Evaluation prompts every method is scored on."""
-    bon_pool: int = 64
-    """Base samples per evaluation prompt: best-of-n for n ≤ this, and the base policy's numbers."""
-    bon_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    """n values of best-of-n."""
-    eval_samples: int = 2
-    """Samples per evaluation prompt of every trained (or mixed) policy."""
-    eval_seed: int = 777
-    """Sampling seed of every policy's evaluation samples (the same for all methods and seeds)."""
-    proxy_pairs: list[int] = field(default_factory=lambda: [256, 2048])
-    """Proxy training-set sizes (gold-labelled pairs; the smaller is a subset of the larger)."""
-    optimise_proxy: int = -1
-    """Which proxy (index into ``proxy_pairs``) DPO's proxy labels and PPO use."""
-    proxy_heldout_pairs: int = 512
-    """Pairs of evaluation-pool samples (prompts no proxy saw) for the proxies' accuracy."""
-    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        model="minilm", out="", epochs=1, lr=1e-4, batch_size=32, max_length=64, eval_fraction=0.0,
-        tensorboard=False))
-    """The proxies' reward-model config; the demo sets out and seed."""
-    dpo_betas: list[float] = field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0])
-    """DPO's β sweep."""
-    dpo_labels: list[str] = field(default_factory=lambda: list(LABELS))
-    """Who labels DPO's pairs: ``gold`` (VADER, the DPO paper's setting) and/or ``proxy``."""
-    dpo_pairs: int = 128
-    """DPO's pairs (the first of the seed's shuffled proxy-training pairs)."""
-    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        out="", lr=1e-3, epochs=2, batch_size=16, max_length=64, lora=True, lora_r=8, lora_alpha=16,
-        use_chat_template=False, tensorboard=False, save_checkpoints=False, save_model=False))
-    """The DPO recipe's config; the demo sets policy, beta and seed (and lora_targets, see
-    ``lora_top_layers``)."""
-    mix_from_beta: float = 0.1
-    """The DPO policy (of ``mix_labels``) re-scaled by logit mixing to the sweep's other β."""
-    mix_labels: str = "gold"
-    """Whose DPO policies the mixture is built from and compared with."""
-    ppo_kl_coefs: list[float] = field(default_factory=lambda: [0.1, 0.03, 0.01, 0.0])
-    """PPO's KL-coefficient sweep (0: no KL penalty at all — the loosest leash)."""
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
-        out="", steps=20, rollout_batch_size=16, ppo_epochs=1, lr=1e-3, lora=True, lora_r=8, lora_alpha=16,
-        use_chat_template=False, tensorboard=False, save_checkpoints=False, save_model=False))
-    """The PPO recipe's config; the demo sets policy, kl_coef, max_new_tokens and seed (and
-    lora_targets, see ``lora_top_layers``). One epoch: the update's forward is also the old
-    log-probs' (one policy forward a step)."""
-    lora_top_layers: int = 8
-    """DPO's and PPO's LoRA adapters go on every linear layer of the top this many blocks
-    (the backward pass then stops there: SmolLM2 has 30); 0 = the sub-configs' own
-    ``lora_targets`` (peft's default: every block)."""
-    ci_level: float = 0.95
-    """Confidence level of every interval."""
-    ci_resamples: int = 2000
-    """Bootstrap resamples of the gain CIs (seeds × prompts)."""
-    gao_resamples: int = 1000
-    """Bootstrap resamples of the Gao fits and of the equal-KL comparisons."""
-    samples_in_report: int = 6
-    """Evaluation prompts shown with a continuation of every method in the report."""
+from alignkit.evaluation import (
+    evaluate_reward_model,
+    paired_bootstrap_ci,
+    sample_for_eval,
+    sample_mixture_for_eval,
+)
+from alignkit.models import load_causal_lm, load_tokenizer
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes._common import write_json
+from alignkit.recipes.configs.demo_sentiment import LABELS, SentimentDemoConfig
+from alignkit.recipes.demo import _json_default
+from alignkit.recipes.dpo import train_dpo
+from alignkit.recipes.ppo import train_ppo
+from alignkit.recipes.reward import train_reward
+from alignkit.report import frontier
+from alignkit.tasks import sentiment
+from alignkit.tasks.sentiment import build_prompts, check_installed, split_prompts
+from alignkit.utils.progress import track
 
 
 def quick_config(cfg: SentimentDemoConfig) -> SentimentDemoConfig:
@@ -184,19 +134,6 @@ class _Shared:
 
 def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) -> dict[str, Any]:
     """Run the frontier experiment and write the report; returns the summary dict."""
-    from alignkit.data import Comparison
-    from alignkit.evaluation import sample_for_eval
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes._common import write_json
-    from alignkit.tasks.sentiment import (
-        afinn_gold,
-        build_prompts,
-        check_installed,
-        split_prompts,
-        vader_gold,
-    )
-    from alignkit.utils.progress import track
-
     if cfg.quick:
         cfg = quick_config(cfg)
     check_config(cfg)
@@ -224,7 +161,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
     timings["base_pools"] = time.time() - t
     note(f"base pools: {len(pool)} + {len(eval_pool)} continuations ({timings['base_pools']:.0f} s)")
-    eval_gold = vader_gold(eval_in, eval_pool)
+    # the golds are looked up on the task module (sentiment.vader_gold): one setattr swaps them
+    eval_gold = sentiment.vader_gold(eval_in, eval_pool)
     # held-out pairs for the proxies' accuracy: two evaluation-pool samples of one prompt, gold ≠
     rng = random.Random(cfg.split_seed)
     heldout = []
@@ -236,8 +174,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
         if eval_gold[i] != eval_gold[j]:
             heldout.append(Comparison(prompt=eval_in[i], a=eval_pool[i], b=eval_pool[j],
                                       mu=float(eval_gold[i] > eval_gold[j])))
-    shared = _Shared(tok, ref, pool_in, pool, vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
-                     afinn_gold(eval_in, eval_pool), train_prompts, heldout)
+    shared = _Shared(tok, ref, pool_in, pool, sentiment.vader_gold(pool_in, pool), eval_prompts, eval_pool, eval_gold,
+                     sentiment.afinn_gold(eval_in, eval_pool), train_prompts, heldout)
 
     # --- 3. per seed: proxies, best-of-n, DPO (+ mixing), PPO ---------------------------------
     per_seed = []
@@ -262,10 +200,6 @@ def top_layer_lora_targets(model, n_top: int) -> list[str]:
     """Full names of the linear layers (``nn.Linear``, GPT-2's ``Conv1D``) inside the top
     ``n_top`` transformer blocks of ``model`` — blocks are the modules named ``….<i>`` under
     the model's block list (``model.layers`` for Llama, ``transformer.h`` for GPT-2)."""
-    import re
-
-    import torch
-
     linear = [(name, mod) for name, mod in model.named_modules()
               if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"]
     block = re.compile(r"^(.*?\.)(\d+)\.")
@@ -280,9 +214,6 @@ def top_layer_lora_targets(model, n_top: int) -> list[str]:
 def note(message: str, who: str = "demo sentiment") -> None:
     """One line of progress on stderr (a run takes an hour; progress bars need a terminal),
     unless ALIGNKIT_NO_PROGRESS is set."""
-    import os
-    import sys
-
     if not os.environ.get("ALIGNKIT_NO_PROGRESS"):
         print(f"[{time.strftime('%H:%M:%S')}] {who}: {message}", file=sys.stderr, flush=True)
 
@@ -300,18 +231,6 @@ def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
 def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]:
     """One seed: its proxies, best-of-n under each, the DPO β sweeps (gold and proxy labels),
     the mixtures, the PPO KL sweep — every policy scored on the same evaluation prompts."""
-    import numpy as np
-
-    from alignkit.data import Comparison
-    from alignkit.decoding.mixing import beta_rescale
-    from alignkit.diagnostics.overoptimization import best_of_n_curve, best_of_n_gold_gains
-    from alignkit.evaluation import evaluate_reward_model, sample_for_eval, sample_mixture_for_eval
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.dpo import train_dpo
-    from alignkit.recipes.ppo import train_ppo
-    from alignkit.recipes.reward import train_reward
-    from alignkit.tasks.sentiment import afinn_gold, vader_gold
-
     sdir = Path(cfg.out) / f"seed_{seed}"
     n_eval = len(sh.eval_prompts)
     targets = top_layer_lora_targets(sh.ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
@@ -360,8 +279,8 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     eval_rep = [p for p in sh.eval_prompts for _ in range(cfg.eval_samples)]
 
     def evaluate(samples, setting: dict[str, Any]) -> dict[str, Any]:
-        g = vader_gold(samples.prompts, samples.responses)
-        a = afinn_gold(samples.prompts, samples.responses)
+        g = sentiment.vader_gold(samples.prompts, samples.responses)
+        a = sentiment.afinn_gold(samples.prompts, samples.responses)
         return {**setting, "kl": statistics.fmean(samples.kl), "gold": statistics.fmean(g),
                 "afinn": statistics.fmean(a), "proxy": float(opt.score(samples.prompts, samples.responses).mean()),
                 "length": statistics.fmean(len(r.split()) for r in samples.responses),
@@ -427,8 +346,6 @@ METHOD_NAMES = {"best_of_n": "best-of-n", "dpo_gold": "DPO (gold labels)", "dpo_
 
 
 def _ci(cfg: SentimentDemoConfig, gains: list[list[float]]) -> dict[str, Any]:
-    from alignkit.evaluation import paired_bootstrap_ci
-
     mean, lo, hi = paired_bootstrap_ci(gains, level=cfg.ci_level, resamples=cfg.ci_resamples, seed=cfg.seeds[0])
     return {"gain": mean, "ci": [lo, hi], "beats_base": bool(lo > 0)}
 
@@ -436,10 +353,6 @@ def _ci(cfg: SentimentDemoConfig, gains: list[list[float]]) -> dict[str, Any]:
 def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Seeds pooled: every sweep's points with CIs, the best points, Gao fits, DPO vs PPO at
     equal KL, over-optimisation, the VADER–AFINN gap and mixing against retraining."""
-    import numpy as np
-
-    from alignkit.diagnostics.overoptimization import compare_at_kl, divergence, fit_gao
-
     n_eval = len(sh.eval_prompts)
     base = {"gold": statistics.fmean(sh.eval_gold), "afinn": statistics.fmean(sh.eval_afinn), "kl": 0.0,
             "proxy": statistics.fmean(s["proxies"][str(s["optimised_proxy"])]["base_proxy"] for s in per_seed),
@@ -533,9 +446,6 @@ def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, An
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"alignkit demo sentiment — gold (VADER) gain over base, {len(summary['seeds'])} seed(s), "
                     "paired 95% CI over seeds × prompts")
     for col in ("method", "setting", "KL", "gold", "gain [CI]", "AFINN gain", "proxy"):
@@ -550,9 +460,6 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def _write_report(summary: dict[str, Any], out: Path) -> None:
-    from alignkit.recipes.demo import _json_default
-    from alignkit.report import frontier
-
     figs = {
         "Gold (VADER, solid) and second gold (AFINN, dashed) gain over base vs KL, with Gao fits and their "
         "95% bands": frontier.plot_gold_vs_kl(summary, out / "gold_vs_kl.png"),

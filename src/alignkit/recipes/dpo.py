@@ -22,97 +22,68 @@ in steps of their own; ``entangle_every`` logs the gradient-entanglement diagnos
 from __future__ import annotations
 
 import math
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import Ranking, load_records, to_comparisons
+from alignkit.diagnostics.entanglement import probe_metrics
 from alignkit.errors import ConfigError, DataError
+from alignkit.losses.dpo import (
+    PairLogps,
+    PairLoss,
+    cdpo_loss,
+    dpo_loss,
+    ipo_loss,
+    normalized_gradient_dpo_loss,
+    pair_metrics,
+    per_example_grad_norms,
+    plackett_luce_dpo_loss,
+    ranking_metrics,
+)
+from alignkit.losses.preference import ranking_rows
+from alignkit.models.groups import group_logps, tokenize_group
+from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
+from alignkit.recipes._common import (
+    adamw,
+    batches,
+    disable_dropout,
+    format_completion,
+    format_prompt,
+    load_checkpoint,
+    load_policy,
+    open_run,
+    require,
+    save_checkpoint_once,
+    save_policy_once,
+    scalars,
+)
+from alignkit.recipes.configs.dpo import DPOConfig
+from alignkit.scale.distributed import Distributed
+from alignkit.utils.progress import track
+from alignkit.utils.seed import set_seed
 
-LOSSES = ("dpo", "ipo", "cdpo", "normalized")
-"""The objectives ``loss`` picks from (one pure function each in :mod:`alignkit.losses.dpo`)."""
+PairLossFn = Callable[[Any, PairLogps, torch.Tensor, Any], PairLoss]
+PAIR_LOSSES: dict[str, tuple[str, PairLossFn]] = {
+    "dpo": ("dpo", lambda cfg, logps, mu, grad_norms: dpo_loss(logps, cfg.beta, mu)),
+    "ipo": ("ipo", lambda cfg, logps, mu, grad_norms: ipo_loss(logps, cfg.beta, mu)),
+    "cdpo": ("cdpo", lambda cfg, logps, mu, grad_norms: cdpo_loss(logps, cfg.beta, mu, cfg.label_smoothing)),
+    "normalized": ("normalized_dpo", lambda cfg, logps, mu, grad_norms:
+                   normalized_gradient_dpo_loss(logps, cfg.beta, mu, *grad_norms)),
+}
+"""``loss`` → (the name its value is logged under, ``loss/<name>``; its pure function in
+:mod:`alignkit.losses.dpo` called with the config's options as ``(cfg, PairLogps, mu (B,),
+grad_norms)``). ``grad_norms`` = the per-example ‖∇ log π‖ of the chosen and rejected
+responses, computed only for the losses in :data:`NEEDS_GRAD_NORMS` (else None)."""
+NEEDS_GRAD_NORMS = ("normalized",)
+LOSSES = tuple(PAIR_LOSSES)
+"""The objectives ``loss`` picks from."""
 RANKINGS = ("plackett_luce", "pairs")
-
-
-@dataclass
-class DPOConfig:
-    policy: str = ""
-    """Path to the starting policy (usually the SFT model); it is also the reference."""
-    data: str = ""
-    """Comparison data (any format alignkit.data.load_records reads)."""
-    out: str = "runs/dpo"
-    """Output directory: the trained policy, metrics.jsonl, tb/, checkpoint.pt."""
-    beta: float = 0.1
-    """KL weight β: implicit reward r̂ = β log(π_θ/π_ref)."""
-    loss: str = "dpo"
-    """Objective: dpo (soft labels μ), ipo, cdpo (label smoothing), or normalized (pairwise-
-    normalised gradients; costs 2 × batch_size extra backward passes per step)."""
-    label_smoothing: float = 0.1
-    """cDPO's assumed label-flip rate ε (only for loss=cdpo)."""
-    max_length: int = 256
-    """Longest tokenised prompt + response; longer pairs keep the end of the prompt."""
-    batch_size: int = 8
-    """Pairs per optimiser step: the global batch, split over the processes of a distributed
-    launch (the same command trains the same model on 1 or N processes)."""
-    micro_batch_size: int = 0
-    """Most pairs per forward pass on one process (0 = no limit); the rest is accumulated."""
-    epochs: int = 1
-    """Passes over the data."""
-    max_steps: int = 0
-    """Stop after this many steps (0 = run all epochs)."""
-    lr: float = 5e-6
-    """AdamW learning rate."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up steps."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    use_chat_template: bool = True
-    """Wrap prompts in the tokenizer's chat template when it has one."""
-    pair_layout: str = "packed"
-    """How a batch of pairs is laid out for the forward pass (all give the same numbers):
-    packed = whole pairs (each prompt once, then both completions) packed into rows of
-    ≤256 tokens with a block-causal mask (fewest FLOPs); shared = prompts once, completions reuse the prompt
-    KV cache (padded); full = [prompt+chosen; prompt+rejected] rows, right-padded."""
-    lora: bool = False
-    """Train LoRA adapters; the reference is then the same weights with adapters off."""
-    lora_r: int = 8
-    """LoRA rank."""
-    lora_alpha: int = 16
-    """LoRA alpha (scale = alpha / r)."""
-    lora_targets: list[str] = field(default_factory=list)
-    """Modules to adapt (empty = peft's default for the architecture)."""
-    seed: int = 0
-    """Random seed."""
-    save_every: int = 0
-    """Write checkpoint.pt every this many steps (0 = only at the end)."""
-    save_checkpoints: bool = True
-    """Write checkpoint.pt at all."""
-    save_model: bool = True
-    """save_pretrained the final policy into ``out`` (off for throw-away runs)."""
-    resume: bool = False
-    """Continue from ``out/checkpoint.pt`` when it exists."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files to ``out/tb``."""
-    log_every: int = 1
-    """Log metrics every this many steps."""
-    device: str = "auto"
-    """``auto``, ``cpu``, ``cuda``, ..."""
-    precision: str = "auto"
-    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
-    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
-    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
-    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
-    (docs/scale.md)."""
-    rankings: str = "plackett_luce"
-    """How K-way rankings train: plackett_luce (Plackett–Luce on the K implicit rewards, in
-    batches of ``batch_size`` rankings; needs loss=dpo) or pairs (their K-choose-2 pairs)."""
-    ratings_to_pairs: bool = False
-    """Turn ratings of responses to the same prompt into comparisons (else ratings are dropped)."""
-    entangle_every: int = 0
-    """Every this many steps, measure gradient entanglement on a fixed probe set of pairs and
-    log ``diag/entangle/*`` (0 = off). Costs 2 × entangle_pairs backward passes per probe."""
-    entangle_pairs: int = 8
-    """Probe pairs for ``entangle_every`` (a seeded sample of the training pairs that are not
-    ties, each read with its preferred response as "chosen")."""
 
 
 @dataclass
@@ -129,8 +100,6 @@ class DPOResult:
 
 def load_comparisons(path: str):
     """Comparisons from any supported file; other record kinds are converted or dropped."""
-    from alignkit.data import to_comparisons
-
     comps = to_comparisons(_load(path))
     if not comps:
         raise DataError("no comparisons to train on", path=path)
@@ -138,8 +107,6 @@ def load_comparisons(path: str):
 
 
 def _load(path: str) -> list[Any]:
-    from alignkit.data import load_records
-
     if not Path(path).exists():
         raise DataError("data file not found", path=path)
     return load_records(path).records
@@ -149,8 +116,6 @@ def split_rankings(records: list[Any], rankings: str, ratings_to_pairs: bool = F
     """(comparisons, rankings) to train on: with ``rankings="plackett_luce"`` the
     :class:`~alignkit.data.Ranking` records are kept whole, else they become pairs; ratings
     become pairs with ``ratings_to_pairs``."""
-    from alignkit.data import Ranking, to_comparisons
-
     if rankings not in RANKINGS:
         raise ConfigError(f"rankings: expected one of {RANKINGS}, got {rankings!r}")
     whole = rankings == "plackett_luce"
@@ -160,41 +125,6 @@ def split_rankings(records: list[Any], rankings: str, ratings_to_pairs: bool = F
 
 def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
     """Train ``cfg.policy`` on ``records`` (Comparisons in memory) or ``cfg.data``."""
-    import random
-    import time
-
-    import torch
-
-    from alignkit.diagnostics.entanglement import probe_metrics
-    from alignkit.losses.dpo import (
-        cdpo_loss,
-        dpo_loss,
-        ipo_loss,
-        normalized_gradient_dpo_loss,
-        per_example_grad_norms,
-        plackett_luce_dpo_loss,
-    )
-    from alignkit.losses.preference import ranking_rows
-    from alignkit.models.groups import group_logps, tokenize_group
-    from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
-    from alignkit.recipes._common import (
-        adamw,
-        batches,
-        disable_dropout,
-        format_completion,
-        format_prompt,
-        load_checkpoint,
-        load_policy,
-        open_run,
-        require,
-        save_checkpoint_once,
-        save_policy_once,
-        scalars,
-    )
-    from alignkit.scale.distributed import Distributed
-    from alignkit.utils.progress import track
-    from alignkit.utils.seed import set_seed
-
     # --- setup ------------------------------------------------------------------------
     if cfg.loss not in LOSSES:
         raise ConfigError(f"loss: expected one of {LOSSES}, got {cfg.loss!r}")
@@ -204,7 +134,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         raise ConfigError(f"beta: expected a positive number, got {cfg.beta}")
     set_seed(cfg.seed)
     dist = Distributed(cfg.device, cfg.micro_batch_size, cfg.precision)
-    if dist.is_sharded and cfg.loss == "normalized":  # torch.autograd.grad cannot reach sharded parameters
+    if dist.is_sharded and cfg.loss in NEEDS_GRAD_NORMS:  # torch.autograd.grad cannot reach sharded parameters
         raise ConfigError("loss: normalized needs per-example gradients, which FSDP2/ZeRO do not give "
                           "(parameters are sharded); run it on one process or under DDP")
     if dist.is_sharded and cfg.entangle_every > 0:
@@ -321,8 +251,10 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
         else:
             ref_lp = ref_group_logps[idx].to(device)
         rows = ranking_rows([rankings[i] for i in idx])
-        return plackett_luce_dpo_loss(lp[rows.owner.to(device)], ref_lp[rows.owner.to(device)], cfg.beta,
-                                      rows.order.to(device), rows.mask.to(device), rows.weights.to(device))
+        owner, order, mask, w = (t.to(device) for t in (rows.owner, rows.order, rows.mask, rows.weights))
+        out = plackett_luce_dpo_loss(lp[owner], ref_lp[owner], cfg.beta, order, mask)
+        w = w.to(out.losses.dtype)
+        return (w * out.losses).sum() / w.sum(), ranking_metrics(out, lp[owner], order, mask, w)
 
     def pair_loss(idx):
         n = len(idx)
@@ -334,18 +266,14 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
             ref_c, ref_r = ref[:n], ref[n:]
         else:
             ref_c, ref_r = ref_logps[0, idx].to(device), ref_logps[1, idx].to(device)
-        pol_c, pol_r = policy_logps[:n], policy_logps[n:]
-        if cfg.loss == "dpo":
-            return dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-        if cfg.loss == "ipo":
-            return ipo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, mu=mu[idx].to(device))
-        if cfg.loss == "cdpo":
-            return cdpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, label_smoothing=cfg.label_smoothing,
-                             mu=mu[idx].to(device))
-        # per-example ‖∇ log π‖ by 2n backward passes, then the normalised surrogate
-        norms = per_example_grad_norms(policy_logps, params)
-        return normalized_gradient_dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, norms[:n], norms[n:],
-                                            mu=mu[idx].to(device))
+        logps = PairLogps(policy_logps[:n], policy_logps[n:], ref_c, ref_r)
+        grad_norms = None
+        if cfg.loss in NEEDS_GRAD_NORMS:  # per-example ‖∇ log π‖ by 2n backward passes
+            norms = per_example_grad_norms(policy_logps, params)
+            grad_norms = (norms[:n], norms[n:])
+        name, loss_fn = PAIR_LOSSES[cfg.loss]
+        out = loss_fn(cfg, logps, mu[idx].to(device), grad_norms)
+        return out.losses.mean(), pair_metrics(name, out, logps, grad_norms)
 
     # --- loop -------------------------------------------------------------------------
     # each step: this process's share of the global batch, losses weighted so that the

@@ -12,46 +12,28 @@ head on all pairs and save a ``load_reward_model`` directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import load_records, to_comparisons
+from alignkit.data.splits import kfold_by_prompt
+from alignkit.diagnostics.calibration import preference_metrics
 from alignkit.errors import ConfigError, DataError
-
-
-@dataclass
-class FeatureRewardConfig:
-    """Configuration of ``alignkit reward features``."""
-
-    model: str = "smollm2"
-    """Frozen backbone: ``smollm2``, a ``*.gguf`` file or a causal-LM directory."""
-    data: str = ""
-    """Comparisons (any format alignkit.data reads)."""
-    out: str = "runs/feature_rm"
-    """Output directory: the reward model, features.pt, eval.json."""
-    l2: float = 1.0
-    """L2 weight on the standardised head (1.0 was best of 0.01/0.1/1 on HH harmless)."""
-    folds: int = 5
-    """Cross-validation folds by prompt (0 = only fit, no held-out numbers)."""
-    max_prompt_tokens: int = 96
-    """The rendered prompt keeps its last this many tokens."""
-    max_response_tokens: int = 128
-    """The reply keeps its first this many tokens."""
-    dtype: str = "bfloat16"
-    """Precision of the feature pass."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    seed: int = 0
-    """Seed of the fold assignment."""
+from alignkit.models.feature_reward import FeatureRewardModel, FeatureSpec, fit_pairwise_logistic
+from alignkit.recipes.configs.reward import FeatureRewardConfig
+from alignkit.recipes.reward import length_baselines
+from alignkit.utils.progress import track
 
 
 def pairs_digest(comps: list[Any]) -> str:
     """SHA-256 of the comparisons' prompts, responses and labels, in order (the feature
     cache's key, with the backbone and the feature spec)."""
-    import hashlib
-
     h = hashlib.sha256()
     for c in comps:
         h.update(json.dumps([c.prompt, c.a, c.b, c.mu]).encode())
@@ -61,10 +43,6 @@ def pairs_digest(comps: list[Any]) -> str:
 def cross_validate(phi_a, phi_b, mu, folds: list[int], l2: float):
     """Out-of-fold Δ = r̂(a) − r̂(b) ``(N,)``: fold k's pairs scored by the head fitted on
     the other folds."""
-    import torch
-
-    from alignkit.models.feature_reward import fit_pairwise_logistic
-
     fold = torch.tensor(folds)
     delta = torch.zeros(len(mu), dtype=torch.float64)
     for k in sorted(set(folds)):
@@ -76,15 +54,6 @@ def cross_validate(phi_a, phi_b, mu, folds: list[int], l2: float):
 
 def train_feature_reward(cfg: FeatureRewardConfig, records: list[Any] | None = None) -> dict[str, Any]:
     """Features once, grouped cross-validation, then the head on all pairs; returns metrics."""
-    import torch
-
-    from alignkit.data import load_records, to_comparisons
-    from alignkit.data.splits import kfold_by_prompt
-    from alignkit.diagnostics.calibration import preference_metrics
-    from alignkit.models.feature_reward import FeatureRewardModel, FeatureSpec
-    from alignkit.recipes.reward import length_baselines
-    from alignkit.utils.progress import track
-
     if cfg.folds == 1 or cfg.folds < 0:
         raise ConfigError(f"folds: expected 0 or at least 2, got {cfg.folds}")
     if records is None:

@@ -1,13 +1,13 @@
 """``alignkit demo humans``: who gives the feedback, on the driving task.
 
 Three experiments on the cached highway-env pool (:mod:`alignkit.tasks.driving`), all with
-the Bayesian linear learner of :mod:`alignkit.feedback.posterior` and the simulated people
-of :mod:`alignkit.feedback.human_models` labelling pool *indices* (the annotators work on
+the Bayesian linear learner of :mod:`alignkit.humans.posterior` and the simulated people
+of :mod:`alignkit.humans.human_models` labelling pool *indices* (the annotators work on
 any items):
 
 1. **Label efficiency** — a well-specified Boltzmann annotator; after each label the
    Laplace posterior is refit and the next query is chosen among ``candidates`` random
-   pairs by each strategy of :mod:`alignkit.feedback.query` (random, info-gain,
+   pairs by each strategy of :mod:`alignkit.humans.query` (random, info-gain,
    volume-removal, disagreement). ``label_efficiency[strategy]`` = per seed, the first
    label count at which cos(θ̂, θ*) ≥ ``target_cosine`` (None: not within the budget).
 2. **Misspecification matrix** — annotator model A × learner model B, random queries,
@@ -26,64 +26,23 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alignkit.humans import human_models as hm
+from alignkit.humans.annotators import linear_population
+from alignkit.humans.posterior import cosine, fit_laplace, fit_map
+from alignkit.humans.query import linear_pair_probs, select_queries
+from alignkit.recipes.configs.humans import HumansConfig
+from alignkit.report.humans import write_report
+from alignkit.tasks import driving
+from alignkit.utils.metrics import MetricsLogger
+from alignkit.utils.progress import track
+
 ANNOTATORS = ("boltzmann", "wrong-beta", "regret", "myopic", "false-belief", "noisy", "biased-group", "bpref")
 LEARNERS = ("boltzmann", "regret")
-
-
-@dataclass
-class HumansConfig:
-    out: str = "runs/demo_humans"
-    """Output directory."""
-    pool: str | None = None
-    """A cached driving pool (.npz); default: the one shipped with alignkit."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
-    """Seeds for every experiment (query pools, label draws)."""
-    beta: float = 2.0
-    """Rationality β of the well-specified annotator (‖θ*‖ = 1, standardised features); the learner assumes it."""
-    prior_var: float = 1.0
-    """Prior variance σ₀² of θ ~ N(0, σ₀² I)."""
-    target_cosine: float = 0.9
-    """Label efficiency: labels needed until cos(θ̂, θ*) reaches this."""
-    max_labels: int = 100
-    """Label efficiency: label budget per strategy and seed."""
-    candidates: int = 2000
-    """Label efficiency: random candidate pairs the strategies choose from (per seed)."""
-    posterior_samples: int = 256
-    """Samples of the Laplace posterior used to score queries."""
-    strategies: list[str] = field(default_factory=lambda: ["random", "info-gain", "volume-removal", "disagreement"])
-    """Query strategies to compare (alignkit.feedback.query.QUERY_STRATEGIES)."""
-    matrix_labels: int = 200
-    """Misspecification matrix and stability curve: random-query labels per cell and seed."""
-    test_pairs: int = 3000
-    """Held-out pairs for preference accuracy."""
-    wrong_beta: float = 0.25
-    """The 'wrong-beta' annotator's β (the learner still assumes ``beta``)."""
-    myopic_gamma: float = 0.7
-    """The 'myopic' annotator's γ (B-Pref; weighs the end of the trajectory)."""
-    believed_braking: float = 18.0
-    """The 'false-belief' annotator's belief about the braking capability (true: 6 m/s²)."""
-    noise: float = 0.2
-    """The 'noisy' annotator's label-flip probability."""
-    biased_share: float = 0.3
-    """The 'biased-group' share of labels, from a group that values efficiency over safety."""
-    bpref_mistake: float = 0.1
-    """The 'bpref' teacher (β = ∞): probability ε of a flipped label."""
-    bpref_equal: float = 0.1
-    """The 'bpref' teacher: a tie (μ = ½) when |Δu| < this × std(u)."""
-    bpref_skip_quantile: float = 0.2
-    """The 'bpref' teacher: skip (no label) when both utilities are below this quantile of u."""
-    stability_log2_beta: list[float] = field(default_factory=lambda: [-4, -3, -2, -1, 0, 1, 2, 3])
-    """Stability curve: log₂(annotator β / learner β)."""
-    stability_gamma: list[float] = field(default_factory=lambda: [1.0, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1])
-    """Stability curve: myopic γ of the annotator."""
-    quick: bool = False
-    """Tiny sizes (≤ 2 minutes)."""
 
 
 def quick_overrides() -> dict[str, Any]:
@@ -101,8 +60,6 @@ class Setting:
     """The pool with everything the experiments need precomputed."""
 
     def __init__(self, pool: Any):
-        from alignkit.tasks import driving
-
         self.pool = pool
         self.phi = pool.features()
         self.step_phi = pool.step_features()
@@ -127,8 +84,6 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
                    gamma: float | None = None) -> tuple[Any, np.ndarray]:
     """The simulated person ``kind`` over pool indices, and the utility it maximises
     (per item, for the 'annotator accuracy' of a learned reward)."""
-    from alignkit.feedback import human_models as hm
-
     beta = cfg.beta if beta is None else beta
 
     def items(u: np.ndarray) -> Any:
@@ -155,7 +110,7 @@ def make_annotator(kind: str, st: Setting, cfg: HumansConfig, seed: int, *, beta
     if kind == "biased-group":
         theta_b = np.array([0.1, 1.0, -0.3, 0.0, 0.0])
         theta_b /= np.linalg.norm(theta_b)
-        pop = hm.linear_population([st.theta, theta_b], lambda idx: st.phi[np.asarray(idx, dtype=int)],
+        pop = linear_population([st.theta, theta_b], lambda idx: st.phi[np.asarray(idx, dtype=int)],
                                    weights=[1 - cfg.biased_share, cfg.biased_share], beta=beta, seed=seed,
                                    record_fn=_record, groups=["honest", "speedy"])
         return pop, st.phi @ ((1 - cfg.biased_share) * st.theta + cfg.biased_share * theta_b)
@@ -172,9 +127,6 @@ def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cf
                 beta: float | None = None) -> np.ndarray:
     """θ̂ (the posterior mode) under learner model ``kind``, assuming rationality ``beta``
     (default ``cfg.beta``)."""
-    from alignkit.feedback.posterior import fit_laplace, fit_map
-    from alignkit.tasks import driving
-
     beta = cfg.beta if beta is None else beta
     a = np.array([x[0] for x in labels])
     b = np.array([x[1] for x in labels])
@@ -190,8 +142,6 @@ def fit_learner(kind: str, st: Setting, labels: list[tuple[int, int, float]], cf
 
 def learner_utility(kind: str, st: Setting, theta: np.ndarray) -> np.ndarray:
     """What learner ``kind`` predicts the person maximises, per item, under θ."""
-    from alignkit.tasks import driving
-
     if kind == "regret":
         return -driving.regret(st.phi, st.pool, theta)
     return st.phi @ theta
@@ -221,9 +171,6 @@ def _ci95(xs: list[float]) -> dict[str, float]:
 
 def label_efficiency_run(st: Setting, cfg: HumansConfig, strategy: str, seed: int) -> list[float]:
     """cos(θ̂, θ*) after 0, 1, …, ``max_labels`` labels chosen by ``strategy``."""
-    from alignkit.feedback.posterior import cosine, fit_laplace
-    from alignkit.feedback.query import linear_pair_probs, select_queries
-
     rng = np.random.default_rng(seed)
     cand = st.random_pairs(cfg.candidates, rng)       # the same candidates for every strategy
     d_cand = st.phi[cand[:, 0]] - st.phi[cand[:, 1]]
@@ -267,8 +214,6 @@ def labels_to_stay(curve: list[float], target: float) -> int | None:
 
 
 def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
-    from alignkit.utils.progress import track
-
     curves: dict[str, list[list[float]]] = {s: [] for s in cfg.strategies}
     jobs = [(s, seed) for seed in cfg.seeds for s in cfg.strategies]
     for strategy, seed in track(jobs, description="label efficiency"):
@@ -318,8 +263,6 @@ def run_label_efficiency(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, 
 
 def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, ...], seed: int,
           learner_beta: float | None = None, **ann_kwargs: Any) -> dict[str, dict[str, float]]:
-    from alignkit.tasks import driving
-
     rng = np.random.default_rng(seed + 777)
     pairs = st.random_pairs(cfg.matrix_labels, rng)
     test = st.random_pairs(cfg.test_pairs, rng)
@@ -340,8 +283,6 @@ def _cell(st: Setting, cfg: HumansConfig, annotator: str, learners: tuple[str, .
 
 
 def run_matrix(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
-    from alignkit.utils.progress import track
-
     raw: dict[str, dict[str, list[dict[str, float]]]] = {a: {b: [] for b in LEARNERS} for a in ANNOTATORS}
     for a, seed in track([(a, s) for a in ANNOTATORS for s in cfg.seeds], description="misspecification"):
         cell = _cell(st, cfg, a, LEARNERS, seed)
@@ -355,8 +296,6 @@ def run_matrix(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
 
 
 def run_stability(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
-    from alignkit.utils.progress import track
-
     curves: dict[str, list[dict[str, Any]]] = {"log2_beta_ratio": [], "myopic_gamma": []}
     jobs = [("log2_beta_ratio", x) for x in cfg.stability_log2_beta] + [("myopic_gamma", g) for g in cfg.stability_gamma]
     for kind, x in track(jobs, description="stability"):
@@ -389,9 +328,6 @@ def run_stability(st: Setting, cfg: HumansConfig, log: Any) -> dict[str, Any]:
 
 
 def run_humans(cfg: HumansConfig) -> dict[str, Any]:
-    from alignkit.tasks import driving
-    from alignkit.utils.metrics import MetricsLogger
-
     if cfg.quick:
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)
@@ -430,8 +366,6 @@ def run_humans(cfg: HumansConfig) -> dict[str, Any]:
         "timings_s": timings,
         "wall_s": time.time() - t0,
     }
-    from alignkit.report.humans import write_report
-
     write_report(summary, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -47,117 +47,53 @@ The building blocks (:func:`collect_pairs`, :func:`fit_reward_model`,
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import os
 import random
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import load_prompts
 from alignkit.data.records import Comparison, record_from_dict, record_to_dict
+from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
+from alignkit.decoding.sampling import generate
 from alignkit.errors import AlignkitError, ConfigError
-from alignkit.recipes.dpo import DPOConfig
-from alignkit.recipes.ppo import PPOConfig
-from alignkit.recipes.reward import RewardConfig
+from alignkit.evaluation import (
+    PolicySamples,
+    evaluate_reward_model,
+    sample_for_eval,
+    score_samples,
+)
+from alignkit.humans.annotators import AnnotatorPopulation, HumanAnnotator
+from alignkit.humans.human_models import BiasedAnnotator, BoltzmannAnnotator
+from alignkit.humans.query import (
+    BowRewardEnsemble,
+    ensemble_disagreement,
+    ensemble_pair_probs,
+    select_max_disagreement,
+    select_queries,
+    select_random,
+)
+from alignkit.models import load_causal_lm, load_tokenizer
+from alignkit.models.reward import load_reward_model
+from alignkit.recipes._common import write_json
+from alignkit.recipes.configs.loop import AnnotatorConfig, LoopConfig
+from alignkit.recipes.configs.reward import RewardConfig
+from alignkit.recipes.dpo import train_dpo
+from alignkit.recipes.ppo import train_ppo
+from alignkit.recipes.reward import train_reward
+from alignkit.report.loop import write_loop_report
+from alignkit.scale.tasks import map_tasks
+from alignkit.tasks.assistant import GOLD, PROMPTS, build_base_policy, politeness_bias
+from alignkit.utils.seed import set_seed
 
 METHODS = ("ppo", "dpo", "bon")
 ANNOTATORS = ("simulated", "human")
-
-
-@dataclass
-class AnnotatorConfig:
-    """Who labels the pairs (``annotator.*`` keys)."""
-
-    kind: str = "simulated"
-    """simulated (two groups on the run's gold reward) or human (the annotation server)."""
-    beta: float = 2.0
-    """Simulated annotators' rationality β in P(a ≻ b) = σ(β Δr)."""
-    noise: float = 0.05
-    """Simulated annotators' label-flip rate."""
-    tie_band: float = 0.25
-    """Simulated annotators call a tie when |Δr| is below this."""
-    biased_fraction: float = 0.5
-    """Share of pairs labelled by the group biased towards polite/flattering words."""
-    flattery_bias: float = 1.0
-    """That group's extra reward per polite word (on top of the gold reward)."""
-    server_url: str = "http://127.0.0.1:8000"
-    """kind: human — the annotation server (``alignkit annotate serve --db DB --project PROJECT``)."""
-    project: str = "loop"
-    """kind: human — the server's project name (the loop checks that the server serves it)."""
-    token_file: str = ""
-    """kind: human — a file whose first line is an admin token; empty = the environment
-    variable ``token_env``. The token itself is never a config value (configs are written
-    to OUT)."""
-    token_env: str = "ALIGNKIT_TOKEN"
-    """kind: human — the environment variable holding the admin token when ``token_file`` is empty."""
-    poll_s: float = 5.0
-    """kind: human — seconds between two looks at the server for new labels."""
-    retry_s: float = 300.0
-    """kind: human — how long to keep retrying (with backoff) while the server does not answer,
-    e.g. during a restart, before stopping with one line (``--resume`` then continues)."""
-    wait_s: float = 7 * 24 * 3600.0
-    """kind: human — how long one batch of pairs may wait for its labels before the run stops."""
-    warn_labels: int = 100
-    """kind: human — warn at the start when a round asks people for more labels than this."""
-
-
-HUMAN_KEYS = ("server_url", "project", "token_file", "token_env", "poll_s", "retry_s", "wait_s", "warn_labels")
-"""The ``annotator.*`` keys that only a run with people (``kind: human``) reads."""
-
-
-@dataclass
-class LoopConfig:
-    """Configuration of ``alignkit loop`` (YAML keys = field names; sub-configs as nested
-    mappings or dotted keys, e.g. ``ppo.kl_coef``)."""
-
-    out: str = "runs/loop"
-    """Output directory: base/ (built base policy), round_K/, state.json, rounds.jsonl."""
-    policy: str = ""
-    """Starting policy directory; empty = the embedded task's base policy (built under OUT/base)."""
-    prompts: str = ""
-    """Prompts file (.txt one a line, or JSONL/Parquet/HF rows with a prompt); empty = the embedded task's."""
-    gold: str = ""
-    """Gold reward as ``module:function`` (``f(prompts, responses)`` → floats); empty = the
-    embedded task's gold when ``prompts`` is empty, else none (no gold numbers are reported)."""
-    rounds: int = 3
-    """Number of sample → feedback → reward model → optimise → evaluate rounds."""
-    method: str = "ppo"
-    """Policy optimiser: ppo, dpo or bon (best-of-n)."""
-    pairs_per_round: int = 384
-    """New labelled pairs per round."""
-    query: str = "random"
-    """Which pairs to label: random, disagreement (largest reward-ensemble disagreement) or info-gain."""
-    pool_factor: int = 3
-    """Active queries: candidate pool = pool_factor × pairs_per_round pairs."""
-    heldout_pairs: int = 192
-    """Labelled pairs from the base policy kept out of training (RM accuracy / ECE)."""
-    bon_n: int = 16
-    """Best-of-n: candidates per prompt."""
-    max_new_tokens: int = 32
-    """Response length limit (sampling pairs, evaluation, and PPO's rollouts)."""
-    eval_samples_per_prompt: int = 4
-    """Evaluation: responses per prompt."""
-    base_eval_seed: int = 12345
-    """Seed of the base policy's evaluation samples."""
-    eval_seed: int = 54321
-    """Seed of round K's evaluation samples: eval_seed + K."""
-    seed: int = 0
-    """Seed of everything else (rounds are seeded from seed and round)."""
-    resume: bool = False
-    """Continue after the last finished round in OUT/state.json."""
-    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
-    """Who labels the pairs."""
-    reward: RewardConfig = field(default_factory=lambda: RewardConfig(
-        model="", out="", epochs=2, lr=1e-3, batch_size=32, max_length=96, eval_fraction=0.0, tensorboard=False))
-    """The reward recipe's config; the loop sets out and seed each round, and model when it
-    is empty (= the starting policy as the backbone)."""
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
-        out="", steps=40, kl_coef=0.3, lr=1e-4, rollout_batch_size=48, tensorboard=False, save_checkpoints=False))
-    """The PPO recipe's config (method: ppo); the loop sets policy, out, seed and max_new_tokens each round."""
-    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        out="", beta=0.3, lr=1e-4, epochs=2, batch_size=16, max_length=96, tensorboard=False,
-        save_checkpoints=False))
-    """The DPO recipe's config (method: dpo); the loop sets policy, out and seed each round."""
 
 
 # ---------------------------------------------------------------------------
@@ -172,13 +108,6 @@ def simulated_population(cfg: AnnotatorConfig, gold, seed: int):
     * ``flattered``: the same plus ``flattery_bias`` per polite word — a systematic bias
       that the reward model inherits and the policy can exploit.
     """
-    from alignkit.feedback.annotators import (
-        AnnotatorPopulation,
-        BiasedAnnotator,
-        BoltzmannAnnotator,
-    )
-    from alignkit.tasks.assistant import politeness_bias
-
     common = dict(beta=cfg.beta, noise=cfg.noise, tie_band=cfg.tie_band)
     careful = BoltzmannAnnotator(gold, seed=seed * 7 + 1, name="careful", group="careful", **common)
     flattered = BiasedAnnotator(gold, politeness_bias(cfg.flattery_bias), seed=seed * 7 + 2,
@@ -192,8 +121,6 @@ def make_annotator(cfg: AnnotatorConfig, gold, seed: int, say=None, name: str = 
     server (see :func:`connect_server`; ``say`` hears their progress)."""
     if cfg.kind == "simulated":
         return simulated_population(cfg, gold, seed)
-    from alignkit.feedback.annotators import HumanAnnotator
-
     return HumanAnnotator(connect_server(cfg, say), project=cfg.project, poll_s=cfg.poll_s,
                           timeout_s=cfg.wait_s, name=name, report=say)
 
@@ -201,8 +128,6 @@ def make_annotator(cfg: AnnotatorConfig, gold, seed: int, say=None, name: str = 
 def read_token(cfg: AnnotatorConfig) -> str:
     """The admin token of a human run: the first line of ``token_file``, else the environment
     variable ``token_env``; never a config value."""
-    import os
-
     if cfg.token_file:
         try:
             lines = Path(cfg.token_file).read_text().strip().splitlines()
@@ -251,8 +176,6 @@ def connect_server(cfg: AnnotatorConfig, say=None):
 def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
                      batch_size: int = 256) -> list[str]:
     """One sampled response per prompt (temperature 1), deterministic under ``seed``."""
-    from alignkit.decoding.sampling import generate
-
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         out += generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens, seed=seed + i)
@@ -291,13 +214,6 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
                    seed: int) -> list[tuple[str, str, str]]:
     """Pick ``k`` pairs from ``pool``: uniformly, or by bag-of-words ensemble disagreement
     fit on the ``labels`` so far (uniform while there are none)."""
-    from alignkit.feedback.query import (
-        BowRewardEnsemble,
-        ensemble_disagreement,
-        select_max_disagreement,
-        select_random,
-    )
-
     if query not in ("random", "disagreement", "info-gain"):
         raise ConfigError(f"query: expected random, disagreement or info-gain, got {query!r}")
     idx = list(range(len(pool)))
@@ -306,8 +222,6 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
     texts = [c.a for c in labels] + [c.b for c in labels] + [x for _, a, b in pool for x in (a, b)]
     ens = BowRewardEnsemble.from_texts(texts, n_members=5, seed=seed).fit(labels)
     if query == "info-gain":  # BALD over the members' σ(r̂_m(a) − r̂_m(b)); see docs/humans.md
-        from alignkit.feedback.query import ensemble_pair_probs, select_queries
-
         prompts = [p for p, _, _ in pool]
         probs = ensemble_pair_probs(ens.score_members(prompts, [a for _, a, _ in pool]),
                                     ens.score_members(prompts, [b for _, _, b in pool]))
@@ -317,9 +231,6 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
 
 def fit_reward_model(cfg: RewardConfig, labels: list[Comparison]):
     """Train the reward model ``cfg`` describes on ``labels``; return it loaded (eval mode)."""
-    from alignkit.models.reward import load_reward_model
-    from alignkit.recipes.reward import train_reward
-
     res = train_reward(cfg, labels)
     rm = load_reward_model(res.out_dir)
     return rm.eval() if hasattr(rm, "eval") else rm
@@ -327,8 +238,6 @@ def fit_reward_model(cfg: RewardConfig, labels: list[Comparison]):
 
 def load_gold(ref: str):
     """The gold reward named ``module:attribute`` (a callable ``(prompts, responses)`` → floats)."""
-    import importlib
-
     module, sep, name = ref.partition(":")
     if not sep or not module or not name:
         raise ConfigError(f"gold: expected module:function, got {ref!r}")
@@ -345,16 +254,12 @@ def resolve_task(cfg: LoopConfig, prompts: list[str] | None = None, gold=None) -
     """The run's prompts and gold reward (None when it has none): arguments first, then
     ``cfg.prompts`` / ``cfg.gold``, then — only when no prompts were given at all — the
     embedded assistant task's."""
-    from alignkit.data import load_prompts
-
     embedded = prompts is None and not cfg.prompts
     if prompts is None and cfg.prompts:
         prompts = load_prompts(cfg.prompts)
     if gold is None and cfg.gold:
         gold = load_gold(cfg.gold)
     if embedded:
-        from alignkit.tasks.assistant import GOLD, PROMPTS
-
         prompts, gold = list(PROMPTS), gold if gold is not None else GOLD.scores
     if cfg.annotator.kind == "simulated" and gold is None:
         raise ConfigError("annotator.kind: simulated annotators label by a gold reward; set gold: "
@@ -407,10 +312,6 @@ def run_loop_seeds(cfg: LoopConfig, seeds: list[int], ray_address: str | None = 
     :func:`alignkit.scale.tasks.ray_address`) the seeds run as Ray tasks. Each run is a
     function of its config alone and both paths use this process's torch thread count, so
     the results equal the serial runs'."""
-    import torch
-
-    from alignkit.scale.tasks import map_tasks
-
     if not seeds:
         raise ConfigError("seeds: give at least one seed")
     calls = [(replace(cfg, seed=s, out=str(Path(cfg.out) / f"seed_{s}")),) for s in seeds]
@@ -446,19 +347,6 @@ def run_loop(cfg: LoopConfig, prompts: list[str] | None = None, gold=None, *, sa
 
 def _loop(cfg: LoopConfig, prompts: list[str], gold, people, say) -> dict[str, Any]:
     """The body of :func:`run_loop`, once the task and (for people) the server are known."""
-    from alignkit.decoding.best_of_n import best_of_n, bon_kl_analytic, lm_sampler
-    from alignkit.evaluation import (
-        PolicySamples,
-        evaluate_reward_model,
-        sample_for_eval,
-        score_samples,
-    )
-    from alignkit.models import load_causal_lm, load_tokenizer
-    from alignkit.recipes._common import write_json
-    from alignkit.recipes.dpo import train_dpo
-    from alignkit.recipes.ppo import train_ppo
-    from alignkit.utils.seed import set_seed
-
     out = Path(cfg.out)
     state_path = out / "state.json"
     human = people is not None
@@ -466,8 +354,6 @@ def _loop(cfg: LoopConfig, prompts: list[str], gold, people, say) -> dict[str, A
     if cfg.policy:
         base_dir = Path(cfg.policy)
     else:
-        from alignkit.tasks.assistant import build_base_policy
-
         say(f"building the embedded task's base policy in {out / 'base'} (once; a few minutes on a CPU)")
         base_dir = build_base_policy(out / "base")
     tok = load_tokenizer(base_dir)
@@ -584,8 +470,6 @@ def _loop(cfg: LoopConfig, prompts: list[str], gold, people, say) -> dict[str, A
     result = {"rounds": state["rounds"], "policy": state["policy"], "out": str(out)}
     if base_gold is not None:
         result["base"] = {"gold": sum(base_gold) / len(base_gold)}
-    from alignkit.report.loop import write_loop_report
-
     result["report"] = str(write_loop_report(out, cfg, result, heldout=len(heldout)))
     return result
 

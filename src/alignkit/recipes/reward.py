@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from alignkit.data import (
     Comparison,
@@ -37,8 +41,28 @@ from alignkit.data import (
     to_comparisons,
     train_eval_split,
 )
+from alignkit.diagnostics.calibration import pairwise_accuracy
 from alignkit.errors import ConfigError, DataError
 from alignkit.evaluation import evaluate_reward_model
+from alignkit.losses.preference import (
+    bradley_terry_loss,
+    plackett_luce_loss,
+    ranking_rows,
+    reward_centering_loss,
+)
+from alignkit.models.loading import LoraSpec
+from alignkit.models.reward import RewardModel, load_reward_model, write_ensemble_manifest
+from alignkit.recipes._common import (
+    adamw,
+    disable_dropout,
+    load_checkpoint,
+    open_run,
+    save_checkpoint_once,
+    save_once,
+)
+from alignkit.recipes.configs.reward import RewardConfig
+from alignkit.scale.distributed import Distributed
+from alignkit.utils.progress import track
 
 __all__ = [
     "RewardConfig",
@@ -54,96 +78,6 @@ RANKINGS = ("plackett_luce", "pairs")
 
 
 @dataclass
-class RewardConfig:
-    """Configuration of ``alignkit reward train`` (YAML keys = field names)."""
-
-    model: str = "minilm"
-    """Backbone: a save_pretrained directory, or ``minilm`` for the packaged all-MiniLM-L6-v2."""
-    data: str = ""
-    """Feedback file (any format alignkit.data reads); ignored when records are passed in."""
-    out: str = "runs/reward"
-    """Output directory: the best model, metrics.jsonl, tb/, checkpoint.pt, eval.json."""
-    epochs: int = 2
-    """Passes over the training pairs."""
-    lr: float = 3e-5
-    """Peak AdamW learning rate."""
-    lr_schedule: str = "linear"
-    """``linear`` (warm-up then linear decay to 0) or ``constant`` (after warm-up)."""
-    warmup_fraction: float = 0.1
-    """Fraction of all steps spent warming the learning rate up from 0."""
-    batch_size: int = 16
-    """Comparisons per optimiser step (2× this many sequences per forward pass): the global
-    batch, split over the processes of a distributed launch."""
-    micro_batch_size: int = 0
-    """Most comparisons per forward pass on one process (0 = no limit); the rest is accumulated."""
-    eval_batch_size: int = 64
-    """Sequences per forward pass when evaluating."""
-    max_length: int = 256
-    """Tokens per prompt+response; the prompt is cut from the left."""
-    eval_fraction: float = 0.1
-    """Fraction of prompts held out for evaluation (0 = no eval; the last epoch is kept)."""
-    seed: int = 0
-    """Seed for the split, head init, shuffling and bootstraps."""
-    reg_lambda: float = 0.0
-    """Centring regulariser weight λ in λ·mean(r̂²)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay (on weight matrices, not biases or norms)."""
-    margin: float = 0.0
-    """Bradley–Terry margin m: the preferred response should win by at least m."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    ensemble: int = 1
-    """Number of independently trained members (different seeds; see ``bootstrap``)."""
-    bootstrap: bool = True
-    """Ensembles only: each member trains on a bootstrap resample of the training pairs."""
-    lora: bool = False
-    """Train LoRA adapters (plus the head) instead of the whole backbone."""
-    lora_r: int = 8
-    """LoRA rank when ``lora`` is on."""
-    lora_alpha: int = 16
-    """LoRA alpha (scale = alpha / r) when ``lora`` is on."""
-    freeze_backbone: bool = False
-    """Train only the linear head on frozen features."""
-    pooling: str = "auto"
-    """Head input: ``auto``, ``last`` (decoders), ``mean`` (sentence encoders), ``cls``."""
-    sequence_classifier: bool = False
-    """Use AutoModelForSequenceClassification(num_labels=1) instead of backbone + head."""
-    group_by_length: bool = True
-    """Batch pairs of similar length together (sorted within shuffled windows of 50
-    batches, batch order shuffled) so little compute goes to padding."""
-    pair_layout: str = "packed"
-    """How decoders lay a batch of comparisons out (all give the same rewards): packed =
-    whole comparisons (the prompt once, then both responses) in unpadded rows of ≤256
-    tokens with a block-causal mask (fewest FLOPs); shared = prompts once, their KV cache
-    reused by the padded responses; full = prompt+a and prompt+b as 2B padded rows.
-    Encoders, and data with an empty prompt or response, always use full."""
-    disable_dropout: bool = True
-    """Switch dropout off while training (rewards should not be noisy functions)."""
-    rankings: str = "plackett_luce"
-    """How K-way rankings train: plackett_luce (one Plackett–Luce likelihood over the K
-    rewards, ties as a uniform label over their orders) or pairs (the K-choose-2
-    Bradley–Terry pairs, InstructGPT's decomposition)."""
-    ratings_to_pairs: bool = False
-    """Turn ratings of responses to the same prompt into comparisons (else ratings are dropped)."""
-    per_group: bool = False
-    """Also train one model per annotator group and write a disagreement table."""
-    resume: bool = False
-    """Continue from ``out/checkpoint.pt`` (written at the end of every epoch) when it exists."""
-    log_every: int = 10
-    """Optimiser steps between training-metric lines."""
-    tensorboard: bool = True
-    """Write TensorBoard event files next to metrics.jsonl."""
-    device: str = "auto"
-    """Where training and the per-epoch evaluation run: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ..."""
-    precision: str = "auto"
-    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
-    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
-    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
-    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
-    (docs/scale.md)."""
-
-
-@dataclass
 class RewardTrainResult:
     """What ``train_reward`` returns: the model directory and the final metrics."""
 
@@ -156,10 +90,6 @@ class RewardTrainResult:
 
 def length_baseline_accuracy(pairs: list[Comparison]) -> float:
     """Accuracy of "the longer response wins" (characters; equal lengths count ½)."""
-    import torch
-
-    from alignkit.diagnostics.calibration import pairwise_accuracy
-
     delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
     mu = torch.tensor([p.mu for p in pairs])
     return pairwise_accuracy(delta, mu)
@@ -168,10 +98,6 @@ def length_baseline_accuracy(pairs: list[Comparison]) -> float:
 def length_baselines(pairs: list[Comparison]) -> dict[str, float]:
     """Accuracy of both length rules, "the longer response wins" and "the shorter response
     wins" (characters; equal lengths count ½): the bar a reward model must clear."""
-    import torch
-
-    from alignkit.diagnostics.calibration import pairwise_accuracy
-
     delta = torch.tensor([float(len(p.a) - len(p.b)) for p in pairs])
     mu = torch.tensor([p.mu for p in pairs])
     return {"longer_wins": pairwise_accuracy(delta, mu), "shorter_wins": pairwise_accuracy(-delta, mu)}
@@ -183,8 +109,6 @@ def length_baselines(pairs: list[Comparison]) -> dict[str, float]:
 def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group_by_length: bool) -> list[list[int]]:
     """Shuffled batches of pair indices; with ``group_by_length`` each window of 50
     batches is sorted by length before it is cut, then the batch order is shuffled."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(lengths), generator=gen).tolist()
     if not group_by_length:
@@ -201,35 +125,12 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
                 seed: int, dist) -> dict[str, Any]:
     """Train one reward model on ``train`` (comparisons and whole rankings); keep the best
     epoch in ``out``."""
-    import random
-    import time
-
-    import torch
-
-    from alignkit.losses.preference import (
-        bradley_terry_loss,
-        plackett_luce_loss,
-        ranking_rows,
-        reward_centering_loss,
-    )
-    from alignkit.models.loading import LoraSpec
-    from alignkit.models.reward import RewardModel
-    from alignkit.recipes._common import (
-        adamw,
-        disable_dropout,
-        load_checkpoint,
-        open_run,
-        save_checkpoint_once,
-        save_once,
-    )
-    from alignkit.utils.progress import track
-
     device = dist.device
     model = RewardModel.from_backbone(
         cfg.model,
         pooling=cfg.pooling,
         sequence_classifier=cfg.sequence_classifier,
-        lora=LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora else None,
+        lora=LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.lora_targets or None) if cfg.lora else None,
         max_length=cfg.max_length,
         seed=seed,
         dtype=dist.param_dtype,  # float32 master weights whatever the checkpoint's dtype
@@ -381,10 +282,6 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
 
 def _fit(cfg: RewardConfig, train: list[Comparison], evals: list[Comparison], out: Path, dist) -> dict[str, Any]:
     """A single model in ``out``, or ``cfg.ensemble`` members in ``out/member_i``."""
-    import torch
-
-    from alignkit.models.reward import load_reward_model, write_ensemble_manifest
-
     if cfg.ensemble <= 1:
         summary = _fit_member(cfg, train, evals, out, cfg.seed, dist)
     else:
@@ -444,8 +341,6 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
     if not train:
         raise DataError("no training pairs left after the eval split", path=where)
 
-    from alignkit.scale.distributed import Distributed
-
     dist = Distributed(cfg.device, cfg.micro_batch_size, cfg.precision)  # one process, or one of N (rank 0 writes)
     out = Path(cfg.out)
     if out.exists() and not cfg.resume and dist.is_main:
@@ -476,8 +371,6 @@ def train_reward(cfg: RewardConfig, records: list[Record] | None = None) -> Rewa
 def _per_group(cfg: RewardConfig, train, evals, groups: list[str], out: Path, dist) -> dict[str, Any]:
     """One model per group; table[model][labels] = accuracy of that group's model (or the
     pooled one) on every group's held-out labels."""
-    from alignkit.models.reward import load_reward_model
-
     models = {"pooled": out}
     for g in groups:
         g_train = [p for p in train if p.group == g]

@@ -12,75 +12,33 @@ message is the completion) or preference rows (``"chosen"`` is the completion).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alignkit.data import Comparison, Correction, read_rows, render_messages
 from alignkit.errors import DataError
-
-
-@dataclass
-class SFTConfig:
-    model: str = ""
-    """Path to the causal LM to fine-tune (any HF ``save_pretrained`` directory)."""
-    data: str = ""
-    """Training data file (see the module docstring for accepted rows)."""
-    out: str = "runs/sft"
-    """Output directory: the fine-tuned model, metrics.jsonl, tb/, checkpoint.pt."""
-    max_length: int = 256
-    """Longest tokenised prompt + completion; longer rows keep the end of the prompt."""
-    batch_size: int = 8
-    """Sequences per micro-batch (one forward pass on one process)."""
-    grad_accum: int = 1
-    """Micro-batches per optimiser step: the global batch is batch_size × grad_accum sequences,
-    spread over the processes of a distributed launch; the loss is normalised by the global
-    batch's completion tokens."""
-    epochs: int = 1
-    """Passes over the data."""
-    max_steps: int = 0
-    """Stop after this many optimiser steps (0 = run all epochs)."""
-    lr: float = 1e-4
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up steps."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    packing: bool = False
-    """Concatenate examples (EOS-separated) into full ``max_length`` blocks."""
-    use_chat_template: bool = True
-    """Wrap prompts in the tokenizer's chat template when it has one."""
-    lora: bool = False
-    """Train LoRA adapters instead of all weights (merged into the saved model)."""
-    lora_r: int = 8
-    """LoRA rank."""
-    lora_alpha: int = 16
-    """LoRA alpha (scale = alpha / r)."""
-    lora_targets: list[str] = field(default_factory=list)
-    """Modules to adapt (empty = peft's default for the architecture)."""
-    seed: int = 0
-    """Random seed (shuffling, initialisation)."""
-    save_every: int = 0
-    """Write checkpoint.pt every this many steps (0 = only at the end)."""
-    save_checkpoints: bool = True
-    """Write checkpoint.pt at all (off for quick in-memory runs)."""
-    save_model: bool = True
-    """save_pretrained the final model into ``out`` (``out=""`` writes nothing at all)."""
-    resume: bool = False
-    """Continue from ``out/checkpoint.pt`` when it exists."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files to ``out/tb``."""
-    log_every: int = 1
-    """Log metrics every this many steps."""
-    device: str = "auto"
-    """``auto``, ``cpu``, ``cuda``, ..."""
-    precision: str = "auto"
-    """Numeric precision: ``fp32``; ``bf16-mixed`` (bf16 autocast over float32 master weights,
-    losses in float32); ``bf16-pure`` (bf16 weights and optimizer state, only when asked);
-    ``auto`` = the ``accelerate launch`` config's mixed_precision, else bf16-mixed on CUDA and
-    fp32 on CPU. Weights load in float32 whatever dtype the checkpoint was saved in
-    (docs/scale.md)."""
+from alignkit.models import sequence_logps
+from alignkit.models.pairs import Example, collate, tokenize_example
+from alignkit.recipes._common import (
+    adamw,
+    batches,
+    format_completion,
+    format_prompt,
+    load_checkpoint,
+    load_policy,
+    open_run,
+    require,
+    save_checkpoint_once,
+    save_policy_once,
+    scalars,
+)
+from alignkit.recipes.configs.sft import SFTConfig
+from alignkit.scale.distributed import Distributed
+from alignkit.utils.progress import track
+from alignkit.utils.seed import set_seed
 
 
 @dataclass
@@ -104,8 +62,6 @@ def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
             raise DataError("expected a non-empty list of {'role', 'content'} messages", field="messages", **where)
-        from alignkit.data import render_messages
-
         return (render_messages(msgs[:-1]) + "\n" if len(msgs) > 1 else ""), msgs[-1]["content"]
     if row.get("kind") == "correction" and isinstance(row.get("edited"), str):
         return row.get("prompt", ""), row["edited"]  # an alignkit correction trains its edit
@@ -124,8 +80,6 @@ def _row_to_pair(row: Any, where: dict) -> tuple[str, str]:
 
 def load_sft_pairs(path: str) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from a data file; :class:`DataError` names file/line/field."""
-    from alignkit.data import read_rows
-
     if not Path(path).exists():
         raise DataError("data file not found", path=path)
     pairs = [_row_to_pair(row, {"path": path, "line": line}) for line, row in read_rows(path)]
@@ -137,8 +91,6 @@ def load_sft_pairs(path: str) -> list[tuple[str, str]]:
 def records_to_pairs(records: list[Any]) -> list[tuple[str, str]]:
     """(prompt, completion) from in-memory data: tuples, dicts, Comparison (the preferred
     response) or Correction (the edited response)."""
-    from alignkit.data import Comparison, Correction
-
     out = []
     for i, r in enumerate(records):
         if isinstance(r, tuple) and len(r) == 2:
@@ -154,8 +106,6 @@ def records_to_pairs(records: list[Any]) -> list[tuple[str, str]]:
 
 def _pack(examples, max_length: int):
     """Concatenate all examples into one stream and cut it into ``max_length`` blocks."""
-    from alignkit.models.pairs import Example
-
     ids: list[int] = []
     comp: list[int] = []
     for e in examples:
@@ -169,27 +119,6 @@ def _pack(examples, max_length: int):
 
 def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     """Fine-tune ``cfg.model`` on ``records`` (in memory) or ``cfg.data``; see :class:`SFTConfig`."""
-    import torch
-
-    from alignkit.models import sequence_logps
-    from alignkit.models.pairs import collate, tokenize_example
-    from alignkit.recipes._common import (
-        adamw,
-        batches,
-        format_completion,
-        format_prompt,
-        load_checkpoint,
-        load_policy,
-        open_run,
-        require,
-        save_checkpoint_once,
-        save_policy_once,
-        scalars,
-    )
-    from alignkit.scale.distributed import Distributed
-    from alignkit.utils.progress import track
-    from alignkit.utils.seed import set_seed
-
     # --- setup ------------------------------------------------------------------------
     set_seed(cfg.seed)
     # a step's global batch is grad_accum micro-batches of batch_size, spread over the processes

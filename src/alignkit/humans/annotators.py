@@ -6,7 +6,7 @@ One interface for all of them:
 * ``annotator.label(pairs) -> list[Comparison]`` — a batch of ``(prompt, a, b)`` triples.
 
 Simulated humans (for experiments with a known answer; defined with their choice math in
-:mod:`alignkit.feedback.human_models`, which also has regret-based, myopic and B-Pref
+:mod:`alignkit.humans.human_models`, which also has regret-based, myopic and B-Pref
 teachers over any items):
 
 * :class:`BoltzmannAnnotator` — Boltzmann-rational Bradley–Terry over a hidden reward
@@ -36,19 +36,14 @@ from typing import Any, Protocol
 
 from alignkit.data.records import Comparison
 from alignkit.errors import AlignkitError, ConfigError
-
-# The simulated humans and their choice math live in human_models (once); re-exported here.
-from alignkit.feedback.human_models import (  # noqa: F401
-    BiasedAnnotator,
+from alignkit.humans.human_models import (
     BoltzmannAnnotator,
-    BPrefTeacher,
-    MyopicAnnotator,
-    RegretAnnotator,
-    length_bias,
+    RecordFn,
+    comparison_record,
+    linear_utility_fn,
+    score_pairs,
     sigmoid,
 )
-from alignkit.feedback.human_models import floats as _floats  # noqa: F401
-from alignkit.feedback.human_models import score_pairs as _score_pairs
 
 Pair = tuple[str, str, str]
 """A query: (prompt, response a, response b)."""
@@ -110,6 +105,23 @@ class AnnotatorPopulation:
         return [member.label(pairs) for member in self.members]
 
 
+def linear_population(
+    thetas: Sequence[Any], featurize: Callable[[list[Any]], Any], *, weights: Sequence[float] | None = None,
+    beta: float = 1.0, seed: int = 0, record_fn: RecordFn = comparison_record,
+    groups: Sequence[str] | None = None,
+) -> Any:
+    """Groups that weigh the same features differently (a biased group among honest ones):
+    an :class:`AnnotatorPopulation` of Boltzmann annotators over θ_g · φ. Its label
+    probability is :func:`~alignkit.humans.human_models.mixture_probability` of the members'."""
+    groups = list(groups) if groups is not None else [f"g{g}" for g in range(len(thetas))]
+    members = [
+        BoltzmannAnnotator(linear_utility_fn(th, featurize), beta=beta, seed=seed * 101 + g,
+                           name=groups[g], group=groups[g], record_fn=record_fn)
+        for g, th in enumerate(thetas)
+    ]
+    return AnnotatorPopulation(members, weights, seed=seed)
+
+
 class RewardModelJudge:
     """AI judge from a scorer (RLAIF): a ≻ b when score(a) > score(b).
 
@@ -130,7 +142,7 @@ class RewardModelJudge:
     def label(self, pairs: Sequence[Pair]) -> list[Comparison]:
         if not pairs:
             return []
-        sa, sb = _score_pairs(self.score_fn, pairs)
+        sa, sb = score_pairs(self.score_fn, pairs)
         out = []
         for (p, a, b), x, y in zip(pairs, sa, sb, strict=True):
             if self.temperature > 0:
@@ -316,6 +328,6 @@ def agreement_rate(labels_a: Sequence[Comparison], labels_b: Sequence[Comparison
 def gold_agreement(labels: Sequence[Comparison], gold_fn: ScoreFn) -> float:
     """Fraction of non-tied gold pairs on which the label picks the gold-better response."""
     pairs = [(c.prompt, c.a, c.b) for c in labels]
-    ra, rb = _score_pairs(gold_fn, pairs)
+    ra, rb = score_pairs(gold_fn, pairs)
     hits = [(_hard(c.mu) == (1 if x > y else -1)) for c, x, y in zip(labels, ra, rb, strict=True) if x != y]
     return sum(hits) / len(hits) if hits else float("nan")

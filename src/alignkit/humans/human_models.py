@@ -2,7 +2,7 @@
 
 The choice math lives here once, as pure functions of numbers (floats or numpy arrays,
 vectorised), and the simulated annotators at the bottom are thin classes over it that
-implement the :class:`~alignkit.feedback.annotators.Annotator` protocol for *any* items:
+implement the :class:`~alignkit.humans.annotators.Annotator` protocol for *any* items:
 a ``utility_fn(prompts, items) -> N floats`` says what an item is worth to the person,
 and a ``record_fn`` builds the record (a :class:`Comparison` by default; the control
 domain passes one that builds a ``TrajectoryPair``).
@@ -373,22 +373,3 @@ class BPrefTeacher(BoltzmannAnnotator):
             return self.record_fn(prompt, a, b, mu=0.5, incomparable=True, annotator=self.name,
                                   group=self.group, meta={"delta": ra - rb, "skipped": True})
         return super()._judge(prompt, a, b, ra, rb)
-
-
-def linear_population(
-    thetas: Sequence[Any], featurize: Callable[[list[Any]], Any], *, weights: Sequence[float] | None = None,
-    beta: float = 1.0, seed: int = 0, record_fn: RecordFn = comparison_record,
-    groups: Sequence[str] | None = None,
-) -> Any:
-    """Groups that weigh the same features differently (a biased group among honest ones):
-    an :class:`~alignkit.feedback.annotators.AnnotatorPopulation` of Boltzmann annotators
-    over θ_g · φ. Its label probability is :func:`mixture_probability` of the members'."""
-    from alignkit.feedback.annotators import AnnotatorPopulation  # annotators imports this module
-
-    groups = list(groups) if groups is not None else [f"g{g}" for g in range(len(thetas))]
-    members = [
-        BoltzmannAnnotator(linear_utility_fn(th, featurize), beta=beta, seed=seed * 101 + g,
-                           name=groups[g], group=groups[g], record_fn=record_fn)
-        for g, th in enumerate(thetas)
-    ]
-    return AnnotatorPopulation(members, weights, seed=seed)
