@@ -23,7 +23,9 @@ def run_cli(args):
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    run_cli(["demo", "--quick", "--out", str(out), "--seed", "0", "--n-seeds", "1"])
+    # DPO on reward-model-labelled pool pairs (the default, the annotators' pairs, is what
+    # `make demo` runs)
+    run_cli(["demo", "--quick", "--out", str(out), "--seed", "0", "--n-seeds", "1", "--set", "dpo_data=rm"])
     return out
 
 
