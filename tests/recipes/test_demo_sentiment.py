@@ -125,3 +125,42 @@ def test_top_layer_lora_targets_on_a_tiny_gpt2():
     assert len(top_layer_lora_targets(model, 2)) == 8 and len(top_layer_lora_targets(model, 9)) == 12
     with pytest.raises(ConfigError, match="lora_top_layers"):
         top_layer_lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)
+
+
+def test_a_second_run_reads_the_finished_seeds(quick_run, tiny_lm_dir, capsys, monkeypatch):
+    """Seeds finished into OUT are read, not rerun (a stopped run resumes; seeds run as separate
+    processes are summarised by one more run): the summary's sweeps come out the same."""
+    import alignkit.tasks.sentiment as task
+
+    out, first = quick_run
+    assert (out / "seed_0" / "seed_result.json").exists()
+    monkeypatch.delenv("ALIGNKIT_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(task, "vader_gold", _letter_gold("e"))
+    monkeypatch.setattr(task, "afinn_gold", _letter_gold("a"))
+    monkeypatch.setattr("alignkit.recipes.demo_sentiment.run_seed", _never)
+    try:
+        main(["demo", "sentiment", "--quick", "--policy", str(tiny_lm_dir), "--out", str(out)])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    assert "seed 0: read from" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["sweeps"] == first["sweeps"]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the seed should have been read, not run")
+
+
+def test_seed_result_from_another_config_is_not_used(tmp_path):
+    from dataclasses import replace
+
+    from alignkit.recipes._common import write_json
+    from alignkit.recipes.demo_sentiment import load_seed_result, seed_fingerprint, seed_result_path
+
+    cfg = SentimentDemoConfig(out=str(tmp_path))
+    assert load_seed_result(cfg, 3) is None
+    write_json(seed_result_path(cfg, 3), {"fingerprint": seed_fingerprint(cfg), "result": {"seed": 3}})
+    assert load_seed_result(replace(cfg, seeds=[3]), 3) == {"seed": 3}  # seeds and out are not the config
+    assert load_seed_result(replace(cfg, dpo_pairs=64), 3) is None
+    seed_result_path(cfg, 3).write_text('{"fingerprint": \n')
+    with pytest.raises(ConfigError, match=r"seed_3/seed_result.json: line 2: not JSON"):
+        load_seed_result(cfg, 3)

@@ -181,7 +181,13 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     per_seed = []
     for seed in track(cfg.seeds, "seeds"):
         t = time.time()
+        done = load_seed_result(cfg, seed)
+        if done is not None:
+            note(f"seed {seed}: read from {seed_result_path(cfg, seed)} (a run of the same config)")
+            per_seed.append(done)
+            continue
         per_seed.append(run_seed(cfg, seed, shared))
+        write_json(seed_result_path(cfg, seed), {"fingerprint": seed_fingerprint(cfg), "result": per_seed[-1]})
         timings[f"seed_{seed}"] = time.time() - t
         note(f"seed {seed} done ({timings[f'seed_{seed}']:.0f} s)")
 
@@ -194,6 +200,35 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     if print_table:
         print_summary(summary)
     return summary
+
+
+def seed_fingerprint(cfg: SentimentDemoConfig) -> dict[str, Any]:
+    """Everything a seed's result depends on: the config less ``out`` and ``seeds``."""
+    fp = asdict(cfg)
+    for key in ("out", "seeds"):
+        fp.pop(key)
+    return json.loads(json.dumps(fp, default=_json_default))
+
+
+def seed_result_path(cfg: SentimentDemoConfig, seed: int) -> Path:
+    return Path(cfg.out) / f"seed_{seed}" / "seed_result.json"
+
+
+def load_seed_result(cfg: SentimentDemoConfig, seed: int) -> dict[str, Any] | None:
+    """A seed finished by an earlier run into the same ``out`` with the same config (seeds
+    aside), else None: a run stopped after seed 1 of 3 resumes at seed 2, and seeds run as
+    separate processes (``--seed S --n-seeds 1``) are summarised together by one more run."""
+    path = seed_result_path(cfg, seed)
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: line {err.lineno}: not JSON ({err.msg}); delete it to rerun seed {seed}") from None
+    if stored.get("fingerprint") != seed_fingerprint(cfg):
+        note(f"seed {seed}: {path} is from another config; running the seed again")
+        return None
+    return stored["result"]
 
 
 def top_layer_lora_targets(model, n_top: int) -> list[str]:
@@ -219,7 +254,10 @@ def note(message: str, who: str = "demo sentiment") -> None:
 
 
 def _brief(point: dict[str, Any]) -> str:
-    return f"VADER {point['gold']:+.3f}, AFINN {point['afinn']:+.3f}, proxy {point['proxy']:+.3f}, KL {point['kl']:.3f}"
+    """A point's levels (not gains over base: the summary prints those, with intervals)."""
+    gain = statistics.fmean(point["gains"])
+    return (f"VADER {point['gold']:.3f} (base {point['gold'] - gain:.3f}), AFINN {point['afinn']:.3f}, "
+            f"proxy {point['proxy']:.3f}, KL {point['kl']:.3f}")
 
 
 def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
