@@ -179,17 +179,32 @@ def sample_mixture_for_eval(models, weights, ref_model, tokenizer, prompts: list
     return PolicySamples(list(prompts), responses, kls)
 
 
-def win_rate(gold_policy: Sequence[float], gold_base: Sequence[float]) -> float:
-    """P(policy's response beats the base policy's on the same prompt) under gold; ties ½."""
-    wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(gold_policy, gold_base, strict=True)]
-    return sum(wins) / len(wins)
+def win_rate(gold_policy: Sequence[float], gold_base: Sequence[float], n_prompts: int | None = None) -> float:
+    """P(policy's response beats the base policy's on the same prompt) under gold; ties ½.
+
+    Without ``n_prompts`` the two lists are paired by position. With it, both are
+    ``n_prompts`` consecutive blocks of one prompt's samples (blocks of each list of equal
+    size; the two sizes may differ), and every policy sample is compared with every base
+    sample of its prompt: the mean over prompts of P(X > Y) + ½ P(X = Y)."""
+    if n_prompts is None:
+        wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(gold_policy, gold_base, strict=True)]
+        return sum(wins) / len(wins)
+    if n_prompts < 1 or len(gold_policy) % n_prompts or len(gold_base) % n_prompts:
+        raise ValueError(f"win_rate: {len(gold_policy)} policy and {len(gold_base)} base scores are not "
+                         f"{n_prompts} equal blocks each")
+    kp, kb = len(gold_policy) // n_prompts, len(gold_base) // n_prompts
+    x = torch.as_tensor(gold_policy, dtype=torch.float64).reshape(n_prompts, kp, 1)
+    y = torch.as_tensor(gold_base, dtype=torch.float64).reshape(n_prompts, 1, kb)
+    return float(((x > y).double() + 0.5 * (x == y).double()).mean())
 
 
 def score_samples(samples: PolicySamples, rm, *, gold: GoldFn | None = None,
-                  base_gold: Sequence[float] | None = None, kl: float | None = None) -> dict[str, Any]:
+                  base_gold: Sequence[float] | None = None, kl: float | None = None,
+                  n_prompts: int | None = None) -> dict[str, Any]:
     """proxy (the reward model's mean score), KL (mean of the per-sequence log-ratios unless
     given), length (words); with ``gold``: gold (mean), gold_per_sample, and win_rate
-    against ``base_gold`` (the base policy's gold rewards on the same prompts)."""
+    against ``base_gold`` (the base policy's gold rewards on the same prompts: paired by
+    position, or by prompt block with ``n_prompts``, see :func:`win_rate`)."""
     proxy = rm.score(samples.prompts, samples.responses).tolist()
     out: dict[str, Any] = {
         "proxy": sum(proxy) / len(proxy),
@@ -201,7 +216,7 @@ def score_samples(samples: PolicySamples, rm, *, gold: GoldFn | None = None,
         out["gold"] = sum(g) / len(g)
         out["gold_per_sample"] = g
         if base_gold is not None:
-            out["win_rate"] = win_rate(g, base_gold)
+            out["win_rate"] = win_rate(g, base_gold, n_prompts)
     return out
 
 

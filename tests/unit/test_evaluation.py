@@ -71,3 +71,17 @@ def test_sample_for_eval_kl_same_in_score_chunks_and_zero_for_the_reference(tiny
     assert whole.responses == rows.responses
     assert whole.kl == pytest.approx(rows.kl, abs=1e-5) and any(abs(k) > 1e-4 for k in whole.kl)
     assert sample_for_eval(ref, ref, tok, prompts, 6, seed=3).kl == [0.0, 0.0, 0.0]
+
+
+def test_win_rate_against_every_base_sample_of_the_prompt_hand_computed():
+    from alignkit.evaluation import win_rate
+
+    # prompt 1: policy [2, 0] vs base [1, 2, 3]: 2 beats 1, ties 2, loses to 3 → 1.5/3; 0 → 0/3
+    # prompt 2: policy [5, 1] vs base [1, 1, 0]: 5 → 3/3; 1 → (½ + ½ + 1)/3
+    got = win_rate([2.0, 0.0, 5.0, 1.0], [1.0, 2.0, 3.0, 1.0, 1.0, 0.0], n_prompts=2)
+    assert got == pytest.approx(((1.5 + 0) / 3 + (3 + 2) / 3) / 4)
+    # a list against itself (or its own blocks) is exactly ½; position pairing is the old rule
+    assert win_rate([3.0, 1.0, 1.0, 0.0], [3.0, 1.0, 1.0, 0.0], n_prompts=2) == 0.5
+    assert win_rate([2.0, 0.0], [1.0, 0.0]) == 0.75
+    with pytest.raises(ValueError, match="not 2 equal blocks"):
+        win_rate([1.0, 2.0, 3.0], [1.0, 2.0], n_prompts=2)

@@ -86,7 +86,7 @@ def quick_config(cfg: DemoConfig) -> DemoConfig:
     """Tiny sizes for the smoke test."""
     return replace(
         cfg, seeds=cfg.seeds[:1], pairs=64, heldout_pairs=32, kl_coefs=[0.3, 0.0], bon_n=4, bon_sweep=[1, 2, 4, 8],
-        eval_samples_per_prompt=1, max_new_tokens=24, loop_rounds=2, loop_pairs_per_round=32, loop_ppo_steps=1,
+        eval_samples_per_prompt=1, base_eval_samples_per_prompt=2, max_new_tokens=24, loop_rounds=2, loop_pairs_per_round=32, loop_ppo_steps=1,
         loop_eval_samples_per_prompt=1, al_pool=80, al_budget=40, al_batch=10,
         reward=replace(cfg.reward, epochs=1), ppo=replace(cfg.ppo, kl_coef=0.3, steps=2, rollout_batch_size=16),
         dpo=replace(cfg.dpo, epochs=1, entangle_every=2), dpo_pairs=256, gao_resamples=100,
@@ -129,6 +129,9 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | No
         raise ConfigError(f"ppo.kl_coef {cfg.ppo.kl_coef} must be one of kl_coefs {cfg.kl_coefs}")
     if cfg.annotator.kind != "simulated":
         raise ConfigError("annotator.kind: the demo needs simulated annotators (it knows the gold reward)")
+    for key in ("eval_samples_per_prompt", "base_eval_samples_per_prompt"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: expected ≥ 1, got {getattr(cfg, key)}")
     if cfg.dpo_data not in ("rm", "annotators"):
         raise ConfigError(f"dpo_data: expected 'rm' or 'annotators', got {cfg.dpo_data!r}")
     if max(cfg.bon_sweep) < 2 and cfg.dpo_data == "rm":
@@ -144,8 +147,8 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | No
     base_dir = build_base_policy(out / "base", spec)
     tok = load_tokenizer(base_dir)
     ref = load_causal_lm(base_dir).eval()
-    eval_prompts = [p for p in PROMPTS for _ in range(cfg.eval_samples_per_prompt)]
-    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
+    base_prompts = [p for p in PROMPTS for _ in range(cfg.base_eval_samples_per_prompt)]
+    base_samples = sample_for_eval(ref, ref, tok, base_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
     timings["base_policy"] = time.time() - t0
 
     # --- per seed: feedback, reward model, PPO sweep, DPO, best-of-n, query selection -----
@@ -182,8 +185,8 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
     gold = GOLD.scores  # the embedded task's gold reward r_H
     tok = load_tokenizer(base_dir)
     ref = load_causal_lm(base_dir).eval()
-    eval_prompts = base_samples.prompts
-    base_gold = gold(eval_prompts, base_samples.responses)
+    eval_prompts = [p for p in PROMPTS for _ in range(cfg.eval_samples_per_prompt)]
+    base_gold = gold(base_samples.prompts, base_samples.responses)
     # 1. feedback on base samples from two annotator groups
     annotators = simulated_population(cfg.annotator, gold, seed)
     labels = annotators.label(collect_pairs(ref, tok, PROMPTS, cfg.pairs, cfg.max_new_tokens, seed))
@@ -204,7 +207,7 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
     rm_eval = evaluate_reward_model(rm, heldout, gold=gold, bins=10)
 
     def score(samples, kl=None, rm=rm):
-        return score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=kl)
+        return score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=kl, n_prompts=len(PROMPTS))
 
     def policy_samples(model):  # every method is evaluated on the same seeded samples
         return sample_for_eval(model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed)
@@ -292,10 +295,10 @@ def ppo_sweep_point(cfg: DemoConfig, base_dir: str, sdir: str, seed: int, coef: 
     res = train_ppo(replace(cfg.ppo, policy=base_dir, out=str(Path(sdir) / f"ppo_kl{coef:g}"), kl_coef=coef,
                             max_new_tokens=cfg.max_new_tokens, seed=seed),
                     reward_fn=rm.score, prompts=PROMPTS)
-    samples = sample_for_eval(res.model.eval(), ref, tok, base_samples.prompts, cfg.max_new_tokens,
-                              seed=cfg.eval_seed)
-    return score_samples(samples, rm, gold=GOLD.scores,
-                         base_gold=GOLD.scores(base_samples.prompts, base_samples.responses))
+    samples = sample_for_eval(res.model.eval(), ref, tok, [p for p in PROMPTS for _ in range(cfg.eval_samples_per_prompt)],
+                              cfg.max_new_tokens, seed=cfg.eval_seed)
+    return score_samples(samples, rm, gold=GOLD.scores, base_gold=GOLD.scores(base_samples.prompts, base_samples.responses),
+                         n_prompts=len(PROMPTS))
 
 
 AL_STRATEGIES = ("random", "disagreement", "info-gain")
