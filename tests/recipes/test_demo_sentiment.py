@@ -164,3 +164,28 @@ def test_seed_result_from_another_config_is_not_used(tmp_path):
     seed_result_path(cfg, 3).write_text('{"fingerprint": \n')
     with pytest.raises(ConfigError, match=r"seed_3/seed_result.json: line 2: not JSON"):
         load_seed_result(cfg, 3)
+
+
+def test_seeds_in_forked_processes_equal_the_serial_run(tiny_lm_dir, tmp_path, monkeypatch):
+    """``workers: 2``: seeds 0 and 1 run in two forked processes (one thread each, as the
+    serial run here) and write the same results as the same seeds run one after the other."""
+    from dataclasses import replace
+
+    import alignkit.tasks.sentiment as task
+    from alignkit.recipes.demo_sentiment import run_demo_sentiment, seed_result_path
+
+    monkeypatch.setattr(task, "vader_gold", _letter_gold("e"))  # forked children inherit the patch
+    monkeypatch.setattr(task, "afinn_gold", _letter_gold("a"))
+    small = replace(quick_config(SentimentDemoConfig(policy=str(tiny_lm_dir))), seeds=[0, 1], dpo_labels=["gold"],
+                    mix_labels="gold", ppo_kl_coefs=[0.1])
+    serial = replace(small, out=str(tmp_path / "serial"))
+    forked = replace(small, out=str(tmp_path / "forked"), workers=2)
+    s1 = run_demo_sentiment(serial, print_table=False)
+    s2 = run_demo_sentiment(forked, print_table=False)
+    for seed in (0, 1):
+        a = json.loads(seed_result_path(serial, seed).read_text())["result"]
+        b = json.loads(seed_result_path(forked, seed).read_text())["result"]
+        assert a == b and a["seed"] == seed
+    assert s1["sweeps"] == s2["sweeps"] and set(s2["timings_s"]) >= {"seed_0", "seed_1"}
+    with pytest.raises(ConfigError, match="workers"):
+        check_config(replace(small, workers=0))

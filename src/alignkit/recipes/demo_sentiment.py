@@ -113,6 +113,8 @@ def check_config(cfg: SentimentDemoConfig) -> None:
                           f"dpo_labels {cfg.dpo_labels} and dpo_betas {cfg.dpo_betas}")
     if any(b <= 0 for b in cfg.dpo_betas) or any(c < 0 for c in cfg.ppo_kl_coefs):
         raise ConfigError("dpo_betas must be > 0 and ppo_kl_coefs ≥ 0")
+    if cfg.workers < 1:
+        raise ConfigError(f"workers: expected ≥ 1, got {cfg.workers}")
 
 
 @dataclass
@@ -178,18 +180,16 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
                      sentiment.afinn_gold(eval_in, eval_pool), train_prompts, heldout)
 
     # --- 3. per seed: proxies, best-of-n, DPO (+ mixing), PPO ---------------------------------
-    per_seed = []
-    for seed in track(cfg.seeds, "seeds"):
-        t = time.time()
-        done = load_seed_result(cfg, seed)
-        if done is not None:
-            note(f"seed {seed}: read from {seed_result_path(cfg, seed)} (a run of the same config)")
-            per_seed.append(done)
-            continue
-        per_seed.append(run_seed(cfg, seed, shared))
-        write_json(seed_result_path(cfg, seed), {"fingerprint": seed_fingerprint(cfg), "result": per_seed[-1]})
-        timings[f"seed_{seed}"] = time.time() - t
-        note(f"seed {seed} done ({timings[f'seed_{seed}']:.0f} s)")
+    done = {seed: load_seed_result(cfg, seed) for seed in cfg.seeds}
+    for seed in (s for s, result in done.items() if result is not None):
+        note(f"seed {seed}: read from {seed_result_path(cfg, seed)} (a run of the same config)")
+    todo = [seed for seed, result in done.items() if result is None]
+    if cfg.workers > 1 and len(todo) > 1:
+        timings.update(_run_seeds_forked(cfg, todo, shared))
+    else:
+        for seed in track(todo, "seeds"):
+            timings[f"seed_{seed}"] = _run_and_store_seed(cfg, seed, shared)
+    per_seed = [done[seed] if done[seed] is not None else load_seed_result(cfg, seed) for seed in cfg.seeds]
 
     # --- 4. summary, plots, report -----------------------------------------------------------
     summary = summarise(cfg, shared, per_seed)
@@ -202,10 +202,51 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     return summary
 
 
+def _run_and_store_seed(cfg: SentimentDemoConfig, seed: int, shared: _Shared) -> float:
+    """Run one seed and write ``OUT/seed_S/seed_result.json``; returns its seconds."""
+    t = time.time()
+    result = run_seed(cfg, seed, shared)
+    write_json(seed_result_path(cfg, seed), {"fingerprint": seed_fingerprint(cfg), "result": result})
+    note(f"seed {seed} done ({time.time() - t:.0f} s)")
+    return time.time() - t
+
+
+_FORK_SHARED: _Shared | None = None
+"""The pools and the base policy, set before the seed processes fork (they inherit it
+instead of receiving a pickled copy of the model)."""
+
+
+def _seed_in_child(cfg: SentimentDemoConfig, seed: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    assert _FORK_SHARED is not None
+    return _run_and_store_seed(cfg, seed, _FORK_SHARED)
+
+
+def _run_seeds_forked(cfg: SentimentDemoConfig, seeds: list[int], shared: _Shared) -> dict[str, float]:
+    """``seeds`` in ``cfg.workers`` forked processes at once, each writing its seed's result
+    file; returns each seed's seconds. A process that fails fails the run (its error is
+    re-raised here), after the others finish: their seeds are kept for the next run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORK_SHARED
+    workers = min(cfg.workers, len(seeds))
+    threads = max(1, torch.get_num_threads() // workers)
+    note(f"seeds {seeds}: {workers} processes × {threads} thread(s)")
+    _FORK_SHARED = shared
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {seed: pool.submit(_seed_in_child, cfg, seed, threads) for seed in seeds}
+            return {f"seed_{seed}": fut.result() for seed, fut in futures.items()}
+    finally:
+        _FORK_SHARED = None
+
+
 def seed_fingerprint(cfg: SentimentDemoConfig) -> dict[str, Any]:
-    """Everything a seed's result depends on: the config less ``out`` and ``seeds``."""
+    """Everything a seed's result depends on: the config less ``out``, ``seeds`` and
+    ``workers``."""
     fp = asdict(cfg)
-    for key in ("out", "seeds"):
+    for key in ("out", "seeds", "workers"):
         fp.pop(key)
     return json.loads(json.dumps(fp, default=_json_default))
 
