@@ -64,6 +64,7 @@ def prober(url, name, password, token, stop, lat, codes):
 
 def chatter(url, name, password, stop, codes, answers):
     import httpx
+    from _sse import read_answer
     from chat_helpers import login
 
     try:
@@ -82,18 +83,11 @@ def chatter(url, name, password, stop, codes, answers):
                     continue
                 d = r.json()
                 cid, mid = d["conversation_id"], d["answers"][0]["id"]
-                first, done = None, {"stats": {}, "status": "no done event"}
                 with c.stream("GET", f"/chat/api/stream/{mid}") as s:
                     codes.append(s.status_code)
-                    event = None
-                    for line in s.iter_lines():
-                        if line.startswith("event: "):
-                            event = line[7:]
-                            if event == "token" and first is None:
-                                first = time.perf_counter()
-                        elif line.startswith("data: ") and event == "done":
-                            done = json.loads(line[6:])
-                            break
+                    first, done = read_answer(s)
+                if done is None:
+                    done = {"stats": {}, "status": "no done event"}
                 end = time.perf_counter()
                 tokens = done["stats"].get("tokens", 0)
                 answers.append({"ttft_ms": (first - t0) * 1000 if first else None,

@@ -107,6 +107,7 @@ def rates(t0, times, tokens):
 
 def served(n_turns: int, max_new: int) -> list[dict]:
     import httpx
+    from _sse import read_answer
     from chat_helpers import ChatServer, login
 
     from alignkit.feedback.store import FeedbackStore
@@ -125,17 +126,8 @@ def served(n_turns: int, max_new: int) -> list[dict]:
                 turns = CONVERSATIONS[i % 2]  # single-turn prompts, a new chat each time
                 t0 = time.perf_counter()
                 d = c.post("/chat/api/send", json={"text": turns[0]["content"]}, headers={"X-CSRF-Token": csrf}).json()
-                first, done = None, None
                 with c.stream("GET", f"/chat/api/stream/{d['answers'][0]['id']}") as s:
-                    event = None
-                    for line in s.iter_lines():
-                        if line.startswith("event: "):
-                            event = line[7:]
-                            if event == "token" and first is None:
-                                first = time.perf_counter()
-                        elif line.startswith("data: ") and event == "done":
-                            done = json.loads(line[6:])
-                            break
+                    first, done = read_answer(s)
                 end = time.perf_counter()
                 n = done["stats"]["tokens"]
                 out.append({"prompt": turns[0]["content"], "tokens": n, "ttft_ms": (first - t0) * 1000,

@@ -4,7 +4,6 @@ a real uvicorn in a thread (server-sent events need a real server)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from types import SimpleNamespace
 
 import httpx
 import torch
+from app_server import Server, free_port
 
 from alignkit.app.generation import ChatModel
 
@@ -44,12 +44,6 @@ def scripted_model(name: str, tokenizer, text: str, *, delay: float = 0.0, conte
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     lm = ScriptedLM(ids, tokenizer.eos_token_id, len(tokenizer), context=context, delay=delay)
     return ChatModel(name, lm, tokenizer)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -102,49 +96,11 @@ def events(client: httpx.Client, message_id: int, *, stop_after=None, timeout: f
     return out
 
 
-class ChatServer:
-    """``alignkit chat serve`` in a subprocess (``.kill()`` sends SIGKILL)."""
+class ChatServer(Server):
+    """``alignkit chat serve`` with ``--model`` for each of ``models`` in a subprocess
+    (``.kill()`` sends SIGKILL); it loads its models first, so it is given 180 s to answer."""
 
     def __init__(self, db, project, models: list[str], log_path, extra: list[str] = ()):
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "chat", "serve",
-               "--db", str(db), "--project", project, "--port", str(self.port), *extra]
-        for m in models:
-            cmd += ["--model", m]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not start within 180 s; see {log_path}")
-
-    def kill(self):
-        import signal
-
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self):
-        import subprocess
-
-        if self.log.closed:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
+        models_args = [a for m in models for a in ("--model", m)]
+        super().__init__(db, project, log_path, command=("chat", "serve"), extra=[*extra, *models_args],
+                         start_timeout=180, stop_timeout=20)

@@ -22,24 +22,9 @@ import pytest
 import torch
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "ddp_cpu.yaml"
-WORDS = "the cat sat on a mat dog ran far away quickly slowly red blue".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-    import random
-
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("dist") / "pairs.jsonl"
-    with path.open("w") as f:
-        for _ in range(11):
-            f.write(json.dumps({"prompt": "Human: " + " ".join(rng.choices(WORDS, k=4)) + "? Assistant:",
-                                "chosen": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
-                                "rejected": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))}) + "\n")
-    return path
 
 
 def _free_port() -> int:
@@ -69,14 +54,14 @@ def max_diff(a, b) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_dpo_two_processes_equal_one_and_resume(tiny_lm_dir, pairs_file, tmp_path):
+def test_dpo_two_processes_equal_one_and_resume(tiny_lm_dir, eleven_pairs, tmp_path):
     from alignkit.recipes.dpo import DPOConfig, train_dpo
 
-    common = dict(policy=str(tiny_lm_dir), data=str(pairs_file), batch_size=5, lr=3e-4, tensorboard=False,
+    common = dict(policy=str(tiny_lm_dir), data=str(eleven_pairs), batch_size=5, lr=3e-4, tensorboard=False,
                   device="cpu")
     one2 = train_dpo(DPOConfig(**common, out=str(tmp_path / "one2"), max_steps=2)).out_dir
     one3 = train_dpo(DPOConfig(**common, out=str(tmp_path / "one3"))).out_dir  # 3 steps = 1 epoch
-    cli = ["dpo", "--policy", str(tiny_lm_dir), "--data", str(pairs_file), "--batch-size", "5", "--lr", "3e-4",
+    cli = ["dpo", "--policy", str(tiny_lm_dir), "--data", str(eleven_pairs), "--batch-size", "5", "--lr", "3e-4",
            "--set", "tensorboard=false", "--set", "device=cpu", "--out", str(tmp_path / "two")]
 
     launch2(*cli, "--max-steps", "2")  # stops after step 2 with a checkpoint: the "interruption"
@@ -98,7 +83,7 @@ def test_dpo_two_processes_equal_one_and_resume(tiny_lm_dir, pairs_file, tmp_pat
     assert [r["loss/dpo"] for r in rows] == pytest.approx([r["loss/dpo"] for r in one_rows], abs=1e-5)
 
 
-def test_reward_two_processes_equal_one(tiny_lm_dir, pairs_file, tmp_path):
+def test_reward_two_processes_equal_one(tiny_lm_dir, eleven_pairs, tmp_path):
     """2 epochs of the reward recipe (packed pairs through the prepared model's forward)."""
     from safetensors.torch import load_file
 
@@ -106,9 +91,9 @@ def test_reward_two_processes_equal_one(tiny_lm_dir, pairs_file, tmp_path):
 
     sets = {"epochs": 2, "batch_size": 5, "lr": 3e-4, "eval_fraction": 0.0, "tensorboard": False,
             "max_length": 64, "device": "cpu"}
-    one = train_reward(RewardConfig(model=str(tiny_lm_dir), data=str(pairs_file), out=str(tmp_path / "one"),
+    one = train_reward(RewardConfig(model=str(tiny_lm_dir), data=str(eleven_pairs), out=str(tmp_path / "one"),
                                     **sets)).out_dir
-    launch2("reward", "train", "--model", str(tiny_lm_dir), "--data", str(pairs_file), "--out", str(tmp_path / "two"),
+    launch2("reward", "train", "--model", str(tiny_lm_dir), "--data", str(eleven_pairs), "--out", str(tmp_path / "two"),
             *[x for k, v in sets.items() for x in ("--set", f"{k}={str(v).lower()}")])
     d = max_diff(weights(tmp_path / "two"), weights(one))
     print(f"reward: backbone 2 vs 1 process: {d:.2e}")

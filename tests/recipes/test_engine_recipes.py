@@ -33,7 +33,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 FSDP2 = ROOT / "configs" / "accelerate" / "fsdp2.yaml"
 JOB = Path(__file__).resolve().parent / "engine_job.py"
-WORDS = "the cat sat on a mat dog ran far away quickly slowly red blue".split()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,20 +71,6 @@ def relative_gap(run, reference, start) -> float:
     return float(num.sqrt() / den.sqrt())
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    import random
-
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("engines") / "pairs.jsonl"
-    with path.open("w") as f:
-        for _ in range(11):
-            f.write(json.dumps({"prompt": "Human: " + " ".join(rng.choices(WORDS, k=4)) + "? Assistant:",
-                                "chosen": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))),
-                                "rejected": " " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))}) + "\n")
-    return path
-
-
 def _jobs(tiny, data, out: Path, precision: str = "auto", recipes=("reward", "sft", "dpo"), dpo_steps: int = 2):
     common = {"tensorboard": False, "device": "cpu", "precision": precision}
     jobs = {
@@ -100,7 +85,7 @@ def _jobs(tiny, data, out: Path, precision: str = "auto", recipes=("reward", "sf
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_lm_dir, data, tmp_path_factory):
+def runs(tiny_lm_dir, eleven_pairs, tmp_path_factory):
     """The three recipes on one plain process (no launch) in fp32 and in bf16-mixed; under
     FSDP2 on 2 processes in bf16 (the config's) and in fp32 — fp32 DPO cut after 2 steps and
     resumed to the end of the epoch (3 steps) — and DPO with LoRA; the reward model under
@@ -111,18 +96,18 @@ def runs(tiny_lm_dir, data, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("engine_runs")
     train = {"reward": (RewardConfig, train_reward), "sft": (SFTConfig, train_sft), "dpo": (DPOConfig, train_dpo)}
-    for job in (_jobs(tiny_lm_dir, data, tmp / "plain_fp32", "fp32")
-                + _jobs(tiny_lm_dir, data, tmp / "plain_fp32_epoch", "fp32", recipes=("dpo",), dpo_steps=0)
-                + _jobs(tiny_lm_dir, data, tmp / "plain_bf16-mixed", "bf16-mixed")):
+    for job in (_jobs(tiny_lm_dir, eleven_pairs, tmp / "plain_fp32", "fp32")
+                + _jobs(tiny_lm_dir, eleven_pairs, tmp / "plain_fp32_epoch", "fp32", recipes=("dpo",), dpo_steps=0)
+                + _jobs(tiny_lm_dir, eleven_pairs, tmp / "plain_bf16-mixed", "bf16-mixed")):
         config, fn = train[job["recipe"]]
         fn(config(**job["config"]))
-    launch(FSDP2, 1, _jobs(tiny_lm_dir, data, tmp / "fsdp1", recipes=("reward",)), tmp)
-    cut = _jobs(tiny_lm_dir, data, tmp / "fsdp2_fp32", "fp32", recipes=("dpo",))
+    launch(FSDP2, 1, _jobs(tiny_lm_dir, eleven_pairs, tmp / "fsdp1", recipes=("reward",)), tmp)
+    cut = _jobs(tiny_lm_dir, eleven_pairs, tmp / "fsdp2_fp32", "fp32", recipes=("dpo",))
     resume = [{"recipe": "dpo", "config": {**cut[0]["config"], "max_steps": 0, "resume": True}}]
-    lora = _jobs(tiny_lm_dir, data, tmp / "fsdp2_lora", recipes=("dpo",))
+    lora = _jobs(tiny_lm_dir, eleven_pairs, tmp / "fsdp2_lora", recipes=("dpo",))
     lora[0]["config"].update(lr=3e-3, lora=True, lora_targets=["c_attn"])
-    launch(FSDP2, 2, _jobs(tiny_lm_dir, data, tmp / "fsdp2") + _jobs(tiny_lm_dir, data, tmp / "fsdp2_fp32", "fp32",
-                                                                      recipes=("reward", "sft"))
+    launch(FSDP2, 2, _jobs(tiny_lm_dir, eleven_pairs, tmp / "fsdp2")
+           + _jobs(tiny_lm_dir, eleven_pairs, tmp / "fsdp2_fp32", "fp32", recipes=("reward", "sft"))
            + cut + resume + lora, tmp)
     return tmp
 
@@ -155,7 +140,7 @@ def test_fsdp2_trains_the_one_process_model(runs, tiny_lm_dir, recipe):
             assert gaps[n] < 0.15 and gaps[n] < 2 * floor
 
 
-def test_fsdp2_reward_model_evaluates_and_loads(runs, data):
+def test_fsdp2_reward_model_evaluates_and_loads(runs, eleven_pairs):
     """C4, C5, C6: packed pairs through the root unit, evaluation on the sharded model before
     training and every epoch, the gathered model saved by rank 0 and loadable."""
     from alignkit.data import load_records, to_comparisons
@@ -167,7 +152,7 @@ def test_fsdp2_reward_model_evaluates_and_loads(runs, data):
     evals = [r for r in rows if "eval/accuracy" in r]
     assert len(evals) == 3  # untrained + 2 epochs
     rm = load_reward_model(out)
-    comps = to_comparisons(load_records(data).records)
+    comps = to_comparisons(load_records(eleven_pairs).records)
     final = json.loads((out / "eval.json").read_text())
     assert evaluate_reward_model(rm, comps)["count"] == len(comps)
     assert final["best/epoch"] in (1, 2)
@@ -200,7 +185,7 @@ def test_fsdp2_lora_saves_an_adapter_that_loads(runs, tiny_lm_dir):
 
 @pytest.mark.parametrize("setting,message", [({"entangle_every": 1}, "entangle_every: the probe needs"),
                                              ({"loss": "normalized"}, "loss: normalized needs")])
-def test_per_example_gradients_are_refused_under_sharding(tiny_lm_dir, data, tmp_path, monkeypatch, setting,
+def test_per_example_gradients_are_refused_under_sharding(tiny_lm_dir, eleven_pairs, tmp_path, monkeypatch, setting,
                                                           message):
     """C9/W5: the entanglement probe and loss=normalized take per-example gradients with
     torch.autograd.grad, which cannot reach FSDP2's sharded parameters (the probe ran on rank
@@ -217,7 +202,7 @@ def test_per_example_gradients_are_refused_under_sharding(tiny_lm_dir, data, tmp
         self.is_sharded = True
 
     monkeypatch.setattr(distributed.Distributed, "__init__", sharded)
-    cfg = DPOConfig(policy=str(tiny_lm_dir), data=str(data), out=str(tmp_path / "x"), max_steps=1,
+    cfg = DPOConfig(policy=str(tiny_lm_dir), data=str(eleven_pairs), out=str(tmp_path / "x"), max_steps=1,
                     tensorboard=False, device="cpu", **setting)
     with pytest.raises(ConfigError, match=message):
         train_dpo(cfg)

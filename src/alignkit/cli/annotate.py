@@ -90,6 +90,21 @@ def _listen(host: str, port: int):
     return sock
 
 
+def _warn_if_no_accounts(store, db: str) -> None:
+    """What `annotate serve` and `chat serve` say when nobody can log in yet."""
+    if not store.list_users():
+        typer.echo(
+            "warning: no accounts yet; create one with "
+            f"`alignkit annotate add-user --db {db} NAME --role admin`",
+            err=True,
+        )
+
+
+UVICORN_OPTIONS = {"log_level": "warning", "access_log": False, "server_header": False}
+"""The uvicorn options `annotate serve` and `chat serve` share: warnings only, no access log,
+no ``Server`` header."""
+
+
 @contextmanager
 def _flags(db: str) -> Iterator[None]:
     """Say the store's refusals in the command line's terms (its flags and commands)."""
@@ -158,12 +173,7 @@ def register(app: typer.Typer) -> None:
         if not create:
             _existing_project(store, db, project)
         sock = _listen(host, port)  # before creating or saying anything: a taken port is one line
-        if not store.list_users():
-            typer.echo(
-                "warning: no accounts yet; create one with "
-                f"`alignkit annotate add-user --db {db} NAME --role admin`",
-                err=True,
-            )
+        _warn_if_no_accounts(store, db)
         web = create_app(
             store.url,
             project,
@@ -174,9 +184,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"alignkit annotate: project {project!r} on http://{host}:{port}/", err=True)
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from
         # 127.0.0.1; the app reads it itself, from --trusted-proxy addresses only
-        config = uvicorn.Config(
-            web, log_level="warning", access_log=False, server_header=False, proxy_headers=False
-        )
+        config = uvicorn.Config(web, proxy_headers=False, **UVICORN_OPTIONS)
         uvicorn.Server(config).run(sockets=[sock])
 
     @group.command("import")

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         from alignkit.app.chat import create_chat_app
         from alignkit.app.chat_service import ChatConfig, ChatService
         from alignkit.app.generation import load_chat_model
-        from alignkit.cli.annotate import _store
+        from alignkit.cli.annotate import UVICORN_OPTIONS, _store, _warn_if_no_accounts
         from alignkit.cli.common import build_config
 
         cfg = build_config(ChatConfig, config, overrides, max_new_tokens=max_new_tokens, temperature=temperature)
@@ -97,17 +97,12 @@ def register(app: typer.Typer) -> None:
         svc = ChatService(store, models, cfg)
         if n := svc.chat.mark_interrupted():
             typer.echo(f"{n} answer(s) left unfinished by the last run are marked interrupted", err=True)
-        if not store.list_users():
-            typer.echo(
-                "warning: no accounts yet; create one with "
-                f"`alignkit annotate add-user --db {db} NAME --role admin`",
-                err=True,
-            )
+        _warn_if_no_accounts(store, db)
         web = create_chat_app(store.url, project, svc, secure_cookies=secure_cookies, store=store)
         names = ", ".join(m.name for m in models)
         typer.echo(f"alignkit chat: project {project!r}, models {names} on http://{host}:{port}/chat", err=True)
         try:
-            uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False, server_header=False)
+            uvicorn.run(web, host=host, port=port, **UVICORN_OPTIONS)
         finally:
             svc.worker.close()
 
