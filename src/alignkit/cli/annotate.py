@@ -20,7 +20,15 @@ from pathlib import Path
 
 import typer
 
-from alignkit.cli.common import Db, Host, LoginName, Port, Project, SecureCookies
+from alignkit.cli.common import (
+    TRUSTED_PROXY_HELP,
+    Db,
+    Host,
+    LoginName,
+    Port,
+    Project,
+    SecureCookies,
+)
 from alignkit.errors import AlignkitError, DataError
 from alignkit.feedback.errors import InvalidRequest, ProjectNotFound, UnknownFormat
 
@@ -154,12 +162,7 @@ def register(app: typer.Typer) -> None:
         host: Host = "127.0.0.1",
         port: Port = 8000,
         secure_cookies: SecureCookies = False,
-        trusted_proxy: list[str] = typer.Option(
-            [],
-            "--trusted-proxy",
-            help="Address of a reverse proxy whose X-Forwarded-For/-Proto/-Host are believed "
-            "(repeatable; e.g. 127.0.0.1 for Caddy on the same host). Without it they are ignored.",
-        ),
+        trusted_proxy: list[str] = typer.Option([], "--trusted-proxy", help=TRUSTED_PROXY_HELP),
         create: bool = typer.Option(
             False, "--create", help="Create the project when the database does not hold it yet."
         ),

@@ -23,6 +23,7 @@ from alignkit.cli.common import (
     CONFIG_HELP,
     DB_HELP,
     SET_HELP,
+    TRUSTED_PROXY_HELP,
     Db,
     Host,
     Port,
@@ -73,6 +74,7 @@ def register(app: typer.Typer) -> None:
         temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (0: greedy)."),
         config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+        trusted_proxy: list[str] = typer.Option([], "--trusted-proxy", help=TRUSTED_PROXY_HELP),
     ):
         """Serve the annotation app with the chat page, the arena and the leaderboard."""
         import uvicorn
@@ -80,10 +82,11 @@ def register(app: typer.Typer) -> None:
         from alignkit.app.chat import create_chat_app
         from alignkit.app.chat_service import ChatConfig, ChatService
         from alignkit.app.generation import load_chat_model
-        from alignkit.cli.annotate import UVICORN_OPTIONS, _store, _warn_if_no_accounts
+        from alignkit.cli.annotate import UVICORN_OPTIONS, _listen, _store, _warn_if_no_accounts
         from alignkit.cli.common import build_config
 
         cfg = build_config(ChatConfig, config, overrides, max_new_tokens=max_new_tokens, temperature=temperature)
+        sock = _listen(host, port)  # before loading models: a taken port is one line, not a minute later
         store = _store(db)
         store.ensure_project(project)
         specs = [parse_model_spec(s) for s in model]
@@ -98,11 +101,14 @@ def register(app: typer.Typer) -> None:
         if n := svc.chat.mark_interrupted():
             typer.echo(f"{n} answer(s) left unfinished by the last run are marked interrupted", err=True)
         _warn_if_no_accounts(store, db)
-        web = create_chat_app(store.url, project, svc, secure_cookies=secure_cookies, store=store)
+        web = create_chat_app(store.url, project, svc, secure_cookies=secure_cookies, store=store,
+                              trusted_proxies=tuple(trusted_proxy))
         names = ", ".join(m.name for m in models)
         typer.echo(f"alignkit chat: project {project!r}, models {names} on http://{host}:{port}/chat", err=True)
         try:
-            uvicorn.run(web, host=host, port=port, **UVICORN_OPTIONS)
+            # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from
+            # 127.0.0.1 (a client could dodge the per-client limits by rotating it)
+            uvicorn.Server(uvicorn.Config(web, proxy_headers=False, **UVICORN_OPTIONS)).run(sockets=[sock])
         finally:
             svc.worker.close()
 

@@ -31,6 +31,9 @@ LoginName = Annotated[str, typer.Argument(help="Login name.")]
 Host = Annotated[str, typer.Option("--host", help="Interface to listen on (loopback by default).")]
 Port = Annotated[int, typer.Option("--port", help="TCP port.")]
 SecureCookies = Annotated[bool, typer.Option("--secure-cookies", help="Mark cookies Secure (when served behind HTTPS).")]
+TRUSTED_PROXY_HELP = ("Address of a reverse proxy whose X-Forwarded-For/-Proto/-Host are believed "
+                      "(repeatable; e.g. 127.0.0.1 for Caddy on the same host). Without it they are ignored.")
+"""``--trusted-proxy ADDR`` (a list option: give it ``[]`` as default in the signature)."""
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
