@@ -1,0 +1,144 @@
+"""Does pushing PPO harder against a weak proxy over-optimise on the sentiment task?
+
+``alignkit demo sentiment``'s PPO optimises the 2,048-pair proxy (held-out accuracy 0.755)
+for 20 LoRA steps and stops at KL ≈ 0.7 without a penalty; no sweep there shows the proxy
+rising while the gold falls. Gao et al. see over-optimisation when a *weak* proxy is pushed
+*far*. This runs PPO with no KL penalty against each seed's 256-pair proxy (0.605) — the very
+proxy the demo trained and stored in ``OUT/seed_S/proxy_256`` — for each number of steps in
+``--steps``, and scores every policy like the demo does: VADER (gold), AFINN (never trained
+on), the proxy it optimised, and the KL to the base policy on the policy's own samples, on
+the demo's evaluation prompts against the base policy's 64-sample pool per prompt.
+
+Each (seed, steps) point is written to ``--results`` as soon as it finishes (a rerun skips
+finished points; run seeds as separate processes to use two cores); ``report`` prints the
+points averaged over seeds with paired bootstrap 95 % CIs over seeds × prompts, and the
+proxy and gold change from the fewest to the most steps.
+
+    python benchmarks/sentiment_overoptimisation.py run --demo-out runs/demo_sentiment --seeds 0
+    python benchmarks/sentiment_overoptimisation.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+RESULTS = "benchmarks/results/sentiment_overoptimisation.jsonl"
+
+
+def _points(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import torch
+
+    from alignkit.config import load_config
+    from alignkit.evaluation import sample_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer
+    from alignkit.models.reward import load_reward_model
+    from alignkit.recipes.configs.demo_sentiment import SentimentDemoConfig
+    from alignkit.recipes.demo_sentiment import _per_prompt, top_layer_lora_targets
+    from alignkit.recipes.ppo import train_ppo
+    from alignkit.tasks import sentiment
+    from alignkit.tasks.sentiment import build_prompts, split_prompts
+
+    demo_out = Path(args.demo_out)
+    cfg = load_config(SentimentDemoConfig, demo_out / "alignkit_config.json")  # the demo's own settings
+    results = Path(args.results)
+    done = {(p["seed"], p["steps"], p["proxy_pairs"]) for p in _points(results)}
+    train_prompts, eval_split = split_prompts(build_prompts(), cfg.eval_fraction, cfg.split_seed)
+    eval_prompts = eval_split[: cfg.eval_prompts]
+    tok = load_tokenizer(cfg.policy, padding_side="left")
+    ref = load_causal_lm(cfg.policy).eval()
+    # the base policy's per-prompt gold from the demo's evaluation pool (same seed, same draw)
+    eval_in = [p for p in eval_prompts for _ in range(cfg.bon_pool)]
+    t0 = time.time()
+    eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
+    base_gold = _per_prompt(sentiment.vader_gold(eval_in, eval_pool), len(eval_prompts))
+    base_afinn = _per_prompt(sentiment.afinn_gold(eval_in, eval_pool), len(eval_prompts))
+    print(f"base pool: {len(eval_pool)} continuations, gold {statistics.fmean(base_gold):.3f} "
+          f"({time.time() - t0:.0f} s)", flush=True)
+    targets = top_layer_lora_targets(ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
+    eval_rep = [p for p in eval_prompts for _ in range(cfg.eval_samples)]
+    for seed in args.seeds:
+        proxy = load_reward_model(demo_out / f"seed_{seed}" / f"proxy_{args.proxy_pairs}")
+        for steps in args.steps:
+            if (seed, steps, args.proxy_pairs) in done:
+                continue
+            t, c = time.time(), time.process_time()
+            res = train_ppo(replace(cfg.ppo, policy=cfg.policy, out="", kl_coef=args.kl_coef, steps=steps,
+                                    max_new_tokens=cfg.max_new_tokens, seed=seed,
+                                    lora_targets=cfg.ppo.lora_targets or targets),
+                            reward_fn=proxy.score, prompts=train_prompts)
+            s = sample_for_eval(res.model.eval(), ref, tok, eval_rep, cfg.max_new_tokens, seed=cfg.eval_seed)
+            g, a = sentiment.vader_gold(s.prompts, s.responses), sentiment.afinn_gold(s.prompts, s.responses)
+            point = {
+                "seed": seed, "steps": steps, "proxy_pairs": args.proxy_pairs, "kl_coef": args.kl_coef,
+                "kl": statistics.fmean(s.kl), "gold": statistics.fmean(g), "afinn": statistics.fmean(a),
+                "proxy": float(proxy.score(s.prompts, s.responses).mean()),
+                "length": statistics.fmean(len(r.split()) for r in s.responses),
+                "gains": [x - b for x, b in zip(_per_prompt(g, len(eval_prompts)), base_gold, strict=True)],
+                "afinn_gains": [x - b for x, b in zip(_per_prompt(a, len(eval_prompts)), base_afinn, strict=True)],
+                "base_proxy": float(proxy.score(eval_in, eval_pool).mean()),
+                "train_proxy_last": res.history[-1].get("reward/score") if res.history else None,
+                "samples": s.responses[:: cfg.eval_samples][:6],
+                "wall_s": time.time() - t, "cpu_s": time.process_time() - c, "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(), "demo_out": str(demo_out),
+            }
+            with results.open("a") as f:
+                f.write(json.dumps(point) + "\n")
+            print(f"seed {seed} steps {steps}: KL {point['kl']:.3f} gold {point['gold']:.3f} "
+                  f"(base {statistics.fmean(base_gold):.3f}) AFINN {point['afinn']:.3f} proxy {point['proxy']:.3f} "
+                  f"(base {point['base_proxy']:.3f}) {point['wall_s']:.0f} s", flush=True)
+            del res
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from alignkit.evaluation import paired_bootstrap_ci
+
+    pts = _points(Path(args.results))
+    seeds = sorted({p["seed"] for p in pts})
+    steps = sorted({p["steps"] for p in pts})
+    by = {(p["seed"], p["steps"]): p for p in pts}
+    seeds = [s for s in seeds if all((s, n) in by for n in steps)]
+    print(f"seeds {seeds}; PPO, kl_coef {pts[0]['kl_coef']}, against the {pts[0]['proxy_pairs']}-pair proxy")
+    for n in steps:
+        rows = [by[(s, n)] for s in seeds]
+        gain = paired_bootstrap_ci([r["gains"] for r in rows], level=0.95, resamples=2000, seed=0)
+        afinn = paired_bootstrap_ci([r["afinn_gains"] for r in rows], level=0.95, resamples=2000, seed=0)
+        print(f"steps {n:4d}: KL {statistics.fmean(r['kl'] for r in rows):.3f}  proxy "
+              f"{statistics.fmean(r['proxy'] for r in rows):+.3f} (base {statistics.fmean(r['base_proxy'] for r in rows):+.3f})"
+              f"  VADER gain {gain[0]:+.3f} [{gain[1]:+.3f}, {gain[2]:+.3f}]  AFINN gain {afinn[0]:+.3f} "
+              f"[{afinn[1]:+.3f}, {afinn[2]:+.3f}]  length {statistics.fmean(r['length'] for r in rows):.1f}")
+    lo, hi = steps[0], steps[-1]
+    d_gold = paired_bootstrap_ci([[b - a for a, b in zip(by[(s, lo)]["gains"], by[(s, hi)]["gains"], strict=True)]
+                                  for s in seeds], level=0.95, resamples=2000, seed=0)
+    d_proxy = [by[(s, hi)]["proxy"] - by[(s, lo)]["proxy"] for s in seeds]
+    print(f"{lo} → {hi} steps: proxy {statistics.fmean(d_proxy):+.3f} (per seed {', '.join(f'{x:+.3f}' for x in d_proxy)}),"
+          f" VADER {d_gold[0]:+.3f} [{d_gold[1]:+.3f}, {d_gold[2]:+.3f}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="train and score the points of --seeds")
+    run.add_argument("--demo-out", required=True, help="a finished `alignkit demo sentiment` OUT (its proxies)")
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--steps", type=int, nargs="+", default=[20, 60])
+    run.add_argument("--proxy-pairs", type=int, default=256, help="which stored proxy PPO optimises")
+    run.add_argument("--kl-coef", type=float, default=0.0)
+    run.add_argument("--results", default=RESULTS)
+    rep = sub.add_parser("report", help="averages over seeds with paired CIs")
+    rep.add_argument("--results", default=RESULTS)
+    args = ap.parse_args()
+    {"run": cmd_run, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
