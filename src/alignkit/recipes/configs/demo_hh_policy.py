@@ -28,9 +28,10 @@ class HHPolicyDemoConfig:
     split: list[float] = field(default_factory=lambda: [0.15, 0.65, 0.20])
     """Shares of the first human turns for the proxy's pairs, the judge's pairs and the held-out
     prompts (the judge gets the most: its accuracy grows with its pairs, 0.635 at 700 and
-    0.68 at 1,440 in docs/reward.md's cross-validation; 0.647 on this held-out part at 983
-    pairs, the earlier 0.55 share). The held-out part is the last share of the shuffled
-    prompts, so moving the first boundary leaves it unchanged."""
+    0.68 at 1,440 in docs/reward.md's cross-validation; 0.647 at 983 pairs, the earlier 0.55
+    share). The held-out part is the last share of the shuffled prompts, so moving the first
+    boundary leaves its prompts unchanged (the pairs and prompts drawn from it are drawn after
+    the other two parts' samples, so they change with those sizes)."""
     quick: bool = False
     """Tiny sizes for a smoke test (a few minutes on a CPU); the numbers mean little."""
     seed: int = 0
