@@ -295,10 +295,11 @@ def ppo_sweep_point(cfg: DemoConfig, base_dir: str, sdir: str, seed: int, coef: 
     res = train_ppo(replace(cfg.ppo, policy=base_dir, out=str(Path(sdir) / f"ppo_kl{coef:g}"), kl_coef=coef,
                             max_new_tokens=cfg.max_new_tokens, seed=seed),
                     reward_fn=rm.score, prompts=PROMPTS)
-    samples = sample_for_eval(res.model.eval(), ref, tok, [p for p in PROMPTS for _ in range(cfg.eval_samples_per_prompt)],
+    prompts = list(dict.fromkeys(base_samples.prompts))  # the base's prompts, each once, in order
+    samples = sample_for_eval(res.model.eval(), ref, tok, [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)],
                               cfg.max_new_tokens, seed=cfg.eval_seed)
     return score_samples(samples, rm, gold=GOLD.scores, base_gold=GOLD.scores(base_samples.prompts, base_samples.responses),
-                         n_prompts=len(PROMPTS))
+                         n_prompts=len(prompts))
 
 
 AL_STRATEGIES = ("random", "disagreement", "info-gain")
