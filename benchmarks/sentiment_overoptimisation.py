@@ -39,11 +39,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
     from alignkit.config import load_config
-    from alignkit.evaluation import sample_for_eval
+    from alignkit.evaluation import per_prompt_means, sample_for_eval
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.models.reward import load_reward_model
     from alignkit.recipes.configs.demo_sentiment import SentimentDemoConfig
-    from alignkit.recipes.demo_sentiment import _per_prompt, top_layer_lora_targets
+    from alignkit.recipes.demo_sentiment import top_layer_lora_targets
     from alignkit.recipes.ppo import train_ppo
     from alignkit.tasks import sentiment
     from alignkit.tasks.sentiment import build_prompts, split_prompts
@@ -60,8 +60,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     eval_in = [p for p in eval_prompts for _ in range(cfg.bon_pool)]
     t0 = time.time()
     eval_pool = sample_for_eval(ref, ref, tok, eval_in, cfg.max_new_tokens, seed=cfg.split_seed + 202).responses
-    base_gold = _per_prompt(sentiment.vader_gold(eval_in, eval_pool), len(eval_prompts))
-    base_afinn = _per_prompt(sentiment.afinn_gold(eval_in, eval_pool), len(eval_prompts))
+    base_gold = per_prompt_means(sentiment.vader_gold(eval_in, eval_pool), len(eval_prompts))
+    base_afinn = per_prompt_means(sentiment.afinn_gold(eval_in, eval_pool), len(eval_prompts))
     print(f"base pool: {len(eval_pool)} continuations, gold {statistics.fmean(base_gold):.3f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     targets = top_layer_lora_targets(ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
@@ -83,8 +83,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                 "kl": statistics.fmean(s.kl), "gold": statistics.fmean(g), "afinn": statistics.fmean(a),
                 "proxy": float(proxy.score(s.prompts, s.responses).mean()),
                 "length": statistics.fmean(len(r.split()) for r in s.responses),
-                "gains": [x - b for x, b in zip(_per_prompt(g, len(eval_prompts)), base_gold, strict=True)],
-                "afinn_gains": [x - b for x, b in zip(_per_prompt(a, len(eval_prompts)), base_afinn, strict=True)],
+                "gains": [x - b for x, b in zip(per_prompt_means(g, len(eval_prompts)), base_gold, strict=True)],
+                "afinn_gains": [x - b for x, b in zip(per_prompt_means(a, len(eval_prompts)), base_afinn, strict=True)],
                 "base_proxy": float(proxy.score(eval_in, eval_pool).mean()),
                 "train_proxy_last": res.history[-1].get("reward/score") if res.history else None,
                 "samples": s.responses[:: cfg.eval_samples][:6],

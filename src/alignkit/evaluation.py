@@ -18,6 +18,7 @@ computed or reported.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "calibration_bins",
     "evaluate_reward_model",
     "paired_bootstrap_ci",
+    "per_prompt_means",
     "reward_margins",
     "sample_for_eval",
     "sample_mixture_for_eval",
@@ -177,6 +179,15 @@ def sample_mixture_for_eval(models, weights, ref_model, tokenizer, prompts: list
         kls += (mix_lp - torch.cat(ref_lp)).tolist()
         responses += [t.strip() for t in out.texts]
     return PolicySamples(list(prompts), responses, kls)
+
+
+def per_prompt_means(values: Sequence[float], n_prompts: int) -> list[float]:
+    """Means over each prompt's consecutive block of samples: ``values`` are ``n_prompts``
+    blocks of equal size (the order ``[p for p in prompts for _ in range(k)]`` gives)."""
+    if n_prompts < 1 or len(values) % n_prompts:
+        raise ValueError(f"per_prompt_means: {len(values)} values are not {n_prompts} equal blocks")
+    k = len(values) // n_prompts
+    return [statistics.fmean(values[i * k : (i + 1) * k]) for i in range(n_prompts)]
 
 
 def win_rate(gold_policy: Sequence[float], gold_base: Sequence[float], n_prompts: int | None = None) -> float:

@@ -85,3 +85,12 @@ def test_win_rate_against_every_base_sample_of_the_prompt_hand_computed():
     assert win_rate([2.0, 0.0], [1.0, 0.0]) == 0.75
     with pytest.raises(ValueError, match="not 2 equal blocks"):
         win_rate([1.0, 2.0, 3.0], [1.0, 2.0], n_prompts=2)
+
+
+def test_per_prompt_means_hand_computed():
+    from alignkit.evaluation import per_prompt_means
+
+    assert per_prompt_means([1.0, 3.0, 0.0, 4.0, 2.0, 2.0], 3) == [2.0, 2.0, 2.0]
+    assert per_prompt_means([1.0, 2.0, 6.0], 1) == [3.0]
+    with pytest.raises(ValueError, match="not 2 equal blocks"):
+        per_prompt_means([1.0, 2.0, 3.0], 2)

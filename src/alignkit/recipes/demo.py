@@ -50,6 +50,7 @@ from alignkit.evaluation import (
     PolicySamples,
     evaluate_reward_model,
     paired_bootstrap_ci,
+    per_prompt_means,
     sample_for_eval,
     score_samples,
 )
@@ -109,11 +110,6 @@ def _mean_std(xs: list[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0,
             "per_seed": xs}
 
-
-def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
-    """Means over each prompt's consecutive block of samples (``eval_prompts`` order)."""
-    k = len(values) // n_prompts
-    return [statistics.fmean(values[i * k : (i + 1) * k]) for i in range(n_prompts)]
 
 
 def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | None = None) -> dict[str, Any]:
@@ -213,7 +209,7 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
         return sample_for_eval(model.eval(), ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed)
 
     results: dict[str, dict[str, Any]] = {"base": score(base_samples, kl=0.0)}
-    base_pp = _per_prompt(base_gold, len(PROMPTS))
+    base_pp = per_prompt_means(base_gold, len(PROMPTS))
     gao_rows: dict[str, list[list[float]]] = {}  # per-prompt gold gains of each sweep point
 
     # 3a. PPO at every KL coefficient of the sweep (each point a Ray task with an address)
@@ -226,7 +222,7 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
         ppo_sweep.append({"label": f"β={coef:g}", "kl_coef": coef, **{k: v for k, v in m.items()
                                                                      if k != "gold_per_sample"}})
         gao_rows.setdefault("ppo", []).append(
-            [x - b for x, b in zip(_per_prompt(m["gold_per_sample"], len(PROMPTS)), base_pp, strict=True)])
+            [x - b for x, b in zip(per_prompt_means(m["gold_per_sample"], len(PROMPTS)), base_pp, strict=True)])
         if coef == cfg.ppo.kl_coef:
             results["ppo"] = m
     # the pool of base samples (k per prompt) behind the best-of-n sweep and DPO's pairs
@@ -254,7 +250,7 @@ def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_addres
     bon_sweep = [{"label": f"n={p['n']}", **p} for p in best_of_n_curve(proxy, pool_gold, cfg.bon_sweep)]
     gao_rows["best_of_n"] = best_of_n_gold_gains(proxy, pool_gold, cfg.bon_sweep).T.tolist()
     # 4. per-prompt gold gain over base (same prompts, same base samples): the paired CI's data
-    gains = {name: [x - b for x, b in zip(_per_prompt(results[name].pop("gold_per_sample"), len(PROMPTS)),
+    gains = {name: [x - b for x, b in zip(per_prompt_means(results[name].pop("gold_per_sample"), len(PROMPTS)),
                                            base_pp, strict=True)]
              for name in ("ppo", "dpo", "best_of_n")}
     results["base"].pop("gold_per_sample")

@@ -66,6 +66,7 @@ from alignkit.errors import ConfigError
 from alignkit.evaluation import (
     evaluate_reward_model,
     paired_bootstrap_ci,
+    per_prompt_means,
     sample_for_eval,
     sample_mixture_for_eval,
 )
@@ -301,11 +302,6 @@ def _brief(point: dict[str, Any]) -> str:
             f"proxy {point['proxy']:.3f}, KL {point['kl']:.3f}")
 
 
-def _per_prompt(values: list[float], n_prompts: int) -> list[float]:
-    """Means over each prompt's consecutive block of samples."""
-    k = len(values) // n_prompts
-    return [statistics.fmean(values[i * k : (i + 1) * k]) for i in range(n_prompts)]
-
 
 def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]:
     """One seed: its proxies, best-of-n under each, the DPO β sweeps (gold and proxy labels),
@@ -315,8 +311,8 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     targets = top_layer_lora_targets(sh.ref, cfg.lora_top_layers) if cfg.lora_top_layers else []
     dpo_cfg = replace(cfg.dpo, lora_targets=cfg.dpo.lora_targets or targets)
     ppo_cfg = replace(cfg.ppo, lora_targets=cfg.ppo.lora_targets or targets)
-    base_gold_pp = _per_prompt(sh.eval_gold, n_eval)
-    base_afinn_pp = _per_prompt(sh.eval_afinn, n_eval)
+    base_gold_pp = per_prompt_means(sh.eval_gold, n_eval)
+    base_afinn_pp = per_prompt_means(sh.eval_afinn, n_eval)
     # the seed's preference pairs: two pool samples of one prompt whose gold differs, shuffled
     k = cfg.pool_samples
     pairs = [(p * k + i, p * k + j) for p in range(len(sh.pool) // k) for i in range(k) for j in range(i + 1, k)
@@ -363,8 +359,8 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
         return {**setting, "kl": statistics.fmean(samples.kl), "gold": statistics.fmean(g),
                 "afinn": statistics.fmean(a), "proxy": float(opt.score(samples.prompts, samples.responses).mean()),
                 "length": statistics.fmean(len(r.split()) for r in samples.responses),
-                "gains": [x - b for x, b in zip(_per_prompt(g, n_eval), base_gold_pp, strict=True)],
-                "afinn_gains": [x - b for x, b in zip(_per_prompt(a, n_eval), base_afinn_pp, strict=True)],
+                "gains": [x - b for x, b in zip(per_prompt_means(g, n_eval), base_gold_pp, strict=True)],
+                "afinn_gains": [x - b for x, b in zip(per_prompt_means(a, n_eval), base_afinn_pp, strict=True)],
                 "samples": samples.responses[:: cfg.eval_samples][: cfg.samples_in_report]}
 
     # c. DPO over β, pairs labelled by the gold and by the optimised proxy; d. the mixtures
