@@ -190,6 +190,8 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     else:
         for seed in track(todo, "seeds"):
             timings[f"seed_{seed}"] = _run_and_store_seed(cfg, seed, shared)
+    # every seed's result as read back from its file: a seed run now and one read from an earlier
+    # run reach the summary in the same (JSON) form, in whichever process it ran
     per_seed = [done[seed] if done[seed] is not None else load_seed_result(cfg, seed) for seed in cfg.seeds]
 
     # --- 4. summary, plots, report -----------------------------------------------------------
@@ -208,8 +210,9 @@ def _run_and_store_seed(cfg: SentimentDemoConfig, seed: int, shared: _Shared) ->
     t = time.time()
     result = run_seed(cfg, seed, shared)
     write_json(seed_result_path(cfg, seed), {"fingerprint": seed_fingerprint(cfg), "result": result})
-    note(f"seed {seed} done ({time.time() - t:.0f} s)")
-    return time.time() - t
+    seconds = time.time() - t
+    note(f"seed {seed} done ({seconds:.0f} s)")
+    return seconds
 
 
 _FORK_SHARED: _Shared | None = None
