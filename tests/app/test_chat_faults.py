@@ -121,25 +121,13 @@ def test_chat_serve_believes_forwarded_for_only_from_a_trusted_proxy(tmp_path, t
     X-Forwarded-For from loopback does not make each guess a new client (uvicorn's default
     would believe it from 127.0.0.1); with `--trusted-proxy 127.0.0.1` each forwarded
     address is its own client."""
-    from test_api import csrf_of
+    from test_hardening27 import rotating_forwarded_logins
 
     db = tmp_path / "fwd.db"
     FeedbackStore(db).ensure_project("p", gold_every=0)
-
-    def guesses(server) -> list[int]:
-        codes = []
-        with httpx.Client(base_url=server.url) as c:
-            token = csrf_of(c.get("/login").text)
-            for i in range(32):
-                r = c.post("/login", data={"username": f"guess{i}", "password": "x", "csrf_token": token},
-                           headers={"X-Forwarded-For": f"10.0.{i}.1"})
-                codes.append(r.status_code)
-                token = csrf_of(r.text)
-        return codes
-
     for extra, expected in (([], [401] * 30 + [429, 429]), (["--trusted-proxy", "127.0.0.1"], [401] * 32)):
         server = ChatServer(db, "p", [f"{tiny_lm_dir}:tiny"], tmp_path / f"server{len(extra)}.log", extra)
         try:
-            assert guesses(server) == expected, extra
+            assert rotating_forwarded_logins(server.url) == expected, extra
         finally:
             server.stop()

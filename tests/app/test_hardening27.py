@@ -76,15 +76,13 @@ def test_simultaneous_guesses_are_counted_before_hashing(env, monkeypatch):
     assert codes.count(429) >= 115
 
 
-def test_forwarded_for_is_believed_only_from_a_configured_proxy(env, start_server, tmp_path):
-    """Rotating X-Forwarded-For from loopback no longer dodges the per-client limit of the
-    real server (uvicorn believed it from 127.0.0.1); behind a --trusted-proxy it counts."""
-    store, _, _ = env
-    server = start_server(tmp_path / "f.db", "p")
-    with httpx.Client(base_url=server.url) as client:
+def rotating_forwarded_logins(url: str, n: int = 32) -> list[int]:
+    """Status codes of ``n`` failed logins to the server at ``url``, each claiming another
+    client in X-Forwarded-For (10.0.i.1)."""
+    with httpx.Client(base_url=url) as client:
         token = csrf_of(client.get("/login").text)
         codes = []
-        for i in range(32):
+        for i in range(n):
             r = client.post(
                 "/login",
                 data={"username": f"guess{i}", "password": "x", "csrf_token": token},
@@ -92,6 +90,15 @@ def test_forwarded_for_is_believed_only_from_a_configured_proxy(env, start_serve
             )
             codes.append(r.status_code)
             token = csrf_of(r.text)  # every login page starts a new pre-session
+    return codes
+
+
+def test_forwarded_for_is_believed_only_from_a_configured_proxy(env, start_server, tmp_path):
+    """Rotating X-Forwarded-For from loopback no longer dodges the per-client limit of the
+    real server (uvicorn believed it from 127.0.0.1); behind a --trusted-proxy it counts."""
+    store, _, _ = env
+    server = start_server(tmp_path / "f.db", "p")
+    codes = rotating_forwarded_logins(server.url)
     assert codes[:30] == [401] * 30 and codes[30:] == [429, 429]
     # the same in-process, and with the proxy configured the forwarded address is the client
     app = create_app(store.url, "p", store=store, trusted_proxies=("testclient",))
