@@ -21,7 +21,12 @@ def base_model(model):
 
 
 def accepts(model, name: str) -> bool:
-    """Whether ``model``'s forward (a peft model's base model's) takes argument ``name``."""
+    """Whether ``model``'s forward (a peft model's base model's; under DDP, the wrapped
+    module's, to which DDP passes its keyword arguments) takes argument ``name``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     base = base_model(model)
     try:
         return name in inspect.signature(base.forward).parameters

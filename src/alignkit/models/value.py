@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from alignkit.models._hf_compat import accepts, base_model, cache_kw
-from alignkit.models.logprobs import gather_token_logps, position_ids_from_mask
+from alignkit.models.logprobs import gather_token_logps, keep_positions, position_ids_from_mask
 from alignkit.models.packing import repeated_prompts
 
 
@@ -116,7 +116,7 @@ def policy_forward(
     else:
         kwargs = {}
         if start > 1 and accepts(model, "logits_to_keep"):
-            kwargs["logits_to_keep"] = _positions(start - 1, t, input_ids.device)
+            kwargs["logits_to_keep"] = keep_positions(start - 1, t, input_ids.device)
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -151,7 +151,7 @@ def _shared_prompt_forward(model, input_ids, attention_mask, start, first, inver
     """Logits ``(B, T − start, V)`` predicting columns ``start..T−1`` (and the last hidden
     states at the predicting positions) with each distinct prompt run once."""
     pm = attention_mask[first, :start]
-    kwargs = {"logits_to_keep": _positions(start - 1, start, input_ids.device)} if accepts(model, "logits_to_keep") else {}
+    kwargs = {"logits_to_keep": keep_positions(start - 1, start, input_ids.device)} if accepts(model, "logits_to_keep") else {}
     out_p = model(input_ids=input_ids[first, :start], attention_mask=pm, position_ids=position_ids_from_mask(pm),
                   use_cache=True, output_hidden_states=want_hidden, **kwargs)
     cache = out_p.cache if getattr(out_p, "cache", None) is not None else out_p.past_key_values
@@ -165,11 +165,3 @@ def _shared_prompt_forward(model, input_ids, attention_mask, start, first, inver
     if want_hidden:
         hidden = torch.cat([out_p.hidden_states[-1][:, -1:][inverse], out_c.hidden_states[-1][:, :-1]], 1)
     return logits, hidden
-
-
-def _positions(lo: int, hi: int, device) -> torch.Tensor:
-    """``logits_to_keep`` as the positions ``lo..hi−1``: the model then gathers those hidden
-    states into a new, contiguous tensor before its LM head. (An ``int`` keeps a slice
-    view, which ``F.linear`` multiplies as a batched matmul against the weight expanded per
-    row when the weight needs no grad — 4× slower for SmolLM2's 49 152-token head, measured.)"""
-    return torch.arange(lo, hi, device=device)

@@ -20,7 +20,7 @@ import torch
 
 from alignkit.data import Comparison, Correction, read_rows, render_messages
 from alignkit.errors import DataError
-from alignkit.models import sequence_logps
+from alignkit.models import first_completion_column, sequence_logps
 from alignkit.models.pairs import Example, collate, tokenize_example
 from alignkit.recipes._common import (
     adamw,
@@ -190,8 +190,11 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         n_tokens = float(sum(n_completion_tokens(i) for i in idx))
 
         def nll_share(part, n_tokens=n_tokens):
-            b = {key: v.to(device) for key, v in micro_batch(part).items()}
-            lp = sequence_logps(wrapped, b["input_ids"], b["attention_mask"], b["completion_mask"])
+            b = micro_batch(part)
+            start = first_completion_column(b["completion_mask"])  # on the CPU: no device wait
+            b = {key: v.to(device) for key, v in b.items()}
+            lp = sequence_logps(wrapped, b["input_ids"], b["attention_mask"], b["completion_mask"],
+                                completion_start=start)
             loss = -lp.sum.sum() / max(n_tokens, 1.0)
             return loss, {"loss/sft": loss.detach()}
 
