@@ -19,7 +19,10 @@ Correctness (each asserted; a failure is printed and the script exits 1 after th
    decode path: step-1 KL |k1| < 1e-3 and π/π_old of the first minibatch 1 ± 1e-3 (on a
    GPU, and with ``--smollm2``, also on SmolLM2-135M).
 5. ``reward_bf16_checkpoint``: a reward model trained and scored on a bf16-saved backbone.
-6. ``vllm_beside_trainer`` (when vLLM imports): PPO with ``rollout_engine=vllm`` on the
+6. ``half_logsoftmax``: log-probs of bf16 logits (SmolLM2's vocabulary) by the chunked path
+   equal the whole-tensor float32 log-softmax's, values and gradients; on a GPU its peak
+   memory (``max_memory_allocated``) is below that of the float32 path (review finding S8).
+7. ``vllm_beside_trainer`` (when vLLM imports): PPO with ``rollout_engine=vllm`` on the
    trainer's GPU (``vllm_gpu_memory`` 0.3), step-1 KL ≈ 0; with sleep mode where the build
    has it.
 
@@ -238,6 +241,40 @@ def check_reward_bf16_checkpoint(device: str, tmp: Path) -> dict:
                                                                if isinstance(v, float)}}
 
 
+def check_half_logsoftmax(device: str) -> dict:
+    import torch
+
+    from alignkit.models import gather_token_logps
+
+    shape = (16, 64, 49152) if device == "cuda" else (2, 16, 49152)
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(shape, generator=g, device=device, dtype=torch.bfloat16).mul_(3)
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=g, device=device)
+    out = {}
+    for name in ("upcast", "chunked"):
+        x = logits.detach().requires_grad_()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        if name == "upcast":
+            lp = torch.log_softmax(x.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+        else:
+            lp = gather_token_logps(x, labels)
+        lp.sum().backward()
+        out[name] = (lp.detach().float(), x.grad.float())
+        if device == "cuda":
+            out[name + "_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    value_diff = float((out["upcast"][0] - out["chunked"][0]).abs().max())
+    grad_diff = float((out["upcast"][1] - out["chunked"][1]).abs().max())
+    res = {"max_value_diff": value_diff, "max_grad_diff": grad_diff}
+    ok = value_diff < 1e-4 and grad_diff < 1e-2
+    if device == "cuda":
+        res.update(upcast_peak_mb=out["upcast_peak_mb"], chunked_peak_mb=out["chunked_peak_mb"])
+        ok = ok and out["chunked_peak_mb"] < out["upcast_peak_mb"]
+    return {"ok": ok, **res}
+
+
 def check_vllm_beside_trainer(device: str, tmp: Path) -> dict:
     try:
         import vllm  # noqa: F401
@@ -339,6 +376,7 @@ def main() -> None:
                 checks.run("ppo_bf16_start_smollm2", check_ppo_bf16_start, device, tmp, smol)
                 checks.run("static_equals_lean_lora_smollm2", check_static_equals_lean_lora, device, compile_with, smol)
             checks.run("reward_bf16_checkpoint", check_reward_bf16_checkpoint, device, tmp)
+            checks.run("half_logsoftmax", check_half_logsoftmax, device)
             checks.run("vllm_beside_trainer", check_vllm_beside_trainer, device, tmp)
         results = {"meta": meta, "checks": checks.results}
         if not args.cpu and args.only in (None, "speed"):
