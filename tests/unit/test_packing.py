@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alignkit.models import gather_token_logps, load_causal_lm
-from alignkit.models.packing import pack_completions
+from alignkit.models.packing import block_causal_mask, pack_completions
 
 NEG = torch.finfo(torch.float32).min
 
@@ -40,10 +40,16 @@ def test_layout_by_hand():
         [0, 0, 0, 0, 0, 1, 0, 1],  # 22 (not 21)
     ]
     expected = torch.tensor(allowed, dtype=torch.bool)
-    mask = b["attention_mask"]
+    mask = block_causal_mask(b["group"], b["role"])
     assert mask.shape == (1, 1, 8, 8) and mask.dtype == torch.float32
     assert torch.equal(mask[0, 0] == 0, expected)
     assert torch.all(mask[0, 0][~expected] == NEG)
+    # in the model's dtype, built where group/role are (review finding S7: the batch carries
+    # O(L) numbers a row to the device, not an L × L float32 mask)
+    half = block_causal_mask(b["group"], b["role"], torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half[0, 0] == 0, expected)
+    assert torch.all(half[0, 0][~expected] == torch.finfo(torch.bfloat16).min)
+    assert all(v.dim() <= 2 for v in b.values())
 
 
 def test_rows_split_at_row_tokens_and_padding_sees_only_itself():
@@ -54,7 +60,7 @@ def test_rows_split_at_row_tokens_and_padding_sees_only_itself():
     groups = [([1, 2], [[3], [4, 5]]), ([6], [[7, 8], [9]]), ([10], [[11], [12]])]
     b = pack_completions(groups, pad_id=0, row_tokens=8)
     assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0], [6, 7, 8, 9, 10, 11, 12]]
-    allowed = b["attention_mask"][0, 0] == 0
+    allowed = block_causal_mask(b["group"], b["role"])[0, 0] == 0
     assert allowed[5].tolist() == [False] * 5 + [True, False]
     assert allowed[6].tolist() == [False] * 6 + [True]
     # flat indices count across rows: row 1 starts at 7
@@ -92,7 +98,7 @@ def test_packed_equals_padded_values_and_gradients(tiny_lm_dir):
     model = load_causal_lm(tiny_lm_dir)
     b = pack_completions(groups, pad_id=0, row_tokens=24)
     assert b["input_ids"].shape[0] > 1
-    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+    out = model(input_ids=b["input_ids"], attention_mask=block_causal_mask(b["group"], b["role"]),
                 position_ids=b["position_ids"], output_hidden_states=True, use_cache=False)
     logits = out.logits.reshape(-1, out.logits.shape[-1])
     hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])

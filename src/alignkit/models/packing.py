@@ -17,8 +17,8 @@ logits and hidden states are those of the padded layout, at a cost of
 
 Pure tensor bookkeeping: no model in here. The consumers (``alignkit.recipes.dpo`` for
 log-probs, ``alignkit.models.reward`` for rewards at the last token) run the model on
-``input_ids``, ``position_ids`` and ``attention_mask`` and read their numbers with the
-index maps.
+``input_ids``, ``position_ids`` and :func:`block_causal_mask` (built on the model's device)
+and read their numbers with the index maps.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["PACK_ROW_TOKENS", "pack_completions", "repeated_prompts", "round_up"]
+__all__ = ["PACK_ROW_TOKENS", "block_causal_mask", "pack_completions", "repeated_prompts", "round_up"]
 
 PACK_ROW_TOKENS = 256
 """Rows hold whole groups up to this many tokens: attention cost per token grows with the
@@ -59,9 +59,10 @@ def pack_completions(
 
     * ``input_ids``, ``position_ids`` ``(R, L)``: positions restart at 0 for every prompt
       and continue from the prompt's length in every completion;
-    * ``attention_mask`` ``(R, 1, L, L)`` float32, additive (0 = may attend, the float32
-      minimum = may not): causal, within one group, and never across completions; each
-      padding token attends only to itself (so no row of the softmax is empty);
+    * ``group``, ``role`` ``(R, L)``: which group each token belongs to (padding: a group of its
+      own per position) and whether it is the prompt (0) or completion k (k + 1); the
+      block-causal mask is :func:`block_causal_mask` of these, built where the model runs
+      (O(L) numbers a row cross to the device, not the mask's L²);
     * ``target`` ``(N,)``: flat index ``row·L + column`` of every completion token;
     * ``prev`` ``(N,)``: the flat index whose logits predict that token (the previous
       completion token, or the prompt's last token for the first one);
@@ -121,21 +122,32 @@ def pack_completions(
                 owner += [j * n_groups + g] * c
                 last[j * n_groups + g] = first + c - 1
                 col += c
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    allowed = causal & (group[:, :, None] == group[:, None, :]) & (
-        (role[:, None, :] == 0) | (role[:, None, :] == role[:, :, None])
-    )
-    mask = torch.zeros(n_rows, 1, width, width).masked_fill_(~allowed[:, None], torch.finfo(torch.float32).min)
     return {
         "input_ids": ids,
         "position_ids": pos,
-        "attention_mask": mask,
+        "group": group,
+        "role": role,
         "prev": torch.tensor(prev),
         "target": torch.tensor(target),
         "owner": torch.tensor(owner),
         "last": torch.tensor(last),
         "n_seqs": torch.tensor(k * n_groups),
     }
+
+
+def block_causal_mask(group: torch.Tensor, role: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The additive attention mask ``(R, 1, L, L)`` of a packed batch, in ``dtype`` on the
+    device of ``group`` and ``role`` (:func:`pack_completions`): 0 where a token may attend,
+    ``dtype``'s minimum where not. Causal, within one group, and never across completions
+    (a token sees its group's prompt and its own completion); each padding token attends only
+    to itself, so no row of the softmax is empty."""
+    width = group.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=group.device).tril()
+    allowed = causal & (group[:, :, None] == group[:, None, :]) & (
+        (role[:, None, :] == 0) | (role[:, None, :] == role[:, :, None])
+    )
+    mask = torch.zeros(group.shape[0], 1, width, width, dtype=dtype, device=group.device)
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
 def repeated_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | None = None):

@@ -188,9 +188,12 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", 
 
 def forward_packed(model, batch: dict):
     """``model`` (a causal LM or its backbone) on a packed batch: the additive block-causal
-    mask cast to the model's dtype, positions restarting per sequence, no KV cache."""
-    dtype = next(model.parameters()).dtype
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].to(dtype),
+    mask built on the batch's device in the model's dtype, positions restarting per
+    sequence, no KV cache."""
+    from alignkit.models.packing import block_causal_mask
+
+    mask = block_causal_mask(batch["group"], batch["role"], next(model.parameters()).dtype)
+    return model(input_ids=batch["input_ids"], attention_mask=mask,
                  position_ids=batch["position_ids"], use_cache=False)
 
 
