@@ -20,7 +20,7 @@ def base_policy(tmp_path_factory):
 
 def tiny(out, base, **kw):
     cfg = dict(out=str(out), policy=str(base), rounds=2, pairs_per_round=16, bon_n=2, max_new_tokens=12,
-               eval_samples_per_prompt=1, heldout_pairs=16, seed=3)
+               eval_samples_per_prompt=1, base_eval_samples_per_prompt=2, heldout_pairs=16, seed=3)
     cfg.update(kw)
     small = {"ppo.steps": 2, "ppo.rollout_batch_size": 8, "reward.epochs": 1, "dpo.epochs": 1}
     return apply_overrides(LoopConfig(**cfg), small)
@@ -52,6 +52,25 @@ def test_other_methods_run_one_round(tmp_path, base_policy, method):
     if method == "bon":
         # log 2 - 1/2, the analytic best-of-2 KL
         assert row["kl"] == pytest.approx(0.193147, abs=1e-6)
+
+
+def test_base_yardstick_has_its_own_sample_count(tmp_path, base_policy):
+    """The base policy is scored on base_eval_samples_per_prompt responses a prompt (3 here,
+    against each round's 1): the result's base gold is their mean, sampled with
+    base_eval_seed; the win rate compares each round response with all 3 of its prompt's."""
+    from alignkit.evaluation import sample_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer
+
+    res = run_loop(tiny(tmp_path, base_policy, rounds=1, method="bon", base_eval_samples_per_prompt=3),
+                   PROMPTS_SMALL, GOLD.scores)
+    ref = load_causal_lm(base_policy).eval()
+    base_prompts = [p for p in PROMPTS_SMALL for _ in range(3)]
+    base = sample_for_eval(ref, ref, load_tokenizer(base_policy), base_prompts, 12, seed=12345)
+    golds = GOLD.scores(base_prompts, base.responses)
+    assert res["base"]["gold"] == pytest.approx(sum(golds) / len(golds), abs=1e-9)
+    assert 0.0 <= res["rounds"][0]["win_rate"] <= 1.0
+    with pytest.raises(ConfigError, match="base_eval_samples_per_prompt: expected ≥ 1"):
+        run_loop(tiny(tmp_path / "bad", base_policy, base_eval_samples_per_prompt=0), PROMPTS_SMALL, GOLD.scores)
 
 
 def test_config_file_errors_speak(tmp_path):

@@ -101,6 +101,7 @@ def demo_loop_config(cfg: DemoConfig, base_dir: Path) -> LoopConfig:
         out=str(Path(cfg.out) / "loop"), policy=str(base_dir), rounds=cfg.loop_rounds, method="ppo",
         pairs_per_round=cfg.loop_pairs_per_round, heldout_pairs=cfg.heldout_pairs,
         max_new_tokens=cfg.max_new_tokens, eval_samples_per_prompt=cfg.loop_eval_samples_per_prompt,
+        base_eval_samples_per_prompt=cfg.base_eval_samples_per_prompt, base_eval_seed=cfg.base_eval_seed,
         seed=cfg.seeds[0], resume=True, annotator=cfg.annotator, reward=cfg.reward,
         ppo=replace(cfg.ppo, steps=cfg.loop_ppo_steps, save_model=True),
     )

@@ -298,6 +298,9 @@ def _check(cfg: LoopConfig) -> None:
         raise ConfigError(f"annotator.kind: expected one of {ANNOTATORS}, got {cfg.annotator.kind!r}")
     if cfg.rounds < 1 or cfg.pairs_per_round < 2:
         raise ConfigError("rounds must be ≥ 1 and pairs_per_round ≥ 2")
+    for key in ("eval_samples_per_prompt", "base_eval_samples_per_prompt"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: expected ≥ 1, got {getattr(cfg, key)}")
     if not 0 <= cfg.annotator.biased_fraction <= 1:
         raise ConfigError(f"annotator.biased_fraction: expected a number in [0, 1], got {cfg.annotator.biased_fraction}")
 
@@ -377,9 +380,12 @@ def _loop(cfg: LoopConfig, prompts: list[str], gold, people, say) -> dict[str, A
     _save_labels(heldout, out / "heldout.jsonl")
     heldout = [c for c in heldout if not c.incomparable]
     eval_prompts = [p for p in prompts for _ in range(cfg.eval_samples_per_prompt)]
-    say(f"evaluation: sampling {len(eval_prompts)} responses from the base policy")
-    base_samples = sample_for_eval(ref, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
-    base_gold = [float(x) for x in gold(eval_prompts, base_samples.responses)] if gold is not None else None
+    base_gold = None
+    if gold is not None:  # the yardstick of the win rates (nothing to measure without a gold)
+        base_prompts = [p for p in prompts for _ in range(cfg.base_eval_samples_per_prompt)]
+        say(f"evaluation: sampling {len(base_prompts)} responses from the base policy")
+        base_samples = sample_for_eval(ref, ref, tok, base_prompts, cfg.max_new_tokens, seed=cfg.base_eval_seed)
+        base_gold = [float(x) for x in gold(base_prompts, base_samples.responses)]
 
     state: dict[str, Any] = {"completed_rounds": 0, "policy": str(base_dir), "rounds": []}
     if state_path.exists():
@@ -450,7 +456,7 @@ def _loop(cfg: LoopConfig, prompts: list[str], gold, people, say) -> dict[str, A
         else:
             pol = load_causal_lm(new_policy).eval()
             samples = sample_for_eval(pol, ref, tok, eval_prompts, cfg.max_new_tokens, seed=cfg.eval_seed + k)
-        metrics = score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=bon_kl)
+        metrics = score_samples(samples, rm, gold=gold, base_gold=base_gold, kl=bon_kl, n_prompts=len(prompts))
         metrics.pop("gold_per_sample", None)
         rm_eval = evaluate_reward_model(rm, heldout, gold=gold, bins=10) if heldout else _no_heldout()
         row = {"round": k, **metrics, "rm_accuracy": rm_eval["accuracy"], "rm_ece": rm_eval["ece"],

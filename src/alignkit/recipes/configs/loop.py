@@ -84,6 +84,10 @@ class LoopConfig:
     """Response length limit (sampling pairs, evaluation, and PPO's rollouts)."""
     eval_samples_per_prompt: int = 4
     """Evaluation: responses per prompt."""
+    base_eval_samples_per_prompt: int = 32
+    """The base policy's evaluation responses per prompt (with a gold reward): the yardstick of
+    every round's win rate. Its sampling error is shared by every round, so more rounds cannot
+    average it away; each round's responses are compared with all of their prompt's."""
     base_eval_seed: int = 12345
     """Seed of the base policy's evaluation samples."""
     eval_seed: int = 54321
