@@ -107,3 +107,22 @@ def test_reward_two_processes_equal_one(tiny_lm_dir, eleven_pairs, tmp_path):
     assert max_diff(weights(one), start) > 1e-4  # the backbone did train
     saved = json.loads((tmp_path / "two" / "alignkit_config.json").read_text())["distributed"]
     assert (saved["world_size"], saved["per_rank_batch"]) == (2, 3)
+
+
+def test_accepts_looks_through_ddp(tmp_path):
+    """Under DDP the forward's keyword arguments reach the wrapped model, so SFT's
+    ``logits_to_keep`` is asked of the model inside (one gloo process)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from alignkit.models import build_tiny_lm, build_tokenizer
+    from alignkit.models._hf_compat import accepts
+
+    model = build_tiny_lm(build_tokenizer(vocab_size=300), n_layer=1, n_embd=16, n_head=2, seed=0)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        assert accepts(wrapped, "logits_to_keep") and accepts(model, "logits_to_keep")
+        assert not accepts(wrapped, "no_such_argument")
+    finally:
+        dist.destroy_process_group()

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from alignkit.models import build_tiny_lm, build_tokenizer, first_completion_column, gather_token_logps, sequence_logps
+from alignkit.models import (
+    build_tiny_lm,
+    build_tokenizer,
+    first_completion_column,
+    gather_token_logps,
+    sequence_logps,
+)
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +210,11 @@ def test_completion_start_skips_the_prompt_logits_with_equal_logps_and_grads(tok
     assert kept.logits.shape[1] == ids.shape[1] - start + 1  # the prompt's logits were not built
     torch.testing.assert_close(kept.token, full.token, rtol=0, atol=1e-12)
     torch.testing.assert_close(kept.count, full.count)
-    for p, g in zip(model.parameters(), want):
+    for p, g in zip(model.parameters(), want, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
 
 
 def test_first_completion_column_of_an_empty_mask_is_none():
     assert first_completion_column(torch.zeros(2, 5, dtype=torch.long)) is None
     assert first_completion_column(torch.tensor([[0, 0, 0, 1], [0, 1, 1, 0]])) == 1
+

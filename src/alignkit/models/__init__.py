@@ -10,7 +10,12 @@ from alignkit.models.loading import (
     load_tokenizer,
     resolve_model,
 )
-from alignkit.models.logprobs import SequenceLogps, first_completion_column, gather_token_logps, sequence_logps
+from alignkit.models.logprobs import (
+    SequenceLogps,
+    first_completion_column,
+    gather_token_logps,
+    sequence_logps,
+)
 from alignkit.models.tiny import DEFAULT_CORPUS, build_tiny_lm, build_tokenizer, make_tiny_lm_dir
 
 __all__ = [
