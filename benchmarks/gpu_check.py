@@ -243,35 +243,29 @@ def check_reward_bf16_checkpoint(device: str, tmp: Path) -> dict:
 
 def check_half_logsoftmax(device: str) -> dict:
     import torch
-
-    from alignkit.models import gather_token_logps
+    from half_logsoftmax import VARIANTS, run
 
     shape = (16, 64, 49152) if device == "cuda" else (2, 16, 49152)
     g = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(shape, generator=g, device=device, dtype=torch.bfloat16).mul_(3)
     labels = torch.randint(0, shape[-1], shape[:-1], generator=g, device=device)
-    out = {}
-    for name in ("upcast", "chunked"):
-        x = logits.detach().requires_grad_()
+    out, peak_mb = {}, {}
+    for name in VARIANTS:
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-        if name == "upcast":
-            lp = torch.log_softmax(x.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
-        else:
-            lp = gather_token_logps(x, labels)
-        lp.sum().backward()
-        out[name] = (lp.detach().float(), x.grad.float())
+        lp, grad = run(name, logits, labels)
+        out[name] = (lp.float(), grad.float())
         if device == "cuda":
-            out[name + "_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+            peak_mb[name] = (torch.cuda.max_memory_allocated() - before) / 2**20
     value_diff = float((out["upcast"][0] - out["chunked"][0]).abs().max())
     grad_diff = float((out["upcast"][1] - out["chunked"][1]).abs().max())
     res = {"max_value_diff": value_diff, "max_grad_diff": grad_diff}
     ok = value_diff < 1e-4 and grad_diff < 1e-2
     if device == "cuda":
-        res.update(upcast_peak_mb=out["upcast_peak_mb"], chunked_peak_mb=out["chunked_peak_mb"])
-        ok = ok and out["chunked_peak_mb"] < out["upcast_peak_mb"]
+        res.update(upcast_peak_mb=peak_mb["upcast"], chunked_peak_mb=peak_mb["chunked"])
+        ok = ok and peak_mb["chunked"] < peak_mb["upcast"]
     return {"ok": ok, **res}
 
 

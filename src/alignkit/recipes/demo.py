@@ -112,7 +112,6 @@ def _mean_std(xs: list[float]) -> dict[str, Any]:
             "per_seed": xs}
 
 
-
 def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | None = None) -> dict[str, Any]:
     """Run the demo and write the report; returns the summary dict.
 
@@ -167,8 +166,6 @@ def run_demo(cfg: DemoConfig, *, print_table: bool = True, ray_address: str | No
     summary["wall_s"] = time.time() - t0
     _write_report(summary, out, print_table=print_table)
     return summary
-
-
 
 
 def run_seed(cfg: DemoConfig, base_dir: str, seed: int, base_samples, ray_address: str | None = None):

@@ -305,7 +305,6 @@ def _brief(point: dict[str, Any]) -> str:
             f"proxy {point['proxy']:.3f}, KL {point['kl']:.3f}")
 
 
-
 def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]:
     """One seed: its proxies, best-of-n under each, the DPO β sweeps (gold and proxy labels),
     the mixtures, the PPO KL sweep — every policy scored on the same evaluation prompts."""
