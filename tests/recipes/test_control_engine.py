@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("stable_baselines3")
@@ -58,6 +59,22 @@ def test_relabel_decides_which_reward_model_pays_a_batch(tmp_path, monkeypatch, 
     assert calls[:8] == per_it
 
 
+def test_alive_bonus_is_added_to_every_step_the_policy_is_paid(tmp_path, monkeypatch):
+    """alive_bonus = 2: each batch that enters VecNormalize's return scaling is the ensemble's
+    normalised r̂ for that batch plus exactly 2 a step (terminated steps included)."""
+    from alignkit.control.reward import RewardEnsemble
+
+    paid, scaled = [], []
+    reward, call = RewardEnsemble.reward, sb3.ReturnScaler.__call__
+    monkeypatch.setattr(RewardEnsemble, "reward", lambda self, *a: paid.append(reward(self, *a)) or paid[-1])
+    monkeypatch.setattr(sb3.ReturnScaler, "__call__", lambda self, r, d: scaled.append(r.copy()) or call(self, r, d))
+    run_control(ControlConfig(out=str(tmp_path), alive_bonus=2.0, **TINY))
+    assert len(paid) == len(scaled) == 4
+    for r, s in zip(paid, scaled, strict=True):
+        assert s.dtype == np.float32 and np.array_equal(s, r + np.float32(2.0))
+        assert abs(float(r.mean())) < 0.5  # r̂ itself stays normalised around 0 (mean over the pool)
+
+
 def test_pebble_explores_then_asks(tmp_path, monkeypatch):
     """unsupervised_steps = 1024: two rollouts of 512 steps on the k-NN state-entropy reward (no
     labels, no reward model), then the first session from those steps, the critic reset once."""
@@ -99,6 +116,7 @@ def test_control_train_reports_the_reference_beside_the_oracle(tmp_path, capsys)
     (["rl_engine=alignkit", "relabel=false"], "need rl_engine=sb3"),
     (["feedback_every=0"], "feedback_every"),
     (["crop=25"], "crop: expected 0 ≤ crop < segment_length"),
+    (["alive_bonus=nan"], "alive_bonus: expected a finite number"),
 ])
 def test_bad_settings_are_one_line_exit_2(tmp_path, capsys, sets, msg):
     args = ["control", "train", "--env", "CartPole-v1", "--out", str(tmp_path)]

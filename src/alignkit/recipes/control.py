@@ -95,6 +95,8 @@ def validate(cfg: ControlConfig) -> None:
     elif cfg.unsupervised_steps or not cfg.relabel:
         raise ConfigError("unsupervised_steps and relabel=false need rl_engine=sb3 (the alignkit engine always "
                           "rewards a rollout with the r̂ refitted on its labels)")
+    if not math.isfinite(cfg.alive_bonus):
+        raise ConfigError(f"alive_bonus: expected a finite number (r̂ std units a step), got {cfg.alive_bonus}")
     if cfg.unsupervised_steps < 0 or cfg.entropy_k < 1:
         raise ConfigError(f"unsupervised_steps ≥ 0 and entropy_k ≥ 1 expected, got {cfg.unsupervised_steps}, "
                           f"{cfg.entropy_k}")
@@ -286,7 +288,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                 if learned and not labels:
                     continue  # nothing to learn from before the first labels
                 if learned:
-                    r = ensemble.reward(piece.obs, piece.actions, piece.next_obs).astype(np.float64)
+                    r = _policy_reward(ensemble, cfg, piece.obs, piece.actions, piece.next_obs).astype(np.float64)
                 else:
                     reward_scale, r = _scaled_true_rewards(reward_scale, piece.rewards)
                 _update(agent, optimizer, piece, r, cfg, discrete, stats)
@@ -308,7 +310,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                     metrics.update(ensemble.fit(labels))
                 metrics["reward/labels"] = float(len(labels))
             ensemble.set_normalization(ro.obs, ro.actions, ro.next_obs) if want else None
-            rewards = ensemble.reward(ro.obs, ro.actions, ro.next_obs).astype(np.float64)
+            rewards = _policy_reward(ensemble, cfg, ro.obs, ro.actions, ro.next_obs).astype(np.float64)
             # how well r̂ tracks the (hidden) true reward on this rollout, per step
             metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro.rewards.reshape(-1))[0, 1])
         elif not a2c:
@@ -398,6 +400,11 @@ def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, fl
     mean = state["mean"] + delta * x.size / n
     var = (state["var"] * state["n"] + x.var() * x.size + delta**2 * state["n"] * x.size / n) / n
     return {"n": n, "mean": float(mean), "var": float(var)}
+
+
+def _policy_reward(ensemble: Any, cfg: ControlConfig, obs: Any, actions: Any, next_obs: Any) -> np.ndarray:
+    """What the policy is paid: the normalised r̂ plus ``cfg.alive_bonus`` a step (float32)."""
+    return ensemble.reward(obs, actions, next_obs) + np.float32(cfg.alive_bonus)
 
 
 def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: bool) -> Any:
@@ -524,7 +531,7 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
             if it == explore_its and explore_its:  # the reward the critic learned is replaced
                 reset_critic(model)
                 scaler.reset()
-            collected_under = (ensemble.reward(ro["obs"], ro["actions"], ro["next_obs"])
+            collected_under = (_policy_reward(ensemble, cfg, ro["obs"], ro["actions"], ro["next_obs"])
                                if labels and not cfg.relabel else None)
             if schedule[it]:
                 segs = _pool_segments(pool, cfg.segment_length, 4 * schedule[it] * max(1, cfg.query_candidates),
@@ -542,7 +549,7 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
                 metrics["reward/labels"] = float(len(labels))
                 pool = []
             if collected_under is None:  # relabel: the batch is rewarded by the r̂ refitted just now
-                rewards = ensemble.reward(ro["obs"], ro["actions"], ro["next_obs"])
+                rewards = _policy_reward(ensemble, cfg, ro["obs"], ro["actions"], ro["next_obs"])
             else:
                 rewards = collected_under
             metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro["rewards"].reshape(-1))[0, 1])

@@ -113,6 +113,12 @@ class ControlConfig:
     random_answer_prob: float = 0.0
     """Christiano's robustness: chance the annotator answered at random (0 = plain BT; 0.1 on
     Pendulum-v1 seed 0 reached −563 where plain BT reached −155, see docs/control.md)."""
+    alive_bonus: float = 0.0
+    """Added to the normalised r̂ (unit std over recent steps, mean 0) on every step the policy is
+    rewarded by r̂. r̂'s zero mean makes a step below the recent average a cost, so on tasks whose
+    episodes end when the body falls (Hopper-v5, Walker2d-v5) ending early pays; a bonus c > 0 is
+    the prior "staying up is good" that their true reward carries as a per-step healthy reward
+    (0: off; docs/control.md measures it)."""
     # --- label-efficiency methods (each a switch; docs/control.md has their ablations)
     unsupervised_steps: int = 0
     """PEBBLE: env steps of unsupervised exploration before the first query, the policy trained on
