@@ -113,6 +113,18 @@ def test_cli_rejects_bad_sentiment_config(capsys, tmp_path):
     assert e.value.code == 2 and "max_new_tokens" in capsys.readouterr().err
 
 
+def test_preference_pairs_by_hand():
+    """Two prompts of 3 samples: prompt 0's samples 0 and 1 tie on gold, prompt 1's 3 and 5 —
+    those pairs are left out; the rest, shuffled by the seed, each seed its own order."""
+    from alignkit.recipes.demo_sentiment import preference_pairs
+
+    gold = [0.1, 0.1, 0.5, 0.2, 0.3, 0.2]
+    pairs = preference_pairs(gold, 3, seed=0)
+    assert sorted(pairs) == [(0, 2), (1, 2), (3, 4), (4, 5)]
+    assert sorted(preference_pairs(gold, 3, seed=1)) == sorted(pairs)
+    assert preference_pairs(gold, 3, seed=0) == pairs
+
+
 def test_top_layer_lora_targets_on_a_tiny_gpt2():
     import torch
 

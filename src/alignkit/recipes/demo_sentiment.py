@@ -305,6 +305,15 @@ def _brief(point: dict[str, Any]) -> str:
             f"proxy {point['proxy']:.3f}, KL {point['kl']:.3f}")
 
 
+def preference_pairs(pool_gold: list[float], k: int, seed: int) -> list[tuple[int, int]]:
+    """A seed's preference pairs: index pairs (i, j), i < j, of two pool samples of one prompt
+    (``k`` consecutive samples a prompt) whose gold differs, shuffled by ``seed``."""
+    pairs = [(p * k + i, p * k + j) for p in range(len(pool_gold) // k) for i in range(k) for j in range(i + 1, k)
+             if pool_gold[p * k + i] != pool_gold[p * k + j]]
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
 def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]:
     """One seed: its proxies, best-of-n under each, the DPO β sweeps (gold and proxy labels),
     the mixtures, the PPO KL sweep — every policy scored on the same evaluation prompts."""
@@ -315,11 +324,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     ppo_cfg = replace(cfg.ppo, lora_targets=cfg.ppo.lora_targets or targets)
     base_gold_pp = per_prompt_means(sh.eval_gold, n_eval)
     base_afinn_pp = per_prompt_means(sh.eval_afinn, n_eval)
-    # the seed's preference pairs: two pool samples of one prompt whose gold differs, shuffled
-    k = cfg.pool_samples
-    pairs = [(p * k + i, p * k + j) for p in range(len(sh.pool) // k) for i in range(k) for j in range(i + 1, k)
-             if sh.pool_gold[p * k + i] != sh.pool_gold[p * k + j]]
-    random.Random(seed).shuffle(pairs)
+    pairs = preference_pairs(sh.pool_gold, cfg.pool_samples, seed)
     if len(pairs) < max(cfg.proxy_pairs + [cfg.dpo_pairs]):
         raise ConfigError(f"the pool gives {len(pairs)} pairs whose gold differs; proxy_pairs {cfg.proxy_pairs} "
                           f"and dpo_pairs {cfg.dpo_pairs} need more (raise pool_prompts or pool_samples)")
