@@ -19,7 +19,9 @@ Methods (``METHODS``):
   (:func:`alignkit.control.sb3.train_reference`), the yardstick.
 - ``oracle``: alignkit's control RL (``rl_engine=sb3``) given the true reward.
 - ``alignkit`` and its ablations ``alignkit-no_<method>``: the learned reward from
-  ``labels`` Boltzmann (β = 1) labels, with one label-efficiency method switched off each.
+  ``labels`` Boltzmann (β = 1) labels, with one label-efficiency method switched off each; on
+  tasks that end when the body falls (``FALLS``) every one of them adds the alive bonus, and
+  ``alignkit-no_alive`` is the one without it (:func:`method_settings`).
 - ``imitation-random`` / ``imitation-active``: `imitation` 1.0.1's preference comparisons
   (random fragments / its ensemble's active selection) with the same RL-Zoo PPO, labels,
   segment length and steps (benchmarks/imitation_side.py, in its own venv, built by
@@ -62,6 +64,9 @@ METHODS: dict[str, dict] = {
     "alignkit-random_queries": {"kind": "alignkit", "set": {**BEST, "query": "random"}},
     "alignkit-no_relabel": {"kind": "alignkit", "set": {**BEST, "relabel": False}},
     "alignkit-raw_inputs": {"kind": "alignkit", "set": {**BEST, "reward_normalize_obs": False}},
+    # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
+    # bonus; this one is the ablation of the bonus there
+    "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST)},
     "imitation-random": {"kind": "imitation", "active": False},
     "imitation-active": {"kind": "imitation", "active": True},
     # pilots (seed ≥ 100 only): the one open design choice, r̂'s input normalisation
@@ -71,6 +76,24 @@ METHODS: dict[str, dict] = {
     "pilot-alive_1": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 1.0}},
     "pilot-alive_3": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 3.0}},
 }
+
+
+# Tasks whose episodes end when the body falls. r̂ is standardised to mean 0 over recent steps, so
+# there a step below the recent average is a cost and falling ends the costs: the 400-label
+# Hopper-v5 policies without a bonus ended every evaluation episode after 111–195 steps. Their
+# true reward pays 1 a step for staying up; alignkit's setting there adds ALIVE_BONUS (r̂ std
+# units) a step, chosen on Hopper-v5 pilot seeds 100–101 (alive_1 vs alive_3), never on judged seeds.
+FALLS = ("Hopper-v5", "Walker2d-v5")
+ALIVE_BONUS = 1.0
+
+
+def method_settings(method: str, env: str) -> dict:
+    """The config overrides a method runs with on ``env``."""
+    spec = METHODS[method]
+    settings = dict(spec.get("set", {}))
+    if spec["kind"] == "alignkit" and env in FALLS and method.startswith("alignkit") and method != "alignkit-no_alive":
+        settings["alive_bonus"] = ALIVE_BONUS
+    return settings
 
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -146,7 +169,7 @@ def run_cell(cell: dict) -> dict:
         run_dir = Path(cell["runs"]) / f"{cell['method']}_l{labels}_s{seed}"
         phase = "oracle" if spec["kind"] == "oracle" else "learned"
         cfg = ControlConfig(env_id=env, seed=seed, labels=max(labels, 1), steps=steps, out=str(run_dir), frames=False)
-        cfg = apply_overrides(cfg, spec.get("set", {}), source="METHODS")
+        cfg = apply_overrides(cfg, cell["settings"], source="METHODS")
         s = run_phase(cfg, phase)
         out = {k: s[k] for k in ("true_return", "true_returns", "labels_used", "env_steps") if k in s}
         out["curve"] = s["curve"][9::10]  # every 10th iteration (the whole curve is in run_dir/metrics.jsonl)
@@ -178,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     path = results_path(args.env)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs) / args.env
-    todo = [dict(env=args.env, method=m, settings=METHODS[m].get("set", {}), labels=(0 if METHODS[m]["kind"] in
+    todo = [dict(env=args.env, method=m, settings=method_settings(m, args.env), labels=(0 if METHODS[m]["kind"] in
                  ("reference", "oracle") else n), seed=s, steps=args.steps)
             for s in args.seeds for n in args.labels for m in args.methods]
     seen = set()
@@ -225,6 +248,12 @@ def cmd_cell(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     cells = [c for c in read_cells(args.env) if c["steps"] == args.steps and c["seed"] in args.seeds]
+    # a cell counts for its method only if it ran the method's current settings
+    stale = [c for c in cells if c["method"] not in METHODS or c.get("settings", {}) != method_settings(c["method"], args.env)]
+    if stale:
+        print(f"left out {len(stale)} cells run with other settings than their method's now: "
+              + ", ".join(sorted({f"{c['method']} seed {c['seed']}" for c in stale})))
+    cells = [c for c in cells if c not in stale]
     summary = summarise(cells)
     summary.update(env=args.env, steps=args.steps, seeds=args.seeds, cells=len(cells),
                    cpu_s_total=sum(c.get("cpu_s", 0.0) for c in cells))
