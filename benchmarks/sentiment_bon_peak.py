@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def _demo_config(demo_out: Path):
 def cmd_run(args: argparse.Namespace) -> None:
     import torch
 
-    from alignkit.evaluation import sample_for_eval
+    from alignkit.data import Comparison
+    from alignkit.evaluation import evaluate_reward_model, sample_for_eval
     from alignkit.models import load_causal_lm, load_tokenizer
     from alignkit.models.reward import load_reward_model
     from alignkit.tasks import sentiment
@@ -87,20 +89,67 @@ def cmd_run(args: argparse.Namespace) -> None:
         pool_path.write_text(json.dumps(pool))
         print(f"pool: {len(responses)} continuations, gold {statistics.fmean(pool['gold']):.3f} "
               f"({pool['wall_s']:.0f} s)", flush=True)
+    # held-out pairs for every proxy's accuracy: two pool samples of one prompt whose gold differs
+    rng = random.Random(args.sample_seed)
+    heldout = []
+    for p in range(len(prompts)):
+        for _ in range(args.heldout_per_prompt):
+            i, j = (p * args.pool + x for x in rng.sample(range(args.pool), 2))
+            if pool["gold"][i] != pool["gold"][j]:
+                heldout.append(Comparison(prompt=eval_in[i], a=pool["responses"][i], b=pool["responses"][j],
+                                          mu=float(pool["gold"][i] > pool["gold"][j])))
+    proxies = [(d.name, seed, size, d / f"seed_{seed}" / f"proxy_{size}")
+               for d, c in zip(runs, cfgs, strict=True) for seed in c.seeds for size in c.proxy_pairs]
+    if args.train_sizes:  # weaker proxies, trained here on the first run's preference pool
+        proxies += train_proxies(cfg, runs[0].name, args.train_sizes, out / "proxies")
     scores_dir = out / "proxy_scores"
     scores_dir.mkdir(exist_ok=True)
-    for d, c in zip(runs, cfgs, strict=True):
-        for seed in c.seeds:
-            for size in c.proxy_pairs:
-                dest = scores_dir / f"{d.name}_seed{seed}_proxy{size}.json"
-                src = d / f"seed_{seed}" / f"proxy_{size}"
-                if dest.exists() or not src.exists():
-                    continue
-                t = time.time()
-                rm = load_reward_model(src)
-                s = rm.score(eval_in, pool["responses"]).tolist()
-                dest.write_text(json.dumps({"run": str(d), "seed": seed, "pairs": size, "scores": s}))
-                print(f"{d.name} seed {seed} proxy {size}: scored ({time.time() - t:.0f} s)", flush=True)
+    for run_name, seed, size, src in proxies:
+        dest = scores_dir / f"{run_name}_seed{seed}_proxy{size}.json"
+        done = json.loads(dest.read_text()) if dest.exists() else None
+        if not src.exists() or (done is not None and "heldout_accuracy" in done):
+            continue
+        t = time.time()
+        rm = load_reward_model(src)
+        s = done["scores"] if done is not None else rm.score(eval_in, pool["responses"]).tolist()
+        acc = evaluate_reward_model(rm, heldout)["accuracy"]
+        dest.write_text(json.dumps({"run": run_name, "seed": seed, "pairs": size, "heldout_accuracy": acc,
+                                    "heldout_pairs": len(heldout), "scores": s}))
+        print(f"{run_name} seed {seed} proxy {size}: held-out accuracy {acc:.3f}, scored ({time.time() - t:.0f} s)",
+              flush=True)
+
+
+def train_proxies(cfg, run_name: str, sizes: list[int], dest: Path) -> list[tuple]:
+    """Proxies on ``sizes`` gold-labelled pairs for each of the demo's seeds, trained as the demo
+    trains its own: the demo's preference pool drawn again (its seed and sizes), the seed's
+    pairs (:func:`preference_pairs`), the demo's reward settings."""
+    from dataclasses import replace
+
+    from alignkit.data import Comparison
+    from alignkit.evaluation import sample_for_eval
+    from alignkit.models import load_causal_lm, load_tokenizer
+    from alignkit.recipes.demo_sentiment import preference_pairs
+    from alignkit.recipes.reward import train_reward
+    from alignkit.tasks import sentiment
+    from alignkit.tasks.sentiment import build_prompts, split_prompts
+
+    todo = [(seed, size) for seed in cfg.seeds for size in sizes
+            if not (dest / f"{run_name}_seed{seed}_proxy{size}" / "config.json").exists()]
+    if todo:
+        train_prompts, _ = split_prompts(build_prompts(), cfg.eval_fraction, cfg.split_seed)
+        pool_in = [p for p in train_prompts[: cfg.pool_prompts] for _ in range(cfg.pool_samples)]
+        t = time.time()
+        tok = load_tokenizer(cfg.policy, padding_side="left")
+        ref = load_causal_lm(cfg.policy).eval()
+        pool = sample_for_eval(ref, ref, tok, pool_in, cfg.max_new_tokens, seed=cfg.split_seed + 101).responses
+        gold = sentiment.vader_gold(pool_in, pool)
+        print(f"preference pool: {len(pool)} continuations, gold {statistics.fmean(gold):.4f} ({time.time() - t:.0f} s)",
+              flush=True)
+        for seed, size in todo:
+            pairs = preference_pairs(gold, cfg.pool_samples, seed)[:size]
+            records = [Comparison(prompt=pool_in[i], a=pool[i], b=pool[j], mu=float(gold[i] > gold[j])) for i, j in pairs]
+            train_reward(replace(cfg.reward, out=str(dest / f"{run_name}_seed{seed}_proxy{size}"), seed=seed), records)
+    return [(run_name, seed, size, dest / f"{run_name}_seed{seed}_proxy{size}") for seed in cfg.seeds for size in sizes]
 
 
 def peak_summary(proxy: np.ndarray, gold: np.ndarray, afinn: np.ndarray, ns: list[int], *,
@@ -154,19 +203,25 @@ def cmd_report(args: argparse.Namespace) -> None:
         ns.append(k)
     by_size: dict[int, list[np.ndarray]] = {}
     sources: dict[int, list[str]] = {}
+    accuracy: dict[int, list[float | None]] = {}
     for f in sorted((out / "proxy_scores").glob("*.json")):
         s = json.loads(f.read_text())
         by_size.setdefault(s["pairs"], []).append(np.asarray(s["scores"]).reshape(len(prompts), k))
-        sources.setdefault(s["pairs"], []).append(f"{s['run']} seed {s['seed']}")
+        sources.setdefault(s["pairs"], []).append(f"{Path(s['run']).name} seed {s['seed']}")
+        accuracy.setdefault(s["pairs"], []).append(s.get("heldout_accuracy"))
     summary = {"pool": {key: pool[key] for key in ("per_prompt", "sample_seed", "policy", "max_new_tokens", "wall_s",
                                                    "cpu_s", "threads", "cpu")},
                "prompts": len(prompts), "base_gold": float(gold.mean()), "base_afinn": float(afinn.mean()), "sizes": {}}
     for size in sorted(by_size):
         res = peak_summary(np.stack(by_size[size]), gold, afinn, ns, resamples=args.resamples)
         res["sources"] = sources[size]
+        known = [a for a in accuracy[size] if a is not None]
+        res["heldout_accuracy"] = statistics.fmean(known) if known else None
+        res["heldout_accuracy_per_proxy"] = accuracy[size]
         summary["sizes"][str(size)] = res
         fit, peak, last = res["fit"], res["observed_peak"], res["last_minus_peak"]
-        print(f"proxy on {size} pairs ({res['proxies']} proxies × {res['prompts']} prompts × {k} samples):")
+        acc = "" if res["heldout_accuracy"] is None else f", held-out accuracy {res['heldout_accuracy']:.3f}"
+        print(f"proxy on {size} pairs ({res['proxies']} proxies × {res['prompts']} prompts × {k} samples{acc}):")
         for p in res["points"]:
             print(f"  n={p['n']:4d} KL {p['kl']:.2f}: VADER gain {p['gain']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]"
                   f"  AFINN {p['afinn_gain']:+.3f}  proxy {p['proxy_gain']:+.3f}")
@@ -227,6 +282,9 @@ def main() -> None:
     run.add_argument("--out", default="runs/sentiment_bon_peak")
     run.add_argument("--pool", type=int, default=256, help="base continuations per evaluation prompt")
     run.add_argument("--sample-seed", type=int, default=303, help="the pool's sampling seed (the demo's is 202)")
+    run.add_argument("--train-sizes", type=int, nargs="*", default=[],
+                     help="also train proxies on this many pairs (each of the first run's seeds), as the demo does")
+    run.add_argument("--heldout-per-prompt", type=int, default=16, help="held-out pair draws a prompt (accuracy)")
     rep = sub.add_parser("report", help="curves, Gao fits and peaks with CIs")
     rep.add_argument("--out", default="runs/sentiment_bon_peak")
     rep.add_argument("--results", default="benchmarks/results/sentiment_bon_peak.json")
