@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent
 
@@ -59,27 +59,29 @@ def main() -> None:
     args = ap.parse_args()
 
     from alignkit.recipes.configs.demo_sentiment import SentimentDemoConfig
-    from alignkit.recipes.demo_sentiment import _write_report, print_summary, summarise
+    from alignkit.recipes.demo_sentiment import PoolFacts, print_summary, summarise, write_report
 
     runs = [load_run(Path(r)) for r in args.runs]
     first = runs[0][0]
     per_seed = [res for _, results in runs for res in results]
     replicates = [f"{Path(r).name}:seed_{s}" for r, (summ, _) in zip(args.runs, runs, strict=True) for s in summ["seeds"]]
     n = first["prompts"]
-    sh = SimpleNamespace(  # what summarise reads of the shared pools: sizes, and the base means
-        eval_prompts=first["sample_prompts"] + [""] * (n["eval"] - len(first["sample_prompts"])),
-        eval_gold=[s["base"]["gold"] for s, _ in runs], eval_afinn=[s["base"]["afinn"] for s, _ in runs],
-        eval_pool=[], heldout=[None] * first["proxies"][str(SentimentDemoConfig().proxy_pairs[0])]["heldout_pairs"],
-        train_prompts=[None] * n["train"], pool_prompts=list(range(n["pool"])))
+    # the pools' sizes and the base policy's means (over the runs: equal-size pools); the report
+    # shows no base continuations (each run has its own)
+    facts = PoolFacts(eval_prompts=first["sample_prompts"] + [""] * (n["eval"] - len(first["sample_prompts"])),
+                      base_gold=statistics.fmean(s["base"]["gold"] for s, _ in runs),
+                      base_afinn=statistics.fmean(s["base"]["afinn"] for s, _ in runs), base_samples=[],
+                      heldout_pairs=first["proxies"][str(SentimentDemoConfig().proxy_pairs[0])]["heldout_pairs"],
+                      train_prompts=n["train"], pool_prompts=n["pool"])
     cfg = replace(SentimentDemoConfig(), policy=first["policy"], out=args.out,
                   seeds=[s for summ, _ in runs for s in summ["seeds"]])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(cfg, sh, per_seed)
+    summary = summarise(cfg, facts, per_seed)
     summary["pooled"] = {"runs": [str(r) for r in args.runs], "replicates": replicates,
                          "base_gold_per_run": [s["base"]["gold"] for s, _ in runs],
                          "wall_s_per_run": [s.get("wall_s") for s, _ in runs]}
-    _write_report(summary, out)
+    write_report(summary, out)
     print_summary(summary)
     print(f"summary: {out / 'summary.json'}  report: {out / 'report.html'}")
 

@@ -195,11 +195,11 @@ def run_demo_sentiment(cfg: SentimentDemoConfig, *, print_table: bool = True) ->
     per_seed = [done[seed] if done[seed] is not None else load_seed_result(cfg, seed) for seed in cfg.seeds]
 
     # --- 4. summary, plots, report -----------------------------------------------------------
-    summary = summarise(cfg, shared, per_seed)
+    summary = summarise(cfg, PoolFacts.of(cfg, shared), per_seed)
     summary["timings_s"] = timings
     summary["wall_s"] = time.time() - t0
     summary["cpu_s"] = time.process_time() - c0
-    _write_report(summary, out)
+    write_report(summary, out)
     if print_table:
         print_summary(summary)
     return summary
@@ -432,13 +432,34 @@ def _ci(cfg: SentimentDemoConfig, gains: list[list[float]]) -> dict[str, Any]:
     return {"gain": mean, "ci": [lo, hi], "beats_base": bool(lo > 0)}
 
 
-def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass
+class PoolFacts:
+    """What the summary reads of the shared pools: their sizes, the base policy's means and a
+    few of its continuations. A pooled summary of several runs builds one from their summaries
+    (``benchmarks/sentiment_pooled.py``)."""
+
+    eval_prompts: list[str]
+    base_gold: float
+    base_afinn: float
+    base_samples: list[str]
+    heldout_pairs: int
+    train_prompts: int
+    pool_prompts: int
+
+    @classmethod
+    def of(cls, cfg: SentimentDemoConfig, sh: _Shared) -> PoolFacts:
+        return cls(list(sh.eval_prompts), statistics.fmean(sh.eval_gold), statistics.fmean(sh.eval_afinn),
+                   sh.eval_pool[:: cfg.bon_pool][: cfg.samples_in_report], len(sh.heldout), len(sh.train_prompts),
+                   len(set(sh.pool_prompts)))
+
+
+def summarise(cfg: SentimentDemoConfig, facts: PoolFacts, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Seeds pooled: every sweep's points with CIs, the best points, Gao fits, DPO vs PPO at
     equal KL, over-optimisation, the VADER–AFINN gap and mixing against retraining."""
-    n_eval = len(sh.eval_prompts)
-    base = {"gold": statistics.fmean(sh.eval_gold), "afinn": statistics.fmean(sh.eval_afinn), "kl": 0.0,
+    n_eval = len(facts.eval_prompts)
+    base = {"gold": facts.base_gold, "afinn": facts.base_afinn, "kl": 0.0,
             "proxy": statistics.fmean(s["proxies"][str(s["optimised_proxy"])]["base_proxy"] for s in per_seed),
-            "samples": sh.eval_pool[:: cfg.bon_pool][: cfg.samples_in_report]}
+            "samples": facts.base_samples}
     sweeps: dict[str, list[dict[str, Any]]] = {}
     rows: dict[str, np.ndarray] = {}  # per sweep: (seeds × prompts, points) gold gains — the fits' replicates
     # best-of-n, one sweep per proxy size
@@ -511,17 +532,17 @@ def summarise(cfg: SentimentDemoConfig, sh: _Shared, per_seed: list[dict[str, An
                            "heldout_accuracy": statistics.fmean(s["proxies"][str(size)]["heldout_accuracy"]
                                                                 for s in per_seed),
                            "heldout_accuracy_per_seed": [s["proxies"][str(size)]["heldout_accuracy"] for s in per_seed],
-                           "heldout_pairs": len(sh.heldout)}
+                           "heldout_pairs": facts.heldout_pairs}
                for size in cfg.proxy_pairs}
     return {
         "task": "controlled sentiment (alignkit.tasks.sentiment): gold = VADER compound of the continuation, "
                 "second gold = AFINN-165 normalised a/√(a²+15), never trained on",
         "policy": cfg.policy, "seeds": list(cfg.seeds), "quick": cfg.quick, "config": asdict(cfg),
-        "prompts": {"train": len(sh.train_prompts), "pool": len(set(sh.pool_prompts)), "eval": n_eval,
+        "prompts": {"train": facts.train_prompts, "pool": facts.pool_prompts, "eval": n_eval,
                     "split": f"by prompt (seeded shuffle, seed {cfg.split_seed})"},
         "base": base, "proxies": proxies, "optimised_proxy": per_seed[0]["optimised_proxy"],
         "proxy_vs_gold_dpo_labels": [s["proxy_gold_label_agreement"] for s in per_seed],
-        "sample_prompts": sh.eval_prompts[: cfg.samples_in_report],
+        "sample_prompts": facts.eval_prompts[: cfg.samples_in_report],
         "sweeps": sweeps, "best": best, "gao_fits": fits, "frontier": frontier, "overoptimization": overopt,
         "mixing": mixing,
     }
@@ -541,7 +562,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     Console().print(t)
 
 
-def _write_report(summary: dict[str, Any], out: Path) -> None:
+def write_report(summary: dict[str, Any], out: Path) -> None:
     figs = {
         "Gold (VADER, solid) and second gold (AFINN, dashed) gain over base vs KL, with Gao fits and their "
         "95% bands": frontier.plot_gold_vs_kl(summary, out / "gold_vs_kl.png"),
