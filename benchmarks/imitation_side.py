@@ -26,7 +26,11 @@ probability varies most across the members (``uncertainty_on="probability"``).
 imitation 1.0.1 pins gymnasium 0.29, which has no ``-v5`` MuJoCo ids: ``HalfCheetah-v5`` is
 run as ``HalfCheetah-v4``, whose dynamics, reward and observations are the same (checked: 1000
 random steps from the same seed give bit-identical observations and return under
-gymnasium 0.29.1 / 1.4.0 with mujoco 4.0.0). The final policy is evaluated on the true
+gymnasium 0.29.1 / 1.4.0 with mujoco 4.0.0). ``Hopper-v4`` has ``Hopper-v5``'s dynamics and
+observations (the same check: bit-identical observations) but pays the healthy reward of 1 on
+the step that ends an episode by falling too, which ``-v5`` does not: +1 a fallen episode
+(46 over those 1000 random steps). ``Walker2d-v4`` is another task — ``-v5`` gave both feet the
+same friction — so imitation is not run on Walker2d. The final policy is evaluated on the true
 reward for 10 deterministic episodes, seeded as alignkit's evaluation is. This file
 imports nothing from alignkit: imitation pins older gymnasium / SB3 versions.
 """
