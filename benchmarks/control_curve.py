@@ -197,7 +197,16 @@ def run_cell(cell: dict) -> dict:
     return out
 
 
+# imitation runs the -v4 task (its gymnasium 0.29 has no -v5): the same as -v5 for these, not for
+# Walker2d (benchmarks/imitation_side.py's docstring)
+IMITATION_ENVS = ("HalfCheetah-v5", "Hopper-v5")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    bad = [m for m in args.methods if METHODS[m]["kind"] == "imitation" and args.env not in IMITATION_ENVS]
+    if bad:
+        raise SystemExit(f"{', '.join(bad)}: not on {args.env} (imitation's gymnasium 0.29 has only the -v4 task, "
+                         f"which differs); imitation runs on {', '.join(IMITATION_ENVS)}")
     path = results_path(args.env)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs) / args.env
