@@ -210,3 +210,22 @@ def test_human_loop_through_the_store(tmp_path):
     assert result["labels_used"] == 3  # can't-tell is kept on disk, left out of the fit
     assert len(list((tmp_path / "run" / "clips").glob("*.webm"))) == 8
     store.close()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_alive_bonus_on_the_alignkit_engine(tmp_path, monkeypatch, algo):
+    """The alignkit engine's updates (PPO after each rollout, A2C after each piece) are paid
+    the ensemble's normalised r̂ plus alive_bonus a step, exactly."""
+    import alignkit.recipes.control as control
+    from alignkit.control.reward import RewardEnsemble
+
+    paid, used = [], []
+    reward, update = RewardEnsemble.reward, control._update
+    monkeypatch.setattr(RewardEnsemble, "reward", lambda self, *a: paid.append(reward(self, *a)) or paid[-1])
+    monkeypatch.setattr(control, "_update", lambda agent, opt, ro, r, *a, **k: used.append(r) or update(agent, opt, ro, r,
+                                                                                                        *a, **k))
+    tiny = {**TINY, "oracle": False, "algo": algo, "a2c_steps": 20, "alive_bonus": 0.5}
+    run_control(ControlConfig(out=str(tmp_path), **tiny))
+    assert used and len(used) <= len(paid)
+    for r in used:  # each update's rewards: one of the r̂ batches computed, plus 0.5
+        assert any(r.shape == p.shape and np.array_equal(r, (p + np.float32(0.5)).astype(np.float64)) for p in paid)
