@@ -74,6 +74,7 @@ METHODS: dict[str, dict] = {
     "pilot-raw_inputs": {"kind": "alignkit", "set": {**CANDIDATE, "reward_normalize_obs": False}},
     # pilots on tasks that end when the body falls: r̂ (mean 0) plus a per-step alive bonus
     "pilot-alive_1": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 1.0}},
+    "pilot-alive_2": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 2.0}},
     "pilot-alive_3": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 3.0}},
 }
 
