@@ -176,7 +176,8 @@ def test_cli_train_then_eval_writes_json(tiny_lm_dir, tmp_path, capsys):
     assert e.value.code == 0
     assert "held-out" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        main(["reward", "eval", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "e.json")])
+        main(["reward", "eval", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "e.json"),
+              "--device", "cpu"])
     assert e.value.code == 0
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert metrics["count"] == 40

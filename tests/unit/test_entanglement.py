@@ -197,3 +197,18 @@ def test_average_probes_over_seeds():
     b = [{"step": 0, "case1": 0.0}, {"step": 4, "case1": 0.25}, {"step": 8, "case1": 0.0}]
     assert average_probes([a, b]) == [{"step": 0, "case1": 0.5}, {"step": 4, "case1": 0.375, "measured_case1": 1.0}]
     assert average_probes([]) == []
+
+
+def test_gradient_dots_off_the_cpu_take_no_float64_copy():
+    """Review finding S9, the GPU branch forced on the CPU: with ``exact=False`` each
+    parameter's ⟨a, b⟩ is taken in float32 and only the sum over parameters is float64. By
+    hand: (1 + 2⁻¹²)² = 1 + 2⁻¹¹ + 2⁻²⁴; float32 has 23 fraction bits, so the 2⁻²⁴ rounds away
+    (half an ulp, to even); float64 keeps it. Two parameters: 3 · 2 = 6 is exact in both."""
+    from alignkit.diagnostics.entanglement import _dot
+
+    x = torch.tensor([1 + 2**-12], dtype=torch.float32)
+    a, b = [x, torch.tensor([3.0]), None], [x.clone(), torch.tensor([2.0]), torch.ones(1)]
+    assert _dot(a, b, exact=False).item() == 1 + 2**-11 + 6
+    assert _dot(a, b, exact=True).item() == 1 + 2**-11 + 2**-24 + 6
+    assert _dot(a, b).item() == 1 + 2**-11 + 2**-24 + 6  # the CPU default is the exact one
+    assert _dot(a, b, exact=False).dtype == torch.float64

@@ -152,6 +152,27 @@ def test_reward_model_on_a_bf16_backbone(bf16_lm_dir, tmp_path):
     assert next(load_reward_model(tmp_path / "rm").parameters()).dtype == torch.float32
 
 
+def test_the_loop_and_demos_load_their_reward_models_on_the_runs_device(monkeypatch):
+    """S4: the reward model the loop (and the demos) hand to PPO is loaded on the run's device —
+    the GPU where there is one — not left on the CPU. The load is recorded, not run, so the
+    CUDA case is checked here too."""
+    from types import SimpleNamespace
+
+    from alignkit.recipes import loop
+    from alignkit.recipes.configs.reward import RewardConfig
+
+    seen = []
+    monkeypatch.setattr(loop, "train_reward", lambda cfg, labels: SimpleNamespace(out_dir="rm_dir"))
+    monkeypatch.setattr(loop, "load_reward_model", lambda path, device=None: seen.append((path, device)) or
+                        SimpleNamespace(eval=lambda: "loaded"))
+    assert loop.fit_reward_model(RewardConfig(device="cpu"), []) == "loaded"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loop.fit_reward_model(RewardConfig(), [])
+    loop.fit_reward_model(RewardConfig(device="cuda:1"), [])
+    assert seen == [("rm_dir", torch.device("cpu")), ("rm_dir", torch.device("cuda")),
+                    ("rm_dir", torch.device("cuda:1"))]
+
+
 def test_no_grad_is_inference_mode_unless_sharded():
     lin = torch.nn.Linear(2, 2)
     with no_grad(lin):

@@ -95,18 +95,20 @@ def eval_cmd(
     ),
     ratings_to_pairs: bool = typer.Option(False, "--ratings-to-pairs", help="Pair ratings within a prompt."),
     batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Accuracy, log-loss, ECE (10 bins), tie log-loss and count of σ(r̂(a) − r̂(b))."""
     from alignkit.data import load_records, to_comparisons
     from alignkit.errors import DataError
     from alignkit.models.reward import load_reward_model
     from alignkit.recipes.reward import evaluate_reward_model, length_baselines
+    from alignkit.utils.device import pick_device
 
     _quiet_transformers()
     pairs = to_comparisons(load_records(data).records, ratings_to_pairs=ratings_to_pairs)
     if not pairs:
         raise DataError("no comparisons to evaluate on", path=str(data))
-    rm = load_reward_model(model)
+    rm = load_reward_model(model, device=pick_device(device))
     metrics = evaluate_reward_model(rm, pairs, batch_size)
     metrics["accuracy_se"] = _se(metrics["accuracy"], metrics["count"])
     rules = length_baselines(pairs)

@@ -109,16 +109,18 @@ def _grads(scalar: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
     return list(torch.autograd.grad(scalar, params, retain_graph=True, allow_unused=True))
 
 
-def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> torch.Tensor:
-    """Σ_params ⟨a_i, b_i⟩ as a float64 scalar. On the CPU every product is float64 (as a
-    flattened float64 copy would give); elsewhere each parameter's inner product is taken in
-    its own dtype and only the per-parameter sums are float64 — no float64 copy of the
-    gradients on a GPU (1/64-rate arithmetic on many cards, and 2 × 8 bytes per parameter)."""
+def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None], exact: bool | None = None) -> torch.Tensor:
+    """Σ_params ⟨a_i, b_i⟩ as a float64 scalar. ``exact`` (default: on the CPU): every product
+    in float64, as a flattened float64 copy would give; otherwise (the default on a GPU) each
+    parameter's inner product is taken in its own dtype and only the per-parameter sums are
+    float64 — no float64 copy of the gradients on a GPU (1/64-rate arithmetic on many cards,
+    and 2 × 8 bytes per parameter)."""
     total = None
     for x, y in zip(a, b, strict=True):
         if x is None or y is None:
             continue
-        d = torch.dot(x.reshape(-1).double(), y.reshape(-1).double()) if x.device.type == "cpu" else \
+        in_f64 = x.device.type == "cpu" if exact is None else exact
+        d = torch.dot(x.reshape(-1).double(), y.reshape(-1).double()) if in_f64 else \
             torch.dot(x.reshape(-1), y.reshape(-1)).double()
         total = d if total is None else total + d
     return total if total is not None else torch.zeros((), dtype=torch.float64)

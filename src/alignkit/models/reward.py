@@ -50,6 +50,7 @@ from alignkit.models.pairs import (
     pair_tokens,
 )
 from alignkit.scale.precision import no_grad
+from alignkit.utils.device import to_device
 
 __all__ = [
     "EncodedPair",
@@ -280,7 +281,7 @@ class RewardModel(nn.Module):
         batch = collate(pairs, self.tokenizer.pad_token_id, with_type_ids=self.with_type_ids,
                         pad_multiple=self.pad_multiple)
         device = next(self.parameters()).device
-        return {k: v.to(device) for k, v in batch.items()}
+        return to_device(batch, device)
 
     # -- comparisons with the prompt computed once (decoders) -------------------------
     @property
@@ -324,7 +325,7 @@ class RewardModel(nn.Module):
             raise ConfigError(f"pair layout: expected 'packed' or 'shared', got {layout!r}")
         device = next(self.parameters()).device
         batch = collate_pairs(pairs, self.tokenizer.pad_token_id, layout, pad_multiple=self.pad_multiple)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         n = len(pairs)
         if layout == "packed":
             hidden = forward_packed(self.backbone, batch).last_hidden_state

@@ -80,6 +80,7 @@ from alignkit.report import plots
 from alignkit.report.html import print_method_table, render_report
 from alignkit.scale.tasks import map_tasks
 from alignkit.tasks.assistant import GOLD, PROMPTS, BasePolicySpec, build_base_policy
+from alignkit.utils.device import pick_device
 from alignkit.utils.seed import set_seed
 
 
@@ -283,7 +284,7 @@ def ppo_sweep_point(cfg: DemoConfig, base_dir: str, sdir: str, seed: int, coef: 
     the seed's reward model (``sdir/rm``), scored on the demo's seeded evaluation samples.
     A function of its arguments alone, so it gives the same numbers in this process or as a
     Ray task (:func:`alignkit.scale.tasks.map_tasks`)."""
-    rm = load_reward_model(Path(sdir) / "rm")
+    rm = load_reward_model(Path(sdir) / "rm", device=pick_device(cfg.ppo.device))
     rm = rm.eval() if hasattr(rm, "eval") else rm
     tok, ref = load_tokenizer(base_dir), load_causal_lm(base_dir).eval()
     res = train_ppo(replace(cfg.ppo, policy=base_dir, out=str(Path(sdir) / f"ppo_kl{coef:g}"), kl_coef=coef,

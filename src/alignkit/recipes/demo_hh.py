@@ -28,6 +28,7 @@ from alignkit.recipes.demo import _json_default
 from alignkit.recipes.reward import RewardConfig, length_baseline_accuracy, train_reward
 from alignkit.report import plots
 from alignkit.report.html import render_report
+from alignkit.utils.device import pick_device
 
 HH_FILE = "hh_harmless_dev.jsonl.gz"
 
@@ -61,7 +62,7 @@ def run_demo_hh(cfg: HHDemoConfig, *, print_table: bool = True) -> dict[str, Any
     res = train_reward(RewardConfig(model=cfg.model, out=str(out / "rm"), epochs=cfg.epochs, lr=cfg.lr,
                                     batch_size=cfg.batch_size, max_length=cfg.max_length, eval_fraction=0.0,
                                     seed=cfg.seed, tensorboard=False), train)
-    m = evaluate_reward_model(load_reward_model(res.out_dir), heldout, bins=10)
+    m = evaluate_reward_model(load_reward_model(res.out_dir, device=pick_device("auto")), heldout, bins=10)
     summary = {
         "task": f"hh harmless ({path.name})",
         "seeds": [cfg.seed],

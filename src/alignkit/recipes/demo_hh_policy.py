@@ -54,6 +54,7 @@ from alignkit.recipes.demo_sentiment import note, top_layer_lora_targets
 from alignkit.recipes.dpo import DPOConfig, train_dpo
 from alignkit.recipes.ppo import PPOConfig, train_ppo
 from alignkit.recipes.reward import RewardConfig, length_baselines, train_reward
+from alignkit.utils.device import pick_device
 from alignkit.utils.seed import set_seed
 
 METHODS = ("best_of_n", "dpo", "dpo_mixed", "ppo")
@@ -120,7 +121,7 @@ def run_demo_hh_policy(cfg: HHPolicyDemoConfig, *, print_table: bool = True) -> 
             res = train_reward(RewardConfig(model=cfg.reward_model, out=str(out / f"{name}_rm"), epochs=cfg.rm_epochs,
                                             lr=cfg.rm_lr, batch_size=16, max_length=cfg.rm_max_length,
                                             eval_fraction=0.0, seed=seed, tensorboard=False), train)
-            rms[name] = load_reward_model(res.out_dir)
+            rms[name] = load_reward_model(res.out_dir, device=pick_device("auto"))
         m = evaluate_reward_model(rms[name], rm_heldout)
         acc = m["accuracy"]
         rm_report[name] = {"model": _rm_name(cfg, name), "train_pairs": len(train), "heldout_pairs": len(rm_heldout),

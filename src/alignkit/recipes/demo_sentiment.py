@@ -81,6 +81,7 @@ from alignkit.recipes.reward import train_reward
 from alignkit.report import frontier
 from alignkit.tasks import sentiment
 from alignkit.tasks.sentiment import build_prompts, check_installed, split_prompts
+from alignkit.utils.device import pick_device
 from alignkit.utils.progress import track
 
 
@@ -341,7 +342,7 @@ def run_seed(cfg: SentimentDemoConfig, seed: int, sh: _Shared) -> dict[str, Any]
     proxies, rms = {}, {}
     for size in cfg.proxy_pairs:
         res = train_reward(replace(cfg.reward, out=str(sdir / f"proxy_{size}"), seed=seed), gold_pairs[:size])
-        rm = load_reward_model(res.out_dir)
+        rm = load_reward_model(res.out_dir, device=pick_device(cfg.reward.device))
         rms[size] = rm
         acc = evaluate_reward_model(rm, sh.heldout)["accuracy"]
         proxy_pk = rm.score(eval_in, sh.eval_pool).reshape(n_eval, cfg.bon_pool).numpy()

@@ -65,6 +65,7 @@ from alignkit.recipes._common import (
 )
 from alignkit.recipes.configs.dpo import DPOConfig
 from alignkit.scale.distributed import Distributed
+from alignkit.utils.device import to_device
 from alignkit.utils.progress import track
 from alignkit.utils.seed import set_seed
 
@@ -163,7 +164,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
 
     def pair_batch(idx):
         b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout, pad_multiple=dist.pad_multiple)
-        return {k: v.to(device) for k, v in b.items()}
+        return to_device(b, device)
 
     ckpt_path = out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path, dist) if cfg.resume else None

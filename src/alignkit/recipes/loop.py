@@ -90,6 +90,7 @@ from alignkit.recipes.reward import train_reward
 from alignkit.report.loop import write_loop_report
 from alignkit.scale.tasks import map_tasks
 from alignkit.tasks.assistant import GOLD, PROMPTS, build_base_policy, politeness_bias
+from alignkit.utils.device import pick_device
 from alignkit.utils.seed import set_seed
 
 METHODS = ("ppo", "dpo", "bon")
@@ -230,9 +231,10 @@ def choose_queries(pool: list[tuple[str, str, str]], k: int, query: str, labels:
 
 
 def fit_reward_model(cfg: RewardConfig, labels: list[Comparison]):
-    """Train the reward model ``cfg`` describes on ``labels``; return it loaded (eval mode)."""
+    """Train the reward model ``cfg`` describes on ``labels``; return it loaded (eval mode) on
+    the run's device (``cfg.device``: the GPU when there is one), where PPO scores with it."""
     res = train_reward(cfg, labels)
-    rm = load_reward_model(res.out_dir)
+    rm = load_reward_model(res.out_dir, device=pick_device(cfg.device))
     return rm.eval() if hasattr(rm, "eval") else rm
 
 

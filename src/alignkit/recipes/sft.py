@@ -37,6 +37,7 @@ from alignkit.recipes._common import (
 )
 from alignkit.recipes.configs.sft import SFTConfig
 from alignkit.scale.distributed import Distributed
+from alignkit.utils.device import to_device
 from alignkit.utils.progress import track
 from alignkit.utils.seed import set_seed
 
@@ -192,7 +193,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
         def nll_share(part, n_tokens=n_tokens):
             b = micro_batch(part)
             start = first_completion_column(b["completion_mask"])  # on the CPU: no device wait
-            b = {key: v.to(device) for key, v in b.items()}
+            b = to_device(b, device)
             lp = sequence_logps(wrapped, b["input_ids"], b["attention_mask"], b["completion_mask"],
                                 completion_start=start)
             loss = -lp.sum.sum() / max(n_tokens, 1.0)
