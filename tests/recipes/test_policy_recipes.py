@@ -330,6 +330,16 @@ def test_pair_layouts_give_the_same_logps_and_gradients(tiny_lm_dir):
     for layout in ("shared", "packed"):
         torch.testing.assert_close(results[layout][0], results["full"][0], atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(results[layout][1], results["full"][1], atol=1e-5, rtol=1e-4)
+    # the full layout runs the LM head from the shortest prompt's end on: the same log-probs as
+    # the plain full-sequence forward (review finding S8: no logits for prompt columns)
+    from alignkit.models import sequence_logps
+
+    some = pairs[:-1]
+    full = collate_pairs(some, tok.pad_token_id, "full")
+    assert full["completion_start"] == min(len(x.prompt) for x in some) > 1
+    with torch.no_grad():
+        plain = sequence_logps(model, full["input_ids"], full["attention_mask"], full["completion_mask"]).sum
+        torch.testing.assert_close(pair_logps(model, full), plain, atol=1e-5, rtol=1e-5)
     # truncation keeps the same prompt for both completions and respects max_length
     long = tokenize_pair(tok, "Human: " * 40, " a b c d e f g", " h", max_length=24)
     assert len(long.prompt) + len(long.chosen) <= 24 and long.rejected[-1] == tok.eos_token_id

@@ -154,7 +154,8 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", 
     ``shared``: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded and
     ``completion_ids``/``completion_mask`` ``(2B, C)`` right-padded, rows interleaved
     (chosen_1, rejected_1, chosen_2, ...).
-    ``full``: full sequences ``(2B, T)`` right-padded, rows [chosen_1..B, rejected_1..B].
+    ``full``: full sequences ``(2B, T)`` right-padded, rows [chosen_1..B, rejected_1..B], and
+    ``completion_start`` (an int: the shortest prompt), so the LM head skips the prompt columns.
     """
     from alignkit.models.packing import PACK_ROW_TOKENS, pack_completions, round_up
 
@@ -164,7 +165,9 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", 
     if layout == "full":
         seqs = [Example(x.prompt + x.chosen, len(x.prompt)) for x in pairs]
         seqs += [Example(x.prompt + x.rejected, len(x.prompt)) for x in pairs]
-        return collate(seqs, pad_id, pad_multiple)
+        batch = collate(seqs, pad_id, pad_multiple)
+        batch["completion_start"] = min(len(x.prompt) for x in pairs)  # an int: read with no device wait
+        return batch
     b, p_len = len(pairs), round_up(max(len(x.prompt) for x in pairs), pad_multiple)
     comps = [c for x in pairs for c in (x.chosen, x.rejected)]
     c_len = round_up(max(len(c) for c in comps), pad_multiple)
@@ -228,7 +231,8 @@ def pair_logps(model, batch: dict) -> torch.Tensor:
         n = batch["last"].shape[0]  # S sequences (a shape: no device sync, unlike int(batch["n_seqs"]))
         return torch.zeros(n, dtype=token.dtype, device=token.device).index_add_(0, batch["owner"], token)
     if "prompt_ids" not in batch:
-        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum
+        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                              completion_start=batch.get("completion_start")).sum
     # only the prompt's last position needs logits (it predicts the first completion token)
     out, out_c = forward_shared_prompt(model, batch, logits_to_keep=1)
     logits = torch.cat([out.logits[:, -1:].repeat_interleave(2, dim=0), out_c.logits[:, :-1]], 1)
