@@ -67,6 +67,8 @@ METHODS: dict[str, dict] = {
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
     "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST)},
+    # alignkit's setting with the bonus of another task (Walker2d-v5's first cells ran Hopper's 1)
+    "alignkit-alive_1": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 1.0}},
     "imitation-random": {"kind": "imitation", "active": False},
     "imitation-active": {"kind": "imitation", "active": True},
     # pilots (seed ≥ 100 only): the one open design choice, r̂'s input normalisation
@@ -82,18 +84,20 @@ METHODS: dict[str, dict] = {
 # Tasks whose episodes end when the body falls. r̂ is standardised to mean 0 over recent steps, so
 # there a step below the recent average is a cost and falling ends the costs: the 400-label
 # Hopper-v5 policies without a bonus ended every evaluation episode after 111–195 steps. Their
-# true reward pays 1 a step for staying up; alignkit's setting there adds ALIVE_BONUS (r̂ std
-# units) a step, chosen on Hopper-v5 pilot seeds 100–101 (alive_1 vs alive_3), never on judged seeds.
-FALLS = ("Hopper-v5", "Walker2d-v5")
-ALIVE_BONUS = 1.0
+# true reward pays 1 a step for staying up; alignkit's setting there adds ALIVE_BONUS[env] (r̂ std
+# units) a step, chosen per task on pilot seeds 100–101 by the higher mean true return, never on
+# judged seeds: Hopper-v5 alive_1 vs alive_3, Walker2d-v5 alive_1 vs alive_2.
+ALIVE_BONUS = {"Hopper-v5": 1.0, "Walker2d-v5": 2.0}
+FALLS = tuple(ALIVE_BONUS)
 
 
 def method_settings(method: str, env: str) -> dict:
     """The config overrides a method runs with on ``env``."""
     spec = METHODS[method]
     settings = dict(spec.get("set", {}))
-    if spec["kind"] == "alignkit" and env in FALLS and method.startswith("alignkit") and method != "alignkit-no_alive":
-        settings["alive_bonus"] = ALIVE_BONUS
+    if (spec["kind"] == "alignkit" and env in FALLS and method.startswith("alignkit") and method != "alignkit-no_alive"
+            and "alive_bonus" not in settings):
+        settings["alive_bonus"] = ALIVE_BONUS[env]
     return settings
 
 

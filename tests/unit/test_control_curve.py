@@ -1,0 +1,46 @@
+"""``benchmarks/control_curve.py``: which settings each method's cells run with, and the
+report's per-seed pairing, on cells made up by hand."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cc():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("control_curve", ROOT / "benchmarks" / "control_curve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_alive_bonus_goes_where_bodies_fall(cc):
+    """alignkit's setting and its ablations get the task's bonus on Hopper/Walker2d only;
+    ``no_alive`` never does, and a method that names its own bonus keeps it."""
+    assert "alive_bonus" not in cc.method_settings("alignkit", "HalfCheetah-v5")
+    assert cc.method_settings("alignkit", "Hopper-v5")["alive_bonus"] == 1.0
+    assert cc.method_settings("alignkit", "Walker2d-v5")["alive_bonus"] == 2.0
+    assert cc.method_settings("alignkit-no_crop", "Walker2d-v5") == {**cc.BEST, "crop": 0, "alive_bonus": 2.0}
+    assert "alive_bonus" not in cc.method_settings("alignkit-no_alive", "Walker2d-v5")
+    assert cc.method_settings("alignkit-alive_1", "Walker2d-v5")["alive_bonus"] == 1.0
+    assert cc.method_settings("reference", "Walker2d-v5") == {}
+
+
+def test_summary_pairs_methods_by_seed(cc):
+    """Reference 100 / 200 / 300 on seeds 0–2; alignkit 110 / 190 / 330: mean 210 = 1.05× the
+    reference's 200; paired differences +10, −10, +30 → mean +10; against an ablation that
+    ran seeds 0 and 2 only (100, 300), the pairing uses those two: +10, +30 → +20."""
+    cells = [dict(method="reference", labels=0, seed=s, true_return=r) for s, r in enumerate((100, 200, 300))]
+    cells += [dict(method="alignkit", labels=200, seed=s, true_return=r) for s, r in enumerate((110, 190, 330))]
+    cells += [dict(method="alignkit-no_crop", labels=200, seed=s, true_return=r) for s, r in ((0, 100), (2, 300))]
+    s = cc.summarise(cells)
+    row = s["methods"]["alignkit@200"]
+    assert row["mean"] == pytest.approx(210) and row["fraction_of_reference"] == pytest.approx(1.05)
+    assert row["minus_reference"]["mean"] == pytest.approx(10)
+    assert row["paired_vs"]["alignkit-no_crop"]["mean"] == pytest.approx(20)
+    assert row["paired_vs"]["alignkit-no_crop"]["seeds"] == [0, 2]
