@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.decoding.sampler import DecodeOptions, decode, draw, hf_warp
+from alignkit.utils.device import to_device
 
 __all__ = ["Generation", "encode_prompts", "generate", "generate_ids", "hf_picker", "response_mask"]
 
@@ -156,7 +157,7 @@ def generate_ids(
         torch.manual_seed(seed)
     enc = encode_prompts(tokenizer, prompts, max_prompt_tokens, return_tensors="pt", padding=True)
     device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+    enc = to_device(enc, device)
     sample = do_sample and temperature > 0
     picker = hf_picker(sample, temperature=temperature, top_k=top_k, top_p=top_p, sampler=sampler,
                        generator=generator)

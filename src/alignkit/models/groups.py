@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.models.pairs import keep_lengths, pair_logps, policy_reserve
+from alignkit.utils.device import to_device
 
 __all__ = ["GroupTokens", "group_logps", "tokenize_group"]
 
@@ -56,7 +57,7 @@ def group_logps(model, groups: list[GroupTokens], pad_id: int, device=None) -> t
     parts, where = [], []
     for k, idx in by_k.items():
         batch = pack_completions([(groups[i].prompt, groups[i].completions) for i in idx], pad_id)
-        lp = pair_logps(model, {key: v.to(device) for key, v in batch.items()})  # (k·G_k,), completion-major
+        lp = pair_logps(model, to_device(batch, device))  # (k·G_k,), completion-major
         parts.append(torch.nn.functional.pad(lp.reshape(k, len(idx)).T, (0, k_max - k)))
         where += idx
     out = torch.cat(parts)
