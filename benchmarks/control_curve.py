@@ -66,7 +66,7 @@ METHODS: dict[str, dict] = {
     "alignkit-raw_inputs": {"kind": "alignkit", "set": {**BEST, "reward_normalize_obs": False}},
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
-    "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST)},
+    "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST), "alive": False},
     # alignkit's setting with the bonus of another task (Walker2d-v5's first cells ran Hopper's 1)
     "alignkit-alive_1": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 1.0}},
     "imitation-random": {"kind": "imitation", "active": False},
@@ -95,7 +95,7 @@ def method_settings(method: str, env: str) -> dict:
     """The config overrides a method runs with on ``env``."""
     spec = METHODS[method]
     settings = dict(spec.get("set", {}))
-    if (spec["kind"] == "alignkit" and env in FALLS and method.startswith("alignkit") and method != "alignkit-no_alive"
+    if (spec["kind"] == "alignkit" and env in FALLS and method.startswith("alignkit") and spec.get("alive", True)
             and "alive_bonus" not in settings):
         settings["alive_bonus"] = ALIVE_BONUS[env]
     return settings
@@ -180,26 +180,33 @@ def run_cell(cell: dict) -> dict:
         out["curve"] = s["curve"][9::10]  # every 10th iteration (the whole curve is in run_dir/metrics.jsonl)
         out["run_dir"] = str(run_dir)
     elif spec["kind"] == "imitation":
-        from alignkit.control.sb3 import rl_zoo_ppo
-        from alignkit.recipes.control import ControlConfig
-
-        # the same PPO, segment length, label budget and number of label sessions as alignkit's run
-        cfg = ControlConfig(env_id=env, seed=seed, labels=labels, steps=steps).resolved()
-        zoo = rl_zoo_ppo(env)
-        sessions = math.ceil(math.ceil(steps / (zoo["n_envs"] * zoo["n_steps"])) / cfg.feedback_every)
         run_dir = Path(cell["runs"]) / f"{cell['method']}_l{labels}_s{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         res = run_dir / "imitation.json"
-        subprocess.run([cell["imitation_python"], str(ROOT / "benchmarks" / "imitation_side.py"),
-                        "--env", env, "--seed", str(seed), "--labels", str(labels), "--steps", str(steps),
-                        "--fragment-length", str(cfg.segment_length), "--iterations", str(sessions),
-                        "--zoo-json", json.dumps(zoo), "--out", str(res), *(["--active"] if spec["active"] else [])],
-                       check=True, env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"},
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(imitation_command(cell, res), check=True,
+                       env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
         im = json.loads(res.read_text())
         out = {k: im[k] for k in ("true_return", "true_returns", "env_steps", "env_run")}
         out["labels_used"] = labels
     return out
+
+
+def imitation_command(cell: dict, out: Path) -> list[str]:
+    """The `imitation` side of a cell: the same PPO, segment length, label budget and number of
+    label sessions as alignkit's run, the task's episodes of variable length where bodies fall."""
+    from alignkit.control.sb3 import rl_zoo_ppo
+    from alignkit.recipes.control import ControlConfig
+
+    env, steps, labels = cell["env"], cell["steps"], cell["labels"]
+    cfg = ControlConfig(env_id=env, seed=cell["seed"], labels=labels, steps=steps).resolved()
+    zoo = rl_zoo_ppo(env)
+    sessions = math.ceil(math.ceil(steps / (zoo["n_envs"] * zoo["n_steps"])) / cfg.feedback_every)
+    return [cell["imitation_python"], str(ROOT / "benchmarks" / "imitation_side.py"),
+            "--env", env, "--seed", str(cell["seed"]), "--labels", str(labels), "--steps", str(steps),
+            "--fragment-length", str(cfg.segment_length), "--iterations", str(sessions),
+            "--zoo-json", json.dumps(zoo), "--out", str(out),
+            *(["--active"] if METHODS[cell["method"]]["active"] else []),
+            *(["--variable-horizon"] if env in FALLS else [])]
 
 
 # imitation runs the -v4 task (its gymnasium 0.29 has no -v5): the same as -v5 for these, not for

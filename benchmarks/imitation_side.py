@@ -67,6 +67,8 @@ def main() -> None:
                     help="SB3 PPO settings as JSON (alignkit.control.sb3.rl_zoo_ppo: the RL-Zoo's for the task): "
                          "PPO built from them, VecNormalize (obs and return-scaled reward, as the zoo) around the "
                          "reward wrapper; replaces the PPO flags above and --normalize")
+    ap.add_argument("--variable-horizon", action="store_true",
+                    help="the task's episodes end early (the body falls): imitation refuses them unless told")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -129,8 +131,8 @@ def main() -> None:
         transition_oversampling=1, initial_comparison_frac=0.25,
         # imitation refuses tasks whose episodes end early unless told (termination leaks reward
         # information; its docs steer users to fixed-horizon stand-ins, other tasks than these):
-        # Hopper-v5 ends when the body falls, and the comparison is on the task itself
-        allow_variable_horizon=not args.env.startswith("HalfCheetah"),
+        # the caller says which tasks end when the body falls, and the comparison is on the task itself
+        allow_variable_horizon=args.variable_horizon,
         initial_epoch_multiplier=4, query_schedule="hyperbolic")
     pc.train(total_timesteps=args.steps, total_comparisons=args.labels)
     train_s = time.time() - t0

@@ -44,3 +44,19 @@ def test_summary_pairs_methods_by_seed(cc):
     assert row["minus_reference"]["mean"] == pytest.approx(10)
     assert row["paired_vs"]["alignkit-no_crop"]["mean"] == pytest.approx(20)
     assert row["paired_vs"]["alignkit-no_crop"]["seeds"] == [0, 2]
+
+
+def test_imitation_is_told_where_episodes_end_early(cc, tmp_path):
+    """imitation refuses early-ending episodes unless told: the flag goes with the tasks whose
+    bodies fall (Hopper), not with HalfCheetah's fixed 1,000-step episodes; the label budget,
+    steps and active switch pass through."""
+    def argv(env, method):
+        cell = dict(env=env, method=method, labels=200, seed=3, steps=300_000, imitation_python="py")
+        return cc.imitation_command(cell, tmp_path / "out.json")
+
+    hop, cheetah = argv("Hopper-v5", "imitation-active"), argv("HalfCheetah-v5", "imitation-random")
+    assert "--variable-horizon" in hop and "--variable-horizon" not in cheetah
+    assert "--active" in hop and "--active" not in cheetah
+    for a in (hop, cheetah):
+        assert a[a.index("--labels") + 1] == "200" and a[a.index("--steps") + 1] == "300000"
+        assert a[a.index("--seed") + 1] == "3"
