@@ -307,6 +307,14 @@ def markdown(summary: dict) -> str:
         for other, d in sorted(row.get("paired_vs", {}).items()):
             lines.append(f"| {name.split('@')[0]} | {other} | {row['labels']} | {len(d['seeds'])} | "
                          f"{d['mean']:+.0f} ({d['ci95'][0]:+.0f} – {d['ci95'][1]:+.0f}) |")
+    curve = [(name, row) for name, row in summary["methods"].items() if row.get("paired_vs_labels")]
+    if curve:
+        lines += ["", "| method | labels | − the same method at | seeds | paired difference of returns (95 % CI) |",
+                  "|---|---|---|---|---|"]
+        for name, row in curve:
+            for n2, d in sorted(row["paired_vs_labels"].items(), key=lambda kv: int(kv[0])):
+                lines.append(f"| {name.split('@')[0]} | {row['labels']} | {n2} labels | {len(d['seeds'])} | "
+                             f"{d['mean']:+.0f} ({d['ci95'][0]:+.0f} – {d['ci95'][1]:+.0f}) |")
     return "\n".join(lines)
 
 
@@ -377,6 +385,12 @@ def summarise(cells: list[dict]) -> dict:
             if len(common) >= 2:
                 d, lo, hi = t_interval([per_seed[s] - other[s] for s in common])
                 row.setdefault("paired_vs", {})[m2] = {"mean": d, "ci95": [lo, hi], "seeds": common}
+        # the same method at the other label budgets: what more (or fewer) labels change, by seed
+        for (m2, n2), other in by.items():
+            common = sorted(set(per_seed) & set(other))
+            if m2 == m and n2 != n and len(common) >= 2:
+                d, lo, hi = t_interval([per_seed[s] - other[s] for s in common])
+                row.setdefault("paired_vs_labels", {})[str(n2)] = {"mean": d, "ci95": [lo, hi], "seeds": common}
         out["methods"][f"{m}@{n}"] = row
     return out
 

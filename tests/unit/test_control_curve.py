@@ -60,3 +60,17 @@ def test_imitation_is_told_where_episodes_end_early(cc, tmp_path):
     for a in (hop, cheetah):
         assert a[a.index("--labels") + 1] == "200" and a[a.index("--steps") + 1] == "300000"
         assert a[a.index("--seed") + 1] == "3"
+
+
+def test_summary_pairs_label_budgets_of_one_method_by_seed(cc):
+    """alignkit at 50 labels 120 / 180 / 300 and at 200 labels 110 / 190 / 330 (seeds 0–2):
+    50 − 200 = +10, −10, −30 → mean −10, and the 200-label row holds the opposite sign."""
+    cells = [dict(method="reference", labels=0, seed=s, true_return=200) for s in range(3)]
+    cells += [dict(method="alignkit", labels=50, seed=s, true_return=r) for s, r in enumerate((120, 180, 300))]
+    cells += [dict(method="alignkit", labels=200, seed=s, true_return=r) for s, r in enumerate((110, 190, 330))]
+    s = cc.summarise(cells)
+    d = s["methods"]["alignkit@50"]["paired_vs_labels"]["200"]
+    assert d["mean"] == pytest.approx(-10) and d["seeds"] == [0, 1, 2]
+    assert s["methods"]["alignkit@200"]["paired_vs_labels"]["50"]["mean"] == pytest.approx(10)
+    assert "paired_vs_labels" not in s["methods"].get("reference@0", {})
+    assert "| alignkit | 50 | 200 labels | 3 | -10" in cc.markdown(s)
