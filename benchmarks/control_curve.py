@@ -305,17 +305,20 @@ def markdown(summary: dict) -> str:
               "|---|---|---|---|---|"]
     for name, row in summary["methods"].items():
         for other, d in sorted(row.get("paired_vs", {}).items()):
-            lines.append(f"| {name.split('@')[0]} | {other} | {row['labels']} | {len(d['seeds'])} | "
-                         f"{d['mean']:+.0f} ({d['ci95'][0]:+.0f} – {d['ci95'][1]:+.0f}) |")
+            lines.append(f"| {name.split('@')[0]} | {other} | {row['labels']} | {len(d['seeds'])} | {_diff(d)} |")
     curve = [(name, row) for name, row in summary["methods"].items() if row.get("paired_vs_labels")]
     if curve:
         lines += ["", "| method | labels | − the same method at | seeds | paired difference of returns (95 % CI) |",
                   "|---|---|---|---|---|"]
         for name, row in curve:
             for n2, d in sorted(row["paired_vs_labels"].items(), key=lambda kv: int(kv[0])):
-                lines.append(f"| {name.split('@')[0]} | {row['labels']} | {n2} labels | {len(d['seeds'])} | "
-                             f"{d['mean']:+.0f} ({d['ci95'][0]:+.0f} – {d['ci95'][1]:+.0f}) |")
+                lines.append(f"| {name.split('@')[0]} | {row['labels']} | {n2} labels | {len(d['seeds'])} | {_diff(d)} |")
     return "\n".join(lines)
+
+
+def _diff(d: dict) -> str:
+    """A paired difference and its 95 % interval, as the tables print it."""
+    return f"{d['mean']:+.0f} ({d['ci95'][0]:+.0f} – {d['ci95'][1]:+.0f})"
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -378,19 +381,19 @@ def summarise(cells: list[dict]) -> dict:
             row["fraction_ci95"] = [lo, hi]
             mean_d, lo, hi = t_interval([per_seed[s] - ref[s] for s in seeds])
             row["minus_reference"] = {"mean": mean_d, "ci95": [lo, hi]}
+        # alignkit's settings against every other method at the same budget, and every method against
+        # itself at the other budgets (what more or fewer labels change), both by seed
         for (m2, n2), other in by.items():
-            if m2 == m or m2 == "reference" or n2 != n or not m.startswith("alignkit"):
+            if n2 == n and m2 not in (m, "reference") and m.startswith("alignkit"):
+                key, name = "paired_vs", m2
+            elif m2 == m and n2 != n:
+                key, name = "paired_vs_labels", str(n2)
+            else:
                 continue
             common = sorted(set(per_seed) & set(other))
             if len(common) >= 2:
                 d, lo, hi = t_interval([per_seed[s] - other[s] for s in common])
-                row.setdefault("paired_vs", {})[m2] = {"mean": d, "ci95": [lo, hi], "seeds": common}
-        # the same method at the other label budgets: what more (or fewer) labels change, by seed
-        for (m2, n2), other in by.items():
-            common = sorted(set(per_seed) & set(other))
-            if m2 == m and n2 != n and len(common) >= 2:
-                d, lo, hi = t_interval([per_seed[s] - other[s] for s in common])
-                row.setdefault("paired_vs_labels", {})[str(n2)] = {"mean": d, "ci95": [lo, hi], "seeds": common}
+                row.setdefault(key, {})[name] = {"mean": d, "ci95": [lo, hi], "seeds": common}
         out["methods"][f"{m}@{n}"] = row
     return out
 
