@@ -68,6 +68,32 @@ def test_ppo_under_bf16_mixed_precision_starts_with_zero_kl_and_unit_ratio(tiny_
     assert res.history[0]["diag/reference_from_rollout"] == 0.0
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_ppo_casts_frozen_weights_once_with_the_same_results(tiny_lm_dir, monkeypatch, lora):
+    """Under bf16-mixed the LoRA base weights are cast to bf16 once a step and the frozen
+    reference copy's once a run (``frozen_linears_as`` / ``cast_frozen_linears``), not by
+    autocast in every pass: every metric of two steps (rollout, KL, losses, gradient
+    norms) and the trained weights equal, bit for bit, a run where autocast casts them."""
+    import alignkit.recipes.ppo as ppo
+    import alignkit.scale.precision as precision
+
+    casts = []
+    real = precision._cast_frozen_linears
+    monkeypatch.setattr(precision, "_cast_frozen_linears",
+                        lambda modules, dtype: casts.append(dtype) or real(modules, dtype))
+    kw = dict(precision="bf16-mixed", lora=lora, lora_targets=["c_attn", "c_fc"] if lora else [])
+    fast = run_ppo(tiny_lm_dir, **kw)
+    assert casts == [torch.bfloat16] * 3  # the reference copy once, the policy at each of 2 steps
+    monkeypatch.setattr(ppo, "_frozen_cast_dtype", lambda cfg, dist: None)
+    plain = run_ppo(tiny_lm_dir, **kw)
+    timing = ("time/", "diag/step_seconds", "diag/step_cpu_seconds")
+    for f, p in zip(fast.history, plain.history, strict=True):
+        assert {k: v for k, v in f.items() if not k.startswith(timing)} == {
+            k: v for k, v in p.items() if not k.startswith(timing)}
+    assert all(torch.equal(a, b) and a.dtype == torch.float32
+               for a, b in zip(fast.model.state_dict().values(), plain.model.state_dict().values(), strict=True))
+
+
 @pytest.mark.parametrize("decode", ["hf", "static", "static-eager"])
 def test_ppo_decode_backends_sample_the_same_tokens_as_the_lean_step(tiny_lm_dir, monkeypatch, decode):
     """C1, W3: every decode backend is a config key (``decode``, ``decode_compile``). With

@@ -241,3 +241,119 @@ def test_declared_lower_bounds_are_what_ci_runs():
     for name in ("torch", "transformers", "accelerate", "peft", "tokenizers"):
         installed = tuple(int(x) for x in re.findall(r"\d+", md.version(name))[:2])
         assert installed >= bounds[name][:2], name
+
+
+# --- frozen linear weights cast once (what autocast casts at every call) ----------------------
+
+
+def _lora_lm(arch: str, tiny_lm_dir):
+    """A tiny LM with LoRA adapters (its base weights frozen): GPT-2 (Conv1D layers) or a
+    Llama whose LM head is tied to its embedding."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model, targets = AutoModelForCausalLM.from_pretrained(tiny_lm_dir), ["c_attn"]
+    else:
+        cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        model, targets = LlamaForCausalLM(cfg), ["q_proj", "v_proj"]
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    for name, p in model.named_parameters():  # adapters that are not zero, so their gradients are
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _autocast_pass(model, ids):
+    """bf16-autocast forward + backward: the logits, the adapters' gradients and how many
+    casts (``aten::_to_copy``) ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().logsumexp(-1).mean().backward()
+    casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach(), grads, casts
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama_tied"])
+def test_frozen_linears_cast_once_give_autocasts_numbers(arch, tiny_lm_dir):
+    from alignkit.scale.precision import frozen_linears_as
+
+    model = _lora_lm(arch, tiny_lm_dir)
+    ids = torch.randint(0, 96, (3, 11))
+    before = {n: p for n, p in model.named_parameters()}
+    logits, grads, casts = _autocast_pass(model, ids)
+    with frozen_linears_as(torch.bfloat16, model):
+        inside = dict(model.named_parameters())
+        # the frozen base weights are bf16 in their layers; adapters and embeddings stay float32
+        assert {p.dtype for n, p in inside.items() if "base_layer" in n} == {torch.bfloat16}
+        assert {p.dtype for n, p in inside.items() if "lora_" in n} == {torch.float32}
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+        if arch == "llama_tied":  # the tied head has its own cast; the embedding keeps the original
+            assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+            assert model.get_input_embeddings().weight is before["base_model.model.model.embed_tokens.weight"]
+        logits_in, grads_in, casts_in = _autocast_pass(model, ids)
+    assert torch.equal(logits_in, logits)  # bit for bit
+    assert grads_in.keys() == grads.keys() and all(torch.equal(grads_in[n], grads[n]) for n in grads)
+    assert casts_in < casts  # the frozen weights were not cast again
+    after = dict(model.named_parameters())  # the very parameters are back, in float32
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert {p.dtype for p in after.values()} == {torch.float32}
+    with frozen_linears_as(None, model):  # no dtype: nothing changes
+        assert all(p is before[n] for n, p in model.named_parameters())
+
+
+def test_a_frozen_copy_keeps_its_cast_and_scores_the_same(tiny_lm_dir):
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.scale.precision import cast_frozen_linears
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    ids = torch.randint(0, 96, (2, 9))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(input_ids=ids).logits
+        # 2 layers x 4 Conv1D x (weight, bias) and the LM head (tied to the embedding)
+        assert cast_frozen_linears(ref, torch.bfloat16) == 17
+        got = ref(input_ids=ids).logits
+    assert torch.equal(got, want)
+    assert ref.transformer.wte.weight.dtype == torch.float32 and ref.lm_head.weight.dtype == torch.bfloat16
+    assert cast_frozen_linears(model, torch.bfloat16) == 0  # trainable weights are never touched
+    assert cast_frozen_linears(ref, None) == 0
+
+
+def test_cpu_runs_keep_large_tensors_pages(monkeypatch):
+    from alignkit.scale.distributed import Distributed
+    from alignkit.utils import device as dev
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(dev, "_libc", FakeLibc)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("ALIGNKIT_MALLOC_TUNING", raising=False)
+    monkeypatch.setattr(dev, "_allocator_tuned", None)
+    Distributed("cpu", precision="fp32")  # a CPU run tunes the allocator, once
+    assert calls == [(-3, 32 << 20), (-2, 512 << 20), (-1, 2**31 - 1)]
+    assert dev.tune_cpu_allocator() is True and len(calls) == 3
+    for env, value in (("ALIGNKIT_MALLOC_TUNING", "0"), ("GLIBC_TUNABLES", "glibc.malloc.top_pad=0")):
+        calls.clear()
+        monkeypatch.setattr(dev, "_allocator_tuned", None)
+        monkeypatch.setenv(env, value)
+        assert dev.tune_cpu_allocator() is False and calls == []
+        monkeypatch.delenv(env)
+    monkeypatch.setattr(FakeLibc, "mallopt", lambda self, option, value: 0)  # glibc refused a value
+    monkeypatch.setattr(dev, "_allocator_tuned", None)
+    assert dev.tune_cpu_allocator() is False

@@ -78,6 +78,7 @@ from alignkit.recipes._common import (
 )
 from alignkit.recipes.configs.ppo import PPOConfig
 from alignkit.scale.distributed import Distributed
+from alignkit.scale.precision import cast_frozen_linears, frozen_linears_as
 from alignkit.utils.progress import track
 from alignkit.utils.seed import set_seed
 
@@ -217,6 +218,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
     ref_model = None
     if not cfg.lora:  # without adapters to switch off, the reference is a frozen copy
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    frozen_dtype = _frozen_cast_dtype(cfg, dist)
+    cast_frozen_linears(ref_model, frozen_dtype)  # never saved: its casts made once for the run
     pv = PolicyAndValue(model, ValueHead.for_model(model).to(device))
     opt = adamw([p for p in pv.parameters() if p.requires_grad], cfg.lr, eps=1e-6)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0
@@ -258,19 +261,22 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
         idx, order = order[: cfg.rollout_batch_size], order[cfg.rollout_batch_size :]
         idx = dist.shard(idx)  # this process's prompts (all of them on one process)
 
-        # --- 1-3. rollout, score, evaluate (old and reference log-probs) ----------------
-        ro = collect_rollout(run, [text_prompts[i] for i in idx], [prompts[i] for i in idx], step, timer)
+        # the policy's frozen (LoRA base) weights cast once for the whole step, not by
+        # autocast in every pass over them (rollout, evaluation, update): the same numbers
+        with frozen_linears_as(frozen_dtype, model):
+            # --- 1-3. rollout, score, evaluate (old and reference log-probs) ------------
+            ro = collect_rollout(run, [text_prompts[i] for i in idx], [prompts[i] for i in idx], step, timer)
 
-        # --- 4. advantages -------------------------------------------------------------
-        beta = kl_ctl.value
-        rewards = kl_penalized_rewards(ro.old_logps, ro.ref_logps, ro.scores, ro.mask, beta)
-        advantages, returns = gae(rewards, ro.old_values, ro.mask, cfg.gamma, cfg.gae_lambda)
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages, ro.mask)
+            # --- 4. advantages ---------------------------------------------------------
+            beta = kl_ctl.value
+            rewards = kl_penalized_rewards(ro.old_logps, ro.ref_logps, ro.scores, ro.mask, beta)
+            advantages, returns = gae(rewards, ro.old_values, ro.mask, cfg.gamma, cfg.gae_lambda)
+            if cfg.whiten_advantages:
+                advantages = whiten(advantages, ro.mask)
 
-        # --- 5. update -----------------------------------------------------------------
-        with timer("update"):
-            stats = ppo_update(run, opt, params, ro, advantages, returns)
+            # --- 5. update -------------------------------------------------------------
+            with timer("update"):
+                stats = ppo_update(run, opt, params, ro, advantages, returns)
 
         # --- 6. KL controller and metrics (one host sync) ---------------------------------
         metrics = dist.mean_metrics({**_rollout_metrics(run, ro, rewards, returns, beta), **stats})
@@ -551,6 +557,14 @@ def _decode_is_exact(cfg: PPOConfig, dist: Distributed) -> bool:
     after the rollout: old values come from a forward through the root)."""
     backend = cfg.decode if cfg.decode != "auto" else ("static" if dist.device.type == "cuda" else "lean")
     return dist.precision == "fp32" and backend in ("lean", "hf") and not dist.is_sharded
+
+
+def _frozen_cast_dtype(cfg: PPOConfig, dist: Distributed) -> torch.dtype | None:
+    """bf16 where frozen linear weights are cast ahead of autocast
+    (:func:`~alignkit.scale.precision.frozen_linears_as`): bf16-mixed on one unsharded
+    process with the recipe's own rollouts; else ``None`` (autocast casts them as it goes)."""
+    one_process = dist.world_size == 1 and not dist.is_sharded
+    return torch.bfloat16 if dist.precision == "bf16-mixed" and one_process and cfg.rollout_engine != "vllm" else None
 
 
 def _vllm_engines(cfg: PPOConfig, tok):

@@ -54,6 +54,7 @@ from typing import Any
 
 from alignkit.errors import ConfigError
 from alignkit.scale.precision import ACCELERATE_MIXED, enable_tf32, param_dtype, resolve_precision
+from alignkit.utils.device import tune_cpu_allocator
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class Distributed:
             self.device = self.accelerator.device
         if self.device.type == "cpu":
             self.device = torch.device("cpu")  # accelerate's FSDP path says cpu:0; the models say cpu
+            tune_cpu_allocator()  # a step's large tensors reuse the last step's pages
         self.is_deepspeed = self.engine == DistributedType.DEEPSPEED
         self.is_sharded = self.engine in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.param_dtype = param_dtype(self.precision)

@@ -90,3 +90,65 @@ def no_grad(*modules) -> contextlib.AbstractContextManager:
     tensors inside an FSDP2 unit break its unshard (``Inference tensors do not track version
     counter``) and leave the module unusable (pytorch/pytorch#197327)."""
     return torch.no_grad() if any(is_sharded_module(m) for m in modules) else torch.inference_mode()
+
+
+def _linear_layer_types() -> tuple[type, ...]:
+    """The layers whose weights bf16 autocast casts at every call: ``nn.Linear`` (its
+    ``linear``) and transformers' GPT-2 ``Conv1D`` (its ``addmm``)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return (torch.nn.Linear,)
+    return (torch.nn.Linear, Conv1D)
+
+
+def _cast_frozen_linears(modules, dtype: torch.dtype) -> list[tuple[torch.nn.Module, str, torch.nn.Parameter]]:
+    """Give each linear layer in ``modules`` whose float32 weight or bias is frozen
+    (``requires_grad=False``) its own frozen copy cast to ``dtype``; returns
+    ``(layer, name, original)`` for each one replaced. Only the layer's own slot changes:
+    a module sharing the parameter (an embedding tied to the LM head) keeps the original.
+    A parameter shared by several layers is cast once. Sharded modules are left alone."""
+    swaps, casts = [], {}
+    kinds = _linear_layer_types()
+    with torch.no_grad():
+        for module in modules:
+            if module is None or is_sharded_module(module):
+                continue
+            for layer in module.modules():
+                if not isinstance(layer, kinds):
+                    continue
+                for name in ("weight", "bias"):
+                    p = layer._parameters.get(name)
+                    if p is None or p.requires_grad or p.dtype != torch.float32:
+                        continue
+                    if id(p) not in casts:
+                        casts[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                    layer._parameters[name] = casts[id(p)]
+                    swaps.append((layer, name, p))
+    return swaps
+
+
+@contextlib.contextmanager
+def frozen_linears_as(dtype: torch.dtype | None, *modules):
+    """Inside: every frozen float32 weight and bias of a linear layer in ``modules`` (the
+    base weights under LoRA) is its cast to ``dtype``, made once; on exit the original
+    parameters are back in place (so saves and checkpoints see float32).
+
+    Under bf16 autocast this is the cast autocast makes anyway, at every call of the layer
+    — it caches casts of trainable leaves only — so forward and backward give bit-identical
+    numbers with a fraction of the casts: a PPO step runs the policy's base weights through
+    the rollout, the old/reference forwards and the update (tested). ``dtype=None`` does
+    nothing."""
+    swaps = [] if dtype is None else _cast_frozen_linears(modules, dtype)
+    try:
+        yield
+    finally:
+        for layer, name, original in reversed(swaps):
+            layer._parameters[name] = original
+
+
+def cast_frozen_linears(module, dtype: torch.dtype | None) -> int:
+    """:func:`frozen_linears_as` for good, for a frozen model that is never saved or trained
+    (the PPO reference copy): its linear layers' frozen weights stay cast to ``dtype``.
+    Returns how many tensors were replaced."""
+    return 0 if dtype is None else len(_cast_frozen_linears([module], dtype))
