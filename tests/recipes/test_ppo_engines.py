@@ -7,6 +7,7 @@ checked: KL 0, π/π_old = 1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -84,14 +85,30 @@ def test_ppo_casts_frozen_weights_once_with_the_same_results(tiny_lm_dir, monkey
     kw = dict(precision="bf16-mixed", lora=lora, lora_targets=["c_attn", "c_fc"] if lora else [])
     fast = run_ppo(tiny_lm_dir, **kw)
     assert casts == [torch.bfloat16] * 3  # the reference copy once, the policy at each of 2 steps
-    monkeypatch.setattr(ppo, "_frozen_cast_dtype", lambda cfg, dist: None)
+    # the same run with autocast casting every frozen weight at every call
+    monkeypatch.setattr(ppo, "frozen_linears_as", lambda dtype, *modules: contextlib.nullcontext())
+    monkeypatch.setattr(ppo, "cast_frozen_linears", lambda module, dtype: 0)
     plain = run_ppo(tiny_lm_dir, **kw)
+    assert len(casts) == 3
     timing = ("time/", "diag/step_seconds", "diag/step_cpu_seconds")
     for f, p in zip(fast.history, plain.history, strict=True):
         assert {k: v for k, v in f.items() if not k.startswith(timing)} == {
             k: v for k, v in p.items() if not k.startswith(timing)}
     assert all(torch.equal(a, b) and a.dtype == torch.float32
                for a, b in zip(fast.model.state_dict().values(), plain.model.state_dict().values(), strict=True))
+
+
+def test_ppo_attends_in_float32_under_bf16_mixed_on_cpu(tiny_lm_dir):
+    """bf16-mixed on CPU: the policy (and its reference copy) switch to float32 SDPA
+    (``models/attention.py``: torch's bf16 CPU attention backward is slow); a float32 run
+    keeps transformers' SDPA. Step 1 is still on-policy (KL 0, ratio 1)."""
+    from alignkit.models._hf_compat import base_model
+    from alignkit.models.attention import SDPA_FLOAT32
+
+    bf16 = run_ppo(tiny_lm_dir, precision="bf16-mixed", steps=1)
+    assert base_model(bf16.model).config._attn_implementation == SDPA_FLOAT32
+    assert_starts_on_policy(bf16.history)
+    assert base_model(run_ppo(tiny_lm_dir, steps=1).model).config._attn_implementation == "sdpa"
 
 
 @pytest.mark.parametrize("decode", ["hf", "static", "static-eager"])

@@ -300,3 +300,28 @@ def test_generator_leaves_the_global_stream_alone(tok):
     b = generate_ids(model, tok, PROMPTS, 6, generator=torch.Generator().manual_seed(5))
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(a.input_ids, b.input_ids)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "lora"])
+def test_lean_step_of_a_float32_attention_model_equals_its_forward(tok, arch, monkeypatch):
+    """A model switched to ``SDPA_FLOAT32`` (PPO under bf16-mixed on CPU) still decodes with
+    the lean step, whose attention is the same float32 SDPA: its greedy tokens and log-probs
+    are the model's own forward's (the hf backend), bit for bit, reference rows included."""
+    from alignkit.models.attention import SDPA_FLOAT32, use_float32_attention
+
+    model = bf16_lora_or_plain(tok, arch)
+    assert use_float32_attention(model)
+    assert model.config._attn_implementation == SDPA_FLOAT32
+    import alignkit.decoding.sampler as sampler
+
+    built = []
+    real = sampler.lean_step
+    monkeypatch.setattr(sampler, "lean_step", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    eos = eos_mid_batch(model, tok, 10)
+    kw = dict(do_sample=False, return_logps=True, return_ref_logps=arch == "lora")
+    lean = generate_ids(model, eos, PROMPTS * 2, 10, backend="lean", **kw)
+    assert built and all(step is not None for step in built)  # the lean step ran, not the forward
+    hf = generate_ids(model, eos, PROMPTS * 2, 10, backend="hf", **kw)
+    assert torch.equal(lean.input_ids, hf.input_ids)
+    assert torch.equal(lean.token_logps, hf.token_logps)
+    assert (lean.ref_token_logps is not None) == (arch == "lora")

@@ -48,6 +48,7 @@ from collections.abc import Callable
 import torch
 
 from alignkit.models._hf_compat import base_model
+from alignkit.models.attention import SDPA_FLOAT32
 
 __all__ = ["FLOAT32_ATTENTION_ON_CPU", "PREFETCH_MAX_BYTES", "lean_step"]
 
@@ -96,6 +97,8 @@ def lean_step(model, cache, *, reference_rows: bool = False, prefetch: bool = Fa
     if base.training or model.training:
         return None
     impl = getattr(base.config, "_attn_implementation", None)
+    if impl == SDPA_FLOAT32:  # SDPA, in float32 under bf16 autocast on CPU: what the step does there
+        impl = "sdpa"
     if impl not in ("sdpa", "eager"):
         return None
     build = {"GPT2LMHeadModel": _gpt2, "LlamaForCausalLM": _llama}.get(type(base).__name__)

@@ -83,6 +83,7 @@ import torch
 from alignkit.decoding.lean_step import lean_step
 from alignkit.models import packing
 from alignkit.models._hf_compat import accepts, cache_kw
+from alignkit.models.attention import SDPA_FLOAT32
 
 __all__ = ["BACKENDS", "CAPACITY_BUCKET", "DecodeOptions", "Decoded", "PreallocatedCache", "batch_bucket",
            "decode", "draw", "hf_warp", "make_cache"]
@@ -876,7 +877,7 @@ def _step_mask_4d(model, cache, mask: torch.Tensor) -> torch.Tensor | None:
     if not getattr(cache, "alignkit_preallocated", False):
         return None
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if impl == "sdpa":
+    if impl in ("sdpa", SDPA_FLOAT32):
         # the additive form SDPA itself makes of a bool mask (0 / −inf) at every call, made once
         return torch.zeros(mask.shape, dtype=next(model.parameters()).dtype, device=mask.device).masked_fill_(
             mask == 0, -math.inf)[:, None, None, :]

@@ -61,6 +61,7 @@ from alignkit.losses.ppo import (
     ppo_value_loss,
     whiten,
 )
+from alignkit.models.attention import use_float32_attention
 from alignkit.models.loading import resolve_model
 from alignkit.models.reward import load_reward_model
 from alignkit.models.value import PolicyAndValue, PolicyOutput, ValueHead, policy_forward
@@ -215,10 +216,12 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device,
                              dtype=dist.param_dtype)
     disable_dropout(model)
+    frozen_dtype = _frozen_cast_dtype(cfg, dist)
+    if frozen_dtype is not None and device.type == "cpu":
+        use_float32_attention(model)  # torch's bf16 CPU attention backward is slow (models/attention.py)
     ref_model = None
     if not cfg.lora:  # without adapters to switch off, the reference is a frozen copy
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    frozen_dtype = _frozen_cast_dtype(cfg, dist)
     cast_frozen_linears(ref_model, frozen_dtype)  # never saved: its casts made once for the run
     pv = PolicyAndValue(model, ValueHead.for_model(model).to(device))
     opt = adamw([p for p in pv.parameters() if p.requires_grad], cfg.lr, eps=1e-6)
@@ -561,8 +564,9 @@ def _decode_is_exact(cfg: PPOConfig, dist: Distributed) -> bool:
 
 def _frozen_cast_dtype(cfg: PPOConfig, dist: Distributed) -> torch.dtype | None:
     """bf16 where frozen linear weights are cast ahead of autocast
-    (:func:`~alignkit.scale.precision.frozen_linears_as`): bf16-mixed on one unsharded
-    process with the recipe's own rollouts; else ``None`` (autocast casts them as it goes)."""
+    (:func:`~alignkit.scale.precision.frozen_linears_as`) and, on a CPU, attention runs in
+    float32 (:mod:`alignkit.models.attention`): bf16-mixed on one unsharded process with the
+    recipe's own rollouts (the combinations tested); else ``None`` (autocast as it is)."""
     one_process = dist.world_size == 1 and not dist.is_sharded
     return torch.bfloat16 if dist.precision == "bf16-mixed" and one_process and cfg.rollout_engine != "vllm" else None
 

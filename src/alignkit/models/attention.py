@@ -1,0 +1,63 @@
+"""Attention in float32 under bf16 autocast on a CPU: a transformers attention implementation.
+
+Under bf16 autocast transformers' SDPA attention runs torch's bf16 CPU kernel, whose
+backward is several times slower than the float32 kernel's on the shapes a PPO update
+has (one thread, SmolLM2's 9 heads × 64, 16 rows × 32 response tokens against 45 keys:
+1.2 + 10.5 ms forward + backward in bf16 against 1.2 + 2.7 ms in float32; on a packed
+7 × 224-token batch 30.4 against 26.3 ms; ``benchmarks/attention_cpu.py``). PPO under
+bf16-mixed on a CPU switches its policy (and so its reference copy) to this. :data:`SDPA_FLOAT32` is SDPA
+with its queries, keys and values upcast (exactly) to float32 and its output cast back to
+autocast's dtype — less rounding than the bf16 kernel, not its numbers bit for bit — and,
+outside autocast or off the CPU, transformers' SDPA itself (float32 runs are unchanged, bit
+for bit). The lean decode step computes the same float32 attention
+(:data:`alignkit.decoding.lean_step.FLOAT32_ATTENTION_ON_CPU`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["SDPA_FLOAT32", "use_float32_attention"]
+
+SDPA_FLOAT32 = "alignkit_sdpa_float32"
+"""The name it is registered under (``config._attn_implementation``)."""
+
+_registered = False
+
+
+def _sdpa_float32(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast("cpu", enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                              **kwargs)
+    return out.to(torch.get_autocast_dtype("cpu")), weights
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(SDPA_FLOAT32, _sdpa_float32)
+        AttentionMaskInterface.register(SDPA_FLOAT32, sdpa_mask)  # the masks SDPA gets
+        _registered = True
+
+
+def use_float32_attention(model) -> bool:
+    """Switch ``model`` (a transformers model, or a peft model around one) from SDPA to
+    :data:`SDPA_FLOAT32`; a model on another attention implementation is left as it is.
+    Returns whether it switched."""
+    from alignkit.models._hf_compat import base_model
+
+    base = base_model(model)
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return False
+    _register()
+    base.set_attn_implementation(SDPA_FLOAT32)
+    return True

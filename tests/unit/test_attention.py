@@ -1,0 +1,70 @@
+"""SDPA in float32 under bf16 autocast on CPU (alignkit.models.attention): the
+attention implementation PPO switches to under bf16-mixed on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignkit.models.attention import SDPA_FLOAT32, use_float32_attention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _llama(attn: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn))
+
+
+def _gpt2(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_float32_runs_are_sdpa_bit_for_bit(arch, tiny_lm_dir):
+    model = _gpt2(tiny_lm_dir) if arch == "gpt2" else _llama()
+    ids = torch.randint(0, 96, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    want = model(input_ids=ids, attention_mask=mask).logits
+    assert use_float32_attention(model) and model.config._attn_implementation == SDPA_FLOAT32
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, want)
+
+
+def test_under_autocast_the_attention_is_float32_sdpa_of_the_upcast_inputs():
+    """Under bf16 autocast: SDPA on the inputs upcast to float32, the output in bf16 —
+    equal to that computed by hand, and not the bf16 kernel's numbers (the switch is real);
+    gradients reach the bf16 inputs."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from alignkit.models.attention import _sdpa_float32
+
+    module = torch.nn.Module()  # what the attention function reads of its module
+    module.is_causal, module.num_key_value_groups = True, 1
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 7, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 7, 7).masked_fill_(~torch.ones(7, 7, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = _sdpa_float32(module, q, k, v, mask)
+        bf16_kernel, _ = sdpa_attention_forward(module, q, k, v, mask)
+    by_hand = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, by_hand.transpose(1, 2).contiguous().to(torch.bfloat16))
+    assert not torch.equal(out, bf16_kernel)
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+
+
+def test_only_sdpa_models_switch_and_a_peft_model_switches_its_base(tiny_lm_dir):
+    from peft import LoraConfig, get_peft_model
+
+    assert not use_float32_attention(_llama("eager"))
+    peft_model = get_peft_model(_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert use_float32_attention(peft_model)
+    assert peft_model.get_base_model().config._attn_implementation == SDPA_FLOAT32
+    assert not use_float32_attention(peft_model)  # already switched
