@@ -5,7 +5,8 @@ backward is several times slower than the float32 kernel's on the shapes a PPO u
 has (one thread, SmolLM2's 9 heads × 64, 16 rows × 32 response tokens against 45 keys:
 1.2 + 10.5 ms forward + backward in bf16 against 1.2 + 2.7 ms in float32; on a packed
 7 × 224-token batch 30.4 against 26.3 ms; ``benchmarks/attention_cpu.py``). PPO under
-bf16-mixed on a CPU switches its policy (and so its reference copy) to this. :data:`SDPA_FLOAT32` is SDPA
+bf16-mixed on a CPU (one unsharded process) switches its policy, and so its reference
+copy, to this; DPO and reward training do not. :data:`SDPA_FLOAT32` is SDPA
 with its queries, keys and values upcast (exactly) to float32 and its output cast back to
 autocast's dtype — less rounding than the bf16 kernel, not its numbers bit for bit — and,
 outside autocast or off the CPU, transformers' SDPA itself (float32 runs are unchanged, bit
