@@ -13,7 +13,7 @@ pytest.importorskip("mujoco")
 
 from alignkit.cli import main  # noqa: E402
 from alignkit.control import sb3  # noqa: E402
-from alignkit.recipes.control import ControlConfig, run_control, session_schedule  # noqa: E402
+from alignkit.recipes.control import ControlConfig, defer_session, run_control, session_schedule  # noqa: E402
 
 TINY = dict(env_id="HalfCheetah-v5", steps=2048, labels=12, segment_length=10, feedback_every=1,
             reward_epochs=2, reward_members=2, eval_episodes=1, frames=False)
@@ -146,3 +146,26 @@ def test_an_sb3_run_is_a_function_of_its_config(tmp_path):
     a = run_control(ControlConfig(out=str(tmp_path / "a"), **cfg))
     b = run_control(ControlConfig(out=str(tmp_path / "b"), **cfg))
     assert a["true_returns"] == b["true_returns"] and a["labels_used"] == b["labels_used"] == 12
+
+
+def test_defer_session_by_hand():
+    schedule = [0, 3, 0, 2]
+    assert defer_session(schedule, 1) == 3 and schedule == [0, 0, 3, 2]
+    assert defer_session(schedule, 3) == 2 and schedule == [0, 0, 3, 0]  # the last iteration's: unspent
+
+
+@pytest.mark.parametrize("engine", ["sb3", "alignkit"])
+def test_labels_wait_for_segments_while_bodies_fall_at_once(tmp_path, monkeypatch, engine):
+    """Hopper-v5 under a fresh policy falls within tens of steps, so with 300-step segments no
+    session finds two segments: each moves its labels to the next iteration
+    (``reward/deferred_labels``), the last ones go unspent, and the run finishes — it used to
+    stop at the first session ("no two 300-step segments in a rollout"; Hopper-v5 at 50 labels,
+    seed 0)."""
+    monkeypatch.setitem(sb3.RL_ZOO_PPO, "Hopper-v5", {**sb3.RL_ZOO_PPO["Hopper-v5"], "n_epochs": 1})
+    extra = {} if engine == "sb3" else {"num_envs": 1, "num_steps": 512, "update_epochs": 1}
+    out = run_control(ControlConfig(out=str(tmp_path), rl_engine=engine,
+                                    **{**TINY, "env_id": "Hopper-v5", "segment_length": 300, **extra}))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    deferred = [r["learned/reward/deferred_labels"] for r in rows if "learned/reward/deferred_labels" in r]
+    assert deferred and deferred == sorted(deferred) and deferred[-1] == 12  # carried on, all 12 at the end
+    assert out["labels_used"] == 0

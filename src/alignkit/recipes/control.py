@@ -165,6 +165,17 @@ def label_schedule(total: int, iterations: int, initial_frac: float, iters_frac:
     return sched
 
 
+def defer_session(schedule: list[int], it: int) -> int:
+    """Move iteration ``it``'s labels to the next iteration (in place) and return how many:
+    its rollouts hold no two segments of ``segment_length`` steps (every episode shorter —
+    a body that falls at once), so there is nothing to ask about. The last iteration's labels
+    go unspent (``labels_used`` says so)."""
+    n, schedule[it] = schedule[it], 0
+    if it + 1 < len(schedule):
+        schedule[it + 1] += n
+    return n
+
+
 def session_schedule(total: int, iterations: int, first: int, every: int, initial_frac: float,
                      iters_frac: float) -> list[int]:
     """Labels asked at each iteration when they come in sessions: sessions at iterations
@@ -298,10 +309,12 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
 
         # 1. preferences → reward model
         if learned:
+            segs = (segments_from_rollout(ro.obs, ro.actions, ro.rewards, ro.next_obs, ro.dones,
+                                          cfg.segment_length, meta={"iteration": it}) if schedule[it] else [])
+            if schedule[it] and len(segs) < 2:  # every episode of the rollout shorter than a segment
+                metrics["reward/deferred_labels"] = float(defer_session(schedule, it))
             want = schedule[it]
             if want:
-                segs = segments_from_rollout(ro.obs, ro.actions, ro.rewards, ro.next_obs, ro.dones,
-                                             cfg.segment_length, meta={"iteration": it})
                 pairs = _choose_pairs(segs, want, cfg, ensemble if labels else None, py_rng)
                 if cfg.human:  # people need to see them: replay the chosen segments with rendering
                     _render_pairs(cfg, pairs, ro, reset_seed, agent)
@@ -533,9 +546,11 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
                 scaler.reset()
             collected_under = (_policy_reward(ensemble, cfg, ro["obs"], ro["actions"], ro["next_obs"])
                                if labels and not cfg.relabel else None)
+            segs = (_pool_segments(pool, cfg.segment_length, 4 * schedule[it] * max(1, cfg.query_candidates),
+                                   np_rng, it) if schedule[it] else [])
+            if schedule[it] and len(segs) < 2:  # every episode since the last session shorter than a segment
+                metrics["reward/deferred_labels"] = float(defer_session(schedule, it))
             if schedule[it]:
-                segs = _pool_segments(pool, cfg.segment_length, 4 * schedule[it] * max(1, cfg.query_candidates),
-                                      np_rng, it)
                 pairs = _choose_pairs(segs, schedule[it], cfg, ensemble if labels else None, py_rng)
                 _ask(cfg, annotator, pairs, it, records, labels)
                 unlabelled = (_pool_segments(pool, cfg.segment_length, cfg.unlabelled_segments, np_rng, it)
