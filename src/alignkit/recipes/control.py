@@ -176,6 +176,14 @@ def defer_session(schedule: list[int], it: int) -> int:
     return n
 
 
+def _defer_if_too_few(schedule: list[int], it: int, segs: list, metrics: dict[str, float]) -> None:
+    """Iteration ``it``'s label session with fewer than two candidate segments ``segs`` (every
+    episode since the last session shorter than a segment) passes its labels on
+    (:func:`defer_session`, metric ``reward/deferred_labels``)."""
+    if schedule[it] and len(segs) < 2:
+        metrics["reward/deferred_labels"] = float(defer_session(schedule, it))
+
+
 def session_schedule(total: int, iterations: int, first: int, every: int, initial_frac: float,
                      iters_frac: float) -> list[int]:
     """Labels asked at each iteration when they come in sessions: sessions at iterations
@@ -311,8 +319,7 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
         if learned:
             segs = (segments_from_rollout(ro.obs, ro.actions, ro.rewards, ro.next_obs, ro.dones,
                                           cfg.segment_length, meta={"iteration": it}) if schedule[it] else [])
-            if schedule[it] and len(segs) < 2:  # every episode of the rollout shorter than a segment
-                metrics["reward/deferred_labels"] = float(defer_session(schedule, it))
+            _defer_if_too_few(schedule, it, segs, metrics)
             want = schedule[it]
             if want:
                 pairs = _choose_pairs(segs, want, cfg, ensemble if labels else None, py_rng)
@@ -456,10 +463,7 @@ def _choose_pairs(segs: list, want: int, cfg: ControlConfig, ensemble: Any, rng:
     """``want`` pairs of distinct segments, through :mod:`alignkit.humans.query`: uniform
     (``random``), or the best of ``query_candidates``× as many random candidates by ensemble
     disagreement (std_m of R̂_m(a) − R̂_m(b)) or information gain (BALD over the members'
-    σ(R̂_m(a) − R̂_m(b)))."""
-    if len(segs) < 2:
-        raise ConfigError(f"env_id {cfg.env_id}: no two {cfg.segment_length}-step segments in a rollout "
-                          f"(lower segment_length or raise num_steps)")
+    σ(R̂_m(a) − R̂_m(b))). ``segs`` holds at least two (:func:`_defer_if_too_few`)."""
     active = cfg.query != "random" and ensemble is not None  # the first batch has no model yet
     cand = []
     for _ in range(want * (cfg.query_candidates if active else 1)):
@@ -548,8 +552,7 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
                                if labels and not cfg.relabel else None)
             segs = (_pool_segments(pool, cfg.segment_length, 4 * schedule[it] * max(1, cfg.query_candidates),
                                    np_rng, it) if schedule[it] else [])
-            if schedule[it] and len(segs) < 2:  # every episode since the last session shorter than a segment
-                metrics["reward/deferred_labels"] = float(defer_session(schedule, it))
+            _defer_if_too_few(schedule, it, segs, metrics)
             if schedule[it]:
                 pairs = _choose_pairs(segs, schedule[it], cfg, ensemble if labels else None, py_rng)
                 _ask(cfg, annotator, pairs, it, records, labels)
