@@ -71,7 +71,9 @@ def run_flow(browser, url, ann, boss, names, shots, tmp_path, streaming_shot=Fal
             page.click("nav >> text=Chat")
         assert page.url == url + "/chat"
 
-        # 1. two turns; the tokens arrive as separate events before the stored answer
+        # 1. two turns; the text arrives as events before the stored answer (a tiny model may
+        # finish before the page subscribes, and then its text comes as one event: that it
+        # arrives in several is checked with a slowed model below)
         page.fill("#chat-input", "How do I fix a flat bike tyre?")
         page.keyboard.press("Enter")
         if streaming_shot:  # slow enough models (the docs' run): the answer mid-stream
@@ -79,7 +81,7 @@ def run_flow(browser, url, ann, boss, names, shots, tmp_path, streaming_shot=Fal
             page.screenshot(path=str(shots / "chat-streaming.png"), full_page=True)
         answers_done(page, "#messages .msg-assistant", 1)
         first = page.locator("#messages .msg-assistant").nth(0)
-        assert int(first.get_attribute("data-token-events")) >= 2
+        assert int(first.get_attribute("data-token-events")) >= 1
         assert page.url.startswith(url + "/chat/")
         first.locator(".thumb-up").click()
         page.wait_for_selector("#messages .msg-assistant .thumb-up.pressed")
@@ -227,7 +229,7 @@ def test_markup_in_model_output_never_runs_in_the_page(browser, tmp_path, tiny_l
     store = FeedbackStore(tmp_path / "x.db")
     store.ensure_project("p")
     ann = store.add_user("ann", projects=["p"])
-    evil = scripted_model("evil", load_tokenizer(tiny_lm_dir), payload, delay=0.01)
+    evil = scripted_model("evil", load_tokenizer(tiny_lm_dir), payload, delay=0.02)  # ~1 s: streamed
     svc = ChatService(store, [evil], ChatConfig(max_new_tokens=300))
     dialogs, console = [], []
     with serve(create_chat_app(store.url, "p", svc, store=store)) as url:
@@ -238,6 +240,8 @@ def test_markup_in_model_output_never_runs_in_the_page(browser, tmp_path, tiny_l
             page.fill("#chat-input", "<img src=y onerror=\"alert('user')\">")
             page.keyboard.press("Enter")
             answers_done(page, "#messages .msg-assistant", 1)
+            # the text arrived token by token, in several events, before the rendered answer
+            assert int(page.locator("#messages .msg-assistant").first.get_attribute("data-token-events")) >= 2
             body = page.locator("#messages .msg-assistant .body")
             assert body.locator("script, img, svg, a").count() == 0
             assert body.locator("strong").inner_text() == "bold"
