@@ -137,3 +137,36 @@ def test_best_of_n_in_bf16(tiny_lm_dir, tmp_path):
                                 max_new_tokens=6, device="cpu", precision=precision),
                       prompts=["Human: the cat? Assistant:", "Human: a dog? Assistant:"])
         assert torch.isfinite(run.result.all_rewards).all() and run.metrics["reward/best"] >= run.metrics["reward/sample_mean"]
+
+
+@pytest.mark.parametrize("recipe", ["reward", "dpo", "sft"])
+def test_bf16_mixed_on_cpu_trains_with_float32_attention(tiny_lm_dir, pairs_file, tmp_path, monkeypatch, recipe):
+    """Under bf16-mixed on a CPU (one process) reward, DPO and SFT switch their decoder to
+    float32 SDPA before any pass (``models/attention.py``: torch's bf16 CPU attention backward
+    is slow); float32 runs keep transformers' SDPA. The DPO reference pass attends the same
+    way, so step 0 is still log 2 (``test_bf16_mixed_dpo_starts_at_log_2``)."""
+    import alignkit.recipes._common as common
+    from alignkit.models._hf_compat import base_model
+    from alignkit.models.attention import SDPA_FLOAT32
+    from alignkit.recipes.dpo import DPOConfig, train_dpo
+    from alignkit.recipes.reward import RewardConfig, train_reward
+    from alignkit.recipes.sft import SFTConfig, train_sft
+
+    switched, real = [], common.use_float32_attention
+    monkeypatch.setattr(common, "use_float32_attention", lambda model: switched.append(model) or real(model))
+
+    def run(precision: str) -> float:
+        common_kw = dict(data=str(pairs_file), out=str(tmp_path / recipe / precision), device="cpu",
+                         precision=precision, tensorboard=False)
+        if recipe == "reward":
+            return train_reward(RewardConfig(model=str(tiny_lm_dir), epochs=1, batch_size=8, eval_fraction=0.25,
+                                             max_length=32, **common_kw)).metrics["eval/log_loss"]
+        if recipe == "dpo":
+            return train_dpo(DPOConfig(policy=str(tiny_lm_dir), batch_size=4, max_steps=2, save_model=False,
+                                       save_checkpoints=False, **common_kw)).metrics["loss/dpo"]
+        return train_sft(SFTConfig(model=str(tiny_lm_dir), batch_size=8, max_steps=2, save_checkpoints=False,
+                                   **common_kw)).metrics["loss/sft"]
+
+    assert math.isfinite(run("fp32")) and switched == []
+    assert math.isfinite(run("bf16-mixed")) and len(switched) == 1
+    assert base_model(switched[0]).config._attn_implementation == SDPA_FLOAT32

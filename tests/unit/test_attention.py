@@ -68,3 +68,15 @@ def test_only_sdpa_models_switch_and_a_peft_model_switches_its_base(tiny_lm_dir)
     assert use_float32_attention(peft_model)
     assert peft_model.get_base_model().config._attn_implementation == SDPA_FLOAT32
     assert not use_float32_attention(peft_model)  # already switched
+
+
+def test_an_encoder_keeps_sdpa():
+    """Reward models on an encoder (MiniLM, BERT) are not switched: their masks are not a
+    decoder's (``use_float32_attention`` leaves masked-LM architectures alone)."""
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, attn_implementation="sdpa"))
+    assert bert.config._attn_implementation == "sdpa"
+    assert not use_float32_attention(bert)
+    assert bert.config._attn_implementation == "sdpa"

@@ -4,9 +4,11 @@ Under bf16 autocast transformers' SDPA attention runs torch's bf16 CPU kernel, w
 backward is several times slower than the float32 kernel's on the shapes a PPO update
 has (one thread, SmolLM2's 9 heads × 64, 16 rows × 32 response tokens against 45 keys:
 1.2 + 10.5 ms forward + backward in bf16 against 1.2 + 2.7 ms in float32; on a packed
-7 × 224-token batch 30.4 against 26.3 ms; ``benchmarks/attention_cpu.py``). PPO under
-bf16-mixed on a CPU (one unsharded process) switches its policy, and so its reference
-copy, to this; DPO and reward training do not. :data:`SDPA_FLOAT32` is SDPA
+7 × 224-token batch 30.4 against 26.3 ms, and no casts of queries, keys and values that
+arrive in float32 from the rotary embedding; ``benchmarks/attention_cpu.py``). PPO, DPO and
+reward training under bf16-mixed on a CPU (one unsharded process) switch their decoder to
+this (PPO's reference copy with it; the DPO reference is the policy's own pass before
+training); encoders keep SDPA. :data:`SDPA_FLOAT32` is SDPA
 with its queries, keys and values upcast (exactly) to float32 and its output cast back to
 autocast's dtype — less rounding than the bf16 kernel, not its numbers bit for bit — and,
 outside autocast or off the CPU, transformers' SDPA itself (float32 runs are unchanged, bit
@@ -51,13 +53,17 @@ def _register() -> None:
 
 
 def use_float32_attention(model) -> bool:
-    """Switch ``model`` (a transformers model, or a peft model around one) from SDPA to
-    :data:`SDPA_FLOAT32`; a model on another attention implementation is left as it is.
+    """Switch ``model`` (a transformers decoder, or a peft model around one) from SDPA to
+    :data:`SDPA_FLOAT32`; a model on another attention implementation, and an encoder (a
+    masked LM's architecture: its masks are not a decoder's), are left as they are.
     Returns whether it switched."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
     from alignkit.models._hf_compat import base_model
 
     base = base_model(model)
-    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+    if (getattr(base.config, "_attn_implementation", None) != "sdpa"
+            or base.config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
         return False
     _register()
     base.set_attn_implementation(SDPA_FLOAT32)

@@ -22,6 +22,7 @@ import torch
 
 from alignkit.errors import ConfigError
 from alignkit.models import LoraSpec, load_causal_lm, load_tokenizer
+from alignkit.models.attention import use_float32_attention
 from alignkit.models.chat import render_completion, render_prompt
 from alignkit.models.loading import use_fused_gelu
 from alignkit.utils.device import pick_device  # noqa: F401  (the recipes import it from here)
@@ -76,6 +77,15 @@ def load_policy(path: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_tar
     use_fused_gelu(model)
     tokenizer = load_tokenizer(path)
     return model, tokenizer
+
+
+def attend_in_float32_on_cpu(model, dist) -> bool:
+    """Under bf16-mixed on a CPU, one unsharded process: ``model``'s attention in float32
+    (:mod:`alignkit.models.attention`: torch's bf16 CPU attention backward is the slow part
+    of a training step's attention). Returns whether it switched; elsewhere nothing changes."""
+    if dist.device.type != "cpu" or dist.precision != "bf16-mixed" or dist.world_size != 1 or dist.is_sharded:
+        return False
+    return use_float32_attention(model)
 
 
 def disable_dropout(model) -> None:

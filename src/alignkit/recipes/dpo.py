@@ -51,6 +51,7 @@ from alignkit.models.groups import group_logps, tokenize_group
 from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
 from alignkit.recipes._common import (
     adamw,
+    attend_in_float32_on_cpu,
     batches,
     disable_dropout,
     format_completion,
@@ -153,6 +154,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device,
                              dtype=dist.param_dtype)
     disable_dropout(model)
+    attend_in_float32_on_cpu(model, dist)  # before the reference pass: both attend alike
     chat = cfg.use_chat_template
     pairs = [tokenize_pair(tok, format_prompt(tok, c.prompt, chat, c.meta), format_completion(tok, c.a, chat),
                            format_completion(tok, c.b, chat), cfg.max_length)

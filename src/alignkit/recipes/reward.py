@@ -54,6 +54,7 @@ from alignkit.models.loading import LoraSpec
 from alignkit.models.reward import RewardModel, load_reward_model, write_ensemble_manifest
 from alignkit.recipes._common import (
     adamw,
+    attend_in_float32_on_cpu,
     disable_dropout,
     load_checkpoint,
     open_run,
@@ -141,6 +142,7 @@ def _fit_member(cfg: RewardConfig, train: list[Comparison | Ranking], evals: lis
             p.requires_grad_(cfg.sequence_classifier and ("score" in name or "classifier" in name))
     if cfg.disable_dropout:
         disable_dropout(model)
+    attend_in_float32_on_cpu(model.backbone, dist)
 
     # tokenise everything once; batches only pad and stack
     rankings = [r for r in train if isinstance(r, Ranking)]

@@ -24,6 +24,7 @@ from alignkit.models import first_completion_column, sequence_logps
 from alignkit.models.pairs import Example, collate, tokenize_example
 from alignkit.recipes._common import (
     adamw,
+    attend_in_float32_on_cpu,
     batches,
     format_completion,
     format_prompt,
@@ -132,6 +133,7 @@ def train_sft(cfg: SFTConfig, records: list[Any] | None = None) -> SFTResult:
     model, tok = load_policy(require(cfg.model, "model"), lora=cfg.lora, lora_r=cfg.lora_r,
                              lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets, device=device,
                              dtype=dist.param_dtype)
+    attend_in_float32_on_cpu(model, dist)
     examples = [
         tokenize_example(tok, format_prompt(tok, p, cfg.use_chat_template) if p else "",
                          format_completion(tok, c, cfg.use_chat_template) if p else c, cfg.max_length)
