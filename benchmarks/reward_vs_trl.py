@@ -54,7 +54,9 @@ from _fair import TRL_DEFAULTS_ROW, hh_rows, machine_meta, trl_settings  # noqa:
 
 SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=6, n_embd=384, n_head=6),
          "smollm2": None}
-PAIRS = {"tiny": 384, "small": 96, "smollm2": 8}
+# SmolLM2: 32 pairs = 4 steps (8 pairs was one step, mostly the first step's one-off costs:
+# fresh pages, optimiser state, kernel set-up)
+PAIRS = {"tiny": 384, "small": 96, "smollm2": 32}
 VOCAB = (
     "please help me write a short polite reply to my neighbour about the noisy party last night "
     "thank you for asking here is a safe and helpful answer with three steps first second third "
