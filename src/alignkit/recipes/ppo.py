@@ -61,12 +61,12 @@ from alignkit.losses.ppo import (
     ppo_value_loss,
     whiten,
 )
-from alignkit.models.attention import use_float32_attention
 from alignkit.models.loading import resolve_model
 from alignkit.models.reward import load_reward_model
 from alignkit.models.value import PolicyAndValue, PolicyOutput, ValueHead, policy_forward
 from alignkit.recipes._common import (
     adamw,
+    attend_in_float32_on_cpu,
     disable_dropout,
     format_prompt,
     load_checkpoint,
@@ -217,8 +217,8 @@ def train_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None, prompts: list[s
                              dtype=dist.param_dtype)
     disable_dropout(model)
     frozen_dtype = _frozen_cast_dtype(cfg, dist)
-    if frozen_dtype is not None and device.type == "cpu":
-        use_float32_attention(model)  # torch's bf16 CPU attention backward is slow (models/attention.py)
+    if frozen_dtype is not None:  # under PPO's narrower condition (its own rollouts), as the other recipes do
+        attend_in_float32_on_cpu(model, dist)
     ref_model = None
     if not cfg.lora:  # without adapters to switch off, the reference is a frozen copy
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
