@@ -10,12 +10,16 @@ on), the proxy it optimised, and the KL to the base policy on the policy's own s
 the demo's evaluation prompts against the base policy's 64-sample pool per prompt.
 
 Each (seed, steps) point is written to ``--results`` as soon as it finishes (a rerun skips
-finished points; run seeds as separate processes to use two cores); ``report`` prints the
-points averaged over seeds with paired bootstrap 95 % CIs over seeds × prompts, and the
-proxy and gold change from the fewest to the most steps.
+finished points; run seeds as separate processes to use two cores). ``--proxy-pairs``
+picks another stored proxy (a demo run with ``--set proxy_pairs=64,128,256`` keeps the weak
+ones). ``report`` prints, for one proxy size and KL coefficient, the points averaged over
+seeds with paired bootstrap 95 % CIs over seeds × prompts; the proxy and gold change from
+the fewest steps (and from the gold's peak) to the most; and each seed's change — each seed
+optimises its own proxy, trained on its own pairs, so where the optimisation leads is a
+property of that proxy.
 
     python benchmarks/sentiment_overoptimisation.py run --demo-out runs/demo_sentiment --seeds 0
-    python benchmarks/sentiment_overoptimisation.py report
+    python benchmarks/sentiment_overoptimisation.py report --proxy-pairs 256
 """
 
 from __future__ import annotations
@@ -99,29 +103,78 @@ def cmd_run(args: argparse.Namespace) -> None:
             del res
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def _ci(rows: list[list[float]], resamples: int = 2000) -> list[float]:
     from alignkit.evaluation import paired_bootstrap_ci
 
-    pts = _points(Path(args.results))
-    seeds = sorted({p["seed"] for p in pts})
+    return list(paired_bootstrap_ci(rows, level=0.95, resamples=resamples, seed=0))
+
+
+def summarise(points: list[dict], proxy_pairs: int, kl_coef: float, resamples: int = 2000) -> dict:
+    """The points of one proxy size and KL coefficient, over the seeds that have every step:
+    per step the means and the gains over base with paired CIs (seeds × prompts); the change
+    from the fewest steps, and from the step where the mean VADER gain peaks, to the most
+    (VADER and AFINN per prompt, paired CIs; the proxy per seed: it is scored on each policy's
+    own samples, one mean a seed); and each seed's change with CIs over its prompts (each
+    seed optimises its own proxy)."""
+    pts = [p for p in points if p["proxy_pairs"] == proxy_pairs and p["kl_coef"] == kl_coef]
+    if not pts:
+        raise ValueError(f"no points with proxy_pairs {proxy_pairs}, kl_coef {kl_coef}")
     steps = sorted({p["steps"] for p in pts})
     by = {(p["seed"], p["steps"]): p for p in pts}
-    seeds = [s for s in seeds if all((s, n) in by for n in steps)]
-    print(f"seeds {seeds}; PPO, kl_coef {pts[0]['kl_coef']}, against the {pts[0]['proxy_pairs']}-pair proxy")
-    for n in steps:
-        rows = [by[(s, n)] for s in seeds]
-        gain = paired_bootstrap_ci([r["gains"] for r in rows], level=0.95, resamples=2000, seed=0)
-        afinn = paired_bootstrap_ci([r["afinn_gains"] for r in rows], level=0.95, resamples=2000, seed=0)
-        print(f"steps {n:4d}: KL {statistics.fmean(r['kl'] for r in rows):.3f}  proxy "
-              f"{statistics.fmean(r['proxy'] for r in rows):+.3f} (base {statistics.fmean(r['base_proxy'] for r in rows):+.3f})"
-              f"  VADER gain {gain[0]:+.3f} [{gain[1]:+.3f}, {gain[2]:+.3f}]  AFINN gain {afinn[0]:+.3f} "
-              f"[{afinn[1]:+.3f}, {afinn[2]:+.3f}]  length {statistics.fmean(r['length'] for r in rows):.1f}")
-    lo, hi = steps[0], steps[-1]
-    d_gold = paired_bootstrap_ci([[b - a for a, b in zip(by[(s, lo)]["gains"], by[(s, hi)]["gains"], strict=True)]
-                                  for s in seeds], level=0.95, resamples=2000, seed=0)
-    d_proxy = [by[(s, hi)]["proxy"] - by[(s, lo)]["proxy"] for s in seeds]
-    print(f"{lo} → {hi} steps: proxy {statistics.fmean(d_proxy):+.3f} (per seed {', '.join(f'{x:+.3f}' for x in d_proxy)}),"
-          f" VADER {d_gold[0]:+.3f} [{d_gold[1]:+.3f}, {d_gold[2]:+.3f}]")
+    seeds = [s for s in sorted({p["seed"] for p in pts}) if all((s, n) in by for n in steps)]
+    if not seeds:
+        raise ValueError(f"no seed has every step {steps} (proxy_pairs {proxy_pairs})")
+
+    def mean(key: str, n: int) -> float:
+        return statistics.fmean(by[(s, n)][key] for s in seeds)
+
+    def change(key: str, lo: int, hi: int, only: list[int]) -> list[float]:
+        return _ci([[b - a for a, b in zip(by[(s, lo)][key], by[(s, hi)][key], strict=True)] for s in only],
+                   resamples)
+
+    rows = [{"steps": n, "kl": mean("kl", n), "proxy": mean("proxy", n), "base_proxy": mean("base_proxy", n),
+             "length": mean("length", n), "vader_gain": _ci([by[(s, n)]["gains"] for s in seeds], resamples),
+             "afinn_gain": _ci([by[(s, n)]["afinn_gains"] for s in seeds], resamples)} for n in steps]
+    peak = max(rows, key=lambda r: r["vader_gain"][0])["steps"]
+    last = steps[-1]
+    changes = [{"from": lo, "to": last, "from_peak": lo == peak,
+                "proxy_per_seed": [by[(s, last)]["proxy"] - by[(s, lo)]["proxy"] for s in seeds],
+                "vader": change("gains", lo, last, seeds), "afinn": change("afinn_gains", lo, last, seeds)}
+               for lo in dict.fromkeys([steps[0], peak]) if lo != last]
+    per_seed = [{"seed": s, "kl": [by[(s, n)]["kl"] for n in steps], "proxy": [by[(s, n)]["proxy"] for n in steps],
+                 "vader": [by[(s, n)]["gold"] for n in steps], "afinn": [by[(s, n)]["afinn"] for n in steps],
+                 "vader_change": change("gains", steps[0], last, [s]),
+                 "afinn_change": change("afinn_gains", steps[0], last, [s]),
+                 "samples_last": by[(s, last)]["samples"][:3]} for s in seeds]
+    return {"proxy_pairs": proxy_pairs, "kl_coef": kl_coef, "seeds": seeds, "steps": steps, "rows": rows,
+            "changes": changes, "per_seed": per_seed}
+
+
+def _fmt(ci: list[float]) -> str:
+    return f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    try:
+        res = summarise(_points(Path(args.results)), args.proxy_pairs, args.kl_coef)
+    except ValueError as e:
+        raise SystemExit(f"{args.results}: {e}") from None
+    print(f"seeds {res['seeds']}; PPO, kl_coef {args.kl_coef}, against the {args.proxy_pairs}-pair proxy")
+    for r in res["rows"]:
+        print(f"steps {r['steps']:4d}: KL {r['kl']:.3f}  proxy {r['proxy']:+.3f} (base {r['base_proxy']:+.3f})  "
+              f"VADER gain {_fmt(r['vader_gain'])}  AFINN gain {_fmt(r['afinn_gain'])}  length {r['length']:.1f}")
+    for c in res["changes"]:
+        d = c["proxy_per_seed"]
+        print(f"{c['from']} → {c['to']} steps{' (from the VADER peak)' if c['from_peak'] else ''}: proxy "
+              f"{statistics.fmean(d):+.3f} (per seed {', '.join(f'{x:+.3f}' for x in d)}), "
+              f"VADER {_fmt(c['vader'])}, AFINN {_fmt(c['afinn'])}")
+    for p in res["per_seed"]:
+        print(f"  seed {p['seed']}: KL {' → '.join(f'{x:.2f}' for x in p['kl'])}; proxy "
+              f"{' → '.join(f'{x:+.3f}' for x in p['proxy'])}; VADER {' → '.join(f'{x:.3f}' for x in p['vader'])} "
+              f"(change {_fmt(p['vader_change'])}); AFINN {' → '.join(f'{x:.3f}' for x in p['afinn'])} "
+              f"(change {_fmt(p['afinn_change'])}); CIs over prompts")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
 
 
 def main() -> None:
@@ -136,6 +189,9 @@ def main() -> None:
     run.add_argument("--results", default=RESULTS)
     rep = sub.add_parser("report", help="averages over seeds with paired CIs")
     rep.add_argument("--results", default=RESULTS)
+    rep.add_argument("--proxy-pairs", type=int, default=256, help="the points of this proxy")
+    rep.add_argument("--kl-coef", type=float, default=0.0, help="the points of this KL coefficient")
+    rep.add_argument("--json", help="also write the summary here")
     args = ap.parse_args()
     {"run": cmd_run, "report": cmd_report}[args.cmd](args)
 
