@@ -1,22 +1,14 @@
 """``benchmarks/control_curve.py``: which settings each method's cells run with, and the
 report's per-seed pairing, on cells made up by hand."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cc():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("control_curve", ROOT / "benchmarks" / "control_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("control_curve")  # it puts benchmarks/ on sys.path for its sibling import
 
 
 def test_the_alive_bonus_goes_where_bodies_fall(cc):

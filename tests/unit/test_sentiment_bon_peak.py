@@ -1,19 +1,9 @@
 """``benchmarks/sentiment_bon_peak.py``'s peak bookkeeping on a pool worked by hand."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("sentiment_bon_peak", ROOT / "benchmarks" / "sentiment_bon_peak.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_helpers import load_benchmark
 
 
 def test_peak_and_the_fall_after_it_by_hand():
@@ -22,7 +12,7 @@ def test_peak_and_the_fall_after_it_by_hand():
     so E[gold] = (0·0 + 1·1 + 2·3 + 3·2)/6 = 13/6, a gain of 2/3; best-of-4 takes rank 4,
     gold 2, a gain of 1/2. The peak is n = 2 and from it to n = 4 the gold falls by 1/6 while
     the proxy's expectation rises (3.33 → 4)."""
-    mod = _module()
+    mod = load_benchmark("sentiment_bon_peak")
     gold = np.tile([0.0, 1.0, 3.0, 2.0], (3, 1))
     proxy = np.tile([1.0, 2.0, 3.0, 4.0], (2, 3, 1))  # 2 proxies × 3 prompts × 4 samples
     res = mod.peak_summary(proxy, gold, gold, [1, 2, 4], resamples=50)
@@ -36,7 +26,7 @@ def test_peak_and_the_fall_after_it_by_hand():
 
 
 def test_no_fall_when_the_proxy_is_the_gold():
-    mod = _module()
+    mod = load_benchmark("sentiment_bon_peak")
     gold = np.tile([0.0, 1.0, 2.0, 3.0], (3, 1))
     res = mod.peak_summary(gold[None], gold, gold, [1, 2, 4], resamples=50)
     assert res["observed_peak"]["n"] == 4 and not res["last_minus_peak"]["gold_falls_while_proxy_rises"]

@@ -1,19 +1,8 @@
 """``benchmarks/sentiment_overoptimisation.py``'s summary on points worked by hand."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "sentiment_overoptimisation", ROOT / "benchmarks" / "sentiment_overoptimisation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_helpers import load_benchmark
 
 
 def _point(seed, steps, gains, proxy, proxy_pairs=64):
@@ -28,7 +17,7 @@ def test_peak_fall_and_filtering_by_hand():
     from it to 30 the gold falls by exactly 0.3 on every prompt (a degenerate interval); from
     10 to 30 the changes are +0.1 and −0.1 (mean 0). The proxy rises on both seeds. A seed
     missing a step and a point of another proxy size are left out."""
-    mod = _module()
+    mod = load_benchmark("sentiment_overoptimisation")
     pts = []
     for seed, proxies in ((0, (0.1, 0.2, 0.4)), (1, (0.0, 0.3, 0.9))):
         for steps, gains, proxy in zip((10, 20, 30), ([0.1, 0.3], [0.5, 0.5], [0.2, 0.2]), proxies, strict=True):
