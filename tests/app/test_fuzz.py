@@ -108,6 +108,7 @@ def _requests(rng, aid, item_id, tokens):
         ("GET", "/api/v1/progress"),
         ("POST", "/api/v1/items"),
         ("POST", "/api/v1/items/labels"),
+        ("POST", "/api/v1/items/close"),
         ("POST", "/api/v1/users"),
         ("POST", f"/api/v1/users/{name}/deactivate"),
         ("POST", f"/api/v1/users/{name}/activate"),

@@ -119,15 +119,19 @@ async def add_items(request: Request):
     )
 
 
+async def _item_ids(request: Request) -> list[int]:
+    """The body's ``ids``: a list of item ids (integers), else 422."""
+    ids = (await json_body(request)).get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
+    return ids
+
+
 @router.post("/items/labels")
 async def item_labels(request: Request):
     await run_in_threadpool(bearer_admin, request)
     c = context(request)
-    ids = (await json_body(request)).get("ids")
-    if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
-    ):
-        raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
+    ids = await _item_ids(request)
     labels = await run_in_threadpool(c.store.item_labels, c.project, ids)
     return {"labels": {str(k): record_to_dict(v) for k, v in labels.items()}}
 
@@ -137,11 +141,7 @@ async def close_items(request: Request):
     """Close items (their round took its labels): no longer offered, labels final (admin)."""
     await run_in_threadpool(bearer_admin, request)
     c = context(request)
-    ids = (await json_body(request)).get("ids")
-    if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
-    ):
-        raise HTTPProblem(422, "expected {'ids': [item id, ...]}")
+    ids = await _item_ids(request)
     return {"closed": await run_in_threadpool(c.store.close_items, c.project, ids)}
 
 
