@@ -60,6 +60,41 @@ def test_under_autocast_the_attention_is_float32_sdpa_of_the_upcast_inputs():
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
 
 
+def test_grouped_query_heads_attend_in_place_as_repeated_keys_would(monkeypatch):
+    """With fewer key/value heads than query heads (SmolLM2: 9 and 3) the float32 path lets SDPA
+    group the heads (``enable_gqa``) instead of copying keys and values per query head: the
+    same output and gradients as transformers' SDPA on repeated, upcast keys/values — for a
+    block-causal mask (packed pairs), no mask (causal) and one query (a decode step)."""
+    from transformers.integrations import sdpa_attention
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from alignkit.models.attention import _sdpa_float32
+
+    repeats, repeat_kv = [], sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: repeats.append(n) or repeat_kv(x, n))
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 3
+    torch.manual_seed(2)
+    block = torch.ones(7, 7, dtype=torch.bool).tril()
+    block[4:, :3] = False  # a second sequence packed from position 4 on
+    neg = torch.finfo(torch.float32).min
+    for q_len, mask in [(7, torch.zeros(2, 1, 7, 7).masked_fill_(~block, neg)), (7, None),
+                        (1, torch.zeros(2, 1, 1, 7))]:
+        q = torch.randn(2, 6, q_len, 16, dtype=torch.bfloat16, requires_grad=True)
+        k, v = (torch.randn(2, 2, 7, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = _sdpa_float32(module, q, k, v, mask)
+        assert not repeats  # no copies of the keys/values
+        want, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask)
+        repeats.clear()
+        assert out.dtype == torch.bfloat16 and out.shape == (2, q_len, 6, 16)
+        torch.testing.assert_close(out, want.to(torch.bfloat16), atol=0, rtol=0)
+        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+        want_grads = torch.autograd.grad(want.to(torch.bfloat16).float().square().sum(), (q, k, v))
+        for got, exp in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(got, exp, atol=2e-2, rtol=2e-2)
+
+
 def test_only_sdpa_models_switch_and_a_peft_model_switches_its_base(tiny_lm_dir):
     from peft import LoraConfig, get_peft_model
 
