@@ -56,3 +56,19 @@ def test_one_set_parser_with_nested_keys():
     assert (cfg.ppo.kl_coef, cfg.rounds, cfg.reward.epochs) == (0.1, 2, 4)
     with pytest.raises(ConfigError, match="key=value"):
         parse_sets(["rounds"])
+
+
+def test_a_command_leaves_the_process_group_it_ran_in(tmp_path):
+    """Every process of a launched run leaves torch's process group when its command ends,
+    succeeded or refused (left to the interpreter's teardown, gloo's threads can abort a rank
+    whose run succeeded). One gloo process, a command that succeeds and one that fails."""
+    import pytest
+    import torch.distributed as dist
+
+    from alignkit.cli import main
+
+    for i, args in enumerate([["--help"], ["data", "inspect", str(tmp_path / "missing.jsonl")]]):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{i}'}", rank=0, world_size=1)
+        with pytest.raises(SystemExit):
+            main(args)
+        assert not dist.is_initialized()

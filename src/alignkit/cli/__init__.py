@@ -63,3 +63,17 @@ def main(argv: list[str] | None = None) -> None:
     except RecursionError:  # input nested past what Python can walk
         print("error: input nested too deeply", file=sys.stderr)
         sys.exit(2)
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Under a launcher, leave torch's process group before the interpreter exits. Left to
+    the interpreter's teardown, gloo's worker threads can still hold work when their
+    group is destroyed, and a rank whose run succeeded aborts ("terminate called without an
+    active exception", SIGABRT) — seen once in `accelerate launch` DPO under load. torch's
+    docs ask every process to call ``destroy_process_group`` at its end; nothing here
+    imports torch for it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
