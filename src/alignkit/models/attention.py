@@ -12,8 +12,9 @@ training); encoders keep SDPA. :data:`SDPA_FLOAT32` is SDPA
 with its queries, keys and values upcast (exactly) to float32 and its output cast back to
 autocast's dtype — less rounding than the bf16 kernel, not its numbers bit for bit; grouped
 keys/values (fewer heads than the queries: SmolLM2 has 3 for 9) attend in place
-(``enable_gqa``) rather than as per-head copies: the same output, gradients equal to rounding (7 × 224 packed tokens,
-masked: 25.8 against 31.5 ms forward + backward a layer on this Xeon, one thread) — and,
+(``enable_gqa``) rather than as per-head copies: the same output, gradients equal to
+rounding (7 × 224 packed tokens, masked: 25.8 against 31.5 ms forward + backward a layer on
+this Xeon, one thread) — and,
 outside autocast or off the CPU, transformers' SDPA itself (float32 runs are unchanged, bit
 for bit). The lean decode step computes the same float32 attention
 (:data:`alignkit.decoding.lean_step.FLOAT32_ATTENTION_ON_CPU`).
