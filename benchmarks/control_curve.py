@@ -7,7 +7,10 @@
 A *cell* is one (method, labels, seed) run at the given env steps; its result is one JSON
 line appended to ``benchmarks/results/control_curve_<env>.jsonl`` the moment it finishes,
 so the benchmark runs in resumable chunks: ``run`` skips every cell whose line is already
-there (same method, settings, labels, seed and steps), and several ``run`` processes given
+there (same method, settings, labels, seed and steps). A cell whose method raises (`imitation`
+on Hopper when no episode of a round lasts a fragment) gets a line too, ``failed`` with the
+exception's line: a result, listed by ``report`` and left out of its means, not run again
+(delete the line to retry); a cell killed by a signal leaves none. Several ``run`` processes given
 the same list share it out (a cell is claimed with a lock file; a claim whose process is
 gone is taken over). Every cell runs in its own subprocess with one torch thread and
 records its CPU seconds, wall seconds and the load average before and after (the machine
@@ -39,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -248,8 +252,12 @@ def cmd_run(args: argparse.Namespace) -> None:
             cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             if proc.returncode != 0:
                 print(f"  failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
-                continue
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
+                if proc.returncode < 0:  # killed by a signal (stopped by hand, out of memory): run it again
+                    continue
+                # the method itself raised: a result of the cell, kept (and not run again)
+                res = {"failed": failure_reason(proc.stderr)}
+            else:
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
             row = {k: cell[k] for k in ("method", "settings", "labels", "seed", "steps")}
             row.update(res)
             row.update(wall_s=time.time() - t0, cpu_s=(cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
@@ -257,10 +265,20 @@ def cmd_run(args: argparse.Namespace) -> None:
                        finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"  true return {row['true_return']:.1f}  ({row['cpu_s']:.0f} s CPU, {row['wall_s']:.0f} s wall)",
-                  flush=True)
+            result = f"failed: {row['failed']}" if "failed" in row else f"true return {row['true_return']:.1f}"
+            print(f"  {result}  ({row['cpu_s']:.0f} s CPU, {row['wall_s']:.0f} s wall)", flush=True)
         finally:
             lock.unlink(missing_ok=True)
+
+
+def failure_reason(stderr: str) -> str:
+    """The exception a failed cell died of: the last ``SomethingError: message`` line of its
+    stderr that is not the ``CalledProcessError`` of the wrapper around `imitation` (whose own
+    traceback comes first), else the last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)
+              and not ln.startswith(("subprocess.CalledProcessError", "CalledProcessError"))]
+    return (raised or lines or ["no output"])[-1][:300]
 
 
 def cmd_cell(args: argparse.Namespace) -> None:
@@ -313,6 +331,10 @@ def markdown(summary: dict) -> str:
         for name, row in curve:
             for n2, d in sorted(row["paired_vs_labels"].items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| {name.split('@')[0]} | {row['labels']} | {n2} labels | {len(d['seeds'])} | {_diff(d)} |")
+    if summary.get("failed"):
+        lines += ["", "| failed cell (not in the means above) | labels | seed | what it raised |", "|---|---|---|---|"]
+        lines += [f"| {c['method']} | {c['labels']} | {c['seed']} | {c['failed']} |"
+                  for c in sorted(summary["failed"], key=lambda c: (c["method"], c["labels"], c["seed"]))]
     return "\n".join(lines)
 
 
@@ -362,12 +384,15 @@ def plot(summary: dict, path: Path) -> None:
 
 def summarise(cells: list[dict]) -> dict:
     """Per method and label budget: mean true return, its fraction of the reference's mean
-    return (over the same seeds), and paired differences (95 % t-interval) against the others."""
+    return (over the same seeds), and paired differences (95 % t-interval) against the others.
+    Cells whose method raised (``failed``) are in none of these; ``failed`` lists them."""
     by: dict[tuple, dict[int, float]] = {}
-    for c in cells:
+    failed = [c for c in cells if "failed" in c]
+    for c in (c for c in cells if "failed" not in c):
         by.setdefault((c["method"], c["labels"]), {})[c["seed"]] = c["true_return"]
     ref = by.get(("reference", 0), {})
-    out: dict = {"reference": _stats(list(ref.values())) if ref else None, "methods": {}}
+    out: dict = {"reference": _stats(list(ref.values())) if ref else None, "methods": {},
+                 "failed": [{k: c[k] for k in ("method", "labels", "seed", "failed")} for c in failed]}
     for (m, n), per_seed in sorted(by.items()):
         if m == "reference":
             continue

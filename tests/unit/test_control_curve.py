@@ -66,3 +66,24 @@ def test_summary_pairs_label_budgets_of_one_method_by_seed(cc):
     assert s["methods"]["alignkit@200"]["paired_vs_labels"]["50"]["mean"] == pytest.approx(10)
     assert "paired_vs_labels" not in s["methods"].get("reference@0", {})
     assert "| alignkit | 50 | 200 labels | 3 | -10" in cc.markdown(s)
+
+
+def test_a_cell_that_raised_is_kept_listed_and_out_of_the_means(cc):
+    """A failed cell is a result: the exception `imitation` raised is found under the
+    wrapper's CalledProcessError, and the report lists the cell without counting it —
+    imitation's mean here is its one finished seed (300), not a mean with a missing value."""
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+              "ValueError: No trajectories are long enough for the desired fragment length of 50.\n"
+              "Traceback (most recent call last):\n"
+              "subprocess.CalledProcessError: Command '['py']' returned non-zero exit status 1.\n")
+    reason = cc.failure_reason(stderr)
+    assert reason == "ValueError: No trajectories are long enough for the desired fragment length of 50."
+    assert cc.failure_reason("") == "no output" and cc.failure_reason("killed\n") == "killed"
+    cells = [dict(method="reference", labels=0, seed=s, true_return=200) for s in range(2)]
+    cells += [dict(method="imitation-random", labels=400, seed=0, failed=reason),
+              dict(method="imitation-random", labels=400, seed=1, true_return=300)]
+    s = cc.summarise(cells)
+    row = s["methods"]["imitation-random@400"]
+    assert row["n"] == 1 and row["mean"] == pytest.approx(300) and row["seeds"] == [1]
+    assert s["failed"] == [dict(method="imitation-random", labels=400, seed=0, failed=reason)]
+    assert f"| imitation-random | 400 | 0 | {reason} |" in cc.markdown(s)
