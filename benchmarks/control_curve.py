@@ -213,9 +213,9 @@ def imitation_command(cell: dict, out: Path) -> list[str]:
             *(["--variable-horizon"] if env in FALLS else [])]
 
 
-# imitation runs the -v4 task (its gymnasium 0.29 has no -v5): the same as -v5 for these, not for
-# Walker2d (benchmarks/imitation_side.py's docstring)
-IMITATION_ENVS = ("HalfCheetah-v5", "Hopper-v5")
+# imitation runs the -v4 task (its gymnasium 0.29 has no -v5), Walker2d's with -v5's foot friction:
+# -v5's observations bit for bit (benchmarks/imitation_side.py's docstring)
+IMITATION_ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
 
 
 def cmd_run(args: argparse.Namespace) -> None:

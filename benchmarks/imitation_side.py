@@ -29,8 +29,12 @@ random steps from the same seed give bit-identical observations and return under
 gymnasium 0.29.1 / 1.4.0 with mujoco 4.0.0). ``Hopper-v4`` has ``Hopper-v5``'s dynamics and
 observations (the same check: bit-identical observations) but pays the healthy reward of 1 on
 the step that ends an episode by falling too, which ``-v5`` does not: +1 a fallen episode
-(46 over those 1000 random steps). ``Walker2d-v4`` is another task — ``-v5`` gave both feet the
-same friction — so imitation is not run on Walker2d. The final policy is evaluated on the true
+(46 over those 1000 random steps). ``Walker2d-v4``'s model differs from ``-v5``'s in one number
+(``-v5`` gave the second foot the first one's friction, 1.9 where ``-v4`` has 0.9), so
+``Walker2d-v5`` is run as ``Walker2d-v4`` with that friction set (:func:`env_id_for`): the same
+check gives bit-identical observations and terminations (1000 random steps from the same seeds),
+and, as on Hopper, +1 on each step that ends an episode by falling (45 there); plain
+``Walker2d-v4`` differs by up to 20 in an observation. The final policy is evaluated on the true
 reward for 10 deterministic episodes, seeded as alignkit's evaluation is. This file
 imports nothing from alignkit: imitation pins older gymnasium / SB3 versions.
 """
@@ -42,6 +46,29 @@ import json
 import time
 
 import numpy as np
+
+
+def env_id_for(env: str, gym) -> str:
+    """The gymnasium-0.29 id that runs ``env`` (see the docstring): the id itself where it is
+    registered, else its ``-v4``; ``Walker2d-v5`` as ``Walker2d-v4`` with ``-v5``'s foot friction,
+    registered here under its own id."""
+    if env in gym.registry:
+        return env
+    if env != "Walker2d-v5":
+        return env.replace("-v5", "-v4")
+    standin = "Walker2dV5Feet-v4"
+    if standin not in gym.registry:
+        def make(**kwargs):
+            import mujoco
+            from gymnasium.envs.mujoco.walker2d_v4 import Walker2dEnv
+
+            e = Walker2dEnv(**kwargs)
+            foot = mujoco.mj_name2id(e.model, mujoco.mjtObj.mjOBJ_GEOM, "foot_geom")
+            e.model.geom_friction[foot, 0] = 1.9  # walker2d_v5.xml: both feet 1.9 (walker2d.xml: 0.9 / 1.9)
+            return e
+
+        gym.register(id=standin, entry_point=make, max_episode_steps=1000)
+    return standin
 
 
 def main() -> None:
@@ -83,7 +110,7 @@ def main() -> None:
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)
-    env_id = args.env if args.env in gym.registry else args.env.replace("-v5", "-v4")  # see the docstring
+    env_id = env_id_for(args.env, gym)
     t0 = time.time()
     rng = np.random.default_rng(args.seed)
     zoo = json.loads(args.zoo_json) if args.zoo_json else None

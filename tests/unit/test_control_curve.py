@@ -87,3 +87,41 @@ def test_a_cell_that_raised_is_kept_listed_and_out_of_the_means(cc):
     assert row["n"] == 1 and row["mean"] == pytest.approx(300) and row["seeds"] == [1]
     assert s["failed"] == [dict(method="imitation-random", labels=400, seed=0, failed=reason)]
     assert f"| imitation-random | 400 | 0 | {reason} |" in cc.markdown(s)
+
+
+def test_imitation_runs_walker2d_v5_as_v4_with_v5s_foot_friction():
+    """imitation's gymnasium has no Walker2d-v5; its stand-in (Walker2d-v4, second foot's
+    friction 0.9 → 1.9, the one difference of the two model files) steps exactly as -v5 — the
+    same observations and terminations over 300 random actions — and pays the healthy 1 on
+    each step that falls, as Hopper-v4 does (so the rewards differ by exactly the number of
+    falls). Plain -v4 does not step as -v5."""
+    import types
+
+    import gymnasium as gym
+    import numpy as np
+
+    side = load_benchmark("imitation_side")
+    without_v5 = types.SimpleNamespace(registry={k: v for k, v in gym.registry.items() if k != "Walker2d-v5"},
+                                       register=gym.register)
+    standin = side.env_id_for("Walker2d-v5", without_v5)
+    assert standin != "Walker2d-v5" and side.env_id_for("Walker2d-v5", gym) == "Walker2d-v5"
+
+    def roll(env_id):
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=0)
+        seen, rewards, ends = [obs], [], 0
+        for a in np.random.default_rng(0).uniform(-1, 1, (300, 6)):
+            obs, r, term, trunc, _ = env.step(a)
+            seen.append(obs)
+            rewards.append(r)
+            if term or trunc:
+                ends += 1
+                obs, _ = env.reset(seed=ends)
+                seen.append(obs)
+        return np.array(seen), np.array(rewards), ends
+
+    v5, v4fix, v4 = roll("Walker2d-v5"), roll(standin), roll("Walker2d-v4")
+    assert v5[2] > 5 and v4fix[2] == v5[2]
+    assert np.array_equal(v4fix[0], v5[0])
+    assert np.sum(v4fix[1] - v5[1]) == pytest.approx(v5[2])
+    assert v4[0].shape != v5[0].shape or not np.array_equal(v4[0], v5[0])
