@@ -316,9 +316,10 @@ def markdown(summary: dict) -> str:
             continue
         d = row.get("minus_reference", {})
         ci = d.get("ci95", [float("nan")] * 2)
+        interval = "one seed: no interval" if math.isnan(ci[0]) else f"{ci[0]:+.0f} – {ci[1]:+.0f}"
         lines.append(f"| {name.split('@')[0]} | {row['labels']} | {row['n']} | {row['mean']:.0f} | "
                      f"{row.get('fraction_of_reference', float('nan')):.3f} | {d.get('mean', float('nan')):+.0f} "
-                     f"({ci[0]:+.0f} – {ci[1]:+.0f}) |")
+                     f"({interval}) |")
     lines += ["", "| alignkit setting | vs | labels | seeds | paired difference of returns (95 % CI) |",
               "|---|---|---|---|---|"]
     for name, row in summary["methods"].items():
@@ -366,8 +367,9 @@ def plot(summary: dict, path: Path) -> None:
         err = [[y[i] - r["fraction_ci95"][0] for i, r in enumerate(rows)],
                [r["fraction_ci95"][1] - y[i] for i, r in enumerate(rows)]]
         ns = sorted({r["n"] for r in rows})
+        failed = any(c["method"] == method for c in summary.get("failed", []))
         seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
-        ax.errorbar(x, y, yerr=err, fmt=style, color=color, capsize=3, label=f"{method} ({seeds} seeds a point)")
+        ax.errorbar(x, y, yerr=err, fmt=style, color=color, capsize=3, label=f"{method} ({seeds} {'finished ' if failed else ''}seeds a point)")
     ax.axhline(1.0, color="k", lw=0.8, label="reference (SB3 PPO, RL-Zoo)")
     ax.axhline(0.9, color="k", lw=0.8, ls=":")
     ax.set_xscale("log")

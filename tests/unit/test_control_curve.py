@@ -87,6 +87,7 @@ def test_a_cell_that_raised_is_kept_listed_and_out_of_the_means(cc):
     assert row["n"] == 1 and row["mean"] == pytest.approx(300) and row["seeds"] == [1]
     assert s["failed"] == [dict(method="imitation-random", labels=400, seed=0, failed=reason)]
     assert f"| imitation-random | 400 | 0 | {reason} |" in cc.markdown(s)
+    assert "| imitation-random | 400 | 1 | 300 | 1.500 | +100 (one seed: no interval) |" in cc.markdown(s)
 
 
 def test_imitation_runs_walker2d_v5_as_v4_with_v5s_foot_friction():
