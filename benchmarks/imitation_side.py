@@ -110,6 +110,9 @@ def main() -> None:
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)
+    # imitation seeds its own generators and SB3 seeds torch when PPO is built — after the reward
+    # nets are; without this their initial weights were unseeded (cells before 2026-12-06 23:00)
+    torch.manual_seed(args.seed)
     env_id = env_id_for(args.env, gym)
     t0 = time.time()
     rng = np.random.default_rng(args.seed)
