@@ -29,6 +29,9 @@ Methods (``METHODS``):
   (random fragments / its ensemble's active selection) with the same RL-Zoo PPO, labels,
   segment length and steps (benchmarks/imitation_side.py, in its own venv, built by
   benchmarks/control_imitation_venv.sh).
+- ``imitation-random-alive`` / ``imitation-active-alive`` (tasks in ``FALLS`` only): the same,
+  given the prior alignkit's setting states there — ``ALIVE_BONUS[env]`` added to imitation's
+  standardised learned reward on every step PPO is paid.
 
 Every cell is evaluated on the true reward over the same 10 deterministic episodes
 (reset seeds 10000 + 100·seed + i). ``report`` prints each method's mean return as a
@@ -75,6 +78,10 @@ METHODS: dict[str, dict] = {
     "alignkit-alive_1": {"kind": "alignkit", "set": {**BEST, "alive_bonus": 1.0}},
     "imitation-random": {"kind": "imitation", "active": False},
     "imitation-active": {"kind": "imitation", "active": True},
+    # on tasks that end when the body falls: imitation given alignkit's prior there, the same
+    # ALIVE_BONUS[env] added to its standardised learned reward (like for like with "alignkit")
+    "imitation-random-alive": {"kind": "imitation", "active": False, "alive": True},
+    "imitation-active-alive": {"kind": "imitation", "active": True, "alive": True},
     # pilots (seed ≥ 100 only): the one open design choice, r̂'s input normalisation
     "pilot-norm_inputs": {"kind": "alignkit", "set": dict(CANDIDATE)},
     "pilot-raw_inputs": {"kind": "alignkit", "set": {**CANDIDATE, "reward_normalize_obs": False}},
@@ -101,6 +108,8 @@ def method_settings(method: str, env: str) -> dict:
     settings = dict(spec.get("set", {}))
     if (spec["kind"] == "alignkit" and env in FALLS and method.startswith("alignkit") and spec.get("alive", True)
             and "alive_bonus" not in settings):
+        settings["alive_bonus"] = ALIVE_BONUS[env]
+    if spec["kind"] == "imitation" and spec.get("alive") and env in FALLS:
         settings["alive_bonus"] = ALIVE_BONUS[env]
     return settings
 
@@ -210,6 +219,7 @@ def imitation_command(cell: dict, out: Path) -> list[str]:
             "--fragment-length", str(cfg.segment_length), "--iterations", str(sessions),
             "--zoo-json", json.dumps(zoo), "--out", str(out),
             *(["--active"] if METHODS[cell["method"]]["active"] else []),
+            *(["--alive-bonus", str(cell["settings"]["alive_bonus"])] if "alive_bonus" in cell.get("settings", {}) else []),
             *(["--variable-horizon"] if env in FALLS else [])]
 
 
@@ -223,6 +233,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     if bad:
         raise SystemExit(f"{', '.join(bad)}: not on {args.env} (imitation's gymnasium 0.29 has only the -v4 task, "
                          f"which differs); imitation runs on {', '.join(IMITATION_ENVS)}")
+    bad = [m for m in args.methods if METHODS[m].get("alive") and args.env not in FALLS]
+    if bad:
+        raise SystemExit(f"{', '.join(bad)}: the alive bonus is for tasks that end when the body falls "
+                         f"({', '.join(FALLS)}); on {args.env} it would be a constant shift")
     path = results_path(args.env)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs) / args.env
@@ -356,7 +370,9 @@ def plot(summary: dict, path: Path) -> None:
     ticks: set[int] = set()
     # each method's points nudged sideways (×0.96, ×1, ×1.04) so that their intervals do not overlap
     for method, style, color, nudge in (("alignkit", "o-", "C0", 1.0), ("imitation-random", "s--", "C1", 0.96),
-                                        ("imitation-active", "^--", "C2", 1.04)):
+                                        ("imitation-active", "^--", "C2", 1.04),
+                                        ("imitation-random-alive", "s:", "C3", 0.92),
+                                        ("imitation-active-alive", "^:", "C4", 1.08)):
         rows = sorted((r for n, r in summary["methods"].items() if n.split("@")[0] == method and r.get("n")),
                       key=lambda r: r["labels"])
         if not rows:

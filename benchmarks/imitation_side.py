@@ -22,6 +22,11 @@ queries: a ``RewardEnsemble`` of 3 such nets trained by its ``EnsembleTrainer``,
 ``ActiveSelectionFragmenter`` keeping, of ``--sample-factor`` (10, as alignkit's
 ``query_candidates``) times as many random candidate pairs, those whose predicted preference
 probability varies most across the members (``uncertainty_on="probability"``).
+``--alive-bonus B`` (benchmarks/control_curve.py's ``imitation-*-alive`` methods, on the tasks
+that end when the body falls) gives imitation the prior alignkit's setting there states: PPO is
+paid the standardised learned reward plus B on every step (:func:`with_alive_bonus`), as
+alignkit's ``alive_bonus`` adds B (r̂ std units) to its standardised r̂; the reward net and its
+training are untouched.
 
 imitation 1.0.1 pins gymnasium 0.29, which has no ``-v5`` MuJoCo ids: ``HalfCheetah-v5`` is
 run as ``HalfCheetah-v4``, whose dynamics, reward and observations are the same (checked: 1000
@@ -71,6 +76,14 @@ def env_id_for(env: str, gym) -> str:
     return standin
 
 
+def with_alive_bonus(reward_fn, bonus: float):
+    """``reward_fn`` (imitation's ``RewardFn`` signature) plus ``bonus`` on every step."""
+    def paid(state, action, next_state, done):
+        return reward_fn(state, action, next_state, done) + bonus
+
+    return paid
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", default="Pendulum-v1")
@@ -96,9 +109,13 @@ def main() -> None:
                          "reward wrapper; replaces the PPO flags above and --normalize")
     ap.add_argument("--variable-horizon", action="store_true",
                     help="the task's episodes end early (the body falls): imitation refuses them unless told")
+    ap.add_argument("--alive-bonus", type=float, default=0.0,
+                    help="added to the standardised learned reward on every step PPO is paid (needs --zoo-json)")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.alive_bonus and not args.zoo_json:
+        raise SystemExit("--alive-bonus is in units of the standardised learned reward: it needs --zoo-json")
 
     import gymnasium as gym
     import torch
@@ -149,8 +166,9 @@ def main() -> None:
                     batch_size=args.num_envs * args.num_steps // args.minibatches, n_epochs=args.epochs,
                     gamma=args.gamma, gae_lambda=args.gae_lambda, learning_rate=args.lr, ent_coef=0.0,
                     clip_range=args.clip, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64])), device="cpu")
+    paid = with_alive_bonus(policy_reward.predict_processed, args.alive_bonus) if args.alive_bonus else policy_reward
     trajectory_generator = preference_comparisons.AgentTrainer(
-        algorithm=agent, reward_fn=policy_reward, venv=venv, exploration_frac=0.0, rng=rng)
+        algorithm=agent, reward_fn=paid, venv=venv, exploration_frac=0.0, rng=rng)
     ppo_venv = None
     if zoo and zoo["normalize"]:  # the zoo's VecNormalize between the (learned) reward and PPO
         ppo_venv = VecNormalize(trajectory_generator.venv, gamma=zoo["gamma"])
@@ -183,7 +201,7 @@ def main() -> None:
     ppo = zoo if zoo else {k: getattr(args, k) for k in (
         "num_envs", "num_steps", "gamma", "gae_lambda", "lr", "epochs", "minibatches", "clip", "normalize")}
     result = {"env": args.env, "env_run": env_id, "seed": args.seed, "ppo": ppo,
-              "active": args.active, "labels": args.labels, "steps": args.steps,
+              "active": args.active, "alive_bonus": args.alive_bonus, "labels": args.labels, "steps": args.steps,
               "true_return": float(np.mean(returns)), "true_returns": returns, "train_wall_s": train_s,
               "wall_s": time.time() - t0, "env_steps": int(agent.num_timesteps)}
     with open(args.out, "w") as f:

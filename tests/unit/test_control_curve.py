@@ -1,6 +1,8 @@
 """``benchmarks/control_curve.py``: which settings each method's cells run with, and the
 report's per-seed pairing, on cells made up by hand."""
 
+import types
+
 import pytest
 
 from bench_helpers import load_benchmark
@@ -90,14 +92,49 @@ def test_a_cell_that_raised_is_kept_listed_and_out_of_the_means(cc):
     assert "| imitation-random | 400 | 1 | 300 | 1.500 | +100 (one seed: no interval) |" in cc.markdown(s)
 
 
+def test_imitation_given_alignkits_prior_gets_the_same_bonus_on_falling_tasks_only(cc, tmp_path):
+    """The ``-alive`` variants run imitation with the task's ALIVE_BONUS (Hopper 1, Walker2d 2, as
+    alignkit's setting); the plain variants never get one; on HalfCheetah, where episodes only
+    end by time, the variants are refused with one line before any cell runs."""
+    def argv(env, method):
+        cell = dict(env=env, method=method, settings=cc.method_settings(method, env), labels=400, seed=1,
+                    steps=300_000, imitation_python="py")
+        return cc.imitation_command(cell, tmp_path / "out.json")
+
+    assert cc.method_settings("imitation-random-alive", "Hopper-v5") == {"alive_bonus": 1.0}
+    assert cc.method_settings("imitation-active-alive", "Walker2d-v5") == {"alive_bonus": 2.0}
+    assert cc.method_settings("imitation-random", "Hopper-v5") == {}
+    hop, walk = argv("Hopper-v5", "imitation-random-alive"), argv("Walker2d-v5", "imitation-active-alive")
+    assert hop[hop.index("--alive-bonus") + 1] == "1.0" and "--active" not in hop
+    assert walk[walk.index("--alive-bonus") + 1] == "2.0" and "--active" in walk
+    assert "--alive-bonus" not in argv("Hopper-v5", "imitation-random")
+    with pytest.raises(SystemExit, match="alive bonus is for tasks that end when the body falls"):
+        cc.cmd_run(types.SimpleNamespace(env="HalfCheetah-v5", methods=["imitation-random-alive"]))
+
+
+def test_the_alive_bonus_is_added_to_every_step_imitation_pays():
+    """Standardised rewards 0.5, −1.0, −3.0 plus a bonus of 2 → 2.5, 1.0, −1.0, and the wrapped
+    function sees the arguments unchanged."""
+    import numpy as np
+
+    side = load_benchmark("imitation_side")
+    seen = []
+
+    def reward(s, a, ns, d):
+        seen.append((s, a, ns, d))
+        return np.array([0.5, -1.0, -3.0])
+
+    paid = side.with_alive_bonus(reward, 2.0)
+    assert np.allclose(paid("s", "a", "ns", "d"), [2.5, 1.0, -1.0])
+    assert seen == [("s", "a", "ns", "d")]
+
+
 def test_imitation_runs_walker2d_v5_as_v4_with_v5s_foot_friction():
     """imitation's gymnasium has no Walker2d-v5; its stand-in (Walker2d-v4, second foot's
     friction 0.9 → 1.9, the one difference of the two model files) steps exactly as -v5 — the
     same observations and terminations over 300 random actions — and pays the healthy 1 on
     each step that falls, as Hopper-v4 does (so the rewards differ by exactly the number of
     falls). Plain -v4 does not step as -v5."""
-    import types
-
     import gymnasium as gym
     import numpy as np
 
