@@ -3,6 +3,7 @@
     python benchmarks/control_curve.py run --env HalfCheetah-v5 --steps 300000 \
         --methods reference oracle alignkit imitation-random imitation-active --labels 200 --seeds 0 1 2 3 4
     python benchmarks/control_curve.py report --env HalfCheetah-v5 --steps 300000 --labels 200
+    python benchmarks/control_curve.py first-round --env Hopper-v5 --labels 50 1000   # why imitation fails there
 
 A *cell* is one (method, labels, seed) run at the given env steps; its result is one JSON
 line appended to ``benchmarks/results/control_curve_<env>.jsonl`` the moment it finishes,
@@ -295,6 +296,28 @@ def failure_reason(stderr: str) -> str:
     return (raised or lines or ["no output"])[-1][:300]
 
 
+def cmd_first_round(args: argparse.Namespace) -> None:
+    """imitation's first query round for each (labels, seed): how many of the untrained policy's
+    episodes last a whole fragment. With none, the cell fails before it trains
+    ('No trajectories are long enough'); the lines go to ``imitation_first_round_<env>.jsonl``."""
+    out = RESULTS / f"imitation_first_round_{args.env}.jsonl"
+    runs = Path(args.runs) / args.env / "first_round"
+    runs.mkdir(parents=True, exist_ok=True)
+    print("| labels | seed | first-round steps | episodes | longest | median | ≥ fragment |\n|---|---|---|---|---|---|---|")
+    for n in args.labels:
+        for seed in args.seeds:
+            cell = dict(env=args.env, method="imitation-random", settings={}, labels=n, seed=seed, steps=args.steps,
+                        imitation_python=args.imitation_python)
+            res = runs / f"l{n}_s{seed}.json"
+            subprocess.run([*imitation_command(cell, res), "--first-round"], check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+            r = json.loads(res.read_text())
+            with open(out, "a") as f:
+                f.write(json.dumps({**r, "cpu": cpu_model()}) + "\n")
+            print(f"| {n} | {seed} | {r['first_round_steps']} | {r['episodes']} | {r['longest']} | {r['median']:.0f} | "
+                  f"{r['at_least_fragment']} |", flush=True)
+
+
 def cmd_cell(args: argparse.Namespace) -> None:
     print(json.dumps(run_cell(json.loads(args.cell))), flush=True)
 
@@ -460,6 +483,14 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     r.add_argument("--runs", default=str(ROOT / "runs" / "control_curve"))
     r.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
+    fr = sub.add_parser("first-round", help="imitation's first query round: do the untrained policy's episodes "
+                                            "last a fragment?")
+    fr.add_argument("--env", default="Hopper-v5")
+    fr.add_argument("--steps", type=int, default=300_000)
+    fr.add_argument("--labels", type=int, nargs="+", default=[50, 1000])
+    fr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    fr.add_argument("--runs", default=str(ROOT / "runs" / "control_curve"))
+    fr.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
     c = sub.add_parser("cell")
     c.add_argument("cell")
     p = sub.add_parser("report")
@@ -467,13 +498,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="judged seeds (pilots use ≥ 100)")
     p.add_argument("--plot", default=None, help="PNG path for the label curve")
-    for q in (r, p):
+    for q in (r, p, fr):
         q.add_argument("--results-dir", default=str(RESULTS),
                        help="where control_curve_<env>.jsonl lives (runs from a copy of the code write here)")
     args = ap.parse_args()
     if getattr(args, "results_dir", None):
         RESULTS = Path(args.results_dir)
-    {"run": cmd_run, "cell": cmd_cell, "report": cmd_report}[args.cmd](args)
+    {"run": cmd_run, "cell": cmd_cell, "report": cmd_report, "first-round": cmd_first_round}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -111,6 +112,9 @@ def main() -> None:
                     help="the task's episodes end early (the body falls): imitation refuses them unless told")
     ap.add_argument("--alive-bonus", type=float, default=0.0,
                     help="added to the standardised learned reward on every step PPO is paid (needs --zoo-json)")
+    ap.add_argument("--first-round", action="store_true",
+                    help="only draw the first query round's trajectories (the untrained policy's) and write "
+                         "their lengths: why a cell fails with 'No trajectories are long enough'")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -182,6 +186,19 @@ def main() -> None:
         # the caller says which tasks end when the body falls, and the comparison is on the task itself
         allow_variable_horizon=args.variable_horizon,
         initial_epoch_multiplier=4, query_schedule="hyperbolic")
+    if args.first_round:
+        # what pc.train's first round draws: 2 · oversampling · fragment length steps per initial pair,
+        # from the policy before any training (the buffer is empty, so all of it is sampled afresh)
+        pairs = int(args.labels * pc.initial_comparison_frac)
+        steps = math.ceil(pc.transition_oversampling * 2 * pairs * args.fragment_length)
+        lengths = [len(t) for t in trajectory_generator.sample(steps)]
+        result = {"env": args.env, "env_run": env_id, "seed": args.seed, "labels": args.labels, "first_round_pairs": pairs,
+                  "first_round_steps": steps, "episodes": len(lengths), "longest": max(lengths),
+                  "median": float(np.median(lengths)), "at_least_fragment": sum(n >= args.fragment_length for n in lengths)}
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(json.dumps(result))
+        return
     pc.train(total_timesteps=args.steps, total_comparisons=args.labels)
     train_s = time.time() - t0
 

@@ -112,6 +112,33 @@ def test_imitation_given_alignkits_prior_gets_the_same_bonus_on_falling_tasks_on
         cc.cmd_run(types.SimpleNamespace(env="HalfCheetah-v5", methods=["imitation-random-alive"]))
 
 
+def test_first_round_asks_imitation_for_its_untrained_policys_episodes(cc, tmp_path, monkeypatch):
+    """``first-round`` runs the cell's own imitation command plus ``--first-round`` for each
+    (labels, seed) and keeps each answer as a line; here imitation is a stand-in script that
+    answers with what it was asked."""
+    import json
+    import sys
+
+    fake = tmp_path / "fake_imitation.py"
+    fake.write_text(
+        "import json, sys\n"
+        "a = sys.argv\n"
+        "out = a[a.index('--out') + 1]\n"
+        "json.dump({'labels': int(a[a.index('--labels') + 1]), 'seed': int(a[a.index('--seed') + 1]),\n"
+        "           'first_round': '--first-round' in a, 'horizon': '--variable-horizon' in a,\n"
+        "           'first_round_steps': 1200, 'episodes': 47, 'longest': 42, 'median': 26.0,\n"
+        "           'at_least_fragment': 0}, open(out, 'w'))\n")
+    python = tmp_path / "python"  # stands in for the imitation venv's python, running the stand-in script
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(cc, "RESULTS", tmp_path)
+    cc.cmd_first_round(types.SimpleNamespace(env="Hopper-v5", steps=300_000, labels=[50, 1000], seeds=[0, 3],
+                                             runs=str(tmp_path / "runs"), imitation_python=str(python)))
+    lines = [json.loads(ln) for ln in (tmp_path / "imitation_first_round_Hopper-v5.jsonl").read_text().splitlines()]
+    assert [(r["labels"], r["seed"]) for r in lines] == [(50, 0), (50, 3), (1000, 0), (1000, 3)]
+    assert all(r["first_round"] and r["horizon"] for r in lines)
+
+
 def test_the_alive_bonus_is_added_to_every_step_imitation_pays():
     """Standardised rewards 0.5, −1.0, −3.0 plus a bonus of 2 → 2.5, 1.0, −1.0, and the wrapped
     function sees the arguments unchanged."""
