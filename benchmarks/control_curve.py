@@ -196,13 +196,19 @@ def run_cell(cell: dict) -> dict:
     elif spec["kind"] == "imitation":
         run_dir = Path(cell["runs"]) / f"{cell['method']}_l{labels}_s{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        res = run_dir / "imitation.json"
-        subprocess.run(imitation_command(cell, res), check=True,
-                       env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
-        im = json.loads(res.read_text())
+        im = run_imitation(cell, run_dir / "imitation.json")
         out = {k: im[k] for k in ("true_return", "true_returns", "env_steps", "env_run")}
         out["labels_used"] = labels
     return out
+
+
+def run_imitation(cell: dict, out: Path, *extra: str) -> dict:
+    """Run the `imitation` side of ``cell`` (with ``extra`` flags) in its own venv, one thread, and
+    return the JSON it wrote to ``out``. PYTHONPATH is cleared: that venv must not import this
+    checkout's packages (it pins older gymnasium / SB3)."""
+    subprocess.run([*imitation_command(cell, out), *extra], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+    return json.loads(out.read_text())
 
 
 def imitation_command(cell: dict, out: Path) -> list[str]:
@@ -308,10 +314,7 @@ def cmd_first_round(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             cell = dict(env=args.env, method="imitation-random", settings={}, labels=n, seed=seed, steps=args.steps,
                         imitation_python=args.imitation_python)
-            res = runs / f"l{n}_s{seed}.json"
-            subprocess.run([*imitation_command(cell, res), "--first-round"], check=True, stdout=subprocess.DEVNULL,
-                           env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
-            r = json.loads(res.read_text())
+            r = run_imitation(cell, runs / f"l{n}_s{seed}.json", "--first-round")
             with open(out, "a") as f:
                 f.write(json.dumps({**r, "cpu": cpu_model()}) + "\n")
             print(f"| {n} | {seed} | {r['first_round_steps']} | {r['episodes']} | {r['longest']} | {r['median']:.0f} | "
@@ -481,16 +484,15 @@ def main() -> None:
     r.add_argument("--methods", nargs="+", default=["reference"], choices=sorted(METHODS))
     r.add_argument("--labels", type=int, nargs="+", default=[200])
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    r.add_argument("--runs", default=str(ROOT / "runs" / "control_curve"))
-    r.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
     fr = sub.add_parser("first-round", help="imitation's first query round: do the untrained policy's episodes "
                                             "last a fragment?")
     fr.add_argument("--env", default="Hopper-v5")
     fr.add_argument("--steps", type=int, default=300_000)
     fr.add_argument("--labels", type=int, nargs="+", default=[50, 1000])
     fr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    fr.add_argument("--runs", default=str(ROOT / "runs" / "control_curve"))
-    fr.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
+    for q in (r, fr):  # both start imitation runs
+        q.add_argument("--runs", default=str(ROOT / "runs" / "control_curve"))
+        q.add_argument("--imitation-python", default="/work/venv_imitation/bin/python")
     c = sub.add_parser("cell")
     c.add_argument("cell")
     p = sub.add_parser("report")
