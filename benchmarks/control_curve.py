@@ -25,7 +25,8 @@ Methods (``METHODS``):
 - ``alignkit`` and its ablations ``alignkit-no_<method>``: the learned reward from
   ``labels`` Boltzmann (β = 1) labels, with one label-efficiency method switched off each; on
   tasks that end when the body falls (``FALLS``) every one of them adds the alive bonus, and
-  ``alignkit-no_alive`` is the one without it (:func:`method_settings`).
+  ``alignkit-no_alive`` is the one without it (:func:`method_settings`); ``alignkit-plain`` has
+  every label-efficiency method off at once.
 - ``imitation-random`` / ``imitation-active``: `imitation` 1.0.1's preference comparisons
   (random fragments / its ensemble's active selection) with the same RL-Zoo PPO, labels,
   segment length and steps (benchmarks/imitation_side.py, in its own venv, built by
@@ -72,6 +73,10 @@ METHODS: dict[str, dict] = {
     "alignkit-random_queries": {"kind": "alignkit", "set": {**BEST, "query": "random"}},
     "alignkit-no_relabel": {"kind": "alignkit", "set": {**BEST, "relabel": False}},
     "alignkit-raw_inputs": {"kind": "alignkit", "set": {**BEST, "reward_normalize_obs": False}},
+    # every label-efficiency method off at once: the reward model, its fitting and the RL alone
+    # (what imitation's random fragments have), to tell the methods together from the rest
+    "alignkit-plain": {"kind": "alignkit", "set": {**BEST, "unsupervised_steps": 0, "pseudo_labels": False,
+                                                   "crop": 0, "query": "random", "relabel": False}},
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
     "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST), "alive": False},
