@@ -77,6 +77,12 @@ METHODS: dict[str, dict] = {
     # (what imitation's random fragments have), to tell the methods together from the rest
     "alignkit-plain": {"kind": "alignkit", "set": {**BEST, "unsupervised_steps": 0, "pseudo_labels": False,
                                                    "crop": 0, "query": "random", "relabel": False}},
+    # alignkit-plain whose reward ensemble fits like imitation's trainer: every label trains every member
+    # (no hold-out, no bootstrap resample) for 3 passes a refit (imitation: 3 epochs a round), no early stop
+    "alignkit-plain_fit": {"kind": "alignkit", "set": {**BEST, "unsupervised_steps": 0, "pseudo_labels": False,
+                                                       "crop": 0, "query": "random", "relabel": False,
+                                                       "reward_val_frac": 0.0, "reward_bootstrap": False,
+                                                       "reward_epochs": 3, "reward_stop_accuracy": 1.01}},
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
     "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST), "alive": False},

@@ -117,6 +117,7 @@ def test_control_train_reports_the_reference_beside_the_oracle(tmp_path, capsys)
     (["feedback_every=0"], "feedback_every"),
     (["crop=25"], "crop: expected 0 ≤ crop < segment_length"),
     (["alive_bonus=nan"], "alive_bonus: expected a finite number"),
+    (["reward_val_frac=1"], "reward_val_frac: expected a share in [0, 1)"),
 ])
 def test_bad_settings_are_one_line_exit_2(tmp_path, capsys, sets, msg):
     args = ["control", "train", "--env", "CartPole-v1", "--out", str(tmp_path)]

@@ -18,7 +18,7 @@ from alignkit.control.annotators import (  # noqa: E402
     regret_segment_annotator,
     segment_regret,
 )
-from alignkit.control.reward import LabelledPair, RewardEnsemble, RewardNet, segment_returns  # noqa: E402
+from alignkit.control.reward import LabelledPair, RewardEnsemble, RewardNet, member_indices, segment_returns  # noqa: E402
 from alignkit.control.rollout import episode_advantages  # noqa: E402
 from alignkit.control.segments import (  # noqa: E402
     Segment,
@@ -140,6 +140,33 @@ def test_ensemble_learns_the_reward_from_preferences():
                    np.stack([s.next_obs for s in segs]))
     assert abs(r.mean()) < 1e-4 and r.std() == pytest.approx(1.0, abs=1e-3)
     assert np.corrcoef(r.reshape(-1), np.stack([s.rewards for s in segs]).reshape(-1))[0, 1] > 0.9
+
+
+def test_member_indices_bootstrap_or_all_by_hand():
+    idx = np.array([7, 3, 9, 4])
+    assert member_indices(idx, False, np.random.default_rng(0)).tolist() == [7, 3, 9, 4]  # every pair once
+    boot = member_indices(idx, True, np.random.default_rng(0))
+    # numpy's draws with replacement from the same generator: the positions it picks
+    assert boot.tolist() == idx[np.random.default_rng(0).integers(0, 4, size=4)].tolist()
+    many = member_indices(np.arange(20_000), True, np.random.default_rng(1))
+    assert len(many) == 20_000 and len(np.unique(many)) / 20_000 == pytest.approx(1 - math.exp(-1), abs=0.01)
+
+
+def test_without_holdout_or_bootstrap_every_member_trains_on_every_label(monkeypatch):
+    rng = np.random.default_rng(0)
+    segs = [seg(rng.normal(size=(5, 2)), np.zeros(5)) for _ in range(40)]
+    pairs = [LabelledPair(a, b, 1.0) for a, b in zip(segs[::2], segs[1::2], strict=True)]
+    seen = []
+    real = member_indices
+    monkeypatch.setattr("alignkit.control.reward.member_indices",
+                        lambda t, b, r: seen.append(real(t, b, r)) or seen[-1])
+    m = RewardEnsemble(2, 1, members=2, epochs=1, val_frac=0.0, bootstrap=False, seed=0).fit(pairs)
+    assert "reward/val_accuracy" not in m and [sorted(s.tolist()) for s in seen] == [list(range(20))] * 2
+    seen.clear()
+    RewardEnsemble(2, 1, members=2, epochs=1, seed=0).fit(pairs)  # default: 4 of 20 held out, resampled
+    assert all(len(s) == 16 for s in seen)
+    with pytest.raises(ValueError, match="val_frac"):
+        RewardEnsemble(2, 1, val_frac=1.0)
 
 
 def test_reward_input_normaliser_sees_each_labelled_segment_once_and_is_scale_free():

@@ -98,11 +98,22 @@ def _stack(segs: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return obs, act, nxt
 
 
+def member_indices(train_idx: np.ndarray, bootstrap: bool, rng: np.random.Generator) -> np.ndarray:
+    """The labelled pairs one ensemble member trains on: a bootstrap resample of ``train_idx``
+    (as many draws with replacement, so about 1 − 1/e ≈ 63 % of the pairs, some twice), or all
+    of them once when ``bootstrap`` is off."""
+    if not bootstrap:
+        return np.asarray(train_idx).copy()
+    return rng.choice(train_idx, size=len(train_idx), replace=True)
+
+
 class RewardEnsemble:
     """M reward nets on bootstrap resamples; the policy reward is their normalised mean.
 
     ``fit`` holds out ``val_frac`` of the labels (the same split for every member) and
-    reports held-out accuracy; each member trains on a bootstrap resample of the rest, for
+    reports held-out accuracy; each member trains on a bootstrap resample of the rest
+    (``bootstrap=False``: on all of the rest, members differing by their initial weights and
+    minibatch order only; :func:`member_indices`), for
     ``epochs`` passes or until its accuracy over a pass reaches ``stop_accuracy`` (PEBBLE
     stops at 0.97; the default 1.01 never stops early).
 
@@ -119,7 +130,8 @@ class RewardEnsemble:
     def __init__(self, obs_dim: int, act_dim: int, *, discrete: bool = False, members: int = 3,
                  use_action: bool = True, use_next_obs: bool = False, hidden: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                  epochs: int = 20, batch_size: int = 64, random_answer_prob: float = 0.1,
-                 val_frac: float = 0.2, normalize_obs: bool = False, seed: int = 0, stop_accuracy: float = 1.01,
+                 val_frac: float = 0.2, bootstrap: bool = True, normalize_obs: bool = False, seed: int = 0,
+                 stop_accuracy: float = 1.01,
                  crop: int = 0, pseudo_threshold: float = 0.0, pseudo_ratio: int = 4, pseudo_weight: float = 1.0):
         torch.manual_seed(seed)
         self.stop_accuracy = stop_accuracy
@@ -131,7 +143,9 @@ class RewardEnsemble:
         self.n_normed = 0  # labelled pairs whose observations the input normalisers have seen
         self.opts = [torch.optim.Adam(n.parameters(), lr=lr, weight_decay=weight_decay) for n in self.nets]
         self.epochs, self.batch_size = epochs, batch_size
-        self.random_answer_prob, self.val_frac = random_answer_prob, val_frac
+        if not 0 <= val_frac < 1:
+            raise ValueError(f"val_frac: expected a share in [0, 1), got {val_frac}")
+        self.random_answer_prob, self.val_frac, self.bootstrap = random_answer_prob, val_frac, bootstrap
         self.rng = np.random.default_rng(seed)
         self.mean, self.std = 0.0, 1.0
 
@@ -189,7 +203,7 @@ class RewardEnsemble:
         U = _stack(unlabelled) if self.pseudo_threshold > 0 and len(unlabelled) >= 2 else None
         losses, epochs_run, kept = [], [], []
         for net, opt in zip(self.nets, self.opts, strict=True):
-            boot = self.rng.choice(train_idx, size=len(train_idx), replace=True)
+            boot = member_indices(train_idx, self.bootstrap, self.rng)
             passes = 0
             for _ in range(self.epochs):
                 passes += 1

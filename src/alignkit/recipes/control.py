@@ -95,6 +95,8 @@ def validate(cfg: ControlConfig) -> None:
     elif cfg.unsupervised_steps or not cfg.relabel:
         raise ConfigError("unsupervised_steps and relabel=false need rl_engine=sb3 (the alignkit engine always "
                           "rewards a rollout with the r̂ refitted on its labels)")
+    if not 0 <= cfg.reward_val_frac < 1:
+        raise ConfigError(f"reward_val_frac: expected a share in [0, 1), got {cfg.reward_val_frac}")
     if not math.isfinite(cfg.alive_bonus):
         raise ConfigError(f"alive_bonus: expected a finite number (r̂ std units a step), got {cfg.alive_bonus}")
     if cfg.unsupervised_steps < 0 or cfg.entropy_k < 1:
@@ -432,7 +434,8 @@ def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: boo
                           use_action="action" in cfg.reward_inputs, use_next_obs=cfg.reward_inputs.endswith("_next"),
                           hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
                           random_answer_prob=cfg.random_answer_prob, normalize_obs=cfg.reward_normalize_obs,
-                          seed=cfg.seed, stop_accuracy=cfg.reward_stop_accuracy, crop=cfg.crop,
+                          val_frac=cfg.reward_val_frac, bootstrap=cfg.reward_bootstrap, seed=cfg.seed,
+                          stop_accuracy=cfg.reward_stop_accuracy, crop=cfg.crop,
                           pseudo_threshold=cfg.pseudo_threshold if cfg.pseudo_labels else 0.0,
                           pseudo_ratio=cfg.pseudo_ratio, pseudo_weight=cfg.pseudo_weight)
 

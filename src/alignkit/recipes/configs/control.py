@@ -108,6 +108,11 @@ class ControlConfig:
     per-engine default, 1.01 = never for alignkit, 0.97 for sb3)."""
     reward_lr: float = 1e-3
     """Adam learning rate of the reward nets."""
+    reward_val_frac: float = 0.2
+    """Share of the labels held out of r̂'s fit to report its validation accuracy (0: every label trains)."""
+    reward_bootstrap: bool = True
+    """Each member trains on a bootstrap resample of the fitted labels (about 63 % of them, some twice);
+    false: every member on all of them (members differ by initial weights and minibatch order)."""
     reward_normalize_obs: bool = False
     """Standardise r̂'s observation inputs (o, o′) with a running mean/std over the labelled segments."""
     random_answer_prob: float = 0.0
