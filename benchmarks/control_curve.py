@@ -26,7 +26,8 @@ Methods (``METHODS``):
   ``labels`` Boltzmann (β = 1) labels, with one label-efficiency method switched off each; on
   tasks that end when the body falls (``FALLS``) every one of them adds the alive bonus, and
   ``alignkit-no_alive`` is the one without it (:func:`method_settings`); ``alignkit-plain`` has
-  every label-efficiency method off at once.
+  every label-efficiency method off at once, ``alignkit-plain_fit`` that with r̂ fitted as
+  imitation's trainer fits it (every label to every member, 3 passes a refit).
 - ``imitation-random`` / ``imitation-active``: `imitation` 1.0.1's preference comparisons
   (random fragments / its ensemble's active selection) with the same RL-Zoo PPO, labels,
   segment length and steps (benchmarks/imitation_side.py, in its own venv, built by

@@ -18,7 +18,13 @@ from alignkit.control.annotators import (  # noqa: E402
     regret_segment_annotator,
     segment_regret,
 )
-from alignkit.control.reward import LabelledPair, RewardEnsemble, RewardNet, member_indices, segment_returns  # noqa: E402
+from alignkit.control.reward import (  # noqa: E402
+    LabelledPair,
+    RewardEnsemble,
+    RewardNet,
+    member_indices,
+    segment_returns,
+)
 from alignkit.control.rollout import episode_advantages  # noqa: E402
 from alignkit.control.segments import (  # noqa: E402
     Segment,
