@@ -64,6 +64,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CANDIDATE = dict(rl_engine="sb3", unsupervised_steps=10_240, pseudo_labels=True, crop=10, query="info-gain",
                  relabel=True, reward_normalize_obs=True)
 BEST = dict(CANDIDATE)
+# BEST with every label-efficiency method off at once
+PLAIN = {**BEST, "unsupervised_steps": 0, "pseudo_labels": False, "crop": 0, "query": "random", "relabel": False}
 METHODS: dict[str, dict] = {
     "reference": {"kind": "reference"},
     "oracle": {"kind": "oracle", "set": {"rl_engine": "sb3"}},
@@ -76,13 +78,10 @@ METHODS: dict[str, dict] = {
     "alignkit-raw_inputs": {"kind": "alignkit", "set": {**BEST, "reward_normalize_obs": False}},
     # every label-efficiency method off at once: the reward model, its fitting and the RL alone
     # (what imitation's random fragments have), to tell the methods together from the rest
-    "alignkit-plain": {"kind": "alignkit", "set": {**BEST, "unsupervised_steps": 0, "pseudo_labels": False,
-                                                   "crop": 0, "query": "random", "relabel": False}},
+    "alignkit-plain": {"kind": "alignkit", "set": dict(PLAIN)},
     # alignkit-plain whose reward ensemble fits like imitation's trainer: every label trains every member
     # (no hold-out, no bootstrap resample) for 3 passes a refit (imitation: 3 epochs a round), no early stop
-    "alignkit-plain_fit": {"kind": "alignkit", "set": {**BEST, "unsupervised_steps": 0, "pseudo_labels": False,
-                                                       "crop": 0, "query": "random", "relabel": False,
-                                                       "reward_val_frac": 0.0, "reward_bootstrap": False,
+    "alignkit-plain_fit": {"kind": "alignkit", "set": {**PLAIN, "reward_val_frac": 0.0, "reward_bootstrap": False,
                                                        "reward_epochs": 3, "reward_stop_accuracy": 1.01}},
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
