@@ -27,7 +27,9 @@ Methods (``METHODS``):
   tasks that end when the body falls (``FALLS``) every one of them adds the alive bonus, and
   ``alignkit-no_alive`` is the one without it (:func:`method_settings`); ``alignkit-plain`` has
   every label-efficiency method off at once, ``alignkit-plain_fit`` that with r̂ fitted as
-  imitation's trainer fits it (every label to every member, 3 passes a refit).
+  imitation's trainer fits it (every label to every member, 3 passes a refit);
+  ``alignkit-plain_fit_running`` and ``alignkit-running`` standardise the paid r̂ by running
+  moments over every step paid so far (as imitation does) instead of the latest session's.
 - ``imitation-random`` / ``imitation-active``: `imitation` 1.0.1's preference comparisons
   (random fragments / its ensemble's active selection) with the same RL-Zoo PPO, labels,
   segment length and steps (benchmarks/imitation_side.py, in its own venv, built by
@@ -66,6 +68,10 @@ CANDIDATE = dict(rl_engine="sb3", unsupervised_steps=10_240, pseudo_labels=True,
 BEST = dict(CANDIDATE)
 # BEST with every label-efficiency method off at once
 PLAIN = {**BEST, "unsupervised_steps": 0, "pseudo_labels": False, "crop": 0, "query": "random", "relabel": False}
+# PLAIN whose reward ensemble fits like imitation's trainer: every label trains every member
+# (no hold-out, no bootstrap resample) for 3 passes a refit (imitation: 3 epochs a round), no early stop
+PLAIN_FIT = {**PLAIN, "reward_val_frac": 0.0, "reward_bootstrap": False, "reward_epochs": 3,
+             "reward_stop_accuracy": 1.01}
 METHODS: dict[str, dict] = {
     "reference": {"kind": "reference"},
     "oracle": {"kind": "oracle", "set": {"rl_engine": "sb3"}},
@@ -79,10 +85,11 @@ METHODS: dict[str, dict] = {
     # every label-efficiency method off at once: the reward model, its fitting and the RL alone
     # (what imitation's random fragments have), to tell the methods together from the rest
     "alignkit-plain": {"kind": "alignkit", "set": dict(PLAIN)},
-    # alignkit-plain whose reward ensemble fits like imitation's trainer: every label trains every member
-    # (no hold-out, no bootstrap resample) for 3 passes a refit (imitation: 3 epochs a round), no early stop
-    "alignkit-plain_fit": {"kind": "alignkit", "set": {**PLAIN, "reward_val_frac": 0.0, "reward_bootstrap": False,
-                                                       "reward_epochs": 3, "reward_stop_accuracy": 1.01}},
+    "alignkit-plain_fit": {"kind": "alignkit", "set": dict(PLAIN_FIT)},
+    # r̂ standardised by running moments over every step paid so far (imitation's NormalizedRewardNet)
+    # instead of over the latest session's steps: with plain_fit (the rest as imitation), and with BEST
+    "alignkit-plain_fit_running": {"kind": "alignkit", "set": {**PLAIN_FIT, "reward_standardize": "running"}},
+    "alignkit-running": {"kind": "alignkit", "set": {**BEST, "reward_standardize": "running"}},
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
     "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST), "alive": False},

@@ -75,6 +75,33 @@ def test_alive_bonus_is_added_to_every_step_the_policy_is_paid(tmp_path, monkeyp
         assert abs(float(r.mean())) < 0.5  # r̂ itself stays normalised around 0 (mean over the pool)
 
 
+@pytest.mark.parametrize("engine", ["sb3", "alignkit-a2c"])
+def test_running_standardisation_merges_each_paid_step_once(tmp_path, monkeypatch, engine):
+    """reward_standardize = running: every step the policy is paid joins r̂'s running moments
+    exactly once, across the refits — sb3: 4 rollouts of 512; A2C: pieces of 32 from the second
+    rollout on (the first one's pieces come before any label and are not paid), and the rollout
+    scored again for the metric is not merged — and the latest refit's set_normalization is
+    never called; the moments are checkpointed with the reward model."""
+    import torch
+
+    from alignkit.control.reward import RewardEnsemble
+
+    merged = []
+    update = RewardEnsemble.update_normalization
+    monkeypatch.setattr(RewardEnsemble, "update_normalization",
+                        lambda self, o, a, n: merged.append(len(np.asarray(o).reshape(-1, np.shape(o)[-1])))
+                        or update(self, o, a, n))
+    monkeypatch.setattr(RewardEnsemble, "set_normalization", lambda *a: pytest.fail("latest refit's moments"))
+    extra = {} if engine == "sb3" else {"rl_engine": "alignkit", "algo": "a2c", "num_envs": 1, "num_steps": 512,
+                                        "a2c_steps": 32, "relabel": True}
+    s = run_control(ControlConfig(out=str(tmp_path), reward_standardize="running", **{**TINY, **extra}))
+    assert s["env_steps"] == 2048
+    assert merged == ([512] * 4 if engine == "sb3" else [32] * 48)
+    if engine == "sb3":
+        state = torch.load(tmp_path / "reward_model.pt", weights_only=False)["ensemble"]
+        assert state["moments"]["n"] == 2048 and state["std"] == pytest.approx(np.sqrt(state["moments"]["var"]))
+
+
 def test_pebble_explores_then_asks(tmp_path, monkeypatch):
     """unsupervised_steps = 1024: two rollouts of 512 steps on the k-NN state-entropy reward (no
     labels, no reward model), then the first session from those steps, the critic reset once."""
@@ -118,6 +145,7 @@ def test_control_train_reports_the_reference_beside_the_oracle(tmp_path, capsys)
     (["crop=25"], "crop: expected 0 ≤ crop < segment_length"),
     (["alive_bonus=nan"], "alive_bonus: expected a finite number"),
     (["reward_val_frac=1"], "reward_val_frac: expected a share in [0, 1)"),
+    (["reward_standardize=median"], "reward_standardize: expected latest or running"),
 ])
 def test_bad_settings_are_one_line_exit_2(tmp_path, capsys, sets, msg):
     args = ["control", "train", "--env", "CartPole-v1", "--out", str(tmp_path)]

@@ -23,6 +23,7 @@ from alignkit.control.reward import (  # noqa: E402
     RewardEnsemble,
     RewardNet,
     member_indices,
+    merge_moments,
     segment_returns,
 )
 from alignkit.control.rollout import episode_advantages  # noqa: E402
@@ -173,6 +174,43 @@ def test_without_holdout_or_bootstrap_every_member_trains_on_every_label(monkeyp
     assert all(len(s) == 16 for s in seen)
     with pytest.raises(ValueError, match="val_frac"):
         RewardEnsemble(2, 1, val_frac=1.0)
+
+
+def test_merge_moments_by_hand():
+    """[1, 2, 3] then [5]: n 4, mean 11/4, variance (1 + 4 + 9 + 25)/4 − (11/4)² = 35/16."""
+    m = merge_moments(merge_moments(None, [1.0, 2.0, 3.0]), [5.0])
+    assert m == pytest.approx({"n": 4.0, "mean": 2.75, "var": 35 / 16})
+    parts = np.array_split(np.random.default_rng(0).normal(3.0, 2.0, size=1000), 7)
+    acc = None
+    for x in parts:
+        acc = merge_moments(acc, x)
+    whole = np.concatenate(parts)
+    assert acc == pytest.approx({"n": 1000.0, "mean": whole.mean(), "var": whole.var()})
+
+
+def test_running_standardisation_spans_refits():
+    """update_normalization: the paid r̂ is standardised by the moments of every batch merged so
+    far, each scored by the fit of its time — a refit in between does not reset them."""
+    rng = np.random.default_rng(0)
+    segs = [seg(rng.normal(size=(5, 2)), np.zeros(5)) for _ in range(40)]
+    for s in segs:
+        s.rewards = s.obs[:, 0].astype(float)
+    pairs = [LabelledPair(a, b, float(a.rewards.sum() > b.rewards.sum())) for a, b in zip(segs[::2], segs[1::2],
+                                                                                          strict=True)]
+    ens = RewardEnsemble(2, 1, members=2, epochs=2, seed=0)
+    batches = [(rng.normal(size=(30, 2)), rng.normal(size=(30, 1)), rng.normal(size=(30, 2))) for _ in range(2)]
+    raw = [ens.member_rewards(*batches[0]).mean(0).numpy()]
+    ens.update_normalization(*batches[0])
+    ens.fit(pairs)
+    raw.append(ens.member_rewards(*batches[1]).mean(0).numpy())
+    ens.update_normalization(*batches[1])
+    both = np.concatenate(raw)
+    assert ens.moments["n"] == 60 and ens.mean == pytest.approx(both.mean(), abs=1e-6)
+    assert ens.std == pytest.approx(both.std(), rel=1e-5)
+    np.testing.assert_allclose(ens.reward(*batches[1]), (raw[1] - both.mean()) / both.std(), rtol=1e-4, atol=1e-5)
+    restored = RewardEnsemble(2, 1, members=2, seed=1)
+    restored.load_state_dict(ens.state_dict())
+    assert restored.moments == ens.moments and (restored.mean, restored.std) == (ens.mean, ens.std)
 
 
 def test_reward_input_normaliser_sees_each_labelled_segment_once_and_is_scale_free():

@@ -9,8 +9,10 @@ fitted with the library's :func:`~alignkit.losses.preference.bradley_terry_loss`
 μ = ½; incomparable pairs are dropped before fitting) or, by default, its robust form
 with a 10 % random-answer chance. :class:`RewardEnsemble` trains M members on bootstrap
 resamples of the labels with a held-out validation split (Christiano et al. §2.2.3), and
-normalises the mean member's reward to zero mean and unit variance over recent
-transitions before the policy sees it.
+standardises the mean member's reward before the policy sees it: to zero mean and unit
+variance over the transitions of the latest refit (:meth:`RewardEnsemble.set_normalization`),
+or by running moments over every transition paid so far, across refits
+(:meth:`RewardEnsemble.update_normalization`, :func:`merge_moments`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,21 @@ def member_indices(train_idx: np.ndarray, bootstrap: bool, rng: np.random.Genera
     return rng.choice(train_idx, size=len(train_idx), replace=True)
 
 
+
+def merge_moments(state: dict[str, float] | None, x: Any) -> dict[str, float]:
+    """Count, mean and (population) variance of every value merged so far, after merging ``x``:
+    Chan et al.'s pairwise update, so that merging batches one at a time gives the moments of
+    their concatenation. ``state`` None starts from ``x`` alone."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if state is None:
+        return {"n": float(x.size), "mean": float(x.mean()), "var": float(x.var())}
+    n = state["n"] + x.size
+    delta = x.mean() - state["mean"]
+    mean = state["mean"] + delta * x.size / n
+    var = (state["var"] * state["n"] + x.var() * x.size + delta**2 * state["n"] * x.size / n) / n
+    return {"n": float(n), "mean": float(mean), "var": float(var)}
+
+
 class RewardEnsemble:
     """M reward nets on bootstrap resamples; the policy reward is their normalised mean.
 
@@ -148,6 +165,7 @@ class RewardEnsemble:
         self.random_answer_prob, self.val_frac, self.bootstrap = random_answer_prob, val_frac, bootstrap
         self.rng = np.random.default_rng(seed)
         self.mean, self.std = 0.0, 1.0
+        self.moments: dict[str, float] | None = None  # running moments (update_normalization)
 
     # -- fitting --------------------------------------------------------------------
     def _pair_loss(self, ra: torch.Tensor, rb: torch.Tensor, mu: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -256,6 +274,15 @@ class RewardEnsemble:
         r = self.member_rewards(obs, actions, next_obs).mean(0).numpy()
         self.mean, self.std = float(r.mean()), float(max(r.std(), 1e-6))
 
+    def update_normalization(self, obs: Any, actions: Any, next_obs: Any) -> None:
+        """Merge the mean member's reward over these transitions into running moments over every
+        transition merged so far (by whichever fit of the members scored it), and standardise by
+        them: a policy better than the average so far is paid above 0 (imitation's
+        ``NormalizedRewardNet``)."""
+        r = self.member_rewards(obs, actions, next_obs).mean(0).numpy()
+        self.moments = merge_moments(self.moments, r)
+        self.mean, self.std = self.moments["mean"], float(max(np.sqrt(self.moments["var"]), 1e-6))
+
     @torch.no_grad()
     def member_segment_returns(self, segs: Sequence[Segment]) -> np.ndarray:
         """R̂ of each segment under each member, ``(M, len(segs))``."""
@@ -275,7 +302,8 @@ class RewardEnsemble:
     # -- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"nets": [n.state_dict() for n in self.nets], "opts": [o.state_dict() for o in self.opts],
-                "rng": self.rng.bit_generator.state, "mean": self.mean, "std": self.std, "n_normed": self.n_normed}
+                "rng": self.rng.bit_generator.state, "mean": self.mean, "std": self.std, "n_normed": self.n_normed,
+                "moments": self.moments}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for n, s in zip(self.nets, state["nets"], strict=True):
@@ -285,3 +313,4 @@ class RewardEnsemble:
         self.rng.bit_generator.state = state["rng"]
         self.mean, self.std = state["mean"], state["std"]
         self.n_normed = state.get("n_normed", 0)
+        self.moments = state.get("moments")

@@ -37,7 +37,7 @@ from alignkit.control.efficiency import knn_entropy_reward, random_segment_start
 from alignkit.control.human import HumanSegmentAnnotator, VideoPairClient
 from alignkit.control.policy import ActorCritic
 from alignkit.control.report import write_control_report
-from alignkit.control.reward import LabelledPair, RewardEnsemble
+from alignkit.control.reward import LabelledPair, RewardEnsemble, merge_moments
 from alignkit.control.rollout import (
     _check_env_id,
     collect_rollout,
@@ -97,6 +97,8 @@ def validate(cfg: ControlConfig) -> None:
                           "rewards a rollout with the r̂ refitted on its labels)")
     if not 0 <= cfg.reward_val_frac < 1:
         raise ConfigError(f"reward_val_frac: expected a share in [0, 1), got {cfg.reward_val_frac}")
+    if cfg.reward_standardize not in ("latest", "running"):
+        raise ConfigError(f"reward_standardize: expected latest or running, got {cfg.reward_standardize!r}")
     if not math.isfinite(cfg.alive_bonus):
         raise ConfigError(f"alive_bonus: expected a finite number (r̂ std units a step), got {cfg.alive_bonus}")
     if cfg.unsupervised_steps < 0 or cfg.entropy_k < 1:
@@ -331,8 +333,11 @@ def train_phase(cfg: ControlConfig, phase: str, logger: Any, *, expert: Any = No
                 if labels:
                     metrics.update(ensemble.fit(labels))
                 metrics["reward/labels"] = float(len(labels))
-            ensemble.set_normalization(ro.obs, ro.actions, ro.next_obs) if want else None
-            rewards = _policy_reward(ensemble, cfg, ro.obs, ro.actions, ro.next_obs).astype(np.float64)
+            if want and cfg.reward_standardize == "latest":
+                ensemble.set_normalization(ro.obs, ro.actions, ro.next_obs)
+            # A2C was paid piece by piece above: here its rollout is scored for the metric only
+            rewards = _policy_reward(ensemble, cfg, ro.obs, ro.actions, ro.next_obs,
+                                     paid=not a2c).astype(np.float64)
             # how well r̂ tracks the (hidden) true reward on this rollout, per step
             metrics["reward/true_corr"] = float(np.corrcoef(rewards.reshape(-1), ro.rewards.reshape(-1))[0, 1])
         elif not a2c:
@@ -409,23 +414,17 @@ def _update(agent: Any, optimizer: Any, ro: Any, rewards: np.ndarray, cfg: Contr
 
 def _scaled_true_rewards(state: dict[str, float] | None, r: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """The oracle's reward: the true one over the running std of all true rewards so far."""
-    state = _update_scale(state, r)
+    state = merge_moments(state, r)
     return state, r / math.sqrt(state["var"] + 1e-8)
 
 
-def _update_scale(state: dict[str, float] | None, r: np.ndarray) -> dict[str, float]:
-    x = np.asarray(r, dtype=np.float64).reshape(-1)
-    if state is None:
-        return {"n": float(x.size), "mean": float(x.mean()), "var": float(x.var())}
-    n = state["n"] + x.size
-    delta = x.mean() - state["mean"]
-    mean = state["mean"] + delta * x.size / n
-    var = (state["var"] * state["n"] + x.var() * x.size + delta**2 * state["n"] * x.size / n) / n
-    return {"n": n, "mean": float(mean), "var": float(var)}
-
-
-def _policy_reward(ensemble: Any, cfg: ControlConfig, obs: Any, actions: Any, next_obs: Any) -> np.ndarray:
-    """What the policy is paid: the normalised r̂ plus ``cfg.alive_bonus`` a step (float32)."""
+def _policy_reward(ensemble: Any, cfg: ControlConfig, obs: Any, actions: Any, next_obs: Any,
+                   paid: bool = True) -> np.ndarray:
+    """What the policy is paid: the standardised r̂ plus ``cfg.alive_bonus`` a step (float32).
+    With ``reward_standardize`` running, transitions that are ``paid`` join the running moments
+    first (each paid transition once; a score for a metric only is not)."""
+    if cfg.reward_standardize == "running" and paid:
+        ensemble.update_normalization(obs, actions, next_obs)
     return ensemble.reward(obs, actions, next_obs) + np.float32(cfg.alive_bonus)
 
 
@@ -565,8 +564,9 @@ def train_phase_sb3(cfg: ControlConfig, phase: str, logger: Any) -> dict[str, An
                     t_fit = time.perf_counter()
                     metrics.update(ensemble.fit(labels, unlabelled))
                     metrics["time/reward_fit_s"] = time.perf_counter() - t_fit
-                    steps = _concat_pool(pool)
-                    ensemble.set_normalization(steps["obs"], steps["actions"], steps["next_obs"])
+                    if cfg.reward_standardize == "latest":
+                        steps = _concat_pool(pool)
+                        ensemble.set_normalization(steps["obs"], steps["actions"], steps["next_obs"])
                 metrics["reward/labels"] = float(len(labels))
                 pool = []
             if collected_under is None:  # relabel: the batch is rewarded by the r̂ refitted just now

@@ -113,6 +113,11 @@ class ControlConfig:
     reward_bootstrap: bool = True
     """Each member trains on a bootstrap resample of the fitted labels (about 63 % of them, some twice);
     false: every member on all of them (members differ by initial weights and minibatch order)."""
+    reward_standardize: str = "latest"
+    """How the paid r̂ is standardised. latest: mean 0, std 1 over the steps of the latest label
+    session, fixed at each refit (the current behaviour is paid 0 on average); running: running
+    mean/std over every step paid so far, across refits (imitation's NormalizedRewardNet), so a
+    policy better than its past is paid above 0."""
     reward_normalize_obs: bool = False
     """Standardise r̂'s observation inputs (o, o′) with a running mean/std over the labelled segments."""
     random_answer_prob: float = 0.0
