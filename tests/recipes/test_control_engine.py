@@ -102,6 +102,15 @@ def test_running_standardisation_merges_each_paid_step_once(tmp_path, monkeypatc
         assert state["moments"]["n"] == 2048 and state["std"] == pytest.approx(np.sqrt(state["moments"]["var"]))
 
 
+def test_reward_weight_decay_reaches_every_members_optimiser():
+    from alignkit.recipes.control import _make_ensemble
+
+    for wd in (0.0, 1e-4):
+        ens = _make_ensemble(ControlConfig(reward_weight_decay=wd, reward_inputs="obs_action", reward_members=2),
+                             3, 1, False)
+        assert [o.param_groups[0]["weight_decay"] for o in ens.opts] == [wd, wd]
+
+
 def test_pebble_explores_then_asks(tmp_path, monkeypatch):
     """unsupervised_steps = 1024: two rollouts of 512 steps on the k-NN state-entropy reward (no
     labels, no reward model), then the first session from those steps, the critic reset once."""
@@ -146,6 +155,7 @@ def test_control_train_reports_the_reference_beside_the_oracle(tmp_path, capsys)
     (["alive_bonus=nan"], "alive_bonus: expected a finite number"),
     (["reward_val_frac=1"], "reward_val_frac: expected a share in [0, 1)"),
     (["reward_standardize=median"], "reward_standardize: expected latest or running"),
+    (["reward_weight_decay=-1"], "reward_weight_decay: expected a finite number ≥ 0"),
 ])
 def test_bad_settings_are_one_line_exit_2(tmp_path, capsys, sets, msg):
     args = ["control", "train", "--env", "CartPole-v1", "--out", str(tmp_path)]

@@ -97,6 +97,8 @@ def validate(cfg: ControlConfig) -> None:
                           "rewards a rollout with the r̂ refitted on its labels)")
     if not 0 <= cfg.reward_val_frac < 1:
         raise ConfigError(f"reward_val_frac: expected a share in [0, 1), got {cfg.reward_val_frac}")
+    if not (math.isfinite(cfg.reward_weight_decay) and cfg.reward_weight_decay >= 0):
+        raise ConfigError(f"reward_weight_decay: expected a finite number ≥ 0, got {cfg.reward_weight_decay}")
     if cfg.reward_standardize not in ("latest", "running"):
         raise ConfigError(f"reward_standardize: expected latest or running, got {cfg.reward_standardize!r}")
     if not math.isfinite(cfg.alive_bonus):
@@ -431,7 +433,8 @@ def _policy_reward(ensemble: Any, cfg: ControlConfig, obs: Any, actions: Any, ne
 def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: bool) -> Any:
     return RewardEnsemble(obs_dim, act_dim, discrete=discrete, members=cfg.reward_members,
                           use_action="action" in cfg.reward_inputs, use_next_obs=cfg.reward_inputs.endswith("_next"),
-                          hidden=cfg.hidden, lr=cfg.reward_lr, epochs=cfg.reward_epochs,
+                          hidden=cfg.hidden, lr=cfg.reward_lr, weight_decay=cfg.reward_weight_decay,
+                          epochs=cfg.reward_epochs,
                           random_answer_prob=cfg.random_answer_prob, normalize_obs=cfg.reward_normalize_obs,
                           val_frac=cfg.reward_val_frac, bootstrap=cfg.reward_bootstrap, seed=cfg.seed,
                           stop_accuracy=cfg.reward_stop_accuracy, crop=cfg.crop,

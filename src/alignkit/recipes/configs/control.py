@@ -108,6 +108,8 @@ class ControlConfig:
     per-engine default, 1.01 = never for alignkit, 0.97 for sb3)."""
     reward_lr: float = 1e-3
     """Adam learning rate of the reward nets."""
+    reward_weight_decay: float = 1e-4
+    """Adam weight decay of the reward nets (0: none, as imitation's reward trainer)."""
     reward_val_frac: float = 0.2
     """Share of the labels held out of r̂'s fit to report its validation accuracy (0: every label trains)."""
     reward_bootstrap: bool = True
