@@ -184,7 +184,8 @@ class ControlConfig:
     max_grad_norm: float = 0.5
     """Gradient clipping."""
     hidden: int = 64
-    """Hidden width of actor, critic and reward nets."""
+    """Hidden width of the reward nets, and of actor and critic on the alignkit engine (the sb3
+    engine's policy is the RL Zoo's)."""
     eval_episodes: int = 10
     """Episodes of the deterministic final policy (and of the random policy) for the summary."""
     frames: bool = True
