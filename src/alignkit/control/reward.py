@@ -109,7 +109,6 @@ def member_indices(train_idx: np.ndarray, bootstrap: bool, rng: np.random.Genera
     return rng.choice(train_idx, size=len(train_idx), replace=True)
 
 
-
 def merge_moments(state: dict[str, float] | None, x: Any) -> dict[str, float]:
     """Count, mean and (population) variance of every value merged so far, after merging ``x``:
     Chan et al.'s pairwise update, so that merging batches one at a time gives the moments of
