@@ -29,9 +29,7 @@ Methods (``METHODS``):
   every label-efficiency method off at once, ``alignkit-plain_fit`` that with r̂ fitted as
   imitation's trainer fits it (every label to every member, 3 passes a refit);
   ``alignkit-plain_fit_running`` and ``alignkit-running`` standardise the paid r̂ by running
-  moments over every step paid so far (as imitation does) instead of the latest session's;
-  ``alignkit-as_imitation`` is plain_fit_running with imitation's reward net (one 32×32 net, no
-  weight decay).
+  moments over every step paid so far (as imitation does) instead of the latest session's.
 - ``imitation-random`` / ``imitation-active``: `imitation` 1.0.1's preference comparisons
   (random fragments / its ensemble's active selection) with the same RL-Zoo PPO, labels,
   segment length and steps (benchmarks/imitation_side.py, in its own venv, built by
@@ -92,10 +90,6 @@ METHODS: dict[str, dict] = {
     # instead of over the latest session's steps: with plain_fit (the rest as imitation), and with BEST
     "alignkit-plain_fit_running": {"kind": "alignkit", "set": {**PLAIN_FIT, "reward_standardize": "running"}},
     "alignkit-running": {"kind": "alignkit", "set": {**BEST, "reward_standardize": "running"}},
-    # plain_fit_running with imitation's reward net too: one 32×32 net, no weight decay (its BasicRewardNet)
-    "alignkit-as_imitation": {"kind": "alignkit", "set": {**PLAIN_FIT, "reward_standardize": "running",
-                                                          "reward_members": 1, "hidden": 32,
-                                                          "reward_weight_decay": 0.0}},
     # on tasks that end when the body falls (FALLS) "alignkit" and its ablations also get the alive
     # bonus; this one is the ablation of the bonus there
     "alignkit-no_alive": {"kind": "alignkit", "set": dict(BEST), "alive": False},
