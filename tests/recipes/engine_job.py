@@ -10,12 +10,16 @@ order with the recipe's config dataclass; the recipes write their usual output d
 import json
 import sys
 
+from alignkit.cli import leave_process_group
 from alignkit.recipes.dpo import DPOConfig, train_dpo
 from alignkit.recipes.reward import RewardConfig, train_reward
 from alignkit.recipes.sft import SFTConfig, train_sft
 
 RECIPES = {"reward": (RewardConfig, train_reward), "sft": (SFTConfig, train_sft), "dpo": (DPOConfig, train_dpo)}
 
-for job in json.loads(open(sys.argv[1]).read()):
-    config, train = RECIPES[job["recipe"]]
-    train(config(**job["config"]))
+try:
+    for job in json.loads(open(sys.argv[1]).read()):
+        config, train = RECIPES[job["recipe"]]
+        train(config(**job["config"]))
+finally:  # as the CLI does: a rank left to gloo's teardown under load can abort after its run
+    leave_process_group()
