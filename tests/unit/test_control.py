@@ -203,7 +203,8 @@ def test_running_standardisation_spans_refits():
     ens.update_normalization(*batches[0])
     ens.fit(pairs)
     raw.append(ens.member_rewards(*batches[1]).mean(0).numpy())
-    ens.update_normalization(*batches[1])
+    paid = ens.update_normalization(*batches[1])
+    np.testing.assert_array_equal(paid, ens.reward(*batches[1]))  # scored once, as reward() scores it now
     both = np.concatenate(raw)
     assert ens.moments["n"] == 60 and ens.mean == pytest.approx(both.mean(), abs=1e-6)
     assert ens.std == pytest.approx(both.std(), rel=1e-5)

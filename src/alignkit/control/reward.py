@@ -263,24 +263,32 @@ class RewardEnsemble:
         act = act.float() if act.is_floating_point() else act.long()
         return torch.stack([net(obs, act, nxt) for net in self.nets])
 
+    def mean_reward(self, obs: Any, actions: Any, next_obs: Any) -> np.ndarray:
+        """The members' mean raw r̂ over these transitions (numpy, before standardisation)."""
+        return self.member_rewards(obs, actions, next_obs).mean(0).numpy()
+
+    def _standardised(self, r: np.ndarray) -> np.ndarray:
+        return ((r - self.mean) / self.std).astype(np.float32)
+
     def reward(self, obs: Any, actions: Any, next_obs: Any) -> np.ndarray:
         """The policy's reward: (mean member r̂ − mean) / std, as float32 numpy."""
-        r = self.member_rewards(obs, actions, next_obs).mean(0)
-        return ((r.numpy() - self.mean) / self.std).astype(np.float32)
+        return self._standardised(self.mean_reward(obs, actions, next_obs))
 
     def set_normalization(self, obs: Any, actions: Any, next_obs: Any) -> None:
         """Fix mean/std of the mean member's reward over these transitions (e.g. the last rollout)."""
-        r = self.member_rewards(obs, actions, next_obs).mean(0).numpy()
+        r = self.mean_reward(obs, actions, next_obs)
         self.mean, self.std = float(r.mean()), float(max(r.std(), 1e-6))
 
-    def update_normalization(self, obs: Any, actions: Any, next_obs: Any) -> None:
+    def update_normalization(self, obs: Any, actions: Any, next_obs: Any) -> np.ndarray:
         """Merge the mean member's reward over these transitions into running moments over every
-        transition merged so far (by whichever fit of the members scored it), and standardise by
-        them: a policy better than the average so far is paid above 0 (imitation's
-        ``NormalizedRewardNet``)."""
-        r = self.member_rewards(obs, actions, next_obs).mean(0).numpy()
+        transition merged so far (by whichever fit of the members scored it), standardise by
+        them, and return these transitions' reward so standardised (as :meth:`reward` would now,
+        without scoring them twice): a policy better than the average so far is paid above 0
+        (imitation's ``NormalizedRewardNet``)."""
+        r = self.mean_reward(obs, actions, next_obs)
         self.moments = merge_moments(self.moments, r)
         self.mean, self.std = self.moments["mean"], float(max(np.sqrt(self.moments["var"]), 1e-6))
+        return self._standardised(r)
 
     @torch.no_grad()
     def member_segment_returns(self, segs: Sequence[Segment]) -> np.ndarray:

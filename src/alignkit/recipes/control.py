@@ -426,8 +426,10 @@ def _policy_reward(ensemble: Any, cfg: ControlConfig, obs: Any, actions: Any, ne
     With ``reward_standardize`` running, transitions that are ``paid`` join the running moments
     first (each paid transition once; a score for a metric only is not)."""
     if cfg.reward_standardize == "running" and paid:
-        ensemble.update_normalization(obs, actions, next_obs)
-    return ensemble.reward(obs, actions, next_obs) + np.float32(cfg.alive_bonus)
+        r = ensemble.update_normalization(obs, actions, next_obs)
+    else:
+        r = ensemble.reward(obs, actions, next_obs)
+    return r + np.float32(cfg.alive_bonus)
 
 
 def _make_ensemble(cfg: ControlConfig, obs_dim: int, act_dim: int, discrete: bool) -> Any:
