@@ -344,6 +344,9 @@ def cmd_cell(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    if not results_path(args.env).exists():
+        raise SystemExit(f"report: no results file {results_path(args.env)} (run cells first, or pass "
+                         "--results-dir where control_curve_<env>.jsonl lives)")
     cells = [c for c in read_cells(args.env) if c["steps"] == args.steps and c["seed"] in args.seeds]
     # a cell counts for its method only if it ran the method's current settings
     stale = [c for c in cells if c["method"] not in METHODS or c.get("settings", {}) != method_settings(c["method"], args.env)]

@@ -190,3 +190,13 @@ def test_imitation_runs_walker2d_v5_as_v4_with_v5s_foot_friction():
     assert np.array_equal(v4fix[0], v5[0])
     assert np.sum(v4fix[1] - v5[1]) == pytest.approx(v5[2])
     assert v4[0].shape != v5[0].shape or not np.array_equal(v4[0], v5[0])
+
+
+def test_report_without_a_results_file_says_so_in_one_line(cc, tmp_path, monkeypatch):
+    """``report`` pointed at a folder with no results file stops with a line that names the
+    file, instead of writing an empty summary (or a traceback when the folder is missing)."""
+    monkeypatch.setattr(cc, "RESULTS", tmp_path / "nowhere")
+    args = types.SimpleNamespace(env="Hopper-v5", steps=300_000, seeds=[0], plot=None)
+    with pytest.raises(SystemExit, match=r"no results file .*nowhere/control_curve_Hopper-v5\.jsonl"):
+        cc.cmd_report(args)
+    assert not (tmp_path / "nowhere").exists()
