@@ -115,3 +115,74 @@ def test_an_encoder_keeps_sdpa():
     assert bert.config._attn_implementation == "sdpa"
     assert not use_float32_attention(bert)
     assert bert.config._attn_implementation == "sdpa"
+
+
+def test_packed_segments_by_hand():
+    """Two rows of width 6: row 0 holds group 0 = prompt [1, 2], completions [3, 4] and [5],
+    then padding; row 1 group 1 = prompt [6, 7, 8], completions [9] and [10, 11]."""
+    from alignkit.models.packing import pack_completions, packed_segments
+
+    b = pack_completions([([1, 2], [[3, 4], [5]]), ([6, 7, 8], [[9], [10, 11]])], pad_id=0, row_tokens=5)
+    assert packed_segments(b["group"], b["role"]) == (((0, 2, (2, 1)),), ((0, 3, (1, 2)),))
+    b = pack_completions([([1], [[2], [3]]), ([4, 5], [[6], [7, 8]])], pad_id=0, row_tokens=64)
+    assert packed_segments(b["group"], b["role"]) == (((0, 1, (1, 1)), (3, 2, (1, 2))),)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_attention_by_segment_equals_the_masked_row(k):
+    """Group by group (``packed_segments``) = SDPA over the whole row under the block-causal
+    mask, on every real token — outputs and the gradients of q, k and v, with grouped keys
+    (6 query heads on 2), several groups a row, K = 1, 2, 3 completions and padding; the
+    padding's output is 0 and gets no gradient into real tokens."""
+    import random
+
+    from alignkit.models.attention import _by_segment
+    from alignkit.models.packing import block_causal_mask, pack_completions, packed_segments
+
+    rng = random.Random(k)
+    groups = [([1] * rng.randint(1, 6), [[2] * rng.randint(1, 5) for _ in range(k)]) for _ in range(5)]
+    b = pack_completions(groups, pad_id=0, row_tokens=24)
+    rows, width = b["input_ids"].shape
+    assert rows > 1 and (b["group"] < 0).any()  # several rows, some padding
+    torch.manual_seed(k)
+    q = torch.randn(rows, 6, width, 8, dtype=torch.float64, requires_grad=True)
+    kv = [torch.randn(rows, 2, width, 8, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    mask = block_causal_mask(b["group"], b["role"], torch.float64)
+    real = (b["group"] >= 0)
+    g = torch.randn(rows, width, 6, 8, dtype=torch.float64) * real[:, :, None, None]
+
+    want = torch.nn.functional.scaled_dot_product_attention(q, *kv, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    got = _by_segment(q, *kv, packed_segments(b["group"], b["role"]), None)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got[real], want[real], rtol=1e-12, atol=1e-12)
+    assert not got[~real].any()
+    grads_want = torch.autograd.grad((want * g).sum(), [q, *kv])
+    grads_got = torch.autograd.grad((got * g).sum(), [q, *kv])
+    for a, w in zip(grads_got, grads_want, strict=True):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+
+
+def test_a_packed_forward_attends_by_segment_only_on_float32_attention(monkeypatch):
+    """``forward_packed`` passes the groups' places to a model on the float32 attention (a
+    CPU batch) and not to one on SDPA; under bf16 autocast the Llama's last hidden states at
+    every real token are what the masked row gives (the path switched off)."""
+    from alignkit.models import attention as attn_mod
+    from alignkit.models.packing import pack_completions
+    from alignkit.models.pairs import forward_packed
+
+    groups = [([5, 6, 7], [[8, 9], [10]]), ([11], [[12], [13, 14, 15]]), ([16, 17], [[18], [19]])]
+    batch = pack_completions(groups, pad_id=0, row_tokens=10)
+    real = batch["group"] >= 0
+    model = _llama()
+    seen = []
+    original = attn_mod._by_segment
+    monkeypatch.setattr(attn_mod, "_by_segment", lambda *a: seen.append(1) or original(*a))
+    forward_packed(model.model, batch)
+    assert not seen  # plain SDPA: no segments
+    assert use_float32_attention(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = forward_packed(model.model, batch).last_hidden_state
+        assert seen
+        monkeypatch.setattr(attn_mod, "attends_by_segment", lambda m: False)
+        want = forward_packed(model.model, batch).last_hidden_state
+    torch.testing.assert_close(got[real].float(), want[real].float(), rtol=0, atol=0.02)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SDPA_FLOAT32", "use_float32_attention"]
+__all__ = ["SDPA_FLOAT32", "attends_by_segment", "use_float32_attention"]
 
 SDPA_FLOAT32 = "alignkit_sdpa_float32"
 """The name it is registered under (``config._attn_implementation``)."""
@@ -42,8 +42,11 @@ def _sdpa_float32(module, query, key, value, attention_mask, dropout: float = 0.
         attention_mask = attention_mask.float()
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    segments = kwargs.get("packed_segments")
     with torch.autocast("cpu", enabled=False):
-        if (kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+        if segments is not None and dropout == 0.0 and kwargs.get("position_bias") is None and kwargs.get("softcap") is None:
+            out = _by_segment(query.float(), key.float(), value.float(), segments, scaling)
+        elif (kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
                 or (is_causal and key.shape[2] != query.shape[2])):
             # transformers' own handling (or refusal) of these; it repeats grouped keys/values
             out, _ = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
@@ -54,6 +57,49 @@ def _sdpa_float32(module, query, key, value, attention_mask, dropout: float = 0.
                 query.float(), key.float(), value.float(), attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
                 is_causal=is_causal, enable_gqa=key.shape[1] != query.shape[1]).transpose(1, 2).contiguous()
     return out.to(torch.get_autocast_dtype("cpu")), None
+
+
+def _by_segment(query, key, value, segments, scaling):
+    """Attention of a packed batch group by group: what the block-causal mask allows, without
+    the masked-out square. Per group, the prompt and its first completion as one causal
+    sequence, then each further completion against the prompt's keys and its own (causal
+    within it); padding gets zeros (nothing reads it: every real token's keys are its own
+    group's). ``(R, L, H, D)`` like SDPA's output, transposed. Tested equal to the masked
+    SDPA on every real token."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    gqa = key.shape[1] != query.shape[1]
+    rows = []
+    for r, segs in enumerate(segments):
+        q, k, v = query[r : r + 1], key[r : r + 1], value[r : r + 1]
+        pieces, col = [], 0
+        for start, p, comps in segs:
+            end = start + p + comps[0]
+            pieces.append(sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], scale=scaling,
+                               is_causal=True, enable_gqa=gqa))
+            for c in comps[1:]:
+                keys = torch.cat([k[:, :, start : start + p], k[:, :, end : end + c]], 2)
+                values = torch.cat([v[:, :, start : start + p], v[:, :, end : end + c]], 2)
+                allowed = torch.ones(c, p + c, dtype=torch.bool, device=q.device).tril(p)
+                pieces.append(sdpa(q[:, :, end : end + c], keys, values, attn_mask=allowed, scale=scaling,
+                                   enable_gqa=gqa))
+                end += c
+            col = end
+        if col < q.shape[2]:
+            pieces.append(q.new_zeros(1, q.shape[1], q.shape[2] - col, q.shape[3]))
+        rows.append(torch.cat(pieces, 2))
+    return torch.cat(rows, 0).transpose(1, 2).contiguous()
+
+
+def attends_by_segment(model) -> bool:
+    """Whether ``model`` (or the decoder in a peft model) is on :data:`SDPA_FLOAT32`, which
+    attends a packed batch group by group when given ``packed_segments``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from alignkit.models._hf_compat import base_model
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return getattr(getattr(base_model(model), "config", None), "_attn_implementation", None) == SDPA_FLOAT32
 
 
 def _register() -> None:

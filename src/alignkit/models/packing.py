@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["PACK_ROW_TOKENS", "block_causal_mask", "pack_completions", "repeated_prompts", "round_up"]
+__all__ = ["PACK_ROW_TOKENS", "block_causal_mask", "pack_completions", "packed_segments", "repeated_prompts", "round_up"]
 
 PACK_ROW_TOKENS = 256
 """Rows hold whole groups up to this many tokens: attention cost per token grows with the
@@ -148,6 +148,29 @@ def block_causal_mask(group: torch.Tensor, role: torch.Tensor, dtype: torch.dtyp
     )
     mask = torch.zeros(group.shape[0], 1, width, width, dtype=dtype, device=group.device)
     return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def packed_segments(group: torch.Tensor, role: torch.Tensor) -> tuple[tuple[tuple[int, int, tuple[int, ...]], ...], ...]:
+    """Where each group of a packed batch lies (:func:`pack_completions`), read on the host:
+    for every row, ``(start, prompt_len, (completion_len_0, …))`` per group, in column order
+    (the group's prompt at ``start``, its completions after it, one after another). What
+    :func:`block_causal_mask` encodes as an L × L matrix, in O(groups) numbers: attention can
+    then run group by group instead of over the whole masked row
+    (:mod:`alignkit.models.attention`). E.g. a row [p p a a b | pad] → ``((0, 2, (2, 1)),)``."""
+    rows = []
+    for g_row, r_row in zip(group.tolist(), role.tolist(), strict=True):
+        segs: list[tuple[int, int, list[int]]] = []
+        for col, (g, r) in enumerate(zip(g_row, r_row, strict=True)):
+            if g < 0:  # padding: the rest of the row
+                break
+            if not segs or g != segs[-1][0]:
+                segs.append((g, col, [0]))  # [prompt length, completion lengths…]
+            lens = segs[-1][2]
+            if r >= len(lens):
+                lens.append(0)
+            lens[r] += 1
+        rows.append(tuple((start, lens[0], tuple(lens[1:])) for _, start, lens in segs))
+    return tuple(rows)
 
 
 def repeated_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int | None = None):

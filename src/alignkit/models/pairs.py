@@ -192,12 +192,18 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", 
 def forward_packed(model, batch: dict):
     """``model`` (a causal LM or its backbone) on a packed batch: the additive block-causal
     mask built on the batch's device in the model's dtype, positions restarting per
-    sequence, no KV cache."""
-    from alignkit.models.packing import block_causal_mask
+    sequence, no KV cache. A model on :data:`~alignkit.models.attention.SDPA_FLOAT32` on a CPU
+    also gets the groups' places (``packed_segments``), so that under autocast it attends
+    group by group instead of over the whole masked row."""
+    from alignkit.models.attention import attends_by_segment
+    from alignkit.models.packing import block_causal_mask, packed_segments
 
     mask = block_causal_mask(batch["group"], batch["role"], next(model.parameters()).dtype)
+    extra = {}
+    if batch["group"].device.type == "cpu" and attends_by_segment(model):  # group by group, not the masked row
+        extra["packed_segments"] = packed_segments(batch["group"], batch["role"])
     return model(input_ids=batch["input_ids"], attention_mask=mask,
-                 position_ids=batch["position_ids"], use_cache=False)
+                 position_ids=batch["position_ids"], use_cache=False, **extra)
 
 
 def forward_shared_prompt(model, batch: dict, **prompt_kwargs):
