@@ -174,6 +174,7 @@ def test_a_packed_forward_attends_by_segment_only_on_float32_attention(monkeypat
     batch = pack_completions(groups, pad_id=0, row_tokens=10)
     real = batch["group"] >= 0
     model = _llama()
+    monkeypatch.setattr(attn_mod, "SEGMENT_CALL_WORK", 0)  # a 32-wide model on short groups would not pay
     seen = []
     original = attn_mod._by_segment
     monkeypatch.setattr(attn_mod, "_by_segment", lambda *a: seen.append(1) or original(*a))
@@ -183,6 +184,20 @@ def test_a_packed_forward_attends_by_segment_only_on_float32_attention(monkeypat
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = forward_packed(model.model, batch).last_hidden_state
         assert seen
-        monkeypatch.setattr(attn_mod, "attends_by_segment", lambda m: False)
+        monkeypatch.setattr(attn_mod, "attends_by_segment", lambda m: None)
         want = forward_packed(model.model, batch).last_hidden_state
     torch.testing.assert_close(got[real].float(), want[real].float(), rtol=0, atol=0.02)
+
+
+def test_by_segment_pays_by_hand():
+    """One row of width 10 holding prompt 2, completions 2 and 1: the masked row is 100
+    query·key pairs; the groups need (2 + 2)²/2 = 8 for prompt + first completion and
+    1·(2 + 0) = 2 for the second — 90 skipped over 2 calls, so with SEGMENT_CALL_WORK = 2¹⁹ it
+    pays from 2·2¹⁹ / 90 = 11,650.8 channels on."""
+    from alignkit.models.attention import SEGMENT_CALL_WORK, by_segment_pays
+
+    segments = (((0, 2, (2, 1)),),)
+    assert SEGMENT_CALL_WORK == 1 << 19
+    assert by_segment_pays(segments, 10, 11_651)
+    assert not by_segment_pays(segments, 10, 11_650)
+    assert not by_segment_pays(((),), 10, 10**9)  # no group: no call to make

@@ -193,15 +193,19 @@ def forward_packed(model, batch: dict):
     """``model`` (a causal LM or its backbone) on a packed batch: the additive block-causal
     mask built on the batch's device in the model's dtype, positions restarting per
     sequence, no KV cache. A model on :data:`~alignkit.models.attention.SDPA_FLOAT32` on a CPU
-    also gets the groups' places (``packed_segments``), so that under autocast it attends
-    group by group instead of over the whole masked row."""
-    from alignkit.models.attention import attends_by_segment
+    also gets the groups' places (``packed_segments``) where that pays
+    (:func:`~alignkit.models.attention.by_segment_pays`), so that under autocast it attends group
+    by group instead of over the whole masked row."""
+    from alignkit.models.attention import attends_by_segment, by_segment_pays
     from alignkit.models.packing import block_causal_mask, packed_segments
 
     mask = block_causal_mask(batch["group"], batch["role"], next(model.parameters()).dtype)
     extra = {}
-    if batch["group"].device.type == "cpu" and attends_by_segment(model):  # group by group, not the masked row
-        extra["packed_segments"] = packed_segments(batch["group"], batch["role"])
+    channels = attends_by_segment(model) if batch["group"].device.type == "cpu" else None
+    if channels:  # group by group, where that pays
+        segments = packed_segments(batch["group"], batch["role"])
+        if by_segment_pays(segments, batch["group"].shape[1], channels):
+            extra["packed_segments"] = segments
     return model(input_ids=batch["input_ids"], attention_mask=mask,
                  position_ids=batch["position_ids"], use_cache=False, **extra)
 
