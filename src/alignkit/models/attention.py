@@ -19,12 +19,12 @@ outside autocast or off the CPU, transformers' SDPA itself (float32 runs are unc
 for bit). The lean decode step computes the same float32 attention
 (:data:`alignkit.decoding.lean_step.FLOAT32_ATTENTION_ON_CPU`).
 
-A packed batch (:func:`alignkit.models.pairs.forward_packed`) also passes where its groups lie
-(``packed_segments``); under autocast on a CPU the attention then runs group by group — each
-prompt with its first completion as one causal sequence, each further completion against the
-prompt's keys and its own — instead of over the whole row under the block-causal mask, whose
-masked-out square (other groups, the other completion, the causal upper half) the CPU kernel
-computes anyway: the same numbers on every real token (tested), a fraction of the work.
+Where it pays (:func:`by_segment_pays`) a packed batch (:func:`alignkit.models.pairs.forward_packed`)
+also passes where its groups lie (``packed_segments``); under autocast on a CPU the attention then
+runs group by group — each prompt with its first completion as one causal sequence, each further
+completion against the prompt's keys and its own — instead of over the whole row under the
+block-causal mask, whose masked-out square (other groups, the other completion, the causal upper
+half) the CPU kernel computes anyway: the same numbers on every real token (tested), less work.
 """
 
 from __future__ import annotations
