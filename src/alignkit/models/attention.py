@@ -121,8 +121,8 @@ def attends_by_segment(model) -> int | None:
     """``hidden_size`` of ``model`` (a decoder, the decoder in a peft model, either under DDP),
     standing for its attention's heads × head size in :func:`by_segment_pays`, if it is on
     :data:`SDPA_FLOAT32`, which attends a packed batch group by group when given
-    ``packed_segments``; else None. (A packed batch's own 4D mask replaces any sliding window
-    on either path: the groups are shorter than the windows.)"""
+    ``packed_segments``; else None. (On either path a packed batch's own 4D mask stands in for
+    any sliding window the model has, as transformers does with a 4D mask it is given.)"""
     from torch.nn.parallel import DistributedDataParallel
 
     from alignkit.models._hf_compat import base_model
