@@ -201,3 +201,30 @@ def test_by_segment_pays_by_hand():
     assert by_segment_pays(segments, 10, 11_651)
     assert not by_segment_pays(segments, 10, 11_650)
     assert not by_segment_pays(((),), 10, 10**9)  # no group: no call to make
+
+
+def test_pairs_go_into_one_unpadded_row_where_attention_by_segment_pays(monkeypatch):
+    """``collate_for``: on SDPA (or where it would not pay) the usual rows of ≤ 256 tokens; on
+    the float32 attention, where it pays, one row with no padding — and DPO's log-probs of a
+    bf16-autocast Llama on it equal those of the usual rows on the masked path."""
+    from alignkit.models import attention as attn_mod
+    from alignkit.models.pairs import PairTokens, collate_for, collate_pairs, pair_logps
+
+    torch.manual_seed(3)
+    pairs = [PairTokens(torch.randint(1, 96, (n,)).tolist(), torch.randint(1, 96, (a,)).tolist(),
+                        torch.randint(1, 96, (b,)).tolist()) for n, a, b in ((90, 40, 30), (70, 50, 60), (100, 20, 25))]
+    tokens = sum(len(x.prompt) + len(x.chosen) + len(x.rejected) for x in pairs)
+    model = _llama()
+    usual = collate_pairs(pairs, 0, "packed")
+    assert usual["input_ids"].shape[0] == 3  # 160, 180 and 145 tokens: a row each
+    assert torch.equal(collate_for(model, pairs, 0)["input_ids"], usual["input_ids"])  # SDPA: as before
+    assert use_float32_attention(model)
+    assert collate_for(model, pairs, 0)["input_ids"].shape[0] == 3  # 32 channels: does not pay
+    monkeypatch.setattr(attn_mod, "SEGMENT_CALL_WORK", 1 << 10)
+    one = collate_for(model, pairs, 0)
+    assert one["input_ids"].shape == (1, tokens) and bool((one["group"] >= 0).all())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pair_logps(model, one)
+        monkeypatch.setattr(attn_mod, "attends_by_segment", lambda m: None)
+        want = pair_logps(model, usual)
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0.01)  # sums of ~100 log-probs: -90 … -270

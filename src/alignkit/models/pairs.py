@@ -29,6 +29,7 @@ __all__ = [
     "Example",
     "PairTokens",
     "collate",
+    "collate_for",
     "collate_pairs",
     "forward_packed",
     "forward_shared_prompt",
@@ -187,6 +188,26 @@ def collate_pairs(pairs: list[PairTokens], pad_id: int, layout: str = "packed", 
 
 
 # ----------------------------------------------------------------------- forward passes
+
+
+def collate_for(model, pairs: list[PairTokens], pad_id: int, layout: str = "packed", pad_multiple: int = 1) -> dict:
+    """:func:`collate_pairs` for ``model``; packed pairs go into **one unpadded row** when the
+    model attends a packed batch group by group (a CPU model on
+    :data:`~alignkit.models.attention.SDPA_FLOAT32`, where
+    :func:`~alignkit.models.attention.by_segment_pays` on the usual rows): its attention then no
+    longer grows with the row, so the rows' padding — a quarter of the tokens of HH pairs in
+    rows of 256 — is work the linear layers need not do. The same numbers on every real token."""
+    from alignkit.models.attention import attends_by_segment, by_segment_pays
+    from alignkit.models.packing import packed_segments
+
+    batch = collate_pairs(pairs, pad_id, layout, pad_multiple=pad_multiple)
+    if layout != "packed" or batch["input_ids"].shape[0] == 1 or next(model.parameters()).device.type != "cpu":
+        return batch
+    channels = attends_by_segment(model)
+    if channels and by_segment_pays(packed_segments(batch["group"], batch["role"]), batch["group"].shape[1], channels):
+        tokens = sum(len(x.prompt) + len(x.chosen) + len(x.rejected) for x in pairs)
+        return collate_pairs(pairs, pad_id, layout, row_tokens=tokens, pad_multiple=pad_multiple)
+    return batch
 
 
 def forward_packed(model, batch: dict):

@@ -43,7 +43,7 @@ from alignkit.models.loading import (
 )
 from alignkit.models.pairs import (
     PairTokens,
-    collate_pairs,
+    collate_for,
     forward_packed,
     forward_shared_prompt,
     keep_lengths,
@@ -324,7 +324,7 @@ class RewardModel(nn.Module):
         if layout not in ("packed", "shared"):
             raise ConfigError(f"pair layout: expected 'packed' or 'shared', got {layout!r}")
         device = next(self.parameters()).device
-        batch = collate_pairs(pairs, self.tokenizer.pad_token_id, layout, pad_multiple=self.pad_multiple)
+        batch = collate_for(self.backbone, pairs, self.tokenizer.pad_token_id, layout, pad_multiple=self.pad_multiple)
         batch = to_device(batch, device)
         n = len(pairs)
         if layout == "packed":

@@ -48,7 +48,7 @@ from alignkit.losses.dpo import (
 )
 from alignkit.losses.preference import ranking_rows
 from alignkit.models.groups import group_logps, tokenize_group
-from alignkit.models.pairs import PAIR_LAYOUTS, collate_pairs, pair_logps, tokenize_pair
+from alignkit.models.pairs import PAIR_LAYOUTS, collate_for, pair_logps, tokenize_pair
 from alignkit.recipes._common import (
     adamw,
     attend_in_float32_on_cpu,
@@ -165,7 +165,7 @@ def train_dpo(cfg: DPOConfig, records: list[Any] | None = None) -> DPOResult:
               for r in rankings]
 
     def pair_batch(idx):
-        b = collate_pairs([pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout, pad_multiple=dist.pad_multiple)
+        b = collate_for(model, [pairs[i] for i in idx], tok.pad_token_id, cfg.pair_layout, pad_multiple=dist.pad_multiple)
         return to_device(b, device)
 
     ckpt_path = out / "checkpoint.pt"
