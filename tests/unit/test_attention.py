@@ -53,7 +53,7 @@ def test_under_autocast_the_attention_is_float32_sdpa_of_the_upcast_inputs():
         out, _ = _sdpa_float32(module, q, k, v, mask)
         bf16_kernel, _ = sdpa_attention_forward(module, q, k, v, mask)
     by_hand = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
     assert torch.equal(out, by_hand.transpose(1, 2).contiguous().to(torch.bfloat16))
     assert not torch.equal(out, bf16_kernel)
     out.float().sum().backward()

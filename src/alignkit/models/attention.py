@@ -62,8 +62,9 @@ def _sdpa_float32(module, query, key, value, attention_mask, dropout: float = 0.
             # grouped-query heads attend in place (``enable_gqa``), not through copies of the keys/values
             out = torch.nn.functional.scaled_dot_product_attention(
                 query.float(), key.float(), value.float(), attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
-                is_causal=is_causal, enable_gqa=key.shape[1] != query.shape[1]).transpose(1, 2).contiguous()
-    return out.to(torch.get_autocast_dtype("cpu")), None
+                is_causal=is_causal, enable_gqa=key.shape[1] != query.shape[1]).transpose(1, 2)
+    # transposed (R, L, H, D) and cast in one copy
+    return out.to(torch.get_autocast_dtype("cpu"), memory_format=torch.contiguous_format), None
 
 
 def _by_segment(query, key, value, segments, scaling):
@@ -71,30 +72,34 @@ def _by_segment(query, key, value, segments, scaling):
     the masked-out square. Per group, the prompt and its first completion as one causal
     sequence, then each further completion against the prompt's keys and its own (causal
     within it); padding gets zeros (nothing reads it: every real token's keys are its own
-    group's). ``(R, L, H, D)`` like SDPA's output, transposed. Tested equal to the masked
-    SDPA on every real token."""
+    group's). ``(R, L, H, D)`` like SDPA's output, transposed (a view). Tested equal to the masked
+    SDPA on every real token.
+
+    The rows are cut with ``split`` (its backward joins the pieces' gradients in one copy),
+    not with a slice per group, whose backward would zero-fill a gradient of the whole batch
+    for every piece."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
     gqa = key.shape[1] != query.shape[1]
+    width = query.shape[2]
     rows = []
-    for r, segs in enumerate(segments):
-        q, k, v = query[r : r + 1], key[r : r + 1], value[r : r + 1]
-        pieces, col = [], 0
-        for start, p, comps in segs:
-            end = start + p + comps[0]
-            pieces.append(sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], scale=scaling,
-                               is_causal=True, enable_gqa=gqa))
-            for c in comps[1:]:
-                keys = torch.cat([k[:, :, start : start + p], k[:, :, end : end + c]], 2)
-                values = torch.cat([v[:, :, start : start + p], v[:, :, end : end + c]], 2)
+    for segs, q, k, v in zip(segments, query.split(1), key.split(1), value.split(1), strict=True):
+        sizes = [n for _, p, comps in segs for n in (p + comps[0], *comps[1:])]
+        used = sum(sizes)
+        sizes += [width - used] if used < width else []
+        qs, ks, vs = q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2)
+        pieces, i = [], 0
+        for _, p, comps in segs:
+            pieces.append(sdpa(qs[i], ks[i], vs[i], scale=scaling, is_causal=True, enable_gqa=gqa))
+            k_prompt, v_prompt = ks[i][:, :, :p], vs[i][:, :, :p]
+            for j, c in enumerate(comps[1:], start=i + 1):
                 allowed = torch.ones(c, p + c, dtype=torch.bool, device=q.device).tril(p)
-                pieces.append(sdpa(q[:, :, end : end + c], keys, values, attn_mask=allowed, scale=scaling,
-                                   enable_gqa=gqa))
-                end += c
-            col = end
-        if col < q.shape[2]:
-            pieces.append(q.new_zeros(1, q.shape[1], q.shape[2] - col, q.shape[3]))
+                pieces.append(sdpa(qs[j], torch.cat([k_prompt, ks[j]], 2), torch.cat([v_prompt, vs[j]], 2),
+                                   attn_mask=allowed, scale=scaling, enable_gqa=gqa))
+            i += len(comps)
+        if used < width:
+            pieces.append(q.new_zeros(1, q.shape[1], width - used, q.shape[3]))
         rows.append(torch.cat(pieces, 2))
-    return torch.cat(rows, 0).transpose(1, 2).contiguous()
+    return torch.cat(rows, 0).transpose(1, 2)
 
 
 SEGMENT_CALL_WORK = 1 << 19
