@@ -204,10 +204,12 @@ def test_by_segment_pays_by_hand():
 
 
 def test_pairs_go_into_one_unpadded_row_where_attention_by_segment_pays(monkeypatch):
-    """``collate_for``: on SDPA (or where it would not pay) the usual rows of ≤ 256 tokens; on
-    the float32 attention, where it pays, one row with no padding — and DPO's log-probs of a
-    bf16-autocast Llama on it equal those of the usual rows on the masked path."""
+    """``collate_for``: on SDPA, or where attending by segment or the one row would not pay, the
+    usual rows of ≤ 256 tokens; on the float32 attention, where both pay, one row with no
+    padding — and DPO's log-probs of a bf16-autocast Llama on it equal those of the usual rows
+    on the masked path."""
     from alignkit.models import attention as attn_mod
+    from alignkit.models import pairs as pairs_mod
     from alignkit.models.pairs import PairTokens, collate_for, collate_pairs, pair_logps
 
     torch.manual_seed(3)
@@ -221,6 +223,9 @@ def test_pairs_go_into_one_unpadded_row_where_attention_by_segment_pays(monkeypa
     assert use_float32_attention(model)
     assert collate_for(model, pairs, 0)["input_ids"].shape[0] == 3  # 32 channels: does not pay
     monkeypatch.setattr(attn_mod, "SEGMENT_CALL_WORK", 1 << 10)
+    # now by segment pays, but 55 padding tokens × 32² channels < 8 × 485² tokens²: rows stay
+    assert collate_for(model, pairs, 0)["input_ids"].shape[0] == 3
+    monkeypatch.setattr(pairs_mod, "ONE_ROW_WORK", 0)
     one = collate_for(model, pairs, 0)
     assert one["input_ids"].shape == (1, tokens) and bool((one["group"] >= 0).all())
     with torch.autocast("cpu", dtype=torch.bfloat16):

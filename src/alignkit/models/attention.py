@@ -51,8 +51,8 @@ def _sdpa_float32(module, query, key, value, attention_mask, dropout: float = 0.
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
     segments = kwargs.get("packed_segments")
     with torch.autocast("cpu", enabled=False):
-        if segments is not None and dropout == 0.0 and kwargs.get("position_bias") is None and kwargs.get("softcap") is None:
-            out = _by_segment(query.float(), key.float(), value.float(), segments, scaling)
+        if segments is not None and kwargs.get("position_bias") is None and kwargs.get("softcap") is None:
+            out = _by_segment(query.float(), key.float(), value.float(), segments, scaling, dropout)
         elif (kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
                 or (is_causal and key.shape[2] != query.shape[2])):
             # transformers' own handling (or refusal) of these; it repeats grouped keys/values
@@ -67,12 +67,12 @@ def _sdpa_float32(module, query, key, value, attention_mask, dropout: float = 0.
     return out.to(torch.get_autocast_dtype("cpu"), memory_format=torch.contiguous_format), None
 
 
-def _by_segment(query, key, value, segments, scaling):
+def _by_segment(query, key, value, segments, scaling, dropout: float = 0.0):
     """Attention of a packed batch group by group: what the block-causal mask allows, without
     the masked-out square. Per group, the prompt and its first completion as one causal
     sequence, then each further completion against the prompt's keys and its own (causal
-    within it); padding gets zeros (nothing reads it: every real token's keys are its own
-    group's). ``(R, L, H, D)`` like SDPA's output, transposed (a view). Tested equal to the masked
+    within it), with attention dropout as the masked row would apply it; padding gets zeros
+    (nothing reads it: every real token's keys are its own group's). ``(R, L, H, D)`` like SDPA's output, transposed (a view). Tested equal to the masked
     SDPA on every real token.
 
     The rows are cut with ``split`` (its backward joins the pieces' gradients in one copy),
@@ -89,12 +89,12 @@ def _by_segment(query, key, value, segments, scaling):
         qs, ks, vs = q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2)
         pieces, i = [], 0
         for _, p, comps in segs:
-            pieces.append(sdpa(qs[i], ks[i], vs[i], scale=scaling, is_causal=True, enable_gqa=gqa))
+            pieces.append(sdpa(qs[i], ks[i], vs[i], dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa))
             k_prompt, v_prompt = ks[i][:, :, :p], vs[i][:, :, :p]
             for j, c in enumerate(comps[1:], start=i + 1):
                 allowed = torch.ones(c, p + c, dtype=torch.bool, device=q.device).tril(p)
                 pieces.append(sdpa(qs[j], torch.cat([k_prompt, ks[j]], 2), torch.cat([v_prompt, vs[j]], 2),
-                                   attn_mask=allowed, scale=scaling, enable_gqa=gqa))
+                                   attn_mask=allowed, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
             i += len(comps)
         if used < width:
             pieces.append(q.new_zeros(1, q.shape[1], width - used, q.shape[3]))
