@@ -72,8 +72,8 @@ def _by_segment(query, key, value, segments, scaling, dropout: float = 0.0):
     the masked-out square. Per group, the prompt and its first completion as one causal
     sequence, then each further completion against the prompt's keys and its own (causal
     within it), with attention dropout as the masked row would apply it; padding gets zeros
-    (nothing reads it: every real token's keys are its own group's). ``(R, L, H, D)`` like SDPA's output, transposed (a view). Tested equal to the masked
-    SDPA on every real token.
+    (nothing reads it: every real token's keys are its own group's). ``(R, L, H, D)`` like
+    SDPA's output, transposed (a view). Tested equal to the masked SDPA on every real token.
 
     The rows are cut with ``split`` (its backward joins the pieces' gradients in one copy),
     not with a slice per group, whose backward would zero-fill a gradient of the whole batch
