@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 
-__all__ = ["accepts", "base_model", "cache_kw"]
+__all__ = ["accepts", "base_model", "cache_kw", "hf_model"]
 
 
 def base_model(model):
@@ -20,14 +20,20 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def accepts(model, name: str) -> bool:
-    """Whether ``model``'s forward (a peft model's base model's; under DDP, the wrapped
-    module's, to which DDP passes its keyword arguments) takes argument ``name``."""
+def hf_model(model):
+    """The transformers model inside DDP and/or peft wrappers (DDP passes its keyword
+    arguments to the module it wraps)."""
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(model, DistributedDataParallel):
         model = model.module
-    base = base_model(model)
+    return base_model(model)
+
+
+def accepts(model, name: str) -> bool:
+    """Whether ``model``'s forward (a peft model's base model's; under DDP, the wrapped
+    module's, to which DDP passes its keyword arguments) takes argument ``name``."""
+    base = hf_model(model)
     try:
         return name in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):

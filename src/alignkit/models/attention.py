@@ -128,13 +128,9 @@ def attends_by_segment(model) -> int | None:
     :data:`SDPA_FLOAT32`, which attends a packed batch group by group when given
     ``packed_segments``; else None. (On either path a packed batch's own 4D mask stands in for
     any sliding window the model has, as transformers does with a 4D mask it is given.)"""
-    from torch.nn.parallel import DistributedDataParallel
+    from alignkit.models._hf_compat import hf_model
 
-    from alignkit.models._hf_compat import base_model
-
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    config = getattr(base_model(model), "config", None)
+    config = getattr(hf_model(model), "config", None)
     if getattr(config, "_attn_implementation", None) != SDPA_FLOAT32:
         return None
     return config.hidden_size
