@@ -197,20 +197,32 @@ def collate_for(model, pairs: list[PairTokens], pad_id: int, layout: str = "pack
     :func:`~alignkit.models.attention.by_segment_pays` on the usual rows): its attention then no
     longer grows with the row, so the rows' padding — a quarter of the tokens of HH pairs in
     rows of 256 — is work the linear layers need not do. The same numbers on every real token."""
-    from alignkit.models.attention import attends_by_segment, by_segment_pays
-    from alignkit.models.packing import packed_segments
-
     batch = collate_pairs(pairs, pad_id, layout, pad_multiple=pad_multiple)
-    if layout != "packed" or batch["input_ids"].shape[0] == 1 or next(model.parameters()).device.type != "cpu":
+    if layout != "packed" or batch["input_ids"].shape[0] == 1:
         return batch
-    channels = attends_by_segment(model)
-    if channels and by_segment_pays(packed_segments(batch["group"], batch["role"]), batch["group"].shape[1], channels):
+    channels = _segments_that_pay(model, batch)[1]
+    if channels:
         tokens = sum(len(x.prompt) + len(x.chosen) + len(x.rejected) for x in pairs)
         padding = batch["input_ids"].numel() - tokens
         # the padding's linear-layer work (∝ channels²) against the one row's L² mask
         if padding * channels * channels >= ONE_ROW_WORK * tokens * tokens:
             return collate_pairs(pairs, pad_id, layout, row_tokens=tokens, pad_multiple=pad_multiple)
     return batch
+
+
+def _segments_that_pay(model, batch: dict):
+    """``(packed_segments, channels)`` of a packed batch for a CPU model that attends by segment
+    (:func:`~alignkit.models.attention.attends_by_segment`) where that pays
+    (:func:`~alignkit.models.attention.by_segment_pays`); else ``(None, None)``."""
+    from alignkit.models.attention import attends_by_segment, by_segment_pays
+    from alignkit.models.packing import packed_segments
+
+    channels = attends_by_segment(model) if next(model.parameters()).device.type == "cpu" else None
+    if channels:
+        segments = packed_segments(batch["group"], batch["role"])
+        if by_segment_pays(segments, batch["group"].shape[1], channels):
+            return segments, channels
+    return None, None
 
 
 ONE_ROW_WORK = 8
@@ -229,16 +241,11 @@ def forward_packed(model, batch: dict):
     also gets the groups' places (``packed_segments``) where that pays
     (:func:`~alignkit.models.attention.by_segment_pays`), so that under autocast it attends group
     by group instead of over the whole masked row."""
-    from alignkit.models.attention import attends_by_segment, by_segment_pays
-    from alignkit.models.packing import block_causal_mask, packed_segments
+    from alignkit.models.packing import block_causal_mask
 
     mask = block_causal_mask(batch["group"], batch["role"], next(model.parameters()).dtype)
-    extra = {}
-    channels = attends_by_segment(model) if batch["group"].device.type == "cpu" else None
-    if channels:  # group by group, where that pays
-        segments = packed_segments(batch["group"], batch["role"])
-        if by_segment_pays(segments, batch["group"].shape[1], channels):
-            extra["packed_segments"] = segments
+    segments = _segments_that_pay(model, batch)[0]  # group by group, where that pays
+    extra = {} if segments is None else {"packed_segments": segments}
     return model(input_ids=batch["input_ids"], attention_mask=mask,
                  position_ids=batch["position_ids"], use_cache=False, **extra)
 
