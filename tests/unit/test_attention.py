@@ -162,6 +162,38 @@ def test_attention_by_segment_equals_the_masked_row(k):
         torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
 
 
+def test_attention_dropout_by_segment_is_unbiased_and_stays_in_its_group():
+    """With attention dropout (p = 0.3) group by group: every draw differs, the mean of 3,000
+    draws is the undropped output (each real element within 6 standard errors), padding stays
+    0, and a group's output has no gradient from another group's keys or values."""
+    from alignkit.models.attention import _by_segment
+    from alignkit.models.packing import pack_completions, packed_segments
+
+    groups = [([1, 1, 1], [[2, 2], [3]]), ([4, 4], [[5, 5, 5], [6, 6]]), ([7], [[8], [9]])]
+    b = pack_completions(groups, pad_id=0, row_tokens=15)
+    segments = packed_segments(b["group"], b["role"])
+    rows, width = b["input_ids"].shape
+    real = b["group"] >= 0
+    assert rows == 2 and len(segments[0]) == 2 and not real.all()  # two groups in row 0, padding in row 1
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(rows, 2, width, 4, dtype=torch.float64) for _ in range(3))
+    want = _by_segment(q, k, v, segments, None)
+    draws = torch.stack([_by_segment(q, k, v, segments, None, dropout=0.3) for _ in range(3000)])
+    assert not draws[:, ~real].any()
+    spread = draws[:, real].std(0)
+    assert (spread > 0).all()  # every real element varies from draw to draw
+    error = (draws[:, real].mean(0) - want[real]).abs()
+    assert (error <= 6 * spread / 3000 ** 0.5).all()
+
+    (start0, p0, comps0), (start1, _, _) = segments[0]
+    assert (start0, start1) == (0, p0 + sum(comps0))
+    k1, v1 = k.clone().requires_grad_(), v.clone().requires_grad_()
+    out = _by_segment(q, k1, v1, segments, None, dropout=0.3)
+    gk, gv = torch.autograd.grad(out[0, start1:].sum(), [k1, v1])  # row 0's second group
+    assert not gk[0, :, :start1].any() and not gv[0, :, :start1].any() and not gv[1].any()
+    assert gv[0, :, start1:].any()
+
+
 def test_a_packed_forward_attends_by_segment_only_on_float32_attention(monkeypatch):
     """``forward_packed`` passes the groups' places to a model on the float32 attention (a
     CPU batch) and not to one on SDPA; under bf16 autocast the Llama's last hidden states at
