@@ -60,15 +60,32 @@ def test_one_set_parser_with_nested_keys():
 
 def test_a_command_leaves_the_process_group_it_ran_in(tmp_path):
     """Every process of a launched run leaves torch's process group when its command ends,
-    succeeded or refused (left to the interpreter's teardown, gloo's threads can abort a rank
-    whose run succeeded). One gloo process, a command that succeeds and one that fails."""
+    succeeded or refused, and collects the garbage that still holds it (left to the
+    interpreter's teardown, gloo's C++ side can abort a rank whose run succeeded). One gloo
+    process, a command that succeeds and one that fails."""
+    import gc
+    import weakref
+
     import pytest
     import torch.distributed as dist
 
     from alignkit.cli import main
 
+    class Holder:
+        pass
+
     for i, args in enumerate([["--help"], ["data", "inspect", str(tmp_path / "missing.jsonl")]]):
         dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{i}'}", rank=0, world_size=1)
-        with pytest.raises(SystemExit):
-            main(args)
+        # garbage in a cycle that holds the group: freed before main returns, not at teardown
+        held = Holder()
+        held.group, held.cycle = dist.group.WORLD, held
+        freed = weakref.ref(held)
+        del held
+        gc.disable()  # no automatic collection: only main's own can free it
+        try:
+            with pytest.raises(SystemExit):
+                main(args)
+        finally:
+            gc.enable()
         assert not dist.is_initialized()
+        assert freed() is None

@@ -8,6 +8,7 @@ exit with status 2.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -68,12 +69,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def leave_process_group() -> None:
-    """Under a launcher, leave torch's process group before the interpreter exits. Left to
-    the interpreter's teardown, gloo's worker threads can still hold work when their
-    group is destroyed, and a rank whose run succeeded aborts ("terminate called without an
-    active exception", SIGABRT) — seen once in `accelerate launch` DPO under load. torch's
-    docs ask every process to call ``destroy_process_group`` at its end; nothing here
-    imports torch for it."""
+    """Under a launcher, leave torch's process group before the interpreter exits, and free
+    what still refers to it while the interpreter is whole. Left to the interpreter's
+    teardown, a rank whose run succeeded can abort ("terminate called without an active
+    exception", SIGABRT, no Python frame): measured on `accelerate launch` DPO, 2 gloo
+    processes beside a busy core, in 3 of 30 launches with ``destroy_process_group`` alone
+    (each abort after it had returned); with the ``gc.collect()`` after it, in 0 of 125.
+    So what still holds gloo's C++ objects after the group is destroyed is garbage in
+    reference cycles, which only a collection frees; freed in the interpreter's teardown
+    instead, their C++ side does not survive the order it is destroyed in. torch's docs ask
+    every process to call ``destroy_process_group`` at its end; nothing here imports torch
+    for it."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
