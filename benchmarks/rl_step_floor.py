@@ -10,7 +10,8 @@ model as many again for the weight gradients; with LoRA the frozen base has none
 fused AdamW step. TRL's RLOO step does the same plus one more policy forward (its old
 log-probs).
 
-Lower bounds, each measured or counted here, with the model's own numerics (float32):
+Lower bounds, each measured or counted here, with the model's own numerics (float32; bf16
+with ``--precision bf16``, below):
 
 * **forward/backward**: matmul FLOPs (linear layers, attention scores and mixing, LM head
   on the response positions) at the best float32 GEMM rate measured on this core over the
@@ -29,6 +30,11 @@ workload); ``max_speedup_over_trl = trl_step_s / floor_s``.
 
     .venv/bin/python benchmarks/rl_step_floor.py --size small
     .venv/bin/python benchmarks/rl_step_floor.py --size smollm2
+    .venv/bin/python benchmarks/rl_step_floor.py --size small --precision bf16
+
+With ``--precision bf16`` every matmul counts at the bf16 GEMM peak and the decode steps read
+bf16 weights (autocast's casts, and float32 attention, cost nothing there): the floor of
+``precision: bf16-mixed``, against TRL's ``bf16=True`` step.
 """
 
 from __future__ import annotations
@@ -48,13 +54,14 @@ sys.path.insert(0, str(ROOT))
 from _fair import PROMPTS, machine_meta  # noqa: E402
 
 
-def gemm_peak(shapes: list[tuple[int, int, int]], repeats: int = 15) -> float:
-    """Best float32 GFLOP/s of ``(m × k) @ (k × n)`` over ``shapes``, one thread."""
+def gemm_peak(shapes: list[tuple[int, int, int]], repeats: int = 15, dtype=None) -> float:
+    """Best GFLOP/s of ``(m × k) @ (k × n)`` over ``shapes`` in ``dtype`` (default float32),
+    one thread."""
     import torch
 
     best = 0.0
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         for _ in range(2):
             a @ b
         times = []
@@ -89,13 +96,14 @@ def step_linears_s(weights, head, rows: int, repeats: int = 7) -> float:
     """CPU seconds of one decode step's linear layers alone at ``rows`` rows: every weight
     (and the LM head) multiplied once, in order — what any decode step must read — as
     plain matmuls and with each weight read ahead first (the lean step's ``prefetch``,
-    weights up to ``PREFETCH_MAX_BYTES``); the faster of the two."""
+    weights up to ``PREFETCH_MAX_BYTES``); the faster of the two. Inputs in the weights'
+    dtype."""
     import torch
 
     from alignkit.decoding.lean_step import PREFETCH_MAX_BYTES
 
-    xs = [torch.randn(rows, w.shape[0]) for w in weights]
-    xh = torch.randn(rows, head.shape[1])
+    xs = [torch.randn(rows, w.shape[0], dtype=w.dtype) for w in weights]
+    xh = torch.randn(rows, head.shape[1], dtype=head.dtype)
     ahead = [w.numel() * w.element_size() <= PREFETCH_MAX_BYTES for w in weights]
     best = []
     for read_ahead in (False, True):
@@ -118,7 +126,12 @@ def main() -> None:
                     help="the RL-step benchmark's model (smollm2: LoRA r = 8 on q_proj/v_proj, as there)")
     ap.add_argument("--copies", type=int, default=2, help="samples per prompt (TRL's RLOO: 2)")
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--trl-result", default=str(ROOT / "results" / "rl_step_vs_trl.json"))
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: every matmul at the bf16 GEMM peak and decode steps reading bf16 weights "
+                         "(what bf16-mixed can reach at best); compare with a --precision bf16 result file")
+    ap.add_argument("--trl-result", default="",
+                    help="rl_step_vs_trl.py's result file (default: results/rl_step_vs_trl.json, with "
+                         "--precision bf16 results/rl_step_vs_trl_bf16_epyc_f227845.json)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -147,14 +160,16 @@ def main() -> None:
     L = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
     head = (model.get_base_model() if lora else model).get_output_embeddings().weight.detach()
     V = head.shape[0]
-    weights = linear_weights(model)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    weights = [w.to(dtype) for w in linear_weights(model)]
+    head = head.to(dtype)
     lin = sum(w.numel() for w in weights)
     # one forward over U prompts (P columns each) and B × R response tokens on top of them
     tokens = U * P + B * R
     attn = 4 * L * dm * (U * P * P / 2 + B * sum(P + j for j in range(R)))  # QKᵀ and A·V, causal
     fwd_flops = 2 * lin * tokens + attn + 2 * dm * V * B * R
     shapes = sorted({(tokens, *w.shape) for w in weights})
-    peak = gemm_peak([(m, k, n) for m, k, n in shapes])
+    peak = gemm_peak([(m, k, n) for m, k, n in shapes], dtype=dtype)
     forward_s = fwd_flops / (peak * 1e9)
     # the backward's matmuls: input gradients (1 forward) + weight gradients (1 more, unless frozen)
     backward_s = forward_s * (1 if lora else 2)
@@ -180,13 +195,15 @@ def main() -> None:
         paired_step_s = step_linears_s(weights, head, 2 * B)
         paired = {"rollout": 2 * prefill_s + (R - 1) * paired_step_s, "decode_step_linears_ms": paired_step_s * 1e3}
         paired["step"] = paired["rollout"] + forward_s + backward_s + adam_s
-    trl = json.loads(Path(args.trl_result).read_text())["results"][args.size]
+    trl_result = args.trl_result or str(ROOT / "results" / ("rl_step_vs_trl_bf16_epyc_f227845.json"
+                                                            if args.precision == "bf16" else "rl_step_vs_trl.json"))
+    trl = json.loads(Path(trl_result).read_text())["results"][args.size]
     trl_s = trl["median_s_per_step"]["trl_rloo_16"]
     ours_s = trl["median_s_per_step"]["alignkit_16"]
     report = {
         "meta": {**machine_meta(), "model": f"{args.size}: {type(model).__name__}, {L} layers, width {dm}, vocab {V}",
                  "lora": lora, "rows": B, "distinct_prompts": U, "prompt_columns": P, "new_tokens": R,
-                 "trl_result": f"{Path(args.trl_result).name} [{args.size}]"},
+                 "precision": args.precision, "trl_result": f"{Path(trl_result).name} [{args.size}]"},
         "gemm_peak_gflops": peak,
         "forward_gflop": fwd_flops / 1e9,
         "floor_s": {"rollout": rollout_s, "policy_forward": forward_s, "ref_forward": forward_s,
@@ -200,7 +217,8 @@ def main() -> None:
         "measured_speedup": trl_s / ours_s,
         "alignkit_over_floor": ours_s / floor_s,
     }
-    out = Path(args.out or ROOT / "results" / f"rl_step_floor_{args.size}.json")
+    suffix = "_bf16" if args.precision == "bf16" else ""
+    out = Path(args.out or ROOT / "results" / f"rl_step_floor_{args.size}{suffix}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("gemm_peak_gflops", "forward_gflop", "decode_step_linears_ms", "floor_s",
                                               "floor_s_reference_in_rollout", "measured_s", "max_speedup_over_trl",
