@@ -81,11 +81,13 @@ def test_a_command_leaves_the_process_group_it_ran_in(tmp_path):
         held.group, held.cycle = dist.group.WORLD, held
         freed = weakref.ref(held)
         del held
+        was_enabled = gc.isenabled()
         gc.disable()  # no automatic collection: only main's own can free it
         try:
             with pytest.raises(SystemExit):
                 main(args)
         finally:
-            gc.enable()
+            if was_enabled:
+                gc.enable()
         assert not dist.is_initialized()
         assert freed() is None

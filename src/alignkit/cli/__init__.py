@@ -74,7 +74,7 @@ def leave_process_group() -> None:
     teardown, a rank whose run succeeded can abort ("terminate called without an active
     exception", SIGABRT, no Python frame): measured on `accelerate launch` DPO, 2 gloo
     processes beside a busy core, in 3 of 30 launches with ``destroy_process_group`` alone
-    (each abort after it had returned); with the ``gc.collect()`` after it, in 0 of 125.
+    (each abort after it had returned); with the ``gc.collect()`` after it, in 0 of about 125.
     So what still holds gloo's C++ objects after the group is destroyed is garbage in
     reference cycles, which only a collection frees; freed in the interpreter's teardown
     instead, their C++ side does not survive the order it is destroyed in. torch's docs ask
