@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from alignkit.cli import leave_process_group
 from alignkit.recipes.ppo import PPOConfig, train_ppo
 
 PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick brown fox", "Numbers:", "Please help"]
@@ -33,4 +34,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # as the CLI does: a rank left to gloo's teardown can abort after its run
+        leave_process_group()

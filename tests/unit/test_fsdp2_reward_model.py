@@ -41,6 +41,9 @@ dist.backward(loss)
 assert all(p.grad is not None for p in params)                          # W5
 opt.step()
 print("ok", float(scores[0]), float(loss))
+
+from alignkit.cli import leave_process_group
+leave_process_group()  # as the CLI does: left to teardown, gloo's C++ side can abort the process
 """
 
 
