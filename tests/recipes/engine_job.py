@@ -10,7 +10,7 @@ order with the recipe's config dataclass; the recipes write their usual output d
 import json
 import sys
 
-from alignkit.cli import leave_process_group
+from alignkit.utils.process_group import leave_process_group
 from alignkit.recipes.dpo import DPOConfig, train_dpo
 from alignkit.recipes.reward import RewardConfig, train_reward
 from alignkit.recipes.sft import SFTConfig, train_sft

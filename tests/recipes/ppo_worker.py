@@ -12,7 +12,6 @@ import sys
 
 import torch
 
-from alignkit.cli import leave_process_group
 from alignkit.recipes.ppo import PPOConfig, train_ppo
 
 PROMPTS = ["Human: How do I bake bread? Assistant:", "The quick brown fox", "Numbers:", "Please help"]
@@ -34,7 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:  # as the CLI does: a rank left to gloo's teardown can abort after its run
-        leave_process_group()
+    main()

@@ -42,8 +42,8 @@ assert all(p.grad is not None for p in params)                          # W5
 opt.step()
 print("ok", float(scores[0]), float(loss))
 
-from alignkit.cli import leave_process_group
-leave_process_group()  # as the CLI does: left to teardown, gloo's C++ side can abort the process
+from alignkit.utils import process_group
+assert process_group._registered  # Distributed joined a group: it is left at exit, before teardown
 """
 
 

@@ -8,7 +8,6 @@ exit with status 2.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import sys
@@ -16,6 +15,7 @@ import sys
 import typer
 
 from alignkit.errors import AlignkitError
+from alignkit.utils.process_group import leave_process_group
 
 # Command modules, in help order. Each defines ``register(app: typer.Typer)``.
 COMMAND_MODULES = [
@@ -66,21 +66,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     finally:
         leave_process_group()
-
-
-def leave_process_group() -> None:
-    """Under a launcher, leave torch's process group before the interpreter exits, and free
-    what still refers to it while the interpreter is whole. Left to the interpreter's
-    teardown, a rank whose run succeeded can abort ("terminate called without an active
-    exception", SIGABRT, no Python frame): measured on `accelerate launch` DPO, 2 gloo
-    processes beside a busy core, in 3 of 30 launches with ``destroy_process_group`` alone
-    (each abort after it had returned); with the ``gc.collect()`` after it, in 0 of about 125.
-    So what still holds gloo's C++ objects after the group is destroyed is garbage in
-    reference cycles, which only a collection frees; freed in the interpreter's teardown
-    instead, their C++ side does not survive the order it is destroyed in. torch's docs ask
-    every process to call ``destroy_process_group`` at its end; nothing here imports torch
-    for it."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-        gc.collect()

@@ -55,6 +55,7 @@ from typing import Any
 from alignkit.errors import ConfigError
 from alignkit.scale.precision import ACCELERATE_MIXED, enable_tf32, param_dtype, resolve_precision
 from alignkit.utils.device import tune_cpu_allocator
+from alignkit.utils.process_group import leave_at_exit
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class Distributed:
             raise ConfigError("precision: bf16-pure under DeepSpeed is not supported; use bf16-mixed "
                               "(DeepSpeed's bf16 keeps fp32 master weights)")
         self.accelerator = _accelerator(cpu, ACCELERATE_MIXED[self.precision], launched)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            leave_at_exit()  # a script's own process under a launcher leaves the group as the CLI does
         if cpu and asked == "fsdp2":
             _switch_to_fsdp2(self.accelerator)
         self.rank = self.accelerator.process_index
