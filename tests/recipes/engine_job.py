@@ -10,10 +10,10 @@ order with the recipe's config dataclass; the recipes write their usual output d
 import json
 import sys
 
-from alignkit.utils.process_group import leave_process_group
 from alignkit.recipes.dpo import DPOConfig, train_dpo
 from alignkit.recipes.reward import RewardConfig, train_reward
 from alignkit.recipes.sft import SFTConfig, train_sft
+from alignkit.utils.process_group import leave_process_group
 
 RECIPES = {"reward": (RewardConfig, train_reward), "sft": (SFTConfig, train_sft), "dpo": (DPOConfig, train_dpo)}
 
