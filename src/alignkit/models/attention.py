@@ -50,11 +50,11 @@ def _sdpa_float32(module, query, key, value, attention_mask, dropout: float = 0.
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
     segments = kwargs.get("packed_segments")
+    biased = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
     with torch.autocast("cpu", enabled=False):
-        if segments is not None and kwargs.get("position_bias") is None and kwargs.get("softcap") is None:
+        if segments is not None and not biased:
             out = _by_segment(query.float(), key.float(), value.float(), segments, scaling, dropout)
-        elif (kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-                or (is_causal and key.shape[2] != query.shape[2])):
+        elif biased or (is_causal and key.shape[2] != query.shape[2]):
             # transformers' own handling (or refusal) of these; it repeats grouped keys/values
             out, _ = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
                                             dropout, scaling, is_causal, **kwargs)
