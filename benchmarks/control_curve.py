@@ -344,8 +344,9 @@ def cmd_cell(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    if not results_path(args.env).exists():
-        raise SystemExit(f"report: no results file {results_path(args.env)} (run cells first, or pass "
+    path = results_path(args.env)
+    if not path.exists():
+        raise SystemExit(f"report: no results file {path} (run cells first, or pass "
                          "--results-dir where control_curve_<env>.jsonl lives)")
     cells = [c for c in read_cells(args.env) if c["steps"] == args.steps and c["seed"] in args.seeds]
     # a cell counts for its method only if it ran the method's current settings
